@@ -1,0 +1,1 @@
+"""llmesh: an enterprise LLM serving mesh."""

@@ -1,0 +1,1 @@
+"""The `llmesh` console script."""

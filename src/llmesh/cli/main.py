@@ -1,0 +1,38 @@
+"""`llmesh` command line. Each command group lives in its own module with a `register(subparsers)`
+that adds its parser(s) and sets `func` (a callable taking the parsed args, returning an exit code)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules under llmesh.cli, each owning one command group.
+COMMAND_MODULES = ("mesh", "tenant", "chat", "cache", "classifier")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmesh", description="llmesh: an enterprise LLM serving mesh")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"llmesh.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"llmesh.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        code = 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Routing and tenant policy: JSON documents in the NATS KV bucket `llmesh-policy`, watched by
+every service that needs them so a change applies without a restart.
+
+Keys (later ones override earlier ones in `resolve`):
+  global                          mesh-wide defaults
+  tenant.<tenant_id>              one tenant's overrides
+  use_case.<tenant_id>.<use_case> one use case of one tenant
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from llmesh.kit.bus import Bus
+from llmesh.kit.logging import get_logger
+
+POLICY_BUCKET = "llmesh-policy"
+
+log = get_logger("llmesh.policy")
+
+
+def policy_keys(tenant_id: str = "", use_case: str = "") -> list[str]:
+    keys = ["global"]
+    if tenant_id:
+        keys.append(f"tenant.{tenant_id}")
+        if use_case:
+            keys.append(f"use_case.{tenant_id}.{use_case}")
+    return keys
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class PolicyStore:
+    def __init__(self, bus: Bus, bucket: str = POLICY_BUCKET):
+        self._bus = bus
+        self._bucket = bucket
+        self._docs: dict[str, dict[str, Any]] = {}
+        self._kv = None
+        self._watcher = None
+        self._task: asyncio.Task | None = None
+        self.revision = 0
+
+    async def start(self) -> None:
+        """Loads every current document, then follows changes in the background."""
+        self._kv = await self._bus.js.create_key_value(bucket=self._bucket, history=5)
+        self._watcher = await self._kv.watchall()
+        while True:
+            entry = await self._watcher.updates(timeout=5.0)
+            if entry is None:
+                break
+            self._apply(entry)
+        self._task = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        async for entry in self._watcher:
+            if entry is not None:
+                self._apply(entry)
+
+    def _apply(self, entry) -> None:
+        self.revision = max(self.revision, entry.revision or 0)
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self._docs.pop(entry.key, None)
+            return
+        try:
+            doc = json.loads(entry.value)
+            if not isinstance(doc, dict):
+                raise ValueError("a policy document must be a JSON object")
+        except ValueError as exc:
+            log.warning("policy_ignored", key=entry.key, error=str(exc))
+            return
+        self._docs[entry.key] = doc
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._docs.get(key)
+
+    def resolve(self, tenant_id: str = "", use_case: str = "") -> dict[str, Any]:
+        """The effective policy: global, then the tenant's, then the use case's overrides."""
+        merged: dict[str, Any] = {}
+        for key in policy_keys(tenant_id, use_case):
+            doc = self._docs.get(key)
+            if doc:
+                merged = _merge(merged, doc)
+        return merged
+
+    async def put(self, key: str, doc: dict[str, Any]) -> int:
+        assert self._kv is not None, "start() first"
+        return await self._kv.put(key, json.dumps(doc).encode())
+
+    async def delete(self, key: str) -> None:
+        assert self._kv is not None, "start() first"
+        await self._kv.delete(key)
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            await self._watcher.stop()
+        if self._task is not None:
+            self._task.cancel()

@@ -1,0 +1,31 @@
+"""NATS subjects and JetStream streams: part of the contract between services."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DAY_S = 24 * 3600
+
+# Subject tokens may not contain '.', '*', '>' or whitespace; tenant ids are checked against this.
+SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    max_age_s: float
+    duplicate_window_s: float = 120.0
+
+
+CACHE_INVALIDATE = StreamSpec("LLMESH_CACHE_INVALIDATE", ("llmesh.cache.invalidate.>",), max_age_s=7 * DAY_S)
+TENANCY = StreamSpec("LLMESH_TENANCY", ("llmesh.tenancy.>",), max_age_s=7 * DAY_S)
+
+KEY_REVOKED_SUBJECT = "llmesh.tenancy.key.revoked"
+
+
+def cache_invalidate_subject(tenant_id: str) -> str:
+    if not SUBJECT_TOKEN.match(tenant_id):
+        raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
+    return f"llmesh.cache.invalidate.{tenant_id}"

@@ -1,0 +1,1 @@
+"""Starts the whole mesh on one machine (`llmesh up`)."""
