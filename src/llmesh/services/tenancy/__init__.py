@@ -1,0 +1,1 @@
+"""The tenancy service: tenants, API keys (stored hashed, shown once) and authentication."""
