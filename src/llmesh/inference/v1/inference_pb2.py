@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#llmesh/inference/v1/inference.proto\x12\x13llmesh.inference.v1\x1a\x1dllmesh/common/v1/common.proto\"\xad\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x32\n\x08sampling\x18\x04 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\xca\x01\n\x12GenerateCompletion\x12&\n\x05usage\x18\x01 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x35\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x1e\n\x16time_to_first_token_ms\x18\x03 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\"k\n\x10GenerateResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12=\n\ncompletion\x18\x02 \x01(\x0b\x32\'.llmesh.inference.v1.GenerateCompletionH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"t\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x12\x17\n\x0f\x61\x63tive_requests\x18\x05 \x01(\x05\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.llmesh.inference.v1.ModelInfo2\xcc\x01\n\x10InferenceService\x12Y\n\x08Generate\x12$.llmesh.inference.v1.GenerateRequest\x1a%.llmesh.inference.v1.GenerateResponse0\x01\x12]\n\nListModels\x12&.llmesh.inference.v1.ListModelsRequest\x1a\'.llmesh.inference.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#llmesh/inference/v1/inference.proto\x12\x13llmesh.inference.v1\x1a\x1dllmesh/common/v1/common.proto\"\xad\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x32\n\x08sampling\x18\x04 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\xca\x01\n\x12GenerateCompletion\x12&\n\x05usage\x18\x01 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x35\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x1e\n\x16time_to_first_token_ms\x18\x03 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\"k\n\x10GenerateResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12=\n\ncompletion\x18\x02 \x01(\x0b\x32\'.llmesh.inference.v1.GenerateCompletionH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"\xa0\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x12\x17\n\x0f\x61\x63tive_requests\x18\x05 \x01(\x05\x12\x17\n\x0fqueued_requests\x18\x06 \x01(\x05\x12\x11\n\tmax_queue\x18\x07 \x01(\x05\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.llmesh.inference.v1.ModelInfo2\xcc\x01\n\x10InferenceService\x12Y\n\x08Generate\x12$.llmesh.inference.v1.GenerateRequest\x1a%.llmesh.inference.v1.GenerateResponse0\x01\x12]\n\nListModels\x12&.llmesh.inference.v1.ListModelsRequest\x1a\'.llmesh.inference.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,10 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATERESPONSE']._serialized_end=579
   _globals['_LISTMODELSREQUEST']._serialized_start=581
   _globals['_LISTMODELSREQUEST']._serialized_end=600
-  _globals['_MODELINFO']._serialized_start=602
-  _globals['_MODELINFO']._serialized_end=718
-  _globals['_LISTMODELSRESPONSE']._serialized_start=720
-  _globals['_LISTMODELSRESPONSE']._serialized_end=788
-  _globals['_INFERENCESERVICE']._serialized_start=791
-  _globals['_INFERENCESERVICE']._serialized_end=995
+  _globals['_MODELINFO']._serialized_start=603
+  _globals['_MODELINFO']._serialized_end=763
+  _globals['_LISTMODELSRESPONSE']._serialized_start=765
+  _globals['_LISTMODELSRESPONSE']._serialized_end=833
+  _globals['_INFERENCESERVICE']._serialized_start=836
+  _globals['_INFERENCESERVICE']._serialized_end=1040
 # @@protoc_insertion_point(module_scope)

@@ -53,13 +53,23 @@ class InferenceServiceServicer:
 
     def Generate(self, request, context):
         """Streams text deltas as the model produces them, then one completion message.
+        Errors (all but UNAVAILABLE come before the first message):
+        INVALID_ARGUMENT: empty or unknown-role messages, oversized input, an empty model name,
+        sampling out of range, max_tokens outside 1..context_length, or prompt tokens plus
+        max_tokens beyond the model's context length.
+        NOT_FOUND: the model is not served here (ListModels names those that are).
+        RESOURCE_EXHAUSTED: every generation slot and the wait queue are taken; carries a
+        google.rpc.RetryInfo.
+        UNAVAILABLE: the model is still loading, or the backend failed mid-generation.
+        Cancelling the call (or letting its deadline pass) stops the generation upstream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The models served here with their limits and current load.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

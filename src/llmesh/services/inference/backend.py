@@ -1,0 +1,92 @@
+"""The model backend interface: what the inference service needs from llama.cpp, Triton or an
+OpenAI-compatible API. Domain code only (no grpc)."""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from llmesh.kit.chat import Message, Sampling
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # the model ended its answer or hit a stop sequence
+    LENGTH = "length"  # max_tokens was reached
+    CANCELLED = "cancelled"  # the caller went away
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    model: str
+    messages: tuple[Message, ...]
+    max_tokens: int
+    sampling: Sampling = Sampling()
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """Text the model produced since the previous delta (never empty)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackendCompletion:
+    """The last event of a generation."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+
+
+BackendEvent = TextDelta | BackendCompletion
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    backend: str
+    context_length: int
+    max_concurrency: int
+    max_queue: int
+
+
+@dataclass(frozen=True, slots=True)
+class BackendLoad:
+    active: int  # generations running now
+    queued: int  # admitted, waiting for a slot
+
+
+class Backend(abc.ABC):
+    """One source of models. Implementations: llama.cpp in process (`llama_cpp`), later Triton
+    (decoupled streaming) and OpenAI-compatible HTTP APIs."""
+
+    #: short name reported with every completion and metric, e.g. "llama_cpp"
+    name: str
+
+    async def start(self) -> None:
+        """Loads models or connects; the service reports SERVING only after this returns."""
+
+    async def close(self) -> None:
+        """Stops running generations and releases resources."""
+
+    @abc.abstractmethod
+    def models(self) -> list[ModelInfo]:
+        """The models this backend serves (valid after start)."""
+
+    @abc.abstractmethod
+    def load(self, model: str) -> BackendLoad:
+        """Current load of one of `models()`."""
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncIterator[BackendEvent]:
+        """Streams TextDelta events as tokens are produced, then one BackendCompletion.
+
+        Implemented as an async generator. Caller mistakes (such as a prompt that does not fit
+        the context) raise kit.errors.InvalidArgument and a full backend raises
+        ResourceExhausted, both before the first event. Closing or cancelling the iterator stops
+        the generation upstream within a token or two.
+        """
