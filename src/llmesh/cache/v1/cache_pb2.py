@@ -26,31 +26,57 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmesh/cache/v1/cache.proto\x12\x0fllmesh.cache.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dllmesh/common/v1/common.proto\"\xb7\x01\n\x08\x43\x61\x63heKey\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08use_case\x18\x02 \x01(\t\x12/\n\x08messages\x18\x03 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x32\n\x08sampling\x18\x05 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\x12\x12\n\nmax_tokens\x18\x06 \x01(\x05\"\x91\x02\n\x0c\x43\x61\x63hedAnswer\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12$\n\x04tier\x18\x05 \x01(\x0e\x32\x16.llmesh.common.v1.Tier\x12&\n\x05usage\x18\x06 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\rLookupRequest\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.llmesh.cache.v1.CacheKey\"p\n\x0eLookupResponse\x12/\n\x07outcome\x18\x01 \x01(\x0e\x32\x1e.llmesh.cache.v1.LookupOutcome\x12-\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x1d.llmesh.cache.v1.CachedAnswer\"\x98\x02\n\x0cStoreRequest\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.llmesh.cache.v1.CacheKey\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12$\n\x04tier\x18\x05 \x01(\x0e\x32\x16.llmesh.common.v1.Tier\x12&\n\x05usage\x18\x06 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x13\n\x0bttl_seconds\x18\x08 \x01(\x03\x12:\n\x10\x63ontent_versions\x18\t \x03(\x0b\x32 .llmesh.common.v1.ContentVersion\"!\n\rStoreResponse\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\"\x8f\x01\n\x11InvalidateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x03\x61ll\x18\x02 \x01(\x08H\x00\x12\x12\n\x08use_case\x18\x03 \x01(\tH\x00\x12;\n\x0f\x63ontent_version\x18\x04 \x01(\x0b\x32 .llmesh.common.v1.ContentVersionH\x00\x42\x07\n\x05scope\"&\n\x12InvalidateResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t*\x87\x01\n\rLookupOutcome\x12\x1e\n\x1aLOOKUP_OUTCOME_UNSPECIFIED\x10\x00\x12\x17\n\x13LOOKUP_OUTCOME_MISS\x10\x01\x12\x1c\n\x18LOOKUP_OUTCOME_EXACT_HIT\x10\x02\x12\x1f\n\x1bLOOKUP_OUTCOME_SEMANTIC_HIT\x10\x03\x32\xf8\x01\n\x0c\x43\x61\x63heService\x12I\n\x06Lookup\x12\x1e.llmesh.cache.v1.LookupRequest\x1a\x1f.llmesh.cache.v1.LookupResponse\x12\x46\n\x05Store\x12\x1d.llmesh.cache.v1.StoreRequest\x1a\x1e.llmesh.cache.v1.StoreResponse\x12U\n\nInvalidate\x12\".llmesh.cache.v1.InvalidateRequest\x1a#.llmesh.cache.v1.InvalidateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmesh/cache/v1/cache.proto\x12\x0fllmesh.cache.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dllmesh/common/v1/common.proto\"\xeb\x01\n\x08\x43\x61\x63heKey\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08use_case\x18\x02 \x01(\t\x12/\n\x08messages\x18\x03 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\r\n\x05model\x18\x04 \x01(\t\x12\x32\n\x08sampling\x18\x05 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\x12\x12\n\nmax_tokens\x18\x06 \x01(\x05\x12\x32\n\x0bsensitivity\x18\x07 \x01(\x0e\x32\x1d.llmesh.common.v1.Sensitivity\"\xf4\x02\n\x0c\x43\x61\x63hedAnswer\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12$\n\x04tier\x18\x05 \x01(\x0e\x32\x16.llmesh.common.v1.Tier\x12&\n\x05usage\x18\x06 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06pinned\x18\n \x01(\x08\x12:\n\x10\x63ontent_versions\x18\x0b \x03(\x0b\x32 .llmesh.common.v1.ContentVersion\x12\x15\n\rcontent_class\x18\x0c \x01(\t\"\x88\x01\n\rLookupRequest\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.llmesh.cache.v1.CacheKey\x12$\n\x04tier\x18\x02 \x01(\x0e\x32\x16.llmesh.common.v1.Tier\x12\x12\n\nexact_only\x18\x03 \x01(\x08\x12\x15\n\rbusiness_unit\x18\x04 \x01(\t\"\xd7\x01\n\x0eLookupResponse\x12/\n\x07outcome\x18\x01 \x01(\x0e\x32\x1e.llmesh.cache.v1.LookupOutcome\x12-\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x1d.llmesh.cache.v1.CachedAnswer\x12<\n\x11semantic_decision\x18\x03 \x01(\x0e\x32!.llmesh.cache.v1.SemanticDecision\x12\x12\n\nsimilarity\x18\x04 \x01(\x01\x12\x13\n\x0buncacheable\x18\x05 \x01(\x08\"\xda\x02\n\x0cStoreRequest\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.llmesh.cache.v1.CacheKey\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12$\n\x04tier\x18\x05 \x01(\x0e\x32\x16.llmesh.common.v1.Tier\x12&\n\x05usage\x18\x06 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x13\n\x0bttl_seconds\x18\x08 \x01(\x03\x12:\n\x10\x63ontent_versions\x18\t \x03(\x0b\x32 .llmesh.common.v1.ContentVersion\x12\x15\n\rcontent_class\x18\n \x01(\t\x12\x15\n\rbusiness_unit\x18\x0b \x01(\t\x12\x12\n\nexact_only\x18\x0c \x01(\x08\"\x8b\x01\n\rStoreResponse\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0e\n\x06stored\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10semantic_indexed\x18\x05 \x01(\x08\"\x8f\x01\n\x11InvalidateRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x03\x61ll\x18\x02 \x01(\x08H\x00\x12\x12\n\x08use_case\x18\x03 \x01(\tH\x00\x12;\n\x0f\x63ontent_version\x18\x04 \x01(\x0b\x32 .llmesh.common.v1.ContentVersionH\x00\x42\x07\n\x05scope\"&\n\x12InvalidateResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"\xbb\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\'\n\x06rating\x18\x03 \x01(\x0e\x32\x17.llmesh.cache.v1.Rating\x12\x31\n\tserved_as\x18\x04 \x01(\x0e\x32\x1e.llmesh.cache.v1.LookupOutcome\x12\x10\n\x08use_case\x18\x05 \x01(\t\x12\x15\n\rbusiness_unit\x18\x06 \x01(\t\"6\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x0f\n\x07\x65victed\x18\x01 \x01(\x08\x12\x11\n\ttightened\x18\x02 \x01(\x08\"F\n\x0fPinEntryRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x0e\n\x06pinned\x18\x03 \x01(\x08\"A\n\x10PinEntryResponse\x12-\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x1d.llmesh.cache.v1.CachedAnswer\"9\n\x12\x44\x65leteEntryRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\"&\n\x13\x44\x65leteEntryResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\";\n\x0bWarmRequest\x12,\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1d.llmesh.cache.v1.StoreRequest\"s\n\x0cWarmResponse\x12\x10\n\x08received\x18\x01 \x01(\x03\x12\x0e\n\x06stored\x18\x02 \x01(\x03\x12\x0f\n\x07skipped\x18\x03 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x03\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\"J\n\x0cStatsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x15\n\rbusiness_unit\x18\x02 \x01(\t\x12\x10\n\x08use_case\x18\x03 \x01(\t\"\xef\x02\n\nCacheStats\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x15\n\rbusiness_unit\x18\x02 \x01(\t\x12\x10\n\x08use_case\x18\x03 \x01(\t\x12\x0f\n\x07lookups\x18\x04 \x01(\x03\x12\x12\n\nexact_hits\x18\x05 \x01(\x03\x12\x15\n\rsemantic_hits\x18\x06 \x01(\x03\x12\x11\n\tgray_zone\x18\x07 \x01(\x03\x12\x0e\n\x06misses\x18\x08 \x01(\x03\x12\x13\n\x0buncacheable\x18\t \x01(\x03\x12\x10\n\x08hit_rate\x18\n \x01(\x01\x12\x16\n\x0e\x65xact_hit_rate\x18\x0b \x01(\x01\x12\x19\n\x11semantic_hit_rate\x18\x0c \x01(\x01\x12\x16\n\x0egray_zone_rate\x18\r \x01(\x01\x12\x14\n\x0ctokens_saved\x18\x0e \x01(\x03\x12\x16\n\x0e\x63ost_saved_usd\x18\x0f \x01(\x01\x12\x11\n\tthumbs_up\x18\x10 \x01(\x03\x12\x13\n\x0bthumbs_down\x18\x11 \x01(\x03\"f\n\rStatsResponse\x12)\n\x04rows\x18\x01 \x03(\x0b\x32\x1b.llmesh.cache.v1.CacheStats\x12*\n\x05total\x18\x02 \x01(\x0b\x32\x1b.llmesh.cache.v1.CacheStats*\x87\x01\n\rLookupOutcome\x12\x1e\n\x1aLOOKUP_OUTCOME_UNSPECIFIED\x10\x00\x12\x17\n\x13LOOKUP_OUTCOME_MISS\x10\x01\x12\x1c\n\x18LOOKUP_OUTCOME_EXACT_HIT\x10\x02\x12\x1f\n\x1bLOOKUP_OUTCOME_SEMANTIC_HIT\x10\x03*\xad\x01\n\x10SemanticDecision\x12!\n\x1dSEMANTIC_DECISION_UNSPECIFIED\x10\x00\x12\x19\n\x15SEMANTIC_DECISION_HIT\x10\x01\x12\x1e\n\x1aSEMANTIC_DECISION_GRAY_HIT\x10\x02\x12\x1f\n\x1bSEMANTIC_DECISION_GRAY_MISS\x10\x03\x12\x1a\n\x16SEMANTIC_DECISION_MISS\x10\x04*N\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\x14\n\x10RATING_THUMBS_UP\x10\x01\x12\x16\n\x12RATING_THUMBS_DOWN\x10\x02\x32\x85\x05\n\x0c\x43\x61\x63heService\x12I\n\x06Lookup\x12\x1e.llmesh.cache.v1.LookupRequest\x1a\x1f.llmesh.cache.v1.LookupResponse\x12\x46\n\x05Store\x12\x1d.llmesh.cache.v1.StoreRequest\x1a\x1e.llmesh.cache.v1.StoreResponse\x12U\n\nInvalidate\x12\".llmesh.cache.v1.InvalidateRequest\x1a#.llmesh.cache.v1.InvalidateResponse\x12O\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12 .llmesh.cache.v1.FeedbackRequest\x1a!.llmesh.cache.v1.FeedbackResponse\x12O\n\x08PinEntry\x12 .llmesh.cache.v1.PinEntryRequest\x1a!.llmesh.cache.v1.PinEntryResponse\x12X\n\x0b\x44\x65leteEntry\x12#.llmesh.cache.v1.DeleteEntryRequest\x1a$.llmesh.cache.v1.DeleteEntryResponse\x12G\n\x04Warm\x12\x1c.llmesh.cache.v1.WarmRequest\x1a\x1d.llmesh.cache.v1.WarmResponse(\x01\x30\x01\x12\x46\n\x05Stats\x12\x1d.llmesh.cache.v1.StatsRequest\x1a\x1e.llmesh.cache.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmesh.cache.v1.cache_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOOKUPOUTCOME']._serialized_start=1250
-  _globals['_LOOKUPOUTCOME']._serialized_end=1385
+  _globals['_LOOKUPOUTCOME']._serialized_start=2972
+  _globals['_LOOKUPOUTCOME']._serialized_end=3107
+  _globals['_SEMANTICDECISION']._serialized_start=3110
+  _globals['_SEMANTICDECISION']._serialized_end=3283
+  _globals['_RATING']._serialized_start=3285
+  _globals['_RATING']._serialized_end=3363
   _globals['_CACHEKEY']._serialized_start=113
-  _globals['_CACHEKEY']._serialized_end=296
-  _globals['_CACHEDANSWER']._serialized_start=299
-  _globals['_CACHEDANSWER']._serialized_end=572
-  _globals['_LOOKUPREQUEST']._serialized_start=574
-  _globals['_LOOKUPREQUEST']._serialized_end=629
-  _globals['_LOOKUPRESPONSE']._serialized_start=631
-  _globals['_LOOKUPRESPONSE']._serialized_end=743
-  _globals['_STOREREQUEST']._serialized_start=746
-  _globals['_STOREREQUEST']._serialized_end=1026
-  _globals['_STORERESPONSE']._serialized_start=1028
-  _globals['_STORERESPONSE']._serialized_end=1061
-  _globals['_INVALIDATEREQUEST']._serialized_start=1064
-  _globals['_INVALIDATEREQUEST']._serialized_end=1207
-  _globals['_INVALIDATERESPONSE']._serialized_start=1209
-  _globals['_INVALIDATERESPONSE']._serialized_end=1247
-  _globals['_CACHESERVICE']._serialized_start=1388
-  _globals['_CACHESERVICE']._serialized_end=1636
+  _globals['_CACHEKEY']._serialized_end=348
+  _globals['_CACHEDANSWER']._serialized_start=351
+  _globals['_CACHEDANSWER']._serialized_end=723
+  _globals['_LOOKUPREQUEST']._serialized_start=726
+  _globals['_LOOKUPREQUEST']._serialized_end=862
+  _globals['_LOOKUPRESPONSE']._serialized_start=865
+  _globals['_LOOKUPRESPONSE']._serialized_end=1080
+  _globals['_STOREREQUEST']._serialized_start=1083
+  _globals['_STOREREQUEST']._serialized_end=1429
+  _globals['_STORERESPONSE']._serialized_start=1432
+  _globals['_STORERESPONSE']._serialized_end=1571
+  _globals['_INVALIDATEREQUEST']._serialized_start=1574
+  _globals['_INVALIDATEREQUEST']._serialized_end=1717
+  _globals['_INVALIDATERESPONSE']._serialized_start=1719
+  _globals['_INVALIDATERESPONSE']._serialized_end=1757
+  _globals['_FEEDBACKREQUEST']._serialized_start=1760
+  _globals['_FEEDBACKREQUEST']._serialized_end=1947
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1949
+  _globals['_FEEDBACKRESPONSE']._serialized_end=2003
+  _globals['_PINENTRYREQUEST']._serialized_start=2005
+  _globals['_PINENTRYREQUEST']._serialized_end=2075
+  _globals['_PINENTRYRESPONSE']._serialized_start=2077
+  _globals['_PINENTRYRESPONSE']._serialized_end=2142
+  _globals['_DELETEENTRYREQUEST']._serialized_start=2144
+  _globals['_DELETEENTRYREQUEST']._serialized_end=2201
+  _globals['_DELETEENTRYRESPONSE']._serialized_start=2203
+  _globals['_DELETEENTRYRESPONSE']._serialized_end=2241
+  _globals['_WARMREQUEST']._serialized_start=2243
+  _globals['_WARMREQUEST']._serialized_end=2302
+  _globals['_WARMRESPONSE']._serialized_start=2304
+  _globals['_WARMRESPONSE']._serialized_end=2419
+  _globals['_STATSREQUEST']._serialized_start=2421
+  _globals['_STATSREQUEST']._serialized_end=2495
+  _globals['_CACHESTATS']._serialized_start=2498
+  _globals['_CACHESTATS']._serialized_end=2865
+  _globals['_STATSRESPONSE']._serialized_start=2867
+  _globals['_STATSRESPONSE']._serialized_end=2969
+  _globals['_CACHESERVICE']._serialized_start=3366
+  _globals['_CACHESERVICE']._serialized_end=4011
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class CacheServiceStub:
-    """Answers a request from earlier answers: an exact match first, then (later) a semantic one.
+    """Answers a request from earlier answers: an exact match first, then a semantic one.
+
+    Admin RPCs (PinEntry, DeleteEntry, Warm) require the metadata
+    `authorization: Bearer <admin token>` (LLMESH_ADMIN_TOKEN of the service).
     """
 
     def __init__(self, channel):
@@ -50,10 +53,38 @@ class CacheServiceStub:
                 request_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.InvalidateRequest.SerializeToString,
                 response_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.InvalidateResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/llmesh.cache.v1.CacheService/Feedback',
+                request_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
+        self.PinEntry = channel.unary_unary(
+                '/llmesh.cache.v1.CacheService/PinEntry',
+                request_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.PinEntryRequest.SerializeToString,
+                response_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.PinEntryResponse.FromString,
+                _registered_method=True)
+        self.DeleteEntry = channel.unary_unary(
+                '/llmesh.cache.v1.CacheService/DeleteEntry',
+                request_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.DeleteEntryRequest.SerializeToString,
+                response_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.DeleteEntryResponse.FromString,
+                _registered_method=True)
+        self.Warm = channel.stream_stream(
+                '/llmesh.cache.v1.CacheService/Warm',
+                request_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.WarmRequest.SerializeToString,
+                response_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.WarmResponse.FromString,
+                _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/llmesh.cache.v1.CacheService/Stats',
+                request_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.StatsRequest.SerializeToString,
+                response_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.StatsResponse.FromString,
+                _registered_method=True)
 
 
 class CacheServiceServicer:
-    """Answers a request from earlier answers: an exact match first, then (later) a semantic one.
+    """Answers a request from earlier answers: an exact match first, then a semantic one.
+
+    Admin RPCs (PinEntry, DeleteEntry, Warm) require the metadata
+    `authorization: Bearer <admin token>` (LLMESH_ADMIN_TOKEN of the service).
     """
 
     def Lookup(self, request, context):
@@ -71,6 +102,44 @@ class CacheServiceServicer:
 
     def Invalidate(self, request, context):
         """Publishes an invalidation on llmesh.cache.invalidate.<tenant>; every replica applies it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Feedback(self, request, context):
+        """A user's rating of a cached answer: a thumbs-down evicts it and tightens the use case's
+        semantic operating point.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinEntry(self, request, context):
+        """Pins (or unpins) a cached answer: a pinned answer does not expire and survives thumbs-down
+        feedback; invalidations still remove it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteEntry(self, request, context):
+        """Deletes one cached answer from every layer of this replica's stores.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Warm(self, request_iterator, context):
+        """Loads prompt/answer pairs; answers with progress after every batch and once at the end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stats(self, request, context):
+        """Hit rates and savings by tenant, business unit and use case, as counted by this replica
+        since it started (Prometheus sums the replicas).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -94,6 +163,31 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     request_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.InvalidateRequest.FromString,
                     response_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.InvalidateResponse.SerializeToString,
             ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.FeedbackRequest.FromString,
+                    response_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'PinEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinEntry,
+                    request_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.PinEntryRequest.FromString,
+                    response_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.PinEntryResponse.SerializeToString,
+            ),
+            'DeleteEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEntry,
+                    request_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.DeleteEntryRequest.FromString,
+                    response_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.DeleteEntryResponse.SerializeToString,
+            ),
+            'Warm': grpc.stream_stream_rpc_method_handler(
+                    servicer.Warm,
+                    request_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.WarmRequest.FromString,
+                    response_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.WarmResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.StatsRequest.FromString,
+                    response_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.StatsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'llmesh.cache.v1.CacheService', rpc_method_handlers)
@@ -103,7 +197,10 @@ def add_CacheServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CacheService:
-    """Answers a request from earlier answers: an exact match first, then (later) a semantic one.
+    """Answers a request from earlier answers: an exact match first, then a semantic one.
+
+    Admin RPCs (PinEntry, DeleteEntry, Warm) require the metadata
+    `authorization: Bearer <admin token>` (LLMESH_ADMIN_TOKEN of the service).
     """
 
     @staticmethod
@@ -177,6 +274,141 @@ class CacheService:
             '/llmesh.cache.v1.CacheService/Invalidate',
             llmesh_dot_cache_dot_v1_dot_cache__pb2.InvalidateRequest.SerializeToString,
             llmesh_dot_cache_dot_v1_dot_cache__pb2.InvalidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.cache.v1.CacheService/Feedback',
+            llmesh_dot_cache_dot_v1_dot_cache__pb2.FeedbackRequest.SerializeToString,
+            llmesh_dot_cache_dot_v1_dot_cache__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.cache.v1.CacheService/PinEntry',
+            llmesh_dot_cache_dot_v1_dot_cache__pb2.PinEntryRequest.SerializeToString,
+            llmesh_dot_cache_dot_v1_dot_cache__pb2.PinEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.cache.v1.CacheService/DeleteEntry',
+            llmesh_dot_cache_dot_v1_dot_cache__pb2.DeleteEntryRequest.SerializeToString,
+            llmesh_dot_cache_dot_v1_dot_cache__pb2.DeleteEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Warm(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/llmesh.cache.v1.CacheService/Warm',
+            llmesh_dot_cache_dot_v1_dot_cache__pb2.WarmRequest.SerializeToString,
+            llmesh_dot_cache_dot_v1_dot_cache__pb2.WarmResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.cache.v1.CacheService/Stats',
+            llmesh_dot_cache_dot_v1_dot_cache__pb2.StatsRequest.SerializeToString,
+            llmesh_dot_cache_dot_v1_dot_cache__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,5 +1,13 @@
 """The semantic layer as the cache service sees it (the contract between the cache service and
-its semantic engine). Domain types only: no gRPC, no Qdrant types."""
+its semantic engine). Domain types only: no gRPC, no Qdrant types.
+
+The cache service opens the engine with `llmesh.services.cache.semantic.open_semantic_index(config)`
+(exported by the package; `config` is a `SemanticConfig`; sync or async), closes it with `close()`,
+and leaves purging expired entries to the engine (every `SemanticConfig.purge_interval_s`).
+When neither `store_path` nor `qdrant_url` is set, the service sets `store_path` to
+`$LLMESH_HOME/cache/semantic/<replica>`: two replicas on one host cannot share an embedded store.
+Entries always carry a tier in 1..3 (the service stores an answer of unknown tier as tier 1).
+"""
 
 from __future__ import annotations
 
@@ -82,6 +90,11 @@ class SemanticIndex(Protocol):
 
     def tighten(self, tenant_id: str, use_case: str) -> None:
         """A thumbs-down on a cached answer: make this use case's operating point stricter."""
+        ...
+
+    def set_target(self, tenant_id: str, use_case: str, false_hit_rate: float) -> None:
+        """The use case's policy: the false-hit rate it accepts (0 < rate < 1; default 1 %).
+        Raises llmesh.kit.errors.InvalidArgument for a rate outside (0, 1)."""
         ...
 
     async def close(self) -> None: ...
