@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup up test gen lint breaking bench clean
+.PHONY: setup up test gen lint breaking bench docs clean
 
 setup: $(STAMP)
 
@@ -45,9 +45,13 @@ lint: setup
 breaking: setup
 	$(VENV)/bin/buf breaking --against '.git#branch=main'
 
+# Slow suites, then every benchmark (each writes its report to bench/results/).
 bench: setup
 	$(PY) -m pytest -q -m slow
-	$(PY) -m bench.run_all
+	@for script in bench/*_bench.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+docs: setup
+	$(PY) scripts/config_tables.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
