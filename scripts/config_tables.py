@@ -31,7 +31,8 @@ def render() -> str:
     for service in SERVICES:
         rows = [r for r in settings_table(service_settings(service)).splitlines() if r not in common]
         parts += [f"#### {service}\n", *rows, ""]
-    return "\n".join(parts)
+    # Defaults computed from the install location read as repository paths.
+    return "\n".join(parts).replace(f"{ROOT}/src/", "src/")
 
 
 def main() -> int:

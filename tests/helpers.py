@@ -38,7 +38,12 @@ def unique(prefix: str) -> str:
 async def hosted(app: ServiceApp, settings) -> AsyncIterator[ServiceHost]:
     """Runs `app` on a real grpc.aio server in this event loop for the duration of the block."""
     host = ServiceHost(app, settings)
-    await host.start()
+    try:
+        await host.start()
+    except BaseException:
+        # A half-started server must still be stopped, or it outlives the event loop.
+        await host.stop(0)
+        raise
     try:
         yield host
     finally:
