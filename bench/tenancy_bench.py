@@ -32,7 +32,7 @@ from llmesh.kit.server import ServiceHost
 from llmesh.launcher.nats_server import NatsServerProcess
 from llmesh.services.tenancy import keys
 from llmesh.services.tenancy.app import TenancyApp
-from llmesh.services.tenancy.models import ApiKey, new_key_id
+from llmesh.services.tenancy.models import new_key_id
 from llmesh.services.tenancy.repository import SqliteRepository, now_us
 from llmesh.services.tenancy.settings import TenancySettings
 from llmesh.tenancy.v1 import tenancy_pb2 as pb

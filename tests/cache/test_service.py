@@ -10,7 +10,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from llmesh.cache.v1 import cache_pb2
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.client import open_channel
-from tests.cache.builders import key, lookup, store, user
+from tests.cache.builders import key, lookup, store
 from tests.cache.hosting import ADMIN, cache_service
 from tests.helpers import assert_eventually, unique
 

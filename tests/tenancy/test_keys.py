@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from llmesh.kit.errors import PermissionDenied, Unauthenticated
+from llmesh.kit.errors import Unauthenticated
 from llmesh.kit.streams import SUBJECT_TOKEN
 from llmesh.services.tenancy import keys
-from llmesh.services.tenancy.admin import AdminGuard
 from llmesh.services.tenancy.models import new_key_id, new_tenant_id
 
 
@@ -54,21 +53,3 @@ def test_hash_is_salted_and_verifies_only_the_right_secret():
     assert keys.verify_secret(secret, first) and keys.verify_secret(secret, second)
     assert not keys.verify_secret(keys.new_secret(), first)
     assert not keys.verify_secret(secret, keys.DECOY)
-
-
-def test_admin_guard():
-    token = "an-admin-token-of-some-length"
-    guard = AdminGuard(token)
-    guard.check(f"Bearer {token}")
-    guard.check(f"bearer  {token} ")
-    with pytest.raises(Unauthenticated, match="missing admin token"):
-        guard.check(None)
-    with pytest.raises(Unauthenticated, match="malformed"):
-        guard.check(token)
-    with pytest.raises(Unauthenticated, match="malformed"):
-        guard.check("Bearer ")
-    with pytest.raises(PermissionDenied, match="not valid") as wrong:
-        guard.check(f"Bearer {token}x")
-    assert token not in wrong.value.message
-    with pytest.raises(PermissionDenied, match="LLMESH_ADMIN_TOKEN is not set"):
-        AdminGuard("").check(f"Bearer {token}")

@@ -10,7 +10,7 @@ import uuid
 
 import grpc
 from google.protobuf import duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from llmesh.kit import errors
 from llmesh.kit.logging import bind_contextvars, clear_contextvars, get_logger

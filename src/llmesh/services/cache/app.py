@@ -20,7 +20,7 @@ from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
 from llmesh.launcher.state import home
-from llmesh.services.cache.admin import AdminGuard
+from llmesh.kit.auth import AdminGuard
 from llmesh.services.cache.analytics import Analytics
 from llmesh.services.cache.core import Cache
 from llmesh.services.cache.exact import ExactStore

@@ -8,7 +8,7 @@ from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.kit.errors import InvalidArgument, Unavailable
 from llmesh.kit.logging import bind_contextvars
 from llmesh.services.cache import convert
-from llmesh.services.cache.admin import AdminGuard
+from llmesh.kit.auth import AdminGuard
 from llmesh.services.cache.core import Cache, StoreCommand
 from llmesh.services.cache.invalidation import Invalidation
 

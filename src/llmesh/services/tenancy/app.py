@@ -8,7 +8,7 @@ from llmesh.kit.bus import Bus
 from llmesh.kit.logging import get_logger
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import TENANCY
-from llmesh.services.tenancy.admin import AdminGuard
+from llmesh.kit.auth import AdminGuard
 from llmesh.services.tenancy.outbox import OutboxRelay
 from llmesh.services.tenancy.repository import SqliteRepository
 from llmesh.services.tenancy.servicer import SERVICE_NAME, TenancyServicer

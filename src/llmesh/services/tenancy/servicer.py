@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import grpc
 from google.protobuf import timestamp_pb2
 
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.errors import InvalidArgument
-from llmesh.services.tenancy.admin import AdminGuard
+from llmesh.kit.auth import AdminGuard
 from llmesh.services.tenancy.models import ApiKey, Clearance, Tenant
 from llmesh.services.tenancy.tenancy import Tenancy
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
@@ -52,12 +51,6 @@ def clearance_from_proto(value: int) -> Clearance | None:
         ) from None
 
 
-def _authorization(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return value if isinstance(value, str) else value.decode(errors="replace")
-    return None
-
 
 class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
     def __init__(self, tenancy: Tenancy, admin: AdminGuard):
@@ -77,14 +70,14 @@ class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
         )
 
     async def CreateTenant(self, request, context):
-        self._admin.check(_authorization(context))
+        self._admin.check(context.invocation_metadata())
         tenant = await self._tenancy.create_tenant(
             request.name, request.business_unit, clearance_from_proto(request.clearance)
         )
         return tenancy_pb2.CreateTenantResponse(tenant=tenant_to_proto(tenant))
 
     async def GetTenant(self, request, context):
-        self._admin.check(_authorization(context))
+        self._admin.check(context.invocation_metadata())
         selector = request.WhichOneof("selector")
         if selector == "tenant_id":
             tenant = await self._tenancy.tenant_by_id(request.tenant_id)
@@ -95,16 +88,16 @@ class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
         return tenancy_pb2.GetTenantResponse(tenant=tenant_to_proto(tenant))
 
     async def ListTenants(self, request, context):
-        self._admin.check(_authorization(context))
+        self._admin.check(context.invocation_metadata())
         tenants = await self._tenancy.list_tenants()
         return tenancy_pb2.ListTenantsResponse(tenants=[tenant_to_proto(t) for t in tenants])
 
     async def CreateApiKey(self, request, context):
-        self._admin.check(_authorization(context))
+        self._admin.check(context.invocation_metadata())
         key, api_key = await self._tenancy.create_key(request.tenant_id, request.label)
         return tenancy_pb2.CreateApiKeyResponse(key=key_to_proto(key), api_key=api_key)
 
     async def RevokeApiKey(self, request, context):
-        self._admin.check(_authorization(context))
+        self._admin.check(context.invocation_metadata())
         key = await self._tenancy.revoke_key(request.key_id)
         return tenancy_pb2.RevokeApiKeyResponse(key=key_to_proto(key))
