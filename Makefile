@@ -39,6 +39,7 @@ gen: setup
 
 lint: setup
 	$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check src tests scripts bench
 	$(PY) scripts/gen_protos.py --check
 
 # Compares the protos with those on main (run on a branch).
