@@ -1,0 +1,174 @@
+"""The embedded store: Qdrant's engine in process (qdrant-edge), persistent at a directory.
+
+One shard per embedding model (`<path>/<collection>`). The tenant field has an `is_tenant`
+keyword index and the graph is built per tenant (m=0, payload_m=16), as Qdrant recommends for
+multitenancy: a tenant's search only ever visits that tenant's points.
+
+qdrant-edge holds the GIL while it works, so every call runs on one worker thread (calls stay
+ordered and never overlap) and long ones (`optimize`) are left to start-up and maintenance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import pathlib
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+import qdrant_edge as qe
+
+from .api import SemanticEntry
+from .scope import (
+    DOCS,
+    EXPIRES,
+    FLOAT_FIELDS,
+    KEYWORD_FIELDS,
+    TENANT,
+    TIER,
+    BuiltFromOlder,
+    Condition,
+    Match,
+    Range,
+    TenantScope,
+    from_payload,
+    point_id,
+    to_payload,
+)
+from .store import Candidate
+
+T = TypeVar("T")
+
+_UPSERT_BATCH = 1000
+
+
+def _condition(cond: Condition):
+    if isinstance(cond, Match):
+        return qe.FieldCondition(cond.key, match=qe.MatchValue(cond.value))
+    if isinstance(cond, Range):
+        return qe.FieldCondition(cond.key, range=qe.RangeFloat(gt=cond.gt, gte=cond.gte, lt=cond.lt, lte=cond.lte))
+    if isinstance(cond, BuiltFromOlder):
+        return qe.NestedCondition(
+            DOCS,
+            qe.Filter(
+                must=[
+                    qe.FieldCondition("doc", match=qe.MatchValue(cond.document_id)),
+                    qe.FieldCondition("v", range=qe.RangeFloat(lt=cond.version)),
+                ]
+            ),
+        )
+    raise TypeError(f"unknown condition {cond!r}")
+
+
+def edge_filter(scope: TenantScope) -> qe.Filter:
+    return qe.Filter(must=[_condition(c) for c in scope.conditions])
+
+
+def shard_config(dim: int) -> qe.EdgeConfig:
+    return qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+        # No global graph: one per tenant, built from the is_tenant index (payload_m).
+        hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000, payload_m=16),
+        # Searches run on the caller's thread: the mesh shares two cores (docs/adr/0003).
+        max_search_threads=1,
+    )
+
+
+class EdgeStore:
+    def __init__(self, shard: qe.EdgeShard, pool: concurrent.futures.ThreadPoolExecutor):
+        self._shard = shard
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, path: str | pathlib.Path, dim: int) -> EdgeStore:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge")
+        shard = await asyncio.get_running_loop().run_in_executor(pool, cls._open_shard, pathlib.Path(path), dim)
+        return cls(shard, pool)
+
+    @staticmethod
+    def _open_shard(path: pathlib.Path, dim: int) -> qe.EdgeShard:
+        if path.is_dir() and any(path.iterdir()):
+            # Passing the config makes the engine check the stored vectors are compatible.
+            shard = qe.EdgeShard.load(str(path), shard_config(dim))
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            shard = qe.EdgeShard.create(str(path), shard_config(dim))
+        existing = set(shard.info().payload_schema)
+        wanted: dict[str, object] = {TENANT: qe.KeywordIndexParams(is_tenant=True), TIER: qe.PayloadSchemaType.Integer}
+        wanted.update({key: qe.PayloadSchemaType.Keyword for key in KEYWORD_FIELDS})
+        wanted.update({key: qe.PayloadSchemaType.Float for key in FLOAT_FIELDS})
+        for field, schema in wanted.items():
+            if field not in existing:
+                shard.update(qe.UpdateOperation.create_field_index(field, schema))
+        return shard
+
+    async def _run(self, fn: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def upsert(self, entries: list[SemanticEntry], vectors: np.ndarray) -> None:
+        points = [
+            qe.Point(point_id(e.tenant_id, e.entry_id), vector.tolist(), to_payload(e))
+            for e, vector in zip(entries, np.asarray(vectors, dtype=np.float32), strict=True)
+        ]
+
+        def write() -> None:
+            for start in range(0, len(points), _UPSERT_BATCH):
+                self._shard.update(qe.UpdateOperation.upsert_points(points[start : start + _UPSERT_BATCH]))
+
+        await self._run(write)
+
+    async def nearest(self, scope: TenantScope, vector: np.ndarray, limit: int = 1) -> list[Candidate]:
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()),
+            filter=edge_filter(scope),
+            with_payload=True,
+        )
+        found = await self._run(self._shard.query, request)
+        return [Candidate(float(p.score), from_payload(p.payload)) for p in found]
+
+    async def count(self, scope: TenantScope) -> int:
+        return await self._run(self._shard.count, qe.CountRequest(exact=True, filter=edge_filter(scope)))
+
+    async def delete_ids(self, tenant_id: str, entry_ids: list[str]) -> int:
+        ids = {point_id(tenant_id, e) for e in entry_ids}
+        if not ids:
+            return 0
+        # The ids embed the tenant; the filter makes the scoping explicit all the same.
+        only = qe.Filter(must=[_condition(Match(TENANT, tenant_id)), qe.HasIdCondition(ids)])
+        return await self._delete(only)
+
+    async def delete_scope(self, scope: TenantScope) -> int:
+        return await self._delete(edge_filter(scope))
+
+    async def purge_expired(self, now: float) -> int:
+        return await self._delete(qe.Filter(must=[_condition(Range(EXPIRES, lte=now))]))
+
+    async def _delete(self, selection: qe.Filter) -> int:
+        def delete() -> int:
+            matched = self._shard.count(qe.CountRequest(exact=True, filter=selection))
+            if matched:
+                self._shard.update(qe.UpdateOperation.delete_points_by_filter(selection))
+            return matched
+
+        return await self._run(delete)
+
+    async def optimize(self) -> bool:
+        """Builds the per-tenant graphs and vacuums deleted points. Blocks the process while it
+        runs (qdrant-edge keeps the GIL): call it at start-up or in a maintenance window."""
+        return await self._run(self._shard.optimize)
+
+    async def points(self) -> int:
+        return await self._run(lambda: self._shard.info().points_count)
+
+    async def close(self) -> None:
+        def close() -> None:
+            self._shard.flush()
+            self._shard.close()
+
+        try:
+            await self._run(close)
+        finally:
+            self._pool.shutdown(wait=True)
+
