@@ -4,6 +4,7 @@ tenancy stand-in: the tenancy service is another team's and is tested on its own
 from __future__ import annotations
 
 import asyncio
+import re
 import json
 
 import grpc
@@ -72,9 +73,10 @@ async def test_invalidate_resolves_the_tenant_name_and_prints_the_event_id(mesh,
     await stub.Store(store(tenant_id, "q", "a", key_kw={"use_case": "faq"}))
     await stub.Store(store(tenant_id, "q", "a"))
     assert await cli("cache", "invalidate", "--tenant", "acme", "--use-case", "faq") == 0
-    # The hosted service logs to the same stdout here; the CLI's own output is its last line.
-    event_id = capsys.readouterr().out.splitlines()[-1]
-    assert len(event_id) == 32
+    # The hosted service logs to the same stdout here, interleaved with the CLI's own line.
+    printed = capsys.readouterr().out.splitlines()
+    event_ids = [line for line in printed if re.fullmatch(r"[0-9a-f]{32}", line)]
+    assert len(event_ids) == 1, printed
     await assert_eventually(lambda: _miss(stub, lookup(tenant_id, "q", key_kw={"use_case": "faq"})))
     assert not await _miss(stub, lookup(tenant_id, "q"))
 
