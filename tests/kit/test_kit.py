@@ -26,10 +26,14 @@ from tests.helpers import assert_eventually, unique
 
 
 class _Servicer(classifier_pb2_grpc.ClassifierServiceServicer):
+    def __init__(self):
+        self.slow_calls_started = 0
+
     async def Classify(self, request, context):
         if request.tenant_id == "boom":
             raise RuntimeError("a bug")
         if request.tenant_id == "slow":
+            self.slow_calls_started += 1
             await asyncio.sleep(1.0)
         messages_from_proto(request.messages)
         return classifier_pb2.ClassifyResponse(model_name="toy")
@@ -40,9 +44,10 @@ class _App(ServiceApp):
 
     def __init__(self):
         self.release = asyncio.Event()
+        self.servicer = _Servicer()
 
     def register(self, server):
-        classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(_Servicer(), server)
+        classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(self.servicer, server)
         return ["llmesh.classifier.v1.ClassifierService"]
 
     async def start(self):
@@ -99,8 +104,9 @@ async def test_health_follows_lifecycle_and_errors_map_to_status_codes():
             return await stub.Classify(classifier_pb2.ClassifyRequest(
                 tenant_id="slow", messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="hi")]))
 
+        started_before = app.servicer.slow_calls_started
         in_flight = asyncio.create_task(slow_call())
-        await asyncio.sleep(0.2)  # let the call reach the server before the stop begins
+        await assert_eventually(lambda: app.servicer.slow_calls_started > started_before)
         await host.stop(grace_s=5)
         assert (await in_flight).model_name == "toy"
 
