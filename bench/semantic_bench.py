@@ -51,7 +51,7 @@ from llmesh.services.cache.semantic.pairs import read_text_pairs  # noqa: E402
 
 REWORDINGS = ROOT / "tests" / "cache_semantic" / "data" / "rewordings.csv"
 DIM = 384
-DEFAULT_SCENARIOS = "100000:1000:opt,100000:100:opt,100000:10:opt,1000000:1000,1000000:100"
+DEFAULT_SCENARIOS = "100000:1000,100000:100,100000:10:opt,1000000:1000,1000000:100"
 
 
 def ms(samples) -> dict:
