@@ -51,13 +51,18 @@ from llmesh.services.cache.semantic.pairs import read_text_pairs  # noqa: E402
 
 REWORDINGS = ROOT / "tests" / "cache_semantic" / "data" / "rewordings.csv"
 DIM = 384
-DEFAULT_SCENARIOS = "100000:1000,100000:100,100000:10:opt,1000000:1000,1000000:100"
+DEFAULT_SCENARIOS = "100000:1000,100000:100,100000:10,1000000:1000,1000000:100"
 
 
 def ms(samples) -> dict:
     a = np.asarray(samples) * 1e3
-    return {"n": len(a), "p50": float(np.median(a)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
+    return {
+        "n": len(a),
+        "p50": float(np.median(a)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+    }
 
 
 def row(label: str, s: dict) -> str:
@@ -95,7 +100,7 @@ async def bench_embedding(questions: list[str]) -> dict:
         result = {"model": embedder.model_id, "embed": ms(samples)}
         stage2 = make_stage2(load_calibration(config, embedder.model_id), config)
         if stage2 is not None:
-            pairs = list(zip(questions, questions[1:] + questions[:1]))
+            pairs = list(zip(questions, questions[1:] + questions[:1], strict=True))
             for a, b in pairs[:10]:
                 await stage2.score(a, b, 0.9)
             samples = []
@@ -133,8 +138,9 @@ class CacheProcess:
 
     def start(self) -> CacheProcess:
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "llmesh.services.cache"], env=self.env,
-                                            stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "llmesh.services.cache"], env=self.env, stdout=log, stderr=log
+            )
         deadline = time.monotonic() + 120
         while not self.ready.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -176,8 +182,9 @@ async def bench_grpc(fillers: int, rounds: int) -> dict:
 
     topics = ["invoice", "router", "contract", "laptop", "pension", "printer", "badge", "server", "budget", "visa"]
     actions = ["renew", "configure", "return", "approve", "replace", "audit", "migrate", "insure", "ship", "price"]
-    filler_questions = [f"How do I {actions[i % 10]} the {topics[(i // 10) % 10]} number {i} for team {i % 37}?"
-                        for i in range(fillers)]
+    filler_questions = [
+        f"How do I {actions[i % 10]} the {topics[(i // 10) % 10]} number {i} for team {i % 37}?" for i in range(fillers)
+    ]
     with tempfile.TemporaryDirectory(prefix="semantic-bench-") as tmp:
         nats = NatsServerProcess(str(pathlib.Path(tmp) / "nats"))
         nats.start()
@@ -187,15 +194,23 @@ async def bench_grpc(fillers: int, rounds: int) -> dict:
                 stub = cache_pb2_grpc.CacheServiceStub(channel)
                 started = time.perf_counter()
                 for text in [a for a, _ in pairs] + filler_questions:
-                    await stub.Store(cache_pb2.StoreRequest(
-                        key=key(text), content=f"answer: {text}", model="bench", backend="local",
-                        tier=common_pb2.TIER_2, ttl_seconds=3600), timeout=30)
+                    await stub.Store(
+                        cache_pb2.StoreRequest(
+                            key=key(text),
+                            content=f"answer: {text}",
+                            model="bench",
+                            backend="local",
+                            tier=common_pb2.TIER_2,
+                            ttl_seconds=3600,
+                        ),
+                        timeout=30,
+                    )
                 store_s = time.perf_counter() - started
                 outcomes: dict[str, int] = {}
                 hits, misses = [], []
                 unrelated = [f"What is the tallest building in city number {i}?" for i in range(len(pairs))]
                 for _ in range(rounds):
-                    for (_, reworded), other in zip(pairs, unrelated):
+                    for (_, reworded), other in zip(pairs, unrelated, strict=True):
                         for text, sink in ((reworded, hits), (other, misses)):
                             t0 = time.perf_counter()
                             response = await stub.Lookup(cache_pb2.LookupRequest(key=key(text)), timeout=10)
@@ -206,8 +221,13 @@ async def bench_grpc(fillers: int, rounds: int) -> dict:
         finally:
             service.stop()
             nats.stop()
-    return {"stored": len(pairs) + fillers, "store_s": store_s, "reworded": ms(hits), "unrelated": ms(misses),
-            "reworded_outcomes": outcomes}
+    return {
+        "stored": len(pairs) + fillers,
+        "store_s": store_s,
+        "reworded": ms(hits),
+        "unrelated": ms(misses),
+        "reworded_outcomes": outcomes,
+    }
 
 
 # -- vector search on the embedded store ----------------------------------------------------------
@@ -232,11 +252,17 @@ async def bench_search(size: int, tenants: int, queries: int, optimize: bool, wo
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         entries = [
             SemanticEntry(
-                entry_id=f"e{i}", tenant_id=f"t{i % tenants}", use_case="support", tier=2,
-                context_hash="c0ffee" * 8, params_hash="5eed" * 16,
+                entry_id=f"e{i}",
+                tenant_id=f"t{i % tenants}",
+                use_case="support",
+                tier=2,
+                context_hash="c0ffee" * 8,
+                params_hash="5eed" * 16,
                 text=f"How do I reset the password of account {i} when the email is gone?",
-                expires_at=now + 86400, created_at=now,
-                content_versions={"handbook": 3}, payload=b"x" * 300,
+                expires_at=now + 86400,
+                created_at=now,
+                content_versions={"handbook": 3},
+                payload=b"x" * 300,
             )
             for i in range(start, start + n)
         ]
@@ -247,8 +273,15 @@ async def bench_search(size: int, tenants: int, queries: int, optimize: bool, wo
     def probe() -> tuple[SemanticQuery, np.ndarray]:
         v = rng.standard_normal(DIM).astype(np.float32)
         v /= np.linalg.norm(v)
-        q = SemanticQuery(tenant_id=f"t{rng.integers(tenants)}", use_case="support", tier=1,
-                          context_hash="c0ffee" * 8, params_hash="5eed" * 16, text="-", now=now)
+        q = SemanticQuery(
+            tenant_id=f"t{rng.integers(tenants)}",
+            use_case="support",
+            tier=1,
+            context_hash="c0ffee" * 8,
+            params_hash="5eed" * 16,
+            text="-",
+            now=now,
+        )
         return q, v
 
     async def measure() -> tuple[dict, dict]:
@@ -260,8 +293,9 @@ async def bench_search(size: int, tenants: int, queries: int, optimize: bool, wo
             await store.nearest(lookup_scope(q), v)
         for _ in range(queries):
             q, v = probe()
-            request = qe.QueryRequest(limit=1, query=qe.Query.Nearest(v.tolist()),
-                                      filter=edge_filter(lookup_scope(q)), with_payload=True)
+            request = qe.QueryRequest(
+                limit=1, query=qe.Query.Nearest(v.tolist()), filter=edge_filter(lookup_scope(q)), with_payload=True
+            )
             t0 = time.perf_counter()
             found = shard.query(request)
             raw.append(time.perf_counter() - t0)
@@ -272,9 +306,15 @@ async def bench_search(size: int, tenants: int, queries: int, optimize: bool, wo
         return ms(raw), ms(nearest)
 
     raw, nearest = await measure()
-    result = {"size": size, "tenants": tenants, "insert_s": insert_s,
-              "rss_per_entry": (rss_bytes() - rss_before) / size,
-              "disk_per_entry": dir_bytes(path) / size, "raw": raw, "nearest": nearest}
+    result = {
+        "size": size,
+        "tenants": tenants,
+        "insert_s": insert_s,
+        "rss_per_entry": (rss_bytes() - rss_before) / size,
+        "disk_per_entry": dir_bytes(path) / size,
+        "raw": raw,
+        "nearest": nearest,
+    }
     if optimize:
         t0 = time.perf_counter()
         await store.optimize()
@@ -296,7 +336,8 @@ def report(args, embedding, grpc_result, searches) -> str:
         "# Semantic cache: embedding, lookup through gRPC, vector search",
         "",
         f"Generated by `bench/semantic_bench.py {' '.join(sys.argv[1:])}` on {datetime.date.today().isoformat()}: "
-        f"Python {platform.python_version()}, {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPU cores "
+        f"({platform.processor() or platform.machine()}), "
         f"{platform.system()} {platform.release()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}.",
         "",
         f"Load average when the report was written: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1/5/15 min); "
@@ -305,8 +346,12 @@ def report(args, embedding, grpc_result, searches) -> str:
     ]
     header = ["| measured | n | p50 ms | p90 ms | p99 ms | mean ms |", "| --- | --- | --- | --- | --- | --- |"]
     if embedding:
-        lines += ["## Embedding one question (in process, 1 torch thread)", "", *header,
-                  row(f"embed ({embedding['model']})", embedding["embed"])]
+        lines += [
+            "## Embedding one question (in process, 1 torch thread)",
+            "",
+            *header,
+            row(f"embed ({embedding['model']})", embedding["embed"]),
+        ]
         if "stage2" in embedding:
             lines.append(row(f"second stage score ({embedding['stage2']['name']})", embedding["stage2"]))
         lines.append("")
@@ -339,12 +384,16 @@ def report(args, embedding, grpc_result, searches) -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for s in searches:
-            opt = (f"{s['optimize_s']:.1f} | {s['raw_optimized']['p50']:.2f} / {s['raw_optimized']['p99']:.2f}"
-                   if "optimize_s" in s else "not run | -")
+            opt = (
+                f"{s['optimize_s']:.1f} | {s['raw_optimized']['p50']:.2f} / {s['raw_optimized']['p99']:.2f}"
+                if "optimize_s" in s
+                else "not run | -"
+            )
             lines.append(
                 f"| {s['size']:,} | {s['tenants']:,} ({s['size'] // s['tenants']:,}) | {s['insert_s']:.0f} | "
                 f"{s['rss_per_entry'] / 1024:.2f} kB | {s['disk_per_entry'] / 1024:.2f} kB | "
-                f"{s['raw']['p50']:.2f} / {s['raw']['p99']:.2f} | {s['nearest']['p50']:.2f} / {s['nearest']['p99']:.2f} "
+                f"{s['raw']['p50']:.2f} / {s['raw']['p99']:.2f} | "
+                f"{s['nearest']['p50']:.2f} / {s['nearest']['p99']:.2f} "
                 f"| {opt} |"
             )
         lines.append("")
@@ -356,8 +405,12 @@ async def main() -> None:
     parser.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--fillers", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="repeats of the lookups; repeats reuse the vector of the first (embedded once)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeats of the lookups; repeats reuse the vector of the first (embedded once)",
+    )
     parser.add_argument("--skip-embedding", action="store_true")
     parser.add_argument("--skip-grpc", action="store_true")
     parser.add_argument("--skip-search", action="store_true")

@@ -52,8 +52,14 @@ def main() -> None:
     head = torch.nn.Linear(model.config.hidden_size, 1)
 
     def logits(pairs):
-        enc = tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation=True,
-                        max_length=128, return_tensors="pt")
+        enc = tokenizer(
+            [a for a, _ in pairs],
+            [b for _, b in pairs],
+            padding=True,
+            truncation=True,
+            max_length=128,
+            return_tensors="pt",
+        )
         hidden = model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).float()
         return head((hidden * mask).sum(1) / mask.sum(1)).squeeze(-1)

@@ -23,7 +23,14 @@ def calibration() -> Calibration:
 
 @pytest.mark.parametrize(
     ("similarity", "expected"),
-    [(0.96, Decision.HIT), (0.95, Decision.HIT), (0.79, Decision.MISS), (-1.0, Decision.MISS), (0.9, None), (0.8, None)],
+    [
+        (0.96, Decision.HIT),
+        (0.95, Decision.HIT),
+        (0.79, Decision.MISS),
+        (-1.0, Decision.MISS),
+        (0.9, None),
+        (0.8, None),
+    ],
 )
 def test_first_stage_zones(similarity, expected):
     assert OperatingPoint(0.01, 0.80, 0.95, 0.5).first_stage(similarity) is expected

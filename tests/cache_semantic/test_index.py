@@ -197,7 +197,10 @@ async def test_tenant_scoped_calls_need_a_tenant(index):
 async def test_a_negated_or_renumbered_question_is_vetoed_however_close(index):
     t = unique("tenant")
     await index.add(entry(t, "cancel", "can I cancel my order from 2023"))
-    for text, reason in (("can I not cancel my order from 2023", "negation"), ("can I cancel my order from 2024", "number")):
+    for text, reason in (
+        ("can I not cancel my order from 2023", "negation"),
+        ("can I cancel my order from 2024", "number"),
+    ):
         match = await index.lookup(query(t, text))
         assert match.decision is Decision.GRAY_MISS and match.stage2_score == 0.0
         assert index.gray_zone[-1].veto == reason

@@ -9,11 +9,15 @@ from __future__ import annotations
 import random
 import time
 
-import numpy as np
 import pytest
 
-from llmesh.services.cache.semantic import Calibration, OperatingPoint, SemanticEntry, SemanticQuery
-from llmesh.services.cache.semantic import open_semantic_index
+from llmesh.services.cache.semantic import (
+    Calibration,
+    OperatingPoint,
+    SemanticEntry,
+    SemanticQuery,
+    open_semantic_index,
+)
 from llmesh.services.cache.semantic.config import SemanticConfig
 from llmesh.services.cache.semantic.scope import point_id
 from tests.helpers import unique
@@ -53,7 +57,10 @@ async def check_isolation(tmp_path, lookups: int, seed: int, **store_config) -> 
                 )
             )
     await index.add_many(entries)
-    vectors = {point_id(e.tenant_id, e.entry_id): v for e, v in zip(entries, await embedder.embed([e.text for e in entries]))}
+    vectors = {
+        point_id(e.tenant_id, e.entry_id): v
+        for e, v in zip(entries, await embedder.embed([e.text for e in entries]), strict=True)
+    }
     latest = {point_id(e.tenant_id, e.entry_id): e for e in entries}  # later upserts of an id win
 
     found = served = 0

@@ -27,7 +27,11 @@ async def index(tmp_path_factory):
 
 
 async def test_embeddings_are_unit_vectors_and_put_paraphrases_closest(index):
-    texts = ["How do I reset my password?", "What are the steps to reset my password?", "What is the capital of France?"]
+    texts = [
+        "How do I reset my password?",
+        "What are the steps to reset my password?",
+        "What is the capital of France?",
+    ]
     vectors = await index.embedder.embed(texts)
     assert vectors.shape == (3, index.embedder.dim) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -56,7 +60,9 @@ async def test_one_tenants_answer_never_reaches_another(index):
 def test_the_shipped_calibration_belongs_to_the_shipped_embedder(index):
     calibration = load_calibration(SemanticConfig(), index.embedder.model_id)
     assert calibration.embedder == index.embedder.model_id
-    assert [p.target_false_hit_rate for p in calibration.points] == sorted(p.target_false_hit_rate for p in calibration.points)
+    assert [p.target_false_hit_rate for p in calibration.points] == sorted(
+        p.target_false_hit_rate for p in calibration.points
+    )
     # Stricter targets never loosen the first stage.
     uppers = [p.upper for p in calibration.points]
     assert uppers == sorted(uppers, reverse=True)

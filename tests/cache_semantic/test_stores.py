@@ -83,7 +83,9 @@ async def test_expired_entries_are_never_found_and_are_purged(store):
 
 async def test_delete_by_ids_stays_inside_the_tenant(store):
     a, b = unique("tenant-a"), unique("tenant-b")
-    await store.upsert([entry(a, "e1", "q"), entry(b, "e1", "q"), entry(a, "e2", "r")], np.stack([unit(6), unit(6), unit(7)]))
+    await store.upsert(
+        [entry(a, "e1", "q"), entry(b, "e1", "q"), entry(a, "e2", "r")], np.stack([unit(6), unit(6), unit(7)])
+    )
     assert await store.delete_ids(a, ["e1", "missing"]) == 1
     assert await store.count(TenantScope(a)) == 1
     assert await store.count(TenantScope(b)) == 1
@@ -111,8 +113,16 @@ async def test_delete_matching_use_case_document_version_and_age(store):
 
 async def test_entries_round_trip_through_the_store(store):
     t = unique("tenant")
-    original = entry(t, "e1", "Wie kündige ich? 🙂", content_versions={"d": 4}, pinned=True, content_class="faq",
-                     payload=bytes(range(256)), context_hash="")
+    original = entry(
+        t,
+        "e1",
+        "Wie kündige ich? 🙂",
+        content_versions={"d": 4},
+        pinned=True,
+        content_class="faq",
+        payload=bytes(range(256)),
+        context_hash="",
+    )
     await store.upsert([original], unit(20)[None])
     found = await store.nearest(lookup_scope(query(t, "x", context_hash="")), unit(20))
     assert found[0].entry == original
@@ -154,7 +164,7 @@ async def test_edge_store_refuses_vectors_of_another_size(tmp_path):
     store = await EdgeStore.open(tmp_path / "s", DIM)
     await store.upsert([entry("t", "e", "q")], unit(1)[None])
     await store.close()
-    with pytest.raises(Exception):
+    with pytest.raises(errors.FailedPrecondition, match="vector size"):
         await EdgeStore.open(tmp_path / "s", DIM * 2)
 
 
@@ -163,3 +173,23 @@ async def test_server_store_refuses_a_collection_of_another_size(tmp_path):
     await store.close()
     with pytest.raises(errors.LlmeshError, match="dimensional"):
         await QdrantServerStore.open("c", DIM * 2, path=str(tmp_path / "local"))
+
+
+async def test_edge_store_finds_an_eligible_entry_behind_many_closer_ineligible_ones(tmp_path):
+    store = await EdgeStore.open(tmp_path / "s", DIM)
+    try:
+        t = unique("tenant")
+        target = unit(50)
+        close = [target + 0.01 * unit(100 + i) for i in range(40)]
+        entries = [entry(t, f"other-context-{i}", "q", context_hash="other") for i in range(40)]
+        entries.append(entry(t, "wanted", "q", context_hash="ctx"))
+        far = unit(51)
+        await store.upsert(entries, np.stack(close + [far]))
+        found = await store.nearest(lookup_scope(query(t, "q", context_hash="ctx")), target)
+        assert [c.entry.entry_id for c in found] == ["wanted"]
+        assert store.full_filter_queries == 1
+        # Among the first look: answered without the full filter.
+        found = await store.nearest(lookup_scope(query(t, "q", context_hash="other")), target)
+        assert found[0].entry.context_hash == "other" and store.full_filter_queries == 1
+    finally:
+        await store.close()

@@ -19,7 +19,9 @@ from llmesh.services.cache.semantic.verifier import PairVerifier, Trees
 def test_split_never_shares_a_question_and_is_stable():
     rng = np.random.default_rng(0)
     questions = [f"question {i}" for i in range(400)]
-    pairs = [Pair(questions[a], questions[b], bool(rng.integers(2))) for a, b in rng.integers(0, 400, (600, 2)) if a != b]
+    pairs = [
+        Pair(questions[a], questions[b], bool(rng.integers(2))) for a, b in rng.integers(0, 400, (600, 2)) if a != b
+    ]
     splits = split_by_question(pairs)
     assert sum(len(v) for v in splits.values()) == len(pairs)
     seen = {name: {q for p in v for q in (p.a, p.b)} for name, v in splits.items()}
@@ -29,10 +31,16 @@ def test_split_never_shares_a_question_and_is_stable():
 
 
 def test_features_see_numbers_negations_and_rare_unmatched_words():
-    df = DocumentFrequencies.from_texts(["how do I cancel my order", "how do I track my order"] * 5 + ["congo"], min_count=1)
-    same = dict(zip(NAMES, pair_features("How do I cancel my order?", "how do i cancel my order", 0.99, df)))
-    negated = dict(zip(NAMES, pair_features("Can I cancel my order?", "Can I not cancel my order?", 0.95, df)))
-    number = dict(zip(NAMES, pair_features("JEE 2016 syllabus", "JEE 2017 syllabus", 0.97, df)))
+    df = DocumentFrequencies.from_texts(
+        ["how do I cancel my order", "how do I track my order"] * 5 + ["congo"], min_count=1
+    )
+    same = dict(
+        zip(NAMES, pair_features("How do I cancel my order?", "how do i cancel my order", 0.99, df), strict=True)
+    )
+    negated = dict(
+        zip(NAMES, pair_features("Can I cancel my order?", "Can I not cancel my order?", 0.95, df), strict=True)
+    )
+    number = dict(zip(NAMES, pair_features("JEE 2016 syllabus", "JEE 2017 syllabus", 0.97, df), strict=True))
     assert same["word_jaccard"] == 1.0 and same["unmatched_weight_max"] == 0.0 and same["number_mismatch"] == 0.0
     assert negated["negation_mismatch"] == 1.0
     assert number["number_mismatch"] == 1.0 and number["unmatched_idf_max"] > 0
@@ -96,8 +104,9 @@ async def test_the_training_command_calibrates_the_base_model_end_to_end(tmp_pat
         ",".join(json.dumps(q) for q in (p.a, p.b)) + f",{int(p.duplicate)}" for p in source[:500]
     ]
     small.write_text("\n".join(rows) + "\n")
-    args = argparse.Namespace(data=str(small), layers=1, epochs=1, threads=1, margin=0.75, base=True, weights="",
-                              out=str(tmp_path / "models"))
+    args = argparse.Namespace(
+        data=str(small), layers=1, epochs=1, threads=1, margin=0.75, base=True, weights="", out=str(tmp_path / "models")
+    )
     report = await train.run(args)
     calibration = Calibration.load(tmp_path / "models" / "calibration.all_minilm_l6_v2.json")
     assert calibration.embedder == "all-MiniLM-L6-v2" and len(calibration.points) == 6

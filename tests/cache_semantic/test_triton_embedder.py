@@ -32,9 +32,13 @@ class EmbeddingModel(service_pb2_grpc.GRPCInferenceServiceServicer):
         texts = [t.decode() for t in deserialize_bytes_tensor(request.raw_input_contents[0])]
         vectors = (await self.hash.embed(texts)) * 3.0  # unnormalised, as many models return
         dim = self.dim - 1 if self.wrong_shape else self.dim
-        out = service_pb2.ModelInferResponse.InferOutputTensor(name="EMBEDDING", datatype="FP32", shape=[len(texts), dim])
+        out = service_pb2.ModelInferResponse.InferOutputTensor(
+            name="EMBEDDING", datatype="FP32", shape=[len(texts), dim]
+        )
         return service_pb2.ModelInferResponse(
-            model_name=request.model_name, outputs=[out], raw_output_contents=[vectors[:, :dim].astype(np.float32).tobytes()]
+            model_name=request.model_name,
+            outputs=[out],
+            raw_output_contents=[vectors[:, :dim].astype(np.float32).tobytes()],
         )
 
 

@@ -41,7 +41,9 @@ class SemanticConfig:
     embed_threads: int = setting(
         "LLMESH_CACHE_EMBED_THREADS", 1, "torch threads for the in-process embedder (docs/adr/0003)", _threads
     )
-    triton_url: str = setting("LLMESH_CACHE_TRITON_URL", "127.0.0.1:8001", "Triton gRPC address for the triton embedder")
+    triton_url: str = setting(
+        "LLMESH_CACHE_TRITON_URL", "127.0.0.1:8001", "Triton gRPC address for the triton embedder"
+    )
     triton_model: str = setting(
         "LLMESH_CACHE_TRITON_MODEL", "all-MiniLM-L6-v2", "Triton model that maps TEXT (BYTES) to an embedding"
     )
@@ -72,5 +74,8 @@ class SemanticConfig:
         "second-stage model file; empty: the one shipped in the package",
     )
     purge_interval_s: float = setting(
-        "LLMESH_CACHE_SEMANTIC_PURGE_S", 60.0, "seconds between background purges of expired entries (0: off)", non_negative
+        "LLMESH_CACHE_SEMANTIC_PURGE_S",
+        60.0,
+        "seconds between background purges of expired entries (0: off)",
+        non_negative,
     )

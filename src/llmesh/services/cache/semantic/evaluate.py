@@ -52,9 +52,7 @@ def served_share(
 ) -> dict[float, float]:
     """For pairs that are all paraphrases (or all near misses): the share a point would serve."""
     ones = np.ones(len(similarity), dtype=bool)
-    return {
-        p.target_false_hit_rate: outcome(p, similarity, stage2, ones, vetoed).recall for p in calibration.points
-    }
+    return {p.target_false_hit_rate: outcome(p, similarity, stage2, ones, vetoed).recall for p in calibration.points}
 
 
 def as_pairs(pairs: list[Pair]) -> tuple[list[tuple[str, str]], np.ndarray]:

@@ -9,7 +9,7 @@ from llmesh.kit.logging import get_logger
 
 from .config import SemanticConfig
 from .decision import Calibration, HitPolicy
-from .embedder import Embedder, MiniLMEmbedder, TritonEmbedder, collection_name
+from .embedder import Embedder, TritonEmbedder, collection_name
 from .index import QdrantSemanticIndex
 from .stage2 import SecondStage
 

@@ -79,7 +79,9 @@ def _inputs_of_layer(transformer, tokenizer, texts: list[str], cut: int, batch: 
     out = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch):
-            enc = tokenizer(texts[start : start + batch], padding=True, truncation=True, max_length=256, return_tensors="pt")
+            enc = tokenizer(
+                texts[start : start + batch], padding=True, truncation=True, max_length=256, return_tensors="pt"
+            )
             states = transformer(**enc, output_hidden_states=True).hidden_states[cut]
             lengths = enc["attention_mask"].sum(1).tolist()
             out.extend(states[row, : int(n)].clone() for row, n in enumerate(lengths))

@@ -72,6 +72,33 @@ class TenantScope:
         return (Match(TENANT, self.tenant_id), *self.extra)
 
 
+def satisfied(conditions: tuple[Condition, ...], payload: dict[str, Any]) -> bool:
+    """The conditions evaluated on a stored payload, with the stores' semantics."""
+    for cond in conditions:
+        if isinstance(cond, Match):
+            if payload.get(cond.key) != cond.value:
+                return False
+        elif isinstance(cond, Range):
+            value = payload.get(cond.key)
+            if value is None:
+                return False
+            if (
+                (cond.gt is not None and not value > cond.gt)
+                or (cond.gte is not None and not value >= cond.gte)
+                or (cond.lt is not None and not value < cond.lt)
+                or (cond.lte is not None and not value <= cond.lte)
+            ):
+                return False
+        elif isinstance(cond, BuiltFromOlder):
+            if not any(
+                d.get("doc") == cond.document_id and d.get("v", 0) < cond.version for d in payload.get(DOCS, [])
+            ):
+                return False
+        else:
+            raise TypeError(f"unknown condition {cond!r}")
+    return True
+
+
 def lookup_scope(query: SemanticQuery) -> TenantScope:
     """The entries that may answer `query`: same tenant, use case, context and parameters, a tier
     at least as strong as the one asked for, not expired."""

@@ -38,7 +38,9 @@ def _condition(cond: Condition):
     if isinstance(cond, Match):
         return models.FieldCondition(key=cond.key, match=models.MatchValue(value=cond.value))
     if isinstance(cond, Range):
-        return models.FieldCondition(key=cond.key, range=models.Range(gt=cond.gt, gte=cond.gte, lt=cond.lt, lte=cond.lte))
+        return models.FieldCondition(
+            key=cond.key, range=models.Range(gt=cond.gt, gte=cond.gte, lt=cond.lt, lte=cond.lte)
+        )
     if isinstance(cond, BuiltFromOlder):
         return models.NestedCondition(
             nested=models.Nested(

@@ -96,8 +96,11 @@ async def run(args) -> dict:
 
         model_id = f"{MINILM_ID}-paraphrase-{weights_id(tensors)}"
         weights = out / TUNED_WEIGHTS.name
-        save_file(tensors, str(weights), metadata={"model_id": model_id, "base": MINILM_ID,
-                                                   "layers": str(args.layers), "epochs": str(args.epochs)})
+        save_file(
+            tensors,
+            str(weights),
+            metadata={"model_id": model_id, "base": MINILM_ID, "layers": str(args.layers), "epochs": str(args.epochs)},
+        )
         embedder = TunedMiniLMEmbedder(weights, threads=args.threads)
     await embedder.start()
     model_id = embedder.model_id
@@ -120,7 +123,9 @@ async def run(args) -> dict:
     val_vetoed = vetoes(val_pairs)
     trees, val_stage2 = fit_verifier(feature_rows(val_pairs, val_sim), val_y)
     verifier = PairVerifier(trees, df)
-    stage2_of = lambda pairs, sims: np.array([verifier.probability(a, b, s) for (a, b), s in zip(pairs, sims)])  # noqa: E731
+
+    def stage2_of(pairs, sims):
+        return np.array([verifier.probability(a, b, s) for (a, b), s in zip(pairs, sims, strict=True)])
 
     calibration = Calibration(
         embedder=model_id,
@@ -138,10 +143,15 @@ async def run(args) -> dict:
 
     report.update(
         model_id=model_id,
-        auc={"val_similarity": roc_auc_score(val_y, val_sim), "test_similarity": roc_auc_score(test_y, test_sim),
-             "val_stage2_out_of_fold": roc_auc_score(val_y, val_stage2), "test_stage2": roc_auc_score(test_y, test_stage2)},
-        two_stage=measure(calibration, vectors, stage2_of, labelled, rewordings, near_misses,
-                          stage2_given={"val": val_stage2}),
+        auc={
+            "val_similarity": roc_auc_score(val_y, val_sim),
+            "test_similarity": roc_auc_score(test_y, test_sim),
+            "val_stage2_out_of_fold": roc_auc_score(val_y, val_stage2),
+            "test_stage2": roc_auc_score(test_y, test_stage2),
+        },
+        two_stage=measure(
+            calibration, vectors, stage2_of, labelled, rewordings, near_misses, stage2_given={"val": val_stage2}
+        ),
         similarity_only=measure(plain, vectors, stage2_of, labelled, rewordings, near_misses),
         handwritten={"rewordings": len(rewordings), "near_misses": len(near_misses)},
         margin=args.margin,
@@ -153,9 +163,12 @@ async def run(args) -> dict:
     (out / f"metrics.{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     for row in report["two_stage"]:
         t = row["test"]
-        print(f"target {row['target']:.3f}: test recall {t['recall']:.3f} false hits {t['false_hit_rate']:.4f} "
-              f"precision {t['precision']:.3f}; rewordings {row['rewordings_served']:.2f}, "
-              f"near misses {row['near_misses_served']:.2f}", flush=True)
+        print(
+            f"target {row['target']:.3f}: test recall {t['recall']:.3f} false hits {t['false_hit_rate']:.4f} "
+            f"precision {t['precision']:.3f}; rewordings {row['rewordings_served']:.2f}, "
+            f"near misses {row['near_misses_served']:.2f}",
+            flush=True,
+        )
     return report
 
 
