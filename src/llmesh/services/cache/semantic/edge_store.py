@@ -44,7 +44,7 @@ from .store import Candidate
 T = TypeVar("T")
 
 _UPSERT_BATCH = 1000
-_FIRST_LOOK = 16
+_FIRST_LOOK = 8
 
 
 def _condition(cond: Condition):
@@ -185,9 +185,6 @@ class EdgeStore:
         """Builds the per-tenant graphs and vacuums deleted points. Blocks the process while it
         runs (qdrant-edge keeps the GIL): call it at start-up or in a maintenance window."""
         return await self._run(self._shard.optimize)
-
-    async def points(self) -> int:
-        return await self._run(lambda: self._shard.info().points_count)
 
     async def close(self) -> None:
         def close() -> None:
