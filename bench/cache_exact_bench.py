@@ -17,22 +17,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import os
 import pathlib
 import platform
 import random
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 import redis
 
+from llmesh.launcher.processes import ServiceProcess
 from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.client import open_channel
@@ -75,47 +73,22 @@ def _rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-class CacheProcess:
-    def __init__(self, workdir: pathlib.Path, nats_url: str, **env: str):
-        self.ready = workdir / f"cache-{time.monotonic_ns()}.json"
-        self.log = workdir / "cache.log"
-        self.env = {
-            **os.environ,
-            "LLMESH_PORT": "0",
-            "LLMESH_METRICS_PORT": "0",
-            "LLMESH_NATS_URL": nats_url,
-            "LLMESH_READY_FILE": str(self.ready),
-            "LLMESH_CACHE_SEMANTIC": "false",
-            "LLMESH_CACHE_REPLICA_ID": f"bench-{os.getpid()}-{time.monotonic_ns()}",
-            "LLMESH_CACHE_MAX_ENTRIES": "1000000",
-            "LLMESH_LOG_LEVEL": "warning",
-            "LLMESH_HOME": str(workdir),
-            "OMP_NUM_THREADS": "1",
-            **env,
-        }
-        self.process: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self) -> "CacheProcess":
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "llmesh.services.cache"], env=self.env,
-                                            stdout=log, stderr=log)
-        deadline = time.monotonic() + 60
-        while not self.ready.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"cache service did not start; see {self.log}")
-            time.sleep(0.05)
-        self.port = json.loads(self.ready.read_text())["port"]
-        return self
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def start_cache(workdir: pathlib.Path, nats_url: str, **env: str) -> ServiceProcess:
+    """The cache service as its own process on a free port, as `llmesh up` runs it."""
+    service = ServiceProcess("cache", port=0, home=workdir, env={
+        **os.environ,
+        "LLMESH_HOME": str(workdir),
+        "LLMESH_NATS_URL": nats_url,
+        "LLMESH_CACHE_SEMANTIC": "false",
+        "LLMESH_CACHE_REPLICA_ID": f"bench-{os.getpid()}-{time.monotonic_ns()}",
+        "LLMESH_CACHE_MAX_ENTRIES": "1000000",
+        "LLMESH_LOG_LEVEL": "warning",
+        "OMP_NUM_THREADS": "1",
+        **env,
+    })
+    service.start()
+    service.wait_ready(60)
+    return service
 
 
 async def _store_all(stub, entries: int, concurrency: int = 32) -> None:
@@ -159,7 +132,7 @@ async def _time_concurrent(stub, requests, concurrency: int) -> tuple[list[float
     return samples, len(requests) / (time.perf_counter() - started)
 
 
-async def run_layer(name: str, service: CacheProcess, entries: int, lookups: int, memory_of) -> dict:
+async def run_layer(name: str, service: ServiceProcess, entries: int, lookups: int, memory_of) -> dict:
     rng = random.Random(7)
     async with open_channel(f"127.0.0.1:{service.port}") as channel:
         stub = cache_pb2_grpc.CacheServiceStub(channel)
@@ -229,11 +202,11 @@ async def main_async(args) -> None:
     redis_process = None
     results = []
     try:
-        lru = CacheProcess(workdir, nats.url).start()
+        lru = start_cache(workdir, nats.url)
         try:
             results.append(await run_layer("lru", lru, args.entries, args.lookups, lambda: _rss_bytes(lru.process.pid)))
         finally:
-            lru.stop()
+            lru.stop(20)
         binary = shutil.which("redis-server")
         if binary and not args.no_redis:
             port = _free_port()
@@ -247,12 +220,12 @@ async def main_async(args) -> None:
                     break
                 except redis.exceptions.ConnectionError:
                     time.sleep(0.05)
-            service = CacheProcess(workdir, nats.url, LLMESH_REDIS_URL=f"redis://127.0.0.1:{port}/0").start()
+            service = start_cache(workdir, nats.url, LLMESH_REDIS_URL=f"redis://127.0.0.1:{port}/0")
             try:
                 results.append(await run_layer("redis", service, args.entries, args.lookups,
                                                lambda: int(client.info("memory")["used_memory"])))
             finally:
-                service.stop()
+                service.stop(20)
                 client.close()
     finally:
         if redis_process is not None:

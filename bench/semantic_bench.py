@@ -32,8 +32,6 @@ import os
 import pathlib
 import platform
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +45,7 @@ import numpy as np  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from llmesh.launcher.processes import ServiceProcess
 from llmesh.services.cache.semantic.api import SemanticEntry, SemanticQuery  # noqa: E402
 from llmesh.services.cache.semantic.pairs import read_text_pairs  # noqa: E402
 
@@ -118,46 +117,20 @@ async def bench_embedding(questions: list[str]) -> dict:
 # -- semantic lookup through gRPC -----------------------------------------------------------------
 
 
-class CacheProcess:
-    def __init__(self, workdir: pathlib.Path, nats_url: str):
-        self.ready = workdir / "cache-ready.json"
-        self.log = workdir / "cache.log"
-        self.env = {
-            **os.environ,
-            "LLMESH_PORT": "0",
-            "LLMESH_METRICS_PORT": "0",
-            "LLMESH_NATS_URL": nats_url,
-            "LLMESH_READY_FILE": str(self.ready),
-            "LLMESH_CACHE_SEMANTIC": "true",
-            "LLMESH_CACHE_REPLICA_ID": f"bench-{os.getpid()}",
-            "LLMESH_LOG_LEVEL": "warning",
-            "LLMESH_HOME": str(workdir),
-            "OMP_NUM_THREADS": "1",
-        }
-        self.process: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self) -> CacheProcess:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "llmesh.services.cache"], env=self.env, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + 120
-        while not self.ready.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"cache service did not start; see {self.log}")
-            time.sleep(0.05)
-        self.port = json.loads(self.ready.read_text())["port"]
-        return self
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def start_cache(workdir: pathlib.Path, nats_url: str) -> ServiceProcess:
+    """The cache service as its own process on a free port, as `llmesh up` runs it."""
+    service = ServiceProcess("cache", port=0, home=workdir, env={
+        **os.environ,
+        "LLMESH_HOME": str(workdir),
+        "LLMESH_NATS_URL": nats_url,
+        "LLMESH_CACHE_SEMANTIC": "true",
+        "LLMESH_CACHE_REPLICA_ID": f"bench-{os.getpid()}",
+        "LLMESH_LOG_LEVEL": "warning",
+        "OMP_NUM_THREADS": "1",
+    })
+    service.start()
+    service.wait_ready(120)
+    return service
 
 
 async def bench_grpc(fillers: int, rounds: int) -> dict:
@@ -189,7 +162,7 @@ async def bench_grpc(fillers: int, rounds: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="semantic-bench-") as tmp:
         nats = NatsServerProcess(str(pathlib.Path(tmp) / "nats"))
         nats.start()
-        service = CacheProcess(pathlib.Path(tmp), nats.url).start()
+        service = start_cache(pathlib.Path(tmp), nats.url)
         try:
             async with open_channel(f"127.0.0.1:{service.port}") as channel:
                 stub = cache_pb2_grpc.CacheServiceStub(channel)
@@ -220,7 +193,7 @@ async def bench_grpc(fillers: int, rounds: int) -> dict:
                                 name = cache_pb2.LookupOutcome.Name(response.outcome)
                                 outcomes[name] = outcomes.get(name, 0) + 1
         finally:
-            service.stop()
+            service.stop(30)
             nats.stop()
     return {
         "stored": len(pairs) + fillers,

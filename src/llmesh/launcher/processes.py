@@ -120,6 +120,20 @@ class ServiceProcess:
         self.port, self.metrics_port = int(data["port"]), int(data["metrics_port"])
         return True
 
+    def wait_ready(self, timeout_s: float) -> None:
+        """Blocks until the service is SERVING (its ready file names this process)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.read_ready_file():
+            if self.exit_code() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start; see {self.log_path}")
+            time.sleep(0.05)
+
+    def stop(self, timeout_s: float) -> None:
+        """SIGTERM (graceful drain), then SIGKILL after `timeout_s`."""
+        self.terminate()
+        if not self.wait(timeout_s):
+            self.kill()
+
     def terminate(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
