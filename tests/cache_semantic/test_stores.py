@@ -193,3 +193,41 @@ async def test_edge_store_finds_an_eligible_entry_behind_many_closer_ineligible_
         assert found[0].entry.context_hash == "other" and store.full_filter_queries == 1
     finally:
         await store.close()
+
+
+async def test_edge_store_answers_from_the_first_look_when_its_nearest_are_ineligible(tmp_path):
+    store = await EdgeStore.open(tmp_path / "s", DIM)
+    try:
+        t = unique("tenant")
+        target = unit(60)
+        # The three nearest belong to another context, the fourth is the answer, more follow.
+        vectors = []
+        for i in range(12):  # ever farther from the target
+            away = unit(200 + i) - (unit(200 + i) @ target) * target
+            vectors.append(target + 0.05 * (i + 1) * away / np.linalg.norm(away))
+        entries = [entry(t, f"other-{i}", "q", context_hash="other") for i in range(3)]
+        entries += [entry(t, f"ctx-{i}", "q", context_hash="ctx") for i in range(3, 12)]
+        await store.upsert(entries, np.stack(vectors))
+        found = await store.nearest(lookup_scope(query(t, "q", context_hash="ctx")), target, limit=2)
+        assert [c.entry.entry_id for c in found] == ["ctx-3", "ctx-4"]
+        assert found[0].similarity >= found[1].similarity
+        found = await store.nearest(lookup_scope(query(t, "q", context_hash="other")), target, limit=2)
+        assert [c.entry.entry_id for c in found] == ["other-0", "other-1"]
+        assert store.full_filter_queries == 0
+    finally:
+        await store.close()
+
+
+async def test_edge_store_search_does_not_overtake_a_write_submitted_before_it(tmp_path):
+    import asyncio
+
+    store = await EdgeStore.open(tmp_path / "s", DIM)
+    try:
+        t = unique("tenant")
+        write = asyncio.ensure_future(store.upsert([entry(t, "e", "q")], unit(70)[None]))
+        await asyncio.sleep(0)  # the write is on the worker (or queued for it)
+        found = await store.nearest(lookup_scope(query(t, "q")), unit(70))
+        assert [c.entry.entry_id for c in found] == ["e"]
+        await write
+    finally:
+        await store.close()

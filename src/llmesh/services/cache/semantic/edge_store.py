@@ -4,8 +4,11 @@ One shard per embedding model (`<path>/<collection>`). The tenant field has an `
 keyword index and the graph is built per tenant (m=0, payload_m=16), as Qdrant recommends for
 multitenancy: a tenant's search only ever visits that tenant's points.
 
-qdrant-edge holds the GIL while it works, so every call runs on one worker thread (calls stay
-ordered and never overlap) and long ones (`optimize`) are left to start-up and maintenance.
+qdrant-edge holds the GIL while it works, so calls never overlap whichever thread makes them.
+Writes and maintenance run on one worker thread (calls stay ordered); long ones (`optimize`) are
+left to start-up and maintenance. A search runs on the event loop's own thread when nothing is
+queued on the worker: the loop could not run during it anyway (the engine holds the GIL), and the
+hop to the worker and back costs two thread wake-ups, much of the tail on shared cores.
 """
 
 from __future__ import annotations
@@ -76,6 +79,11 @@ def shard_config(dim: int) -> qe.EdgeConfig:
         hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000, payload_m=16),
         # Searches run on the caller's thread: the mesh shares two cores (docs/adr/0003).
         max_search_threads=1,
+        # Payloads read into the page cache when the shard opens (~0.4 kB an entry, LZ4), not
+        # page by page from disk by the first lookups after a start (~0.15 ms a page). It
+        # applies to segments made from now on: those of a shard made with the default (cold)
+        # keep their placement, and still load, until optimize() rebuilds them.
+        payload_memory=qe.Memory.Cached,
     )
 
 
@@ -83,6 +91,8 @@ class EdgeStore:
     def __init__(self, shard: qe.EdgeShard, pool: concurrent.futures.ThreadPoolExecutor):
         self._shard = shard
         self._pool = pool
+        self._queued = 0  # calls submitted to the worker and not finished
+        self._closed = False
         self.full_filter_queries = 0  # lookups the first look could not answer
 
     @classmethod
@@ -114,7 +124,18 @@ class EdgeStore:
         return shard
 
     async def _run(self, fn: Callable[..., T], *args) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        self._queued += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._queued -= 1
+
+    async def _read(self, fn: Callable[..., T], *args) -> T:
+        """A short read: on this thread when the worker is idle, else queued behind its calls, so
+        a read never overtakes a write submitted before it."""
+        if self._queued or self._closed:
+            return await self._run(fn, *args)
+        return fn(*args)
 
     async def upsert(self, entries: list[SemanticEntry], vectors: np.ndarray) -> None:
         points = [
@@ -129,31 +150,43 @@ class EdgeStore:
         await self._run(write)
 
     async def nearest(self, scope: TenantScope, vector: np.ndarray, limit: int = 1) -> list[Candidate]:
-        found = await self._run(self._nearest, scope, np.asarray(vector, dtype=np.float32).tolist(), limit)
-        return [Candidate(float(p.score), from_payload(p.payload)) for p in found]
+        found = await self._read(self._nearest, scope, np.asarray(vector, dtype=np.float32).tolist(), limit)
+        return [Candidate(float(score), from_payload(payload)) for score, payload in found]
 
-    def _nearest(self, scope: TenantScope, vector: list[float], limit: int) -> list:
+    def _nearest(self, scope: TenantScope, vector: list[float], limit: int) -> list[tuple[float, dict]]:
         """Every condition the engine checks costs ~0.4 us per point of the tenant, the vector
-        itself less. So first the tenant's nearest `_FIRST_LOOK` points under the tenant filter
-        alone, the other conditions checked here; the first points that pass them are the
-        answer (no eligible point can rank between them). Only when fewer pass, and the tenant
-        has more points, the engine runs the full filter."""
+        itself less, and a payload page not yet in memory costs ~0.15 ms (storage on disk). So
+        first the tenant's nearest `_FIRST_LOOK` points under the tenant filter alone, without
+        payloads; then the payloads of the `limit` nearest: when they pass the other conditions
+        they are the answer (no eligible point can rank above them): one payload read.
+        Else the engine checks the conditions on those ids only (on its payload indexes, reading
+        the payloads of the answers alone): the first points that pass are the answer. Only
+        when fewer pass, and the tenant has more points, it runs the full filter over the whole
+        tenant."""
         query = qe.Query.Nearest(vector)
+        look = max(limit, _FIRST_LOOK)
         first = self._shard.query(
             qe.QueryRequest(
-                limit=max(limit, _FIRST_LOOK),
-                query=query,
-                filter=edge_filter(TenantScope(scope.tenant_id)),
-                with_payload=True,
+                limit=look, query=query, filter=edge_filter(TenantScope(scope.tenant_id)), with_payload=False
             )
         )
-        eligible = [p for p in first if satisfied(scope.conditions, p.payload)]
-        if len(eligible) >= limit or len(first) < max(limit, _FIRST_LOOK):
-            return eligible[:limit]
-        self.full_filter_queries += 1
-        return self._shard.query(
-            qe.QueryRequest(limit=limit, query=query, filter=edge_filter(scope), with_payload=True)
-        )
+        if not first:
+            return []
+        nearest = first[:limit]
+        payloads = {
+            r.id: r.payload for r in self._shard.retrieve([p.id for p in nearest], with_payload=True, with_vector=False)
+        }
+        if all(p.id in payloads and satisfied(scope.conditions, payloads[p.id]) for p in nearest):
+            return [(p.score, payloads[p.id]) for p in nearest]
+        conditions = [_condition(c) for c in scope.conditions]
+        among = qe.Filter(must=[qe.HasIdCondition({p.id for p in first}), *conditions])
+        eligible = self._shard.query(qe.QueryRequest(limit=limit, query=query, filter=among, with_payload=True))
+        if len(eligible) < limit and len(first) == look:
+            self.full_filter_queries += 1
+            eligible = self._shard.query(
+                qe.QueryRequest(limit=limit, query=query, filter=qe.Filter(must=conditions), with_payload=True)
+            )
+        return [(p.score, p.payload) for p in eligible]
 
     async def count(self, scope: TenantScope) -> int:
         return await self._run(self._shard.count, qe.CountRequest(exact=True, filter=edge_filter(scope)))
@@ -191,6 +224,7 @@ class EdgeStore:
             self._shard.flush()
             self._shard.close()
 
+        self._closed = True
         try:
             await self._run(close)
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import pathlib
 import re
 from typing import Protocol
 
@@ -16,6 +17,7 @@ import numpy as np
 from llmesh.kit import errors
 
 MINILM_ID = "all-MiniLM-L6-v2"
+BATCH = 64  # texts per forward pass
 
 
 class Embedder(Protocol):
@@ -46,16 +48,13 @@ def minilm_path() -> str:
     return str(get_model_path())
 
 
-class MiniLMEmbedder:
-    """sentence-transformers on CPU with an explicit thread count (docs/adr/0003).
-
-    One worker thread runs every forward pass: torch releases the GIL, so the event loop keeps
-    serving, and passes never compete for the same cores.
-    """
+class _WorkerEmbedder:
+    """One worker thread runs every forward pass: torch and ONNX Runtime release the GIL, so the
+    event loop keeps serving, and passes never compete for the same cores."""
 
     dim = 384
 
-    def __init__(self, threads: int = 1, model_path: str | None = None, model_id: str = MINILM_ID):
+    def __init__(self, threads: int, model_path: str | None, model_id: str):
         self.model_id = model_id
         self._threads = threads
         self._path = model_path or minilm_path()
@@ -63,10 +62,44 @@ class MiniLMEmbedder:
         self._model = None
 
     def _load(self) -> None:
-        # The model ships inside a package: never reach for the hub.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        raise NotImplementedError
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._load)
+
+    def encode_blocking(self, texts: list[str]) -> np.ndarray:
+        """For scripts and benchmarks that own the thread."""
+        if self._model is None:
+            self._load()
+        return self._encode(texts)
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        if self._model is None:
+            await self.start()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, list(texts))
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _offline() -> None:
+    # The model ships inside a package: never reach for the hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class MiniLMEmbedder(_WorkerEmbedder):
+    """sentence-transformers on CPU with an explicit thread count (docs/adr/0003)."""
+
+    def __init__(self, threads: int = 1, model_path: str | None = None, model_id: str = MINILM_ID):
+        super().__init__(threads, model_path, model_id)
+
+    def _load(self) -> None:
+        _offline()
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -88,9 +121,9 @@ class MiniLMEmbedder:
         tokenizer = self._model.tokenizer
         out = []
         with torch.inference_mode():
-            for start in range(0, len(texts), 64):
+            for start in range(0, len(texts), BATCH):
                 batch = tokenizer(
-                    texts[start : start + 64],
+                    texts[start : start + BATCH],
                     padding=True,
                     truncation=True,
                     max_length=self._model.max_seq_length,
@@ -104,22 +137,86 @@ class MiniLMEmbedder:
                 out.append(torch.nn.functional.normalize(pooled, dim=-1))
         return torch.cat(out).numpy().astype(np.float32, copy=False)
 
-    async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._load)
 
-    def encode_blocking(self, texts: list[str]) -> np.ndarray:
-        """For scripts and benchmarks that own the thread."""
-        if self._model is None:
-            self._load()
-        return self._encode(texts)
+def session_options(threads: int):
+    """ONNX Runtime on exactly `threads` cores, one pass at a time (docs/adr/0003)."""
+    import onnxruntime as ort
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        if self._model is None:
-            await self.start()
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, list(texts))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle pool threads sleep instead of spin-waiting: five services share two cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only
+    return options
 
-    async def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+
+class OnnxMiniLMEmbedder(_WorkerEmbedder):
+    """The same model's transformer exported to ONNX (onnx_model.py), run by ONNX Runtime.
+
+    Tokenizer, truncation, mean pooling and normalisation are MiniLMEmbedder's, so the vectors
+    are the same to ~1e-6 (tests/cache_semantic/test_onnx_embedding.py) and share its model id,
+    collection and calibration. 2-3x faster than torch on one question (bench/semantic_bench.py),
+    and torch is not even imported once the file exists.
+    """
+
+    def __init__(
+        self,
+        threads: int = 1,
+        model_path: str | None = None,
+        model_id: str = MINILM_ID,
+        weights: str | os.PathLike | None = None,
+        onnx_dir: str | None = None,
+    ):
+        super().__init__(threads, model_path, model_id)
+        self._weights = weights  # fine-tuned tensors applied before the export (tuned.py)
+        self._onnx_dir = onnx_dir
+        self._tokenizer = None
+        self._inputs: list[str] = []
+        self.onnx_path: str | None = None
+
+    def _load(self) -> None:
+        _offline()
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from .onnx_model import META_MAX_SEQ_LENGTH, ensure_exported
+
+        path = ensure_exported(self._path, self._weights, threads=self._threads, directory=self._onnx_dir)
+        session = ort.InferenceSession(
+            str(path), sess_options=session_options(self._threads), providers=["CPUExecutionProvider"]
+        )
+        max_length = int(session.get_modelmeta().custom_metadata_map[META_MAX_SEQ_LENGTH])
+        # The folder's fast tokenizer, with the sentence-transformers settings the torch path
+        # passes per call: tokenizer.json itself pads to a fixed 128 and truncates at 128.
+        tokenizer = Tokenizer.from_file(str(pathlib.Path(self._path) / "tokenizer.json"))
+        pad = tokenizer.padding or {"pad_id": 0, "pad_token": "[PAD]"}
+        tokenizer.enable_truncation(max_length=max_length)
+        tokenizer.enable_padding(pad_id=pad["pad_id"], pad_token=pad["pad_token"])  # to the batch's longest
+        self._tokenizer = tokenizer
+        self._inputs = [i.name for i in session.get_inputs()]
+        self.dim = int(session.get_outputs()[0].shape[-1])
+        self.onnx_path = str(path)
+        self._model = session
+        self._encode(["warm up"])
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), BATCH):
+            encodings = self._tokenizer.encode_batch(texts[start : start + BATCH])
+            feeds = {
+                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+            }
+            (hidden,) = self._model.run(None, {name: feeds[name] for name in self._inputs})
+            mask = feeds["attention_mask"][:, :, None].astype(np.float32)
+            pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+            out.append(normalize_rows(pooled))
+        return np.concatenate(out).astype(np.float32, copy=False)
 
 
 class TritonEmbedder:

@@ -49,7 +49,7 @@ async def make_embedder(config: SemanticConfig) -> Embedder:
         )
     from .tuned import tuned_minilm
 
-    embedder = tuned_minilm(threads=config.embed_threads)
+    embedder = tuned_minilm(threads=config.embed_threads, runtime=config.embed_runtime, onnx_dir=config.onnx_dir)
     await embedder.start()
     return embedder
 

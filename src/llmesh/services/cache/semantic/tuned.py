@@ -2,7 +2,8 @@
 
 The fine-tuned weights are stored apart from the base model (models/, see train.py): only the
 tensors that training changed, in float16. Without that file the base model is used, under its
-own model id (and so its own collection and calibration).
+own model id (and so its own collection and calibration). Either runs on torch or on ONNX Runtime
+(LLMESH_CACHE_EMBED_RUNTIME; onnx_model.py exports the weights in use).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from .embedder import MINILM_ID, MiniLMEmbedder, minilm_path
+from .embedder import MINILM_ID, MiniLMEmbedder, OnnxMiniLMEmbedder, minilm_path
 
 MODELS_DIR = pathlib.Path(__file__).resolve().parent / "models"
 TUNED_WEIGHTS = MODELS_DIR / "minilm_paraphrase.safetensors"
@@ -54,7 +55,19 @@ def apply_weights(sentence_model, weights: pathlib.Path) -> dict:
         return json.loads(json.dumps(f.metadata() or {}))
 
 
-def tuned_minilm(threads: int = 1, weights: pathlib.Path = TUNED_WEIGHTS) -> MiniLMEmbedder:
-    if weights.is_file():
+def tuned_minilm(
+    threads: int = 1, weights: pathlib.Path = TUNED_WEIGHTS, runtime: str = "torch", onnx_dir: str | None = None
+) -> MiniLMEmbedder | OnnxMiniLMEmbedder:
+    """MiniLM with the fine-tuned weights when they exist, on torch or on ONNX Runtime (the
+    weights are applied before the export, so both runtimes give the same vectors)."""
+    tuned = weights.is_file()
+    if runtime == "onnx":
+        return OnnxMiniLMEmbedder(
+            threads=threads,
+            model_id=(tuned_model_id(weights) if tuned else None) or MINILM_ID,
+            weights=weights if tuned else None,
+            onnx_dir=onnx_dir,
+        )
+    if tuned:
         return TunedMiniLMEmbedder(weights, threads=threads)
     return MiniLMEmbedder(threads=threads)
