@@ -12,7 +12,13 @@ import pytest
 from llmesh.services.cache.semantic.calibrate import outcome, similarity_only, two_stage
 from llmesh.services.cache.semantic.decision import Calibration
 from llmesh.services.cache.semantic.features import NAMES, DocumentFrequencies, pair_features
-from llmesh.services.cache.semantic.pairs import Pair, read_pairs, split_by_question
+from llmesh.services.cache.semantic.pairs import (
+    Pair,
+    question_key,
+    read_pairs,
+    rewordings_by_split,
+    split_by_question,
+)
 from llmesh.services.cache.semantic.verifier import PairVerifier, Trees
 
 
@@ -28,6 +34,67 @@ def test_split_never_shares_a_question_and_is_stable():
     assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"]) and not (seen["val"] & seen["test"])
     reordered = split_by_question(list(reversed(pairs)))
     assert all(sorted(map(repr, reordered[k])) == sorted(map(repr, v)) for k, v in splits.items())
+
+
+def test_a_rewording_joins_the_split_of_its_question_and_strangers_are_left_out(tmp_path):
+    pairs = [Pair(f"question {i}", f"question {i + 1000}", i % 2 == 0) for i in range(300)]
+    splits = split_by_question(pairs)
+    some = {name: v[0].a for name, v in splits.items()}
+    rows = ["question_sha1,rewording"] + [f"{question_key(q)},{name} rewording" for name, q in some.items()]
+    rows.append(f"{question_key('not in the data')},orphan")
+    path = tmp_path / "rewordings.csv"
+    path.write_text("\n".join(rows) + "\n")
+    found = rewordings_by_split(path, splits)
+    assert found == {name: [(q, f"{name} rewording")] for name, q in some.items()}
+
+
+def test_the_shipped_rewordings_name_dev_questions_without_copying_them():
+    import csv
+    import pathlib
+
+    path = pathlib.Path(__file__).parent / "data" / "quora_rewordings.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 1000 and list(rows[0]) == ["question_sha1", "rewording"]
+    assert all(len(r["question_sha1"]) == 16 and r["rewording"].strip() for r in rows)
+    assert len({r["question_sha1"] for r in rows}) == len(rows)
+
+
+def test_all_trees_walked_at_once_agree_with_a_walk_node_by_node():
+    rng = np.random.default_rng(1)
+
+    def random_tree(depth: int) -> dict[str, list]:
+        tree = {k: [] for k in ("feature", "threshold", "left", "right", "leaf", "value")}
+
+        def grow(level: int) -> int:
+            node = len(tree["leaf"])
+            for k in tree:
+                tree[k].append(0)
+            if level == depth or rng.random() < 0.3:
+                tree["leaf"][node], tree["value"][node] = 1, float(rng.normal())
+                return node
+            tree["feature"][node], tree["threshold"][node] = int(rng.integers(3)), float(rng.normal())
+            tree["left"][node] = grow(level + 1)
+            tree["right"][node] = grow(level + 1)
+            return node
+
+        grow(0)
+        return tree
+
+    raw_trees = [random_tree(int(rng.integers(0, 6))) for _ in range(40)]
+    trees = Trees(0.25, raw_trees)
+
+    def one_by_one(x) -> float:
+        total = 0.25
+        for t in raw_trees:
+            node = 0
+            while not t["leaf"][node]:
+                node = t["left"][node] if x[t["feature"][node]] <= t["threshold"][node] else t["right"][node]
+            total += t["value"][node]
+        return total
+
+    for x in rng.normal(size=(200, 3)):
+        assert trees.raw(x) == pytest.approx(one_by_one(x), abs=1e-12)
 
 
 def test_features_see_numbers_negations_and_rare_unmatched_words():
@@ -105,7 +172,17 @@ async def test_the_training_command_calibrates_the_base_model_end_to_end(tmp_pat
     ]
     small.write_text("\n".join(rows) + "\n")
     args = argparse.Namespace(
-        data=str(small), layers=1, epochs=1, threads=1, margin=0.75, base=True, weights="", out=str(tmp_path / "models")
+        data=str(small),
+        layers=1,
+        epochs=1,
+        threads=1,
+        margin=0.75,
+        sure_share=0.0,
+        rewording_weight=1.0,
+        salt="llmesh",
+        base=True,
+        weights="",
+        out=str(tmp_path / "models"),
     )
     report = await train.run(args)
     calibration = Calibration.load(tmp_path / "models" / "calibration.all_minilm_l6_v2.json")
@@ -113,6 +190,8 @@ async def test_the_training_command_calibrates_the_base_model_end_to_end(tmp_pat
     assert PairVerifier.load(tmp_path / "models" / calibration.stage2)
     for row in report["two_stage"]:
         assert 0 <= row["test"]["recall"] <= 1 and 0 <= row["rewordings_served"] <= 1
+    # The verifier learned from the rewordings of the sample's train questions.
+    assert report["verifier_fit"]["rewordings"] > 0
 
 
 @pytest.mark.parametrize(

@@ -64,13 +64,13 @@ def measure(
     vectors: dict[str, np.ndarray],
     stage2_of,
     labelled: dict[str, tuple[list[tuple[str, str]], np.ndarray]],
-    rewordings: list[tuple[str, str]],
-    near_misses: list[tuple[str, str]],
+    unlabelled: dict[str, list[tuple[str, str]]],
     *,
     stage2_given: dict[str, np.ndarray] | None = None,
 ) -> list[dict]:
-    """One row per operating point: what it does on each labelled split, and the share of the
-    hand-written rewordings and near misses it serves. `stage2_of(pairs, sims)` scores pairs;
+    """One row per operating point: what it does on each labelled split, and the share of each
+    `unlabelled` set (all rewordings, or all near misses) it serves, as `<name>_served`.
+    `stage2_of(pairs, sims)` scores pairs;
     `stage2_given` replaces it for a split (out-of-fold scores on the fitting split)."""
     with_stage2 = bool(calibration.stage2)
 
@@ -85,16 +85,16 @@ def measure(
     for name, (pairs, y) in labelled.items():
         sims = similarities(vectors, pairs)
         results[name] = outcomes(calibration, ScoredPairs(sims, score(name, pairs, sims), y, vetoes(pairs)))
-    rw_sim, nm_sim = similarities(vectors, rewordings), similarities(vectors, near_misses)
-    rw = served_share(calibration, rw_sim, score("rewordings", rewordings, rw_sim), vetoes(rewordings))
-    nm = served_share(calibration, nm_sim, score("near_misses", near_misses, nm_sim), vetoes(near_misses))
+    shares = {}
+    for name, pairs in unlabelled.items():
+        sims = similarities(vectors, pairs)
+        shares[name] = served_share(calibration, sims, score(name, pairs, sims), vetoes(pairs))
     return [
         {
             "target": p.target_false_hit_rate,
             "point": dataclasses.asdict(p),
             **{name: dataclasses.asdict(results[name][p.target_false_hit_rate]) for name in labelled},
-            "rewordings_served": rw[p.target_false_hit_rate],
-            "near_misses_served": nm[p.target_false_hit_rate],
+            **{f"{name}_served": share[p.target_false_hit_rate] for name, share in shares.items()},
         }
         for p in calibration.points
     ]

@@ -60,3 +60,22 @@ def split_by_question(pairs: list[Pair], fractions=(0.6, 0.2, 0.2), salt: str = 
         u = int.from_bytes(hashlib.sha256(f"{salt}:{name}".encode()).digest()[:8], "big") / 2**64
         out["train" if u < edges[0] else "val" if u < edges[1] else "test"].append(p)
     return out
+
+
+def question_key(question: str) -> str:
+    """How the rewording sets name a dev-set question without copying its text."""
+    return hashlib.sha1(question.strip().encode()).hexdigest()[:16]
+
+
+def rewordings_by_split(path: str | pathlib.Path, splits: dict[str, list[Pair]]) -> dict[str, list[tuple[str, str]]]:
+    """(question, rewording) pairs from a `question_sha1,rewording` CSV, each in the split of its
+    question: a rewording of a held-out question is never trained on. Rows whose question is not
+    in `splits` (another data file) are left out."""
+    where = {question_key(q): (name, q) for name, pairs in splits.items() for p in pairs for q in (p.a, p.b)}
+    out: dict[str, list[tuple[str, str]]] = {name: [] for name in splits}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            found = where.get(row["question_sha1"])
+            if found:
+                out[found[0]].append((found[1], row["rewording"].strip()))
+    return out

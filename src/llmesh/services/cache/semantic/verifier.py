@@ -19,6 +19,24 @@ class Trees:
     def __init__(self, baseline: float, trees: list[dict[str, list]]):
         self.baseline = baseline
         self.trees = [{k: np.asarray(v) for k, v in t.items()} for t in trees]
+        # All trees walked together, one level per step (numpy over the trees): a walk node by
+        # node in Python costs ~1 ms for 200 trees, this ~0.05 ms. Padding nodes are leaves of 0.
+        width = max(len(t["leaf"]) for t in self.trees)
+
+        def packed(key: str, dtype, fill) -> np.ndarray:
+            out = np.full((len(self.trees), width), fill, dtype=dtype)
+            for row, t in enumerate(self.trees):
+                out[row, : len(t[key])] = t[key]
+            return out
+
+        self._feature = packed("feature", np.int64, 0)
+        self._threshold = packed("threshold", np.float64, 0.0)
+        self._left = packed("left", np.int64, 0)
+        self._right = packed("right", np.int64, 0)
+        self._leaf = packed("leaf", bool, True)
+        self._value = packed("value", np.float64, 0.0)
+        self._rows = np.arange(len(self.trees))
+        self._depth = max((_depth(t) for t in self.trees), default=0)
 
     @classmethod
     def from_sklearn(cls, model) -> Trees:
@@ -38,19 +56,25 @@ class Trees:
         return cls(float(np.ravel(model._baseline_prediction)[0]), trees)
 
     def raw(self, x: list[float] | np.ndarray) -> float:
-        total = self.baseline
-        for t in self.trees:
-            node = 0
-            while not t["leaf"][node]:
-                node = t["left"][node] if x[t["feature"][node]] <= t["threshold"][node] else t["right"][node]
-            total += float(t["value"][node])
-        return total
+        x = np.asarray(x, dtype=np.float64)
+        rows, node = self._rows, np.zeros(len(self._rows), dtype=np.int64)
+        for _ in range(self._depth):
+            left = x[self._feature[rows, node]] <= self._threshold[rows, node]
+            step = np.where(left, self._left[rows, node], self._right[rows, node])
+            node = np.where(self._leaf[rows, node], node, step)
+        return self.baseline + float(self._value[rows, node].sum())
 
     def probability(self, x) -> float:
         return 1.0 / (1.0 + math.exp(-self.raw(x)))
 
     def to_json(self) -> dict:
         return {"baseline": self.baseline, "trees": [{k: v.tolist() for k, v in t.items()} for t in self.trees]}
+
+
+def _depth(tree: dict[str, np.ndarray], node: int = 0) -> int:
+    if tree["leaf"][node]:
+        return 0
+    return 1 + max(_depth(tree, int(tree["left"][node])), _depth(tree, int(tree["right"][node])))
 
 
 class PairVerifier:
