@@ -125,7 +125,7 @@ def test_the_runtime_setting_picks_the_embedder(tmp_path):
     assert onnx_embedder.model_id == torch_embedder.model_id == MINILM_ID
 
 
-def fake_model(folder: pathlib.Path, weights: bytes) -> pathlib.Path:
+def model_folder(folder: pathlib.Path, weights: bytes) -> pathlib.Path:
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(weights)
     (folder / "config.json").write_text("{}")
@@ -133,9 +133,9 @@ def fake_model(folder: pathlib.Path, weights: bytes) -> pathlib.Path:
 
 
 def test_export_is_keyed_by_the_weights(tmp_path):
-    a = fake_model(tmp_path / "a", b"weights one")
-    b = fake_model(tmp_path / "b", b"weights two")
-    same = fake_model(tmp_path / "same", b"weights one")
+    a = model_folder(tmp_path / "a", b"weights one")
+    b = model_folder(tmp_path / "b", b"weights two")
+    same = model_folder(tmp_path / "same", b"weights one")
     tuned = tmp_path / "tuned.safetensors"
     tuned.write_bytes(b"tensors")
     key = onnx_model.source_key
@@ -147,7 +147,7 @@ def test_export_is_keyed_by_the_weights(tmp_path):
 
 
 def test_an_existing_export_is_reused_and_a_failed_one_leaves_nothing(tmp_path, monkeypatch):
-    model = fake_model(tmp_path / "m", b"weights")
+    model = model_folder(tmp_path / "m", b"weights")
     out = tmp_path / "onnx"
 
     def failing_export(model_path, partial, **kwargs):

@@ -5,6 +5,7 @@ Every embedder returns unit-length float32 rows, so a dot product is the cosine.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import os
@@ -48,7 +49,7 @@ def minilm_path() -> str:
     return str(get_model_path())
 
 
-class _WorkerEmbedder:
+class _WorkerEmbedder(abc.ABC):
     """One worker thread runs every forward pass: torch and ONNX Runtime release the GIL, so the
     event loop keeps serving, and passes never compete for the same cores."""
 
@@ -61,11 +62,12 @@ class _WorkerEmbedder:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._model = None
 
+    @abc.abstractmethod
     def _load(self) -> None:
-        raise NotImplementedError
+        """Loads the model on the worker thread; sets `self._model`."""
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _encode(self, texts: list[str]) -> np.ndarray: ...
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._load)
