@@ -25,7 +25,6 @@ from llmesh.services.cache.semantic.pairs import read_text_pairs
 pytestmark = pytest.mark.timeout(300)
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
-SHARED_PAIRS = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "cache" / "paraphrase_pairs_dev.csv"
 WANTED = 500
 
 
@@ -39,12 +38,11 @@ AWKWARD = [
 
 
 def real_questions() -> list[str]:
-    """The hand-written rewordings and near misses (~400 distinct questions), topped up to 500
-    from the dev paraphrase pairs where shared/ is there, plus the awkward cases."""
+    """The hand-written rewordings and near misses (~370 distinct questions), topped up to 500
+    with rewordings of dev questions (all committed), plus the awkward cases."""
     texts = [t for name in ("rewordings.csv", "near_misses.csv") for pair in read_text_pairs(DATA / name) for t in pair]
-    if SHARED_PAIRS.is_file():
-        with open(SHARED_PAIRS, newline="", encoding="utf-8") as f:
-            texts += [row[0] for row in list(csv.reader(f))[1 : WANTED + 1]]
+    with open(DATA / "quora_rewordings.csv", newline="", encoding="utf-8") as f:
+        texts += [row["rewording"] for row in csv.DictReader(f)]
     return list(dict.fromkeys(texts))[:WANTED] + AWKWARD
 
 
