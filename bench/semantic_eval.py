@@ -27,14 +27,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from llmesh.services.cache.semantic.config import SemanticConfig  # noqa: E402
-from llmesh.services.cache.semantic.evaluate import as_pairs, embed_texts, measure  # noqa: E402
-from llmesh.services.cache.semantic.factory import load_calibration, make_embedder, make_stage2  # noqa: E402
-from llmesh.services.cache.semantic.pairs import (  # noqa: E402
-    read_pairs,
-    read_text_pairs,
-    rewordings_by_split,
-    split_by_question,
+from llmesh.services.cache.semantic.evaluate import (  # noqa: E402
+    as_pairs,
+    embed_texts,
+    measure,
+    rewordings_and_near_misses,
 )
+from llmesh.services.cache.semantic.factory import load_calibration, make_embedder, make_stage2  # noqa: E402
+from llmesh.services.cache.semantic.pairs import read_pairs, split_by_question  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cache" / "paraphrase_pairs_dev.csv"
 HANDWRITTEN = ROOT / "tests" / "cache_semantic" / "data"
@@ -70,11 +70,7 @@ async def main() -> None:
     stage2 = make_stage2(calibration, config)
     splits = split_by_question(read_pairs(args.data))
     test_pairs, test_y = as_pairs(splits["test"])
-    unlabelled = {
-        "quora_rewordings": rewordings_by_split(HANDWRITTEN / "quora_rewordings.csv", splits)["test"],
-        "rewordings": read_text_pairs(HANDWRITTEN / "rewordings.csv"),
-        "near_misses": read_text_pairs(HANDWRITTEN / "near_misses.csv"),
-    }
+    _, unlabelled = rewordings_and_near_misses(HANDWRITTEN, splits)
     texts = [q for pairs in (test_pairs, *unlabelled.values()) for pair in pairs for q in pair]
     vectors = await embed_texts(embedder, texts)
     await embedder.close()

@@ -4,6 +4,7 @@ embedder's cosine, then the second stage), and reports what each operating point
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from .calibrate import Outcome, outcome
 from .decision import Calibration
 from .embedder import Embedder
 from .features import veto
-from .pairs import Pair
+from .pairs import Pair, read_text_pairs, rewordings_by_split
 
 
 @dataclasses.dataclass
@@ -55,6 +56,21 @@ def served_share(
     return {p.target_false_hit_rate: outcome(p, similarity, stage2, ones, vetoed).recall for p in calibration.points}
 
 
+def rewordings_and_near_misses(
+    data_dir: pathlib.Path, splits: dict[str, list[Pair]]
+) -> tuple[dict[str, list[tuple[str, str]]], dict[str, list[tuple[str, str]]]]:
+    """The team-written rewordings of dev questions, by split, and the sets every decision is
+    judged on besides the labelled test pairs: the rewordings of test questions, the hand-written
+    rewordings and the hand-written near misses (all in `data_dir`)."""
+    by_split = rewordings_by_split(data_dir / "quora_rewordings.csv", splits)
+    judged = {
+        "quora_rewordings": by_split["test"],
+        "rewordings": read_text_pairs(data_dir / "rewordings.csv"),
+        "near_misses": read_text_pairs(data_dir / "near_misses.csv"),
+    }
+    return by_split, judged
+
+
 def as_pairs(pairs: list[Pair]) -> tuple[list[tuple[str, str]], np.ndarray]:
     return [(p.a, p.b) for p in pairs], np.array([p.duplicate for p in pairs], dtype=bool)
 
@@ -65,20 +81,15 @@ def measure(
     stage2_of,
     labelled: dict[str, tuple[list[tuple[str, str]], np.ndarray]],
     unlabelled: dict[str, list[tuple[str, str]]],
-    *,
-    stage2_given: dict[str, np.ndarray] | None = None,
 ) -> list[dict]:
     """One row per operating point: what it does on each labelled split, and the share of each
     `unlabelled` set (all rewordings, or all near misses) it serves, as `<name>_served`.
-    `stage2_of(pairs, sims)` scores pairs;
-    `stage2_given` replaces it for a split (out-of-fold scores on the fitting split)."""
+    `stage2_of(pairs, sims)` scores pairs."""
     with_stage2 = bool(calibration.stage2)
 
     def score(name, pairs, sims):
         if not with_stage2:
             return None
-        if stage2_given and name in stage2_given:
-            return stage2_given[name]
         return stage2_of(pairs, sims)
 
     results = {}

@@ -37,10 +37,10 @@ import numpy as np
 from .calibrate import TARGETS, similarity_only, two_stage
 from .decision import Calibration
 from .embedder import MINILM_ID, OnnxMiniLMEmbedder, collection_name
-from .evaluate import as_pairs, embed_texts, measure, similarities, vetoes
+from .evaluate import as_pairs, embed_texts, measure, rewordings_and_near_misses, similarities, vetoes
 from .features import DocumentFrequencies, pair_features
 from .finetune import FinetuneSettings, finetune, weights_id
-from .pairs import read_pairs, read_text_pairs, rewordings_by_split, split_by_question
+from .pairs import read_pairs, split_by_question
 from .tuned import TUNED_WEIGHTS, TunedMiniLMEmbedder
 from .verifier import PairVerifier, Trees
 
@@ -106,12 +106,7 @@ async def run(args) -> dict:
     model_id = embedder.model_id
     print(f"embedder {model_id}", flush=True)
 
-    quora_rewordings = rewordings_by_split(HANDWRITTEN / "quora_rewordings.csv", splits)
-    unlabelled = {
-        "quora_rewordings": quora_rewordings["test"],
-        "rewordings": read_text_pairs(HANDWRITTEN / "rewordings.csv"),
-        "near_misses": read_text_pairs(HANDWRITTEN / "near_misses.csv"),
-    }
+    quora_rewordings, unlabelled = rewordings_and_near_misses(HANDWRITTEN, splits)
     train_pairs, train_y = as_pairs(splits["train"])
     val_pairs, val_y = as_pairs(splits["val"])
     test_pairs, test_y = as_pairs(splits["test"])
