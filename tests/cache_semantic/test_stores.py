@@ -128,6 +128,20 @@ async def test_entries_round_trip_through_the_store(store):
     assert found[0].entry == original
 
 
+async def test_times_come_back_exactly(store):
+    # qdrant-edge returned about one float payload in eight off in its last binary digit.
+    t = unique("tenant")
+    rng = np.random.default_rng(7)
+    now = time.time()
+    written = [
+        entry(t, f"e{i}", f"q{i}", created_at=now + s, expires_at=now + s + 60) for i, s in enumerate(rng.random(64))
+    ]
+    await store.upsert(written, np.stack([unit(100 + i) for i in range(len(written))]))
+    for i, original in enumerate(written):
+        found = await store.nearest(lookup_scope(query(t, f"q{i}", now=now)), unit(100 + i))
+        assert (found[0].entry.created_at, found[0].entry.expires_at) == (original.created_at, original.expires_at)
+
+
 async def test_upserting_the_same_entry_replaces_it(store):
     t = unique("tenant")
     await store.upsert([entry(t, "e1", "first")], unit(30)[None])

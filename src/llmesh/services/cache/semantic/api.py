@@ -34,14 +34,20 @@ class SemanticEntry:
     context_hash: str  # hash of the system prompt and earlier turns (all but the last user message)
     params_hash: str  # hash of the sampling parameters, max_tokens and pinned model
     text: str  # the last user message: what is compared by meaning
-    expires_at: float  # unix seconds
-    created_at: float  # unix seconds
+    expires_at: float  # unix seconds, kept to the microsecond
+    created_at: float  # unix seconds, kept to the microsecond
     content_class: str = ""
     # document_id -> version the answer was built from
     content_versions: dict[str, int] = dataclasses.field(default_factory=dict)
     # The answer itself (content, model, backend, usage, cost) as the cache service serialises it.
     payload: bytes = b""
     pinned: bool = False
+
+    def __post_init__(self):
+        # The stores keep whole microseconds; rounding here makes an entry read back equal the
+        # one written.
+        for name in ("expires_at", "created_at"):
+            object.__setattr__(self, name, round(getattr(self, name) * 1_000_000) / 1_000_000)
 
 
 @dataclasses.dataclass(frozen=True)

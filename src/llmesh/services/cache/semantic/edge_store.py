@@ -27,8 +27,7 @@ from llmesh.kit import errors
 from .api import SemanticEntry
 from .scope import (
     DOCS,
-    EXPIRES,
-    FLOAT_FIELDS,
+    TIME_FIELDS,
     KEYWORD_FIELDS,
     TENANT,
     TIER,
@@ -37,6 +36,7 @@ from .scope import (
     Match,
     Range,
     TenantScope,
+    expired,
     from_payload,
     point_id,
     satisfied,
@@ -117,7 +117,7 @@ class EdgeStore:
         existing = set(shard.info().payload_schema)
         wanted: dict[str, object] = {TENANT: qe.KeywordIndexParams(is_tenant=True), TIER: qe.PayloadSchemaType.Integer}
         wanted.update({key: qe.PayloadSchemaType.Keyword for key in KEYWORD_FIELDS})
-        wanted.update({key: qe.PayloadSchemaType.Float for key in FLOAT_FIELDS})
+        wanted.update({key: qe.PayloadSchemaType.Float for key in TIME_FIELDS})
         for field, schema in wanted.items():
             if field not in existing:
                 shard.update(qe.UpdateOperation.create_field_index(field, schema))
@@ -203,7 +203,7 @@ class EdgeStore:
         return await self._delete(edge_filter(scope))
 
     async def purge_expired(self, now: float) -> int:
-        return await self._delete(qe.Filter(must=[_condition(Range(EXPIRES, lte=now))]))
+        return await self._delete(qe.Filter(must=[_condition(expired(now))]))
 
     async def _delete(self, selection: qe.Filter) -> int:
         def delete() -> int:

@@ -155,9 +155,7 @@ def export(
     sample = model.tokenizer(
         ["warm up", "a longer example sentence, padded to its batch"], padding=True, return_tensors="pt"
     )
-    args = tuple(
-        sample[n] if n in sample else torch.zeros_like(sample["input_ids"]) for n in names
-    )
+    args = tuple(sample[n] if n in sample else torch.zeros_like(sample["input_ids"]) for n in names)
     axes = {0: "batch", 1: "sequence"}
     # The TorchScript exporter (needs only `onnx`); torch < 2.5 has no `dynamo` switch and no other.
     legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}

@@ -22,12 +22,13 @@ USE_CASE = "use_case"
 TIER = "tier"
 CONTEXT = "context_hash"
 PARAMS = "params_hash"
-EXPIRES = "expires_at"
-CREATED = "created_at"
+EXPIRES = "expires_at"  # whole microseconds since the epoch, see `stored_time`
+CREATED = "created_at"  # whole microseconds since the epoch
 DOCS = "docs"  # [{"doc": document_id, "v": version}, ...]
 
 KEYWORD_FIELDS = (USE_CASE, CONTEXT, PARAMS)
-FLOAT_FIELDS = (EXPIRES, CREATED)
+# Indexed as numbers (a float index, which ranges over integers too).
+TIME_FIELDS = (EXPIRES, CREATED)
 
 _POINT_NAMESPACE = uuid.UUID("6f9d1c2e-5b7a-4e3c-9a8d-2c4b6e8f0a1d")
 
@@ -99,6 +100,16 @@ def satisfied(conditions: tuple[Condition, ...], payload: dict[str, Any]) -> boo
     return True
 
 
+def stored_time(unix_seconds: float) -> int:
+    """Times are stored as integer microseconds: qdrant-edge returns about one float payload in
+    eight a bit off in its last binary digit, and an integer comes back exactly."""
+    return round(unix_seconds * 1_000_000)
+
+
+def expired(now: float) -> Range:
+    return Range(EXPIRES, lte=stored_time(now))
+
+
 def lookup_scope(query: SemanticQuery) -> TenantScope:
     """The entries that may answer `query`: same tenant, use case, context and parameters, a tier
     at least as strong as the one asked for, not expired."""
@@ -106,7 +117,7 @@ def lookup_scope(query: SemanticQuery) -> TenantScope:
         Match(USE_CASE, query.use_case),
         Match(CONTEXT, query.context_hash),
         Match(PARAMS, query.params_hash),
-        Range(EXPIRES, gt=query.now),
+        Range(EXPIRES, gt=stored_time(query.now)),
     ]
     if query.tier > 0:
         extra.append(Range(TIER, gte=query.tier))
@@ -131,7 +142,7 @@ def deletion_scope(
     elif older_than_version is not None:
         raise errors.InvalidArgument("a version needs the document it belongs to", field="document_id")
     if created_before is not None:
-        extra.append(Range(CREATED, lt=created_before))
+        extra.append(Range(CREATED, lt=stored_time(created_before)))
     return TenantScope(tenant_id, tuple(extra))
 
 
@@ -149,8 +160,8 @@ def to_payload(entry: SemanticEntry) -> dict[str, Any]:
         CONTEXT: entry.context_hash,
         PARAMS: entry.params_hash,
         "text": entry.text,
-        EXPIRES: float(entry.expires_at),
-        CREATED: float(entry.created_at),
+        EXPIRES: stored_time(entry.expires_at),
+        CREATED: stored_time(entry.created_at),
         "content_class": entry.content_class,
         DOCS: [{"doc": doc, "v": int(version)} for doc, version in sorted(entry.content_versions.items())],
         "answer": base64.b64encode(entry.payload).decode("ascii"),
@@ -167,8 +178,8 @@ def from_payload(payload: dict[str, Any]) -> SemanticEntry:
         context_hash=payload[CONTEXT],
         params_hash=payload[PARAMS],
         text=payload["text"],
-        expires_at=float(payload[EXPIRES]),
-        created_at=float(payload[CREATED]),
+        expires_at=payload[EXPIRES] / 1_000_000,
+        created_at=payload[CREATED] / 1_000_000,
         content_class=payload.get("content_class", ""),
         content_versions={item["doc"]: int(item["v"]) for item in payload.get(DOCS, [])},
         payload=base64.b64decode(payload.get("answer", "")),

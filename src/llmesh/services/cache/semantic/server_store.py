@@ -15,8 +15,7 @@ from llmesh.kit import errors
 from .api import SemanticEntry
 from .scope import (
     DOCS,
-    EXPIRES,
-    FLOAT_FIELDS,
+    TIME_FIELDS,
     KEYWORD_FIELDS,
     TENANT,
     TIER,
@@ -25,6 +24,7 @@ from .scope import (
     Match,
     Range,
     TenantScope,
+    expired,
     from_payload,
     point_id,
     to_payload,
@@ -113,7 +113,7 @@ class QdrantServerStore:
             TIER: models.PayloadSchemaType.INTEGER,
         }
         indexes.update({key: models.PayloadSchemaType.KEYWORD for key in KEYWORD_FIELDS})
-        indexes.update({key: models.PayloadSchemaType.FLOAT for key in FLOAT_FIELDS})
+        indexes.update({key: models.PayloadSchemaType.FLOAT for key in TIME_FIELDS})
         if not self._remote:
             return  # local mode has no payload indexes (it scans), and warns when asked for one
         for field, schema in indexes.items():
@@ -153,7 +153,7 @@ class QdrantServerStore:
         return await self._delete(server_filter(scope))
 
     async def purge_expired(self, now: float) -> int:
-        return await self._delete(models.Filter(must=[_condition(Range(EXPIRES, lte=now))]))
+        return await self._delete(models.Filter(must=[_condition(expired(now))]))
 
     async def _delete(self, selection: models.Filter) -> int:
         # Qdrant does not report how many points a delete removed: count first.

@@ -193,9 +193,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--margin", type=float, default=0.75, help="fit each target at margin x target on validation")
     parser.add_argument(
-        "--sure-share", type=float, default=0.0, help="share of the budget the similarity alone may spend (calibrate.py)"
+        "--sure-share",
+        type=float,
+        default=0.0,
+        help="share of the budget the similarity alone may spend (calibrate.py)",
     )
-    parser.add_argument("--rewording-weight", type=float, default=2.0, help="weight of a rewording in the verifier's fit")
+    parser.add_argument(
+        "--rewording-weight", type=float, default=2.0, help="weight of a rewording in the verifier's fit"
+    )
     parser.add_argument("--base", action="store_true", help="calibrate the base model, no fine-tuning")
     parser.add_argument("--weights", default="", help="calibrate these fine-tuned weights instead of training new ones")
     parser.add_argument(
