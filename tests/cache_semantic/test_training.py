@@ -202,6 +202,14 @@ async def test_the_training_command_calibrates_the_base_model_end_to_end(tmp_pat
         ("JEE Mains 2017 syllabus", "JEE Mains 2016 syllabus", "number"),
         ("How do I reset my password?", "What are the steps to reset my password?", None),
         ("Is 5G safe?", "Is 5G really safe?", None),
+        # The same number written another way, and a negation without a negation word.
+        ("Does it violate the 4th Amendment?", "Does it violate the Fourth Amendment?", None),
+        ("Best laptop under 60000 in India?", "Best laptop in India under 60,000?", None),
+        ("What will humans look like in 100 years?", "What will humans look like a hundred years from now?", None),
+        ("Why dont Indian Muslims join the army?", "Why don't Indian Muslims join the army?", None),
+        ("Why can't I post a picture?", "Why am I unable to post a picture?", None),
+        ("Is the iPhone 6s waterproof?", "Is the iPhone 6 waterproof?", "number"),
+        ("Why don't I get paid?", "Why do I get paid?", "negation"),
     ],
 )
 def test_vetoes(a, b, reason):

@@ -9,7 +9,38 @@ from collections import Counter
 from collections.abc import Iterable
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-_NEGATIONS = {"not", "no", "never", "nor", "none", "nothing", "cannot", "without", "neither", "nobody"}
+_NEGATIONS = {"not", "no", "never", "nor", "none", "nothing", "cannot", "without", "neither", "nobody", "non"}
+# Negated without a negation word ("can't" / "unable"), and contractions typed without the
+# apostrophe, as Quora questions often are ("dont", "cant").
+_NEGATIONS |= {"unable", "unaware", "impossible"}
+_NEGATIONS |= {
+    f"{stem}nt"
+    for stem in ("do", "does", "did", "is", "are", "was", "were", "has", "have", "had", "ca", "wo", "should", "would")
+    + ("could", "must", "need", "ai")
+}
+_ORDINAL_OR_NUMBER = re.compile(r"(\d+)(?:st|nd|rd|th)?")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+_NUMBER_WORDS = {
+    word: value
+    for value, names in enumerate(
+        (
+            ("zero",),
+            ("one", "first"),
+            ("two", "second"),
+            ("three", "third"),
+            ("four", "fourth"),
+            ("five", "fifth"),
+            ("six", "sixth"),
+            ("seven", "seventh"),
+            ("eight", "eighth"),
+            ("nine", "ninth"),
+            ("ten", "tenth"),
+            ("eleven", "eleventh"),
+            ("twelve", "twelfth"),
+        )
+    )
+    for word in names
+} | {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "hundred": 100, "thousand": 1000, "million": 1000000}
 NAMES = (
     "similarity",
     "word_jaccard",
@@ -34,13 +65,33 @@ def veto(a: str, b: str) -> str | None:
     ta, tb = words(a), words(b)
     if (_negations(ta) > 0) != (_negations(tb) > 0):
         return "negation"
-    if _numbers(ta) != _numbers(tb):
+    if numbers_differ(a, b):
         return "number"
     return None
 
 
-def _numbers(tokens: list[str]) -> set[str]:
-    return {t for t in tokens if any(ch.isdigit() for ch in t)}
+def _numbers(text: str) -> set[int | str]:
+    """The tokens written with digits, as values where they are numbers ("60,000" is 60000, "10th"
+    is 10); others as they are ("5g", "6s")."""
+    found: set[int | str] = set()
+    for token in words(_THOUSANDS.sub("", text)):
+        if any(ch.isdigit() for ch in token):
+            number = _ORDINAL_OR_NUMBER.fullmatch(token)
+            found.add(int(number[1]) if number else token)
+    return found
+
+
+def _spelled_numbers(tokens: list[str]) -> set[int]:
+    return {_NUMBER_WORDS[t] for t in tokens if t in _NUMBER_WORDS}
+
+
+def numbers_differ(a: str, b: str) -> bool:
+    """A number in digits on one side that the other has neither in digits nor in words ("4th" /
+    "fourth" and "100" / "a hundred" agree; words alone are not compared: "one" is often no number)."""
+    digits_a, digits_b = _numbers(a), _numbers(b)
+    if not digits_a and not digits_b:
+        return False
+    return bool(digits_a - digits_b - _spelled_numbers(words(b)) or digits_b - digits_a - _spelled_numbers(words(a)))
 
 
 def words(text: str) -> list[str]:
@@ -88,7 +139,6 @@ def pair_features(a: str, b: str, similarity: float, df: DocumentFrequencies) ->
     weight_b = sum(df.idf(w) for w in sb) or 1.0
     unmatched_a = sum(df.idf(w) for w in only_a) / weight_a
     unmatched_b = sum(df.idf(w) for w in only_b) / weight_b
-    numbers_a, numbers_b = _numbers(ta), _numbers(tb)
     ca, cb = _trigrams(a), _trigrams(b)
     return [
         float(similarity),
@@ -97,7 +147,7 @@ def pair_features(a: str, b: str, similarity: float, df: DocumentFrequencies) ->
         unmatched_b,
         max(unmatched_a, unmatched_b),
         max((df.idf(w) for w in only_a | only_b), default=0.0),
-        float(numbers_a != numbers_b),
+        float(numbers_differ(a, b)),
         float((_negations(ta) > 0) != (_negations(tb) > 0)),
         float(ta[:1] == tb[:1]),
         float(len(ta)),
