@@ -13,11 +13,10 @@ _NEGATIONS = {"not", "no", "never", "nor", "none", "nothing", "cannot", "without
 # Negated without a negation word ("can't" / "unable"), and contractions typed without the
 # apostrophe, as Quora questions often are ("dont", "cant").
 _NEGATIONS |= {"unable", "unaware", "impossible"}
-_NEGATIONS |= {
-    f"{stem}nt"
-    for stem in ("do", "does", "did", "is", "are", "was", "were", "has", "have", "had", "ca", "wo", "should", "would")
-    + ("could", "must", "need", "ai")
-}
+_NEGATIONS |= set(
+    "dont doesnt didnt isnt arent wasnt werent hasnt havent hadnt cant wont shouldnt wouldnt couldnt mustnt "
+    "neednt aint".split()
+)
 _ORDINAL_OR_NUMBER = re.compile(r"(\d+)(?:st|nd|rd|th)?")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _NUMBER_WORDS = {
