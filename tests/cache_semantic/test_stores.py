@@ -174,6 +174,17 @@ async def test_edge_store_persists_across_reopen(tmp_path):
         await reopened.close()
 
 
+async def test_edge_store_open_twice_names_the_replica_setting(tmp_path):
+    store = await EdgeStore.open(tmp_path / "s", DIM)
+    try:
+        with pytest.raises(errors.FailedPrecondition, match="already open.*LLMESH_CACHE_REPLICA_ID"):
+            await EdgeStore.open(tmp_path / "s", DIM)
+    finally:
+        await store.close()
+    reopened = await EdgeStore.open(tmp_path / "s", DIM)
+    await reopened.close()
+
+
 async def test_edge_store_refuses_vectors_of_another_size(tmp_path):
     store = await EdgeStore.open(tmp_path / "s", DIM)
     await store.upsert([entry("t", "e", "q")], unit(1)[None])

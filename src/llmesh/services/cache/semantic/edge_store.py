@@ -103,6 +103,13 @@ class EdgeStore:
         except Exception as exc:
             pool.shutdown(wait=False)
             # qdrant-edge raises bare Exceptions; an incompatible or damaged shard is an operator's matter.
+            if "WouldBlock" in str(exc):
+                # Its write-ahead log is locked: the store is open elsewhere, most likely by a second
+                # replica that took the same default id (the hostname).
+                raise errors.FailedPrecondition(
+                    f"the semantic store at {path} is already open, by another cache replica? Replicas on one "
+                    "host need their own LLMESH_CACHE_REPLICA_ID (or LLMESH_CACHE_SEMANTIC_PATH)"
+                ) from exc
             raise errors.FailedPrecondition(f"the semantic store at {path} cannot be opened: {exc}") from exc
         return cls(shard, pool)
 
