@@ -6,12 +6,16 @@ import asyncio
 
 import pytest
 
+from llmesh.cache.v1 import cache_pb2
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.bus import Bus
+from llmesh.kit.errors import FailedPrecondition
 from llmesh.kit.streams import cache_invalidate_subject
 from llmesh.services.cache.invalidation import Invalidation, InvalidationChannel, durable_name, from_event, to_event
-from tests.cache.hosting import drop_durable
-from tests.helpers import unique
+from llmesh.services.cache.app import CacheApp
+from tests.cache.builders import lookup, store
+from tests.cache.hosting import cache_service, cache_settings, drop_durable
+from tests.helpers import assert_eventually, unique
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -62,3 +66,22 @@ async def test_a_starting_replica_waits_until_the_missed_events_are_applied(nats
         await bus.close()
         await publisher_bus.close()
         await drop_durable(nats_url, channel.durable)
+
+
+async def test_a_second_replica_with_the_same_id_is_refused(nats_url):
+    # Sharing one durable consumer, each would apply only part of the invalidations.
+    replica = unique("replica")
+    async with cache_service(nats_url, replica_id=replica) as (_, stub, _):
+        second = CacheApp(cache_settings(nats_url, replica_id=replica))
+        with pytest.raises(FailedPrecondition, match="LLMESH_CACHE_REPLICA_ID"):
+            await second.start()
+        # The running replica still applies every invalidation.
+        tenant = unique("acme")
+        await stub.Store(store(tenant, "How do I reset my password?", "Use the reset link."))
+        await stub.Invalidate(cache_pb2.InvalidateRequest(tenant_id=tenant, all=True))
+
+        async def flushed() -> bool:
+            found = await stub.Lookup(lookup(tenant, "How do I reset my password?"))
+            return found.outcome == cache_pb2.LOOKUP_OUTCOME_MISS
+
+        await assert_eventually(flushed, timeout_s=10)

@@ -12,8 +12,9 @@ import nats
 from google.protobuf.message import Message
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import Error as JetStreamError
 
-from llmesh.kit.errors import Unavailable
+from llmesh.kit.errors import AlreadyExists, Unavailable
 from llmesh.kit.logging import get_logger
 from llmesh.kit.streams import StreamSpec
 
@@ -109,18 +110,23 @@ class Bus:
                 return
             await msg.ack()
 
-        sub = await self.js.subscribe(
-            subject,
-            durable=durable,
-            stream=spec.name,
-            cb=on_message,
-            manual_ack=True,
-            config=js_api.ConsumerConfig(
-                ack_policy=js_api.AckPolicy.EXPLICIT,
-                deliver_policy=js_api.DeliverPolicy.ALL,
-                ack_wait=30,
-            ),
-        )
+        try:
+            sub = await self.js.subscribe(
+                subject,
+                durable=durable,
+                stream=spec.name,
+                cb=on_message,
+                manual_ack=True,
+                config=js_api.ConsumerConfig(
+                    ack_policy=js_api.AckPolicy.EXPLICIT,
+                    deliver_policy=js_api.DeliverPolicy.ALL,
+                    ack_wait=30,
+                ),
+            )
+        except JetStreamError as exc:
+            if "already bound" in str(exc):
+                raise AlreadyExists(f"the durable consumer {durable} of {spec.name} has a running subscriber") from exc
+            raise
         self._subscriptions.append(sub)
 
     async def subscribe(self, subject: str, handler: Handler) -> None:

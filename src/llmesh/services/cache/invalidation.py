@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from llmesh.common.v1 import common_pb2
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.bus import Bus
+from llmesh.kit.errors import AlreadyExists, FailedPrecondition
 from llmesh.kit.logging import get_logger
 from llmesh.kit.streams import CACHE_INVALIDATE, cache_invalidate_subject
 
@@ -102,6 +103,7 @@ def durable_name(replica_id: str) -> str:
 class InvalidationChannel:
     def __init__(self, bus: Bus, replica_id: str):
         self._bus = bus
+        self.replica_id = replica_id
         self.durable = durable_name(replica_id)
 
     async def ensure_stream(self) -> None:
@@ -121,7 +123,14 @@ class InvalidationChannel:
                 return
             await apply(inv)
 
-        await self._bus.consume_durable(CACHE_INVALIDATE, ALL_TENANTS, self.durable, handle)
+        try:
+            await self._bus.consume_durable(CACHE_INVALIDATE, ALL_TENANTS, self.durable, handle)
+        except AlreadyExists as exc:
+            # Two replicas sharing the consumer would each apply only part of the events.
+            raise FailedPrecondition(
+                f"a running cache replica already uses the replica id {self.replica_id!r}; give each replica "
+                "its own LLMESH_CACHE_REPLICA_ID"
+            ) from exc
 
     async def caught_up(self) -> bool:
         """Whether every event in the stream was delivered to this replica and acknowledged."""
