@@ -194,12 +194,14 @@ async def test_tenant_scoped_calls_need_a_tenant(index):
         await index.delete_matching("", use_case="x")
 
 
-async def test_a_negated_or_renumbered_question_is_vetoed_however_close(index):
+async def test_a_negated_renumbered_or_swapped_question_is_vetoed_however_close(index):
     t = unique("tenant")
     await index.add(entry(t, "cancel", "can I cancel my order from 2023"))
+    await index.add(entry(t, "convert", "convert celsius to fahrenheit"))
     for text, reason in (
         ("can I not cancel my order from 2023", "negation"),
         ("can I cancel my order from 2024", "number"),
+        ("convert fahrenheit to celsius", "order"),
     ):
         match = await index.lookup(query(t, text))
         assert match.decision is Decision.GRAY_MISS and match.stage2_score == 0.0

@@ -210,6 +210,12 @@ async def test_the_training_command_calibrates_the_base_model_end_to_end(tmp_pat
         ("Why can't I post a picture?", "Why am I unable to post a picture?", None),
         ("Is the iPhone 6s waterproof?", "Is the iPhone 6 waterproof?", "number"),
         ("Why don't I get paid?", "Why do I get paid?", "negation"),
+        # The same words on the other side of a direction.
+        ("How do I convert Celsius to Fahrenheit?", "How do I convert Fahrenheit to Celsius?", "order"),
+        ("Why is Messi better than Ronaldo?", "How is Ronaldo better than Messi?", "order"),
+        ("How do I go from Delhi to Mumbai?", "How do I get to Mumbai from Delhi?", None),
+        ("How does Python compare to Java?", "How does Java compare to Python?", None),
+        ("Does nitric acid react with metals?", "Do metals react with nitric acid?", None),
     ],
 )
 def test_vetoes(a, b, reason):

@@ -59,14 +59,44 @@ NAMES = (
 
 def veto(a: str, b: str) -> str | None:
     """Why two questions must never share an answer however close their embeddings are: one is
-    negated and the other not ("can I cancel" / "can I not cancel"), or their numbers differ
-    ("JEE 2016" / "JEE 2017"). None when nothing forbids it."""
+    negated and the other not ("can I cancel" / "can I not cancel"), their numbers differ
+    ("JEE 2016" / "JEE 2017"), or the same words swap sides of a direction ("Celsius to
+    Fahrenheit" / "Fahrenheit to Celsius"). None when nothing forbids it."""
     ta, tb = words(a), words(b)
     if (_negations(ta) > 0) != (_negations(tb) > 0):
         return "negation"
     if numbers_differ(a, b):
         return "number"
+    if swapped(ta, tb):
+        return "order"
     return None
+
+
+# Words that give the two things around them different roles; "vs", "with" and "from" are left
+# out: "A vs B", "reacts with", "different from" read the same both ways round.
+_DIRECTIONAL = {"to", "into", "than", "before", "after", "over"}
+_SYMMETRIC_BEFORE = {"compare", "compared", "compares", "similar", "equal", "equivalent", "close", "related"}
+_FILLERS = {"a", "an", "the", "my", "your", "our", "their", "his", "her", "its", "this", "that", "be", "get"}
+
+
+def _next_content_word(tokens: list[str], i: int) -> str | None:
+    return next((t for t in tokens[i + 1 :] if t not in _FILLERS), None)
+
+
+def swapped(ta: list[str], tb: list[str]) -> bool:
+    """The words after a directional word differ, and each one stands before that word in the
+    other question: the roles swapped ("convert a string to an integer" / "an integer to a
+    string", "Messi better than Ronaldo" / "Ronaldo better than Messi")."""
+    for word in _DIRECTIONAL:
+        if ta.count(word) != 1 or tb.count(word) != 1:
+            continue
+        ia, ib = ta.index(word), tb.index(word)
+        if ia and ta[ia - 1] in _SYMMETRIC_BEFORE or ib and tb[ib - 1] in _SYMMETRIC_BEFORE:
+            continue
+        x, y = _next_content_word(ta, ia), _next_content_word(tb, ib)
+        if x and y and x != y and x in tb[:ib] and y in ta[:ia]:
+            return True
+    return False
 
 
 def _numbers(text: str) -> set[int | str]:
