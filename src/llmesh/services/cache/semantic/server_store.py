@@ -15,10 +15,10 @@ from llmesh.kit import errors
 from .api import SemanticEntry
 from .scope import (
     DOCS,
-    TIME_FIELDS,
     KEYWORD_FIELDS,
     TENANT,
     TIER,
+    TIME_FIELDS,
     BuiltFromOlder,
     Condition,
     Match,
