@@ -99,28 +99,25 @@ def swapped(ta: list[str], tb: list[str]) -> bool:
     return False
 
 
-def _numbers(text: str) -> set[int | str]:
+def _numbers(text: str) -> tuple[set[int | str], set[int]]:
     """The tokens written with digits, as values where they are numbers ("60,000" is 60000, "10th"
-    is 10); others as they are ("5g", "6s")."""
-    found: set[int | str] = set()
+    is 10) and as they are otherwise ("5g", "6s"); and the values of the numbers spelled out."""
+    written: set[int | str] = set()
+    spelled: set[int] = set()
     for token in words(_THOUSANDS.sub("", text)):
-        if any(ch.isdigit() for ch in token):
+        if token in _NUMBER_WORDS:
+            spelled.add(_NUMBER_WORDS[token])
+        elif any(ch.isdigit() for ch in token):
             number = _ORDINAL_OR_NUMBER.fullmatch(token)
-            found.add(int(number[1]) if number else token)
-    return found
-
-
-def _spelled_numbers(tokens: list[str]) -> set[int]:
-    return {_NUMBER_WORDS[t] for t in tokens if t in _NUMBER_WORDS}
+            written.add(int(number[1]) if number else token)
+    return written, spelled
 
 
 def numbers_differ(a: str, b: str) -> bool:
     """A number in digits on one side that the other has neither in digits nor in words ("4th" /
     "fourth" and "100" / "a hundred" agree; words alone are not compared: "one" is often no number)."""
-    digits_a, digits_b = _numbers(a), _numbers(b)
-    if not digits_a and not digits_b:
-        return False
-    return bool(digits_a - digits_b - _spelled_numbers(words(b)) or digits_b - digits_a - _spelled_numbers(words(a)))
+    (written_a, spelled_a), (written_b, spelled_b) = _numbers(a), _numbers(b)
+    return bool(written_a - written_b - spelled_b or written_b - written_a - spelled_a)
 
 
 def words(text: str) -> list[str]:
