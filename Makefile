@@ -1,9 +1,14 @@
 # llmesh: `make up` starts the whole mesh on embedded defaults; `make test` runs the tests.
+# One workspace, one lock file (uv.lock): `make setup` builds .venv from it with uv, which it
+# installs first into .tools/ when missing (docs/adr/0008-workspace-and-images.md).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.setup-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+MANIFESTS := uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml tools/*/pyproject.toml)
+STAMP := $(VENV)/.setup-$(shell cat $(MANIFESTS) | sha1sum | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Five services share two cores: no library may spin-wait on both (docs/adr/0003).
 export OMP_NUM_THREADS ?= 1
@@ -12,20 +17,26 @@ export MKL_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# uv's cache and the checkout may sit on different file systems.
+export UV_LINK_MODE ?= copy
+# Debian packages the tests and the launcher start (servers on free ports, never the machine's own).
+APT_PACKAGES := nats-server redis-server kubectl
+APT_COMMANDS := nats-server redis-server kubectl
 
-.PHONY: setup up test gen lint breaking bench docs clean
+.PHONY: setup up test gen lint format breaking bench docs images-report clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || \
-		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nats-server; }
-	@command -v redis-server >/dev/null || \
-		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }
-	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install -q 'uv==$(UV_VERSION)'
+
+$(STAMP): $(MANIFESTS) | $(UV)
+	@missing=""; for c in $(APT_COMMANDS); do command -v $$c >/dev/null || [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(APT_PACKAGES); fi
+	$(UV) sync --frozen --python $(PYTHON)
 	$(PY) -m llmesh.services.inference.model_files
+	$(PY) -m llmesh.services.cache.semantic.onnx_model
 	@rm -f $(VENV)/.setup-* && touch $@
 
 up: setup
@@ -39,8 +50,13 @@ gen: setup
 
 lint: setup
 	$(VENV)/bin/buf lint
-	$(VENV)/bin/ruff check src tests scripts bench
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) scripts/gen_protos.py --check
+
+format: setup
+	$(VENV)/bin/ruff check --select I --fix .
+	$(VENV)/bin/ruff format .
 
 # Compares the protos with those on main (run on a branch).
 breaking: setup
@@ -54,5 +70,10 @@ bench: setup
 docs: setup
 	$(PY) scripts/config_tables.py
 
+# Installs each service alone from the lock file into a fresh environment and writes
+# docs/reports/images.md (installed size, packages, budget check).
+images-report: setup
+	$(PY) scripts/service_envs.py --report docs/reports/images.md
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .tools .pytest_cache

@@ -29,17 +29,18 @@ import time
 
 import numpy as np
 import redis
-
-from llmesh.launcher.processes import ServiceProcess
 from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.client import open_channel
-from llmesh.launcher.nats_server import NatsServerProcess
+from llmesh.kit.nats_server import NatsServerProcess
+from llmesh.launcher.processes import ServiceProcess
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TENANTS = 20
-PROMPT = ("You are the support assistant of a retail bank. Answer briefly and cite the policy. "
-          "Customer question #{i}: how do I dispute card transaction {i} that I do not recognise?")
+PROMPT = (
+    "You are the support assistant of a retail bank. Answer briefly and cite the policy. "
+    "Customer question #{i}: how do I dispute card transaction {i} that I do not recognise?"
+)
 ANSWER = "To dispute a transaction, open the app, choose the card, select the transaction and tap Dispute. " * 8
 
 
@@ -75,17 +76,22 @@ def _rss_bytes(pid: int) -> int:
 
 def start_cache(workdir: pathlib.Path, nats_url: str, **env: str) -> ServiceProcess:
     """The cache service as its own process on a free port, as `llmesh up` runs it."""
-    service = ServiceProcess("cache", port=0, home=workdir, env={
-        **os.environ,
-        "LLMESH_HOME": str(workdir),
-        "LLMESH_NATS_URL": nats_url,
-        "LLMESH_CACHE_SEMANTIC": "false",
-        "LLMESH_CACHE_REPLICA_ID": f"bench-{os.getpid()}-{time.monotonic_ns()}",
-        "LLMESH_CACHE_MAX_ENTRIES": "1000000",
-        "LLMESH_LOG_LEVEL": "warning",
-        "OMP_NUM_THREADS": "1",
-        **env,
-    })
+    service = ServiceProcess(
+        "cache",
+        port=0,
+        home=workdir,
+        env={
+            **os.environ,
+            "LLMESH_HOME": str(workdir),
+            "LLMESH_NATS_URL": nats_url,
+            "LLMESH_CACHE_SEMANTIC": "false",
+            "LLMESH_CACHE_REPLICA_ID": f"bench-{os.getpid()}-{time.monotonic_ns()}",
+            "LLMESH_CACHE_MAX_ENTRIES": "1000000",
+            "LLMESH_LOG_LEVEL": "warning",
+            "OMP_NUM_THREADS": "1",
+            **env,
+        },
+    )
     service.start()
     service.wait_ready(60)
     return service
@@ -96,10 +102,18 @@ async def _store_all(stub, entries: int, concurrency: int = 32) -> None:
 
     async def one(i: int) -> None:
         async with sem:
-            response = await stub.Store(cache_pb2.StoreRequest(
-                key=_key(i, _tenant(i)), content=ANSWER, model="llama-3-8b", backend="local",
-                tier=common_pb2.TIER_2, usage=common_pb2.Usage(prompt_tokens=60, completion_tokens=180),
-                cost_usd=0.0004, ttl_seconds=3600))
+            response = await stub.Store(
+                cache_pb2.StoreRequest(
+                    key=_key(i, _tenant(i)),
+                    content=ANSWER,
+                    model="llama-3-8b",
+                    backend="local",
+                    tier=common_pb2.TIER_2,
+                    usage=common_pb2.Usage(prompt_tokens=60, completion_tokens=180),
+                    cost_usd=0.0004,
+                    ttl_seconds=3600,
+                )
+            )
             assert response.stored
 
     await asyncio.gather(*(one(i) for i in range(entries)))
@@ -142,20 +156,31 @@ async def run_layer(name: str, service: ServiceProcess, entries: int, lookups: i
         load_s = time.perf_counter() - loaded
         await asyncio.sleep(0.5)
         per_entry = (memory_of() - before) / entries
-        hits = [cache_pb2.LookupRequest(key=_key(i, _tenant(i))) for i in (rng.randrange(entries) for _ in range(lookups))]
+        hits = [
+            cache_pb2.LookupRequest(key=_key(i, _tenant(i))) for i in (rng.randrange(entries) for _ in range(lookups))
+        ]
         misses = [cache_pb2.LookupRequest(key=_key(entries + i, _tenant(i))) for i in range(lookups // 2)]
         await _time_sequential(stub, hits[:300], cache_pb2.LOOKUP_OUTCOME_EXACT_HIT)  # warm-up
         hit_s = await _time_sequential(stub, hits, cache_pb2.LOOKUP_OUTCOME_EXACT_HIT)
         miss_s = await _time_sequential(stub, misses, cache_pb2.LOOKUP_OUTCOME_MISS)
         concurrent_s, throughput = await _time_concurrent(stub, hits, 16)
-    return {"name": name, "hit": hit_s, "miss": miss_s, "concurrent": concurrent_s, "throughput": throughput,
-            "per_entry": per_entry, "load_s": load_s}
+    return {
+        "name": name,
+        "hit": hit_s,
+        "miss": miss_s,
+        "concurrent": concurrent_s,
+        "throughput": throughput,
+        "per_entry": per_entry,
+        "load_s": load_s,
+    }
 
 
 def _row(label: str, samples: list[float]) -> str:
     a = np.array(samples) * 1e3
-    return (f"| {label} | {len(a)} | {np.median(a):.3f} | {np.percentile(a, 90):.3f} | "
-            f"{np.percentile(a, 99):.3f} | {a.mean():.3f} |")
+    return (
+        f"| {label} | {len(a)} | {np.median(a):.3f} | {np.percentile(a, 90):.3f} | "
+        f"{np.percentile(a, 99):.3f} | {a.mean():.3f} |"
+    )
 
 
 def report(results: list[dict], args) -> str:
@@ -183,16 +208,26 @@ def report(results: list[dict], args) -> str:
         lines.append(_row(f"{r['name']}: hit, sequential", r["hit"]))
         lines.append(_row(f"{r['name']}: miss, sequential", r["miss"]))
         lines.append(_row(f"{r['name']}: hit, 16 concurrent", r["concurrent"]))
-    lines += ["", "| layer | hit throughput at 16 concurrent (lookups/s) | memory per entry | store rate (entries/s) |",
-              "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "| layer | hit throughput at 16 concurrent (lookups/s) | memory per entry | store rate (entries/s) |",
+        "| --- | --- | --- | --- |",
+    ]
     for r in results:
-        lines.append(f"| {r['name']} | {r['throughput']:.0f} | {r['per_entry'] / 1024:.2f} KiB "
-                     f"({'service RSS growth' if r['name'] == 'lru' else 'Redis used_memory growth'}) | "
-                     f"{args.entries / r['load_s']:.0f} |")
+        lines.append(
+            f"| {r['name']} | {r['throughput']:.0f} | {r['per_entry'] / 1024:.2f} KiB "
+            f"({'service RSS growth' if r['name'] == 'lru' else 'Redis used_memory growth'}) | "
+            f"{args.entries / r['load_s']:.0f} |"
+        )
     target = all(np.median(r["hit"]) * 1e3 <= 1.0 for r in results)
-    lines += ["", f"Exact-hit p50 target (<= 1 ms) met by every layer: **{'yes' if target else 'no'}**.", "",
-              "An entry holds the answer (here ~800 bytes of text), its metadata, the hashes the semantic layer",
-              "needs and the LRU/index bookkeeping; Python object overhead is most of the LRU's per-entry cost.", ""]
+    lines += [
+        "",
+        f"Exact-hit p50 target (<= 1 ms) met by every layer: **{'yes' if target else 'no'}**.",
+        "",
+        "An entry holds the answer (here ~800 bytes of text), its metadata, the hashes the semantic layer",
+        "needs and the LRU/index bookkeeping; Python object overhead is most of the LRU's per-entry cost.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -212,7 +247,9 @@ async def main_async(args) -> None:
             port = _free_port()
             redis_process = subprocess.Popen(
                 [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             client = redis.Redis(port=port)
             for _ in range(100):
                 try:
@@ -222,8 +259,11 @@ async def main_async(args) -> None:
                     time.sleep(0.05)
             service = start_cache(workdir, nats.url, LLMESH_REDIS_URL=f"redis://127.0.0.1:{port}/0")
             try:
-                results.append(await run_layer("redis", service, args.entries, args.lookups,
-                                               lambda: int(client.info("memory")["used_memory"])))
+                results.append(
+                    await run_layer(
+                        "redis", service, args.entries, args.lookups, lambda: int(client.info("memory")["used_memory"])
+                    )
+                )
             finally:
                 service.stop(20)
                 client.close()

@@ -26,14 +26,13 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
-
 from llmesh.classifier.v1 import classifier_pb2, classifier_pb2_grpc  # noqa: E402
 from llmesh.common.v1 import common_pb2  # noqa: E402
 from llmesh.kit.chat import Message  # noqa: E402
 from llmesh.kit.client import open_channel  # noqa: E402
 from llmesh.kit.config import load_settings  # noqa: E402
+from llmesh.kit.nats_server import NatsServerProcess  # noqa: E402
 from llmesh.kit.server import ServiceHost  # noqa: E402
-from llmesh.launcher.nats_server import NatsServerProcess  # noqa: E402
 from llmesh.services.classifier.app import ClassifierApp  # noqa: E402
 from llmesh.services.classifier.policy import ClassifierPolicy  # noqa: E402
 from llmesh.services.classifier.sensitivity.evaluation import evaluate, load_snippets  # noqa: E402
@@ -42,7 +41,7 @@ from llmesh.services.classifier.settings import ClassifierSettings  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEV_DATA = ROOT.parent / "shared" / "data" / "routing" / "mmlu_dev.csv"
-SNIPPETS = ROOT / "tests" / "classifier" / "data" / "pii_snippets.jsonl"
+SNIPPETS = ROOT / "services" / "classifier" / "tests" / "data" / "pii_snippets.jsonl"
 PROMPT_CHARS = 2048
 
 
@@ -119,7 +118,10 @@ async def grpc_latencies(app: ClassifierApp, settings, prompts: list[str]) -> np
 
 
 def pii_table(report) -> list[str]:
-    lines = ["| kind | true pos. | false pos. | false neg. | precision | recall |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| kind | true pos. | false pos. | false neg. | precision | recall |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for kind, s in report.by_kind.items():
         lines.append(
             f"| {kind.value} | {s.true_positives} | {s.false_positives} | {s.false_negatives} | "
@@ -196,7 +198,7 @@ def main() -> int:
         "",
         "Targets: Classify p50 ≤ 5 ms, PII detection p50 ≤ 1 ms for a 2 KB prompt.",
         "",
-        f"## Detector precision and recall ({detection.snippets} labelled snippets, `tests/classifier/data/pii_snippets.jsonl`)",
+        f"## Detector precision and recall ({detection.snippets} labelled snippets, `services/classifier/tests/data/pii_snippets.jsonl`)",
         "",
         *pii_table(detection),
         "",
@@ -208,11 +210,11 @@ def main() -> int:
     pii_lines = [
         "# Classifier: PII detection report",
         "",
-        f"{detection.snippets} labelled snippets in `tests/classifier/data/pii_snippets.jsonl`: true cases of each "
+        f"{detection.snippets} labelled snippets in `services/classifier/tests/data/pii_snippets.jsonl`: true cases of each "
         "kind in varied wording and formats, and look-alikes that must not be reported (order and tracking "
         "numbers that pass the Luhn check, dates, versions, ISBNs, invalid check digits, placeholder secrets, "
         "public keys, never-issued SSNs, a tenant term inside a longer word). Tenant terms assumed: "
-        "\"Project Falcon\", \"Globex Corporation\". A finding counts when it overlaps an expected span of the "
+        '"Project Falcon", "Globex Corporation". A finding counts when it overlaps an expected span of the '
         "same kind.",
         "",
         *pii_table(detection),

@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.kit.client import open_channel
@@ -180,7 +179,11 @@ async def main() -> int:
             levels.append((concurrency, samples, wall_s))
             print(f"concurrency {concurrency}: {len(samples)} requests in {wall_s:.1f}s", file=sys.stderr)
     text = report(
-        levels, model=info.name, target=args.target or "in process", max_tokens=args.max_tokens, model_info=info,
+        levels,
+        model=info.name,
+        target=args.target or "in process",
+        max_tokens=args.max_tokens,
+        model_info=info,
         load_before=load_before,
     )
     out = pathlib.Path(args.out)

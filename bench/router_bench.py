@@ -4,7 +4,7 @@
     LLMESH_API_KEY=... .venv/bin/python bench/router_bench.py --mesh [--calls 200] [--model-calls 20]
 
 Default: hosts the router in this process with the in-test fake upstream services
-(tests/router/fakes.py: real gRPC servers answering at once, inference streaming four deltas) and a
+(services/router/tests/fakes.py: real gRPC servers answering at once, inference streaming four deltas) and a
 private nats-server, so the numbers are the router's own work plus its gRPC hops, not a model's.
 Everything shares one event loop and one core: the client, the router and the four fakes.
 
@@ -31,18 +31,21 @@ sys.path.insert(0, str(ROOT))  # the fakes live with the router's tests
 
 from llmesh.kit.client import open_channel  # noqa: E402
 from llmesh.kit.config import ServerSettings, load_settings  # noqa: E402
-from llmesh.launcher.nats_server import NatsServerProcess  # noqa: E402
+from llmesh.kit.nats_server import NatsServerProcess  # noqa: E402
+from llmesh.kit.testing import hosted  # noqa: E402
 from llmesh.router.v1 import router_pb2  # noqa: E402
 from llmesh.services.router.app import RouterApp  # noqa: E402
-from tests.helpers import hosted  # noqa: E402
-from tests.router.conftest import RouterClient, router_settings  # noqa: E402
-from tests.router.fakes import FakeUpstreams  # noqa: E402
+
+from services.router.tests.conftest import RouterClient, router_settings  # noqa: E402
+from services.router.tests.fakes import FakeUpstreams  # noqa: E402
 
 
 def _row(name: str, ms: list[float]) -> str:
     a = np.array(ms)
-    return (f"| {name} | {len(a)} | {np.median(a):.2f} | {np.percentile(a, 90):.2f} | "
-            f"{np.percentile(a, 99):.2f} | {a.max():.2f} |")
+    return (
+        f"| {name} | {len(a)} | {np.median(a):.2f} | {np.percentile(a, 90):.2f} | "
+        f"{np.percentile(a, 99):.2f} | {a.max():.2f} |"
+    )
 
 
 async def _one(client: RouterClient, api_key: str, text: str, **fields) -> tuple[float, float, int]:
@@ -115,7 +118,7 @@ async def run(calls: int, concurrency: int) -> str:
         f"{os.cpu_count()} CPUs · Python {platform.python_version()} · `.venv/bin/python bench/router_bench.py "
         f"--calls {calls} --concurrency {concurrency}`",
         "",
-        "Router in-process with instant fake upstreams (tests/router/fakes.py) and a private nats-server; "
+        "Router in-process with instant fake upstreams (services/router/tests/fakes.py) and a private nats-server; "
         "client, router and fakes share one event loop. A hit is auth (cached or not) + classify ‖ lookup + "
         "streamed content; a miss is auth + classify + a 4-delta inference stream + summary.",
         "",
@@ -145,8 +148,9 @@ async def run_against_mesh(calls: int, model_calls: int, concurrency: int) -> st
         rate, lat = await _concurrent(client, api_key, calls, concurrency, question, max_tokens=16)
         rows.append(_row(f"exact hit, {concurrency} concurrent: client → summary", lat))
         notes.append(f"exact hits at {concurrency} concurrent callers: {rate:.0f} requests/s")
-        miss, miss_ttft = await _sequential(client, api_key, model_calls, question, max_tokens=16,
-                                            cache_policy=router_pb2.CACHE_POLICY_BYPASS)
+        miss, miss_ttft = await _sequential(
+            client, api_key, model_calls, question, max_tokens=16, cache_policy=router_pb2.CACHE_POLICY_BYPASS
+        )
         rows.append(_row("bypass, real model, 16 tokens: client → summary", miss))
         rows.append(_row("bypass, real model, 16 tokens: router TTFT", miss_ttft))
     header = [

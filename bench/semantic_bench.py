@@ -13,7 +13,7 @@ API, and top-1 tenant-filtered search on the embedded qdrant-edge store at 100k 
   second stage's score where it runs.
 - gRPC: the cache service as its own process (`python -m llmesh.services.cache`, semantic layer
   on, embedded store), once per runtime, this process a grpc.aio client. Stores answers to the hand-written
-  questions of tests/cache_semantic/data/rewordings.csv plus filler questions, then times Lookup
+  questions of services/cache/tests/semantic/data/rewordings.csv plus filler questions, then times Lookup
   of the rewordings (semantic hits or gray-zone decisions: the exact layer cannot answer them)
   and of unrelated questions (misses).
 - Search: random unit vectors (384 dimensions) with the payload a cached entry carries, written
@@ -48,13 +48,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
 
 from llmesh.launcher.processes import ServiceProcess
 from llmesh.services.cache.semantic.api import SemanticEntry, SemanticQuery  # noqa: E402
 from llmesh.services.cache.semantic.pairs import read_text_pairs  # noqa: E402
 
-REWORDINGS = ROOT / "tests" / "cache_semantic" / "data" / "rewordings.csv"
+REWORDINGS = ROOT / "services" / "cache" / "tests" / "semantic" / "data" / "rewordings.csv"
 DIM = 384
 DEFAULT_SCENARIOS = "100000:1000,100000:100,100000:10,1000000:1000,1000000:100"
 
@@ -141,16 +140,21 @@ async def bench_embedding(questions: list[str], runtimes: list[str]) -> dict:
 
 def start_cache(workdir: pathlib.Path, nats_url: str, runtime: str | None = None) -> ServiceProcess:
     """The cache service as its own process on a free port, as `llmesh up` runs it."""
-    service = ServiceProcess("cache", port=0, home=workdir, env={
-        **os.environ,
-        **({"LLMESH_CACHE_EMBED_RUNTIME": runtime} if runtime else {}),
-        "LLMESH_HOME": str(workdir),
-        "LLMESH_NATS_URL": nats_url,
-        "LLMESH_CACHE_SEMANTIC": "true",
-        "LLMESH_CACHE_REPLICA_ID": f"bench-{os.getpid()}",
-        "LLMESH_LOG_LEVEL": "warning",
-        "OMP_NUM_THREADS": "1",
-    })
+    service = ServiceProcess(
+        "cache",
+        port=0,
+        home=workdir,
+        env={
+            **os.environ,
+            **({"LLMESH_CACHE_EMBED_RUNTIME": runtime} if runtime else {}),
+            "LLMESH_HOME": str(workdir),
+            "LLMESH_NATS_URL": nats_url,
+            "LLMESH_CACHE_SEMANTIC": "true",
+            "LLMESH_CACHE_REPLICA_ID": f"bench-{os.getpid()}",
+            "LLMESH_LOG_LEVEL": "warning",
+            "OMP_NUM_THREADS": "1",
+        },
+    )
     service.start()
     service.wait_ready(120)
     return service
@@ -160,7 +164,7 @@ async def bench_grpc(fillers: int, rounds: int, runtime: str | None = None) -> d
     from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
     from llmesh.common.v1 import common_pb2
     from llmesh.kit.client import open_channel
-    from llmesh.launcher.nats_server import NatsServerProcess
+    from llmesh.kit.nats_server import NatsServerProcess
 
     pairs = read_text_pairs(REWORDINGS)
     tenant = "bench-semantic"
@@ -233,7 +237,6 @@ async def bench_grpc(fillers: int, rounds: int, runtime: str | None = None) -> d
 
 async def bench_search(size: int, tenants: int, queries: int, optimize: bool, workdir: pathlib.Path) -> dict:
     import qdrant_edge as qe
-
     from llmesh.services.cache.semantic.edge_store import EdgeStore
     from llmesh.services.cache.semantic.scope import lookup_scope
 

@@ -16,7 +16,6 @@ import argparse
 import os
 import pathlib
 import random
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,7 +23,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
 
 from llmesh.services.cache.semantic.embedder import minilm_path  # noqa: E402
 from llmesh.services.cache.semantic.pairs import read_pairs, read_text_pairs, split_by_question  # noqa: E402
@@ -102,7 +100,7 @@ def main() -> None:
     test = [(p.a, p.b) for p in splits["test"]]
     test_y = np.array([p.duplicate for p in splits["test"]])
     test_s = scores(test)
-    handwritten = ROOT / "tests" / "cache_semantic" / "data"
+    handwritten = ROOT / "services" / "cache" / "tests" / "semantic" / "data"
     rewordings = scores(read_text_pairs(handwritten / "rewordings.csv"))
     near_misses = scores(read_text_pairs(handwritten / "near_misses.csv"))
     print(f"ROC AUC: validation {roc_auc_score(val_y, val_s):.3f}, test {roc_auc_score(test_y, test_s):.3f}")

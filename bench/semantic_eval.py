@@ -1,5 +1,5 @@
 """Re-measures the shipped semantic decision (embedder weights, calibration, second stage under
-src/llmesh/services/cache/semantic/models/) on the held-out test split of the dev pairs and on
+services/cache/src/llmesh/services/cache/semantic/models/) on the held-out test split of the dev pairs and on
 the hand-written rewordings and near misses; writes a markdown table.
 
     .venv/bin/python bench/semantic_eval.py [--data ../shared/data/cache/paraphrase_pairs_dev.csv]
@@ -16,7 +16,6 @@ import asyncio
 import datetime
 import os
 import pathlib
-import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,7 +23,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
 
 from llmesh.services.cache.semantic.config import SemanticConfig  # noqa: E402
 from llmesh.services.cache.semantic.evaluate import (  # noqa: E402
@@ -37,7 +35,7 @@ from llmesh.services.cache.semantic.factory import load_calibration, make_embedd
 from llmesh.services.cache.semantic.pairs import read_pairs, split_by_question  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "cache" / "paraphrase_pairs_dev.csv"
-HANDWRITTEN = ROOT / "tests" / "cache_semantic" / "data"
+HANDWRITTEN = ROOT / "services" / "cache" / "tests" / "semantic" / "data"
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -87,7 +85,7 @@ async def main() -> None:
         f"`{pathlib.Path(args.data).name}` ({len(test_y)} pairs, {int(test_y.sum())} duplicates; no question "
         f"shared with the training or validation pairs); {len(unlabelled['quora_rewordings'])} team-written "
         f"rewordings of test questions, {len(unlabelled['rewordings'])} hand-written rewordings of support-style "
-        f"questions and {len(unlabelled['near_misses'])} hand-written near misses (tests/cache_semantic/data).",
+        f"questions and {len(unlabelled['near_misses'])} hand-written near misses (services/cache/tests/semantic/data).",
         "",
         *table(rows),
         "",

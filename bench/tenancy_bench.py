@@ -24,12 +24,11 @@ import tempfile
 import time
 
 import numpy as np
-
 from llmesh.kit.client import open_channel
 from llmesh.kit.config import load_settings
 from llmesh.kit.logging import configure_logging
+from llmesh.kit.nats_server import NatsServerProcess
 from llmesh.kit.server import ServiceHost
-from llmesh.launcher.nats_server import NatsServerProcess
 from llmesh.services.tenancy import keys
 from llmesh.services.tenancy.app import TenancyApp
 from llmesh.services.tenancy.models import new_key_id
@@ -44,8 +43,10 @@ ADMIN_TOKEN = "bench-admin-token-0123456789"
 
 def _row(name: str, seconds: list[float], unit: float = 1e6, unit_name: str = "µs") -> str:
     a = np.array(seconds) * unit
-    return (f"| {name} | {len(a)} | {np.median(a):.1f} | {np.percentile(a, 90):.1f} | "
-            f"{np.percentile(a, 99):.1f} | {a.max():.1f} | {unit_name} |")
+    return (
+        f"| {name} | {len(a)} | {np.median(a):.1f} | {np.percentile(a, 90):.1f} | "
+        f"{np.percentile(a, 99):.1f} | {a.max():.1f} | {unit_name} |"
+    )
 
 
 def time_inline(db_path: pathlib.Path, key_ids: list[str], calls: int) -> tuple[list[float], list[float]]:
@@ -54,8 +55,10 @@ def time_inline(db_path: pathlib.Path, key_ids: list[str], calls: int) -> tuple[
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     tenant_id = conn.execute("SELECT tenant_id FROM tenants LIMIT 1").fetchone()[0]
-    sql = ("SELECT k.key_id, k.salt_hex, k.hash_hex, t.name FROM api_keys k "
-           "JOIN tenants t ON t.tenant_id = k.tenant_id WHERE k.key_id = ?")
+    sql = (
+        "SELECT k.key_id, k.salt_hex, k.hash_hex, t.name FROM api_keys k "
+        "JOIN tenants t ON t.tenant_id = k.tenant_id WHERE k.key_id = ?"
+    )
     lookups = []
     for i in range(calls):
         started = time.perf_counter()
@@ -67,7 +70,9 @@ def time_inline(db_path: pathlib.Path, key_ids: list[str], calls: int) -> tuple[
         started = time.perf_counter()
         conn.execute(
             "INSERT INTO api_keys (key_id, tenant_id, label, created_at_us, salt_hex, hash_hex) "
-            "VALUES (?, ?, '', ?, ?, ?)", (new_key_id(), tenant_id, now_us(), stored.salt_hex, stored.hash_hex))
+            "VALUES (?, ?, '', ?, ?, ?)",
+            (new_key_id(), tenant_id, now_us(), stored.salt_hex, stored.hash_hex),
+        )
         inserts.append(time.perf_counter() - started)
     conn.close()
     return lookups, inserts
@@ -104,8 +109,16 @@ async def run(args) -> str:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="tenancy-bench-"))
     nats_server = NatsServerProcess(str(workdir / "nats")).start()
     db_path = workdir / "tenancy.db"
-    settings = load_settings(TenancySettings, environ={}, port=0, metrics_port=0, db_path=str(db_path),
-                             nats_url=nats_server.url, admin_token=ADMIN_TOKEN, log_level="warning")
+    settings = load_settings(
+        TenancySettings,
+        environ={},
+        port=0,
+        metrics_port=0,
+        db_path=str(db_path),
+        nats_url=nats_server.url,
+        admin_token=ADMIN_TOKEN,
+        log_level="warning",
+    )
     host = ServiceHost(TenancyApp(settings), settings, serve_metrics=False)
     await host.start()
     lines = []
@@ -161,8 +174,10 @@ async def run(args) -> str:
     ]
     for concurrency, latencies, rate in rows:
         a = np.array(latencies) * 1e3
-        lines.append(f"| {concurrency} | {len(a)} | {np.median(a):.2f} | {np.percentile(a, 90):.2f} | "
-                     f"{np.percentile(a, 99):.2f} | {a.max():.2f} | {rate:.0f} |")
+        lines.append(
+            f"| {concurrency} | {len(a)} | {np.median(a):.2f} | {np.percentile(a, 90):.2f} | "
+            f"{np.percentile(a, 99):.2f} | {a.max():.2f} | {rate:.0f} |"
+        )
     lines.append("")
     return "\n".join(lines)
 

@@ -9,7 +9,7 @@ import re
 import sys
 
 from llmesh.kit.config import ServerSettings, settings_table
-from llmesh.launcher.state import SERVICES
+from llmesh.kit.defaults import SERVICES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- config-tables:begin -->", "<!-- config-tables:end -->"
@@ -18,8 +18,11 @@ BEGIN, END = "<!-- config-tables:begin -->", "<!-- config-tables:end -->"
 def service_settings(service: str) -> type:
     module = importlib.import_module(f"llmesh.services.{service}.settings")
     classes = [
-        obj for obj in vars(module).values()
-        if isinstance(obj, type) and issubclass(obj, ServerSettings) and obj is not ServerSettings
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, ServerSettings)
+        and obj is not ServerSettings
         and obj.__module__ == module.__name__
     ]
     return classes[0]
@@ -32,7 +35,7 @@ def render() -> str:
         rows = [r for r in settings_table(service_settings(service)).splitlines() if r not in common]
         parts += [f"#### {service}\n", *rows, ""]
     # Defaults computed from the install location read as repository paths.
-    return "\n".join(parts).replace(f"{ROOT}/src/", "src/")
+    return "\n".join(parts).replace(f"{ROOT}/", "")
 
 
 def main() -> int:

@@ -17,7 +17,7 @@ from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-DEFAULT_OUT = ROOT / "src"
+DEFAULT_OUT = ROOT / "libs" / "proto" / "src"
 HEADER_INIT = '"""Generated from protos/ by scripts/gen_protos.py. Do not edit."""\n'
 
 
@@ -52,7 +52,11 @@ def generate(out_root: pathlib.Path) -> list[pathlib.Path]:
                 init.write_text(HEADER_INIT)
             d = d.parent
         stem = pathlib.Path(rel).stem
-        written += [package_dir / f"{stem}_pb2.py", package_dir / f"{stem}_pb2.pyi", package_dir / f"{stem}_pb2_grpc.py"]
+        written += [
+            package_dir / f"{stem}_pb2.py",
+            package_dir / f"{stem}_pb2.pyi",
+            package_dir / f"{stem}_pb2_grpc.py",
+        ]
     return written
 
 

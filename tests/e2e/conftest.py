@@ -8,11 +8,11 @@ import dataclasses
 import secrets
 
 import pytest
-
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.client import open_channel
 from llmesh.kit.config import load_settings
 from llmesh.kit.server import ServiceHost
+from llmesh.kit.testing import unique
 from llmesh.router.v1 import router_pb2_grpc
 from llmesh.services.cache.app import CacheApp
 from llmesh.services.cache.settings import CacheSettings
@@ -25,7 +25,6 @@ from llmesh.services.router.settings import RouterSettings
 from llmesh.services.tenancy.app import TenancyApp
 from llmesh.services.tenancy.settings import TenancySettings
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
-from tests.helpers import unique
 
 
 @dataclasses.dataclass
@@ -37,11 +36,14 @@ class Mesh:
 
     async def new_tenant(self) -> tuple[str, str, str]:
         """(api_key, tenant_id, key_id) of a fresh tenant."""
-        tenant = (await self.tenancy.CreateTenant(
-            tenancy_pb2.CreateTenantRequest(name=unique("e2e"), business_unit="qa",
-                                            clearance=common_pb2.SENSITIVITY_CONFIDENTIAL),
-            metadata=self.admin,
-        )).tenant
+        tenant = (
+            await self.tenancy.CreateTenant(
+                tenancy_pb2.CreateTenantRequest(
+                    name=unique("e2e"), business_unit="qa", clearance=common_pb2.SENSITIVITY_CONFIDENTIAL
+                ),
+                metadata=self.admin,
+            )
+        ).tenant
         key = await self.tenancy.CreateApiKey(
             tenancy_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id, label="e2e"), metadata=self.admin
         )
@@ -69,20 +71,44 @@ async def mesh(nats_url, tmp_path_factory):
                 stack.push_async_callback(host.stop, 0.5)
                 hosts[name] = host
 
-            await start("tenancy", TenancyApp, load_settings(
-                TenancySettings, environ={}, **common, db_path=str(home / "tenancy.db"), admin_token=admin_token,
-                outbox_retry_s=0.2,
-            ))
+            await start(
+                "tenancy",
+                TenancyApp,
+                load_settings(
+                    TenancySettings,
+                    environ={},
+                    **common,
+                    db_path=str(home / "tenancy.db"),
+                    admin_token=admin_token,
+                    outbox_retry_s=0.2,
+                ),
+            )
             await start("classifier", ClassifierApp, load_settings(ClassifierSettings, environ={}, **common))
             await start("cache", CacheApp, load_settings(CacheSettings, environ={}, **common))
-            await start("inference", InferenceApp, load_settings(
-                InferenceSettings, environ={}, **common, context_length=1024, max_concurrency=2,
-            ))
-            await start("router", RouterApp, load_settings(
-                RouterSettings, environ={}, **common,
-                tenancy_addr=hosts["tenancy"].address, classifier_addr=hosts["classifier"].address,
-                cache_addr=hosts["cache"].address, inference_addr=hosts["inference"].address,
-            ))
+            await start(
+                "inference",
+                InferenceApp,
+                load_settings(
+                    InferenceSettings,
+                    environ={},
+                    **common,
+                    context_length=1024,
+                    max_concurrency=2,
+                ),
+            )
+            await start(
+                "router",
+                RouterApp,
+                load_settings(
+                    RouterSettings,
+                    environ={},
+                    **common,
+                    tenancy_addr=hosts["tenancy"].address,
+                    classifier_addr=hosts["classifier"].address,
+                    cache_addr=hosts["cache"].address,
+                    inference_addr=hosts["inference"].address,
+                ),
+            )
             router_channel = await stack.enter_async_context(open_channel(hosts["router"].address))
             tenancy_channel = await stack.enter_async_context(open_channel(hosts["tenancy"].address))
             yield Mesh(

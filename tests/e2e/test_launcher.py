@@ -13,7 +13,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from llmesh.launcher.processes import pid_alive
 from llmesh.launcher.state import SERVICES
 
@@ -29,23 +28,28 @@ SERVICE_NAMES = {
 
 
 def cli_env(home) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("LLMESH_") and (k.endswith("_ADDR") or k in ("LLMESH_NATS_URL", "LLMESH_ADMIN_TOKEN")))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not (k.startswith("LLMESH_") and (k.endswith("_ADDR") or k in ("LLMESH_NATS_URL", "LLMESH_ADMIN_TOKEN")))
+    }
     # Port 0 for the router: a mesh a developer runs on this machine keeps its 50051.
     env.update(LLMESH_HOME=str(home), LLMESH_ROUTER_PORT="0")
     return env
 
 
 def llmesh(env, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llmesh.cli.main", *argv], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "llmesh.cli.main", *argv], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def listed_services(address: str) -> set[str]:
     with grpc.insecure_channel(address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                              timeout=5)
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
         return {s.name for r in responses for s in r.list_services_response.service}
 
 

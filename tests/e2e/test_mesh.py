@@ -7,13 +7,13 @@ import time
 
 import grpc
 import pytest
-
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.metrics import RPC_REQUESTS
+from llmesh.kit.testing import assert_eventually
 from llmesh.router.v1 import router_pb2
 from llmesh.tenancy.v1 import tenancy_pb2
+
 from tests.e2e.conftest import bearer
-from tests.helpers import assert_eventually
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -1,0 +1,38 @@
+"""Session fixtures of every test folder (tests/, libs/*/tests, services/*/tests): a real
+nats-server on a free port, torn down after the run, and the dev data sets beside the checkout."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+from llmesh.kit.nats_server import NatsServerProcess
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parent.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory) -> NatsServerProcess:
+    server = NatsServerProcess(str(tmp_path_factory.mktemp("nats")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server) -> str:
+    return nats_server.url
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"dev data sets not found at {SHARED_DATA} (the shared/ folder beside the checkout)")
+    return SHARED_DATA
+
+
+def pytest_configure(config):
+    # Five services share two cores: no library may spin on both (see docs/adr/0003).
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")

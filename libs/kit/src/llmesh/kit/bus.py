@@ -1,0 +1,155 @@
+"""A small NATS/JetStream helper: reconnecting connection, idempotent streams, publishes carrying
+`Nats-Msg-Id` (so a retry after a reconnect is deduplicated), and durable consumers that ack only
+after the handler succeeded."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+
+import nats
+from google.protobuf.message import Message
+from llmesh.kit.errors import AlreadyExists, Unavailable
+from llmesh.kit.logging import get_logger
+from llmesh.kit.streams import StreamSpec
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import Error as JetStreamError
+
+log = get_logger("llmesh.bus")
+
+Handler = Callable[[bytes], Awaitable[None]]
+
+
+class Bus:
+    def __init__(self, nc: nats.NATS):
+        self.nc = nc
+        self.js = nc.jetstream()
+        self._subscriptions: list = []
+
+    @classmethod
+    async def connect(cls, url: str, name: str, *, connect_timeout_s: float = 2.0) -> "Bus":
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats_error", error=repr(exc))
+
+        async def on_disconnected() -> None:
+            log.warning("nats_disconnected")
+
+        async def on_reconnected() -> None:
+            log.info("nats_reconnected")
+
+        try:
+            nc = await nats.connect(
+                servers=[u.strip() for u in url.split(",") if u.strip()],
+                name=name,
+                connect_timeout=connect_timeout_s,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            )
+        except Exception as exc:
+            raise Unavailable(f"cannot connect to NATS at {url}: {exc!r}") from exc
+        return cls(nc)
+
+    def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Runs `callback` after every reconnect (e.g. to drop caches that may have missed events)."""
+        previous = self.nc._reconnected_cb
+
+        async def chained() -> None:
+            if previous is not None:
+                await previous()
+            await callback()
+
+        self.nc._reconnected_cb = chained
+
+    async def ensure_stream(self, spec: StreamSpec) -> None:
+        config = js_api.StreamConfig(
+            name=spec.name,
+            subjects=list(spec.subjects),
+            storage=js_api.StorageType.FILE,
+            max_age=spec.max_age_s,
+            duplicate_window=min(spec.duplicate_window_s, spec.max_age_s),
+        )
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError:
+            # Exists with another config (an older release): bring it to this one.
+            await self.js.update_stream(config)
+
+    async def publish(
+        self, subject: str, message: Message, *, msg_id: str | None = None, timeout_s: float = 2.0, attempts: int = 5
+    ) -> js_api.PubAck:
+        """Publishes to a stream and waits for its ack; retries with the same Nats-Msg-Id."""
+        headers = {"Nats-Msg-Id": msg_id or uuid.uuid4().hex}
+        payload = message.SerializeToString()
+        last: Exception | None = None
+        for attempt in range(attempts):
+            try:
+                return await self.js.publish(subject, payload, timeout=timeout_s, headers=headers)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
+                last = exc
+                log.warning("publish_retry", subject=subject, attempt=attempt + 1, error=repr(exc))
+                await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
+        raise Unavailable(f"could not publish to {subject}: {last!r}")
+
+    async def consume_durable(self, spec: StreamSpec, subject: str, durable: str, handler: Handler) -> None:
+        """Delivers every message of `subject` to `handler` once per durable consumer, also those
+        published while this process was down. A message whose handler raises is redelivered."""
+
+        async def on_message(msg) -> None:
+            try:
+                await handler(msg.data)
+            except Exception:
+                log.exception("event_handler_failed", subject=msg.subject)
+                await msg.nak(delay=1.0)
+                return
+            await msg.ack()
+
+        try:
+            sub = await self.js.subscribe(
+                subject,
+                durable=durable,
+                stream=spec.name,
+                cb=on_message,
+                manual_ack=True,
+                config=js_api.ConsumerConfig(
+                    ack_policy=js_api.AckPolicy.EXPLICIT,
+                    deliver_policy=js_api.DeliverPolicy.ALL,
+                    ack_wait=30,
+                ),
+            )
+        except JetStreamError as exc:
+            if "already bound" in str(exc):
+                raise AlreadyExists(f"the durable consumer {durable} of {spec.name} has a running subscriber") from exc
+            raise
+        self._subscriptions.append(sub)
+
+    async def subscribe(self, subject: str, handler: Handler) -> None:
+        """A plain subscription for events only useful while this process runs."""
+
+        async def on_message(msg) -> None:
+            try:
+                await handler(msg.data)
+            except Exception:
+                log.exception("event_handler_failed", subject=msg.subject)
+
+        self._subscriptions.append(await self.nc.subscribe(subject, cb=on_message))
+
+    async def delete_consumer(self, spec: StreamSpec, durable: str) -> None:
+        try:
+            await self.js.delete_consumer(spec.name, durable)
+        except NotFoundError:
+            pass
+
+    async def close(self) -> None:
+        if self.nc.is_closed:
+            return
+        try:
+            await self.nc.drain()
+        except Exception as exc:  # a drain on a broken connection must not block shutdown
+            log.warning("nats_drain_failed", error=repr(exc))
+            await self.nc.close()

@@ -1,0 +1,57 @@
+"""Client channels to other llmesh services: every call gets a deadline (a default when the caller
+sets none) and carries the current request_id."""
+
+from __future__ import annotations
+
+import grpc
+from llmesh.kit.interceptors import REQUEST_ID_KEY
+from llmesh.kit.logging import get_contextvars
+
+DEFAULT_TIMEOUT_S = 5.0
+
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+]
+
+
+def _with_defaults(details: grpc.aio.ClientCallDetails, default_timeout_s: float) -> grpc.aio.ClientCallDetails:
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    if REQUEST_ID_KEY not in metadata:
+        request_id = get_contextvars().get("request_id")
+        if request_id:
+            metadata.add(REQUEST_ID_KEY, request_id)
+    return grpc.aio.ClientCallDetails(
+        method=details.method,
+        timeout=details.timeout if details.timeout is not None else default_timeout_s,
+        metadata=metadata,
+        credentials=details.credentials,
+        wait_for_ready=details.wait_for_ready,
+    )
+
+
+class _DefaultsInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+):
+    def __init__(self, default_timeout_s: float):
+        self._timeout = default_timeout_s
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        return await continuation(_with_defaults(client_call_details, self._timeout), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):
+        return await continuation(_with_defaults(client_call_details, self._timeout), request)
+
+
+def open_channel(target: str, *, default_timeout_s: float = DEFAULT_TIMEOUT_S) -> grpc.aio.Channel:
+    """An insecure channel to a mesh service (loopback or inside the cluster network).
+
+    Calls that set no timeout get `default_timeout_s`; streaming calls should set their own.
+    """
+    return grpc.aio.insecure_channel(
+        target, options=_CHANNEL_OPTIONS, interceptors=[_DefaultsInterceptor(default_timeout_s)]
+    )

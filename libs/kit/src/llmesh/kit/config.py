@@ -1,0 +1,150 @@
+"""Configuration from environment variables, validated at start-up.
+
+A service declares its settings as a frozen dataclass whose fields carry `setting(...)` metadata;
+`load_settings` reads and validates them all at once and raises ConfigError naming every bad
+variable, and `settings_table` renders the documented table for the README.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+class ConfigError(Exception):
+    """One or more environment variables are invalid; the message lists each."""
+
+
+def setting(
+    env: str,
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    check: Callable[[Any], str | None] | None = None,
+    secret: bool = False,
+) -> Any:
+    """A dataclass field read from the environment variable `env`.
+
+    `check` returns an error message for an invalid value, or None.
+    """
+    meta = {"env": env, "help": help, "check": check, "secret": secret}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def port_check(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number in 0..65535 (0 picks a free port)"
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def one_of(*choices: str) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse(raw: str, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if raw == "":
+            return None
+        return _parse(raw, args[0])
+    if annotation is bool:
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError("must be true or false")
+    if annotation is int:
+        return int(raw)
+    if annotation is float:
+        return float(raw)
+    if origin in (tuple, list):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def load_settings(cls: type, environ: Mapping[str, str] | None = None, **overrides: Any):
+    """Builds `cls` from the environment; keyword overrides win (used by tests and the launcher)."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for field in dataclasses.fields(cls):
+        env = field.metadata.get("env")
+        if field.name in overrides:
+            value = overrides[field.name]
+        elif env and env in environ:
+            try:
+                value = _parse(environ[env], hints[field.name])
+            except ValueError as exc:
+                problems.append(f"{env}={environ[env]!r}: {exc}")
+                continue
+        elif field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = field.default_factory()  # type: ignore[misc]
+        else:
+            problems.append(f"{env}: required but not set")
+            continue
+        check = field.metadata.get("check")
+        if check is not None and value is not None:
+            message = check(value)
+            if message:
+                shown = "<hidden>" if field.metadata.get("secret") else repr(value)
+                problems.append(f"{env}={shown}: {message}")
+                continue
+        values[field.name] = value
+    if problems:
+        raise ConfigError(f"invalid configuration for {cls.__name__}:\n  " + "\n  ".join(problems))
+    return cls(**values)
+
+
+def settings_table(cls: type) -> str:
+    """A markdown table of the variables `cls` reads, for the README."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for field in dataclasses.fields(cls):
+        env = field.metadata.get("env")
+        if not env:
+            continue
+        if field.default is dataclasses.MISSING:
+            default = "(required)"
+        elif field.metadata.get("secret"):
+            default = "(none)" if not field.default else "(set)"
+        else:
+            default = f"`{field.default}`" if field.default not in (None, "", ()) else "(empty)"
+        rows.append(f"| `{env}` | {default} | {field.metadata.get('help', '')} |")
+    return "\n".join(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """What every service reads. Subclasses add their own fields (all with defaults)."""
+
+    host: str = setting("LLMESH_HOST", "127.0.0.1", "address the gRPC server binds")
+    port: int = setting("LLMESH_PORT", 0, "gRPC port (0 picks a free one)", port_check)
+    metrics_port: int = setting("LLMESH_METRICS_PORT", 0, "Prometheus /metrics port (0 picks a free one)", port_check)
+    log_level: str = setting(
+        "LLMESH_LOG_LEVEL", "info", "debug, info, warning or error", one_of("debug", "info", "warning", "error")
+    )
+    grace_s: float = setting("LLMESH_GRACE_S", 10.0, "seconds in-flight calls get to finish on SIGTERM", non_negative)
+    ready_file: str | None = setting(
+        "LLMESH_READY_FILE", None, "when set, the service writes its bound ports here (JSON) once SERVING"
+    )
+    nats_url: str = setting("LLMESH_NATS_URL", "nats://127.0.0.1:4222", "NATS server(s), comma-separated")

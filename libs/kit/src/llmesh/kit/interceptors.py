@@ -1,0 +1,170 @@
+"""The one server interceptor every service installs: it binds request_id (and later tenant) to
+the log context, records per-RPC metrics, and maps domain errors to gRPC status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from llmesh.kit import errors
+from llmesh.kit.logging import bind_contextvars, clear_contextvars, get_logger
+from llmesh.kit.metrics import RPC_ERRORS, RPC_LATENCY, RPC_REQUESTS
+
+REQUEST_ID_KEY = "x-request-id"
+
+STATUS_BY_ERROR: dict[type[errors.LlmeshError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+log = get_logger("llmesh.rpc")
+
+
+def status_code_for(exc: errors.LlmeshError) -> grpc.StatusCode:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def _rich_status(code: grpc.StatusCode, exc: errors.LlmeshError) -> status_pb2.Status:
+    status = status_pb2.Status(code=code.value[0], message=exc.message)
+    if exc.field:
+        detail = error_details_pb2.BadRequest(
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.message)]
+        )
+        status.details.add().Pack(detail)
+    if exc.retry_after_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return status
+
+
+async def abort_with_domain_error(context: grpc.aio.ServicerContext, exc: errors.LlmeshError) -> None:
+    code = status_code_for(exc)
+    status = _rich_status(code, exc)
+    trailing = (("grpc-status-details-bin", status.SerializeToString()),) if status.details else ()
+    await context.abort(code, exc.message, trailing_metadata=trailing)
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and value:
+            return str(value)[:128]
+    return uuid.uuid4().hex
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, service: str):
+        self._service = service
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(handler.stream_stream, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _begin(self, context) -> str:
+        clear_contextvars()
+        request_id = _request_id(context)
+        bind_contextvars(service=self._service, request_id=request_id)
+        return request_id
+
+    def _finish(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        name = code.name
+        RPC_REQUESTS.labels(self._service, method, name).inc()
+        if code is not grpc.StatusCode.OK:
+            RPC_ERRORS.labels(self._service, method, name).inc()
+        RPC_LATENCY.labels(self._service, method).observe(time.perf_counter() - started)
+
+    async def _on_error(self, exc: BaseException, context, method: str, request_id: str) -> grpc.StatusCode:
+        """Turns an exception into an abort (raising AbortError) and returns the status code."""
+        if isinstance(exc, errors.LlmeshError):
+            log.info("rpc_error", method=method, error=type(exc).__name__, message=exc.message)
+            await abort_with_domain_error(context, exc)
+        log.exception("rpc_crashed", method=method)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request_id={request_id})")
+        raise AssertionError("unreachable")
+
+    def _wrap_unary(self, behavior, method: str):
+        async def wrapped(request, context):
+            request_id = self._begin(context)
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await behavior(request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:
+                code = status_code_for(exc) if isinstance(exc, errors.LlmeshError) else grpc.StatusCode.INTERNAL
+                await self._on_error(exc, context, method, request_id)
+            finally:
+                self._finish(method, code, started)
+
+        return wrapped
+
+    def _wrap_stream(self, behavior, method: str):
+        async def wrapped(request, context):
+            request_id = self._begin(context)
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                result = behavior(request, context)
+                if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
+                    async for item in result:
+                        yield item
+                else:
+                    await result
+            except (asyncio.CancelledError, GeneratorExit):
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:
+                code = status_code_for(exc) if isinstance(exc, errors.LlmeshError) else grpc.StatusCode.INTERNAL
+                await self._on_error(exc, context, method, request_id)
+            finally:
+                self._finish(method, code, started)
+
+        return wrapped

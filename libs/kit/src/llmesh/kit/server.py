@@ -1,0 +1,156 @@
+"""grpc.aio server bootstrap shared by every service.
+
+Lifecycle: bind and start (health NOT_SERVING) → app.start() readies dependencies → SERVING →
+on SIGTERM/SIGINT: NOT_SERVING, stop accepting, in-flight calls get `grace_s`, app.stop(), exit 0.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from llmesh.kit.config import ConfigError, ServerSettings, load_settings
+from llmesh.kit.interceptors import ServerInterceptor
+from llmesh.kit.logging import configure_logging, get_logger
+from llmesh.kit.metrics import start_metrics_server
+
+log = get_logger("llmesh.server")
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+class ServiceApp(abc.ABC):
+    """One service's domain side as the bootstrap sees it."""
+
+    #: short name used in logs and metrics, e.g. "tenancy"
+    name: str
+
+    @abc.abstractmethod
+    def register(self, server: grpc.aio.Server) -> Iterable[str]:
+        """Adds the servicers to `server`; returns their full service names."""
+
+    async def start(self) -> None:
+        """Connects dependencies. The service reports SERVING once this returns."""
+
+    async def stop(self) -> None:
+        """Releases dependencies after the server stopped."""
+
+
+class ServiceHost:
+    """Runs one ServiceApp on a grpc.aio server, with health, reflection and metrics."""
+
+    def __init__(self, app: ServiceApp, settings: ServerSettings, *, serve_metrics: bool = True):
+        self.app = app
+        self.settings = settings
+        self._serve_metrics = serve_metrics
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._metrics_server = None
+        self._service_names: list[str] = []
+        self.port: int = 0
+        self.metrics_port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        server = grpc.aio.server(
+            interceptors=[ServerInterceptor(self.app.name)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self._server = server
+        self._service_names = list(self.app.register(server))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {self.settings.host}:{self.settings.port}")
+        await self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        if self._serve_metrics:
+            self._metrics_server, self.metrics_port = start_metrics_server(
+                self.settings.host, self.settings.metrics_port
+            )
+        log.info("starting", address=self.address, metrics_port=self.metrics_port)
+        await self.app.start()
+        await self._set_status(health_pb2.HealthCheckResponse.SERVING)
+        self._write_ready_file()
+        log.info("serving", address=self.address, services=self._service_names)
+
+    async def _set_status(self, status) -> None:
+        for name in ("", *self._service_names):
+            await self._health.set(name, status)
+
+    def _write_ready_file(self) -> None:
+        path = self.settings.ready_file
+        if not path:
+            return
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"port": self.port, "metrics_port": self.metrics_port, "pid": os.getpid()}, f)
+        os.replace(tmp, path)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        try:
+            await self.app.stop()
+        finally:
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+            log.info("stopped")
+
+
+S = TypeVar("S", bound=ServerSettings)
+
+
+async def _serve(app: ServiceApp, settings: ServerSettings) -> int:
+    host = ServiceHost(app, settings)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    starting = asyncio.create_task(host.start())
+    stopping = asyncio.create_task(stop_requested.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done() and starting.exception() is not None:
+        log.error("start_failed", error=repr(starting.exception()))
+        stopping.cancel()
+        await host.stop(0)
+        return 1
+    await stopping
+    log.info("draining", grace_s=settings.grace_s)
+    if not starting.done():
+        starting.cancel()
+    await host.stop()
+    return 0
+
+
+def run_service(make_app: Callable[[S], ServiceApp], settings_cls: type[S]) -> None:
+    """Entry point of a service process: load config, log, serve until SIGTERM, exit."""
+    try:
+        settings = load_settings(settings_cls)
+    except ConfigError as exc:
+        print(f"llmesh: {exc}", file=sys.stderr)
+        sys.exit(2)
+    app = make_app(settings)
+    configure_logging(app.name, settings.log_level)
+    sys.exit(asyncio.run(_serve(app, settings)))

@@ -1,0 +1,59 @@
+"""Test support shared by every package's tests (and the benchmarks): polling instead of sleeping,
+unique names, free ports, and in-process service hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+from llmesh.kit.server import ServiceApp, ServiceHost
+
+
+async def assert_eventually(check: Callable, *, timeout_s: float = 10.0, interval_s: float = 0.05, message: str = ""):
+    """Polls `check` (sync or async; it asserts or returns truthy) until it passes or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+            if result is None or result:
+                return result
+            last: BaseException = AssertionError(f"check returned {result!r}")
+        except AssertionError as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout_s}s: {message} ({last})") from last
+        await asyncio.sleep(interval_s)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (for servers that cannot be told to pick port 0)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@contextlib.asynccontextmanager
+async def hosted(app: ServiceApp, settings) -> AsyncIterator[ServiceHost]:
+    """Runs `app` on a real grpc.aio server in this event loop for the duration of the block."""
+    host = ServiceHost(app, settings)
+    try:
+        await host.start()
+    except BaseException:
+        # A half-started server must still be stopped, or it outlives the event loop.
+        await host.stop(0)
+        raise
+    try:
+        yield host
+    finally:
+        await host.stop(0.5)

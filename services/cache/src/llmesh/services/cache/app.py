@@ -1,0 +1,185 @@
+"""Wires the cache service: exact layer (LRU or Redis), semantic index, policy, invalidation
+stream, background purges."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+from llmesh.cache.v1 import cache_pb2_grpc
+from llmesh.kit.auth import AdminGuard
+from llmesh.kit.bus import Bus
+from llmesh.kit.config import load_settings
+from llmesh.kit.defaults import home
+from llmesh.kit.errors import Unavailable
+from llmesh.kit.logging import get_logger
+from llmesh.kit.policy import PolicyStore
+from llmesh.kit.server import ServiceApp
+from llmesh.services.cache.analytics import Analytics
+from llmesh.services.cache.core import Cache
+from llmesh.services.cache.exact import ExactStore
+from llmesh.services.cache.invalidation import Invalidation, InvalidationChannel, durable_name
+from llmesh.services.cache.lru import LruStore
+from llmesh.services.cache.metrics import ENTRIES
+from llmesh.services.cache.policy import resolver_from
+from llmesh.services.cache.redis_store import RedisStore
+from llmesh.services.cache.semantic.api import SemanticIndex
+from llmesh.services.cache.servicer import SERVICE_NAME, CacheServicer
+from llmesh.services.cache.settings import CacheSettings
+
+log = get_logger("llmesh.cache")
+
+
+def semantic_config(replica: str):
+    """The semantic engine's settings. Its embedded store cannot be opened by two processes, so
+    unless a path or a Qdrant server is configured each replica keeps its own, named after it
+    (kept across restarts, like the replica's durable consumer)."""
+    from llmesh.services.cache.semantic.config import SemanticConfig
+
+    config = load_settings(SemanticConfig)
+    if not config.store_path and not config.qdrant_url:
+        config = dataclasses.replace(config, store_path=str(home() / "cache" / "semantic" / durable_name(replica)))
+    return config
+
+
+async def open_semantic_index(replica: str) -> SemanticIndex:
+    """The semantic engine (it purges expired entries itself, every LLMESH_CACHE_SEMANTIC_PURGE_S)."""
+    config = semantic_config(replica)
+    engine = importlib.import_module("llmesh.services.cache.semantic")
+    factory = getattr(engine, "open_semantic_index", None)
+    if factory is None:
+        raise Unavailable(
+            "the semantic engine (llmesh.services.cache.semantic.open_semantic_index) is not installed; "
+            "set LLMESH_CACHE_SEMANTIC=false to run the exact layer alone"
+        )
+    index = factory(config)
+    if inspect.isawaitable(index):
+        index = await index
+    return index
+
+
+class CacheApp(ServiceApp):
+    name = "cache"
+
+    def __init__(
+        self,
+        settings: CacheSettings,
+        *,
+        semantic_index: SemanticIndex | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        """`semantic_index` replaces the configured engine (its owner closes it)."""
+        self.settings = settings
+        self.clock = clock
+        self.cache: Cache | None = None
+        self.bus: Bus | None = None
+        self.channel: InvalidationChannel | None = None
+        self._given_index = semantic_index
+        self._opened_index: SemanticIndex | None = None
+        self._policies: PolicyStore | None = None
+        self._exact: ExactStore | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    def register(self, server: grpc.aio.Server) -> list[str]:
+        servicer = CacheServicer(lambda: self.cache, self._publish, AdminGuard(self.settings.admin_token), self.clock)
+        cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    async def _publish(self, inv: Invalidation) -> str:
+        if self.channel is None:
+            raise Unavailable("the cache is starting", retry_after_s=1.0)
+        return await self.channel.publish(inv)
+
+    async def _open_exact(self) -> ExactStore:
+        if not self.settings.redis_url:
+            return LruStore(self.settings.max_entries)
+        try:
+            store = await RedisStore.connect(self.settings.redis_url, self.settings.redis_prefix)
+        except Exception as exc:
+            raise Unavailable(f"cannot reach Redis at {self.settings.redis_url}: {exc!r}") from exc
+        log.info("exact_layer_redis", prefix=self.settings.redis_prefix)
+        return store
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            # Whatever was opened is released here: a failed start leaves nothing running.
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        self.bus = await Bus.connect(s.nats_url, f"llmesh-cache-{s.replica}")
+        self.channel = InvalidationChannel(self.bus, s.replica)
+        await self.channel.ensure_stream()
+        self._policies = PolicyStore(self.bus)
+        await self._policies.start()
+        self._exact = await self._open_exact()
+        semantic = self._given_index
+        if semantic is None and s.semantic:
+            self._opened_index = await open_semantic_index(s.replica)
+            semantic = self._opened_index
+        cache = Cache(
+            self._exact,
+            semantic,
+            resolver_from(self._policies.resolve),
+            Analytics(),
+            default_ttl_s=s.default_ttl_s,
+            clock=self.clock,
+        )
+        await self.channel.consume(cache.apply_invalidation)
+        # Events published while this replica was down are applied before it serves a lookup.
+        if not await self.channel.wait_caught_up(s.catch_up_timeout_s):
+            log.warning("invalidations_still_pending", timeout_s=s.catch_up_timeout_s)
+        self.cache = cache
+        if s.purge_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._every(s.purge_interval_s, self._purge_exact)))
+        log.info(
+            "cache_ready",
+            exact=self._exact.layer,
+            semantic=semantic is not None,
+            replica=s.replica,
+            durable=self.channel.durable,
+        )
+
+    async def _purge_exact(self) -> None:
+        assert self.cache is not None
+        purged = await self.cache.purge_expired()
+        ENTRIES.labels(self.cache.exact.layer).set(await self.cache.exact.count())
+        if purged:
+            log.info("expired_purged", layer=self.cache.exact.layer, entries=purged)
+
+    @staticmethod
+    async def _every(interval_s: float, job: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await job()
+            except Exception:
+                log.exception("background_job_failed", job=getattr(job, "__name__", repr(job)))
+
+    async def stop(self) -> None:
+        """Releases everything start() opened; safe to call again."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.cache = None
+        policies, self._policies = self._policies, None
+        bus, self.bus = self.bus, None
+        index, self._opened_index = self._opened_index, None
+        exact, self._exact = self._exact, None
+        if policies is not None:
+            await policies.stop()
+        if bus is not None:
+            await bus.close()
+        if index is not None:
+            await index.close()
+        if exact is not None:
+            await exact.close()

@@ -1,0 +1,140 @@
+"""CacheService over gRPC: validate, convert, call the domain, convert back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
+from llmesh.kit.auth import AdminGuard
+from llmesh.kit.errors import InvalidArgument, Unavailable
+from llmesh.kit.logging import bind_contextvars
+from llmesh.services.cache import convert
+from llmesh.services.cache.core import Cache, StoreCommand
+from llmesh.services.cache.invalidation import Invalidation
+
+SERVICE_NAME = cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
+
+# Pairs a Warm call stores (and embeds) at once before it reports progress.
+WARM_BATCH = 32
+
+
+class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
+    def __init__(
+        self,
+        cache: Callable[[], Cache | None],
+        publish: Callable[[Invalidation], object],
+        guard: AdminGuard,
+        clock: Callable[[], float],
+    ):
+        """`cache` and `publish` are looked up per call: they exist once the app has started."""
+        self._cache = cache
+        self._publish = publish
+        self._guard = guard
+        self._clock = clock
+
+    def _ready(self) -> Cache:
+        cache = self._cache()
+        if cache is None:
+            raise Unavailable("the cache is starting", retry_after_s=1.0)
+        return cache
+
+    async def Lookup(self, request, context):
+        query = convert.lookup_from(request)
+        bind_contextvars(tenant=query.key.tenant_id)
+        return convert.lookup_to_proto(await self._ready().lookup(query))
+
+    async def Store(self, request, context):
+        command = convert.store_from(request)
+        bind_contextvars(tenant=command.key.tenant_id)
+        result = await self._ready().store(command)
+        response = cache_pb2.StoreResponse(
+            stored=result.entry is not None, reason=result.reason, semantic_indexed=result.semantic_indexed
+        )
+        if result.entry is not None:
+            response.entry_id = result.entry.entry_id
+            expires = convert.expires_to_proto(result.entry)
+            if expires is not None:
+                response.expires_at.CopyFrom(expires)
+        return response
+
+    async def Invalidate(self, request, context):
+        inv = convert.invalidation_from(request, self._clock())
+        bind_contextvars(tenant=inv.tenant_id)
+        self._ready()
+        event_id = await self._publish(inv)
+        return cache_pb2.InvalidateResponse(event_id=event_id)
+
+    async def Feedback(self, request, context):
+        tenant_id = convert.tenant_id_from(request.tenant_id)
+        entry_id = convert.entry_id_from(request.entry_id)
+        thumbs_up = convert.rating_from(request.rating)
+        served_as = convert.served_as_from(request.served_as)
+        use_case, business_unit = convert.feedback_scope_from(request)
+        bind_contextvars(tenant=tenant_id)
+        result = await self._ready().feedback(
+            tenant_id,
+            entry_id,
+            thumbs_up=thumbs_up,
+            served_as=served_as,
+            use_case=use_case,
+            business_unit=business_unit,
+        )
+        return cache_pb2.FeedbackResponse(evicted=result.evicted, tightened=result.tightened)
+
+    async def PinEntry(self, request, context):
+        self._guard.check(context.invocation_metadata())
+        tenant_id = convert.tenant_id_from(request.tenant_id)
+        entry_id = convert.entry_id_from(request.entry_id)
+        bind_contextvars(tenant=tenant_id)
+        entry = await self._ready().set_pinned(tenant_id, entry_id, request.pinned)
+        return cache_pb2.PinEntryResponse(answer=convert.answer_to_proto(entry))
+
+    async def DeleteEntry(self, request, context):
+        self._guard.check(context.invocation_metadata())
+        tenant_id = convert.tenant_id_from(request.tenant_id)
+        entry_id = convert.entry_id_from(request.entry_id)
+        bind_contextvars(tenant=tenant_id)
+        return cache_pb2.DeleteEntryResponse(deleted=await self._ready().delete_entry(tenant_id, entry_id))
+
+    async def Warm(self, request_iterator, context) -> AsyncIterator[cache_pb2.WarmResponse]:
+        self._guard.check(context.invocation_metadata())
+        cache = self._ready()
+        progress = cache_pb2.WarmResponse()
+        batch: list[StoreCommand] = []
+
+        async def flush() -> None:
+            results = await cache.store_many(batch)
+            progress.stored += sum(1 for r in results if r.entry is not None)
+            progress.skipped += sum(1 for r in results if r.entry is None)
+            batch.clear()
+
+        async for item in request_iterator:
+            progress.received += 1
+            try:
+                if not item.HasField("entry"):
+                    raise InvalidArgument("entry is missing", field="entry")
+                batch.append(convert.store_from(item.entry))
+            except InvalidArgument as exc:
+                # One bad pair in a bulk load is reported, not fatal to the others.
+                progress.failed += 1
+                progress.last_error = f"pair {progress.received}: {exc.message}"
+            if len(batch) >= WARM_BATCH:
+                await flush()
+                snapshot = cache_pb2.WarmResponse()
+                snapshot.CopyFrom(progress)
+                yield snapshot
+        if batch:
+            await flush()
+        progress.done = True
+        yield progress
+
+    async def Stats(self, request, context):
+        tenant_id = convert.tenant_id_from(request.tenant_id) if request.tenant_id else ""
+        use_case = convert.use_case_from(request.use_case) if request.use_case else ""
+        rows, total = self._ready().analytics.report(
+            tenant_id=tenant_id, business_unit=request.business_unit, use_case=use_case
+        )
+        return cache_pb2.StatsResponse(
+            rows=[convert.stats_to_proto(scope, counts) for scope, counts in rows],
+            total=convert.stats_to_proto(None, total),
+        )

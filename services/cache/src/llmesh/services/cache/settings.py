@@ -1,0 +1,75 @@
+"""Cache service configuration from the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+
+from llmesh.kit.config import ServerSettings, non_negative, port_check, positive, setting
+from llmesh.kit.defaults import DEFAULT_PORTS
+
+MAX_TTL_S = 30 * 24 * 3600
+MIN_ADMIN_TOKEN_CHARS = 16
+
+
+def _ttl_check(value: float) -> str | None:
+    return None if 0 < value <= MAX_TTL_S else f"must be in (0, {MAX_TTL_S}] seconds (30 days)"
+
+
+def _admin_token_check(value: str) -> str | None:
+    if value and len(value) < MIN_ADMIN_TOKEN_CHARS:
+        return f"must be empty (admin RPCs disabled) or at least {MIN_ADMIN_TOKEN_CHARS} characters"
+    return None
+
+
+def _redis_url_check(value: str) -> str | None:
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        return "must be empty or a redis://, rediss:// or unix:// URL"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSettings(ServerSettings):
+    port: int = setting("LLMESH_PORT", DEFAULT_PORTS["cache"], "gRPC port (0 picks a free one)", port_check)
+    default_ttl_s: float = setting(
+        "LLMESH_CACHE_DEFAULT_TTL_S", 3600.0, "TTL of an answer whose request and policy set none", _ttl_check
+    )
+    max_entries: int = setting(
+        "LLMESH_CACHE_MAX_ENTRIES", 100_000, "entries the in-process LRU holds before evicting (per replica)", positive
+    )
+    redis_url: str = setting(
+        "LLMESH_REDIS_URL",
+        "",
+        "Redis for the exact layer, shared by the replicas; empty: in-process LRU",
+        _redis_url_check,
+    )
+    redis_prefix: str = setting("LLMESH_CACHE_REDIS_PREFIX", "llmesh:cache:", "prefix of the cache's Redis keys")
+    replica_id: str = setting(
+        "LLMESH_CACHE_REPLICA_ID",
+        "",
+        "names this replica's durable invalidation consumer, distinct per replica (empty: the hostname)",
+    )
+    semantic: bool = setting(
+        "LLMESH_CACHE_SEMANTIC", True, "run the semantic layer (settings: LLMESH_CACHE_SEMANTIC_*, LLMESH_QDRANT_*)"
+    )
+    purge_interval_s: float = setting(
+        "LLMESH_CACHE_PURGE_S", 60.0, "seconds between purges of expired exact-layer entries (0: off)", non_negative
+    )
+    catch_up_timeout_s: float = setting(
+        "LLMESH_CACHE_CATCH_UP_S",
+        30.0,
+        "seconds a starting replica waits to apply the invalidations it missed before serving anyway",
+        non_negative,
+    )
+    admin_token: str = setting(
+        "LLMESH_ADMIN_TOKEN",
+        "",
+        "bearer token of the admin RPCs (PinEntry, DeleteEntry, Warm); empty disables them",
+        _admin_token_check,
+        secret=True,
+    )
+
+    @property
+    def replica(self) -> str:
+        # Resolved late: a documented default must not depend on the machine that renders the docs.
+        return self.replica_id or socket.gethostname()

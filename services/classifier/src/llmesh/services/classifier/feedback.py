@@ -1,0 +1,177 @@
+"""Feedback capture in SQLite: every classified request that carries a request_id is recorded with
+its features, score, tier and model version (not its text: the features are what retraining
+needs, and the prompt itself stays out of this store); a later Feedback(request_id, rating,
+comment) is stored against that record.
+
+Records are buffered and written in batches, so a Classify call never waits on the disk; a
+Feedback call writes the buffer first, so it always finds its request.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from llmesh.kit.errors import NotFound
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS classifications (
+    request_id    TEXT PRIMARY KEY,
+    tenant_id     TEXT NOT NULL,
+    use_case      TEXT NOT NULL,
+    created_at    REAL NOT NULL,
+    feature_set   TEXT NOT NULL,
+    features      TEXT NOT NULL,
+    score         REAL NOT NULL,
+    tier          INTEGER NOT NULL,
+    model_version TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS classifications_created ON classifications (created_at);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id  TEXT PRIMARY KEY REFERENCES classifications (request_id),
+    tenant_id   TEXT NOT NULL,
+    rating      INTEGER NOT NULL CHECK (rating IN (-1, 0, 1)),
+    comment     TEXT NOT NULL,
+    created_at  REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ClassificationRecord:
+    request_id: str
+    tenant_id: str
+    use_case: str
+    created_at: float
+    feature_set: str
+    features: tuple[float, ...]
+    score: float
+    tier: int
+    model_version: str
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    """A rated request as training reads it."""
+
+    request_id: str
+    feature_set: str
+    features: tuple[float, ...]
+    tier: int
+    rating: int
+    model_version: str
+
+
+class FeedbackStore:
+    def __init__(self, path: str | pathlib.Path, *, clock: Callable[[], float] = time.time, max_buffer: int = 10_000):
+        self.path = str(path)
+        if self.path != ":memory:":
+            pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # WAL with NORMAL sync survives a process crash; a power loss may drop the last batch.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._clock = clock
+        self._buffer: list[ClassificationRecord] = []
+        self._max_buffer = max_buffer
+
+    def record(self, record: ClassificationRecord) -> None:
+        self._buffer.append(record)
+        if len(self._buffer) >= self._max_buffer:
+            self.flush()
+
+    def flush(self) -> int:
+        if not self._buffer:
+            return 0
+        batch, self._buffer = self._buffer, []
+        rows = [
+            (
+                r.request_id,
+                r.tenant_id,
+                r.use_case,
+                r.created_at,
+                r.feature_set,
+                json.dumps(r.features),
+                r.score,
+                r.tier,
+                r.model_version,
+            )
+            for r in batch
+        ]
+        try:
+            with self._transaction():
+                # A repeated request_id (a client retry) keeps the latest classification.
+                self._db.executemany("INSERT OR REPLACE INTO classifications VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except sqlite3.Error:
+            self._buffer[:0] = batch[-self._max_buffer :]  # kept for the next try, bounded
+            raise
+        return len(rows)
+
+    def add_feedback(self, request_id: str, tenant_id: str, rating: int, comment: str) -> ClassificationRecord:
+        """Stores (or replaces) the rating of a classified request; NotFound when there is none
+        (or it belongs to another tenant, which the caller is not told)."""
+        self.flush()
+        row = self._db.execute(
+            "SELECT request_id, tenant_id, use_case, created_at, feature_set, features, score, tier, model_version "
+            "FROM classifications WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+        if row is None or (tenant_id and row[1] != tenant_id):
+            raise NotFound(f"no classification recorded for request_id {request_id!r}", field="request_id")
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO feedback VALUES (?, ?, ?, ?, ?)",
+                (request_id, row[1], rating, comment, self._clock()),
+            )
+        return ClassificationRecord(
+            row[0], row[1], row[2], row[3], row[4], tuple(json.loads(row[5])), row[6], row[7], row[8]
+        )
+
+    def feedback(self, request_id: str) -> tuple[int, str] | None:
+        row = self._db.execute("SELECT rating, comment FROM feedback WHERE request_id = ?", (request_id,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def rated(self) -> Iterator[FeedbackRow]:
+        self.flush()
+        cursor = self._db.execute(
+            "SELECT c.request_id, c.feature_set, c.features, c.tier, f.rating, c.model_version "
+            "FROM feedback f JOIN classifications c USING (request_id) ORDER BY f.created_at"
+        )
+        for request_id, feature_set, features, tier, rating, version in cursor:
+            yield FeedbackRow(request_id, feature_set, tuple(json.loads(features)), tier, rating, version)
+
+    def prune(self, older_than_s: float) -> int:
+        """Drops unrated classifications older than the retention; rated ones are kept for training."""
+        self.flush()
+        cutoff = self._clock() - older_than_s
+        with self._transaction():
+            cursor = self._db.execute(
+                "DELETE FROM classifications WHERE created_at < ? "
+                "AND request_id NOT IN (SELECT request_id FROM feedback)",
+                (cutoff,),
+            )
+        return cursor.rowcount
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._db.close()
+
+    def _transaction(self):
+        db = self._db
+
+        class _Tx:
+            def __enter__(self):
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, exc_type, exc, tb):
+                db.execute("ROLLBACK" if exc_type else "COMMIT")
+                return False
+
+        return _Tx()

@@ -1,0 +1,22 @@
+"""The classifier's Prometheus metrics (the per-RPC ones come from the kit's interceptor)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CLASSIFY_SECONDS = Histogram(
+    "llmesh_classifier_classify_seconds",
+    "time to score and scan one request, inside the service (excludes gRPC), by model version",
+    ["model_version"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+TIERS = Counter(
+    "llmesh_classifier_tier_total", "requests classified, by tier and model version", ["tier", "model_version"]
+)
+SENSITIVITY = Counter("llmesh_classifier_sensitivity_total", "requests classified, by sensitivity level", ["level"])
+PII_FOUND = Counter("llmesh_classifier_pii_total", "PII findings, by kind", ["kind"])
+MODEL_INFO = Gauge(
+    "llmesh_classifier_model_info", "1 for the router model version in use, 0 for earlier ones", ["model_version"]
+)
+MODEL_LOADS = Counter("llmesh_classifier_model_loads_total", "router model versions loaded (start and hot swaps)")
+FEEDBACK = Counter("llmesh_classifier_feedback_total", "feedback received, by rating", ["rating"])

@@ -1,0 +1,206 @@
+"""The router model file and its evaluation at serving time.
+
+A model version is a folder `<models>/<version>/` holding `model.json` (the weights, written and
+read by this module only: plain numbers, no pickled objects, so loading a file cannot run code)
+and `metadata.json` (how it was trained and how it scored in cross-validation). Version names
+start with the UTC training time, so the newest sorts last.
+
+The model is linear over standardised prompt features; its raw output estimates the accuracy a
+strong-model call adds over the weak model for this prompt. The raw output is mapped to
+`complexity_score` through the distribution of the training prompts' outputs: a score of 0.7 means
+the prompt looks harder than 70% of the training prompts. The map is strictly increasing, so the
+score is monotone in the estimate, and a tier threshold reads as a share of traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from dataclasses import dataclass
+
+import numpy as np
+from llmesh.services.classifier.routing.features import FEATURE_NAMES, FEATURE_SET, prompt_features
+
+MODEL_FORMAT = "llmesh-router-linear/1"
+MODEL_FILE = "model.json"
+METADATA_FILE = "metadata.json"
+
+# Share of the score range outside the training outputs' range, kept for unseen extremes.
+_TAIL = 0.005
+
+
+class ModelFileError(Exception):
+    """A model folder is missing, incomplete or not in a format this code reads."""
+
+
+@dataclass(frozen=True)
+class ScoreMap:
+    """Strictly increasing map from the model's raw output to [0, 1] (the training outputs' CDF)."""
+
+    raw: np.ndarray  # increasing
+    scores: np.ndarray  # increasing, in [_TAIL, 1 - _TAIL]
+
+    @classmethod
+    def fit(cls, raw: np.ndarray, points: int = 201) -> "ScoreMap":
+        quantiles = np.quantile(np.asarray(raw, dtype=float), np.linspace(0.0, 1.0, points))
+        knots, index = np.unique(quantiles, return_index=True)
+        if len(knots) < 2:
+            raise ValueError("the training outputs are constant: nothing to map")
+        shares = np.linspace(0.0, 1.0, points)[index]
+        return cls(knots, _TAIL + (1 - 2 * _TAIL) * shares)
+
+    def __call__(self, raw: float) -> float:
+        lo, hi = self.raw[0], self.raw[-1]
+        # Hyperbolic tails: they approach 0 and 1 slowly enough that far outputs stay distinct in
+        # floating point (an exponential tail would round them all to 1.0 and tie them).
+        if raw < lo:
+            return float(self.scores[0] / (1.0 + (lo - raw)))
+        if raw > hi:
+            return float(1.0 - (1.0 - self.scores[-1]) / (1.0 + (raw - hi)))
+        return float(np.interp(raw, self.raw, self.scores))
+
+    def to_json(self) -> dict:
+        return {"raw": self.raw.tolist(), "scores": self.scores.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ScoreMap":
+        raw = np.asarray(data["raw"], dtype=float)
+        scores = np.asarray(data["scores"], dtype=float)
+        if len(raw) < 2 or len(raw) != len(scores) or np.any(np.diff(raw) <= 0) or np.any(np.diff(scores) <= 0):
+            raise ModelFileError("score map must be two strictly increasing lists of equal length")
+        if not (np.all(np.isfinite(raw)) and scores[0] > 0 and scores[-1] < 1):
+            raise ModelFileError("score map must be finite, with scores inside (0, 1)")
+        return cls(raw, scores)
+
+
+@dataclass(frozen=True)
+class LinearRouter:
+    """raw = intercept + coef · (features − mean) / scale."""
+
+    feature_names: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    score_map: ScoreMap
+
+    def raw_score(self, features: np.ndarray) -> np.ndarray:
+        return self.intercept + ((np.asarray(features, dtype=float) - self.mean) / self.scale) @ self.coef
+
+    def to_json(self) -> dict:
+        return {
+            "format": MODEL_FORMAT,
+            "feature_set": FEATURE_SET,
+            "feature_names": list(self.feature_names),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+            "score_map": self.score_map.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LinearRouter":
+        if data.get("format") != MODEL_FORMAT:
+            raise ModelFileError(f"unknown model format {data.get('format')!r} (this code reads {MODEL_FORMAT})")
+        if data.get("feature_set") != FEATURE_SET or tuple(data.get("feature_names", ())) != FEATURE_NAMES:
+            raise ModelFileError(
+                f"model was trained on features {data.get('feature_set')!r}; this code computes {FEATURE_SET!r}"
+            )
+        n = len(FEATURE_NAMES)
+        arrays = {}
+        for key in ("mean", "scale", "coef"):
+            values = np.asarray(data[key], dtype=float)
+            if values.shape != (n,) or not np.all(np.isfinite(values)):
+                raise ModelFileError(f"{key} must be {n} finite numbers")
+            arrays[key] = values
+        if np.any(arrays["scale"] <= 0):
+            raise ModelFileError("scale must be positive")
+        intercept = float(data["intercept"])
+        if not math.isfinite(intercept):
+            raise ModelFileError("intercept must be finite")
+        return cls(
+            FEATURE_NAMES,
+            arrays["mean"],
+            arrays["scale"],
+            arrays["coef"],
+            intercept,
+            ScoreMap.from_json(data["score_map"]),
+        )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    score: float  # complexity_score in [0, 1]
+    # Estimated accuracy gain of a strong call: P(strong right, weak wrong) − P(weak right, strong wrong).
+    expected_gain: float
+    features: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class RouterModel:
+    name: str
+    version: str
+    router: LinearRouter
+    metadata: dict
+    path: pathlib.Path
+
+    def predict(self, text: str) -> Prediction:
+        features = prompt_features(text)
+        raw = float(self.router.raw_score(np.asarray(features)))
+        return Prediction(self.router.score_map(raw), raw, tuple(features))
+
+    def score_features(self, features: np.ndarray) -> np.ndarray:
+        """Scores of many feature rows at once (training, evaluation)."""
+        return np.array([self.router.score_map(float(x)) for x in self.router.raw_score(features)])
+
+
+def load_model(path: pathlib.Path) -> RouterModel:
+    path = pathlib.Path(path)
+    try:
+        data = json.loads((path / MODEL_FILE).read_text())
+        metadata = json.loads((path / METADATA_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"cannot read model at {path}: {exc}") from exc
+    try:
+        router = LinearRouter.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(f"model at {path} is malformed: {exc!r}") from exc
+    version = str(metadata.get("version") or path.name)
+    if version != path.name:
+        raise ModelFileError(f"model folder {path.name} holds version {version}")
+    return RouterModel(
+        name=str(metadata.get("name", "complexity-router")),
+        version=version,
+        router=router,
+        metadata=metadata,
+        path=path,
+    )
+
+
+def save_model(folder: pathlib.Path, router: LinearRouter, metadata: dict) -> pathlib.Path:
+    """Writes a version folder atomically: a reader sees it complete or not at all."""
+    folder = pathlib.Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".{folder.name}.tmp"
+    staging.mkdir(exist_ok=False)
+    (staging / MODEL_FILE).write_text(json.dumps(router.to_json(), indent=1) + "\n")
+    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    staging.rename(folder)
+    return folder
+
+
+def version_folders(models_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Complete version folders, oldest first (names start with the UTC training time)."""
+    models_dir = pathlib.Path(models_dir)
+    if not models_dir.is_dir():
+        return []
+    found = [
+        p
+        for p in models_dir.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / MODEL_FILE).is_file() and (p / METADATA_FILE).is_file()
+    ]
+    return sorted(found, key=lambda p: p.name)

@@ -1,0 +1,370 @@
+"""`llmesh classifier train`: cross-validate, fit on all data (and feedback), write a model version
+and the report. Deterministic for the same data and feedback (apart from the version's time)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import pathlib
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from llmesh.services.classifier.routing.evaluation import router_metrics
+from llmesh.services.classifier.routing.features import FEATURE_NAMES, FEATURE_SET, strip_options
+from llmesh.services.classifier.routing.model import MODEL_FILE, save_model
+from llmesh.services.classifier.routing.report import METRICS_HEADER, Scored, metrics_row, plot_routing_curves
+from llmesh.services.classifier.routing.training import (
+    REASONING_LOAD_FEATURES,
+    SUSPECT_STRONG_FAILURE_RATE,
+    UNUSABLE_STRONG_FAILURE_RATE,
+    RoutingData,
+    TrainConfig,
+    build_training_set,
+    cross_validate,
+    feature_matrix,
+    fit_router,
+    new_version,
+    subject_stats,
+)
+
+# Stand-in for math word problems in the dev data (no such family is in it): its two math subjects
+# with the answer options removed, judged by whether the weak model failed (the strong model is
+# assumed right, since its recorded labels there are the unreliable ones).
+MATH_PROXY_SUBJECTS = ("elementary_mathematics", "high_school_mathematics")
+
+# Hand-written open word problems (not from any benchmark) with the number of arithmetic steps
+# their solution takes: a check that the score rises with the work asked for.
+WORD_PROBLEMS_BY_STEPS: tuple[tuple[int, str], ...] = (
+    (1, "Tom has 12 apples and gives 5 to his sister. How many apples does he have left?"),
+    (1, "A pen costs $3. How much do 4 pens cost?"),
+    (1, "There are 28 students split equally into 4 teams. How many students are on each team?"),
+    (2, "Mia reads 15 pages a day for 6 days and then 10 pages on the seventh day. How many pages did she read?"),
+    (2, "A shirt costs $40 and is on sale for 25% off. What is the sale price?"),
+    (2, "Sam buys 3 boxes of 12 eggs and breaks 7 of them. How many eggs are unbroken?"),
+    (
+        3,
+        "A farmer has 48 chickens. He sells a quarter of them, then buys 10 more, and then half of all his chickens lay eggs. How many chickens lay eggs?",
+    ),
+    (
+        3,
+        "Lena earns $18 per hour and works 6 hours on Monday and 4 hours on Tuesday. She spends a third of her earnings on books. How much money does she have left?",
+    ),
+    (
+        3,
+        "A tank holds 120 liters. It is 40% full, then 25 liters are added and 10 liters are used. How many liters are in the tank now?",
+    ),
+    (
+        4,
+        "A bakery sells muffins for $2.50 each and cookies for $1.20 each. On Saturday it sold 84 muffins and twice as many cookies, and it paid $95 for ingredients. A tenth of the remaining money goes to rent. How much profit is left after rent?",
+    ),
+    (
+        4,
+        "Jake runs 3 miles each weekday and twice that distance on each weekend day. After 4 weeks he increases his weekday distance by 1 mile. How many miles does he run in the fifth week, and how many more is that than in the first week?",
+    ),
+    (
+        5,
+        "A school orders 15 boxes of pencils with 24 pencils per box and 8 boxes of pens with 36 pens per box. Pencils cost $0.25 each and pens $0.40 each. The school gets a 10% discount on the total and pays $20 for delivery. Each of the 30 classrooms receives an equal share of the pencils. How much did the school pay, and how many pencils did each classroom get?",
+    ),
+    (
+        5,
+        "Maria saves $150 every month. After 8 months she spends 35% of her savings on a bicycle and then deposits the rest in an account that pays 4% interest once at the end of the year. She also adds $200 she received as a gift before the interest is paid. How much money is in the account after the interest is paid?",
+    ),
+    (
+        6,
+        "A train leaves at 8:15 and travels 180 km at 90 km/h, stops for 20 minutes, then travels another 150 km at 75 km/h. A second train leaves the same station at 9:00 and travels the same 330 km at a constant 110 km/h without stopping. Which train arrives first, and by how many minutes?",
+    ),
+)
+
+
+@dataclass
+class TrainResult:
+    version: str
+    model_dir: pathlib.Path
+    report_path: pathlib.Path | None
+    metadata: dict
+
+
+def _word_problem_check(router) -> dict:
+    from scipy.stats import spearmanr
+
+    steps = [s for s, _ in WORD_PROBLEMS_BY_STEPS]
+    scores = [
+        float(router.score_map(float(router.raw_score(feature_matrix([p]))[0]))) for _, p in WORD_PROBLEMS_BY_STEPS
+    ]
+    lengths = [len(p) for _, p in WORD_PROBLEMS_BY_STEPS]
+    return {
+        "problems": len(steps),
+        "spearman": float(spearmanr(steps, scores).statistic),
+        "spearman_of_length": float(spearmanr(steps, lengths).statistic),
+        "scores": scores,
+    }
+
+
+def _length_scores(prompts) -> np.ndarray:
+    return np.array([len(strip_options(p)) for p in prompts], dtype=float)
+
+
+def train(
+    data: RoutingData,
+    *,
+    models_dir: pathlib.Path,
+    report_dir: pathlib.Path | None,
+    config: TrainConfig = TrainConfig(),
+    feedback: tuple[np.ndarray, np.ndarray, int] | None = None,
+    cross_validation: bool = True,
+    log=print,
+) -> TrainResult:
+    started = time.perf_counter()
+    stats = subject_stats(data)
+    unusable = {s.subject for s in stats if s.unusable}
+    suspect = {s.subject for s in stats if s.suspect and not s.unusable}
+    log(
+        f"{len(data)} prompts, {len(stats)} subjects; strong labels unusable in: {', '.join(sorted(unusable)) or 'none'}"
+        f"; suspect in: {', '.join(sorted(suspect)) or 'none'}"
+    )
+    X = feature_matrix(data.prompts)
+    X_stem = feature_matrix(strip_options(p) for p in data.prompts)
+
+    evaluation: dict = {}
+    cv = None
+    if cross_validation:
+        log("leave-one-subject-out cross-validation ...")
+        cv = cross_validate(data, unusable, suspect, config, X=X, X_stem=X_stem)
+        binary = cross_validate(
+            data, unusable, suspect, dataclasses.replace(config, target="binary"), X=X, X_stem=X_stem, spread_repeats=0
+        )
+        in_noisy = np.isin(data.subjects, sorted(unusable | suspect))
+        length = _length_scores(data.prompts)
+        math_mask = np.isin(data.subjects, MATH_PROXY_SUBJECTS)
+        always_right = np.ones(int(math_mask.sum()), dtype=bool)
+        evaluation = {
+            "all_subjects": cv.metrics(data).as_dict(),
+            "reliable_subjects": cv.metrics(data, ~in_noisy).as_dict(),
+            "unreliable_subjects": cv.metrics(data, in_noisy).as_dict() if in_noisy.any() else None,
+            "binary_label_all_subjects": binary.metrics(data).as_dict(),
+            "binary_label_reliable_subjects": binary.metrics(data, ~in_noisy).as_dict(),
+            "fold_apgr": {
+                "folds": len(cv.fold_apgr),
+                "mean": float(np.mean(cv.fold_apgr)),
+                "std": float(np.std(cv.fold_apgr)),
+                "min": float(np.min(cv.fold_apgr)),
+                "max": float(np.max(cv.fold_apgr)),
+            },
+            "length_baseline_all_subjects": router_metrics(length, data.weak_correct, data.strong_correct).as_dict(),
+            "math_proxy": router_metrics(
+                cv.stem_scores[math_mask], data.weak_correct[math_mask], always_right
+            ).as_dict()
+            if math_mask.any()
+            else None,
+            "math_proxy_length_baseline": router_metrics(
+                length[math_mask], data.weak_correct[math_mask], always_right
+            ).as_dict()
+            if math_mask.any()
+            else None,
+        }
+        log(
+            f"APGR (unseen subjects, all): {evaluation['all_subjects']['apgr']:.3f}; "
+            f"reliable subjects: {evaluation['reliable_subjects']['apgr']:.3f}; "
+            f"fold spread {evaluation['fold_apgr']['min']:.3f}..{evaluation['fold_apgr']['max']:.3f}"
+        )
+
+    fb_X = fb_y = None
+    fb_used = fb_skipped = 0
+    if feedback is not None:
+        fb_X, fb_y, fb_skipped = feedback
+        fb_used = len(fb_y)
+        log(f"feedback: {fb_used} rated requests used, {fb_skipped} skipped")
+    trainable = ~np.isin(data.subjects, sorted(unusable))
+    training = build_training_set(
+        data.subset(trainable),
+        config,
+        X=X[trainable],
+        X_stem=X_stem[trainable],
+        feedback=(fb_X, fb_y) if fb_used else None,
+        suspect=suspect,
+    )
+    router = fit_router(training, config)
+    word_problems = _word_problem_check(router)
+    log(f"word problems: Spearman rho of score and solution steps = {word_problems['spearman']:.2f}")
+    now = dt.datetime.now(dt.timezone.utc)
+    version = new_version(now, data.sha256)
+    metadata = {
+        "name": "complexity-router",
+        "version": version,
+        "trained_at": now.isoformat(timespec="seconds"),
+        "model": "ridge regression on standardised prompt features, reasoning-load weights >= 0",
+        "feature_set": FEATURE_SET,
+        "features": list(FEATURE_NAMES),
+        "target": "strong_correct - weak_correct (expected accuracy gain of a strong call)",
+        "non_negative_features": list(REASONING_LOAD_FEATURES),
+        "score": "CDF of the training prompts' model outputs: 0.7 = looks harder than 70% of them",
+        "input": "the last user message",
+        "training_data": {"source": pathlib.Path(data.source).name, "sha256": data.sha256, "rows": len(data)},
+        "unusable_subjects": sorted(unusable),
+        "suspect_subjects": sorted(suspect),
+        "noise_rule": f"P(strong wrong | weak right): >= {SUSPECT_STRONG_FAILURE_RATE} suspect (kept), "
+        f">= {UNUSABLE_STRONG_FAILURE_RATE} unusable (left out of training)",
+        "word_problem_check": word_problems,
+        "config": asdict(config),
+        "feedback": {"used": fb_used, "skipped": fb_skipped},
+        "cross_validation": evaluation,
+    }
+    folder = save_model(pathlib.Path(models_dir) / version, router, metadata)
+    log(f"model {version} written to {folder} ({(folder / MODEL_FILE).stat().st_size} bytes)")
+
+    report_path = None
+    if report_dir is not None and cv is not None:
+        report_path = write_report(pathlib.Path(report_dir), data, stats, cv, evaluation, metadata, router)
+        log(f"report written to {report_path}")
+    log(f"done in {time.perf_counter() - started:.1f} s")
+    return TrainResult(version, folder, report_path, metadata)
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def write_report(report_dir, data, stats, cv, evaluation, metadata, router) -> pathlib.Path:
+    from llmesh.services.classifier.routing.evaluation import RouterMetrics
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    png = report_dir / "classifier_routing_curve.png"
+    length = _length_scores(data.prompts)
+    plot_routing_curves(
+        png,
+        [Scored("trained router (leave-one-subject-out)", cv.scores), Scored("prompt length", length)],
+        data.weak_correct,
+        data.strong_correct,
+        f"MMLU dev ({len(data)} prompts, {len(stats)} subjects): routed accuracy vs strong-model calls",
+    )
+    ev = evaluation
+    unusable, suspect = set(metadata["unusable_subjects"]), set(metadata["suspect_subjects"])
+
+    def m(d):
+        return RouterMetrics(**d)
+
+    wp = metadata["word_problem_check"]
+    lines = [
+        "# Classifier: complexity router report",
+        "",
+        f"Model version `{metadata['version']}` (trained {metadata['trained_at']}), written by "
+        "`llmesh classifier train`. Data: `" + metadata["training_data"]["source"] + "` "
+        f"(sha256 `{data.sha256[:16]}…`, {len(data)} prompts, {len(stats)} subjects; MMLU answers of "
+        "Mixtral-8x7B-Instruct (weak) and GPT-4-1106 (strong) from lm-sys/RouteLLM, Apache-2.0).",
+        "",
+        "![routed accuracy against strong-model calls](classifier_routing_curve.png)",
+        "",
+        "## How it is evaluated",
+        "",
+        "Leave-one-subject-out cross-validation: each subject is scored by a model trained on the other "
+        f"{len(stats) - 1}, and the pooled out-of-fold scores are swept as RouteLLM does (a prompt goes to the "
+        "strong model when its score is at or above the threshold). The spread comes from 3 × 5-fold CV over "
+        'subjects. The strong model costs 20× the weak one per call. "Cost saved" is against sending '
+        "everything to the strong model. Subjects with unreliable strong labels (below) stay in every "
+        'evaluation with their recorded labels; the "reliable" rows leave them out.',
+        "",
+        "## Results (unseen subjects)",
+        "",
+        METRICS_HEADER,
+        metrics_row("trained router, all subjects", m(ev["all_subjects"])),
+        metrics_row("trained router, reliable-label subjects", m(ev["reliable_subjects"])),
+    ]
+    if ev.get("unreliable_subjects"):
+        lines.append(metrics_row("trained router, unreliable-label subjects", m(ev["unreliable_subjects"])))
+    lines += [
+        metrics_row("same, binary label (weak wrong and strong right), all", m(ev["binary_label_all_subjects"])),
+        metrics_row("same, binary label, reliable-label subjects", m(ev["binary_label_reliable_subjects"])),
+        metrics_row("prompt length (baseline)", m(ev["length_baseline_all_subjects"])),
+        "| random (baseline) | | 0.500 | 50.0% | 80.0% | 95.0% | 4.8% | | |",
+        "",
+        f"APGR per fold (3 × 5-fold over subjects, {ev['fold_apgr']['folds']} folds): mean "
+        f"{ev['fold_apgr']['mean']:.3f}, sd {ev['fold_apgr']['std']:.3f}, min {ev['fold_apgr']['min']:.3f}, "
+        f"max {ev['fold_apgr']['max']:.3f}.",
+        "",
+        'Reading these figures: "all subjects" is the closest analogue of routing a new subject with recorded '
+        "labels. It is higher than the reliable-subject figure because the target (strong minus weak correctness) "
+        "lets the model learn, from option and symbol features, that in the recorded data a strong call rarely "
+        "pays off on multiple-choice calculation items (the one-token artifact below). The reasoning-load weights "
+        "cannot go negative, so that lesson cannot make longer or more numeric open questions look easier. The "
+        "binary-label variant ignores the cases where only the weak model was right: it ranks reliable subjects "
+        "slightly better and the pooled set worse.",
+        "",
+        "PII detection has its own report: [classifier_pii.md](classifier_pii.md).",
+        "",
+        "### Math word problems",
+        "",
+        "The dev data holds no math word problems, so no APGR can be measured for them here. Two checks instead:",
+        "",
+        f"- On {wp['problems']} hand-written open word problems (in `routing/trainer.py`) whose solutions take 1 to 6 "
+        f"arithmetic steps, the Spearman correlation of the score with the number of steps is **{wp['spearman']:.2f}** "
+        f"(prompt length alone: {wp['spearman_of_length']:.2f}). The non-negative reasoning-load weights guarantee "
+        "that more numbers, symbols, sentences and calculation words never lower the score (without that "
+        "constraint the correlation here was 0.57).",
+    ]
+    if ev.get("math_proxy"):
+        lines += [
+            "- The questions of "
+            + ", ".join(MATH_PROXY_SUBJECTS)
+            + ' with their answer options removed, scored out-of-fold, with "the weak model failed" as the gap '
+            "(the strong model assumed right): APGR "
+            f"{ev['math_proxy']['apgr']:.3f} (prompt length: {ev['math_proxy_length_baseline']['apgr']:.3f}). "
+            "Short multiple-choice items carry little signal of which ones the weak model misses; "
+            "this is a weak proxy for multi-step word problems.",
+        ]
+    lines += [
+        "",
+        "## Label noise",
+        "",
+        "The answers were recorded with one output token; the strong model often began calculation questions "
+        "with reasoning instead of the letter and was marked wrong. The symptom is the share of questions the "
+        "weak model got right and the strong one wrong: below 10% in knowledge subjects, far above in "
+        f"calculation subjects. At {UNUSABLE_STRONG_FAILURE_RATE:.0%} or more a subject's strong labels are "
+        "unusable and it is left out of training ("
+        + (", ".join(sorted(unusable)) or "none")
+        + f"); from {SUSPECT_STRONG_FAILURE_RATE:.0%} it is flagged as suspect and kept ("
+        + (", ".join(sorted(suspect)) or "none")
+        + '): relabelling suspect subjects as "weak wrong" was tried and lowered APGR on the reliable '
+        "subjects, so their recorded labels still rank multiple-choice questions usefully; but they give no "
+        "option-free training copies, since the artifact belongs to the one-token multiple-choice format and an "
+        "open question does not carry it. Every subject stays in the evaluation with its recorded labels.",
+        "",
+        "| subject | prompts | weak acc. | strong acc. | strong wrong when weak right | weak wrong, strong right | labels |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for s in sorted(stats, key=lambda s: -s.strong_wrong_when_weak_right):
+        flag = "unusable" if s.unusable else "suspect" if s.suspect else ""
+        lines.append(
+            f"| {s.subject} | {s.n} | {_pct(s.weak_accuracy)} | {_pct(s.strong_accuracy)} | "
+            f"{_pct(s.strong_wrong_when_weak_right)} | {_pct(s.label_rate)} | {flag} |"
+        )
+    lines += [
+        "",
+        "## Model",
+        "",
+        f"- {metadata['model']}; target: {metadata['target']}.",
+        f"- Input: {metadata['input']}. Score: {metadata['score']}; tiers come from the policy's thresholds "
+        "(defaults 0.3 / 0.7: about 30% tier 1, 40% tier 2, 30% tier 3 on traffic like the training data).",
+        "- Each prompt is also trained on without its answer options, so open questions are scored on what they ask.",
+        f"- Feature set `{metadata['feature_set']}`; standardised weights (positive: more gain from the strong model):",
+        "",
+        "| feature | weight |",
+        "| --- | ---: |",
+    ]
+    for name, w in sorted(zip(router.feature_names, router.coef), key=lambda t: -abs(t[1])):
+        lines.append(f"| {name} | {w:+.4f} |")
+    lines += [
+        "",
+        "## Reproduce",
+        "",
+        "    llmesh classifier train --data ../shared/data/routing/mmlu_dev.csv",
+        "",
+        "(`--with-feedback` folds in rated requests from the feedback store; `--out DIR` writes the version "
+        "elsewhere.)",
+        "",
+    ]
+    path = report_dir / "classifier.md"
+    path.write_text("\n".join(lines))
+    (report_dir / "classifier_metrics.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    return path

@@ -1,0 +1,52 @@
+"""The classifier's use cases as the servicer calls them: classify (and record the request for
+feedback), take feedback. No transport types here."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from llmesh.kit.chat import Message
+from llmesh.services.classifier import metrics
+from llmesh.services.classifier.classify import Classification, Classifier
+from llmesh.services.classifier.feedback import ClassificationRecord, FeedbackStore
+from llmesh.services.classifier.policy import ClassifierPolicy
+
+
+class ClassifierService:
+    def __init__(
+        self,
+        classifier: Classifier,
+        policy: Callable[[str, str], ClassifierPolicy],
+        feedback: FeedbackStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._classifier = classifier
+        self._policy = policy
+        self._feedback = feedback
+        self._clock = clock
+
+    def classify(
+        self, messages: Sequence[Message], *, tenant_id: str, use_case: str, request_id: str
+    ) -> Classification:
+        result = self._classifier.classify(messages, self._policy(tenant_id, use_case))
+        if request_id:
+            self._feedback.record(
+                ClassificationRecord(
+                    request_id=request_id,
+                    tenant_id=tenant_id,
+                    use_case=use_case,
+                    created_at=self._clock(),
+                    feature_set=result.feature_set,
+                    features=result.features,
+                    score=result.complexity_score,
+                    tier=result.tier,
+                    model_version=result.model_version,
+                )
+            )
+        return result
+
+    def feedback(self, request_id: str, *, tenant_id: str, rating: int, comment: str) -> None:
+        self._feedback.add_feedback(request_id, tenant_id, rating, comment)
+        metrics.FEEDBACK.labels(str(rating)).inc()

@@ -1,0 +1,83 @@
+"""Classifier service configuration from the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from llmesh.kit.config import ServerSettings, non_negative, port_check, positive, setting
+from llmesh.kit.defaults import DEFAULT_PORTS
+from llmesh.services.classifier.sensitivity.findings import Sensitivity
+from llmesh.services.classifier.tiers import TierThresholds
+
+# The versions committed with the code; training writes new ones here unless told otherwise.
+PACKAGED_MODELS_DIR = pathlib.Path(__file__).resolve().parent / "models"
+
+
+def _thresholds_check(value: str) -> str | None:
+    try:
+        TierThresholds.parse(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _sensitivity_check(value: str) -> str | None:
+    try:
+        Sensitivity.parse(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _region_check(value: str) -> str | None:
+    return (
+        None
+        if len(value) == 2 and value.isalpha() and value.isupper()
+        else "must be a two-letter ISO region code, e.g. US"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierSettings(ServerSettings):
+    port: int = setting("LLMESH_PORT", DEFAULT_PORTS["classifier"], "gRPC port (0 picks a free one)", port_check)
+    model_dir: str = setting(
+        "LLMESH_CLASSIFIER_MODEL_DIR",
+        str(PACKAGED_MODELS_DIR),
+        "folder of router model versions; the newest is loaded and a newer one is picked up while running",
+    )
+    model_poll_s: float = setting(
+        "LLMESH_CLASSIFIER_MODEL_POLL_S", 2.0, "seconds between checks of the model folder for a new version", positive
+    )
+    tier_thresholds: str = setting(
+        "LLMESH_CLASSIFIER_TIER_THRESHOLDS",
+        "0.3,0.7",
+        "default score thresholds low,high (tier 1 below low, tier 3 above high); the policy overrides them",
+        _thresholds_check,
+    )
+    default_sensitivity: str = setting(
+        "LLMESH_CLASSIFIER_DEFAULT_SENSITIVITY",
+        "internal",
+        "level of a request in which nothing sensitive was found (docs/adr/0006-sensitivity-levels.md)",
+        _sensitivity_check,
+    )
+    phone_region: str = setting(
+        "LLMESH_CLASSIFIER_PHONE_REGION",
+        "US",
+        "region assumed for phone numbers written without a country code",
+        _region_check,
+    )
+    feedback_db: str = setting(
+        "LLMESH_CLASSIFIER_FEEDBACK_DB",
+        "",
+        "SQLite file of classifications and feedback (empty: $LLMESH_HOME/classifier/feedback.sqlite3)",
+    )
+    feedback_flush_s: float = setting(
+        "LLMESH_CLASSIFIER_FEEDBACK_FLUSH_S", 0.5, "seconds between batched writes of classification records", positive
+    )
+    feedback_retention_days: float = setting(
+        "LLMESH_CLASSIFIER_FEEDBACK_RETENTION_DAYS",
+        30.0,
+        "days an unrated classification record is kept for a late Feedback (0: forever)",
+        non_negative,
+    )

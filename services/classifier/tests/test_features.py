@@ -1,0 +1,52 @@
+"""Prompt features: option splitting and what the features respond to."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from llmesh.services.classifier.routing.features import FEATURE_NAMES, prompt_features, split_prompt, strip_options
+
+MMLU = "Find the degree of Q(sqrt(2)) over Q.\nA. 0\nB. 4\nC. 2\nD. 6\nAnswer:"
+
+
+def feature(text: str, name: str) -> float:
+    return prompt_features(text)[FEATURE_NAMES.index(name)]
+
+
+def test_lettered_options_are_split_from_the_stem():
+    parts = split_prompt(MMLU)
+    assert parts.stem == "Find the degree of Q(sqrt(2)) over Q."
+    assert parts.options == ("0", "4", "2", "6")
+    assert strip_options(MMLU) == parts.stem
+
+
+def test_a_plain_question_is_all_stem_even_with_a_lettered_line():
+    assert split_prompt("What is 2 + 2?").options == ()
+    # One lettered line is not an option block.
+    assert split_prompt("Consider:\nA. the first case only").options == ()
+    # Options must start at A.
+    assert split_prompt("Pick:\nB. x\nC. y").options == ()
+
+
+def test_features_respond_to_numbers_steps_and_options():
+    word_problem = (
+        "Janet has 16 eggs. She eats 3 and bakes with 4. She sells the rest at $2 each. "
+        "How much does she make every day?"
+    )
+    recall = "Who wrote Hamlet?"
+    assert feature(word_problem, "numbers_log") > feature(recall, "numbers_log")
+    assert feature(word_problem, "calculation_cues") > 0
+    assert feature(word_problem, "quantity_words_rate") > 0
+    assert feature(recall, "recall_cues") > 0
+    assert feature(MMLU, "has_options") == 1.0 and feature(word_problem, "has_options") == 0.0
+    assert feature(MMLU, "option_numeric_share") == 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400))
+def test_features_are_finite_for_any_text(text):
+    values = prompt_features(text)
+    assert len(values) == len(FEATURE_NAMES)
+    assert all(math.isfinite(v) for v in values)

@@ -1,0 +1,115 @@
+"""The model file format, score monotonicity and the hot-swapping registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from llmesh.services.classifier.routing.features import FEATURE_NAMES
+from llmesh.services.classifier.routing.model import (
+    METADATA_FILE,
+    MODEL_FILE,
+    LinearRouter,
+    ModelFileError,
+    ScoreMap,
+    load_model,
+    save_model,
+)
+from llmesh.services.classifier.routing.registry import ModelRegistry
+
+
+def test_score_map_is_strictly_increasing_everywhere_and_in_unit_interval():
+    rng = np.random.default_rng(0)
+    score_map = ScoreMap.fit(rng.normal(size=5000))
+    raw = np.linspace(-50, 50, 20001)
+    scores = np.array([score_map(x) for x in raw])
+    assert np.all(np.diff(scores) > 0)
+    assert scores.min() > 0 and scores.max() < 1
+    # The median training output lands in the middle: the score is a share of training prompts.
+    assert score_map(0.0) == pytest.approx(0.5, abs=0.02)
+
+
+def test_score_is_monotone_in_the_models_estimate(packaged_model_dir):
+    model = load_model(packaged_model_dir)
+    prompts = [
+        "Who wrote Hamlet?",
+        "What is 2+2?",
+        "A farmer has 17 sheep and buys 3 times as many goats. Each goat costs $45. How much did he spend?",
+        "Statement 1 | Every group of order 4 is cyclic. Statement 2 | Z_6 has a subgroup of order 4.\nA. True, True\nB. False, False\nC. True, False\nD. False, True\nAnswer:",
+    ]
+    predictions = sorted((model.predict(p) for p in prompts), key=lambda p: p.expected_gain)
+    scores = [p.score for p in predictions]
+    assert scores == sorted(scores)
+    assert all(0 < s < 1 for s in scores)
+
+
+def test_save_and_load_round_trip(tmp_path, packaged_model_dir):
+    model = load_model(packaged_model_dir)
+    metadata = dict(model.metadata, version="29990101T000000Z-test")
+    folder = save_model(tmp_path / "29990101T000000Z-test", model.router, metadata)
+    again = load_model(folder)
+    text = "Explain why the sky is blue."
+    assert again.predict(text) == model.predict(text)
+    assert again.version == "29990101T000000Z-test"
+    assert not list(tmp_path.glob(".*"))  # no staging leftovers
+
+
+@pytest.mark.parametrize(
+    "corrupt, needle",
+    [
+        (lambda d: d.update(format="pickle"), "unknown model format"),
+        (lambda d: d.update(feature_names=list(FEATURE_NAMES)[:-1]), "trained on features"),
+        (lambda d: d["coef"].__setitem__(0, float("nan")), "finite"),
+        (lambda d: d.update(scale=[0.0] * len(FEATURE_NAMES)), "positive"),
+        (lambda d: d["score_map"]["raw"].reverse(), "strictly increasing"),
+        (lambda d: d.pop("intercept"), "malformed"),
+    ],
+)
+def test_malformed_model_files_are_rejected(tmp_path, packaged_model_dir, corrupt, needle):
+    folder = tmp_path / packaged_model_dir.name
+    shutil.copytree(packaged_model_dir, folder)
+    data = json.loads((folder / MODEL_FILE).read_text())
+    corrupt(data)
+    (folder / MODEL_FILE).write_text(json.dumps(data))
+    with pytest.raises(ModelFileError, match=needle):
+        load_model(folder)
+
+
+def _new_version(models_dir, source, name: str, intercept_shift: float = 0.0):
+    model = load_model(source)
+    router = LinearRouter(
+        model.router.feature_names,
+        model.router.mean,
+        model.router.scale,
+        model.router.coef,
+        model.router.intercept + intercept_shift,
+        model.router.score_map,
+    )
+    return save_model(models_dir / name, router, dict(model.metadata, version=name))
+
+
+def test_registry_swaps_to_a_newer_version_and_skips_a_broken_one(models_dir, packaged_model_dir):
+    seen = []
+    registry = ModelRegistry(models_dir, on_change=lambda m: seen.append(m.version))
+    assert registry.load_or_fail().version == packaged_model_dir.name
+    assert registry.refresh() is False
+
+    newer = _new_version(models_dir, packaged_model_dir, "29990101T000000Z-newer", intercept_shift=1.0)
+    assert registry.refresh() is True
+    assert registry.model.version == newer.name
+
+    # A newer but broken version is logged and skipped: the current model stays in use.
+    broken = models_dir / "29990202T000000Z-broken"
+    broken.mkdir()
+    (broken / MODEL_FILE).write_text("{not json")
+    (broken / METADATA_FILE).write_text("{}")
+    assert registry.refresh() is False
+    assert registry.model.version == newer.name
+    assert seen == [packaged_model_dir.name, newer.name]
+
+
+def test_registry_without_models_fails_clearly(tmp_path):
+    with pytest.raises(ModelFileError, match="no router model"):
+        ModelRegistry(tmp_path).load_or_fail()

@@ -1,0 +1,140 @@
+"""Training on the dev data: a small sample here; the full run (as `llmesh classifier train`
+does it) is marked slow."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from llmesh.cli.main import main as llmesh
+from llmesh.services.classifier.routing.model import load_model, version_folders
+from llmesh.services.classifier.routing.trainer import train
+from llmesh.services.classifier.routing.training import (
+    TrainConfig,
+    build_training_set,
+    load_routing_data,
+    subject_stats,
+    suspect_subjects,
+    training_targets,
+    unusable_subjects,
+)
+
+SUBJECTS = [
+    "high_school_mathematics",
+    "moral_scenarios",
+    "marketing",
+    "professional_law",
+    "high_school_geography",
+    "formal_logic",
+    "college_computer_science",
+    "virology",
+]
+
+
+@pytest.fixture(scope="module")
+def dev_data(shared_data):
+    return load_routing_data(shared_data / "routing" / "mmlu_dev.csv")
+
+
+@pytest.fixture(scope="module")
+def sample(dev_data):
+    rng = np.random.default_rng(0)
+    keep = np.zeros(len(dev_data), dtype=bool)
+    for subject in SUBJECTS:
+        idx = np.nonzero(dev_data.subjects == subject)[0]
+        keep[rng.choice(idx, size=min(60, len(idx)), replace=False)] = True
+    return dev_data.subset(keep)
+
+
+def test_label_noise_is_found_where_the_strong_model_fails_what_the_weak_one_solves(dev_data):
+    stats = {s.subject: s for s in subject_stats(dev_data)}
+    assert stats["high_school_mathematics"].unusable
+    assert stats["high_school_mathematics"].strong_accuracy < 0.1
+    assert stats["high_school_physics"].suspect and not stats["high_school_physics"].unusable
+    assert not stats["high_school_us_history"].suspect
+    assert unusable_subjects(dev_data) == {"high_school_mathematics"}
+    assert "elementary_mathematics" in suspect_subjects(dev_data)
+
+
+def test_targets_and_option_free_copies(sample):
+    gain = training_targets(sample)
+    assert set(np.unique(gain)) <= {-1.0, 0.0, 1.0}
+    assert gain.tolist() == (sample.strong_correct.astype(int) - sample.weak_correct.astype(int)).tolist()
+    binary = training_targets(sample, "binary")
+    assert binary.tolist() == (~sample.weak_correct & sample.strong_correct).astype(float).tolist()
+    suspect = {"formal_logic"}
+    training = build_training_set(sample, TrainConfig(), suspect=suspect)
+    copies = len(sample) - int((sample.subjects == "formal_logic").sum())
+    assert len(training.y) == len(sample) + copies
+    assert training.original.sum() == len(sample)
+
+
+@pytest.mark.timeout(60)
+def test_training_writes_a_loadable_version_and_a_report(sample, tmp_path):
+    result = train(sample, models_dir=tmp_path / "models", report_dir=tmp_path / "report", log=lambda *_: None)
+    (folder,) = version_folders(tmp_path / "models")
+    model = load_model(folder)
+    assert model.version == result.version and result.version.endswith(sample.sha256[:8])
+    meta = model.metadata
+    assert meta["training_data"]["sha256"] == sample.sha256
+    assert meta["unusable_subjects"] == ["high_school_mathematics"]
+    assert meta["word_problem_check"]["problems"] >= 10
+    cv = meta["cross_validation"]
+    assert 0.0 < cv["all_subjects"]["apgr"] < 1.5 and cv["fold_apgr"]["folds"] == 15
+    assert (folder / "model.json").stat().st_size < 5_000_000
+    report = (tmp_path / "report" / "classifier.md").read_text()
+    assert "APGR" in report and "high_school_mathematics" in report
+    assert (tmp_path / "report" / "classifier_routing_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "report" / "classifier_metrics.json").read_text())["all_subjects"]["n"] == len(sample)
+
+
+@pytest.mark.timeout(60)
+def test_training_is_deterministic_apart_from_the_version(sample, tmp_path):
+    a = train(sample, models_dir=tmp_path / "a", report_dir=None, cross_validation=False, log=lambda *_: None)
+    b = train(sample, models_dir=tmp_path / "b", report_dir=None, cross_validation=False, log=lambda *_: None)
+    text = "How many ways can 5 people sit at a round table?"
+    assert load_model(a.model_dir).predict(text) == load_model(b.model_dir).predict(text)
+
+
+@pytest.mark.timeout(60)
+def test_train_command_without_data_fails_clearly(tmp_path, capsys):
+    assert llmesh(["classifier", "train", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_full_training_generalizes_to_unseen_subjects(dev_data, tmp_path):
+    result = train(dev_data, models_dir=tmp_path / "models", report_dir=tmp_path / "report", config=TrainConfig())
+    cv = result.metadata["cross_validation"]
+    assert cv["reliable_subjects"]["apgr"] > cv["length_baseline_all_subjects"]["apgr"] - 0.02
+    assert cv["reliable_subjects"]["apgr"] >= 0.6
+
+
+@pytest.mark.timeout(60)
+def test_train_with_feedback_folds_rated_requests_in(sample, tmp_path):
+    import csv
+
+    from llmesh.services.classifier.feedback import ClassificationRecord, FeedbackStore
+    from llmesh.services.classifier.routing.features import FEATURE_SET, prompt_features
+
+    data_csv = tmp_path / "sample.csv"
+    with open(data_csv, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["source", "subject", "prompt", "weak_correct", "strong_correct"])
+        for prompt, subject, w, s in zip(sample.prompts, sample.subjects, sample.weak_correct, sample.strong_correct):
+            writer.writerow(["mmlu", subject, prompt, int(w), int(s)])
+    db = tmp_path / "feedback.sqlite3"
+    store = FeedbackStore(db)
+    features = tuple(prompt_features("How many apples are left after 3 days if Tom eats 2 a day from 20?"))
+    for i, (tier, rating) in enumerate([(1, -1), (2, 1), (3, -1), (1, 0)]):
+        store.record(ClassificationRecord(f"r{i}", "t", "", 1.0, FEATURE_SET, features, 0.2, tier, "v"))
+        store.add_feedback(f"r{i}", "t", rating, "")
+    store.close()
+
+    out = tmp_path / "models"
+    argv = ["classifier", "train", "--data", str(data_csv), "--with-feedback", "--feedback-db", str(db)]
+    assert llmesh([*argv, "--out", str(out), "--no-cv"]) == 0
+    (folder,) = version_folders(out)
+    assert load_model(folder).metadata["feedback"] == {"used": 2, "skipped": 2}

@@ -1,0 +1,130 @@
+"""Router wiring: NATS (key revocations, routing policy), channels to the four upstream services,
+and the Generate pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+from llmesh.events.v1 import events_pb2
+from llmesh.kit.bus import Bus
+from llmesh.kit.client import open_channel
+from llmesh.kit.errors import Unavailable
+from llmesh.kit.logging import get_logger
+from llmesh.kit.policy import PolicyStore
+from llmesh.kit.server import ServiceApp
+from llmesh.kit.streams import KEY_REVOKED_SUBJECT
+from llmesh.router.v1 import router_pb2, router_pb2_grpc
+from llmesh.services.router.pipeline import BackgroundTasks, GeneratePipeline, PipelineConfig
+from llmesh.services.router.principals import PrincipalCache
+from llmesh.services.router.routing import ModelCatalog, PolicyCache, Price, Router, RoutingPolicy
+from llmesh.services.router.servicer import RouterServicer
+from llmesh.services.router.settings import RouterSettings, parse_prices, parse_tier_models
+from llmesh.services.router.upstreams import CacheClient, ClassifierClient, InferenceClient, TenancyClient
+
+log = get_logger("llmesh.router")
+
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+
+class RouterApp(ServiceApp):
+    name = "router"
+
+    def __init__(self, settings: RouterSettings):
+        self.settings = settings
+        self.principals = PrincipalCache(settings.principal_ttl_s, settings.principal_cache_size)
+        self.background = BackgroundTasks()
+        self.pipeline: GeneratePipeline | None = None
+        self.bus: Bus | None = None
+        self.policy: PolicyStore | None = None
+        self._channels: list[grpc.aio.Channel] = []
+
+    def register(self, server: grpc.aio.Server) -> list[str]:
+        router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(lambda: self.pipeline), server)
+        return [SERVICE_NAME]
+
+    async def start(self) -> None:
+        s = self.settings
+        self.bus = await Bus.connect(s.nats_url, "llmesh-router")
+        await self.bus.subscribe(KEY_REVOKED_SUBJECT, self._on_key_revoked)
+        self.bus.on_reconnect(self._on_nats_reconnect)
+        self.policy = PolicyStore(self.bus, bucket=s.policy_bucket)
+        await self.policy.start()
+
+        def channel(target: str) -> grpc.aio.Channel:
+            opened = open_channel(target, default_timeout_s=s.upstream_timeout_s)
+            self._channels.append(opened)
+            return opened
+
+        inference = InferenceClient(channel(s.inference_addr))
+        catalog = ModelCatalog(lambda: inference.list_models(timeout_s=s.upstream_timeout_s), s.models_refresh_s)
+        await self._wait_for_models(catalog)
+
+        defaults = RoutingPolicy(
+            tier_models=parse_tier_models(s.tier_models),
+            prices={m: Price(*p) for m, p in parse_prices(s.prices).items()},
+        )
+        self.pipeline = GeneratePipeline(
+            tenancy=TenancyClient(channel(s.tenancy_addr)),
+            classifier=ClassifierClient(channel(s.classifier_addr)),
+            cache=CacheClient(channel(s.cache_addr)),
+            inference=inference,
+            principals=self.principals,
+            catalog=catalog,
+            router=Router(
+                defaults,
+                default_model=s.default_model,
+                default_price=Price(s.default_prompt_price_per_1k, s.default_completion_price_per_1k),
+                self_hosted_backends=[b.strip() for b in s.self_hosted_backends.split(",") if b.strip()],
+            ),
+            policies=PolicyCache(self.policy.resolve, lambda: self.policy.revision, defaults),
+            config=PipelineConfig(
+                upstream_timeout_s=s.upstream_timeout_s,
+                generate_timeout_s=s.generate_timeout_s,
+                fallback_tier=s.fallback_tier,
+                hit_chunk_chars=s.hit_chunk_chars,
+            ),
+            background=self.background,
+        )
+
+    async def _wait_for_models(self, catalog: ModelCatalog) -> None:
+        """Inference may still be loading its model: retry until it lists one, or give up."""
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        delay = 0.2
+        while True:
+            try:
+                await catalog.refresh()
+                if catalog.models:
+                    log.info("models_listed", models=[m.name for m in catalog.models])
+                    return
+                problem = "inference lists no models"
+            except Unavailable as exc:
+                problem = exc.message
+            except Exception as exc:
+                problem = repr(exc)
+            if time.monotonic() + delay > deadline:
+                raise Unavailable(f"inference at {self.settings.inference_addr} not ready: {problem}")
+            log.info("waiting_for_inference", problem=problem)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _on_key_revoked(self, data: bytes) -> None:
+        event = events_pb2.ApiKeyRevoked.FromString(data)
+        dropped = self.principals.revoke(event.key_id, event.tenant_id)
+        log.info("api_key_revoked", key_id=event.key_id, tenant=event.tenant_id, dropped=dropped)
+
+    async def _on_nats_reconnect(self) -> None:
+        # Revocations published while disconnected were missed: trust no cached principal.
+        self.principals.clear()
+        log.info("principal_cache_flushed", reason="nats_reconnect")
+
+    async def stop(self) -> None:
+        await self.background.drain(timeout_s=self.settings.upstream_timeout_s + 1.0)
+        for opened in self._channels:
+            await opened.close()
+        self._channels.clear()
+        if self.policy is not None:
+            await self.policy.stop()
+        if self.bus is not None:
+            await self.bus.close()

@@ -1,0 +1,47 @@
+"""What the pipeline needs from the other services. The gRPC adapters in upstreams.py implement
+these; failures arrive as llmesh.kit.errors classes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from llmesh.services.router.domain import (
+    AnswerToStore,
+    CachedAnswer,
+    CacheKey,
+    Classification,
+    Completion,
+    Delta,
+    GenerateCommand,
+    ModelInfo,
+    Principal,
+    Sensitivity,
+)
+
+
+class Tenancy(Protocol):
+    async def authenticate(self, api_key: str, *, timeout_s: float) -> Principal: ...
+
+
+class Classifier(Protocol):
+    async def classify(
+        self, command: GenerateCommand, *, tenant_id: str, request_id: str, timeout_s: float
+    ) -> Classification: ...
+
+
+class Cache(Protocol):
+    async def lookup(self, key: CacheKey, *, business_unit: str, timeout_s: float) -> CachedAnswer | None: ...
+
+    async def store(
+        self, key: CacheKey, answer: AnswerToStore, *, business_unit: str, sensitivity: Sensitivity, timeout_s: float
+    ) -> str | None:
+        """Stores the answer; returns why the cache declined it, or None once stored."""
+
+
+class Inference(Protocol):
+    async def list_models(self, *, timeout_s: float) -> list[ModelInfo]: ...
+
+    def generate(
+        self, model: str, command: GenerateCommand, *, request_id: str, timeout_s: float
+    ) -> AsyncIterator[Delta | Completion]: ...

@@ -1,0 +1,214 @@
+"""In-test stand-ins for tenancy, classifier, cache and inference: real gRPC servicers (hosted on
+a real server on port 0) whose behaviour a test steers with markers in the last user message:
+
+  [tier:N]          classifier answers tier N          [restricted]   sensitivity RESTRICTED
+  [slow]            classify and lookup take 200 ms    [classifier:fail] / [cache:fail]  they fail
+  [gated]           inference sends one delta, then waits for the test's release event
+  [hang]            inference sends one delta, then never finishes
+  [exhausted] / [unavailable]   inference fails with that status
+  [length]          inference stops with FINISH_REASON_LENGTH
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import re
+import time
+
+from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
+from llmesh.classifier.v1 import classifier_pb2, classifier_pb2_grpc
+from llmesh.common.v1 import common_pb2
+from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
+from llmesh.kit import errors
+from llmesh.kit.server import ServiceApp
+from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
+
+SLOW_S = 0.2
+MODELS = [
+    inference_pb2.ModelInfo(name="tiny-1", backend="llama_cpp"),
+    inference_pb2.ModelInfo(name="big-3", backend="triton"),
+    inference_pb2.ModelInfo(name="cloud-x", backend="openai"),
+]
+
+
+def last_user_text(messages) -> str:
+    return [m.content for m in messages if m.role == common_pb2.ROLE_USER][-1]
+
+
+def request_id_of(context) -> str:
+    return dict(context.invocation_metadata() or ()).get("x-request-id", "")
+
+
+@dataclasses.dataclass
+class Span:
+    started: float
+    ended: float = 0.0
+
+
+class FakeTenancy(tenancy_pb2_grpc.TenancyServiceServicer):
+    def __init__(self):
+        self.principals: dict[str, common_pb2.Principal] = {}
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def add_key(
+        self, api_key: str, tenant_id: str, key_id: str, clearance: int = common_pb2.SENSITIVITY_INTERNAL
+    ) -> None:
+        self.principals[api_key] = common_pb2.Principal(
+            tenant_id=tenant_id, tenant_name=tenant_id, business_unit="bu", clearance=clearance, key_id=key_id
+        )
+
+    async def Authenticate(self, request, context):
+        self.calls[request.api_key] += 1
+        principal = self.principals.get(request.api_key)
+        if principal is None:
+            raise errors.Unauthenticated("unknown or revoked API key")
+        return tenancy_pb2.AuthenticateResponse(principal=principal)
+
+
+class FakeClassifier(classifier_pb2_grpc.ClassifierServiceServicer):
+    def __init__(self):
+        self.spans: dict[str, Span] = {}
+        # text → tier, for tests that change a request's classification between calls
+        self.tier_overrides: dict[str, int] = {}
+        self.restricted_texts: set[str] = set()
+
+    async def Classify(self, request, context):
+        span = self.spans[request.request_id] = Span(time.monotonic())
+        text = last_user_text(request.messages)
+        try:
+            if "[slow]" in text:
+                await asyncio.sleep(SLOW_S)
+            if "[classifier:fail]" in text:
+                raise errors.Unavailable("classifier model not loaded")
+            found = re.search(r"\[tier:(\d)\]", text)
+            tier = self.tier_overrides.get(text, int(found.group(1)) if found else 1)
+            sensitivity = (
+                common_pb2.SENSITIVITY_RESTRICTED
+                if "[restricted]" in text or text in self.restricted_texts
+                else common_pb2.SENSITIVITY_INTERNAL
+            )
+            return classifier_pb2.ClassifyResponse(
+                complexity_score=tier / 3, tier=tier, confidence=0.9, sensitivity=sensitivity, model_name="fake"
+            )
+        finally:
+            span.ended = time.monotonic()
+
+    async def Feedback(self, request, context):
+        return classifier_pb2.FeedbackResponse()
+
+
+class FakeCache(cache_pb2_grpc.CacheServiceServicer):
+    """A working exact cache: entries keyed by the serialized CacheKey."""
+
+    def __init__(self):
+        self.entries: dict[bytes, cache_pb2.StoreRequest] = {}
+        self.lookups: dict[str, Span] = {}
+        self.stores: dict[str, cache_pb2.StoreRequest] = {}
+
+    @staticmethod
+    def _key(key: cache_pb2.CacheKey) -> bytes:
+        key = cache_pb2.CacheKey.FromString(key.SerializeToString())
+        key.ClearField("sensitivity")  # not part of the key
+        return key.SerializeToString(deterministic=True)
+
+    async def Lookup(self, request, context):
+        span = self.lookups[request_id_of(context)] = Span(time.monotonic())
+        text = last_user_text(request.key.messages)
+        try:
+            if "[slow]" in text:
+                await asyncio.sleep(SLOW_S)
+            if "[cache:fail]" in text:
+                raise errors.Unavailable("cache store unreachable")
+            entry = self.entries.get(self._key(request.key))
+            if entry is None:
+                return cache_pb2.LookupResponse(outcome=cache_pb2.LOOKUP_OUTCOME_MISS)
+            return cache_pb2.LookupResponse(
+                outcome=cache_pb2.LOOKUP_OUTCOME_EXACT_HIT,
+                answer=cache_pb2.CachedAnswer(
+                    entry_id="e1",
+                    content=entry.content,
+                    model=entry.model,
+                    backend=entry.backend,
+                    tier=entry.tier,
+                    usage=entry.usage,
+                    cost_usd=entry.cost_usd,
+                ),
+            )
+        finally:
+            span.ended = time.monotonic()
+
+    async def Store(self, request, context):
+        if "[cache:fail]" in last_user_text(request.key.messages):
+            raise errors.Unavailable("cache store unreachable")
+        self.stores[request_id_of(context)] = request
+        if request.key.sensitivity == common_pb2.SENSITIVITY_RESTRICTED:
+            return cache_pb2.StoreResponse(stored=False, reason="restricted requests are not cached")
+        self.entries[self._key(request.key)] = request
+        return cache_pb2.StoreResponse(entry_id="e1", stored=True)
+
+
+class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self):
+        self.requests: dict[str, inference_pb2.GenerateRequest] = {}
+        self.sent: collections.Counter[str] = collections.Counter()
+        self.releases: dict[str, asyncio.Event] = {}
+        self.cancelled: set[str] = set()
+
+    async def ListModels(self, request, context):
+        return inference_pb2.ListModelsResponse(models=MODELS)
+
+    async def Generate(self, request, context):
+        rid = request.request_id
+        self.requests[rid] = request
+        text = last_user_text(request.messages)
+        if "[exhausted]" in text:
+            raise errors.ResourceExhausted("all 2 slots of the model are busy", retry_after_s=1.5)
+        if "[unavailable]" in text:
+            raise errors.Unavailable("the backend is down")
+        words = ["answer ", "to ", "the ", "question"]
+        try:
+            for i, word in enumerate(words):
+                yield inference_pb2.GenerateResponse(delta=word)
+                self.sent[rid] += 1
+                if i == 0 and "[gated]" in text:
+                    await asyncio.wait_for(self.releases[rid].wait(), timeout=10)
+                if i == 0 and "[hang]" in text:
+                    await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.add(rid)
+            raise
+        finish = common_pb2.FINISH_REASON_LENGTH if "[length]" in text else common_pb2.FINISH_REASON_STOP
+        yield inference_pb2.GenerateResponse(
+            completion=inference_pb2.GenerateCompletion(
+                usage=common_pb2.Usage(prompt_tokens=10 * len(request.messages), completion_tokens=len(words)),
+                finish_reason=finish,
+                model=request.model,
+                backend={m.name: m.backend for m in MODELS}[request.model],
+            )
+        )
+
+
+class FakeUpstreams(ServiceApp):
+    """The four upstream services on one server (the router reaches each by its own address)."""
+
+    name = "fake-upstreams"
+
+    def __init__(self):
+        self.tenancy = FakeTenancy()
+        self.classifier = FakeClassifier()
+        self.cache = FakeCache()
+        self.inference = FakeInference()
+
+    def register(self, server):
+        tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(self.tenancy, server)
+        classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(self.classifier, server)
+        cache_pb2_grpc.add_CacheServiceServicer_to_server(self.cache, server)
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.inference, server)
+        return [
+            "llmesh.tenancy.v1.TenancyService",
+            "llmesh.classifier.v1.ClassifierService",
+            "llmesh.cache.v1.CacheService",
+            "llmesh.inference.v1.InferenceService",
+        ]

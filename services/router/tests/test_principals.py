@@ -1,0 +1,90 @@
+"""The principal cache and the bearer-token parser."""
+
+from __future__ import annotations
+
+import pytest
+from llmesh.kit.errors import Unauthenticated
+from llmesh.services.router.domain import Principal, Sensitivity
+from llmesh.services.router.principals import PrincipalCache, bearer_token
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def principal(key_id: str, tenant_id: str = "t1") -> Principal:
+    return Principal(tenant_id, tenant_id, "bu", Sensitivity.INTERNAL, key_id)
+
+
+def test_entries_expire_after_the_ttl():
+    clock = Clock()
+    cache = PrincipalCache(ttl_s=30, max_entries=10, clock=clock)
+    assert cache.put("sk-1", principal("k1"), epoch=cache.epoch)
+    clock.now += 29.9
+    assert cache.get("sk-1") == principal("k1")
+    clock.now += 0.2
+    assert cache.get("sk-1") is None and len(cache) == 0
+
+
+def test_size_is_bounded_and_the_least_recently_used_goes_first():
+    cache = PrincipalCache(ttl_s=30, max_entries=2, clock=Clock())
+    cache.put("a", principal("ka"), epoch=cache.epoch)
+    cache.put("b", principal("kb"), epoch=cache.epoch)
+    assert cache.get("a") is not None
+    cache.put("c", principal("kc"), epoch=cache.epoch)
+    assert len(cache) == 2 and cache.get("b") is None and cache.get("a") and cache.get("c")
+
+
+def test_revocation_drops_the_key_or_the_tenant():
+    cache = PrincipalCache(ttl_s=30, max_entries=10, clock=Clock())
+    for key, key_id, tenant in [("a", "ka", "t1"), ("b", "kb", "t1"), ("c", "kc", "t2")]:
+        cache.put(key, principal(key_id, tenant), epoch=cache.epoch)
+    assert cache.revoke("ka") == 1 and cache.get("a") is None and cache.get("b") is not None
+    assert cache.revoke("", tenant_id="t1") == 1 and cache.get("b") is None
+    assert cache.revoke("unknown") == 0 and cache.get("c") is not None
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_a_lookup_racing_a_revocation_is_not_cached():
+    cache = PrincipalCache(ttl_s=30, max_entries=10, clock=Clock())
+    epoch = cache.epoch  # read when the call to tenancy started
+    cache.revoke("k1")  # heard while tenancy was answering
+    assert not cache.put("sk-1", principal("k1"), epoch=epoch)
+    assert cache.get("sk-1") is None
+
+
+def test_keys_are_not_held_in_the_clear():
+    cache = PrincipalCache(ttl_s=30, max_entries=10, clock=Clock())
+    cache.put("sk-secret-value", principal("k1"), epoch=cache.epoch)
+    assert all(b"sk-secret-value" not in fingerprint for fingerprint in cache._entries)
+
+
+def test_a_zero_ttl_disables_caching():
+    cache = PrincipalCache(ttl_s=0, max_entries=10, clock=Clock())
+    assert not cache.put("a", principal("ka"), epoch=cache.epoch)
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        (None, "missing credentials"),
+        ("", "missing credentials"),
+        ("Token abc", "malformed authorization"),
+        ("Bearer", "malformed authorization"),
+        ("Bearer x\ty", "malformed API key"),
+        ("Bearer " + "k" * 513, "malformed API key"),
+    ],
+)
+def test_bad_authorization_values(value, needle):
+    with pytest.raises(Unauthenticated, match=needle):
+        bearer_token(value)
+
+
+def test_bearer_token():
+    assert bearer_token("Bearer sk-abc") == "sk-abc"
+    assert bearer_token("bearer  sk-abc ") == "sk-abc"

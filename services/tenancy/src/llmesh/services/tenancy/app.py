@@ -1,0 +1,57 @@
+"""Wires the tenancy service: SQLite repository, NATS bus, outbox relay, servicer."""
+
+from __future__ import annotations
+
+import grpc
+from llmesh.kit.auth import AdminGuard
+from llmesh.kit.bus import Bus
+from llmesh.kit.logging import get_logger
+from llmesh.kit.server import ServiceApp
+from llmesh.kit.streams import TENANCY
+from llmesh.services.tenancy.outbox import OutboxRelay
+from llmesh.services.tenancy.repository import SqliteRepository
+from llmesh.services.tenancy.servicer import SERVICE_NAME, TenancyServicer
+from llmesh.services.tenancy.settings import TenancySettings
+from llmesh.services.tenancy.tenancy import Tenancy
+from llmesh.tenancy.v1 import tenancy_pb2_grpc
+
+log = get_logger("llmesh.tenancy")
+
+
+class TenancyApp(ServiceApp):
+    name = "tenancy"
+
+    def __init__(self, settings: TenancySettings):
+        self.settings = settings
+        self.repository = SqliteRepository(settings.database_path)
+        self.bus: Bus | None = None
+        self.relay = OutboxRelay(self.repository, self._publish)
+        self.tenancy = Tenancy(self.repository, self.relay)
+
+    async def _publish(self, subject, message, msg_id) -> None:
+        if self.bus is None:
+            raise RuntimeError("NATS is not connected")
+        # One quick attempt on the request path; the relay's loop retries what is left.
+        await self.bus.publish(subject, message, msg_id=msg_id, timeout_s=1.0, attempts=1)
+
+    def register(self, server: grpc.aio.Server) -> list[str]:
+        servicer = TenancyServicer(self.tenancy, AdminGuard(self.settings.admin_token))
+        tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    async def start(self) -> None:
+        version = await self.repository.open()
+        log.info("database_ready", path=str(self.settings.database_path), schema_version=version)
+        self.bus = await Bus.connect(self.settings.nats_url, "llmesh-tenancy")
+        await self.bus.ensure_stream(TENANCY)
+        # Events a previous run recorded but could not publish.
+        await self.relay.flush()
+        self.relay.start(self.settings.outbox_retry_s)
+        if not self.settings.admin_token:
+            log.warning("admin_rpcs_disabled", reason="LLMESH_ADMIN_TOKEN is not set")
+
+    async def stop(self) -> None:
+        await self.relay.stop()
+        if self.bus is not None:
+            await self.bus.close()
+        await self.repository.close()

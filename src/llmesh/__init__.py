@@ -1,1 +1,0 @@
-"""llmesh: an enterprise LLM serving mesh."""

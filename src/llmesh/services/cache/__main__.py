@@ -1,8 +1,0 @@
-"""`python -m llmesh.services.cache` runs the cache service."""
-
-from llmesh.kit.server import run_service
-from llmesh.services.cache.app import CacheApp
-from llmesh.services.cache.settings import CacheSettings
-
-if __name__ == "__main__":
-    run_service(lambda s: CacheApp(s), CacheSettings)

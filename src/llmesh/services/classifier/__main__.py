@@ -1,8 +1,0 @@
-"""`python -m llmesh.services.classifier` runs the classifier service."""
-
-from llmesh.kit.server import run_service
-from llmesh.services.classifier.app import ClassifierApp
-from llmesh.services.classifier.settings import ClassifierSettings
-
-if __name__ == "__main__":
-    run_service(lambda s: ClassifierApp(s), ClassifierSettings)

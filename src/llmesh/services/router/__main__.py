@@ -1,8 +1,0 @@
-"""`python -m llmesh.services.router`"""
-
-from llmesh.kit.server import run_service
-from llmesh.services.router.app import RouterApp
-from llmesh.services.router.settings import RouterSettings
-
-if __name__ == "__main__":
-    run_service(lambda s: RouterApp(s), RouterSettings)

@@ -1,6 +1,0 @@
-from llmesh.kit.server import run_service
-from llmesh.services.tenancy.app import TenancyApp
-from llmesh.services.tenancy.settings import TenancySettings
-
-if __name__ == "__main__":
-    run_service(lambda settings: TenancyApp(settings), TenancySettings)

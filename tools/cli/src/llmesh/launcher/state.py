@@ -1,0 +1,75 @@
+"""Where a local mesh is found: `$LLMESH_HOME/mesh.json` (written by `llmesh up`), with
+environment overrides, so the CLI and tests reach the services without flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+
+from llmesh.kit.defaults import DEFAULT_PORTS, SERVICES, home
+
+__all__ = ["DEFAULT_PORTS", "SERVICES", "MeshState", "home"]
+
+
+@dataclasses.dataclass
+class MeshState:
+    endpoints: dict[str, str]
+    metrics_ports: dict[str, int] = dataclasses.field(default_factory=dict)
+    pids: dict[str, int] = dataclasses.field(default_factory=dict)
+    nats_url: str = ""
+    admin_token: str = ""
+    supervisor_pid: int | None = None
+
+    @property
+    def path(self) -> pathlib.Path:
+        return home() / "mesh.json"
+
+
+def state_path() -> pathlib.Path:
+    return home() / "mesh.json"
+
+
+def load_state() -> MeshState | None:
+    try:
+        data = json.loads(state_path().read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    fields = {f.name for f in dataclasses.fields(MeshState)}
+    return MeshState(**{k: v for k, v in data.items() if k in fields})
+
+
+def save_state(state: MeshState) -> None:
+    path = state_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    # The admin token is in here: readable by the owner only.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(dataclasses.asdict(state), f, indent=2)
+    os.replace(tmp, path)
+
+
+def clear_state() -> None:
+    state_path().unlink(missing_ok=True)
+
+
+def endpoint(service: str) -> str:
+    """host:port of a service: LLMESH_<SERVICE>_ADDR, else the running local mesh, else the default."""
+    override = os.environ.get(f"LLMESH_{service.upper()}_ADDR")
+    if override:
+        return override
+    state = load_state()
+    if state and service in state.endpoints:
+        return state.endpoints[service]
+    return f"127.0.0.1:{DEFAULT_PORTS[service]}"
+
+
+def admin_token() -> str:
+    """LLMESH_ADMIN_TOKEN, else the local mesh's generated one."""
+    token = os.environ.get("LLMESH_ADMIN_TOKEN")
+    if token:
+        return token
+    state = load_state()
+    return state.admin_token if state else ""
