@@ -43,10 +43,7 @@ class ServiceEnv:
     site_packages: pathlib.Path
     packages: dict[str, str]  # normalised name -> version
     install_s: float
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.site_packages.rglob("*") if p.is_file() and not p.is_symlink())
+    size_bytes: int = 0  # of site-packages, measured once installed (the folder may be gone later)
 
     def forbidden(self) -> list[str]:
         return sorted(set(self.packages) & FORBIDDEN[self.service])
@@ -114,7 +111,8 @@ def build_env(service: str, where: pathlib.Path) -> ServiceEnv:
     ).stdout
     packages = {_norm(p["name"]): p["version"] for p in json.loads(listed)}
     site = next((where / "lib").glob("python*/site-packages"))
-    return ServiceEnv(service, python, site, packages, time.monotonic() - started)
+    size = sum(p.stat().st_size for p in site.rglob("*") if p.is_file() and not p.is_symlink())
+    return ServiceEnv(service, python, site, packages, time.monotonic() - started, size)
 
 
 def start_and_check_health(env: ServiceEnv, nats_url: str, extra_env: dict[str, str], timeout_s: float) -> str:
