@@ -43,14 +43,18 @@ class NatsServerProcess:
 
         def pump() -> None:  # keeps reading so nats-server never blocks on a full pipe
             assert self.process and self.process.stderr
-            for line in self.process.stderr:
+            try:
+                for line in self.process.stderr:
+                    if log_file:
+                        log_file.write(line)
+                        log_file.flush()
+                    match = _LISTENING.search(line)
+                    if match and not found.is_set():
+                        self.port = int(match.group(1))
+                        found.set()
+            finally:  # the server exited: a restarted one opens the log again
                 if log_file:
-                    log_file.write(line)
-                    log_file.flush()
-                match = _LISTENING.search(line)
-                if match and not found.is_set():
-                    self.port = int(match.group(1))
-                    found.set()
+                    log_file.close()
 
         threading.Thread(target=pump, daemon=True).start()
         deadline = time.monotonic() + timeout_s

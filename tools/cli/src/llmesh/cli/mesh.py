@@ -9,11 +9,19 @@ import sys
 import time
 
 from llmesh.launcher import state as mesh_state
-from llmesh.launcher.health import SERVING, health_of_all
-from llmesh.launcher.processes import pid_alive
-from llmesh.launcher.supervisor import DEFAULT_TIMEOUT_S, Supervisor, endpoints_table, running_mesh
+from llmesh.launcher.health import SERVING, UNREACHABLE, health_of_all
+from llmesh.launcher.processes import same_process
+from llmesh.launcher.supervisor import (
+    DEFAULT_TIMEOUT_S,
+    Supervisor,
+    endpoints_table,
+    running_mesh,
+    stop_leftovers,
+    supervisor_alive,
+)
 
 DOWN_WAIT_S = 90.0
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 
 def register(subparsers) -> None:
@@ -30,7 +38,9 @@ def register(subparsers) -> None:
     down = subparsers.add_parser("down", help="stop the mesh started with `llmesh up --detach`")
     down.set_defaults(func=down_command)
 
-    status = subparsers.add_parser("status", help="health of every service (exit 0 only when all serve)")
+    status = subparsers.add_parser(
+        "status", help="state of NATS and every service: pid, restarts, last exit, uptime (exit 0 only when all serve)"
+    )
     status.add_argument("--timeout", type=float, default=1.0, help="health check deadline in seconds (default 1)")
     status.set_defaults(func=status_command)
 
@@ -78,7 +88,11 @@ def _up_detached(timeout_s: float) -> int:
         while True:
             relay()
             current = mesh_state.load_state()
-            if current is not None and current.supervisor_pid == supervisor.pid:
+            if (
+                current is not None
+                and current.supervisor_pid == supervisor.pid
+                and current.phase == mesh_state.PHASE_UP
+            ):
                 print(endpoints_table(current))
                 print(
                     f"mesh is up in the background (supervisor pid {supervisor.pid}, log {log_path}); "
@@ -105,18 +119,23 @@ def down_command(args) -> int:
         print("no mesh is running")
         return 0
     pid = current.supervisor_pid
-    if not pid_alive(pid):
+    if not supervisor_alive(current):
+        stopped = stop_leftovers(current, _err)
         mesh_state.clear_state()
-        print("no mesh is running (removed the state of one that ended without cleaning up)")
+        if stopped:
+            print(
+                f"no mesh is running; stopped what its supervisor (pid {pid}, gone) left running: {', '.join(stopped)}"
+            )
+        else:
+            print("no mesh is running (removed the state of one that ended without cleaning up)")
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + DOWN_WAIT_S
-    while pid_alive(pid):
+    while supervisor_alive(current):
         if time.monotonic() > deadline:
             _err(f"llmesh down: the supervisor (pid {pid}) did not stop within {DOWN_WAIT_S:.0f} s; killing the mesh")
-            for target in (pid, *current.pids.values()):
-                if pid_alive(target):
-                    os.kill(target, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+            stop_leftovers(mesh_state.load_state() or current, _err)
             mesh_state.clear_state()
             return 1
         time.sleep(0.2)
@@ -124,21 +143,94 @@ def down_command(args) -> int:
     return 0
 
 
+# What `llmesh status` calls a process.
+SERVING_STATE = "serving"
+NOT_SERVING_STATE = "not serving"
+RESTARTING_STATE = "restarting"
+STARTING_STATE = "starting"
+DOWN_STATE = "down"
+
+
+def process_state(record: mesh_state.ProcessRecord | None, health: str, supervised: bool) -> str:
+    """serving / not serving / restarting / starting / down, from what the supervisor recorded and
+    the live health check."""
+    by_health = SERVING_STATE if health == SERVING else DOWN_STATE if health == UNREACHABLE else NOT_SERVING_STATE
+    if record is None:
+        return by_health
+    alive = same_process(record.pid, record.start_ticks)
+    if not supervised:
+        # Left behind by a supervisor that is gone: only what still runs and answers counts.
+        return by_health if alive else DOWN_STATE
+    if record.state == mesh_state.BACKOFF:
+        return RESTARTING_STATE
+    if record.state == mesh_state.STARTING:
+        return RESTARTING_STATE if record.restarts else STARTING_STATE
+    if record.state == mesh_state.STOPPED or not alive:
+        return DOWN_STATE
+    return NOT_SERVING_STATE if by_health == DOWN_STATE else by_health
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "-"
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return str(code)
+
+
 def status_command(args) -> int:
     current = mesh_state.load_state()
     endpoints = {name: mesh_state.endpoint(name) for name in mesh_state.SERVICES}
-    health = health_of_all(endpoints, timeout_s=args.timeout)
-    rows = [("service", "address", "health", "metrics")]
-    for name in mesh_state.SERVICES:
-        metrics = str(current.metrics_ports.get(name, "-")) if current else "-"
-        rows.append((name, endpoints[name], health[name], metrics))
+    nats_url = (current.nats_url if current else "") or os.environ.get("LLMESH_NATS_URL") or DEFAULT_NATS_URL
+    health = health_of_all(endpoints, timeout_s=args.timeout, nats_url=nats_url)
+    supervised = current is not None and supervisor_alive(current)
+    now = time.time()
+    rows = [("", "state", "pid", "restarts", "last exit", "uptime", "address", "metrics")]
+    states = {}
+    for name in ("nats", *mesh_state.SERVICES):
+        record = current.processes.get(name) if current else None
+        state = states[name] = process_state(record, health[name], supervised)
+        up = state in (SERVING_STATE, NOT_SERVING_STATE) and record is not None and record.started_at
+        rows.append(
+            (
+                name,
+                state,
+                str(record.pid) if record and record.pid else "-",
+                str(record.restarts) if record else "-",
+                _exit_text(record.last_exit_code) if record else "-",
+                _duration(now - record.started_at) if up else "-",
+                nats_url if name == "nats" else endpoints[name],
+                str(current.metrics_ports.get(name, "-")) if current and name != "nats" else "-",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     if current is None:
         print(f"no local mesh state in {mesh_state.home()}; checked the configured addresses")
-    elif pid_alive(current.supervisor_pid):
-        print(f"supervisor pid {current.supervisor_pid}; NATS {current.nats_url}")
+    elif supervised:
+        print(f"supervisor pid {current.supervisor_pid} (mesh {current.phase}); logs in {mesh_state.home() / 'logs'}")
+        for name, record in current.processes.items():
+            if record.state == mesh_state.BACKOFF and record.retry_at:
+                print(f"{name}: next start in {max(0.0, record.retry_at - now):.1f} s")
+            if record.note:
+                print(f"{name}: {record.note}")
     else:
-        print(f"the supervisor (pid {current.supervisor_pid}) is gone; `llmesh down` cleans up")
-    return 0 if all(status == SERVING for status in health.values()) else 1
+        print(
+            f"the supervisor (pid {current.supervisor_pid}) is gone; `llmesh down` stops what it left running "
+            "(`llmesh up` does so too before it starts)"
+        )
+    healthy = all(state == SERVING_STATE for state in states.values()) and (current is None or supervised)
+    return 0 if healthy else 1

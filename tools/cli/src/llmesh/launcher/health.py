@@ -1,7 +1,10 @@
-"""Standard gRPC health checks of mesh services, as the launcher and `llmesh status` see them."""
+"""Health of the mesh as the launcher and `llmesh status` see it: the standard gRPC health check
+of each service, and whether NATS greets a client."""
 
 from __future__ import annotations
 
+import socket
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -25,10 +28,30 @@ def health_status(address: str, *, timeout_s: float = 1.0) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
-def health_of_all(endpoints: dict[str, str], *, timeout_s: float = 1.0) -> dict[str, str]:
-    """Checks every service at once, so a dead mesh answers in one deadline rather than five."""
-    with ThreadPoolExecutor(max_workers=max(1, len(endpoints))) as pool:
+def nats_status(url: str, *, timeout_s: float = 1.0) -> str:
+    """SERVING when the (first) server of a NATS URL list sends its INFO greeting, else UNREACHABLE."""
+    parsed = urllib.parse.urlsplit(url.split(",")[0].strip())
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 4222), timeout=timeout_s) as s:
+            s.settimeout(timeout_s)
+            greeting = b""
+            while len(greeting) < 4:
+                chunk = s.recv(4 - len(greeting))
+                if not chunk:
+                    break
+                greeting += chunk
+    except OSError:
+        return UNREACHABLE
+    return SERVING if greeting == b"INFO" else UNREACHABLE
+
+
+def health_of_all(endpoints: dict[str, str], *, timeout_s: float = 1.0, nats_url: str | None = None) -> dict[str, str]:
+    """Checks every service (and NATS under the name "nats" when `nats_url` is given) at once, so a
+    dead mesh answers in one deadline rather than one per service."""
+    with ThreadPoolExecutor(max_workers=len(endpoints) + 1) as pool:
         futures = {
             name: pool.submit(health_status, address, timeout_s=timeout_s) for name, address in endpoints.items()
         }
+        if nats_url:
+            futures["nats"] = pool.submit(nats_status, nats_url, timeout_s=timeout_s)
         return {name: future.result() for name, future in futures.items()}

@@ -1,5 +1,5 @@
-"""One mesh service as a child process of the launcher: its environment, log, ready file and
-lifecycle."""
+"""The launcher's child processes (one mesh service, or the local nats-server): environment, log,
+ready file and lifecycle; and what the launcher knows of processes it did not start itself."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+from llmesh.kit.nats_server import NatsServerProcess
+
 # Five services share a small machine: no library may spin-wait on every core (docs/adr/0003).
 THREAD_DEFAULTS = {
     "OMP_NUM_THREADS": "1",
@@ -23,7 +25,10 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a server could listen on `port` now. SO_REUSEADDR, as the gRPC server and
+    nats-server bind: the TIME_WAIT connections a stopped server leaves behind do not count."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -47,6 +52,26 @@ def pid_alive(pid: int | None) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def process_start_ticks(pid: int | None) -> int | None:
+    """When the process started (clock ticks since boot; Linux), to tell it from a later process
+    that reuses its pid; None when unknown."""
+    if not pid:
+        return None
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces) start at field 3; starttime is field 22.
+    return int(stat.rsplit(")", 1)[-1].split()[19])
+
+
+def same_process(pid: int | None, start_ticks: int | None) -> bool:
+    """True when `pid` is alive and still the process that started at `start_ticks`."""
+    if not pid_alive(pid):
+        return False
+    return start_ticks is None or process_start_ticks(pid) in (None, start_ticks)
 
 
 def tail(path: pathlib.Path, lines: int = 20) -> str:
@@ -89,14 +114,16 @@ class ServiceProcess:
         return self.process.pid if self.process else None
 
     def start(self) -> None:
+        """Starts the service; once it has bound its ports, a restart asks for the same ones, so
+        that the services calling it reach it again without reconfiguration."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.ready_file.parent.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         env = service_env(
             self._env,
             {
-                "LLMESH_PORT": str(self.requested_port),
-                "LLMESH_METRICS_PORT": "0",
+                "LLMESH_PORT": str(self.port if self.port else self.requested_port),
+                "LLMESH_METRICS_PORT": str(self.metrics_port or 0),
                 "LLMESH_READY_FILE": str(self.ready_file),
             },
         )
@@ -126,6 +153,9 @@ class ServiceProcess:
             return False
         self.port, self.metrics_port = int(data["port"]), int(data["metrics_port"])
         return True
+
+    def ready(self) -> bool:
+        return self.read_ready_file()
 
     def wait_ready(self, timeout_s: float) -> None:
         """Blocks until the service is SERVING (its ready file names this process)."""
@@ -159,3 +189,65 @@ class ServiceProcess:
             self.process.kill()
             self.process.wait()
         self.ready_file.unlink(missing_ok=True)
+
+
+class NatsProcess:
+    """The launcher's own nats-server, with the interface of a ServiceProcess. The first start lets
+    nats-server pick a free port; a restart asks for that port again and keeps the JetStream store
+    folder, so streams, consumers and KV buckets survive and the services' clients reconnect."""
+
+    name = "nats"
+
+    def __init__(self, home: pathlib.Path):
+        self.store_dir = home / "nats"
+        self.log_path = home / "logs" / "nats.log"
+        self.server: NatsServerProcess | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return self.url
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.process.pid if self.server and self.server.process else None
+
+    def start(self) -> None:
+        """Blocks until nats-server listens; raises RuntimeError (or OSError) when it does not."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as log:
+            log.write(f"--- llmesh up: starting nats-server at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        self.server = NatsServerProcess(str(self.store_dir), port=self.port or -1, log_path=str(self.log_path))
+        self.server.start()
+        self.port = self.server.port
+
+    def exit_code(self) -> int | None:
+        if self.server is None or self.server.process is None:
+            return None
+        return self.server.process.poll()
+
+    def ready(self) -> bool:
+        return self.server is not None and self.server.port is not None and self.exit_code() is None
+
+    def terminate(self) -> None:
+        # SIGINT: nats-server shuts JetStream down and exits 0 (on SIGTERM it does the same, exit 1).
+        if self.exit_code() is None and self.server is not None and self.server.process is not None:
+            self.server.process.send_signal(signal.SIGINT)
+
+    def wait(self, timeout_s: float) -> bool:
+        if self.server is None or self.server.process is None:
+            return True
+        try:
+            self.server.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def kill(self) -> None:
+        if self.exit_code() is None and self.server is not None and self.server.process is not None:
+            self.server.process.kill()
+            self.server.process.wait()

@@ -10,7 +10,39 @@ import pathlib
 
 from llmesh.kit.defaults import DEFAULT_PORTS, SERVICES, home
 
-__all__ = ["DEFAULT_PORTS", "SERVICES", "MeshState", "home"]
+__all__ = ["DEFAULT_PORTS", "SERVICES", "MeshState", "ProcessRecord", "home"]
+
+# What the supervisor says of a process it runs (ProcessRecord.state).
+STARTING = "starting"  # started, not SERVING yet
+RUNNING = "running"  # SERVING once (a live health check tells whether it still is)
+BACKOFF = "backoff"  # exited; restarted at ProcessRecord.retry_at
+STOPPED = "stopped"  # stopped by the supervisor
+
+# Phases of the whole mesh (MeshState.phase).
+PHASE_STARTING = "starting"
+PHASE_UP = "up"
+PHASE_STOPPING = "stopping"
+
+
+@dataclasses.dataclass
+class ProcessRecord:
+    """One supervised process (NATS or a service) as the supervisor last saw it."""
+
+    pid: int | None = None
+    #: when the process started, in clock ticks since boot (tells it from a later one with its pid)
+    start_ticks: int | None = None
+    state: str = STARTING
+    #: times the supervisor started it again after it exited
+    restarts: int = 0
+    #: its last exit status (negative: killed by that signal); None before it ever exited
+    last_exit_code: int | None = None
+    #: wall-clock time (epoch seconds) of its current start
+    started_at: float | None = None
+    #: wall-clock time of the next restart while in BACKOFF
+    retry_at: float | None = None
+    address: str = ""
+    #: what the supervisor wants an operator to know (e.g. a crash loop)
+    note: str = ""
 
 
 @dataclasses.dataclass
@@ -21,6 +53,10 @@ class MeshState:
     nats_url: str = ""
     admin_token: str = ""
     supervisor_pid: int | None = None
+    supervisor_start_ticks: int | None = None
+    phase: str = PHASE_UP
+    #: "nats" (when the supervisor runs it) and every service
+    processes: dict[str, ProcessRecord] = dataclasses.field(default_factory=dict)
 
     @property
     def path(self) -> pathlib.Path:
@@ -37,7 +73,13 @@ def load_state() -> MeshState | None:
     except (FileNotFoundError, ValueError):
         return None
     fields = {f.name for f in dataclasses.fields(MeshState)}
-    return MeshState(**{k: v for k, v in data.items() if k in fields})
+    state = MeshState(**{k: v for k, v in data.items() if k in fields})
+    record_fields = {f.name for f in dataclasses.fields(ProcessRecord)}
+    state.processes = {
+        name: ProcessRecord(**{k: v for k, v in record.items() if k in record_fields})
+        for name, record in (state.processes or {}).items()
+    }
+    return state
 
 
 def save_state(state: MeshState) -> None:

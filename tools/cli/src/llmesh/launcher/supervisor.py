@@ -1,13 +1,20 @@
 """The local mesh supervisor behind `llmesh up`: starts NATS and the five services, waits until
-every one is SERVING, records the mesh in $LLMESH_HOME/mesh.json, watches the services, and stops
-everything in order on SIGTERM / Ctrl-C.
+every one is SERVING, then watches them like a process manager until SIGTERM / Ctrl-C, when it
+stops everything in order (router, the other services, NATS last).
 
-A service that dies stops the whole mesh (exit 1) rather than being restarted: a crash loop hidden
-behind restarts is worse on a developer machine than a clear stop with the service's log tail.
+A process that exits is started again on the same ports (NATS: the same port and JetStream store)
+after an exponential backoff (launcher/backoff.py); the others keep serving meanwhile. A crash loop
+is reported with the log's last lines and retried at the backoff's cap for as long as the mesh
+runs. The supervisor records every process (pid, state, restarts, last exit code, start time) in
+$LLMESH_HOME/mesh.json, which `llmesh status` reads (docs/adr/0009-local-launcher-supervision.md).
+
+A service that fails while the mesh is first coming up still stops `llmesh up` with its log tail:
+that is a broken setup to fix, not a crash to ride out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import signal
@@ -16,16 +23,26 @@ import threading
 import time
 from collections.abc import Callable
 
-from llmesh.kit.nats_server import NatsServerProcess
 from llmesh.launcher import state as mesh_state
+from llmesh.launcher.backoff import RestartPolicy
 from llmesh.launcher.health import SERVING, health_status
-from llmesh.launcher.processes import ServiceProcess, pid_alive, port_is_free, tail
+from llmesh.launcher.processes import (
+    NatsProcess,
+    ServiceProcess,
+    pid_alive,
+    port_is_free,
+    process_start_ticks,
+    same_process,
+    tail,
+)
 
 UPSTREAMS = ("tenancy", "classifier", "cache", "inference")
 DEFAULT_TIMEOUT_S = 180.0
 # Services get LLMESH_GRACE_S (10 s by default) to drain; then a little longer before SIGKILL.
 STOP_WAIT_S = 15.0
 PROGRESS_EVERY_S = 10.0
+# How often the running mesh is checked for processes that exited.
+TICK_S = 0.2
 
 
 class LaunchError(Exception):
@@ -36,12 +53,50 @@ class Interrupted(Exception):
     pass
 
 
+def supervisor_alive(current: mesh_state.MeshState) -> bool:
+    return same_process(current.supervisor_pid, current.supervisor_start_ticks)
+
+
 def running_mesh() -> mesh_state.MeshState | None:
     """The state of a mesh whose supervisor still runs, else None."""
     current = mesh_state.load_state()
-    if current is not None and pid_alive(current.supervisor_pid):
+    if current is not None and supervisor_alive(current):
         return current
     return None
+
+
+def stop_leftovers(current: mesh_state.MeshState, progress: Callable[[str], None]) -> list[str]:
+    """Stops the processes a supervisor that is gone left running (services first, NATS last) and
+    returns their names. Only a process whose start time matches the record is touched: a pid that
+    was reused since belongs to someone else."""
+    stopped = []
+    stages = [[n for n in current.processes if n != "nats"], [n for n in current.processes if n == "nats"]]
+    for stage in stages:
+        targets = {}
+        for name in stage:
+            record = current.processes[name]
+            if record.pid and record.start_ticks is not None and same_process(record.pid, record.start_ticks):
+                targets[name] = record.pid
+            elif record.pid and record.start_ticks is None and pid_alive(record.pid):
+                progress(f"  {name} (pid {record.pid}) may be left running: its start time is unknown, not stopping it")
+        for pid in targets.values():
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while any(pid_alive(pid) for pid in targets.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for name, pid in targets.items():
+            if pid_alive(pid):
+                progress(f"  {name} (pid {pid}) did not stop within {STOP_WAIT_S:.0f} s; killing it")
+                _signal(pid, signal.SIGKILL)
+            stopped.append(name)
+    return stopped
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def endpoints_table(current: mesh_state.MeshState) -> str:
@@ -63,6 +118,46 @@ def endpoints_table(current: mesh_state.MeshState) -> str:
     return "\n".join(lines)
 
 
+@dataclasses.dataclass
+class Supervised:
+    """A child process and what the supervisor knows of its history."""
+
+    process: ServiceProcess | NatsProcess
+    state: str = mesh_state.STARTING
+    restarts: int = 0
+    #: crashes in a row (RestartPolicy.crashes_in_a_row)
+    crashes: int = 0
+    last_exit_code: int | None = None
+    started_mono: float = 0.0
+    started_wall: float | None = None
+    start_ticks: int | None = None
+    retry_at_mono: float = 0.0
+    retry_at_wall: float | None = None
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.process.name
+
+    def mark_started(self) -> None:
+        self.started_mono, self.started_wall = time.monotonic(), time.time()
+        self.start_ticks = process_start_ticks(self.process.pid)
+        self.retry_at_wall = None
+
+    def record(self) -> mesh_state.ProcessRecord:
+        return mesh_state.ProcessRecord(
+            pid=self.process.pid,
+            start_ticks=self.start_ticks,
+            state=self.state,
+            restarts=self.restarts,
+            last_exit_code=self.last_exit_code,
+            started_at=self.started_wall,
+            retry_at=self.retry_at_wall if self.state == mesh_state.BACKOFF else None,
+            address=self.process.address if self.process.port else "",
+            note=self.note,
+        )
+
+
 class Supervisor:
     def __init__(
         self,
@@ -70,20 +165,24 @@ class Supervisor:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         show_table: bool = True,
         progress: Callable[[str], None] | None = None,
+        policy: RestartPolicy | None = None,
     ):
         self.timeout_s = timeout_s
         self.show_table = show_table
+        self.policy = policy or RestartPolicy()
         self._progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
         self.home = mesh_state.home()
         self.stop_requested = threading.Event()
-        self.services: dict[str, ServiceProcess] = {}
-        self.nats: NatsServerProcess | None = None
+        self.units: dict[str, Supervised] = {}
+        self.nats_url = ""
+        self.admin_token = ""
+        self.phase = mesh_state.PHASE_STARTING
         self.state: mesh_state.MeshState | None = None
 
     # -- entry point -------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Starts the mesh, serves until SIGTERM/SIGINT or a service dies, stops it; the exit code."""
+        """Starts the mesh, supervises it until SIGTERM/SIGINT, stops it; the exit code."""
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             try:
@@ -111,85 +210,115 @@ class Supervisor:
     def start(self) -> None:
         started = time.monotonic()
         deadline = started + self.timeout_s
-        other = running_mesh()
-        if other is not None and other.supervisor_pid != os.getpid():
-            raise LaunchError(f"a mesh is already running (supervisor pid {other.supervisor_pid}); `llmesh down` first")
+        self._take_over_home()
+        ports = {name: self._port(name) for name in mesh_state.SERVICES}
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
 
-        nats_url = os.environ.get("LLMESH_NATS_URL", "")
-        if not nats_url:
-            self.nats = NatsServerProcess(str(self.home / "nats"), log_path=str(self.home / "logs" / "nats.log"))
+        self.nats_url = os.environ.get("LLMESH_NATS_URL", "")
+        if not self.nats_url:
+            nats = NatsProcess(self.home)
+            unit = Supervised(nats)
+            self.units["nats"] = unit
             try:
-                self.nats.start()
+                nats.start()
             except (OSError, RuntimeError) as exc:
-                raise LaunchError(f"cannot start nats-server: {exc}") from None
-            nats_url = self.nats.url
-            self._progress(f"  nats        running on {nats_url}")
-        admin_token = os.environ.get("LLMESH_ADMIN_TOKEN") or secrets.token_urlsafe(32)
+                raise LaunchError(f"cannot start nats-server: {exc}; see {nats.log_path}") from None
+            unit.mark_started()
+            unit.state = mesh_state.RUNNING
+            self.nats_url = nats.url
+            self._progress(f"  nats        running on {self.nats_url}")
+        self.admin_token = os.environ.get("LLMESH_ADMIN_TOKEN") or secrets.token_urlsafe(32)
         base_env = dict(os.environ)
         base_env.update(
             {
-                "LLMESH_NATS_URL": nats_url,
-                "LLMESH_ADMIN_TOKEN": admin_token,
+                "LLMESH_NATS_URL": self.nats_url,
+                "LLMESH_ADMIN_TOKEN": self.admin_token,
                 "LLMESH_HOME": str(self.home),
             }
         )
 
-        router_port = self._router_port()
         for name in UPSTREAMS:
-            port = mesh_state.DEFAULT_PORTS[name]
-            self._spawn(name, port if port_is_free(port) else 0, base_env)
-        self._wait_serving([self.services[name] for name in UPSTREAMS], deadline, started)
+            self._spawn(name, ports[name], base_env)
+        self._save()
+        self._wait_serving([self.units[name] for name in UPSTREAMS], deadline, started)
 
         router_env = dict(base_env)
         for name in UPSTREAMS:
-            router_env[f"LLMESH_{name.upper()}_ADDR"] = self.services[name].address
-        self._spawn("router", router_port, router_env)
-        self._wait_serving([self.services["router"]], deadline, started)
+            router_env[f"LLMESH_{name.upper()}_ADDR"] = self.units[name].process.address
+        self._spawn("router", ports["router"], router_env)
+        self._save()
+        self._wait_serving([self.units["router"]], deadline, started)
 
-        self.state = mesh_state.MeshState(
-            endpoints={name: p.address for name, p in self.services.items()},
-            metrics_ports={name: p.metrics_port for name, p in self.services.items()},
-            pids={name: p.pid for name, p in self.services.items()},
-            nats_url=nats_url,
-            admin_token=admin_token,
-            supervisor_pid=os.getpid(),
-        )
-        mesh_state.save_state(self.state)
+        self.phase = mesh_state.PHASE_UP
+        self._save()
         self._progress(f"llmesh up: all services SERVING after {time.monotonic() - started:.1f} s")
 
-    def _router_port(self) -> int:
-        raw = os.environ.get("LLMESH_ROUTER_PORT", str(mesh_state.DEFAULT_PORTS["router"]))
+    def _take_over_home(self) -> None:
+        """Refuses to start next to a live mesh of the same LLMESH_HOME; cleans up after a dead one."""
+        other = mesh_state.load_state()
+        if other is None:
+            return
+        if supervisor_alive(other):
+            if other.supervisor_pid != os.getpid():
+                raise LaunchError(
+                    f"a mesh is already running (supervisor pid {other.supervisor_pid}); `llmesh down` first"
+                )
+            return
+        self._progress(
+            f"llmesh up: the supervisor of the last mesh (pid {other.supervisor_pid}) is gone; "
+            "stopping what it left running"
+        )
+        stopped = stop_leftovers(other, self._progress)
+        if stopped:
+            self._progress(f"  stopped {', '.join(stopped)}")
+        mesh_state.clear_state()
+
+    def _port(self, name: str) -> int:
+        """LLMESH_<SERVICE>_PORT (0: any free port); unset: the well-known port, which the router
+        insists on (it is the front door) and the others leave for a free one when it is taken."""
+        variable = f"LLMESH_{name.upper()}_PORT"
+        raw = os.environ.get(variable, "")
+        if not raw:
+            port = mesh_state.DEFAULT_PORTS[name]
+            if port_is_free(port):
+                return port
+            if name == "router":
+                raise LaunchError(f"the router's port {port} is taken; free it or set {variable} (0: any port)")
+            return 0
         try:
             port = int(raw)
         except ValueError:
-            raise LaunchError(f"LLMESH_ROUTER_PORT={raw!r} is not a port number") from None
+            raise LaunchError(f"{variable}={raw!r} is not a port number") from None
         if not 0 <= port <= 65535:
-            raise LaunchError(f"LLMESH_ROUTER_PORT={raw!r} is not a port number")
+            raise LaunchError(f"{variable}={raw!r} is not a port number")
         if port and not port_is_free(port):
-            raise LaunchError(f"the router's port {port} is taken; free it or set LLMESH_ROUTER_PORT (0: any port)")
+            raise LaunchError(f"{name}'s port {port} ({variable}) is taken; free it or set {variable}=0 (any port)")
         return port
 
     def _spawn(self, name: str, port: int, env: dict[str, str]) -> None:
         process = ServiceProcess(name, port=port, home=self.home, env=env)
+        unit = Supervised(process)
+        self.units[name] = unit
         process.start()
-        self.services[name] = process
+        unit.mark_started()
 
-    def _wait_serving(self, processes: list[ServiceProcess], deadline: float, started: float) -> None:
-        pending = list(processes)
+    def _wait_serving(self, units: list[Supervised], deadline: float, started: float) -> None:
+        pending = list(units)
         last_report = time.monotonic()
         while pending:
             if self.stop_requested.is_set():
                 raise Interrupted()
-            for process in list(pending):
+            for unit in list(pending):
+                process = unit.process
                 code = process.exit_code()
                 if code is not None:
                     raise LaunchError(
                         f"{process.name} exited with code {code} while starting; last lines of {process.log_path}:\n"
                         f"{tail(process.log_path)}"
                     )
-                if process.read_ready_file() and health_status(process.address, timeout_s=1.0) == SERVING:
-                    pending.remove(process)
+                if process.ready() and health_status(process.address, timeout_s=1.0) == SERVING:
+                    pending.remove(unit)
+                    unit.state = mesh_state.RUNNING
                     self._progress(
                         f"  {process.name:<11} SERVING on {process.address} ({time.monotonic() - started:.1f} s)"
                     )
@@ -197,50 +326,163 @@ class Supervisor:
                 return
             now = time.monotonic()
             if now > deadline:
-                details = "\n".join(f"--- {p.name} ({p.log_path}):\n{tail(p.log_path, 10)}" for p in pending)
+                details = "\n".join(
+                    f"--- {u.name} ({u.process.log_path}):\n{tail(u.process.log_path, 10)}" for u in pending
+                )
                 raise LaunchError(
-                    f"timed out after {self.timeout_s:.0f} s waiting for {', '.join(p.name for p in pending)}:\n"
+                    f"timed out after {self.timeout_s:.0f} s waiting for {', '.join(u.name for u in pending)}:\n"
                     f"{details}"
                 )
             if now - last_report >= PROGRESS_EVERY_S:
                 last_report = now
-                self._progress(f"  waiting for {', '.join(p.name for p in pending)} ({now - started:.0f} s)")
+                self._progress(f"  waiting for {', '.join(u.name for u in pending)} ({now - started:.0f} s)")
             self.stop_requested.wait(0.1)
 
     # -- run -----------------------------------------------------------------------------------------
 
     def monitor(self) -> int:
-        while not self.stop_requested.wait(0.5):
-            for process in self.services.values():
-                code = process.exit_code()
-                if code is not None:
-                    self._progress(
-                        f"llmesh: {process.name} exited unexpectedly with code {code}; stopping the mesh. "
-                        f"Last lines of {process.log_path}:\n{tail(process.log_path)}"
-                    )
-                    return 1
+        """Restarts what exits until SIGTERM/SIGINT; then 0 (`stop` does the stopping)."""
+        while not self.stop_requested.wait(TICK_S):
+            changed = False
+            for unit in self.units.values():
+                if self.stop_requested.is_set():
+                    break
+                changed |= self.supervise(unit)
+            if changed:
+                self._save()
         self._progress("llmesh: stopping the mesh")
         return 0
+
+    def supervise(self, unit: Supervised) -> bool:
+        """One look at one process; True when its record changed."""
+        process = unit.process
+        now = time.monotonic()
+        if unit.state in (mesh_state.STARTING, mesh_state.RUNNING):
+            code = process.exit_code()
+            if code is not None:
+                self._crashed(unit, code, "exited")
+                return True
+            if unit.state == mesh_state.RUNNING:
+                if unit.crashes and self.policy.recovered(now - unit.started_mono):
+                    unit.crashes, unit.note = 0, ""
+                    return True
+                return False
+            if process.ready():
+                unit.state = mesh_state.RUNNING
+                self._progress(
+                    f"llmesh: {unit.name} is back on {process.address} (pid {process.pid}, "
+                    f"restart {unit.restarts}, {now - unit.started_mono:.1f} s after it started)"
+                )
+                return True
+            if now - unit.started_mono > self.timeout_s:
+                process.kill()
+                self._crashed(unit, process.exit_code(), f"did not serve within {self.timeout_s:.0f} s and was killed")
+                return True
+            return False
+        if unit.state == mesh_state.BACKOFF and now >= unit.retry_at_mono:
+            self._restart(unit)
+            return True
+        return False
+
+    def _crashed(self, unit: Supervised, code: int | None, what: str) -> None:
+        uptime = time.monotonic() - unit.started_mono
+        unit.last_exit_code = code
+        unit.crashes = self.policy.crashes_in_a_row(unit.crashes, uptime)
+        delay = self.policy.delay_s(unit.crashes)
+        unit.state = mesh_state.BACKOFF
+        unit.retry_at_mono = time.monotonic() + delay
+        unit.retry_at_wall = time.time() + delay
+        log_path = unit.process.log_path
+        line = (
+            f"llmesh: {unit.name} (pid {unit.process.pid}) {what} with {describe_exit(code)} after {uptime:.1f} s; "
+            f"restarting it in {delay:.1f} s"
+        )
+        if self.policy.in_crash_loop(unit.crashes) and not self.policy.in_crash_loop(unit.crashes - 1):
+            unit.note = (
+                f"crash loop: {unit.crashes} exits in a row, each within {self.policy.reset_after_s:.0f} s of its "
+                f"start; retried every {self.policy.max_s:.0f} s at most while the mesh runs; see {log_path}"
+            )
+            self._progress(f"{line}\nllmesh: {unit.name} is in a {unit.note}. Last lines:\n{tail(log_path)}")
+        elif unit.crashes == 1:
+            self._progress(f"{line}. Last lines of {log_path}:\n{tail(log_path)}")
+        else:
+            self._progress(f"{line} ({unit.crashes} exits in a row)")
+
+    def _restart(self, unit: Supervised) -> None:
+        unit.restarts += 1
+        process = unit.process
+        try:
+            process.start()
+        except (OSError, RuntimeError) as exc:
+            # Only nats-server is waited for in start(); a service's failures show as its exit.
+            unit.started_mono = time.monotonic()
+            self._crashed(unit, process.exit_code(), f"failed to start ({exc})")
+            return
+        unit.mark_started()
+        if isinstance(process, NatsProcess):
+            unit.state = mesh_state.RUNNING
+            self._progress(f"llmesh: nats is back on {process.url} (pid {process.pid}, restart {unit.restarts})")
+        else:
+            unit.state = mesh_state.STARTING
+            self._progress(f"llmesh: restarting {unit.name} on port {process.port} (restart {unit.restarts})")
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        services = {name: unit for name, unit in self.units.items() if name != "nats"}
+        self.state = mesh_state.MeshState(
+            endpoints={name: u.process.address for name, u in services.items() if u.process.port},
+            metrics_ports={name: u.process.metrics_port for name, u in services.items() if u.process.metrics_port},
+            pids={name: u.process.pid for name, u in services.items() if u.process.pid},
+            nats_url=self.nats_url,
+            admin_token=self.admin_token,
+            supervisor_pid=os.getpid(),
+            supervisor_start_ticks=process_start_ticks(os.getpid()),
+            phase=self.phase,
+            processes={name: unit.record() for name, unit in self.units.items()},
+        )
+        mesh_state.save_state(self.state)
 
     # -- stop ----------------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        # The front door first, so no new work reaches services that are going away.
+        if self.units:
+            self.phase = mesh_state.PHASE_STOPPING
+            self._save()
+        # The front door first, so no new work reaches services that are going away; NATS last.
         stages = [
-            [self.services[n] for n in ("router",) if n in self.services],
-            [p for n, p in self.services.items() if n != "router"],
+            [u for n, u in self.units.items() if n == "router"],
+            [u for n, u in self.units.items() if n not in ("router", "nats")],
+            [u for n, u in self.units.items() if n == "nats"],
         ]
+        outcomes = []
         for stage in stages:
-            for process in stage:
-                process.terminate()
-            for process in stage:
-                if not process.wait(STOP_WAIT_S):
-                    self._progress(f"llmesh: {process.name} did not stop within {STOP_WAIT_S:.0f} s; killing it")
-                process.kill()
-        self.services.clear()
-        if self.nats is not None:
-            self.nats.stop()
-            self.nats = None
+            running = [u for u in stage if u.process.pid and u.process.exit_code() is None]
+            for unit in running:
+                unit.process.terminate()
+            for unit in stage:
+                if unit not in running:
+                    outcomes.append(f"{unit.name} (was not running)")
+                    continue
+                if not unit.process.wait(STOP_WAIT_S):
+                    self._progress(f"llmesh: {unit.name} did not stop within {STOP_WAIT_S:.0f} s; killing it")
+                unit.process.kill()
+                unit.state = mesh_state.STOPPED
+                outcomes.append(f"{unit.name} ({describe_exit(unit.process.exit_code())})")
+        if outcomes:
+            self._progress(f"llmesh: stopped {', '.join(outcomes)}")
+        self.units.clear()
         current = mesh_state.load_state()
         if current is not None and current.supervisor_pid == os.getpid():
             mesh_state.clear_state()
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
