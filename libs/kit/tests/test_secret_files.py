@@ -32,7 +32,9 @@ def test_secret_is_read_from_the_file_and_its_trailing_newline_stripped(tmp_path
 
 
 def test_the_variable_itself_still_works_and_an_empty_file_variable_is_unset():
-    loaded = load_settings(Settings, environ={"LLMESH_TEST_TOKEN": "direct-token-0123456789", "LLMESH_TEST_TOKEN_FILE": ""})
+    loaded = load_settings(
+        Settings, environ={"LLMESH_TEST_TOKEN": "direct-token-0123456789", "LLMESH_TEST_TOKEN_FILE": ""}
+    )
     assert loaded.token == "direct-token-0123456789"
     assert load_settings(Settings, environ={}).token == ""
 
