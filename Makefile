@@ -23,7 +23,7 @@ export UV_LINK_MODE ?= copy
 APT_PACKAGES := nats-server redis-server kubectl
 APT_COMMANDS := nats-server redis-server kubectl
 
-.PHONY: setup up test gen lint format breaking bench docs images-report clean
+.PHONY: setup up test gen lint format breaking bench docs images-report image-context images clean
 
 setup: $(STAMP)
 
@@ -75,5 +75,19 @@ docs: setup
 images-report: setup
 	$(PY) scripts/service_envs.py --report docs/reports/images.md
 
+# Generated files the images COPY, put under build/ (git-ignored): the cache's exported MiniLM
+# (build/cache-onnx/). Run before `docker build` (deploy/README.md).
+image-context: setup
+	$(PY) scripts/image_context.py
+
+# Builds every service's image from the repository root (needs a container engine; deploy/README.md).
+IMAGE_REGISTRY ?= llmesh
+IMAGE_TAG ?= 0.1.0
+images: image-context
+	@for svc in tenancy classifier cache router inference; do \
+		docker build -f services/$$svc/Dockerfile -t $(IMAGE_REGISTRY)/$$svc:$(IMAGE_TAG) . || exit 1; \
+	done
+	docker build -f services/inference/Dockerfile --target with-model -t $(IMAGE_REGISTRY)/inference:$(IMAGE_TAG)-gemma .
+
 clean:
-	rm -rf $(VENV) .tools .pytest_cache
+	rm -rf $(VENV) .tools .pytest_cache build

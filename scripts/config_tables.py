@@ -29,7 +29,14 @@ def service_settings(service: str) -> type:
 
 
 def render() -> str:
-    parts = ["Every service reads these:\n", settings_table(ServerSettings), ""]
+    parts = [
+        "A secret (marked so below) can instead be read from a file named by the same variable with `_FILE`",
+        "appended, e.g. `LLMESH_ADMIN_TOKEN_FILE=/var/run/secrets/llmesh/admin-token` (a mounted Kubernetes",
+        "Secret); setting both is an error, and the file's trailing newline is ignored.\n",
+        "Every service reads these:\n",
+        settings_table(ServerSettings),
+        "",
+    ]
     common = set(settings_table(ServerSettings).splitlines()[2:])
     for service in SERVICES:
         rows = [r for r in settings_table(service_settings(service)).splitlines() if r not in common]

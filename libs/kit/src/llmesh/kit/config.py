@@ -3,6 +3,11 @@
 A service declares its settings as a frozen dataclass whose fields carry `setting(...)` metadata;
 `load_settings` reads and validates them all at once and raises ConfigError naming every bad
 variable, and `settings_table` renders the documented table for the README.
+
+A secret setting (`secret=True`) may instead be read from a file named by `<VARIABLE>_FILE`, e.g.
+`LLMESH_ADMIN_TOKEN_FILE=/var/run/secrets/llmesh/admin-token`: what a Kubernetes Secret or a Docker
+secret mounts, so the value never appears in the process environment. Setting both is an error;
+the file's trailing newline is stripped.
 """
 
 from __future__ import annotations
@@ -80,21 +85,53 @@ def _parse(raw: str, annotation: Any) -> Any:
     return raw
 
 
+FILE_SUFFIX = "_FILE"
+
+
+def _raw_value(env: str | None, secret: bool, environ: Mapping[str, str]) -> str | None:
+    """The text of `env`, for a secret also from the file named by `<env>_FILE`; None when unset.
+    Raises ValueError naming the variables or the file when the value cannot be had."""
+    if not env:
+        return None
+    file_env = env + FILE_SUFFIX
+    path = environ.get(file_env, "") if secret else ""
+    if not path:
+        return environ.get(env)
+    if env in environ:
+        raise ValueError(f"{env} and {file_env} are both set: set one of them")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"{file_env}={path!r}: cannot read the file: {reason}") from None
+
+
 def load_settings(cls: type, environ: Mapping[str, str] | None = None, **overrides: Any):
-    """Builds `cls` from the environment; keyword overrides win (used by tests and the launcher)."""
+    """Builds `cls` from the environment; keyword overrides win (used by tests and the launcher).
+    A secret setting is also read from the file named by `<VARIABLE>_FILE`."""
     environ = os.environ if environ is None else environ
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     problems: list[str] = []
     for field in dataclasses.fields(cls):
         env = field.metadata.get("env")
+        secret = bool(field.metadata.get("secret"))
+        raw = None
+        if field.name not in overrides:
+            try:
+                raw = _raw_value(env, secret, environ)
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
         if field.name in overrides:
             value = overrides[field.name]
-        elif env and env in environ:
+        elif raw is not None:
             try:
-                value = _parse(environ[env], hints[field.name])
+                value = _parse(raw, hints[field.name])
             except ValueError as exc:
-                problems.append(f"{env}={environ[env]!r}: {exc}")
+                shown = "<hidden>" if secret else repr(raw)
+                problems.append(f"{env}={shown}: {exc}")
                 continue
         elif field.default is not dataclasses.MISSING:
             value = field.default
@@ -107,7 +144,7 @@ def load_settings(cls: type, environ: Mapping[str, str] | None = None, **overrid
         if check is not None and value is not None:
             message = check(value)
             if message:
-                shown = "<hidden>" if field.metadata.get("secret") else repr(value)
+                shown = "<hidden>" if secret else repr(value)
                 problems.append(f"{env}={shown}: {message}")
                 continue
         values[field.name] = value
@@ -129,7 +166,10 @@ def settings_table(cls: type) -> str:
             default = "(none)" if not field.default else "(set)"
         else:
             default = f"`{field.default}`" if field.default not in (None, "", ()) else "(empty)"
-        rows.append(f"| `{env}` | {default} | {field.metadata.get('help', '')} |")
+        meaning = field.metadata.get("help", "")
+        if field.metadata.get("secret"):
+            meaning += f" (secret: or from the file named by `{env}{FILE_SUFFIX}`)"
+        rows.append(f"| `{env}` | {default} | {meaning} |")
     return "\n".join(rows)
 
 

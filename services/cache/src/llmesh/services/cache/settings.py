@@ -40,8 +40,9 @@ class CacheSettings(ServerSettings):
     redis_url: str = setting(
         "LLMESH_REDIS_URL",
         "",
-        "Redis for the exact layer, shared by the replicas; empty: in-process LRU",
+        "Redis for the exact layer, shared by the replicas (the URL may carry its password); empty: in-process LRU",
         _redis_url_check,
+        secret=True,
     )
     redis_prefix: str = setting("LLMESH_CACHE_REDIS_PREFIX", "llmesh:cache:", "prefix of the cache's Redis keys")
     replica_id: str = setting(
