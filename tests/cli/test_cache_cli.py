@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pathlib
 import re
 
 import grpc
@@ -160,3 +161,26 @@ async def test_pin_unpin_delete(mesh, capsys):
     assert await _miss(stub, lookup(tenant_id, "q"))
     assert await cli("cache", "delete", "--tenant", "acme", "not-an-id") == 1
     assert "INVALID_ARGUMENT" in capsys.readouterr().err
+
+
+async def test_the_example_warm_file_of_the_readme_loads_and_answers(mesh, capsys):
+    """examples/cache_warm.jsonl, as the README runs it: `llmesh cache warm examples/cache_warm.jsonl`."""
+    stub, tenant_id = mesh
+    example = pathlib.Path(__file__).resolve().parents[2] / "examples" / "cache_warm.jsonl"
+    lines = [json.loads(line) for line in example.read_text().splitlines() if line.strip()]
+    assert await cli("cache", "warm", str(example)) == 0
+    captured = capsys.readouterr()
+    assert f"stored {len(lines)}, skipped 0, failed 0 of {len(lines)} pairs" in captured.out, captured.err
+
+    # Warmed as `llmesh chat` asks (use case default, the router's default max_tokens): an exact hit.
+    hit = await stub.Lookup(
+        lookup(tenant_id, "What is the capital of France?", key_kw={"use_case": "default", "max_tokens": 256})
+    )
+    assert hit.outcome == cache_pb2.LOOKUP_OUTCOME_EXACT_HIT and hit.answer.content == "The capital of France is Paris."
+    faq = lookup(
+        tenant_id,
+        "What are your opening hours?",
+        key_kw={"system_prompt": "You are the support assistant of Acme. Answer briefly.", "max_tokens": 256},
+    )
+    answer = (await stub.Lookup(faq)).answer
+    assert answer.content_class == "faq" and answer.content_versions[0].document_id == "opening-hours"

@@ -84,7 +84,8 @@ async def mesh(nats_url, tmp_path_factory):
                 ),
             )
             await start("classifier", ClassifierApp, load_settings(ClassifierSettings, environ={}, **common))
-            await start("cache", CacheApp, load_settings(CacheSettings, environ={}, **common))
+            # The admin token too, as `llmesh up` gives it: warming is an admin RPC.
+            await start("cache", CacheApp, load_settings(CacheSettings, environ={}, **common, admin_token=admin_token))
             await start(
                 "inference",
                 InferenceApp,

@@ -5,20 +5,38 @@ Keys (later ones override earlier ones in `resolve`):
   global                          mesh-wide defaults
   tenant.<tenant_id>              one tenant's overrides
   use_case.<tenant_id>.<use_case> one use case of one tenant
+
+The documents' format is the JSON Schema `policy.schema.json` beside this module (`load_schema()`),
+explained in docs/policy.md; `llmesh policy` reads, validates and writes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import pathlib
 from typing import Any
 
 from llmesh.kit.bus import Bus
 from llmesh.kit.logging import get_logger
 
 POLICY_BUCKET = "llmesh-policy"
+# Revisions the bucket keeps per key (an edit can be looked back on).
+POLICY_HISTORY = 5
+SCHEMA_PATH = pathlib.Path(__file__).with_name("policy.schema.json")
 
 log = get_logger("llmesh.policy")
+
+
+@functools.cache
+def _schema_text() -> str:
+    return SCHEMA_PATH.read_text(encoding="utf-8")
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema of the whole bucket (keys to documents); `$defs/document` is one document."""
+    return json.loads(_schema_text())
 
 
 def policy_keys(tenant_id: str = "", use_case: str = "") -> list[str]:
@@ -52,7 +70,7 @@ class PolicyStore:
 
     async def start(self) -> None:
         """Loads every current document, then follows changes in the background."""
-        self._kv = await self._bus.js.create_key_value(bucket=self._bucket, history=5)
+        self._kv = await self._bus.js.create_key_value(bucket=self._bucket, history=POLICY_HISTORY)
         self._watcher = await self._kv.watchall()
         while True:
             entry = await self._watcher.updates(timeout=5.0)
@@ -82,6 +100,10 @@ class PolicyStore:
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self._docs.get(key)
+
+    def documents(self) -> dict[str, dict[str, Any]]:
+        """Every current document by key (a copy)."""
+        return {key: self._docs[key] for key in sorted(self._docs)}
 
     def resolve(self, tenant_id: str = "", use_case: str = "") -> dict[str, Any]:
         """The effective policy: global, then the tenant's, then the use case's overrides."""

@@ -14,8 +14,26 @@ import grpc
 from llmesh.launcher.state import endpoint, home
 
 _REPO = pathlib.Path(__file__).resolve().parents[5]
+# The training data is not in the repository: the MMLU dev answers are public data kept beside
+# the checkout (../shared/data/routing/), or wherever LLMESH_CLASSIFIER_TRAIN_DATA or --data says.
+TRAIN_DATA_ENV = "LLMESH_CLASSIFIER_TRAIN_DATA"
+TRAIN_COLUMNS = "source,subject,prompt,weak_correct,strong_correct"
 DEFAULT_DATA = _REPO.parent / "shared" / "data" / "routing" / "mmlu_dev.csv"
 DEFAULT_REPORT_DIR = _REPO / "docs" / "reports"
+DATA_HELP = (
+    f"CSV of recorded answers with the header {TRAIN_COLUMNS}: one row per prompt, weak_correct and "
+    "strong_correct 1 when the weak (tier 1) or the strong model answered it right, else 0 (source is "
+    f"not used). Default: ${TRAIN_DATA_ENV}, else ../shared/data/routing/mmlu_dev.csv beside the checkout"
+)
+
+
+def train_data_path(explicit: str | None) -> tuple[pathlib.Path, str]:
+    """The training CSV and where its name came from (for the error message)."""
+    if explicit:
+        return pathlib.Path(explicit), "--data"
+    if os.environ.get(TRAIN_DATA_ENV):
+        return pathlib.Path(os.environ[TRAIN_DATA_ENV]), TRAIN_DATA_ENV
+    return DEFAULT_DATA, "the default beside the checkout"
 
 
 def register(subparsers) -> None:
@@ -26,7 +44,7 @@ def register(subparsers) -> None:
         "train",
         help="cross-validate and train the router; writes a model version (picked up by running services) and the report",
     )
-    train.add_argument("--data", default=str(DEFAULT_DATA), help=f"CSV of recorded answers (default: {DEFAULT_DATA})")
+    train.add_argument("--data", default=None, metavar="CSV", help=DATA_HELP)
     train.add_argument("--out", default="", help="models folder to write the version to (default: the packaged models)")
     train.add_argument(
         "--report-dir",
@@ -52,14 +70,33 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from llmesh.services.classifier.feedback import FeedbackStore
-    from llmesh.services.classifier.routing.trainer import train
-    from llmesh.services.classifier.routing.training import TrainConfig, feedback_examples, load_routing_data
-    from llmesh.services.classifier.settings import PACKAGED_MODELS_DIR
-
-    data_path = pathlib.Path(args.data)
+    data_path, origin = train_data_path(args.data)
     if not data_path.is_file():
-        print(f"llmesh: training data not found at {data_path} (pass --data)", file=sys.stderr)
+        print(
+            f"llmesh classifier train: no training data at {data_path} (from {origin}).\n"
+            f"Pass --data FILE or set {TRAIN_DATA_ENV}=FILE: a CSV with the header {TRAIN_COLUMNS},\n"
+            "one row per prompt, weak_correct/strong_correct 1 when the weak/strong model answered it right.\n"
+            "The MMLU dev answers the shipped model was trained on are public data kept beside the checkout\n"
+            "(../shared/data/routing/mmlu_dev.csv), not in the repository.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        from llmesh.services.classifier.feedback import FeedbackStore
+        from llmesh.services.classifier.routing.trainer import train
+        from llmesh.services.classifier.routing.training import TrainConfig, feedback_examples, load_routing_data
+        from llmesh.services.classifier.settings import PACKAGED_MODELS_DIR
+    except ModuleNotFoundError as exc:
+        print(
+            f"llmesh classifier train: {exc.name} is not installed; training needs the classifier service "
+            "with its train extra beside this command (`make setup` installs both)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        data = load_routing_data(data_path)
+    except ValueError as exc:  # UnicodeDecodeError included
+        print(f"llmesh classifier train: {exc} (expected the header {TRAIN_COLUMNS})", file=sys.stderr)
         return 2
     feedback = None
     if args.with_feedback:
@@ -77,7 +114,7 @@ def _train(args: argparse.Namespace) -> int:
         finally:
             store.close()
     result = train(
-        load_routing_data(data_path),
+        data,
         models_dir=pathlib.Path(args.out) if args.out else PACKAGED_MODELS_DIR,
         report_dir=pathlib.Path(args.report_dir) if args.report_dir and not args.no_cv else None,
         config=TrainConfig(),
