@@ -1,5 +1,5 @@
 """Session fixtures of every test folder (tests/, libs/*/tests, services/*/tests): a real
-nats-server on a free port, torn down after the run, and the dev data sets beside the checkout."""
+nats-server on a free port, torn down after the run, and the dev data sets beside the checkout (only for tests that measure quality on them)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import pathlib
 import pytest
 from llmesh.kit.nats_server import NatsServerProcess
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parent.parent / "shared" / "data"
+# LLMESH_SHARED_DATA points elsewhere (a missing folder runs the suite as on a clean clone).
+SHARED_DATA = pathlib.Path(
+    os.environ.get("LLMESH_SHARED_DATA") or pathlib.Path(__file__).resolve().parent.parent / "shared" / "data"
+)
 
 
 @pytest.fixture(scope="session")

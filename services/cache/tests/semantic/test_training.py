@@ -1,10 +1,13 @@
 """Training and calibration pieces: the split, features, the exported trees, operating points,
-and a small end-to-end run of the training command."""
+and a small end-to-end run of the training command on the team-written pairs in data/."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -15,10 +18,13 @@ from llmesh.services.cache.semantic.pairs import (
     Pair,
     question_key,
     read_pairs,
+    read_text_pairs,
     rewordings_by_split,
     split_by_question,
 )
 from llmesh.services.cache.semantic.verifier import PairVerifier, Trees
+
+DATA = pathlib.Path(__file__).parent / "data"
 
 
 def test_split_never_shares_a_question_and_is_stable():
@@ -160,16 +166,37 @@ def test_a_held_out_sample_stays_near_its_target():
     assert outcome(point, held_sim, held_stage2, held_y).false_hit_rate < 0.015
 
 
+def _team_written_training_data(folder: pathlib.Path) -> pathlib.Path:
+    """Labelled pairs and a rewording set from the team-written sets in data/ (no Quora text):
+    each near miss is a non-duplicate pair; a question with a near miss gives its rewording to the
+    rewording set (named by question_sha1, as quora_rewordings.csv names dev questions); the other
+    rewordings are duplicate pairs. Returns the labelled CSV; `folder` stands in for data/."""
+    rewordings = read_text_pairs(DATA / "rewordings.csv")
+    near_misses = read_text_pairs(DATA / "near_misses.csv")
+    with_near_miss = {q for q, _ in near_misses}
+    pairs = [Pair(q, r, True) for q, r in rewordings if q not in with_near_miss]
+    pairs += [Pair(q, m, False) for q, m in near_misses]
+    folder.mkdir()
+    with open(folder / "pairs.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["question1", "question2", "is_duplicate"])
+        writer.writerows([p.a, p.b, int(p.duplicate)] for p in pairs)
+    with open(folder / "quora_rewordings.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["question_sha1", "rewording"])
+        writer.writerows([question_key(q), r] for q, r in rewordings if q in with_near_miss)
+    for name in ("rewordings.csv", "near_misses.csv"):
+        shutil.copy(DATA / name, folder / name)
+    return folder / "pairs.csv"
+
+
 @pytest.mark.timeout(120)
-async def test_the_training_command_calibrates_the_base_model_end_to_end(tmp_path, shared_data):
+async def test_the_training_command_calibrates_the_base_model_end_to_end(tmp_path, monkeypatch):
     from llmesh.services.cache.semantic import train
 
-    source = read_pairs(shared_data / "cache" / "paraphrase_pairs_dev.csv")
-    small = tmp_path / "pairs.csv"
-    rows = ["question1,question2,is_duplicate"] + [
-        ",".join(json.dumps(q) for q in (p.a, p.b)) + f",{int(p.duplicate)}" for p in source[:500]
-    ]
-    small.write_text("\n".join(rows) + "\n")
+    small = _team_written_training_data(tmp_path / "data")
+    assert 100 < len(read_pairs(small)) <= 500
+    monkeypatch.setattr(train, "HANDWRITTEN", tmp_path / "data")
     args = argparse.Namespace(
         data=str(small),
         layers=1,
