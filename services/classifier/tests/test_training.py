@@ -108,7 +108,7 @@ def test_training_is_deterministic_apart_from_the_version(sample, tmp_path):
 @pytest.mark.timeout(60)
 def test_train_command_without_data_fails_clearly(tmp_path, capsys):
     assert llmesh(["classifier", "train", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path)]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "no training data at" in capsys.readouterr().err
 
 
 @pytest.mark.slow
