@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier.policy import ClassifierPolicy, PolicyResolver, parse_policy
-from llmesh.services.classifier.sensitivity.findings import Sensitivity
 from llmesh.services.classifier.tiers import TierThresholds, decide_tier
 
 

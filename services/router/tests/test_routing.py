@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from llmesh.kit.errors import InvalidArgument, PermissionDenied, Unavailable
-from llmesh.services.router.domain import ModelInfo, Sensitivity, Usage
+from llmesh.kit.vocabulary import Sensitivity
+from llmesh.services.router.domain import ModelInfo, Usage
 from llmesh.services.router.routing import (
     ModelCatalog,
     PolicyCache,

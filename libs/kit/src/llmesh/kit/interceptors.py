@@ -14,6 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from llmesh.kit import errors
 from llmesh.kit.logging import bind_contextvars, clear_contextvars, get_logger
 from llmesh.kit.metrics import RPC_ERRORS, RPC_LATENCY, RPC_REQUESTS
+from llmesh.kit.vocabulary import MAX_REQUEST_ID_CHARS
 
 REQUEST_ID_KEY = "x-request-id"
 
@@ -63,7 +64,7 @@ async def abort_with_domain_error(context: grpc.aio.ServicerContext, exc: errors
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and value:
-            return str(value)[:128]
+            return str(value)[:MAX_REQUEST_ID_CHARS]
     return uuid.uuid4().hex
 
 

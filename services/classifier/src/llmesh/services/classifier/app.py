@@ -15,13 +15,13 @@ from llmesh.kit.errors import Unavailable
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier import metrics
 from llmesh.services.classifier.classify import Classifier
 from llmesh.services.classifier.feedback import FeedbackStore
 from llmesh.services.classifier.policy import ClassifierPolicy, PolicyResolver
 from llmesh.services.classifier.routing.model import ModelFileError, RouterModel
 from llmesh.services.classifier.routing.registry import ModelRegistry
-from llmesh.services.classifier.sensitivity.findings import Sensitivity
 from llmesh.services.classifier.sensitivity.scanner import SensitivityPolicy, SensitivityScanner
 from llmesh.services.classifier.service import ClassifierService
 from llmesh.services.classifier.servicer import SERVICE_NAME, ClassifierServicer

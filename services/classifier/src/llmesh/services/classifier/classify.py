@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llmesh.kit.chat import Message
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier import metrics
 from llmesh.services.classifier.policy import ClassifierPolicy
 from llmesh.services.classifier.routing.features import FEATURE_SET
 from llmesh.services.classifier.routing.registry import ModelRegistry
-from llmesh.services.classifier.sensitivity.findings import Finding, Sensitivity
+from llmesh.services.classifier.sensitivity.findings import Finding
 from llmesh.services.classifier.sensitivity.scanner import SensitivityScanner
 from llmesh.services.classifier.tiers import decide_tier
 

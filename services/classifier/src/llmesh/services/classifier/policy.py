@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmesh.kit.logging import get_logger
-from llmesh.services.classifier.sensitivity.findings import Sensitivity
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier.sensitivity.scanner import SensitivityPolicy
 from llmesh.services.classifier.tiers import TierThresholds
 

@@ -10,12 +10,12 @@ from llmesh.kit.chat import messages_from_proto
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.logging import bind_contextvars
 from llmesh.kit.streams import SUBJECT_TOKEN
+from llmesh.kit.vocabulary import request_id_from, tenant_id_from
 from llmesh.services.classifier.sensitivity.findings import PiiKind
 from llmesh.services.classifier.service import ClassifierService
 
 SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name
 
-MAX_REQUEST_ID_CHARS = 128
 MAX_COMMENT_CHARS = 4000
 MAX_CLASSIFY_CHARS = 64_000
 
@@ -31,22 +31,15 @@ _PII_KIND = {
 _TIER = {1: common_pb2.TIER_1, 2: common_pb2.TIER_2, 3: common_pb2.TIER_3}
 
 
-def _optional_token(value: str, field: str) -> str:
+def _optional_tenant_id(value: str) -> str:
+    return tenant_id_from(value) if value else ""
+
+
+def _optional_use_case(value: str) -> str:
+    # Stricter than the mesh's use-case rule (llmesh.kit.vocabulary.USE_CASE): no '.'.
     if value and not SUBJECT_TOKEN.match(value):
         raise InvalidArgument(
-            f"{field} must be 1-64 characters of letters, digits, '_' or '-' (got {value[:80]!r})", field=field
-        )
-    return value
-
-
-def _request_id(value: str, *, required: bool) -> str:
-    if not value:
-        if required:
-            raise InvalidArgument("request_id is required", field="request_id")
-        return ""
-    if len(value) > MAX_REQUEST_ID_CHARS or not value.isprintable():
-        raise InvalidArgument(
-            f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters", field="request_id"
+            f"use_case must be 1-64 characters of letters, digits, '_' or '-' (got {value[:80]!r})", field="use_case"
         )
     return value
 
@@ -57,11 +50,11 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
 
     async def Classify(self, request: classifier_pb2.ClassifyRequest, context) -> classifier_pb2.ClassifyResponse:
         messages = messages_from_proto(request.messages, max_total_chars=MAX_CLASSIFY_CHARS)
-        tenant_id = _optional_token(request.tenant_id, "tenant_id")
-        use_case = _optional_token(request.use_case, "use_case")
+        tenant_id = _optional_tenant_id(request.tenant_id)
+        use_case = _optional_use_case(request.use_case)
         if use_case and not tenant_id:
             raise InvalidArgument("use_case needs a tenant_id (use cases are per tenant)", field="use_case")
-        request_id = _request_id(request.request_id, required=False)
+        request_id = request_id_from(request.request_id)
         if tenant_id:
             bind_contextvars(tenant=tenant_id)
         result = self._service().classify(messages, tenant_id=tenant_id, use_case=use_case, request_id=request_id)
@@ -69,7 +62,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
             complexity_score=result.complexity_score,
             tier=_TIER[result.tier],
             confidence=result.confidence,
-            sensitivity=int(result.sensitivity),
+            sensitivity=result.sensitivity.to_proto(),
             pii=[
                 classifier_pb2.PiiSpan(
                     kind=_PII_KIND[f.kind], message_index=f.message_index, start=f.start, end=f.end, detail=f.detail
@@ -81,8 +74,8 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
         )
 
     async def Feedback(self, request: classifier_pb2.FeedbackRequest, context) -> classifier_pb2.FeedbackResponse:
-        request_id = _request_id(request.request_id, required=True)
-        tenant_id = _optional_token(request.tenant_id, "tenant_id")
+        request_id = request_id_from(request.request_id, required=True)
+        tenant_id = _optional_tenant_id(request.tenant_id)
         if request.rating not in (-1, 0, 1):
             raise InvalidArgument(
                 f"rating must be -1 (bad), 0 (neutral) or 1 (good) (got {request.rating})", field="rating"

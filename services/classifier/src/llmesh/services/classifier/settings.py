@@ -7,7 +7,7 @@ import pathlib
 
 from llmesh.kit.config import ServerSettings, non_negative, port_check, positive, setting
 from llmesh.kit.defaults import DEFAULT_PORTS
-from llmesh.services.classifier.sensitivity.findings import Sensitivity
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier.tiers import TierThresholds
 
 # The versions committed with the code; training writes new ones here unless told otherwise.

@@ -3,25 +3,15 @@ message) and the streamed events."""
 
 from __future__ import annotations
 
-import re
-
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.chat import messages_from_proto, sampling_from_proto
 from llmesh.kit.errors import InvalidArgument
+from llmesh.kit.vocabulary import use_case_from
 from llmesh.router.v1 import router_pb2
-from llmesh.services.router.domain import (
-    CacheOutcome,
-    Delta,
-    FinishReason,
-    GenerateCommand,
-    Priority,
-    Summary,
-)
+from llmesh.services.router.domain import CacheOutcome, Delta, GenerateCommand, Priority, Summary
 
 MAX_TOKENS_LIMIT = 4096
 DEFAULT_MAX_TOKENS = 256
-DEFAULT_USE_CASE = "default"
-USE_CASE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_MODEL_CHARS = 128
 
 PRIORITIES = {
@@ -40,12 +30,6 @@ CACHE_OUTCOMES = {
     CacheOutcome.SEMANTIC_HIT: router_pb2.CACHE_OUTCOME_SEMANTIC_HIT,
     CacheOutcome.BYPASSED: router_pb2.CACHE_OUTCOME_BYPASSED,
 }
-FINISH_REASONS = {
-    FinishReason.UNSPECIFIED: common_pb2.FINISH_REASON_UNSPECIFIED,
-    FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
-    FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
-    FinishReason.CANCELLED: common_pb2.FINISH_REASON_CANCELLED,
-}
 
 
 def command_from_proto(request: router_pb2.GenerateRequest) -> GenerateCommand:
@@ -57,11 +41,7 @@ def command_from_proto(request: router_pb2.GenerateRequest) -> GenerateCommand:
             field="max_tokens",
         )
     sampling = sampling_from_proto(request.sampling)
-    use_case = request.use_case or DEFAULT_USE_CASE
-    if not USE_CASE.match(use_case):
-        raise InvalidArgument(
-            f"use_case must be 1-64 characters of A-Z a-z 0-9 . _ - (got {use_case[:80]!r})", field="use_case"
-        )
+    use_case = use_case_from(request.use_case)
     # proto3 keeps enum numbers it does not know: a newer client's value must not be guessed at.
     if request.priority not in PRIORITIES:
         raise InvalidArgument(
@@ -104,6 +84,6 @@ def event_to_proto(event: Delta | Summary) -> router_pb2.GenerateResponse:
             cost_usd=event.cost_usd,
             time_to_first_token_ms=event.time_to_first_token_ms,
             total_time_ms=event.total_time_ms,
-            finish_reason=FINISH_REASONS[event.finish_reason],
+            finish_reason=event.finish_reason.to_proto(),
         )
     )

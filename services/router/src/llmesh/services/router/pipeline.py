@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Coroutine
 from contextlib import aclosing
 from typing import Any
 
+from llmesh.kit.auth import bearer_token
 from llmesh.kit.errors import DeadlineExceeded, Unauthenticated, Unavailable
 from llmesh.kit.logging import bind_contextvars, get_logger
+from llmesh.kit.vocabulary import FinishReason, Sensitivity
 from llmesh.services.router import metrics
 from llmesh.services.router.domain import (
     TIERS,
@@ -21,14 +23,12 @@ from llmesh.services.router.domain import (
     Classification,
     Completion,
     Delta,
-    FinishReason,
     GenerateCommand,
     Principal,
-    Sensitivity,
     Summary,
 )
 from llmesh.services.router.ports import Cache, Classifier, Inference, Tenancy
-from llmesh.services.router.principals import PrincipalCache, bearer_token
+from llmesh.services.router.principals import PrincipalCache
 from llmesh.services.router.routing import ModelCatalog, PolicyCache, Router
 
 log = get_logger("llmesh.router")

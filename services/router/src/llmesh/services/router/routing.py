@@ -19,7 +19,8 @@ from typing import Any
 
 from llmesh.kit.errors import InvalidArgument, PermissionDenied, Unavailable
 from llmesh.kit.logging import get_logger
-from llmesh.services.router.domain import TIERS, ModelInfo, Sensitivity, Usage
+from llmesh.kit.vocabulary import Sensitivity
+from llmesh.services.router.domain import TIERS, ModelInfo, Usage
 
 log = get_logger("llmesh.router.routing")
 

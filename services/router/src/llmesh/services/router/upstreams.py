@@ -13,6 +13,7 @@ from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.kit import errors
 from llmesh.kit.chat import messages_to_proto, sampling_to_proto
+from llmesh.kit.vocabulary import FinishReason, Sensitivity
 from llmesh.services.router.domain import (
     AnswerToStore,
     CachedAnswer,
@@ -20,20 +21,12 @@ from llmesh.services.router.domain import (
     Classification,
     Completion,
     Delta,
-    FinishReason,
     GenerateCommand,
     ModelInfo,
     Principal,
-    Sensitivity,
     Usage,
 )
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
-
-FINISH_REASONS = {
-    common_pb2.FINISH_REASON_STOP: FinishReason.STOP,
-    common_pb2.FINISH_REASON_LENGTH: FinishReason.LENGTH,
-    common_pb2.FINISH_REASON_CANCELLED: FinishReason.CANCELLED,
-}
 
 
 def _retry_after_s(exc: grpc.aio.AioRpcError) -> float | None:
@@ -81,9 +74,7 @@ class TenancyClient:
         p = response.principal
         if not p.tenant_id:
             raise errors.Unavailable("tenancy answered without a principal")
-        clearance = (
-            Sensitivity(p.clearance) if p.clearance in Sensitivity._value2member_map_ else Sensitivity.UNSPECIFIED
-        )
+        clearance = Sensitivity.from_proto(p.clearance, unknown=Sensitivity.UNSPECIFIED)
         return Principal(p.tenant_id, p.tenant_name, p.business_unit, clearance, p.key_id)
 
 
@@ -104,12 +95,10 @@ class ClassifierClient:
             response = await self._stub.Classify(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise upstream_error("classifier", exc) from None
-        sensitivity = (
-            Sensitivity(response.sensitivity)
-            if response.sensitivity in Sensitivity._value2member_map_ and response.sensitivity
+        sensitivity = Sensitivity.from_proto(response.sensitivity, unknown=Sensitivity.RESTRICTED)
+        if sensitivity is Sensitivity.UNSPECIFIED:
             # An unlabeled answer is treated as the most sensitive.
-            else Sensitivity.RESTRICTED
-        )
+            sensitivity = Sensitivity.RESTRICTED
         return Classification(int(response.tier), sensitivity, response.confidence)
 
 
@@ -157,7 +146,7 @@ class CacheClient:
         self, key: CacheKey, answer: AnswerToStore, *, business_unit: str, sensitivity: Sensitivity, timeout_s: float
     ) -> str | None:
         proto_key = cache_key_to_proto(key)
-        proto_key.sensitivity = int(sensitivity)
+        proto_key.sensitivity = sensitivity.to_proto()
         request = cache_pb2.StoreRequest(
             key=proto_key,
             business_unit=business_unit,
@@ -207,7 +196,7 @@ class InferenceClient:
                     c = response.completion
                     yield Completion(
                         usage=_usage(c.usage),
-                        finish_reason=FINISH_REASONS.get(c.finish_reason, FinishReason.UNSPECIFIED),
+                        finish_reason=FinishReason.from_proto(c.finish_reason),
                         model=c.model,
                         backend=c.backend,
                     )

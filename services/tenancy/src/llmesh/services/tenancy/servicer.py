@@ -6,7 +6,8 @@ from google.protobuf import timestamp_pb2
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.auth import AdminGuard
 from llmesh.kit.errors import InvalidArgument
-from llmesh.services.tenancy.models import ApiKey, Clearance, Tenant
+from llmesh.kit.vocabulary import Sensitivity
+from llmesh.services.tenancy.models import ApiKey, Tenant
 from llmesh.services.tenancy.tenancy import Tenancy
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
@@ -24,7 +25,7 @@ def tenant_to_proto(tenant: Tenant) -> tenancy_pb2.Tenant:
         tenant_id=tenant.tenant_id,
         name=tenant.name,
         business_unit=tenant.business_unit,
-        clearance=int(tenant.clearance),
+        clearance=tenant.clearance.to_proto(),
         created_at=_timestamp(tenant.created_at_us),
     )
 
@@ -38,16 +39,10 @@ def key_to_proto(key: ApiKey) -> tenancy_pb2.ApiKey:
     return message
 
 
-def clearance_from_proto(value: int) -> Clearance | None:
-    if value == common_pb2.SENSITIVITY_UNSPECIFIED:
-        return None
-    try:
-        return Clearance(value)
-    except ValueError:
-        raise InvalidArgument(
-            f"clearance {value} is not a known Sensitivity (PUBLIC, INTERNAL, CONFIDENTIAL or RESTRICTED)",
-            field="clearance",
-        ) from None
+def clearance_from_proto(value: int) -> Sensitivity | None:
+    """None when unset: the tenant gets the default clearance."""
+    clearance = Sensitivity.from_proto(value, field="clearance")
+    return None if clearance is Sensitivity.UNSPECIFIED else clearance
 
 
 class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
@@ -62,7 +57,7 @@ class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
                 tenant_id=principal.tenant_id,
                 tenant_name=principal.tenant_name,
                 business_unit=principal.business_unit,
-                clearance=int(principal.clearance),
+                clearance=principal.clearance.to_proto(),
                 key_id=principal.key_id,
             )
         )
