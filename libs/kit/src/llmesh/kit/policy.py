@@ -1,5 +1,6 @@
 """Routing and tenant policy: JSON documents in the NATS KV bucket `llmesh-policy`, watched by
-every service that needs them so a change applies without a restart.
+every service that needs them so a change applies without a restart. Each service reads its own
+section through a CachedPolicy: its parser runs once per (tenant, use case) and policy revision.
 
 Keys (later ones override earlier ones in `resolve`):
   global                          mesh-wide defaults
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 from llmesh.kit.bus import Bus
 from llmesh.kit.logging import get_logger
@@ -38,6 +40,43 @@ def _merge(base: dict, override: dict) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+P = TypeVar("P")
+
+
+class CachedPolicy(Generic[P]):
+    """One service's parsed section of the policy per (tenant, use case), parsed once per policy
+    revision. `parse` turns the effective document into the service's own policy type; it should
+    skip (and log) malformed values rather than raise, so a bad edit never fails requests.
+    Calling the object (or `get`) returns the parsed policy."""
+
+    def __init__(
+        self,
+        resolve: Callable[[str, str], Mapping[str, Any]],
+        revision: Callable[[], int],
+        parse: Callable[[Mapping[str, Any]], P],
+        *,
+        max_entries: int = 4096,
+    ):
+        self._resolve = resolve
+        self._revision = revision
+        self._parse = parse
+        self._max_entries = max_entries
+        self._seen_revision = -1
+        self._parsed: dict[tuple[str, str], P] = {}
+
+    def get(self, tenant_id: str, use_case: str) -> P:
+        revision = self._revision()
+        if revision != self._seen_revision or len(self._parsed) >= self._max_entries:
+            self._parsed.clear()
+            self._seen_revision = revision
+        key = (tenant_id, use_case)
+        if key not in self._parsed:
+            self._parsed[key] = self._parse(self._resolve(tenant_id, use_case))
+        return self._parsed[key]
+
+    __call__ = get
 
 
 class PolicyStore:
@@ -91,6 +130,10 @@ class PolicyStore:
             if doc:
                 merged = _merge(merged, doc)
         return merged
+
+    def parsed(self, parse: Callable[[Mapping[str, Any]], P], *, max_entries: int = 4096) -> CachedPolicy[P]:
+        """`parse` applied to the effective policy of each (tenant, use case), cached until a change."""
+        return CachedPolicy(self.resolve, lambda: self.revision, parse, max_entries=max_entries)
 
     async def put(self, key: str, doc: dict[str, Any]) -> int:
         assert self._kv is not None, "start() first"

@@ -26,7 +26,7 @@ from llmesh.services.cache.exact import ExactStore
 from llmesh.services.cache.invalidation import Invalidation, InvalidationChannel, durable_name
 from llmesh.services.cache.lru import LruStore
 from llmesh.services.cache.metrics import ENTRIES
-from llmesh.services.cache.policy import resolver_from
+from llmesh.services.cache.policy import parse_cache_policy
 from llmesh.services.cache.redis_store import RedisStore
 from llmesh.services.cache.semantic.api import SemanticIndex
 from llmesh.services.cache.servicer import SERVICE_NAME, CacheServicer
@@ -128,7 +128,7 @@ class CacheApp(ServiceApp):
         cache = Cache(
             self._exact,
             semantic,
-            resolver_from(self._policies.resolve),
+            self._policies.parsed(parse_cache_policy),
             Analytics(),
             default_ttl_s=s.default_ttl_s,
             clock=self.clock,

@@ -19,7 +19,7 @@ from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier import metrics
 from llmesh.services.classifier.classify import Classifier
 from llmesh.services.classifier.feedback import FeedbackStore
-from llmesh.services.classifier.policy import ClassifierPolicy, PolicyResolver
+from llmesh.services.classifier.policy import ClassifierPolicy, parse_policy
 from llmesh.services.classifier.routing.model import ModelFileError, RouterModel
 from llmesh.services.classifier.routing.registry import ModelRegistry
 from llmesh.services.classifier.sensitivity.scanner import SensitivityPolicy, SensitivityScanner
@@ -88,10 +88,10 @@ class ClassifierApp(ServiceApp):
             TierThresholds.parse(s.tier_thresholds),
             SensitivityPolicy(default_level=Sensitivity.parse(s.default_sensitivity)),
         )
-        policies = self.policies
-        resolver = PolicyResolver(policies.resolve, lambda: policies.revision, defaults)
         self.service = ClassifierService(
-            Classifier(self.registry, SensitivityScanner(s.phone_region)), resolver, self.feedback
+            Classifier(self.registry, SensitivityScanner(s.phone_region)),
+            self.policies.parsed(lambda doc: parse_policy(doc, defaults)),
+            self.feedback,
         )
         self._tasks = [
             asyncio.create_task(self.registry.watch(s.model_poll_s), name="classifier-model-watch"),

@@ -18,7 +18,7 @@ from llmesh.kit.streams import KEY_REVOKED_SUBJECT
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 from llmesh.services.router.pipeline import BackgroundTasks, GeneratePipeline, PipelineConfig
 from llmesh.services.router.principals import PrincipalCache
-from llmesh.services.router.routing import ModelCatalog, PolicyCache, Price, Router, RoutingPolicy
+from llmesh.services.router.routing import ModelCatalog, Price, Router, RoutingPolicy, policy_from_document
 from llmesh.services.router.servicer import RouterServicer
 from llmesh.services.router.settings import RouterSettings, parse_prices, parse_tier_models
 from llmesh.services.router.upstreams import CacheClient, ClassifierClient, InferenceClient, TenancyClient
@@ -78,7 +78,7 @@ class RouterApp(ServiceApp):
                 default_price=Price(s.default_prompt_price_per_1k, s.default_completion_price_per_1k),
                 self_hosted_backends=[b.strip() for b in s.self_hosted_backends.split(",") if b.strip()],
             ),
-            policies=PolicyCache(self.policy.resolve, lambda: self.policy.revision, defaults),
+            policies=self.policy.parsed(lambda doc: policy_from_document(doc, defaults)),
             config=PipelineConfig(
                 upstream_timeout_s=s.upstream_timeout_s,
                 generate_timeout_s=s.generate_timeout_s,

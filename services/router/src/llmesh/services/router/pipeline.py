@@ -12,6 +12,7 @@ from typing import Any
 from llmesh.kit.auth import bearer_token
 from llmesh.kit.errors import DeadlineExceeded, Unauthenticated, Unavailable
 from llmesh.kit.logging import bind_contextvars, get_logger
+from llmesh.kit.policy import CachedPolicy
 from llmesh.kit.vocabulary import FinishReason, Sensitivity
 from llmesh.services.router import metrics
 from llmesh.services.router.domain import (
@@ -29,7 +30,7 @@ from llmesh.services.router.domain import (
 )
 from llmesh.services.router.ports import Cache, Classifier, Inference, Tenancy
 from llmesh.services.router.principals import PrincipalCache
-from llmesh.services.router.routing import ModelCatalog, PolicyCache, Router
+from llmesh.services.router.routing import ModelCatalog, Router, RoutingPolicy
 
 log = get_logger("llmesh.router")
 
@@ -87,7 +88,7 @@ class GeneratePipeline:
         principals: PrincipalCache,
         catalog: ModelCatalog,
         router: Router,
-        policies: PolicyCache,
+        policies: CachedPolicy[RoutingPolicy],
         config: PipelineConfig,
         background: BackgroundTasks,
     ):
