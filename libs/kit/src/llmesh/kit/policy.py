@@ -10,13 +10,13 @@ Keys (later ones override earlier ones in `resolve`):
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from llmesh.kit.bus import Bus
 from llmesh.kit.logging import get_logger
+from llmesh.kit.tasks import BackgroundTasks
 
 POLICY_BUCKET = "llmesh-policy"
 
@@ -86,7 +86,7 @@ class PolicyStore:
         self._docs: dict[str, dict[str, Any]] = {}
         self._kv = None
         self._watcher = None
-        self._task: asyncio.Task | None = None
+        self._tasks = BackgroundTasks("policy")
         self.revision = 0
 
     async def start(self) -> None:
@@ -98,7 +98,7 @@ class PolicyStore:
             if entry is None:
                 break
             self._apply(entry)
-        self._task = asyncio.create_task(self._follow())
+        self._tasks.spawn(self._follow(), name="policy-follow")
 
     async def _follow(self) -> None:
         async for entry in self._watcher:
@@ -146,5 +146,4 @@ class PolicyStore:
     async def stop(self) -> None:
         if self._watcher is not None:
             await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
+        await self._tasks.stop()

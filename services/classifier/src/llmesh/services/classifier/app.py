@@ -3,7 +3,6 @@ NATS KV, the sensitivity scanner, and the feedback store."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import pathlib
 
@@ -51,7 +50,6 @@ class ClassifierApp(ServiceApp):
         self.bus: Bus | None = None
         self.policies: PolicyStore | None = None
         self.feedback: FeedbackStore | None = None
-        self._tasks: list[asyncio.Task] = []
         self._shown_version: str | None = None
 
     def register(self, server: grpc.aio.Server) -> list[str]:
@@ -93,32 +91,18 @@ class ClassifierApp(ServiceApp):
             self.policies.parsed(lambda doc: parse_policy(doc, defaults)),
             self.feedback,
         )
-        self._tasks = [
-            asyncio.create_task(self.registry.watch(s.model_poll_s), name="classifier-model-watch"),
-            asyncio.create_task(self._flush_feedback(), name="classifier-feedback-flush"),
-        ]
+        # Folder scans are cheap (a few stat calls), so they run inline. A failed flush keeps the
+        # records in the buffer for the next one: the disk may come back.
+        self.every(s.model_poll_s, self.registry.refresh, name="classifier-model-watch")
+        self.every(s.feedback_flush_s, self.feedback.flush, name="classifier-feedback-flush")
+        if s.feedback_retention_days:
+            self.every(_PRUNE_EVERY_S, self._prune_feedback, name="classifier-feedback-prune")
         log.info("classifier_ready", model_version=self.registry.model.version, feedback_db=self._feedback_path())
 
-    async def _flush_feedback(self) -> None:
-        since_prune = 0.0
-        while True:
-            await asyncio.sleep(self.settings.feedback_flush_s)
-            since_prune += self.settings.feedback_flush_s
-            try:
-                self.feedback.flush()
-                if self.settings.feedback_retention_days and since_prune >= _PRUNE_EVERY_S:
-                    since_prune = 0.0
-                    self.feedback.prune(self.settings.feedback_retention_days * 86400)
-            except Exception:  # the disk may come back; the records wait in the buffer
-                log.exception("feedback_flush_failed")
+    def _prune_feedback(self) -> None:
+        self.feedback.prune(self.settings.feedback_retention_days * 86400)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
         self.service = None
         if self.feedback is not None:
             self.feedback.close()

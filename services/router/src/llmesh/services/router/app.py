@@ -16,7 +16,7 @@ from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import KEY_REVOKED_SUBJECT
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
-from llmesh.services.router.pipeline import BackgroundTasks, GeneratePipeline, PipelineConfig
+from llmesh.services.router.pipeline import GeneratePipeline, PipelineConfig
 from llmesh.services.router.principals import PrincipalCache
 from llmesh.services.router.routing import ModelCatalog, Price, Router, RoutingPolicy, policy_from_document
 from llmesh.services.router.servicer import RouterServicer
@@ -34,7 +34,8 @@ class RouterApp(ServiceApp):
     def __init__(self, settings: RouterSettings):
         self.settings = settings
         self.principals = PrincipalCache(settings.principal_ttl_s, settings.principal_cache_size)
-        self.background = BackgroundTasks()
+        # Cache stores still running at shutdown get this long to finish.
+        self.task_grace_s = settings.upstream_timeout_s + 1.0
         self.pipeline: GeneratePipeline | None = None
         self.bus: Bus | None = None
         self.policy: PolicyStore | None = None
@@ -85,7 +86,7 @@ class RouterApp(ServiceApp):
                 fallback_tier=s.fallback_tier,
                 hit_chunk_chars=s.hit_chunk_chars,
             ),
-            background=self.background,
+            spawn=self.spawn,
         )
 
     async def _wait_for_models(self, catalog: ModelCatalog) -> None:
@@ -120,7 +121,6 @@ class RouterApp(ServiceApp):
         log.info("principal_cache_flushed", reason="nats_reconnect")
 
     async def stop(self) -> None:
-        await self.background.drain(timeout_s=self.settings.upstream_timeout_s + 1.0)
         for opened in self._channels:
             await opened.close()
         self._channels.clear()

@@ -46,12 +46,11 @@ class TenancyApp(ServiceApp):
         await self.bus.ensure_stream(TENANCY)
         # Events a previous run recorded but could not publish.
         await self.relay.flush()
-        self.relay.start(self.settings.outbox_retry_s)
+        self.every(self.settings.outbox_retry_s, self.relay.flush, name="outbox-retry")
         if not self.settings.admin_token:
             log.warning("admin_rpcs_disabled", reason="LLMESH_ADMIN_TOKEN is not set")
 
     async def stop(self) -> None:
-        await self.relay.stop()
         if self.bus is not None:
             await self.bus.close()
         await self.repository.close()

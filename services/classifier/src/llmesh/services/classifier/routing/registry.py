@@ -1,10 +1,9 @@
-"""Keeps the newest router model loaded: loads it at start and polls the models folder, swapping
-to a newer version (or a rewritten current one) without a restart. A version that fails to load
+"""Keeps the newest router model loaded: loads it at start and, called periodically by the app,
+looks in the models folder again, swapping to a newer version (or a rewritten current one) without a restart. A version that fails to load
 is logged and skipped; the model in use stays."""
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
 from collections.abc import Callable
 
@@ -71,12 +70,3 @@ class ModelRegistry:
     def load_or_fail(self) -> RouterModel:
         self.refresh()
         return self.model
-
-    async def watch(self, interval_s: float) -> None:
-        """Polls until cancelled. Folder scans are cheap (a few stat calls), so they run inline."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                self.refresh()
-            except Exception:  # a bad folder must never stop the watcher
-                log.exception("model_refresh_failed")
