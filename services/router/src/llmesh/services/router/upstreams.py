@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.kit import errors
 from llmesh.kit.chat import messages_to_proto, sampling_to_proto
+from llmesh.kit.client import retry_after_s
 from llmesh.kit.vocabulary import FinishReason, Sensitivity
 from llmesh.services.router.domain import (
     AnswerToStore,
@@ -29,19 +29,6 @@ from llmesh.services.router.domain import (
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
 
-def _retry_after_s(exc: grpc.aio.AioRpcError) -> float | None:
-    for key, value in exc.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                return info.retry_delay.ToNanoseconds() / 1e9
-    return None
-
-
 def upstream_error(service: str, exc: grpc.aio.AioRpcError) -> errors.LlmeshError:
     """The router's own error for an upstream failure, naming the service that failed."""
     code, details = exc.code(), exc.details() or ""
@@ -52,11 +39,11 @@ def upstream_error(service: str, exc: grpc.aio.AioRpcError) -> errors.LlmeshErro
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return errors.PermissionDenied(f"{service}: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return errors.ResourceExhausted(f"{service} is at capacity: {details}", retry_after_s=_retry_after_s(exc))
+        return errors.ResourceExhausted(f"{service} is at capacity: {details}", retry_after_s=retry_after_s(exc))
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return errors.DeadlineExceeded(f"{service} did not answer in time")
     if code == grpc.StatusCode.UNAVAILABLE:
-        return errors.Unavailable(f"{service} is unavailable: {details}", retry_after_s=_retry_after_s(exc))
+        return errors.Unavailable(f"{service} is unavailable: {details}", retry_after_s=retry_after_s(exc))
     return errors.Unavailable(f"{service} failed ({code.name}): {details}")
 
 
