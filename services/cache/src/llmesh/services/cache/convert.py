@@ -12,7 +12,7 @@ from llmesh.kit.chat import messages_from_proto, sampling_from_proto
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.vocabulary import Sensitivity, tenant_id_from, use_case_from
 from llmesh.services.cache.analytics import Counts, Outcome, Scope
-from llmesh.services.cache.core import LookupQuery, LookupResult, StoreCommand
+from llmesh.services.cache.core import LookupQuery, LookupResult, StoreCommand, StoreResult
 from llmesh.services.cache.entries import Answer, CacheEntry
 from llmesh.services.cache.invalidation import Invalidation
 from llmesh.services.cache.keys import RequestKey
@@ -236,8 +236,15 @@ def lookup_to_proto(result: LookupResult) -> cache_pb2.LookupResponse:
     return response
 
 
-def expires_to_proto(entry: CacheEntry) -> Timestamp | None:
-    return None if entry.pinned else _timestamp(entry.expires_at)
+def store_to_proto(result: StoreResult) -> cache_pb2.StoreResponse:
+    response = cache_pb2.StoreResponse(
+        stored=result.entry is not None, reason=result.reason, semantic_indexed=result.semantic_indexed
+    )
+    if result.entry is not None:
+        response.entry_id = result.entry.entry_id
+        if not result.entry.pinned:
+            response.expires_at.CopyFrom(_timestamp(result.entry.expires_at))
+    return response
 
 
 def stats_to_proto(scope: Scope | None, counts: Counts) -> cache_pb2.CacheStats:
@@ -260,3 +267,9 @@ def stats_to_proto(scope: Scope | None, counts: Counts) -> cache_pb2.CacheStats:
     if scope is not None:
         row.tenant_id, row.business_unit, row.use_case = scope.labels
     return row
+
+
+def stats_response_to_proto(rows: list[tuple[Scope, Counts]], total: Counts) -> cache_pb2.StatsResponse:
+    return cache_pb2.StatsResponse(
+        rows=[stats_to_proto(scope, counts) for scope, counts in rows], total=stats_to_proto(None, total)
+    )

@@ -1,4 +1,4 @@
-"""CacheService over gRPC: validate, convert, call the domain, convert back."""
+"""CacheService over gRPC: validate and convert (convert.py), call the domain, convert back."""
 
 from __future__ import annotations
 
@@ -47,16 +47,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     async def Store(self, request, context):
         command = convert.store_from(request)
         bind_contextvars(tenant=command.key.tenant_id)
-        result = await self._ready().store(command)
-        response = cache_pb2.StoreResponse(
-            stored=result.entry is not None, reason=result.reason, semantic_indexed=result.semantic_indexed
-        )
-        if result.entry is not None:
-            response.entry_id = result.entry.entry_id
-            expires = convert.expires_to_proto(result.entry)
-            if expires is not None:
-                response.expires_at.CopyFrom(expires)
-        return response
+        return convert.store_to_proto(await self._ready().store(command))
 
     async def Invalidate(self, request, context):
         inv = convert.invalidation_from(request, self._clock())
@@ -135,7 +126,4 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         rows, total = self._ready().analytics.report(
             tenant_id=tenant_id, business_unit=request.business_unit, use_case=use_case
         )
-        return cache_pb2.StatsResponse(
-            rows=[convert.stats_to_proto(scope, counts) for scope, counts in rows],
-            total=convert.stats_to_proto(None, total),
-        )
+        return convert.stats_response_to_proto(rows, total)

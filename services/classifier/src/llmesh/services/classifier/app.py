@@ -17,12 +17,12 @@ from llmesh.kit.server import ServiceApp
 from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier import metrics
 from llmesh.services.classifier.classify import Classifier
+from llmesh.services.classifier.core import ClassifierService
 from llmesh.services.classifier.feedback import FeedbackStore
 from llmesh.services.classifier.policy import ClassifierPolicy, parse_policy
 from llmesh.services.classifier.routing.model import ModelFileError, RouterModel
 from llmesh.services.classifier.routing.registry import ModelRegistry
 from llmesh.services.classifier.sensitivity.scanner import SensitivityPolicy, SensitivityScanner
-from llmesh.services.classifier.service import ClassifierService
 from llmesh.services.classifier.servicer import SERVICE_NAME, ClassifierServicer
 from llmesh.services.classifier.settings import ClassifierSettings
 from llmesh.services.classifier.tiers import TierThresholds

@@ -15,17 +15,15 @@ from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import KEY_REVOKED_SUBJECT
-from llmesh.router.v1 import router_pb2, router_pb2_grpc
-from llmesh.services.router.pipeline import GeneratePipeline, PipelineConfig
+from llmesh.router.v1 import router_pb2_grpc
+from llmesh.services.router.core import GeneratePipeline, PipelineConfig
 from llmesh.services.router.principals import PrincipalCache
 from llmesh.services.router.routing import ModelCatalog, Price, Router, RoutingPolicy, policy_from_document
-from llmesh.services.router.servicer import RouterServicer
+from llmesh.services.router.servicer import SERVICE_NAME, RouterServicer
 from llmesh.services.router.settings import RouterSettings, parse_prices, parse_tier_models
 from llmesh.services.router.upstreams import CacheClient, ClassifierClient, InferenceClient, TenancyClient
 
 log = get_logger("llmesh.router")
-
-SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
 
 class RouterApp(ServiceApp):

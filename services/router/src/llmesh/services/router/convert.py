@@ -1,14 +1,32 @@
 """Router protos ↔ domain: request validation (every bad field is INVALID_ARGUMENT with a clear
-message) and the streamed events."""
+message) and the streamed events of the router's own contract, then the messages exchanged with
+tenancy, classifier, cache and inference (upstreams.py makes the calls)."""
 
 from __future__ import annotations
 
+from llmesh.cache.v1 import cache_pb2
+from llmesh.classifier.v1 import classifier_pb2
 from llmesh.common.v1 import common_pb2
-from llmesh.kit.chat import messages_from_proto, sampling_from_proto
+from llmesh.inference.v1 import inference_pb2
+from llmesh.kit.chat import messages_from_proto, messages_to_proto, sampling_from_proto, sampling_to_proto
 from llmesh.kit.errors import InvalidArgument
-from llmesh.kit.vocabulary import use_case_from
+from llmesh.kit.vocabulary import FinishReason, Sensitivity, use_case_from
 from llmesh.router.v1 import router_pb2
-from llmesh.services.router.domain import CacheOutcome, Delta, GenerateCommand, Priority, Summary
+from llmesh.services.router.domain import (
+    AnswerToStore,
+    CachedAnswer,
+    CacheKey,
+    CacheOutcome,
+    Classification,
+    Completion,
+    Delta,
+    GenerateCommand,
+    ModelInfo,
+    Principal,
+    Priority,
+    Summary,
+    Usage,
+)
 
 MAX_TOKENS_LIMIT = 4096
 DEFAULT_MAX_TOKENS = 256
@@ -78,12 +96,121 @@ def event_to_proto(event: Delta | Summary) -> router_pb2.GenerateResponse:
             model=event.model,
             backend=event.backend,
             cache_outcome=CACHE_OUTCOMES[event.cache_outcome],
-            usage=common_pb2.Usage(
-                prompt_tokens=event.usage.prompt_tokens, completion_tokens=event.usage.completion_tokens
-            ),
+            usage=usage_to_proto(event.usage),
             cost_usd=event.cost_usd,
             time_to_first_token_ms=event.time_to_first_token_ms,
             total_time_ms=event.total_time_ms,
             finish_reason=event.finish_reason.to_proto(),
         )
+    )
+
+
+def usage_to_proto(usage: Usage) -> common_pb2.Usage:
+    return common_pb2.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+
+
+def usage_from_proto(usage: common_pb2.Usage) -> Usage:
+    return Usage(usage.prompt_tokens, usage.completion_tokens)
+
+
+# Upstream services' messages.
+
+
+def principal_from_proto(p: common_pb2.Principal) -> Principal:
+    clearance = Sensitivity.from_proto(p.clearance, unknown=Sensitivity.UNSPECIFIED)
+    return Principal(p.tenant_id, p.tenant_name, p.business_unit, clearance, p.key_id)
+
+
+def classify_request_to_proto(
+    command: GenerateCommand, *, tenant_id: str, request_id: str
+) -> classifier_pb2.ClassifyRequest:
+    return classifier_pb2.ClassifyRequest(
+        messages=messages_to_proto(command.messages),
+        tenant_id=tenant_id,
+        use_case=command.use_case,
+        request_id=request_id,
+    )
+
+
+def classification_from_proto(response: classifier_pb2.ClassifyResponse) -> Classification:
+    sensitivity = Sensitivity.from_proto(response.sensitivity, unknown=Sensitivity.RESTRICTED)
+    if sensitivity is Sensitivity.UNSPECIFIED:
+        # An unlabeled answer is treated as the most sensitive.
+        sensitivity = Sensitivity.RESTRICTED
+    return Classification(int(response.tier), sensitivity, response.confidence)
+
+
+def cache_key_to_proto(key: CacheKey) -> cache_pb2.CacheKey:
+    return cache_pb2.CacheKey(
+        tenant_id=key.tenant_id,
+        use_case=key.use_case,
+        messages=messages_to_proto(key.messages),
+        model=key.pinned_model,
+        sampling=sampling_to_proto(key.sampling),
+        max_tokens=key.max_tokens,
+    )
+
+
+def lookup_request_to_proto(key: CacheKey, *, business_unit: str) -> cache_pb2.LookupRequest:
+    return cache_pb2.LookupRequest(key=cache_key_to_proto(key), business_unit=business_unit)
+
+
+def cached_answer_from_proto(response: cache_pb2.LookupResponse) -> CachedAnswer | None:
+    """The answer of a hit; None for any other outcome."""
+    if response.outcome not in (cache_pb2.LOOKUP_OUTCOME_EXACT_HIT, cache_pb2.LOOKUP_OUTCOME_SEMANTIC_HIT):
+        return None
+    answer = response.answer
+    return CachedAnswer(
+        content=answer.content,
+        model=answer.model,
+        backend=answer.backend,
+        tier=int(answer.tier),
+        usage=usage_from_proto(answer.usage),
+        cost_usd=answer.cost_usd,
+        semantic=response.outcome == cache_pb2.LOOKUP_OUTCOME_SEMANTIC_HIT,
+    )
+
+
+def store_request_to_proto(
+    key: CacheKey, answer: AnswerToStore, *, business_unit: str, sensitivity: Sensitivity
+) -> cache_pb2.StoreRequest:
+    proto_key = cache_key_to_proto(key)
+    proto_key.sensitivity = sensitivity.to_proto()
+    return cache_pb2.StoreRequest(
+        key=proto_key,
+        business_unit=business_unit,
+        content=answer.content,
+        model=answer.model,
+        backend=answer.backend,
+        tier=answer.tier,
+        usage=usage_to_proto(answer.usage),
+        cost_usd=answer.cost_usd,
+    )
+
+
+def model_info_from_proto(model: inference_pb2.ModelInfo) -> ModelInfo:
+    return ModelInfo(model.name, model.backend)
+
+
+def generate_request_to_proto(
+    model: str, command: GenerateCommand, *, request_id: str
+) -> inference_pb2.GenerateRequest:
+    return inference_pb2.GenerateRequest(
+        model=model,
+        messages=messages_to_proto(command.messages),
+        max_tokens=command.max_tokens,
+        sampling=sampling_to_proto(command.sampling),
+        request_id=request_id,
+    )
+
+
+def generate_event_from_proto(response: inference_pb2.GenerateResponse) -> Delta | Completion:
+    if not response.HasField("completion"):
+        return Delta(response.delta)
+    c = response.completion
+    return Completion(
+        usage=usage_from_proto(c.usage),
+        finish_reason=FinishReason.from_proto(c.finish_reason),
+        model=c.model,
+        backend=c.backend,
     )

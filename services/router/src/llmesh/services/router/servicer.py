@@ -9,9 +9,11 @@ from contextlib import aclosing
 from llmesh.kit.auth import authorization_header
 from llmesh.kit.errors import Unavailable
 from llmesh.kit.logging import get_contextvars
-from llmesh.router.v1 import router_pb2_grpc
+from llmesh.router.v1 import router_pb2, router_pb2_grpc
 from llmesh.services.router.convert import command_from_proto, event_to_proto
-from llmesh.services.router.pipeline import GeneratePipeline
+from llmesh.services.router.core import GeneratePipeline
+
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):

@@ -8,11 +8,11 @@ from llmesh.kit.bus import Bus
 from llmesh.kit.logging import get_logger
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import TENANCY
+from llmesh.services.tenancy.core import Tenancy
 from llmesh.services.tenancy.outbox import OutboxRelay
 from llmesh.services.tenancy.repository import SqliteRepository
 from llmesh.services.tenancy.servicer import SERVICE_NAME, TenancyServicer
 from llmesh.services.tenancy.settings import TenancySettings
-from llmesh.services.tenancy.tenancy import Tenancy
 from llmesh.tenancy.v1 import tenancy_pb2_grpc
 
 log = get_logger("llmesh.tenancy")
