@@ -158,7 +158,7 @@ def main() -> int:
             nats.stop()
 
     from llmesh.services.classifier.classify import Classifier
-    from llmesh.services.classifier.routing.registry import ModelRegistry
+    from llmesh.services.classifier.complexity.registry import ModelRegistry
 
     registry = ModelRegistry(model.path.parent)
     registry.refresh()
@@ -188,7 +188,7 @@ def main() -> int:
         *header,
         row("Classify over gRPC (client and server in one process)", via_grpc),
         row("Classify in-process (score + tier + scan + metrics)", in_process),
-        row("router model alone (features + score)", model_only),
+        row("complexity model alone (features + score)", model_only),
         "",
         "## PII detection (2 KB prompt)",
         "",

@@ -6,7 +6,7 @@ import pathlib
 import shutil
 
 import pytest
-from llmesh.services.classifier.routing.model import version_folders
+from llmesh.services.classifier.complexity.model import version_folders
 from llmesh.services.classifier.settings import PACKAGED_MODELS_DIR
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
@@ -15,7 +15,7 @@ DATA = pathlib.Path(__file__).resolve().parent / "data"
 @pytest.fixture(scope="session")
 def packaged_model_dir() -> pathlib.Path:
     folders = version_folders(PACKAGED_MODELS_DIR)
-    assert folders, f"no committed router model under {PACKAGED_MODELS_DIR}"
+    assert folders, f"no committed complexity model under {PACKAGED_MODELS_DIR}"
     return folders[-1]
 
 

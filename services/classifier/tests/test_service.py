@@ -13,8 +13,8 @@ from llmesh.kit.config import load_settings
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.testing import assert_eventually, hosted, unique
 from llmesh.services.classifier.app import ClassifierApp
+from llmesh.services.classifier.complexity.model import LinearScorer, load_model, save_model
 from llmesh.services.classifier.feedback import FeedbackStore
-from llmesh.services.classifier.routing.model import LinearRouter, load_model, save_model
 from llmesh.services.classifier.settings import ClassifierSettings
 from prometheus_client import REGISTRY
 
@@ -196,13 +196,13 @@ async def test_a_new_model_version_is_picked_up_without_a_restart(service, model
     before = await stub.Classify(request(WORD_PROBLEM))
     current = load_model(packaged_model_dir)
     # A version that scores everything as hard: its intercept is far above the old outputs.
-    shifted = LinearRouter(
-        current.router.feature_names,
-        current.router.mean,
-        current.router.scale,
-        current.router.coef,
-        current.router.intercept + 50.0,
-        current.router.score_map,
+    shifted = LinearScorer(
+        current.scorer.feature_names,
+        current.scorer.mean,
+        current.scorer.scale,
+        current.scorer.coef,
+        current.scorer.intercept + 50.0,
+        current.scorer.score_map,
     )
     version = "29991231T235959Z-hotswap"
     save_model(models_dir / version, shifted, dict(current.metadata, version=version))

@@ -1,4 +1,4 @@
-"""`llmesh classifier ...`: train the complexity router (writes a model version and the report),
+"""`llmesh classifier ...`: train the complexity model (writes a model version and the report),
 and classify a prompt through the running classifier service."""
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ DEFAULT_REPORT_DIR = _REPO / "docs" / "reports"
 
 
 def register(subparsers) -> None:
-    classifier = subparsers.add_parser("classifier", help="train the complexity router; classify a prompt")
+    classifier = subparsers.add_parser("classifier", help="train the complexity model; classify a prompt")
     commands = classifier.add_subparsers(dest="classifier_command", required=True)
 
     train = commands.add_parser(
         "train",
-        help="cross-validate and train the router; writes a model version (picked up by running services) and the report",
+        help="cross-validate and train the complexity model; writes a model version (picked up by running services) and the report",
     )
     train.add_argument("--data", default=str(DEFAULT_DATA), help=f"CSV of recorded answers (default: {DEFAULT_DATA})")
     train.add_argument("--out", default="", help="models folder to write the version to (default: the packaged models)")
@@ -52,9 +52,9 @@ def register(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from llmesh.services.classifier.complexity.trainer import train
+    from llmesh.services.classifier.complexity.training import TrainConfig, feedback_examples, load_routing_data
     from llmesh.services.classifier.feedback import FeedbackStore
-    from llmesh.services.classifier.routing.trainer import train
-    from llmesh.services.classifier.routing.training import TrainConfig, feedback_examples, load_routing_data
     from llmesh.services.classifier.settings import PACKAGED_MODELS_DIR
 
     data_path = pathlib.Path(args.data)

@@ -1,4 +1,4 @@
-"""Wires the classifier service: router model (hot-swapped from the models folder), policy from
+"""Wires the classifier service: complexity model (hot-swapped from the models folder), policy from
 NATS KV, the sensitivity scanner, and the feedback store."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from llmesh.kit.server import ServiceApp
 from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier import metrics
 from llmesh.services.classifier.classify import Classifier
+from llmesh.services.classifier.complexity.model import ComplexityModel, ModelFileError
+from llmesh.services.classifier.complexity.registry import ModelRegistry
 from llmesh.services.classifier.core import ClassifierService
 from llmesh.services.classifier.feedback import FeedbackStore
 from llmesh.services.classifier.policy import ClassifierPolicy, parse_policy
-from llmesh.services.classifier.routing.model import ModelFileError, RouterModel
-from llmesh.services.classifier.routing.registry import ModelRegistry
 from llmesh.services.classifier.sensitivity.scanner import SensitivityPolicy, SensitivityScanner
 from llmesh.services.classifier.servicer import SERVICE_NAME, ClassifierServicer
 from llmesh.services.classifier.settings import ClassifierSettings
@@ -61,7 +61,7 @@ class ClassifierApp(ServiceApp):
             raise Unavailable("the classifier is starting", retry_after_s=1.0)
         return self.service
 
-    def _on_model_change(self, model: RouterModel) -> None:
+    def _on_model_change(self, model: ComplexityModel) -> None:
         if self._shown_version is not None:
             metrics.MODEL_INFO.labels(self._shown_version).set(0)
         metrics.MODEL_INFO.labels(model.version).set(1)
@@ -77,7 +77,7 @@ class ClassifierApp(ServiceApp):
         try:
             self.registry.load_or_fail()
         except ModelFileError as exc:
-            raise Unavailable(f"no usable router model in {s.model_dir}: {exc}") from exc
+            raise Unavailable(f"no usable complexity model in {s.model_dir}: {exc}") from exc
         self.bus = await Bus.connect(s.nats_url, "llmesh-classifier")
         self.policies = PolicyStore(self.bus)
         await self.policies.start()

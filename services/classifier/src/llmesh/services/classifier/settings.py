@@ -44,7 +44,7 @@ class ClassifierSettings(ServerSettings):
     model_dir: str = setting(
         "LLMESH_CLASSIFIER_MODEL_DIR",
         str(PACKAGED_MODELS_DIR),
-        "folder of router model versions; the newest is loaded and a newer one is picked up while running",
+        "folder of complexity model versions; the newest is loaded and a newer one is picked up while running",
     )
     model_poll_s: float = setting(
         "LLMESH_CLASSIFIER_MODEL_POLL_S", 2.0, "seconds between checks of the model folder for a new version", positive
