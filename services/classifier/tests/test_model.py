@@ -11,13 +11,14 @@ from llmesh.services.classifier.complexity.features import FEATURE_NAMES
 from llmesh.services.classifier.complexity.model import (
     METADATA_FILE,
     MODEL_FILE,
-    LinearScorer,
     ModelFileError,
     ScoreMap,
     load_model,
     save_model,
 )
 from llmesh.services.classifier.complexity.registry import ModelRegistry
+
+from services.classifier.tests.conftest import new_version
 
 
 def test_score_map_is_strictly_increasing_everywhere_and_in_unit_interval():
@@ -77,26 +78,13 @@ def test_malformed_model_files_are_rejected(tmp_path, packaged_model_dir, corrup
         load_model(folder)
 
 
-def _new_version(models_dir, source, name: str, intercept_shift: float = 0.0):
-    model = load_model(source)
-    scorer = LinearScorer(
-        model.scorer.feature_names,
-        model.scorer.mean,
-        model.scorer.scale,
-        model.scorer.coef,
-        model.scorer.intercept + intercept_shift,
-        model.scorer.score_map,
-    )
-    return save_model(models_dir / name, scorer, dict(model.metadata, version=name))
-
-
 def test_registry_swaps_to_a_newer_version_and_skips_a_broken_one(models_dir, packaged_model_dir):
     seen = []
     registry = ModelRegistry(models_dir, on_change=lambda m: seen.append(m.version))
     assert registry.load_or_fail().version == packaged_model_dir.name
     assert registry.refresh() is False
 
-    newer = _new_version(models_dir, packaged_model_dir, "29990101T000000Z-newer", intercept_shift=1.0)
+    newer = new_version(models_dir, packaged_model_dir, "29990101T000000Z-newer", intercept_shift=1.0)
     assert registry.refresh() is True
     assert registry.model.version == newer.name
 

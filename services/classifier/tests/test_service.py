@@ -13,10 +13,11 @@ from llmesh.kit.config import load_settings
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.testing import assert_eventually, hosted, unique
 from llmesh.services.classifier.app import ClassifierApp
-from llmesh.services.classifier.complexity.model import LinearScorer, load_model, save_model
 from llmesh.services.classifier.feedback import FeedbackStore
 from llmesh.services.classifier.settings import ClassifierSettings
 from prometheus_client import REGISTRY
+
+from services.classifier.tests.conftest import new_version
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -194,18 +195,9 @@ async def test_policy_overrides_thresholds_per_tenant_and_use_case_and_adds_term
 async def test_a_new_model_version_is_picked_up_without_a_restart(service, models_dir, packaged_model_dir):
     app, stub, _ = service
     before = await stub.Classify(request(WORD_PROBLEM))
-    current = load_model(packaged_model_dir)
     # A version that scores everything as hard: its intercept is far above the old outputs.
-    shifted = LinearScorer(
-        current.scorer.feature_names,
-        current.scorer.mean,
-        current.scorer.scale,
-        current.scorer.coef,
-        current.scorer.intercept + 50.0,
-        current.scorer.score_map,
-    )
     version = "29991231T235959Z-hotswap"
-    save_model(models_dir / version, shifted, dict(current.metadata, version=version))
+    new_version(models_dir, packaged_model_dir, version, intercept_shift=50.0)
 
     async def swapped():
         r = await stub.Classify(request(WORD_PROBLEM))

@@ -79,6 +79,7 @@ class ServiceHost:
         self._server: grpc.aio.Server | None = None
         self._metrics_server = None
         self._service_names: list[str] = []
+        self._stopped = False
         self.port: int = 0
         self.metrics_port: int = 0
 
@@ -130,6 +131,10 @@ class ServiceHost:
         os.replace(tmp, path)
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """Drains and stops the server, then the app; a second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         grace = self.settings.grace_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
