@@ -9,6 +9,7 @@ from llmesh.kit.errors import InvalidArgument, Unauthenticated
 from llmesh.kit.vocabulary import (
     DEFAULT_USE_CASE,
     FinishReason,
+    Principal,
     Sensitivity,
     request_id_from,
     tenant_id_from,
@@ -81,3 +82,10 @@ def test_admin_token_setting_check():
     assert admin_token_check("") is None and admin_token_check("a" * 16) is None
     assert "at least 16" in admin_token_check("short")
     assert "without spaces" in admin_token_check("an admin token with spaces")
+
+
+def test_principal_round_trips_and_an_unknown_clearance_is_none():
+    principal = Principal("t_1", "acme", "research", Sensitivity.CONFIDENTIAL, "k_1")
+    assert Principal.from_proto(principal.to_proto()) == principal
+    newer = common_pb2.Principal(tenant_id="t_1", clearance=9)
+    assert Principal.from_proto(newer).clearance is Sensitivity.UNSPECIFIED

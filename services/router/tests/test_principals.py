@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from llmesh.kit.auth import bearer_token
 from llmesh.kit.errors import Unauthenticated
-from llmesh.kit.vocabulary import Sensitivity
-from llmesh.services.router.domain import Principal
+from llmesh.kit.vocabulary import Principal, Sensitivity
 from llmesh.services.router.principals import PrincipalCache
 
 

@@ -1,11 +1,12 @@
-"""The words every service shares: the enums of llmesh.common.v1 as domain types, and the rules for
-the names and ids callers send. Each is defined here once, and converted from and to the protos
+"""The words every service shares: the enums and the principal of llmesh.common.v1 as domain
+types, and the rules for the names and ids callers send. Each is defined here once, and converted from and to the protos
 here and nowhere else, so domain modules use these types and never the generated enums."""
 
 from __future__ import annotations
 
 import enum
 import re
+from dataclasses import dataclass
 
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.errors import InvalidArgument
@@ -78,6 +79,32 @@ _FINISH_TO_PROTO = {reason: common_pb2.FinishReason.Value(f"FINISH_REASON_{reaso
 _FINISH_FROM_PROTO = {number: reason for reason, number in _FINISH_TO_PROTO.items()}
 assert len(_SENSITIVITY_FROM_PROTO) == len(common_pb2.Sensitivity.values()), "Sensitivity differs from the proto"
 assert len(_FINISH_FROM_PROTO) == len(common_pb2.FinishReason.values()), "FinishReason differs from the proto"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request is from: tenancy answers it for an API key, the router acts on it."""
+
+    tenant_id: str
+    tenant_name: str
+    business_unit: str
+    clearance: Sensitivity
+    key_id: str
+
+    @classmethod
+    def from_proto(cls, p: common_pb2.Principal) -> Principal:
+        # A clearance this build does not know is no clearance rather than a guess.
+        clearance = Sensitivity.from_proto(p.clearance, unknown=Sensitivity.UNSPECIFIED)
+        return cls(p.tenant_id, p.tenant_name, p.business_unit, clearance, p.key_id)
+
+    def to_proto(self) -> common_pb2.Principal:
+        return common_pb2.Principal(
+            tenant_id=self.tenant_id,
+            tenant_name=self.tenant_name,
+            business_unit=self.business_unit,
+            clearance=self.clearance.to_proto(),
+            key_id=self.key_id,
+        )
 
 
 DEFAULT_USE_CASE = "default"

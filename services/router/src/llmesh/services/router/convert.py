@@ -22,7 +22,6 @@ from llmesh.services.router.domain import (
     Delta,
     GenerateCommand,
     ModelInfo,
-    Principal,
     Priority,
     Summary,
     Usage,
@@ -114,11 +113,6 @@ def usage_from_proto(usage: common_pb2.Usage) -> Usage:
 
 
 # Upstream services' messages.
-
-
-def principal_from_proto(p: common_pb2.Principal) -> Principal:
-    clearance = Sensitivity.from_proto(p.clearance, unknown=Sensitivity.UNSPECIFIED)
-    return Principal(p.tenant_id, p.tenant_name, p.business_unit, clearance, p.key_id)
 
 
 def classify_request_to_proto(

@@ -13,7 +13,7 @@ from llmesh.kit.auth import bearer_token
 from llmesh.kit.errors import DeadlineExceeded, Unauthenticated, Unavailable
 from llmesh.kit.logging import bind_contextvars, get_logger
 from llmesh.kit.policy import CachedPolicy
-from llmesh.kit.vocabulary import FinishReason, Sensitivity
+from llmesh.kit.vocabulary import FinishReason, Principal, Sensitivity
 from llmesh.services.router import metrics
 from llmesh.services.router.domain import (
     TIERS,
@@ -25,7 +25,6 @@ from llmesh.services.router.domain import (
     Completion,
     Delta,
     GenerateCommand,
-    Principal,
     Summary,
 )
 from llmesh.services.router.ports import Cache, Classifier, Inference, Tenancy

@@ -25,15 +25,6 @@ class CacheOutcome(enum.Enum):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Principal:
-    tenant_id: str
-    tenant_name: str
-    business_unit: str
-    clearance: Sensitivity
-    key_id: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class GenerateCommand:
     """A validated client request."""
 

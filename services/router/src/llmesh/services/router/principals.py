@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from llmesh.services.router.domain import Principal
+from llmesh.kit.vocabulary import Principal
 
 
 class PrincipalCache:

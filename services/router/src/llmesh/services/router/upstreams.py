@@ -12,7 +12,7 @@ from llmesh.classifier.v1 import classifier_pb2_grpc
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.kit import errors
 from llmesh.kit.client import retry_after_s
-from llmesh.kit.vocabulary import Sensitivity
+from llmesh.kit.vocabulary import Principal, Sensitivity
 from llmesh.services.router import convert
 from llmesh.services.router.domain import (
     AnswerToStore,
@@ -23,7 +23,6 @@ from llmesh.services.router.domain import (
     Delta,
     GenerateCommand,
     ModelInfo,
-    Principal,
 )
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
@@ -59,7 +58,7 @@ class TenancyClient:
             raise upstream_error("tenancy", exc) from None
         if not response.principal.tenant_id:
             raise errors.Unavailable("tenancy answered without a principal")
-        return convert.principal_from_proto(response.principal)
+        return Principal.from_proto(response.principal)
 
 
 class ClassifierClient:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from google.protobuf import timestamp_pb2
-from llmesh.common.v1 import common_pb2
 from llmesh.kit.vocabulary import Sensitivity
-from llmesh.services.tenancy.models import ApiKey, Principal, Tenant
+from llmesh.services.tenancy.models import ApiKey, Tenant
 from llmesh.tenancy.v1 import tenancy_pb2
 
 
@@ -32,16 +31,6 @@ def key_to_proto(key: ApiKey) -> tenancy_pb2.ApiKey:
     if key.revoked_at_us is not None:
         message.revoked_at.CopyFrom(_timestamp(key.revoked_at_us))
     return message
-
-
-def principal_to_proto(principal: Principal) -> common_pb2.Principal:
-    return common_pb2.Principal(
-        tenant_id=principal.tenant_id,
-        tenant_name=principal.tenant_name,
-        business_unit=principal.business_unit,
-        clearance=principal.clearance.to_proto(),
-        key_id=principal.key_id,
-    )
 
 
 def clearance_from_proto(value: int) -> Sensitivity | None:

@@ -49,15 +49,6 @@ class ApiKey:
         return self.revoked_at_us is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    tenant_id: str
-    tenant_name: str
-    business_unit: str
-    clearance: Sensitivity
-    key_id: str
-
-
 def validate_tenant_name(name: str, field: str = "name") -> str:
     if not name:
         raise InvalidArgument(f"{field} is empty", field=field)

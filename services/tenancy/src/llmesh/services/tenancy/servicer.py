@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llmesh.kit.auth import AdminGuard
 from llmesh.kit.errors import InvalidArgument
-from llmesh.services.tenancy.convert import clearance_from_proto, key_to_proto, principal_to_proto, tenant_to_proto
+from llmesh.services.tenancy.convert import clearance_from_proto, key_to_proto, tenant_to_proto
 from llmesh.services.tenancy.core import Tenancy
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
@@ -18,7 +18,7 @@ class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
 
     async def Authenticate(self, request, context):
         principal = await self._tenancy.authenticate(request.api_key)
-        return tenancy_pb2.AuthenticateResponse(principal=principal_to_proto(principal))
+        return tenancy_pb2.AuthenticateResponse(principal=principal.to_proto())
 
     async def CreateTenant(self, request, context):
         self._admin.check(context.invocation_metadata())
