@@ -17,7 +17,7 @@ from llmesh.kit import errors
 from llmesh.kit.bus import Bus
 from llmesh.kit.chat import messages_from_proto, sampling_from_proto
 from llmesh.kit.client import open_channel
-from llmesh.kit.config import ConfigError, ServerSettings, load_settings, positive, setting, settings_table
+from llmesh.kit.config import ConfigError, ServerSettings, load_settings, parses, positive, setting, settings_table
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import StreamSpec
@@ -176,3 +176,14 @@ async def test_policy_store_follows_changes(nats_url):
     finally:
         await store.stop()
         await bus.close()
+
+
+def test_parses_turns_a_parser_into_a_settings_check():
+    def parse_pair(value: str) -> tuple[str, str]:
+        left, sep, right = value.partition("=")
+        if not sep:
+            raise ValueError("expected KEY=VALUE")
+        return left, right
+
+    check = parses(parse_pair)
+    assert check("a=b") is None and check("ab") == "expected KEY=VALUE"
