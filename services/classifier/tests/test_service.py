@@ -103,7 +103,7 @@ async def test_bad_input_on_every_rpc_is_invalid_argument_and_the_service_keeps_
         (classifier_pb2.ClassifyRequest(messages=[msg("   ")]), "content is empty"),
         (classifier_pb2.ClassifyRequest(messages=[msg("be brief", common_pb2.ROLE_SYSTEM)]), "no user message"),
         (request(tenant_id="bad tenant!"), "tenant_id"),
-        (request(tenant_id="t", use_case="a.b"), "use_case"),
+        (request(tenant_id="t", use_case="a b"), "use_case"),
         (request(use_case="support"), "needs a tenant_id"),
         (request(request_id="r" * 200), "request_id"),
     ]
@@ -123,6 +123,13 @@ async def test_bad_input_on_every_rpc_is_invalid_argument_and_the_service_keeps_
         await stub.Feedback(classifier_pb2.FeedbackRequest(request_id=unique("never-classified"), rating=1))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     assert (await stub.Classify(request())).model_version
+
+
+async def test_a_use_case_the_router_accepts_is_classified(service):
+    # The router forwards its callers' use cases (llmesh.kit.vocabulary.USE_CASE): a '.' among them
+    # must not turn every such request into a degraded classification.
+    _, stub, _ = service
+    assert (await stub.Classify(request(tenant_id="t", use_case="support-bot.v2"))).model_version
 
 
 async def test_feedback_is_stored_with_the_features_and_tier_of_the_request(service):

@@ -9,8 +9,7 @@ from llmesh.classifier.v1 import classifier_pb2
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.chat import Message, messages_from_proto
 from llmesh.kit.errors import InvalidArgument
-from llmesh.kit.streams import SUBJECT_TOKEN
-from llmesh.kit.vocabulary import request_id_from, tenant_id_from
+from llmesh.kit.vocabulary import request_id_from, tenant_id_from, use_case_from
 from llmesh.services.classifier.classify import Classification
 from llmesh.services.classifier.sensitivity.findings import PiiKind
 
@@ -50,12 +49,8 @@ def _optional_tenant_id(value: str) -> str:
 
 
 def _optional_use_case(value: str) -> str:
-    # Stricter than the mesh's use-case rule (llmesh.kit.vocabulary.USE_CASE): no '.'.
-    if value and not SUBJECT_TOKEN.match(value):
-        raise InvalidArgument(
-            f"use_case must be 1-64 characters of letters, digits, '_' or '-' (got {value[:80]!r})", field="use_case"
-        )
-    return value
+    # The mesh's use-case rule: the router forwards its callers' use cases here.
+    return use_case_from(value) if value else ""
 
 
 def classify_from_proto(request: classifier_pb2.ClassifyRequest) -> ClassifyCall:
