@@ -22,7 +22,6 @@ import pathlib
 import platform
 import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -33,6 +32,7 @@ from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.client import open_channel
 from llmesh.kit.nats_server import NatsServerProcess
+from llmesh.kit.testing import free_port
 from llmesh.launcher.processes import ServiceProcess
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -42,12 +42,6 @@ PROMPT = (
     "Customer question #{i}: how do I dispute card transaction {i} that I do not recognise?"
 )
 ANSWER = "To dispute a transaction, open the app, choose the card, select the transaction and tap Dispute. " * 8
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _key(i: int, tenant: str) -> cache_pb2.CacheKey:
@@ -244,7 +238,7 @@ async def main_async(args) -> None:
             lru.stop(20)
         binary = shutil.which("redis-server")
         if binary and not args.no_redis:
-            port = _free_port()
+            port = free_port()
             redis_process = subprocess.Popen(
                 [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                 stdout=subprocess.DEVNULL,

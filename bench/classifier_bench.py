@@ -32,7 +32,7 @@ from llmesh.kit.chat import Message  # noqa: E402
 from llmesh.kit.client import open_channel  # noqa: E402
 from llmesh.kit.config import load_settings  # noqa: E402
 from llmesh.kit.nats_server import NatsServerProcess  # noqa: E402
-from llmesh.kit.server import ServiceHost  # noqa: E402
+from llmesh.kit.testing import hosted  # noqa: E402
 from llmesh.services.classifier.app import ClassifierApp  # noqa: E402
 from llmesh.services.classifier.policy import ClassifierPolicy  # noqa: E402
 from llmesh.services.classifier.sensitivity.evaluation import evaluate, load_snippets  # noqa: E402
@@ -94,27 +94,22 @@ def row(name: str, seconds: np.ndarray) -> str:
 
 
 async def grpc_latencies(app: ClassifierApp, settings, prompts: list[str]) -> np.ndarray:
-    host = ServiceHost(app, settings, serve_metrics=False)
-    await host.start()
-    try:
-        async with open_channel(host.address) as channel:
-            stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
-            requests = [
-                classifier_pb2.ClassifyRequest(
-                    messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=p)], tenant_id="bench"
-                )
-                for p in prompts
-            ]
-            for r in requests[:100]:
-                await stub.Classify(r)
-            out = np.empty(len(requests))
-            for i, r in enumerate(requests):
-                t0 = time.perf_counter()
-                await stub.Classify(r)
-                out[i] = time.perf_counter() - t0
-            return out
-    finally:
-        await host.stop(0.5)
+    async with hosted(app, settings, serve_metrics=False) as host, open_channel(host.address) as channel:
+        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
+        requests = [
+            classifier_pb2.ClassifyRequest(
+                messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=p)], tenant_id="bench"
+            )
+            for p in prompts
+        ]
+        for r in requests[:100]:
+            await stub.Classify(r)
+        out = np.empty(len(requests))
+        for i, r in enumerate(requests):
+            t0 = time.perf_counter()
+            await stub.Classify(r)
+            out[i] = time.perf_counter() - t0
+        return out
 
 
 def pii_table(report) -> list[str]:
@@ -158,7 +153,7 @@ def main() -> int:
             nats.stop()
 
     from llmesh.services.classifier.classify import Classifier
-    from llmesh.services.classifier.routing.registry import ModelRegistry
+    from llmesh.services.classifier.complexity.registry import ModelRegistry
 
     registry = ModelRegistry(model.path.parent)
     registry.refresh()
@@ -188,7 +183,7 @@ def main() -> int:
         *header,
         row("Classify over gRPC (client and server in one process)", via_grpc),
         row("Classify in-process (score + tier + scan + metrics)", in_process),
-        row("router model alone (features + score)", model_only),
+        row("complexity model alone (features + score)", model_only),
         "",
         "## PII detection (2 KB prompt)",
         "",

@@ -140,17 +140,13 @@ async def service(target: str | None):
     if target:
         yield target
         return
-    from llmesh.kit.server import ServiceHost
+    from llmesh.kit.testing import hosted
     from llmesh.services.inference.app import InferenceApp
     from llmesh.services.inference.settings import InferenceSettings
 
     settings = load_settings(InferenceSettings, port=0, metrics_port=0, max_queue=64)
-    host = ServiceHost(InferenceApp(settings), settings, serve_metrics=False)
-    await host.start()
-    try:
+    async with hosted(InferenceApp(settings), settings, serve_metrics=False) as host:
         yield host.address
-    finally:
-        await host.stop(1)
 
 
 async def main() -> int:

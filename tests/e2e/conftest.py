@@ -12,7 +12,7 @@ from llmesh.common.v1 import common_pb2
 from llmesh.kit.client import open_channel
 from llmesh.kit.config import load_settings
 from llmesh.kit.server import ServiceHost
-from llmesh.kit.testing import unique
+from llmesh.kit.testing import hosted, unique
 from llmesh.router.v1 import router_pb2_grpc
 from llmesh.services.cache.app import CacheApp
 from llmesh.services.cache.settings import CacheSettings
@@ -62,14 +62,7 @@ async def mesh(nats_url, tmp_path_factory):
             hosts: dict[str, ServiceHost] = {}
 
             async def start(name: str, app_cls, settings) -> None:
-                host = ServiceHost(app_cls(settings), settings)
-                try:
-                    await host.start()
-                except BaseException:
-                    await host.stop(0)  # a service that failed to start still holds its server
-                    raise
-                stack.push_async_callback(host.stop, 0.5)
-                hosts[name] = host
+                hosts[name] = await stack.enter_async_context(hosted(app_cls(settings), settings))
 
             await start(
                 "tenancy",

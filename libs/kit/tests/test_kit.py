@@ -8,7 +8,7 @@ import dataclasses
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 from llmesh.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from llmesh.common.v1 import common_pb2
@@ -17,11 +17,11 @@ from llmesh.kit import errors
 from llmesh.kit.bus import Bus
 from llmesh.kit.chat import messages_from_proto, sampling_from_proto
 from llmesh.kit.client import open_channel
-from llmesh.kit.config import ConfigError, ServerSettings, load_settings, positive, setting, settings_table
+from llmesh.kit.config import ConfigError, ServerSettings, load_settings, parses, positive, setting, settings_table
 from llmesh.kit.policy import PolicyStore
-from llmesh.kit.server import ServiceApp, ServiceHost
+from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import StreamSpec
-from llmesh.kit.testing import assert_eventually, unique
+from llmesh.kit.testing import assert_eventually, health_status, starting, unique
 
 
 class _Servicer(classifier_pb2_grpc.ClassifierServiceServicer):
@@ -59,20 +59,11 @@ def _settings(**kw) -> ServerSettings:
 
 async def test_health_follows_lifecycle_and_errors_map_to_status_codes():
     app = _App()
-    host = ServiceHost(app, _settings())
-    starting = asyncio.create_task(host.start())
-
-    await assert_eventually(lambda: host.port != 0)
-    async with open_channel(host.address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-
-        async def status():
-            return (await health.Check(health_pb2.HealthCheckRequest(service=""))).status
-
-        assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+    async with starting(app, _settings(), serve_metrics=True) as (host, start), open_channel(host.address) as channel:
+        assert await health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
         app.release.set()
-        await starting
-        assert await status() == health_pb2.HealthCheckResponse.SERVING
+        await start
+        assert await health_status(channel) == health_pb2.HealthCheckResponse.SERVING
 
         stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as bad:
@@ -185,3 +176,14 @@ async def test_policy_store_follows_changes(nats_url):
     finally:
         await store.stop()
         await bus.close()
+
+
+def test_parses_turns_a_parser_into_a_settings_check():
+    def parse_pair(value: str) -> tuple[str, str]:
+        left, sep, right = value.partition("=")
+        if not sep:
+            raise ValueError("expected KEY=VALUE")
+        return left, right
+
+    check = parses(parse_pair)
+    assert check("a=b") is None and check("ab") == "expected KEY=VALUE"

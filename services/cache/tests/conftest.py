@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 
 import pytest
 import redis
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from llmesh.kit.testing import free_port
 
 
 def _start_redis(binary: str, port: int, workdir: str) -> subprocess.Popen | None:
@@ -50,7 +44,7 @@ def redis_url(tmp_path_factory) -> str:
     workdir = str(tmp_path_factory.mktemp("redis"))
     # `--port 0` turns TCP off in redis-server, so pick a free port (again if another process won it).
     for _ in range(5):
-        port = _free_port()
+        port = free_port()
         process = _start_redis(binary, port, workdir)
         if process is not None:
             break

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from llmesh.services.classifier.routing.evaluation import cost_saved, router_metrics, routing_curve
+from llmesh.services.classifier.complexity.evaluation import cost_saved, routing_curve, routing_metrics
 
 
 def make(n=4000, seed=0):
@@ -17,8 +17,8 @@ def make(n=4000, seed=0):
 def test_random_scores_give_about_half_and_an_oracle_more():
     weak, strong = make()
     rng = np.random.default_rng(1)
-    assert router_metrics(rng.random(len(weak)), weak, strong).apgr == pytest.approx(0.5, abs=0.05)
-    oracle = router_metrics(strong.astype(float) - weak, weak, strong)
+    assert routing_metrics(rng.random(len(weak)), weak, strong).apgr == pytest.approx(0.5, abs=0.05)
+    oracle = routing_metrics(strong.astype(float) - weak, weak, strong)
     assert oracle.apgr > 0.9
     assert oracle.share_for_95_pgr < 0.3
     assert oracle.cost_saved_at_95_pgr > 0.6

@@ -6,7 +6,7 @@ import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from llmesh.services.classifier.routing.features import FEATURE_NAMES, prompt_features, split_prompt, strip_options
+from llmesh.services.classifier.complexity.features import FEATURE_NAMES, prompt_features, split_prompt, strip_options
 
 MMLU = "Find the degree of Q(sqrt(2)) over Q.\nA. 0\nB. 4\nC. 2\nD. 6\nAnswer:"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from llmesh.kit.errors import NotFound
+from llmesh.services.classifier.complexity.features import FEATURE_NAMES, FEATURE_SET
+from llmesh.services.classifier.complexity.training import feedback_examples
 from llmesh.services.classifier.feedback import ClassificationRecord, FeedbackRow, FeedbackStore
-from llmesh.services.classifier.routing.features import FEATURE_NAMES, FEATURE_SET
-from llmesh.services.classifier.routing.training import feedback_examples
 
 
 def record(request_id: str, tenant: str = "t1", tier: int = 1, created_at: float = 1000.0) -> ClassificationRecord:

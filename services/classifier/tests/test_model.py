@@ -7,17 +7,18 @@ import shutil
 
 import numpy as np
 import pytest
-from llmesh.services.classifier.routing.features import FEATURE_NAMES
-from llmesh.services.classifier.routing.model import (
+from llmesh.services.classifier.complexity.features import FEATURE_NAMES
+from llmesh.services.classifier.complexity.model import (
     METADATA_FILE,
     MODEL_FILE,
-    LinearRouter,
     ModelFileError,
     ScoreMap,
     load_model,
     save_model,
 )
-from llmesh.services.classifier.routing.registry import ModelRegistry
+from llmesh.services.classifier.complexity.registry import ModelRegistry
+
+from services.classifier.tests.conftest import new_version
 
 
 def test_score_map_is_strictly_increasing_everywhere_and_in_unit_interval():
@@ -48,7 +49,7 @@ def test_score_is_monotone_in_the_models_estimate(packaged_model_dir):
 def test_save_and_load_round_trip(tmp_path, packaged_model_dir):
     model = load_model(packaged_model_dir)
     metadata = dict(model.metadata, version="29990101T000000Z-test")
-    folder = save_model(tmp_path / "29990101T000000Z-test", model.router, metadata)
+    folder = save_model(tmp_path / "29990101T000000Z-test", model.scorer, metadata)
     again = load_model(folder)
     text = "Explain why the sky is blue."
     assert again.predict(text) == model.predict(text)
@@ -77,26 +78,13 @@ def test_malformed_model_files_are_rejected(tmp_path, packaged_model_dir, corrup
         load_model(folder)
 
 
-def _new_version(models_dir, source, name: str, intercept_shift: float = 0.0):
-    model = load_model(source)
-    router = LinearRouter(
-        model.router.feature_names,
-        model.router.mean,
-        model.router.scale,
-        model.router.coef,
-        model.router.intercept + intercept_shift,
-        model.router.score_map,
-    )
-    return save_model(models_dir / name, router, dict(model.metadata, version=name))
-
-
 def test_registry_swaps_to_a_newer_version_and_skips_a_broken_one(models_dir, packaged_model_dir):
     seen = []
     registry = ModelRegistry(models_dir, on_change=lambda m: seen.append(m.version))
     assert registry.load_or_fail().version == packaged_model_dir.name
     assert registry.refresh() is False
 
-    newer = _new_version(models_dir, packaged_model_dir, "29990101T000000Z-newer", intercept_shift=1.0)
+    newer = new_version(models_dir, packaged_model_dir, "29990101T000000Z-newer", intercept_shift=1.0)
     assert registry.refresh() is True
     assert registry.model.version == newer.name
 
@@ -111,5 +99,5 @@ def test_registry_swaps_to_a_newer_version_and_skips_a_broken_one(models_dir, pa
 
 
 def test_registry_without_models_fails_clearly(tmp_path):
-    with pytest.raises(ModelFileError, match="no router model"):
+    with pytest.raises(ModelFileError, match="no complexity model"):
         ModelRegistry(tmp_path).load_or_fail()

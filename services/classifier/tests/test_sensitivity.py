@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier.sensitivity.evaluation import TEST_TERMS, evaluate, load_snippets
-from llmesh.services.classifier.sensitivity.findings import PiiKind, Sensitivity
+from llmesh.services.classifier.sensitivity.findings import PiiKind
 from llmesh.services.classifier.sensitivity.scanner import SensitivityPolicy, SensitivityScanner
 
 from services.classifier.tests.conftest import DATA

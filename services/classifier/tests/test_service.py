@@ -14,9 +14,10 @@ from llmesh.kit.policy import PolicyStore
 from llmesh.kit.testing import assert_eventually, hosted, unique
 from llmesh.services.classifier.app import ClassifierApp
 from llmesh.services.classifier.feedback import FeedbackStore
-from llmesh.services.classifier.routing.model import LinearRouter, load_model, save_model
 from llmesh.services.classifier.settings import ClassifierSettings
 from prometheus_client import REGISTRY
+
+from services.classifier.tests.conftest import new_version
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,7 +103,7 @@ async def test_bad_input_on_every_rpc_is_invalid_argument_and_the_service_keeps_
         (classifier_pb2.ClassifyRequest(messages=[msg("   ")]), "content is empty"),
         (classifier_pb2.ClassifyRequest(messages=[msg("be brief", common_pb2.ROLE_SYSTEM)]), "no user message"),
         (request(tenant_id="bad tenant!"), "tenant_id"),
-        (request(tenant_id="t", use_case="a.b"), "use_case"),
+        (request(tenant_id="t", use_case="a b"), "use_case"),
         (request(use_case="support"), "needs a tenant_id"),
         (request(request_id="r" * 200), "request_id"),
     ]
@@ -122,6 +123,13 @@ async def test_bad_input_on_every_rpc_is_invalid_argument_and_the_service_keeps_
         await stub.Feedback(classifier_pb2.FeedbackRequest(request_id=unique("never-classified"), rating=1))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     assert (await stub.Classify(request())).model_version
+
+
+async def test_a_use_case_the_router_accepts_is_classified(service):
+    # The router forwards its callers' use cases (llmesh.kit.vocabulary.USE_CASE): a '.' among them
+    # must not turn every such request into a degraded classification.
+    _, stub, _ = service
+    assert (await stub.Classify(request(tenant_id="t", use_case="support-bot.v2"))).model_version
 
 
 async def test_feedback_is_stored_with_the_features_and_tier_of_the_request(service):
@@ -194,18 +202,9 @@ async def test_policy_overrides_thresholds_per_tenant_and_use_case_and_adds_term
 async def test_a_new_model_version_is_picked_up_without_a_restart(service, models_dir, packaged_model_dir):
     app, stub, _ = service
     before = await stub.Classify(request(WORD_PROBLEM))
-    current = load_model(packaged_model_dir)
     # A version that scores everything as hard: its intercept is far above the old outputs.
-    shifted = LinearRouter(
-        current.router.feature_names,
-        current.router.mean,
-        current.router.scale,
-        current.router.coef,
-        current.router.intercept + 50.0,
-        current.router.score_map,
-    )
     version = "29991231T235959Z-hotswap"
-    save_model(models_dir / version, shifted, dict(current.metadata, version=version))
+    new_version(models_dir, packaged_model_dir, version, intercept_shift=50.0)
 
     async def swapped():
         r = await stub.Classify(request(WORD_PROBLEM))

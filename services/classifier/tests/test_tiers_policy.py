@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from llmesh.services.classifier.policy import ClassifierPolicy, PolicyResolver, parse_policy
-from llmesh.services.classifier.sensitivity.findings import Sensitivity
+from llmesh.kit.policy import CachedPolicy
+from llmesh.kit.vocabulary import Sensitivity
+from llmesh.services.classifier.policy import ClassifierPolicy, parse_policy
 from llmesh.services.classifier.tiers import TierThresholds, decide_tier
 
 
@@ -70,7 +71,7 @@ def test_resolver_reparses_only_after_a_policy_change():
         calls.append((tenant, use_case))
         return docs
 
-    resolver = PolicyResolver(resolve, lambda: revision[0], ClassifierPolicy())
+    resolver = CachedPolicy(resolve, lambda: revision[0], lambda doc: parse_policy(doc, ClassifierPolicy()))
     assert resolver("t", "").thresholds == TierThresholds(0.2, 0.8)
     resolver("t", "")
     assert len(calls) == 1

@@ -11,9 +11,9 @@ import pathlib
 import numpy as np
 import pytest
 from llmesh.cli.main import main as llmesh
-from llmesh.services.classifier.routing.model import load_model, version_folders
-from llmesh.services.classifier.routing.trainer import train
-from llmesh.services.classifier.routing.training import (
+from llmesh.services.classifier.complexity.model import load_model, version_folders
+from llmesh.services.classifier.complexity.trainer import train
+from llmesh.services.classifier.complexity.training import (
     TrainConfig,
     build_training_set,
     load_routing_data,
@@ -124,8 +124,8 @@ def test_full_training_generalizes_to_unseen_subjects(dev_data, tmp_path):
 def test_train_with_feedback_folds_rated_requests_in(sample, tmp_path):
     import csv
 
+    from llmesh.services.classifier.complexity.features import FEATURE_SET, prompt_features
     from llmesh.services.classifier.feedback import ClassificationRecord, FeedbackStore
-    from llmesh.services.classifier.routing.features import FEATURE_SET, prompt_features
 
     data_csv = tmp_path / "sample.csv"
     with open(data_csv, "w", newline="") as f:

@@ -8,14 +8,14 @@ import sys
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.kit.client import open_channel
 from llmesh.kit.config import ConfigError, load_settings
-from llmesh.kit.server import ServiceHost
-from llmesh.kit.testing import assert_eventually
+from llmesh.kit.testing import health_status, starting
 from llmesh.services.inference.app import InferenceApp
+from llmesh.services.inference.servicer import SERVICE_NAME
 from llmesh.services.inference.settings import InferenceSettings
 
 from services.inference.tests.conftest import MODEL, inference_settings
@@ -35,36 +35,26 @@ def generate_request(max_tokens: int) -> inference_pb2.GenerateRequest:
 async def test_lifecycle_from_loading_to_stop_with_one_slot():
     settings = inference_settings(max_concurrency=1, max_queue=0)
     app = InferenceApp(settings)
-    host = ServiceHost(app, settings, serve_metrics=False)
-    starting = asyncio.create_task(host.start())
-    try:
-        await assert_eventually(lambda: host.port != 0)
-        async with open_channel(host.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            if not starting.done():
-                check = await health.Check(health_pb2.HealthCheckRequest(service=""))
-                assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
-            await starting
-            check = await health.Check(health_pb2.HealthCheckRequest(service="llmesh.inference.v1.InferenceService"))
-            assert check.status == health_pb2.HealthCheckResponse.SERVING
+    async with starting(app, settings) as (host, start), open_channel(host.address) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        if not start.done():
+            assert await health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+        await start
+        assert await health_status(channel, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
 
-            # One slot, no queue: a client's next request finds the slot its last one freed.
-            for _ in range(5):
-                responses = [r async for r in stub.Generate(generate_request(2), timeout=10)]
-                assert responses[-1].completion.usage.completion_tokens == 2
+        # One slot, no queue: a client's next request finds the slot its last one freed.
+        for _ in range(5):
+            responses = [r async for r in stub.Generate(generate_request(2), timeout=10)]
+            assert responses[-1].completion.usage.completion_tokens == 2
 
-            call = stub.Generate(generate_request(900), timeout=60)
-            assert (await call.read()).delta
-            # A stop with no grace: the running generation is cut, its worker ends, stop returns.
-            await asyncio.wait_for(host.stop(grace_s=0), timeout=10)
-            with pytest.raises(grpc.aio.AioRpcError):
-                while await call.read() is not grpc.aio.EOF:
-                    pass
-            assert app.local_backend.load(MODEL).active == 0
-    finally:
-        if not starting.done():
-            starting.cancel()
+        call = stub.Generate(generate_request(900), timeout=60)
+        assert (await call.read()).delta
+        # A stop with no grace: the running generation is cut, its worker ends, stop returns.
+        await asyncio.wait_for(host.stop(grace_s=0), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError):
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        assert app.local_backend.load(MODEL).active == 0
 
 
 async def test_a_missing_model_file_fails_start_with_a_clear_error():
@@ -82,20 +72,13 @@ class _StillLoading(InferenceApp):
 
 async def test_calls_before_the_model_is_loaded_are_unavailable():
     settings = inference_settings()
-    host = ServiceHost(_StillLoading(settings), settings, serve_metrics=False)
-    starting = asyncio.create_task(host.start())
-    try:
-        await assert_eventually(lambda: host.port != 0)
-        async with open_channel(host.address) as channel:
-            stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as early:
-                async for _ in stub.Generate(generate_request(4), timeout=5):
-                    pass
-            assert early.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert (await stub.ListModels(inference_pb2.ListModelsRequest(), timeout=5)).models == []
-    finally:
-        starting.cancel()
-        await host.stop(0)
+    async with starting(_StillLoading(settings), settings) as (host, _), open_channel(host.address) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as early:
+            async for _ in stub.Generate(generate_request(4), timeout=5):
+                pass
+        assert early.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (await stub.ListModels(inference_pb2.ListModelsRequest(), timeout=5)).models == []
 
 
 def test_settings_are_validated_with_every_problem_named():

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-
 import grpc
 import pytest
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.client import open_channel
 from llmesh.kit.config import ServerSettings, load_settings
 from llmesh.kit.server import ServiceHost
-from llmesh.kit.testing import hosted, unique
+from llmesh.kit.testing import free_port, hosted, unique
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 from llmesh.services.router.app import RouterApp
 from llmesh.services.router.settings import RouterSettings
@@ -20,9 +18,7 @@ from services.router.tests.fakes import FakeUpstreams
 
 def dead_address() -> str:
     """A loopback address nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 def router_settings(nats_url: str, upstream: str, **overrides) -> RouterSettings:

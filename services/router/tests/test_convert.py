@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.config import ConfigError, load_settings
+from llmesh.kit.vocabulary import FinishReason
 from llmesh.router.v1 import router_pb2
 from llmesh.services.router.convert import command_from_proto, event_to_proto
-from llmesh.services.router.domain import CacheOutcome, FinishReason, Priority, Summary, Usage
+from llmesh.services.router.domain import CacheOutcome, Priority, Summary, Usage
 from llmesh.services.router.settings import RouterSettings
 
 USER = common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="hi")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from llmesh.kit.auth import bearer_token
 from llmesh.kit.errors import Unauthenticated
-from llmesh.services.router.domain import Principal, Sensitivity
-from llmesh.services.router.principals import PrincipalCache, bearer_token
+from llmesh.kit.vocabulary import Principal, Sensitivity
+from llmesh.services.router.principals import PrincipalCache
 
 
 class Clock:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 from llmesh.kit.errors import InvalidArgument, PermissionDenied, Unavailable
-from llmesh.services.router.domain import ModelInfo, Sensitivity, Usage
+from llmesh.kit.policy import CachedPolicy
+from llmesh.kit.vocabulary import Sensitivity
+from llmesh.services.router.domain import ModelInfo, Usage
 from llmesh.services.router.routing import (
     ModelCatalog,
-    PolicyCache,
     Price,
     Router,
     RoutingPolicy,
@@ -92,7 +93,11 @@ def test_policy_documents_override_the_defaults_and_bad_entries_are_skipped():
 def test_policy_cache_reparses_when_the_revision_moves():
     docs = {"t1": {"tiers": {"1": "cloud"}}}
     revision = [1]
-    cache = PolicyCache(lambda tenant, use_case: docs.get(tenant, {}), lambda: revision[0], DEFAULTS)
+    cache = CachedPolicy(
+        lambda tenant, use_case: docs.get(tenant, {}),
+        lambda: revision[0],
+        lambda doc: policy_from_document(doc, DEFAULTS),
+    )
     assert cache.get("t1", "default").tier_models[1] == "cloud"
     docs["t1"] = {"tiers": {"1": "big"}}
     assert cache.get("t1", "default").tier_models[1] == "cloud", "same revision: parsed once"

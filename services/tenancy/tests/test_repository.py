@@ -7,8 +7,9 @@ import sqlite3
 import pytest
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.errors import AlreadyExists
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.tenancy import keys
-from llmesh.services.tenancy.models import ApiKey, Clearance, Tenant, new_key_id, new_tenant_id
+from llmesh.services.tenancy.models import ApiKey, Tenant, new_key_id, new_tenant_id
 from llmesh.services.tenancy.outbox import OutboxRelay, outbox_event
 from llmesh.services.tenancy.repository import SCHEMA_VERSION, SqliteRepository, now_us
 
@@ -21,7 +22,7 @@ async def repo(tmp_path):
     await repository.close()
 
 
-def _tenant(name: str = "acme", clearance: Clearance = Clearance.INTERNAL) -> Tenant:
+def _tenant(name: str = "acme", clearance: Sensitivity = Sensitivity.INTERNAL) -> Tenant:
     return Tenant(new_tenant_id(), name, "research", clearance, now_us())
 
 
@@ -54,7 +55,7 @@ async def test_migrations_are_recorded_once_and_a_newer_schema_is_refused(tmp_pa
 
 
 async def test_tenants_are_unique_by_name_and_found_by_id_or_name(repo):
-    tenant = await repo.insert_tenant(_tenant("acme", Clearance.RESTRICTED))
+    tenant = await repo.insert_tenant(_tenant("acme", Sensitivity.RESTRICTED))
     with pytest.raises(AlreadyExists, match="'acme' already exists"):
         await repo.insert_tenant(_tenant("acme"))
     await repo.insert_tenant(_tenant("Acme"))

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import grpc
 import nats
 import nats.errors
 import nats.js.errors
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from llmesh.common.v1 import common_pb2
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.client import open_channel
 from llmesh.kit.nats_server import NatsServerProcess
-from llmesh.kit.server import ServiceHost
 from llmesh.kit.streams import KEY_REVOKED_SUBJECT, TENANCY
-from llmesh.kit.testing import assert_eventually, unique
+from llmesh.kit.testing import assert_eventually, free_port, health_status, starting, unique
 from llmesh.services.tenancy.app import TenancyApp
 from llmesh.tenancy.v1 import tenancy_pb2 as pb
 from llmesh.tenancy.v1 import tenancy_pb2_grpc
@@ -258,31 +256,17 @@ async def test_api_keys_never_reach_the_logs(service, admin, admin_token, capfd)
         assert needle not in text
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.timeout(90)
 async def test_waits_for_nats_and_publishes_a_revocation_made_while_nats_was_down(tmp_path, admin_token, admin):
-    port = _free_port()
+    port = free_port()
     nats_server = NatsServerProcess(str(tmp_path / "nats"), port=port)
     settings = tenancy_settings(tmp_path / "t.db", f"nats://127.0.0.1:{port}", admin_token)
-    host = ServiceHost(TenancyApp(settings), settings, serve_metrics=False)
-    starting = asyncio.create_task(host.start())
     try:
-        await assert_eventually(lambda: host.port != 0)
-        async with open_channel(host.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-
-            async def status():
-                return (await health.Check(health_pb2.HealthCheckRequest(service=""))).status
-
-            assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        async with starting(TenancyApp(settings), settings) as (host, start), open_channel(host.address) as channel:
+            assert await health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
             await asyncio.to_thread(nats_server.start)
-            await asyncio.wait_for(starting, 30)
-            assert await status() == health_pb2.HealthCheckResponse.SERVING
+            await asyncio.wait_for(start, 30)
+            assert await health_status(channel) == health_pb2.HealthCheckResponse.SERVING
 
             stub = tenancy_pb2_grpc.TenancyServiceStub(channel)
             _, created = await _tenant_with_key(stub, admin)
@@ -311,7 +295,4 @@ async def test_waits_for_nats_and_publishes_a_revocation_made_while_nats_was_dow
             finally:
                 await nc.close()
     finally:
-        if not starting.done():
-            starting.cancel()
-        await host.stop(0)
         await asyncio.to_thread(nats_server.stop)

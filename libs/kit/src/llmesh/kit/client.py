@@ -1,9 +1,12 @@
 """Client channels to other llmesh services: every call gets a deadline (a default when the caller
-sets none) and carries the current request_id."""
+sets none) and carries the current request_id. And the reading of a failed call's google.rpc error
+details (grpcio-status), the counterpart of what the server interceptor sends."""
 
 from __future__ import annotations
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from llmesh.kit.interceptors import REQUEST_ID_KEY
 from llmesh.kit.logging import get_contextvars
 
@@ -55,3 +58,22 @@ def open_channel(target: str, *, default_timeout_s: float = DEFAULT_TIMEOUT_S) -
     return grpc.aio.insecure_channel(
         target, options=_CHANNEL_OPTIONS, interceptors=[_DefaultsInterceptor(default_timeout_s)]
     )
+
+
+def rich_status(error: grpc.RpcError) -> status_pb2.Status | None:
+    """The google.rpc.Status a failed call carries, if any (and if it agrees with the call's code
+    and message: details that do not are not trusted)."""
+    try:
+        return rpc_status.from_call(error)
+    except ValueError:
+        return None
+
+
+def retry_after_s(error: grpc.RpcError) -> float | None:
+    """The delay a failed call's google.rpc.RetryInfo suggests, if it carries one."""
+    status = rich_status(error)
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return None

@@ -58,6 +58,19 @@ def one_of(*choices: str) -> Callable[[str], str | None]:
     return check
 
 
+def parses(parse: Callable[[Any], object]) -> Callable[[Any], str | None]:
+    """A check that accepts what `parse` accepts; the ValueError's message names the problem."""
+
+    def check(value: Any) -> str | None:
+        try:
+            parse(value)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 

@@ -1,5 +1,6 @@
 """The one server interceptor every service installs: it binds request_id (and later tenant) to
-the log context, records per-RPC metrics, and maps domain errors to gRPC status codes."""
+the log context, records per-RPC metrics, and maps domain errors to gRPC status codes with
+google.rpc error details (BadRequest for the field at fault, RetryInfo), sent by grpcio-status."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import uuid
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from llmesh.kit import errors
 from llmesh.kit.logging import bind_contextvars, clear_contextvars, get_logger
 from llmesh.kit.metrics import RPC_ERRORS, RPC_LATENCY, RPC_REQUESTS
+from llmesh.kit.vocabulary import MAX_REQUEST_ID_CHARS
 
 REQUEST_ID_KEY = "x-request-id"
 
@@ -39,8 +42,9 @@ def status_code_for(exc: errors.LlmeshError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _rich_status(code: grpc.StatusCode, exc: errors.LlmeshError) -> status_pb2.Status:
-    status = status_pb2.Status(code=code.value[0], message=exc.message)
+def rich_status(exc: errors.LlmeshError) -> status_pb2.Status:
+    """The google.rpc.Status a domain error is reported as."""
+    status = status_pb2.Status(code=status_code_for(exc).value[0], message=exc.message)
     if exc.field:
         detail = error_details_pb2.BadRequest(
             field_violations=[error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.message)]
@@ -54,16 +58,13 @@ def _rich_status(code: grpc.StatusCode, exc: errors.LlmeshError) -> status_pb2.S
 
 
 async def abort_with_domain_error(context: grpc.aio.ServicerContext, exc: errors.LlmeshError) -> None:
-    code = status_code_for(exc)
-    status = _rich_status(code, exc)
-    trailing = (("grpc-status-details-bin", status.SerializeToString()),) if status.details else ()
-    await context.abort(code, exc.message, trailing_metadata=trailing)
+    await context.abort_with_status(rpc_status.to_status(rich_status(exc)))
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and value:
-            return str(value)[:128]
+            return str(value)[:MAX_REQUEST_ID_CHARS]
     return uuid.uuid4().hex
 
 

@@ -1,5 +1,6 @@
 """Routing and tenant policy: JSON documents in the NATS KV bucket `llmesh-policy`, watched by
-every service that needs them so a change applies without a restart.
+every service that needs them so a change applies without a restart. Each service reads its own
+section through a CachedPolicy: its parser runs once per (tenant, use case) and policy revision.
 
 Keys (later ones override earlier ones in `resolve`):
   global                          mesh-wide defaults
@@ -12,14 +13,15 @@ explained in docs/policy.md; `llmesh policy` reads, validates and writes them.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import pathlib
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
 from llmesh.kit.bus import Bus
 from llmesh.kit.logging import get_logger
+from llmesh.kit.tasks import BackgroundTasks
 
 POLICY_BUCKET = "llmesh-policy"
 # Revisions the bucket keeps per key (an edit can be looked back on).
@@ -58,6 +60,43 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
+P = TypeVar("P")
+
+
+class CachedPolicy(Generic[P]):
+    """One service's parsed section of the policy per (tenant, use case), parsed once per policy
+    revision. `parse` turns the effective document into the service's own policy type; it should
+    skip (and log) malformed values rather than raise, so a bad edit never fails requests.
+    Calling the object (or `get`) returns the parsed policy."""
+
+    def __init__(
+        self,
+        resolve: Callable[[str, str], Mapping[str, Any]],
+        revision: Callable[[], int],
+        parse: Callable[[Mapping[str, Any]], P],
+        *,
+        max_entries: int = 4096,
+    ):
+        self._resolve = resolve
+        self._revision = revision
+        self._parse = parse
+        self._max_entries = max_entries
+        self._seen_revision = -1
+        self._parsed: dict[tuple[str, str], P] = {}
+
+    def get(self, tenant_id: str, use_case: str) -> P:
+        revision = self._revision()
+        if revision != self._seen_revision or len(self._parsed) >= self._max_entries:
+            self._parsed.clear()
+            self._seen_revision = revision
+        key = (tenant_id, use_case)
+        if key not in self._parsed:
+            self._parsed[key] = self._parse(self._resolve(tenant_id, use_case))
+        return self._parsed[key]
+
+    __call__ = get
+
+
 class PolicyStore:
     def __init__(self, bus: Bus, bucket: str = POLICY_BUCKET):
         self._bus = bus
@@ -65,7 +104,7 @@ class PolicyStore:
         self._docs: dict[str, dict[str, Any]] = {}
         self._kv = None
         self._watcher = None
-        self._task: asyncio.Task | None = None
+        self._tasks = BackgroundTasks("policy")
         self.revision = 0
 
     async def start(self) -> None:
@@ -77,7 +116,7 @@ class PolicyStore:
             if entry is None:
                 break
             self._apply(entry)
-        self._task = asyncio.create_task(self._follow())
+        self._tasks.spawn(self._follow(), name="policy-follow")
 
     async def _follow(self) -> None:
         async for entry in self._watcher:
@@ -114,6 +153,10 @@ class PolicyStore:
                 merged = _merge(merged, doc)
         return merged
 
+    def parsed(self, parse: Callable[[Mapping[str, Any]], P], *, max_entries: int = 4096) -> CachedPolicy[P]:
+        """`parse` applied to the effective policy of each (tenant, use case), cached until a change."""
+        return CachedPolicy(self.resolve, lambda: self.revision, parse, max_entries=max_entries)
+
     async def put(self, key: str, doc: dict[str, Any]) -> int:
         assert self._kv is not None, "start() first"
         return await self._kv.put(key, json.dumps(doc).encode())
@@ -125,5 +168,4 @@ class PolicyStore:
     async def stop(self) -> None:
         if self._watcher is not None:
             await self._watcher.stop()
-        if self._task is not None:
-            self._task.cancel()
+        await self._tasks.stop()

@@ -1,7 +1,8 @@
 """grpc.aio server bootstrap shared by every service.
 
 Lifecycle: bind and start (health NOT_SERVING) → app.start() readies dependencies → SERVING →
-on SIGTERM/SIGINT: NOT_SERVING, stop accepting, in-flight calls get `grace_s`, app.stop(), exit 0.
+on SIGTERM/SIGINT: NOT_SERVING, stop accepting, in-flight calls get `grace_s`, the app's background
+tasks are cancelled and awaited, app.stop(), exit 0.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,6 +23,7 @@ from llmesh.kit.config import ConfigError, ServerSettings, load_settings
 from llmesh.kit.interceptors import ServerInterceptor
 from llmesh.kit.logging import configure_logging, get_logger
 from llmesh.kit.metrics import start_metrics_server
+from llmesh.kit.tasks import BackgroundTasks
 
 log = get_logger("llmesh.server")
 
@@ -33,6 +35,27 @@ class ServiceApp(abc.ABC):
 
     #: short name used in logs and metrics, e.g. "tenancy"
     name: str
+    #: seconds the tasks started with `spawn` get to finish on stop before they are cancelled
+    task_grace_s: float = 0.0
+
+    @property
+    def tasks(self) -> BackgroundTasks:
+        """The app's background tasks, cancelled and awaited by ServiceHost before `stop()`."""
+        tasks = self.__dict__.get("_background_tasks")
+        if tasks is None:
+            tasks = self.__dict__["_background_tasks"] = BackgroundTasks(self.name)
+        return tasks
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> asyncio.Task:
+        """Runs `coro` in the background until it ends or the service stops."""
+        return self.tasks.spawn(coro, name=name)
+
+    def every(
+        self, interval_s: float, job: Callable[[], Awaitable[object] | object], *, name: str | None = None
+    ) -> asyncio.Task:
+        """Calls `job` (sync or async) every `interval_s` seconds until the service stops; a run
+        that raises is logged and the next one happens as planned."""
+        return self.tasks.every(interval_s, job, name=name)
 
     @abc.abstractmethod
     def register(self, server: grpc.aio.Server) -> Iterable[str]:
@@ -56,6 +79,7 @@ class ServiceHost:
         self._server: grpc.aio.Server | None = None
         self._metrics_server = None
         self._service_names: list[str] = []
+        self._stopped = False
         self.port: int = 0
         self.metrics_port: int = 0
 
@@ -107,11 +131,16 @@ class ServiceHost:
         os.replace(tmp, path)
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """Drains and stops the server, then the app; a second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         grace = self.settings.grace_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
         try:
+            await self.app.tasks.stop(self.app.task_grace_s)
             await self.app.stop()
         finally:
             if self._metrics_server is not None:

@@ -1,5 +1,5 @@
 """Test support shared by every package's tests (and the benchmarks): polling instead of sleeping,
-unique names, free ports, and in-process service hosts."""
+unique names, free ports, in-process service hosts (started, or starting) and their health."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmesh.kit.server import ServiceApp, ServiceHost
 
 
@@ -44,9 +46,9 @@ def unique(prefix: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def hosted(app: ServiceApp, settings) -> AsyncIterator[ServiceHost]:
+async def hosted(app: ServiceApp, settings, *, serve_metrics: bool = True) -> AsyncIterator[ServiceHost]:
     """Runs `app` on a real grpc.aio server in this event loop for the duration of the block."""
-    host = ServiceHost(app, settings)
+    host = ServiceHost(app, settings, serve_metrics=serve_metrics)
     try:
         await host.start()
     except BaseException:
@@ -57,3 +59,31 @@ async def hosted(app: ServiceApp, settings) -> AsyncIterator[ServiceHost]:
         yield host
     finally:
         await host.stop(0.5)
+
+
+@contextlib.asynccontextmanager
+async def starting(
+    app: ServiceApp, settings, *, serve_metrics: bool = False
+) -> AsyncIterator[tuple[ServiceHost, asyncio.Task]]:
+    """A host whose start runs in the background, for tests of what happens before SERVING:
+    yields (host, the start task) once the port is bound; stops the host on exit."""
+    host = ServiceHost(app, settings, serve_metrics=serve_metrics)
+    start = asyncio.create_task(host.start())
+    try:
+        await assert_eventually(lambda: host.port != 0 or start.done(), message="port bound")
+        if start.done():
+            start.result()  # a start that failed before binding raises here
+        yield host, start
+    finally:
+        if not start.done():
+            start.cancel()
+        await asyncio.wait({start})
+        if not start.cancelled():
+            start.exception()  # its outcome is the test's business; retrieved so none goes unseen
+        await host.stop(0)
+
+
+async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
+    """The standard health service's status of `service` ("" for the whole server)."""
+    response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+    return response.status

@@ -1,4 +1,4 @@
-"""`llmesh classifier ...`: train the complexity router (writes a model version and the report),
+"""`llmesh classifier ...`: train the complexity model (writes a model version and the report),
 and classify a prompt through the running classifier service."""
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ def train_data_path(explicit: str | None) -> tuple[pathlib.Path, str]:
 
 
 def register(subparsers) -> None:
-    classifier = subparsers.add_parser("classifier", help="train the complexity router; classify a prompt")
+    classifier = subparsers.add_parser("classifier", help="train the complexity model; classify a prompt")
     commands = classifier.add_subparsers(dest="classifier_command", required=True)
 
     train = commands.add_parser(
         "train",
-        help="cross-validate and train the router; writes a model version (picked up by running services) and the report",
+        help="cross-validate and train the complexity model; writes a model version (picked up by running services) and the report",
     )
     train.add_argument("--data", default=None, metavar="CSV", help=DATA_HELP)
     train.add_argument("--out", default="", help="models folder to write the version to (default: the packaged models)")
@@ -82,9 +82,9 @@ def _train(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        from llmesh.services.classifier.complexity.trainer import train
+        from llmesh.services.classifier.complexity.training import TrainConfig, feedback_examples, load_routing_data
         from llmesh.services.classifier.feedback import FeedbackStore
-        from llmesh.services.classifier.routing.trainer import train
-        from llmesh.services.classifier.routing.training import TrainConfig, feedback_examples, load_routing_data
         from llmesh.services.classifier.settings import PACKAGED_MODELS_DIR
     except ModuleNotFoundError as exc:
         print(

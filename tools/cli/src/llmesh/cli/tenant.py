@@ -8,17 +8,12 @@ import sys
 from collections.abc import Awaitable, Callable
 
 import grpc
-from llmesh.common.v1 import common_pb2
 from llmesh.kit.client import open_channel
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.launcher.state import admin_token, endpoint
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
-CLEARANCES = {
-    "public": common_pb2.SENSITIVITY_PUBLIC,
-    "internal": common_pb2.SENSITIVITY_INTERNAL,
-    "confidential": common_pb2.SENSITIVITY_CONFIDENTIAL,
-    "restricted": common_pb2.SENSITIVITY_RESTRICTED,
-}
+CLEARANCES = {level.name.lower(): level.to_proto() for level in Sensitivity if level is not Sensitivity.UNSPECIFIED}
 CLEARANCE_NAMES = {value: name for name, value in CLEARANCES.items()}
 
 Stub = tenancy_pb2_grpc.TenancyServiceStub

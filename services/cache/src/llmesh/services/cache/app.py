@@ -3,12 +3,11 @@ stream, background purges."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import importlib
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import grpc
 from llmesh.cache.v1 import cache_pb2_grpc
@@ -26,7 +25,7 @@ from llmesh.services.cache.exact import ExactStore
 from llmesh.services.cache.invalidation import Invalidation, InvalidationChannel, durable_name
 from llmesh.services.cache.lru import LruStore
 from llmesh.services.cache.metrics import ENTRIES
-from llmesh.services.cache.policy import resolver_from
+from llmesh.services.cache.policy import parse_cache_policy
 from llmesh.services.cache.redis_store import RedisStore
 from llmesh.services.cache.semantic.api import SemanticIndex
 from llmesh.services.cache.servicer import SERVICE_NAME, CacheServicer
@@ -83,7 +82,6 @@ class CacheApp(ServiceApp):
         self._opened_index: SemanticIndex | None = None
         self._policies: PolicyStore | None = None
         self._exact: ExactStore | None = None
-        self._tasks: list[asyncio.Task] = []
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         servicer = CacheServicer(lambda: self.cache, self._publish, AdminGuard(self.settings.admin_token), self.clock)
@@ -128,7 +126,7 @@ class CacheApp(ServiceApp):
         cache = Cache(
             self._exact,
             semantic,
-            resolver_from(self._policies.resolve),
+            self._policies.parsed(parse_cache_policy),
             Analytics(),
             default_ttl_s=s.default_ttl_s,
             clock=self.clock,
@@ -139,7 +137,7 @@ class CacheApp(ServiceApp):
             log.warning("invalidations_still_pending", timeout_s=s.catch_up_timeout_s)
         self.cache = cache
         if s.purge_interval_s > 0:
-            self._tasks.append(asyncio.create_task(self._every(s.purge_interval_s, self._purge_exact)))
+            self.every(s.purge_interval_s, self._purge_exact, name="cache-purge-exact")
         log.info(
             "cache_ready",
             exact=self._exact.layer,
@@ -155,21 +153,8 @@ class CacheApp(ServiceApp):
         if purged:
             log.info("expired_purged", layer=self.cache.exact.layer, entries=purged)
 
-    @staticmethod
-    async def _every(interval_s: float, job: Callable[[], Awaitable[object]]) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await job()
-            except Exception:
-                log.exception("background_job_failed", job=getattr(job, "__name__", repr(job)))
-
     async def stop(self) -> None:
         """Releases everything start() opened; safe to call again."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
         self.cache = None
         policies, self._policies = self._policies, None
         bus, self.bus = self.bus, None

@@ -10,16 +10,15 @@ from llmesh.cache.v1 import cache_pb2
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.chat import messages_from_proto, sampling_from_proto
 from llmesh.kit.errors import InvalidArgument
-from llmesh.kit.streams import SUBJECT_TOKEN
+from llmesh.kit.vocabulary import Sensitivity, tenant_id_from, use_case_from
 from llmesh.services.cache.analytics import Counts, Outcome, Scope
-from llmesh.services.cache.core import LookupQuery, LookupResult, StoreCommand
+from llmesh.services.cache.core import LookupQuery, LookupResult, StoreCommand, StoreResult
 from llmesh.services.cache.entries import Answer, CacheEntry
 from llmesh.services.cache.invalidation import Invalidation
 from llmesh.services.cache.keys import RequestKey
 from llmesh.services.cache.semantic.api import Decision
 
-DEFAULT_USE_CASE = "default"
-NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CONTENT_CLASS = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_TTL_S = 30 * 24 * 3600
 MAX_CONTENT_BYTES = 256 * 1024
 MAX_LABEL_CHARS = 256
@@ -39,21 +38,6 @@ _DECISIONS = {
     Decision.GRAY_MISS: cache_pb2.SEMANTIC_DECISION_GRAY_MISS,
     Decision.MISS: cache_pb2.SEMANTIC_DECISION_MISS,
 }
-
-
-def tenant_id_from(value: str, field: str = "tenant_id") -> str:
-    if not SUBJECT_TOKEN.match(value):
-        shown = "empty" if not value else f"got {value[:80]!r}"
-        raise InvalidArgument(f"{field} must be 1-64 characters of [A-Za-z0-9_-] ({shown})", field=field)
-    return value
-
-
-def use_case_from(value: str, field: str = "use_case") -> str:
-    if not value:
-        return DEFAULT_USE_CASE
-    if not NAME.match(value):
-        raise InvalidArgument(f"{field} must be 1-64 characters of [A-Za-z0-9._-] (got {value[:80]!r})", field=field)
-    return value
 
 
 def entry_id_from(value: str, field: str = "entry_id") -> str:
@@ -86,7 +70,7 @@ def key_from(key: cache_pb2.CacheKey, field: str = "key") -> tuple[RequestKey, b
     if key.max_tokens < 0:
         raise InvalidArgument(f"{field}.max_tokens must be >= 0 (got {key.max_tokens})", field=f"{field}.max_tokens")
     model = _label(key.model, f"{field}.model")
-    sensitivity = _enum(key.sensitivity, common_pb2.Sensitivity, f"{field}.sensitivity")
+    sensitivity = Sensitivity.from_proto(key.sensitivity, field=f"{field}.sensitivity")
     request_key = RequestKey(
         tenant_id=tenant_id,
         use_case=use_case,
@@ -95,7 +79,7 @@ def key_from(key: cache_pb2.CacheKey, field: str = "key") -> tuple[RequestKey, b
         sampling=sampling,
         max_tokens=key.max_tokens,
     )
-    return request_key, sensitivity == common_pb2.SENSITIVITY_RESTRICTED
+    return request_key, sensitivity is Sensitivity.RESTRICTED
 
 
 def lookup_from(request: cache_pb2.LookupRequest) -> LookupQuery:
@@ -147,7 +131,7 @@ def store_from(request: cache_pb2.StoreRequest) -> StoreCommand:
     if not (math.isfinite(request.cost_usd) and request.cost_usd >= 0):
         raise InvalidArgument(f"cost_usd must be a finite amount >= 0 (got {request.cost_usd})", field="cost_usd")
     content_class = request.content_class
-    if content_class and not NAME.match(content_class):
+    if content_class and not CONTENT_CLASS.match(content_class):
         raise InvalidArgument(
             f"content_class must be empty or 1-64 characters of [A-Za-z0-9._-] (got {content_class[:80]!r})",
             field="content_class",
@@ -252,8 +236,15 @@ def lookup_to_proto(result: LookupResult) -> cache_pb2.LookupResponse:
     return response
 
 
-def expires_to_proto(entry: CacheEntry) -> Timestamp | None:
-    return None if entry.pinned else _timestamp(entry.expires_at)
+def store_to_proto(result: StoreResult) -> cache_pb2.StoreResponse:
+    response = cache_pb2.StoreResponse(
+        stored=result.entry is not None, reason=result.reason, semantic_indexed=result.semantic_indexed
+    )
+    if result.entry is not None:
+        response.entry_id = result.entry.entry_id
+        if not result.entry.pinned:
+            response.expires_at.CopyFrom(_timestamp(result.entry.expires_at))
+    return response
 
 
 def stats_to_proto(scope: Scope | None, counts: Counts) -> cache_pb2.CacheStats:
@@ -276,3 +267,9 @@ def stats_to_proto(scope: Scope | None, counts: Counts) -> cache_pb2.CacheStats:
     if scope is not None:
         row.tenant_id, row.business_unit, row.use_case = scope.labels
     return row
+
+
+def stats_response_to_proto(rows: list[tuple[Scope, Counts]], total: Counts) -> cache_pb2.StatsResponse:
+    return cache_pb2.StatsResponse(
+        rows=[stats_to_proto(scope, counts) for scope, counts in rows], total=stats_to_proto(None, total)
+    )

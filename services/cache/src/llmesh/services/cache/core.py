@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from llmesh.kit.errors import NotFound
 from llmesh.kit.logging import get_logger
+from llmesh.kit.vocabulary import DEFAULT_USE_CASE
 from llmesh.services.cache import metrics
 from llmesh.services.cache.analytics import Analytics, Outcome, Scope
 from llmesh.services.cache.entries import Answer, CacheEntry
@@ -311,7 +312,7 @@ class Cache:
         business_unit: str = "",
     ) -> FeedbackResult:
         entry = await self.exact.get(tenant_id, entry_id, self._clock())
-        use_case = use_case or (entry.use_case if entry else "default")
+        use_case = use_case or (entry.use_case if entry else DEFAULT_USE_CASE)
         self.analytics.record_feedback(Scope(tenant_id, business_unit, use_case), thumbs_up)
         if thumbs_up:
             return FeedbackResult(evicted=False, tightened=False)

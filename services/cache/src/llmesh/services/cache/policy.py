@@ -76,9 +76,5 @@ def parse_cache_policy(doc: Mapping[str, Any]) -> CachePolicy:
     )
 
 
+# What the cache asks for a (tenant, use case): llmesh.kit.policy.CachedPolicy over parse_cache_policy.
 PolicyResolver = Callable[[str, str], CachePolicy]
-
-
-def resolver_from(resolve_doc: Callable[[str, str], Mapping[str, Any]]) -> PolicyResolver:
-    """Adapts kit.policy.PolicyStore.resolve (tenant, use_case -> merged document)."""
-    return lambda tenant_id, use_case: parse_cache_policy(resolve_doc(tenant_id, use_case))

@@ -1,4 +1,4 @@
-"""CacheService over gRPC: validate, convert, call the domain, convert back."""
+"""CacheService over gRPC: validate and convert (convert.py), call the domain, convert back."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.kit.auth import AdminGuard
 from llmesh.kit.errors import InvalidArgument, Unavailable
 from llmesh.kit.logging import bind_contextvars
+from llmesh.kit.vocabulary import tenant_id_from, use_case_from
 from llmesh.services.cache import convert
 from llmesh.services.cache.core import Cache, StoreCommand
 from llmesh.services.cache.invalidation import Invalidation
@@ -46,16 +47,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     async def Store(self, request, context):
         command = convert.store_from(request)
         bind_contextvars(tenant=command.key.tenant_id)
-        result = await self._ready().store(command)
-        response = cache_pb2.StoreResponse(
-            stored=result.entry is not None, reason=result.reason, semantic_indexed=result.semantic_indexed
-        )
-        if result.entry is not None:
-            response.entry_id = result.entry.entry_id
-            expires = convert.expires_to_proto(result.entry)
-            if expires is not None:
-                response.expires_at.CopyFrom(expires)
-        return response
+        return convert.store_to_proto(await self._ready().store(command))
 
     async def Invalidate(self, request, context):
         inv = convert.invalidation_from(request, self._clock())
@@ -65,7 +57,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         return cache_pb2.InvalidateResponse(event_id=event_id)
 
     async def Feedback(self, request, context):
-        tenant_id = convert.tenant_id_from(request.tenant_id)
+        tenant_id = tenant_id_from(request.tenant_id)
         entry_id = convert.entry_id_from(request.entry_id)
         thumbs_up = convert.rating_from(request.rating)
         served_as = convert.served_as_from(request.served_as)
@@ -83,7 +75,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
 
     async def PinEntry(self, request, context):
         self._guard.check(context.invocation_metadata())
-        tenant_id = convert.tenant_id_from(request.tenant_id)
+        tenant_id = tenant_id_from(request.tenant_id)
         entry_id = convert.entry_id_from(request.entry_id)
         bind_contextvars(tenant=tenant_id)
         entry = await self._ready().set_pinned(tenant_id, entry_id, request.pinned)
@@ -91,7 +83,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
 
     async def DeleteEntry(self, request, context):
         self._guard.check(context.invocation_metadata())
-        tenant_id = convert.tenant_id_from(request.tenant_id)
+        tenant_id = tenant_id_from(request.tenant_id)
         entry_id = convert.entry_id_from(request.entry_id)
         bind_contextvars(tenant=tenant_id)
         return cache_pb2.DeleteEntryResponse(deleted=await self._ready().delete_entry(tenant_id, entry_id))
@@ -129,12 +121,9 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         yield progress
 
     async def Stats(self, request, context):
-        tenant_id = convert.tenant_id_from(request.tenant_id) if request.tenant_id else ""
-        use_case = convert.use_case_from(request.use_case) if request.use_case else ""
+        tenant_id = tenant_id_from(request.tenant_id) if request.tenant_id else ""
+        use_case = use_case_from(request.use_case) if request.use_case else ""
         rows, total = self._ready().analytics.report(
             tenant_id=tenant_id, business_unit=request.business_unit, use_case=use_case
         )
-        return cache_pb2.StatsResponse(
-            rows=[convert.stats_to_proto(scope, counts) for scope, counts in rows],
-            total=convert.stats_to_proto(None, total),
-        )
+        return convert.stats_response_to_proto(rows, total)

@@ -5,21 +5,15 @@ from __future__ import annotations
 import dataclasses
 import socket
 
+from llmesh.kit.auth import admin_token_setting
 from llmesh.kit.config import ServerSettings, non_negative, port_check, positive, setting
 from llmesh.kit.defaults import DEFAULT_PORTS
 
 MAX_TTL_S = 30 * 24 * 3600
-MIN_ADMIN_TOKEN_CHARS = 16
 
 
 def _ttl_check(value: float) -> str | None:
     return None if 0 < value <= MAX_TTL_S else f"must be in (0, {MAX_TTL_S}] seconds (30 days)"
-
-
-def _admin_token_check(value: str) -> str | None:
-    if value and len(value) < MIN_ADMIN_TOKEN_CHARS:
-        return f"must be empty (admin RPCs disabled) or at least {MIN_ADMIN_TOKEN_CHARS} characters"
-    return None
 
 
 def _redis_url_check(value: str) -> str | None:
@@ -62,12 +56,8 @@ class CacheSettings(ServerSettings):
         "seconds a starting replica waits to apply the invalidations it missed before serving anyway",
         non_negative,
     )
-    admin_token: str = setting(
-        "LLMESH_ADMIN_TOKEN",
-        "",
-        "bearer token of the admin RPCs (PinEntry, DeleteEntry, Warm); empty disables them",
-        _admin_token_check,
-        secret=True,
+    admin_token: str = admin_token_setting(
+        "bearer token of the admin RPCs (PinEntry, DeleteEntry, Warm); empty disables them"
     )
 
     @property

@@ -1,9 +1,8 @@
-"""Wires the classifier service: router model (hot-swapped from the models folder), policy from
+"""Wires the classifier service: complexity model (hot-swapped from the models folder), policy from
 NATS KV, the sensitivity scanner, and the feedback store."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import pathlib
 
@@ -15,15 +14,15 @@ from llmesh.kit.errors import Unavailable
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier import metrics
 from llmesh.services.classifier.classify import Classifier
+from llmesh.services.classifier.complexity.model import ComplexityModel, ModelFileError
+from llmesh.services.classifier.complexity.registry import ModelRegistry
+from llmesh.services.classifier.core import ClassifierService
 from llmesh.services.classifier.feedback import FeedbackStore
-from llmesh.services.classifier.policy import ClassifierPolicy, PolicyResolver
-from llmesh.services.classifier.routing.model import ModelFileError, RouterModel
-from llmesh.services.classifier.routing.registry import ModelRegistry
-from llmesh.services.classifier.sensitivity.findings import Sensitivity
+from llmesh.services.classifier.policy import ClassifierPolicy, parse_policy
 from llmesh.services.classifier.sensitivity.scanner import SensitivityPolicy, SensitivityScanner
-from llmesh.services.classifier.service import ClassifierService
 from llmesh.services.classifier.servicer import SERVICE_NAME, ClassifierServicer
 from llmesh.services.classifier.settings import ClassifierSettings
 from llmesh.services.classifier.tiers import TierThresholds
@@ -51,7 +50,6 @@ class ClassifierApp(ServiceApp):
         self.bus: Bus | None = None
         self.policies: PolicyStore | None = None
         self.feedback: FeedbackStore | None = None
-        self._tasks: list[asyncio.Task] = []
         self._shown_version: str | None = None
 
     def register(self, server: grpc.aio.Server) -> list[str]:
@@ -63,7 +61,7 @@ class ClassifierApp(ServiceApp):
             raise Unavailable("the classifier is starting", retry_after_s=1.0)
         return self.service
 
-    def _on_model_change(self, model: RouterModel) -> None:
+    def _on_model_change(self, model: ComplexityModel) -> None:
         if self._shown_version is not None:
             metrics.MODEL_INFO.labels(self._shown_version).set(0)
         metrics.MODEL_INFO.labels(model.version).set(1)
@@ -79,7 +77,7 @@ class ClassifierApp(ServiceApp):
         try:
             self.registry.load_or_fail()
         except ModelFileError as exc:
-            raise Unavailable(f"no usable router model in {s.model_dir}: {exc}") from exc
+            raise Unavailable(f"no usable complexity model in {s.model_dir}: {exc}") from exc
         self.bus = await Bus.connect(s.nats_url, "llmesh-classifier")
         self.policies = PolicyStore(self.bus)
         await self.policies.start()
@@ -88,37 +86,23 @@ class ClassifierApp(ServiceApp):
             TierThresholds.parse(s.tier_thresholds),
             SensitivityPolicy(default_level=Sensitivity.parse(s.default_sensitivity)),
         )
-        policies = self.policies
-        resolver = PolicyResolver(policies.resolve, lambda: policies.revision, defaults)
         self.service = ClassifierService(
-            Classifier(self.registry, SensitivityScanner(s.phone_region)), resolver, self.feedback
+            Classifier(self.registry, SensitivityScanner(s.phone_region)),
+            self.policies.parsed(lambda doc: parse_policy(doc, defaults)),
+            self.feedback,
         )
-        self._tasks = [
-            asyncio.create_task(self.registry.watch(s.model_poll_s), name="classifier-model-watch"),
-            asyncio.create_task(self._flush_feedback(), name="classifier-feedback-flush"),
-        ]
+        # Folder scans are cheap (a few stat calls), so they run inline. A failed flush keeps the
+        # records in the buffer for the next one: the disk may come back.
+        self.every(s.model_poll_s, self.registry.refresh, name="classifier-model-watch")
+        self.every(s.feedback_flush_s, self.feedback.flush, name="classifier-feedback-flush")
+        if s.feedback_retention_days:
+            self.every(_PRUNE_EVERY_S, self._prune_feedback, name="classifier-feedback-prune")
         log.info("classifier_ready", model_version=self.registry.model.version, feedback_db=self._feedback_path())
 
-    async def _flush_feedback(self) -> None:
-        since_prune = 0.0
-        while True:
-            await asyncio.sleep(self.settings.feedback_flush_s)
-            since_prune += self.settings.feedback_flush_s
-            try:
-                self.feedback.flush()
-                if self.settings.feedback_retention_days and since_prune >= _PRUNE_EVERY_S:
-                    since_prune = 0.0
-                    self.feedback.prune(self.settings.feedback_retention_days * 86400)
-            except Exception:  # the disk may come back; the records wait in the buffer
-                log.exception("feedback_flush_failed")
+    def _prune_feedback(self) -> None:
+        self.feedback.prune(self.settings.feedback_retention_days * 86400)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
         self.service = None
         if self.feedback is not None:
             self.feedback.close()

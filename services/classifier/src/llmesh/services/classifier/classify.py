@@ -1,4 +1,4 @@
-"""One classification: the complexity score and tier from the router model, the sensitivity and
+"""One classification: the complexity score and tier from the complexity model, the sensitivity and
 PII from the scanner, under the tenant's policy.
 
 The score reads the last user message only: it is the request the answer must satisfy, while a
@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llmesh.kit.chat import Message
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier import metrics
+from llmesh.services.classifier.complexity.features import FEATURE_SET
+from llmesh.services.classifier.complexity.registry import ModelRegistry
 from llmesh.services.classifier.policy import ClassifierPolicy
-from llmesh.services.classifier.routing.features import FEATURE_SET
-from llmesh.services.classifier.routing.registry import ModelRegistry
-from llmesh.services.classifier.sensitivity.findings import Finding, Sensitivity
+from llmesh.services.classifier.sensitivity.findings import Finding
 from llmesh.services.classifier.sensitivity.scanner import SensitivityScanner
 from llmesh.services.classifier.tiers import decide_tier
 

@@ -16,7 +16,7 @@ TIERS = Counter(
 SENSITIVITY = Counter("llmesh_classifier_sensitivity_total", "requests classified, by sensitivity level", ["level"])
 PII_FOUND = Counter("llmesh_classifier_pii_total", "PII findings, by kind", ["kind"])
 MODEL_INFO = Gauge(
-    "llmesh_classifier_model_info", "1 for the router model version in use, 0 for earlier ones", ["model_version"]
+    "llmesh_classifier_model_info", "1 for the complexity model version in use, 0 for earlier ones", ["model_version"]
 )
-MODEL_LOADS = Counter("llmesh_classifier_model_loads_total", "router model versions loaded (start and hot swaps)")
+MODEL_LOADS = Counter("llmesh_classifier_model_loads_total", "complexity model versions loaded (start and hot swaps)")
 FEEDBACK = Counter("llmesh_classifier_feedback_total", "feedback received, by rating", ["rating"])

@@ -7,17 +7,18 @@
                     "default_sensitivity": "internal"}}
 
 A malformed value is logged and replaced by the default, so a bad policy edit degrades one
-setting instead of failing requests.
+setting instead of failing requests. llmesh.kit.policy.CachedPolicy runs the parser once per
+tenant, use case and policy revision.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from llmesh.kit.logging import get_logger
-from llmesh.services.classifier.sensitivity.findings import Sensitivity
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier.sensitivity.scanner import SensitivityPolicy
 from llmesh.services.classifier.tiers import TierThresholds
 
@@ -42,7 +43,7 @@ def _terms(value: Any) -> tuple[str, ...]:
     return terms
 
 
-def parse_policy(doc: dict[str, Any], defaults: ClassifierPolicy) -> ClassifierPolicy:
+def parse_policy(doc: Mapping[str, Any], defaults: ClassifierPolicy) -> ClassifierPolicy:
     section = doc.get("classifier") or {}
     if not isinstance(section, dict):
         log.warning("policy_value_ignored", field="classifier", error="must be an object")
@@ -79,28 +80,3 @@ def parse_policy(doc: dict[str, Any], defaults: ClassifierPolicy) -> ClassifierP
             except ValueError as exc:
                 log.warning("policy_value_ignored", field=f"classifier.{name}", error=str(exc))
     return ClassifierPolicy(thresholds, sensitivity)
-
-
-class PolicyResolver:
-    """Resolves and parses the policy for (tenant, use case), re-parsing only after a change."""
-
-    def __init__(self, resolve: Callable[[str, str], dict], revision: Callable[[], int], defaults: ClassifierPolicy):
-        self._resolve = resolve
-        self._revision = revision
-        self._defaults = defaults
-        self._cache: dict[tuple[str, str], ClassifierPolicy] = {}
-        self._cache_revision = -1
-
-    def __call__(self, tenant_id: str, use_case: str) -> ClassifierPolicy:
-        revision = self._revision()
-        if revision != self._cache_revision:
-            self._cache.clear()
-            self._cache_revision = revision
-        key = (tenant_id, use_case)
-        policy = self._cache.get(key)
-        if policy is None:
-            policy = parse_policy(self._resolve(tenant_id, use_case), self._defaults)
-            if len(self._cache) >= 10_000:
-                self._cache.clear()
-            self._cache[key] = policy
-        return policy

@@ -1,54 +1,15 @@
-"""ClassifierService over gRPC: validate, convert, call the domain, convert back."""
+"""ClassifierService over gRPC: validate and convert (convert.py), call the domain, convert back."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from llmesh.classifier.v1 import classifier_pb2, classifier_pb2_grpc
-from llmesh.common.v1 import common_pb2
-from llmesh.kit.chat import messages_from_proto
-from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.logging import bind_contextvars
-from llmesh.kit.streams import SUBJECT_TOKEN
-from llmesh.services.classifier.sensitivity.findings import PiiKind
-from llmesh.services.classifier.service import ClassifierService
+from llmesh.services.classifier.convert import classification_to_proto, classify_from_proto, feedback_from_proto
+from llmesh.services.classifier.core import ClassifierService
 
 SERVICE_NAME = classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name
-
-MAX_REQUEST_ID_CHARS = 128
-MAX_COMMENT_CHARS = 4000
-MAX_CLASSIFY_CHARS = 64_000
-
-_PII_KIND = {
-    PiiKind.EMAIL: classifier_pb2.PII_KIND_EMAIL,
-    PiiKind.PHONE: classifier_pb2.PII_KIND_PHONE,
-    PiiKind.PAYMENT_CARD: classifier_pb2.PII_KIND_PAYMENT_CARD,
-    PiiKind.IBAN: classifier_pb2.PII_KIND_IBAN,
-    PiiKind.NATIONAL_ID: classifier_pb2.PII_KIND_NATIONAL_ID,
-    PiiKind.SECRET: classifier_pb2.PII_KIND_SECRET,
-    PiiKind.TENANT_TERM: classifier_pb2.PII_KIND_TENANT_TERM,
-}
-_TIER = {1: common_pb2.TIER_1, 2: common_pb2.TIER_2, 3: common_pb2.TIER_3}
-
-
-def _optional_token(value: str, field: str) -> str:
-    if value and not SUBJECT_TOKEN.match(value):
-        raise InvalidArgument(
-            f"{field} must be 1-64 characters of letters, digits, '_' or '-' (got {value[:80]!r})", field=field
-        )
-    return value
-
-
-def _request_id(value: str, *, required: bool) -> str:
-    if not value:
-        if required:
-            raise InvalidArgument("request_id is required", field="request_id")
-        return ""
-    if len(value) > MAX_REQUEST_ID_CHARS or not value.isprintable():
-        raise InvalidArgument(
-            f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters", field="request_id"
-        )
-    return value
 
 
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
@@ -56,42 +17,17 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
         self._service = service
 
     async def Classify(self, request: classifier_pb2.ClassifyRequest, context) -> classifier_pb2.ClassifyResponse:
-        messages = messages_from_proto(request.messages, max_total_chars=MAX_CLASSIFY_CHARS)
-        tenant_id = _optional_token(request.tenant_id, "tenant_id")
-        use_case = _optional_token(request.use_case, "use_case")
-        if use_case and not tenant_id:
-            raise InvalidArgument("use_case needs a tenant_id (use cases are per tenant)", field="use_case")
-        request_id = _request_id(request.request_id, required=False)
-        if tenant_id:
-            bind_contextvars(tenant=tenant_id)
-        result = self._service().classify(messages, tenant_id=tenant_id, use_case=use_case, request_id=request_id)
-        return classifier_pb2.ClassifyResponse(
-            complexity_score=result.complexity_score,
-            tier=_TIER[result.tier],
-            confidence=result.confidence,
-            sensitivity=int(result.sensitivity),
-            pii=[
-                classifier_pb2.PiiSpan(
-                    kind=_PII_KIND[f.kind], message_index=f.message_index, start=f.start, end=f.end, detail=f.detail
-                )
-                for f in result.findings
-            ],
-            model_name=result.model_name,
-            model_version=result.model_version,
+        call = classify_from_proto(request)
+        if call.tenant_id:
+            bind_contextvars(tenant=call.tenant_id)
+        result = self._service().classify(
+            call.messages, tenant_id=call.tenant_id, use_case=call.use_case, request_id=call.request_id
         )
+        return classification_to_proto(result)
 
     async def Feedback(self, request: classifier_pb2.FeedbackRequest, context) -> classifier_pb2.FeedbackResponse:
-        request_id = _request_id(request.request_id, required=True)
-        tenant_id = _optional_token(request.tenant_id, "tenant_id")
-        if request.rating not in (-1, 0, 1):
-            raise InvalidArgument(
-                f"rating must be -1 (bad), 0 (neutral) or 1 (good) (got {request.rating})", field="rating"
-            )
-        if len(request.comment) > MAX_COMMENT_CHARS:
-            raise InvalidArgument(
-                f"comment has {len(request.comment)} characters; the limit is {MAX_COMMENT_CHARS}", field="comment"
-            )
-        if tenant_id:
-            bind_contextvars(tenant=tenant_id)
-        self._service().feedback(request_id, tenant_id=tenant_id, rating=request.rating, comment=request.comment)
+        call = feedback_from_proto(request)
+        if call.tenant_id:
+            bind_contextvars(tenant=call.tenant_id)
+        self._service().feedback(call.request_id, tenant_id=call.tenant_id, rating=call.rating, comment=call.comment)
         return classifier_pb2.FeedbackResponse()

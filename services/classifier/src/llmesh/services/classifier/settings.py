@@ -5,29 +5,13 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from llmesh.kit.config import ServerSettings, non_negative, port_check, positive, setting
+from llmesh.kit.config import ServerSettings, non_negative, parses, port_check, positive, setting
 from llmesh.kit.defaults import DEFAULT_PORTS
-from llmesh.services.classifier.sensitivity.findings import Sensitivity
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier.tiers import TierThresholds
 
 # The versions committed with the code; training writes new ones here unless told otherwise.
 PACKAGED_MODELS_DIR = pathlib.Path(__file__).resolve().parent / "models"
-
-
-def _thresholds_check(value: str) -> str | None:
-    try:
-        TierThresholds.parse(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def _sensitivity_check(value: str) -> str | None:
-    try:
-        Sensitivity.parse(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 def _region_check(value: str) -> str | None:
@@ -44,7 +28,7 @@ class ClassifierSettings(ServerSettings):
     model_dir: str = setting(
         "LLMESH_CLASSIFIER_MODEL_DIR",
         str(PACKAGED_MODELS_DIR),
-        "folder of router model versions; the newest is loaded and a newer one is picked up while running",
+        "folder of complexity model versions; the newest is loaded and a newer one is picked up while running",
     )
     model_poll_s: float = setting(
         "LLMESH_CLASSIFIER_MODEL_POLL_S", 2.0, "seconds between checks of the model folder for a new version", positive
@@ -53,13 +37,13 @@ class ClassifierSettings(ServerSettings):
         "LLMESH_CLASSIFIER_TIER_THRESHOLDS",
         "0.3,0.7",
         "default score thresholds low,high (tier 1 below low, tier 3 above high); the policy overrides them",
-        _thresholds_check,
+        parses(TierThresholds.parse),
     )
     default_sensitivity: str = setting(
         "LLMESH_CLASSIFIER_DEFAULT_SENSITIVITY",
         "internal",
         "level of a request in which nothing sensitive was found (docs/adr/0006-sensitivity-levels.md)",
-        _sensitivity_check,
+        parses(Sensitivity.parse),
     )
     phone_region: str = setting(
         "LLMESH_CLASSIFIER_PHONE_REGION",

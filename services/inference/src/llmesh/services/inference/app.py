@@ -5,12 +5,10 @@ from __future__ import annotations
 import grpc
 from llmesh.inference.v1 import inference_pb2_grpc
 from llmesh.kit.server import ServiceApp
-from llmesh.services.inference.engine import InferenceEngine
+from llmesh.services.inference.core import InferenceEngine
 from llmesh.services.inference.llama_cpp_backend import LlamaCppBackend, LlamaCppConfig
-from llmesh.services.inference.servicer import InferenceServicer
+from llmesh.services.inference.servicer import SERVICE_NAME, InferenceServicer
 from llmesh.services.inference.settings import InferenceSettings
-
-SERVICE_NAME = "llmesh.inference.v1.InferenceService"
 
 
 class InferenceApp(ServiceApp):

@@ -4,17 +4,11 @@ OpenAI-compatible API. Domain code only (no grpc)."""
 from __future__ import annotations
 
 import abc
-import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from llmesh.kit.chat import Message, Sampling
-
-
-class FinishReason(enum.Enum):
-    STOP = "stop"  # the model ended its answer or hit a stop sequence
-    LENGTH = "length"  # max_tokens was reached
-    CANCELLED = "cancelled"  # the caller went away
+from llmesh.kit.vocabulary import FinishReason
 
 
 @dataclass(frozen=True, slots=True)

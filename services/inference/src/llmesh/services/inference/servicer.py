@@ -1,59 +1,14 @@
-"""gRPC face of the inference service: validate and convert, call the engine, convert back."""
+"""gRPC face of the inference service: validate and convert (convert.py), call the engine, convert back."""
 
 from __future__ import annotations
 
-from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from llmesh.kit.chat import messages_from_proto, sampling_from_proto
-from llmesh.kit.errors import InvalidArgument
-from llmesh.kit.logging import bind_contextvars, get_contextvars
-from llmesh.services.inference.backend import FinishReason, GenerationRequest, TextDelta
-from llmesh.services.inference.engine import Completion, InferenceEngine, ModelStatus
+from llmesh.kit.logging import bind_contextvars
+from llmesh.services.inference.backend import TextDelta
+from llmesh.services.inference.convert import completion_to_proto, generation_request_from_proto, model_info_to_proto
+from llmesh.services.inference.core import InferenceEngine
 
-MAX_REQUEST_ID_CHARS = 128
-
-FINISH_REASONS = {
-    FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
-    FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
-    FinishReason.CANCELLED: common_pb2.FINISH_REASON_CANCELLED,
-}
-
-
-def generation_request_from_proto(request: inference_pb2.GenerateRequest) -> GenerationRequest:
-    if len(request.request_id) > MAX_REQUEST_ID_CHARS:
-        raise InvalidArgument(f"request_id is longer than {MAX_REQUEST_ID_CHARS} characters", field="request_id")
-    return GenerationRequest(
-        model=request.model,
-        messages=messages_from_proto(request.messages),
-        max_tokens=request.max_tokens,
-        sampling=sampling_from_proto(request.sampling),
-        # The field wins; else the x-request-id the interceptor bound, so worker logs carry one.
-        request_id=request.request_id or get_contextvars().get("request_id", ""),
-    )
-
-
-def completion_to_proto(completion: Completion) -> inference_pb2.GenerateCompletion:
-    return inference_pb2.GenerateCompletion(
-        usage=common_pb2.Usage(prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens),
-        finish_reason=FINISH_REASONS[completion.finish_reason],
-        time_to_first_token_ms=completion.time_to_first_token_ms,
-        total_time_ms=completion.total_time_ms,
-        model=completion.model,
-        backend=completion.backend,
-    )
-
-
-def model_info_to_proto(status: ModelStatus) -> inference_pb2.ModelInfo:
-    info = status.info
-    return inference_pb2.ModelInfo(
-        name=info.name,
-        backend=info.backend,
-        context_length=info.context_length,
-        max_concurrency=info.max_concurrency,
-        active_requests=status.load.active,
-        queued_requests=status.load.queued,
-        max_queue=info.max_queue,
-    )
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):

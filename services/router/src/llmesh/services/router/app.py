@@ -15,17 +15,15 @@ from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import KEY_REVOKED_SUBJECT
-from llmesh.router.v1 import router_pb2, router_pb2_grpc
-from llmesh.services.router.pipeline import BackgroundTasks, GeneratePipeline, PipelineConfig
+from llmesh.router.v1 import router_pb2_grpc
+from llmesh.services.router.core import GeneratePipeline, PipelineConfig
 from llmesh.services.router.principals import PrincipalCache
-from llmesh.services.router.routing import ModelCatalog, PolicyCache, Price, Router, RoutingPolicy
-from llmesh.services.router.servicer import RouterServicer
+from llmesh.services.router.routing import ModelCatalog, Price, Router, RoutingPolicy, policy_from_document
+from llmesh.services.router.servicer import SERVICE_NAME, RouterServicer
 from llmesh.services.router.settings import RouterSettings, parse_prices, parse_tier_models
 from llmesh.services.router.upstreams import CacheClient, ClassifierClient, InferenceClient, TenancyClient
 
 log = get_logger("llmesh.router")
-
-SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
 
 class RouterApp(ServiceApp):
@@ -34,7 +32,8 @@ class RouterApp(ServiceApp):
     def __init__(self, settings: RouterSettings):
         self.settings = settings
         self.principals = PrincipalCache(settings.principal_ttl_s, settings.principal_cache_size)
-        self.background = BackgroundTasks()
+        # Cache stores still running at shutdown get this long to finish.
+        self.task_grace_s = settings.upstream_timeout_s + 1.0
         self.pipeline: GeneratePipeline | None = None
         self.bus: Bus | None = None
         self.policy: PolicyStore | None = None
@@ -78,14 +77,14 @@ class RouterApp(ServiceApp):
                 default_price=Price(s.default_prompt_price_per_1k, s.default_completion_price_per_1k),
                 self_hosted_backends=[b.strip() for b in s.self_hosted_backends.split(",") if b.strip()],
             ),
-            policies=PolicyCache(self.policy.resolve, lambda: self.policy.revision, defaults),
+            policies=self.policy.parsed(lambda doc: policy_from_document(doc, defaults)),
             config=PipelineConfig(
                 upstream_timeout_s=s.upstream_timeout_s,
                 generate_timeout_s=s.generate_timeout_s,
                 fallback_tier=s.fallback_tier,
                 hit_chunk_chars=s.hit_chunk_chars,
             ),
-            background=self.background,
+            spawn=self.spawn,
         )
 
     async def _wait_for_models(self, catalog: ModelCatalog) -> None:
@@ -120,7 +119,6 @@ class RouterApp(ServiceApp):
         log.info("principal_cache_flushed", reason="nats_reconnect")
 
     async def stop(self) -> None:
-        await self.background.drain(timeout_s=self.settings.upstream_timeout_s + 1.0)
         for opened in self._channels:
             await opened.close()
         self._channels.clear()

@@ -1,27 +1,34 @@
 """Router protos ↔ domain: request validation (every bad field is INVALID_ARGUMENT with a clear
-message) and the streamed events."""
+message) and the streamed events of the router's own contract, then the messages exchanged with
+tenancy, classifier, cache and inference (upstreams.py makes the calls)."""
 
 from __future__ import annotations
 
-import re
-
+from llmesh.cache.v1 import cache_pb2
+from llmesh.classifier.v1 import classifier_pb2
 from llmesh.common.v1 import common_pb2
-from llmesh.kit.chat import messages_from_proto, sampling_from_proto
+from llmesh.inference.v1 import inference_pb2
+from llmesh.kit.chat import messages_from_proto, messages_to_proto, sampling_from_proto, sampling_to_proto
 from llmesh.kit.errors import InvalidArgument
+from llmesh.kit.vocabulary import FinishReason, Sensitivity, use_case_from
 from llmesh.router.v1 import router_pb2
 from llmesh.services.router.domain import (
+    AnswerToStore,
+    CachedAnswer,
+    CacheKey,
     CacheOutcome,
+    Classification,
+    Completion,
     Delta,
-    FinishReason,
     GenerateCommand,
+    ModelInfo,
     Priority,
     Summary,
+    Usage,
 )
 
 MAX_TOKENS_LIMIT = 4096
 DEFAULT_MAX_TOKENS = 256
-DEFAULT_USE_CASE = "default"
-USE_CASE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_MODEL_CHARS = 128
 
 PRIORITIES = {
@@ -40,12 +47,6 @@ CACHE_OUTCOMES = {
     CacheOutcome.SEMANTIC_HIT: router_pb2.CACHE_OUTCOME_SEMANTIC_HIT,
     CacheOutcome.BYPASSED: router_pb2.CACHE_OUTCOME_BYPASSED,
 }
-FINISH_REASONS = {
-    FinishReason.UNSPECIFIED: common_pb2.FINISH_REASON_UNSPECIFIED,
-    FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
-    FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
-    FinishReason.CANCELLED: common_pb2.FINISH_REASON_CANCELLED,
-}
 
 
 def command_from_proto(request: router_pb2.GenerateRequest) -> GenerateCommand:
@@ -57,11 +58,7 @@ def command_from_proto(request: router_pb2.GenerateRequest) -> GenerateCommand:
             field="max_tokens",
         )
     sampling = sampling_from_proto(request.sampling)
-    use_case = request.use_case or DEFAULT_USE_CASE
-    if not USE_CASE.match(use_case):
-        raise InvalidArgument(
-            f"use_case must be 1-64 characters of A-Z a-z 0-9 . _ - (got {use_case[:80]!r})", field="use_case"
-        )
+    use_case = use_case_from(request.use_case)
     # proto3 keeps enum numbers it does not know: a newer client's value must not be guessed at.
     if request.priority not in PRIORITIES:
         raise InvalidArgument(
@@ -98,12 +95,116 @@ def event_to_proto(event: Delta | Summary) -> router_pb2.GenerateResponse:
             model=event.model,
             backend=event.backend,
             cache_outcome=CACHE_OUTCOMES[event.cache_outcome],
-            usage=common_pb2.Usage(
-                prompt_tokens=event.usage.prompt_tokens, completion_tokens=event.usage.completion_tokens
-            ),
+            usage=usage_to_proto(event.usage),
             cost_usd=event.cost_usd,
             time_to_first_token_ms=event.time_to_first_token_ms,
             total_time_ms=event.total_time_ms,
-            finish_reason=FINISH_REASONS[event.finish_reason],
+            finish_reason=event.finish_reason.to_proto(),
         )
+    )
+
+
+def usage_to_proto(usage: Usage) -> common_pb2.Usage:
+    return common_pb2.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+
+
+def usage_from_proto(usage: common_pb2.Usage) -> Usage:
+    return Usage(usage.prompt_tokens, usage.completion_tokens)
+
+
+# Upstream services' messages.
+
+
+def classify_request_to_proto(
+    command: GenerateCommand, *, tenant_id: str, request_id: str
+) -> classifier_pb2.ClassifyRequest:
+    return classifier_pb2.ClassifyRequest(
+        messages=messages_to_proto(command.messages),
+        tenant_id=tenant_id,
+        use_case=command.use_case,
+        request_id=request_id,
+    )
+
+
+def classification_from_proto(response: classifier_pb2.ClassifyResponse) -> Classification:
+    sensitivity = Sensitivity.from_proto(response.sensitivity, unknown=Sensitivity.RESTRICTED)
+    if sensitivity is Sensitivity.UNSPECIFIED:
+        # An unlabeled answer is treated as the most sensitive.
+        sensitivity = Sensitivity.RESTRICTED
+    return Classification(int(response.tier), sensitivity, response.confidence)
+
+
+def cache_key_to_proto(key: CacheKey) -> cache_pb2.CacheKey:
+    return cache_pb2.CacheKey(
+        tenant_id=key.tenant_id,
+        use_case=key.use_case,
+        messages=messages_to_proto(key.messages),
+        model=key.pinned_model,
+        sampling=sampling_to_proto(key.sampling),
+        max_tokens=key.max_tokens,
+    )
+
+
+def lookup_request_to_proto(key: CacheKey, *, business_unit: str) -> cache_pb2.LookupRequest:
+    return cache_pb2.LookupRequest(key=cache_key_to_proto(key), business_unit=business_unit)
+
+
+def cached_answer_from_proto(response: cache_pb2.LookupResponse) -> CachedAnswer | None:
+    """The answer of a hit; None for any other outcome."""
+    if response.outcome not in (cache_pb2.LOOKUP_OUTCOME_EXACT_HIT, cache_pb2.LOOKUP_OUTCOME_SEMANTIC_HIT):
+        return None
+    answer = response.answer
+    return CachedAnswer(
+        content=answer.content,
+        model=answer.model,
+        backend=answer.backend,
+        tier=int(answer.tier),
+        usage=usage_from_proto(answer.usage),
+        cost_usd=answer.cost_usd,
+        semantic=response.outcome == cache_pb2.LOOKUP_OUTCOME_SEMANTIC_HIT,
+    )
+
+
+def store_request_to_proto(
+    key: CacheKey, answer: AnswerToStore, *, business_unit: str, sensitivity: Sensitivity
+) -> cache_pb2.StoreRequest:
+    proto_key = cache_key_to_proto(key)
+    proto_key.sensitivity = sensitivity.to_proto()
+    return cache_pb2.StoreRequest(
+        key=proto_key,
+        business_unit=business_unit,
+        content=answer.content,
+        model=answer.model,
+        backend=answer.backend,
+        tier=answer.tier,
+        usage=usage_to_proto(answer.usage),
+        cost_usd=answer.cost_usd,
+    )
+
+
+def model_info_from_proto(model: inference_pb2.ModelInfo) -> ModelInfo:
+    return ModelInfo(model.name, model.backend)
+
+
+def generate_request_to_proto(
+    model: str, command: GenerateCommand, *, request_id: str
+) -> inference_pb2.GenerateRequest:
+    return inference_pb2.GenerateRequest(
+        model=model,
+        messages=messages_to_proto(command.messages),
+        max_tokens=command.max_tokens,
+        sampling=sampling_to_proto(command.sampling),
+        request_id=request_id,
+    )
+
+
+def generate_event_from_proto(response: inference_pb2.GenerateResponse) -> Delta | Completion:
+    if not response.HasField("completion"):
+        return Delta(response.delta)
+    c = response.completion
+    return Completion(
+        usage=usage_from_proto(c.usage),
+        finish_reason=FinishReason.from_proto(c.finish_reason),
+        model=c.model,
+        backend=c.backend,
     )

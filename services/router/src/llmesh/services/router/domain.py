@@ -7,18 +7,9 @@ import dataclasses
 import enum
 
 from llmesh.kit.chat import Message, Sampling
+from llmesh.kit.vocabulary import FinishReason, Sensitivity
 
 TIERS = (1, 2, 3)
-
-
-class Sensitivity(enum.IntEnum):
-    """Ordered like llmesh.common.v1.Sensitivity: a higher value is more sensitive."""
-
-    UNSPECIFIED = 0
-    PUBLIC = 1
-    INTERNAL = 2
-    CONFIDENTIAL = 3
-    RESTRICTED = 4
 
 
 class Priority(enum.Enum):
@@ -31,27 +22,6 @@ class CacheOutcome(enum.Enum):
     EXACT_HIT = "exact_hit"
     SEMANTIC_HIT = "semantic_hit"
     BYPASSED = "bypassed"
-
-
-class FinishReason(enum.Enum):
-    UNSPECIFIED = "unspecified"
-    STOP = "stop"
-    LENGTH = "length"
-    CANCELLED = "cancelled"
-
-    @property
-    def complete(self) -> bool:
-        """Only a complete answer may be cached."""
-        return self in (FinishReason.STOP, FinishReason.LENGTH)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Principal:
-    tenant_id: str
-    tenant_name: str
-    business_unit: str
-    clearance: Sensitivity
-    key_id: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

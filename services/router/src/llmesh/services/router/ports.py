@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from llmesh.kit.vocabulary import Principal, Sensitivity
 from llmesh.services.router.domain import (
     AnswerToStore,
     CachedAnswer,
@@ -15,8 +16,6 @@ from llmesh.services.router.domain import (
     Delta,
     GenerateCommand,
     ModelInfo,
-    Principal,
-    Sensitivity,
 )
 
 

@@ -10,8 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from llmesh.kit.errors import Unauthenticated
-from llmesh.services.router.domain import Principal
+from llmesh.kit.vocabulary import Principal
 
 
 class PrincipalCache:
@@ -74,19 +73,3 @@ class PrincipalCache:
     def clear(self) -> None:
         self._epoch += 1
         self._entries.clear()
-
-
-MAX_API_KEY_CHARS = 512
-
-
-def bearer_token(authorization: str | None) -> str:
-    """The API key of an `authorization: Bearer <key>` header value."""
-    if not authorization:
-        raise Unauthenticated("missing credentials: send the metadata 'authorization: Bearer <api key>'")
-    scheme, _, token = authorization.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthenticated("malformed authorization metadata: expected 'Bearer <api key>'")
-    if len(token) > MAX_API_KEY_CHARS or any(c.isspace() or not c.isprintable() for c in token):
-        raise Unauthenticated("malformed API key in the authorization metadata")
-    return token

@@ -6,7 +6,8 @@ case) such as::
     {"tiers": {"1": "gemma-3-270m", "2": "...", "3": "..."},
      "prices": {"gemma-3-270m": {"prompt_per_1k": 0.0001, "completion_per_1k": 0.0004}}}
 
-Settings give the defaults the policy overrides.
+Settings give the defaults the policy overrides; llmesh.kit.policy.CachedPolicy runs the parser
+once per tenant, use case and policy revision.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from llmesh.kit.errors import InvalidArgument, PermissionDenied, Unavailable
 from llmesh.kit.logging import get_logger
-from llmesh.services.router.domain import TIERS, ModelInfo, Sensitivity, Usage
+from llmesh.kit.vocabulary import Sensitivity
+from llmesh.services.router.domain import TIERS, ModelInfo, Usage
 
 log = get_logger("llmesh.router.routing")
 
@@ -41,7 +43,7 @@ class RoutingPolicy:
     cache_restricted: bool = False
 
 
-def policy_from_document(doc: dict[str, Any], defaults: RoutingPolicy) -> RoutingPolicy:
+def policy_from_document(doc: Mapping[str, Any], defaults: RoutingPolicy) -> RoutingPolicy:
     """Applies a policy document over the defaults, skipping (and logging) malformed entries so a
     bad edit in the KV bucket never takes the router down."""
     tier_models = dict(defaults.tier_models)
@@ -179,34 +181,3 @@ class Router:
 
     def price(self, model: str, policy: RoutingPolicy) -> Price:
         return policy.prices.get(model, self._default_price)
-
-
-class PolicyCache:
-    """Effective routing policies per (tenant, use case), parsed once per policy revision."""
-
-    def __init__(
-        self,
-        resolve: Callable[[str, str], dict[str, Any]],
-        revision: Callable[[], int],
-        defaults: RoutingPolicy,
-        *,
-        max_entries: int = 4096,
-    ):
-        self._resolve = resolve
-        self._revision = revision
-        self._defaults = defaults
-        self._max_entries = max_entries
-        self._seen_revision = -1
-        self._parsed: dict[tuple[str, str], RoutingPolicy] = {}
-
-    def get(self, tenant_id: str, use_case: str) -> RoutingPolicy:
-        revision = self._revision()
-        if revision != self._seen_revision or len(self._parsed) >= self._max_entries:
-            self._parsed.clear()
-            self._seen_revision = revision
-        key = (tenant_id, use_case)
-        policy = self._parsed.get(key)
-        if policy is None:
-            policy = policy_from_document(self._resolve(tenant_id, use_case), self._defaults)
-            self._parsed[key] = policy
-        return policy

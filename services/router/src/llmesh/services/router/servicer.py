@@ -6,19 +6,14 @@ import time
 from collections.abc import Callable
 from contextlib import aclosing
 
-import grpc
+from llmesh.kit.auth import authorization_header
 from llmesh.kit.errors import Unavailable
 from llmesh.kit.logging import get_contextvars
-from llmesh.router.v1 import router_pb2_grpc
+from llmesh.router.v1 import router_pb2, router_pb2_grpc
 from llmesh.services.router.convert import command_from_proto, event_to_proto
-from llmesh.services.router.pipeline import GeneratePipeline
+from llmesh.services.router.core import GeneratePipeline
 
-
-def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
-    for name, value in context.invocation_metadata() or ():
-        if name == key:
-            return value if isinstance(value, str) else None
-    return None
+SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
@@ -32,7 +27,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise Unavailable("the router is still starting")
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        principal = await pipeline.authenticate(_metadata(context, "authorization"), deadline=deadline)
+        principal = await pipeline.authenticate(authorization_header(context.invocation_metadata()), deadline=deadline)
         command = command_from_proto(request)
         request_id = get_contextvars().get("request_id", "")
         events = pipeline.run(principal, command, request_id=request_id, started=started, deadline=deadline)

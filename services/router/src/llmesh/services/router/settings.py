@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from llmesh.kit.config import ServerSettings, non_negative, port_check, positive, setting
+from llmesh.kit.config import ServerSettings, non_negative, parses, port_check, positive, setting
 from llmesh.kit.defaults import DEFAULT_PORTS
 
 
@@ -17,14 +17,6 @@ def _tier(value: int) -> str | None:
     return None if value in (1, 2, 3) else "must be 1, 2 or 3"
 
 
-def _tier_models_check(value: str) -> str | None:
-    try:
-        parse_tier_models(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
 def parse_tier_models(value: str) -> dict[int, str]:
     """ "1=model-a,2=model-b" → {1: "model-a", 2: "model-b"}."""
     mapping: dict[int, str] = {}
@@ -34,14 +26,6 @@ def parse_tier_models(value: str) -> dict[int, str]:
             raise ValueError(f"expected comma-separated TIER=MODEL pairs with TIER in 1..3 (bad item {item!r})")
         mapping[int(tier)] = model.strip()
     return mapping
-
-
-def _prices_check(value: str) -> str | None:
-    try:
-        parse_prices(value)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 def parse_prices(value: str) -> dict[str, tuple[float, float]]:
@@ -108,7 +92,7 @@ class RouterSettings(ServerSettings):
         "LLMESH_ROUTER_TIER_MODELS",
         "",
         "tier → model defaults, e.g. `1=gemma-3-270m,2=...`; the policy overrides them",
-        _tier_models_check,
+        parses(parse_tier_models),
     )
     fallback_tier: int = setting("LLMESH_ROUTER_FALLBACK_TIER", 2, "tier used when the classifier cannot answer", _tier)
     prices: str = setting(
@@ -116,7 +100,7 @@ class RouterSettings(ServerSettings):
         "",
         'price table as JSON `{"model": {"prompt_per_1k": 0.1, "completion_per_1k": 0.2}}` (USD per 1k tokens); '
         "the policy overrides it",
-        _prices_check,
+        parses(parse_prices),
     )
     default_prompt_price_per_1k: float = setting(
         "LLMESH_ROUTER_DEFAULT_PROMPT_PRICE_PER_1K",

@@ -1,18 +1,19 @@
-"""gRPC adapters to tenancy, classifier, cache and inference: proto ↔ router domain, and upstream
-status codes → llmesh.kit.errors (so the router answers with a clear status of its own)."""
+"""gRPC adapters to tenancy, classifier, cache and inference: they call the upstream services with
+the messages convert.py builds, and turn upstream status codes into llmesh.kit.errors (so the
+router answers with a clear status of its own)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
-from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
-from llmesh.classifier.v1 import classifier_pb2, classifier_pb2_grpc
-from llmesh.common.v1 import common_pb2
+from llmesh.cache.v1 import cache_pb2_grpc
+from llmesh.classifier.v1 import classifier_pb2_grpc
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.kit import errors
-from llmesh.kit.chat import messages_to_proto, sampling_to_proto
+from llmesh.kit.client import retry_after_s
+from llmesh.kit.vocabulary import Principal, Sensitivity
+from llmesh.services.router import convert
 from llmesh.services.router.domain import (
     AnswerToStore,
     CachedAnswer,
@@ -20,33 +21,10 @@ from llmesh.services.router.domain import (
     Classification,
     Completion,
     Delta,
-    FinishReason,
     GenerateCommand,
     ModelInfo,
-    Principal,
-    Sensitivity,
-    Usage,
 )
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
-
-FINISH_REASONS = {
-    common_pb2.FINISH_REASON_STOP: FinishReason.STOP,
-    common_pb2.FINISH_REASON_LENGTH: FinishReason.LENGTH,
-    common_pb2.FINISH_REASON_CANCELLED: FinishReason.CANCELLED,
-}
-
-
-def _retry_after_s(exc: grpc.aio.AioRpcError) -> float | None:
-    for key, value in exc.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                info = error_details_pb2.RetryInfo()
-                detail.Unpack(info)
-                return info.retry_delay.ToNanoseconds() / 1e9
-    return None
 
 
 def upstream_error(service: str, exc: grpc.aio.AioRpcError) -> errors.LlmeshError:
@@ -59,11 +37,11 @@ def upstream_error(service: str, exc: grpc.aio.AioRpcError) -> errors.LlmeshErro
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return errors.PermissionDenied(f"{service}: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return errors.ResourceExhausted(f"{service} is at capacity: {details}", retry_after_s=_retry_after_s(exc))
+        return errors.ResourceExhausted(f"{service} is at capacity: {details}", retry_after_s=retry_after_s(exc))
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return errors.DeadlineExceeded(f"{service} did not answer in time")
     if code == grpc.StatusCode.UNAVAILABLE:
-        return errors.Unavailable(f"{service} is unavailable: {details}", retry_after_s=_retry_after_s(exc))
+        return errors.Unavailable(f"{service} is unavailable: {details}", retry_after_s=retry_after_s(exc))
     return errors.Unavailable(f"{service} failed ({code.name}): {details}")
 
 
@@ -78,13 +56,9 @@ class TenancyClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise upstream_error("tenancy", exc) from None
-        p = response.principal
-        if not p.tenant_id:
+        if not response.principal.tenant_id:
             raise errors.Unavailable("tenancy answered without a principal")
-        clearance = (
-            Sensitivity(p.clearance) if p.clearance in Sensitivity._value2member_map_ else Sensitivity.UNSPECIFIED
-        )
-        return Principal(p.tenant_id, p.tenant_name, p.business_unit, clearance, p.key_id)
+        return Principal.from_proto(response.principal)
 
 
 class ClassifierClient:
@@ -94,38 +68,12 @@ class ClassifierClient:
     async def classify(
         self, command: GenerateCommand, *, tenant_id: str, request_id: str, timeout_s: float
     ) -> Classification:
-        request = classifier_pb2.ClassifyRequest(
-            messages=messages_to_proto(command.messages),
-            tenant_id=tenant_id,
-            use_case=command.use_case,
-            request_id=request_id,
-        )
+        request = convert.classify_request_to_proto(command, tenant_id=tenant_id, request_id=request_id)
         try:
             response = await self._stub.Classify(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise upstream_error("classifier", exc) from None
-        sensitivity = (
-            Sensitivity(response.sensitivity)
-            if response.sensitivity in Sensitivity._value2member_map_ and response.sensitivity
-            # An unlabeled answer is treated as the most sensitive.
-            else Sensitivity.RESTRICTED
-        )
-        return Classification(int(response.tier), sensitivity, response.confidence)
-
-
-def cache_key_to_proto(key: CacheKey) -> cache_pb2.CacheKey:
-    return cache_pb2.CacheKey(
-        tenant_id=key.tenant_id,
-        use_case=key.use_case,
-        messages=messages_to_proto(key.messages),
-        model=key.pinned_model,
-        sampling=sampling_to_proto(key.sampling),
-        max_tokens=key.max_tokens,
-    )
-
-
-def _usage(usage: common_pb2.Usage) -> Usage:
-    return Usage(usage.prompt_tokens, usage.completion_tokens)
+        return convert.classification_from_proto(response)
 
 
 class CacheClient:
@@ -135,41 +83,17 @@ class CacheClient:
     async def lookup(self, key: CacheKey, *, business_unit: str, timeout_s: float) -> CachedAnswer | None:
         # Sent before the classifier answered: no tier or sensitivity yet, so the router applies
         # the tier rule and the restricted-data policy to whatever comes back.
-        request = cache_pb2.LookupRequest(key=cache_key_to_proto(key), business_unit=business_unit)
+        request = convert.lookup_request_to_proto(key, business_unit=business_unit)
         try:
             response = await self._stub.Lookup(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise upstream_error("cache", exc) from None
-        if response.outcome not in (cache_pb2.LOOKUP_OUTCOME_EXACT_HIT, cache_pb2.LOOKUP_OUTCOME_SEMANTIC_HIT):
-            return None
-        answer = response.answer
-        return CachedAnswer(
-            content=answer.content,
-            model=answer.model,
-            backend=answer.backend,
-            tier=int(answer.tier),
-            usage=_usage(answer.usage),
-            cost_usd=answer.cost_usd,
-            semantic=response.outcome == cache_pb2.LOOKUP_OUTCOME_SEMANTIC_HIT,
-        )
+        return convert.cached_answer_from_proto(response)
 
     async def store(
         self, key: CacheKey, answer: AnswerToStore, *, business_unit: str, sensitivity: Sensitivity, timeout_s: float
     ) -> str | None:
-        proto_key = cache_key_to_proto(key)
-        proto_key.sensitivity = int(sensitivity)
-        request = cache_pb2.StoreRequest(
-            key=proto_key,
-            business_unit=business_unit,
-            content=answer.content,
-            model=answer.model,
-            backend=answer.backend,
-            tier=answer.tier,
-            usage=common_pb2.Usage(
-                prompt_tokens=answer.usage.prompt_tokens, completion_tokens=answer.usage.completion_tokens
-            ),
-            cost_usd=answer.cost_usd,
-        )
+        request = convert.store_request_to_proto(key, answer, business_unit=business_unit, sensitivity=sensitivity)
         try:
             response = await self._stub.Store(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
@@ -188,31 +112,16 @@ class InferenceClient:
             response = await self._stub.ListModels(inference_pb2.ListModelsRequest(), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise upstream_error("inference", exc) from None
-        return [ModelInfo(m.name, m.backend) for m in response.models]
+        return [convert.model_info_from_proto(m) for m in response.models]
 
     async def generate(
         self, model: str, command: GenerateCommand, *, request_id: str, timeout_s: float
     ) -> AsyncIterator[Delta | Completion]:
-        request = inference_pb2.GenerateRequest(
-            model=model,
-            messages=messages_to_proto(command.messages),
-            max_tokens=command.max_tokens,
-            sampling=sampling_to_proto(command.sampling),
-            request_id=request_id,
-        )
+        request = convert.generate_request_to_proto(model, command, request_id=request_id)
         call = self._stub.Generate(request, timeout=timeout_s)
         try:
             async for response in call:
-                if response.HasField("completion"):
-                    c = response.completion
-                    yield Completion(
-                        usage=_usage(c.usage),
-                        finish_reason=FINISH_REASONS.get(c.finish_reason, FinishReason.UNSPECIFIED),
-                        model=c.model,
-                        backend=c.backend,
-                    )
-                else:
-                    yield Delta(response.delta)
+                yield convert.generate_event_from_proto(response)
         except grpc.aio.AioRpcError as exc:
             raise upstream_error("inference", exc) from None
         finally:

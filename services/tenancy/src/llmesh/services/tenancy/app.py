@@ -8,11 +8,11 @@ from llmesh.kit.bus import Bus
 from llmesh.kit.logging import get_logger
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import TENANCY
+from llmesh.services.tenancy.core import Tenancy
 from llmesh.services.tenancy.outbox import OutboxRelay
 from llmesh.services.tenancy.repository import SqliteRepository
 from llmesh.services.tenancy.servicer import SERVICE_NAME, TenancyServicer
 from llmesh.services.tenancy.settings import TenancySettings
-from llmesh.services.tenancy.tenancy import Tenancy
 from llmesh.tenancy.v1 import tenancy_pb2_grpc
 
 log = get_logger("llmesh.tenancy")
@@ -46,12 +46,11 @@ class TenancyApp(ServiceApp):
         await self.bus.ensure_stream(TENANCY)
         # Events a previous run recorded but could not publish.
         await self.relay.flush()
-        self.relay.start(self.settings.outbox_retry_s)
+        self.every(self.settings.outbox_retry_s, self.relay.flush, name="outbox-retry")
         if not self.settings.admin_token:
             log.warning("admin_rpcs_disabled", reason="LLMESH_ADMIN_TOKEN is not set")
 
     async def stop(self) -> None:
-        await self.relay.stop()
         if self.bus is not None:
             await self.bus.close()
         await self.repository.close()

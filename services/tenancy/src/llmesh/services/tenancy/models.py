@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import enum
 import re
 import secrets
 from dataclasses import dataclass
 
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.streams import SUBJECT_TOKEN
+from llmesh.kit.vocabulary import Sensitivity
 
 TENANT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_BUSINESS_UNIT_CHARS = 128
 MAX_LABEL_CHARS = 128
 
 
-class Clearance(enum.IntEnum):
-    """Mirrors llmesh.common.v1.Sensitivity: ordered, a higher value may see more sensitive data."""
-
-    PUBLIC = 1
-    INTERNAL = 2
-    CONFIDENTIAL = 3
-    RESTRICTED = 4
-
-
-DEFAULT_CLEARANCE = Clearance.INTERNAL
+# A tenant's clearance: the most sensitive level of data it may send.
+DEFAULT_CLEARANCE = Sensitivity.INTERNAL
 
 
 def new_tenant_id() -> str:
@@ -40,7 +32,7 @@ class Tenant:
     tenant_id: str
     name: str
     business_unit: str
-    clearance: Clearance
+    clearance: Sensitivity
     created_at_us: int
 
 
@@ -55,15 +47,6 @@ class ApiKey:
     @property
     def revoked(self) -> bool:
         return self.revoked_at_us is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    tenant_id: str
-    tenant_name: str
-    business_unit: str
-    clearance: Clearance
-    key_id: str
 
 
 def validate_tenant_name(name: str, field: str = "name") -> str:

@@ -1,11 +1,10 @@
 """Publishes outbox events to NATS: right after the change that recorded them, and again from a
-background loop for any that NATS did not take (down, or the process died in between). Each
+periodic job of the app for any that NATS did not take (down, or the process died in between). Each
 publish carries the event id as Nats-Msg-Id, so a retry that did reach the stream is dropped."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 from google.protobuf.message import Message
@@ -31,7 +30,6 @@ class OutboxRelay:
         self._repository = repository
         self._publish = publish
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task | None = None
 
     async def flush(self) -> int:
         """Publishes every pending event; returns how many are still pending."""
@@ -48,20 +46,3 @@ class OutboxRelay:
                     return len(pending) - index
                 await self._repository.mark_published(event.event_id)
             return 0
-
-    def start(self, interval_s: float) -> None:
-        self._task = asyncio.create_task(self._retry_forever(interval_s))
-
-    async def _retry_forever(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("outbox_flush_failed")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

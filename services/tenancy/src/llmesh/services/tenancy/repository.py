@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from llmesh.kit.errors import AlreadyExists
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.tenancy.keys import StoredSecret
-from llmesh.services.tenancy.models import ApiKey, Clearance, Tenant
+from llmesh.services.tenancy.models import ApiKey, Tenant
 
 T = TypeVar("T")
 
@@ -97,7 +98,7 @@ _KEY_COLUMNS = "key_id, tenant_id, label, created_at_us, revoked_at_us"
 
 
 def _tenant(row) -> Tenant:
-    return Tenant(row[0], row[1], row[2], Clearance[row[3]], row[4])
+    return Tenant(row[0], row[1], row[2], Sensitivity[row[3]], row[4])
 
 
 def _key(row) -> ApiKey:

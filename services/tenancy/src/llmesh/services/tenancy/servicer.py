@@ -1,53 +1,14 @@
-"""TenancyService over gRPC: checks the admin token, converts, calls the domain."""
+"""TenancyService over gRPC: checks the admin token, converts (convert.py), calls the domain."""
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
-from llmesh.common.v1 import common_pb2
 from llmesh.kit.auth import AdminGuard
 from llmesh.kit.errors import InvalidArgument
-from llmesh.services.tenancy.models import ApiKey, Clearance, Tenant
-from llmesh.services.tenancy.tenancy import Tenancy
+from llmesh.services.tenancy.convert import clearance_from_proto, key_to_proto, tenant_to_proto
+from llmesh.services.tenancy.core import Tenancy
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
 SERVICE_NAME = tenancy_pb2.DESCRIPTOR.services_by_name["TenancyService"].full_name
-
-
-def _timestamp(micros: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMicroseconds(micros)
-    return ts
-
-
-def tenant_to_proto(tenant: Tenant) -> tenancy_pb2.Tenant:
-    return tenancy_pb2.Tenant(
-        tenant_id=tenant.tenant_id,
-        name=tenant.name,
-        business_unit=tenant.business_unit,
-        clearance=int(tenant.clearance),
-        created_at=_timestamp(tenant.created_at_us),
-    )
-
-
-def key_to_proto(key: ApiKey) -> tenancy_pb2.ApiKey:
-    message = tenancy_pb2.ApiKey(
-        key_id=key.key_id, tenant_id=key.tenant_id, label=key.label, created_at=_timestamp(key.created_at_us)
-    )
-    if key.revoked_at_us is not None:
-        message.revoked_at.CopyFrom(_timestamp(key.revoked_at_us))
-    return message
-
-
-def clearance_from_proto(value: int) -> Clearance | None:
-    if value == common_pb2.SENSITIVITY_UNSPECIFIED:
-        return None
-    try:
-        return Clearance(value)
-    except ValueError:
-        raise InvalidArgument(
-            f"clearance {value} is not a known Sensitivity (PUBLIC, INTERNAL, CONFIDENTIAL or RESTRICTED)",
-            field="clearance",
-        ) from None
 
 
 class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
@@ -57,15 +18,7 @@ class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
 
     async def Authenticate(self, request, context):
         principal = await self._tenancy.authenticate(request.api_key)
-        return tenancy_pb2.AuthenticateResponse(
-            principal=common_pb2.Principal(
-                tenant_id=principal.tenant_id,
-                tenant_name=principal.tenant_name,
-                business_unit=principal.business_unit,
-                clearance=int(principal.clearance),
-                key_id=principal.key_id,
-            )
-        )
+        return tenancy_pb2.AuthenticateResponse(principal=principal.to_proto())
 
     async def CreateTenant(self, request, context):
         self._admin.check(context.invocation_metadata())

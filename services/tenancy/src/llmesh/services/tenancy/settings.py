@@ -5,28 +5,17 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+from llmesh.kit.auth import admin_token_setting
 from llmesh.kit.config import ServerSettings, port_check, positive, setting
 from llmesh.kit.defaults import DEFAULT_PORTS, home
-
-MIN_ADMIN_TOKEN_CHARS = 16
-
-
-def _admin_token_check(value: str) -> str | None:
-    if value and len(value) < MIN_ADMIN_TOKEN_CHARS:
-        return f"must be empty (admin RPCs disabled) or at least {MIN_ADMIN_TOKEN_CHARS} characters"
-    return None
 
 
 @dataclasses.dataclass(frozen=True)
 class TenancySettings(ServerSettings):
     port: int = setting("LLMESH_PORT", DEFAULT_PORTS["tenancy"], "gRPC port (0 picks a free one)", port_check)
     db_path: str = setting("LLMESH_TENANCY_DB_PATH", "", "SQLite database file (empty: `$LLMESH_HOME/tenancy.db`)")
-    admin_token: str = setting(
-        "LLMESH_ADMIN_TOKEN",
-        "",
-        "bearer token of the admin RPCs (tenants, keys), 16+ characters; empty disables them",
-        _admin_token_check,
-        secret=True,
+    admin_token: str = admin_token_setting(
+        "bearer token of the admin RPCs (tenants, keys), 16+ characters; empty disables them"
     )
     outbox_retry_s: float = setting(
         "LLMESH_TENANCY_OUTBOX_RETRY_S", 5.0, "seconds between retries of events NATS did not take", positive

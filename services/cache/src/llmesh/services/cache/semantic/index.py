@@ -3,7 +3,6 @@ the same context, and decide with the use case's operating point."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import hashlib
@@ -13,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 from llmesh.kit import errors
 from llmesh.kit.logging import get_logger
+from llmesh.kit.tasks import BackgroundTasks
 
 from .api import Decision, SemanticEntry, SemanticMatch, SemanticQuery
 from .decision import HitPolicy
@@ -119,9 +119,9 @@ class QdrantSemanticIndex:
         self._clock = clock
         self._memo = _VectorMemo(memo_capacity)
         self.gray_zone: collections.deque[GrayZoneRecord] = collections.deque(maxlen=gray_zone_capacity)
-        self._purger: asyncio.Task | None = None
+        self._tasks = BackgroundTasks("semantic-index")
         if purge_interval_s > 0:
-            self._purger = asyncio.get_running_loop().create_task(self._purge_forever(purge_interval_s))
+            self._tasks.every(purge_interval_s, self._purge, name="semantic-purge")
 
     def _comparable(self, text: str) -> bool:
         # Past the embedder's window two texts that share a beginning would look identical.
@@ -243,17 +243,10 @@ class QdrantSemanticIndex:
     async def purge_expired(self, now: float) -> int:
         return await self.store.purge_expired(now)
 
-    async def _purge_forever(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                purged = await self.purge_expired(self._clock())
-                if purged:
-                    log.info("semantic_purged", entries=purged)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("semantic_purge_failed")
+    async def _purge(self) -> None:
+        purged = await self.purge_expired(self._clock())
+        if purged:
+            log.info("semantic_purged", entries=purged)
 
     def tighten(self, tenant_id: str, use_case: str) -> None:
         target = self.policy.tighten(tenant_id, use_case)
@@ -273,12 +266,7 @@ class QdrantSemanticIndex:
         return removed
 
     async def close(self) -> None:
-        if self._purger is not None:
-            self._purger.cancel()
-            try:
-                await self._purger
-            except asyncio.CancelledError:
-                pass
+        await self._tasks.stop()
         try:
             await self.store.close()
         finally:

@@ -16,24 +16,6 @@ class PiiKind(enum.Enum):
     TENANT_TERM = "tenant_term"
 
 
-class Sensitivity(enum.IntEnum):
-    """Ordered: a higher value is more sensitive."""
-
-    PUBLIC = 1
-    INTERNAL = 2
-    CONFIDENTIAL = 3
-    RESTRICTED = 4
-
-    @classmethod
-    def parse(cls, name: str) -> "Sensitivity":
-        try:
-            return cls[name.strip().upper()]
-        except KeyError:
-            raise ValueError(
-                f"unknown sensitivity {name!r}: use public, internal, confidential or restricted"
-            ) from None
-
-
 @dataclass(frozen=True, slots=True)
 class Finding:
     kind: PiiKind

@@ -8,8 +8,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier.sensitivity import detectors
-from llmesh.services.classifier.sensitivity.findings import Finding, PiiKind, Sensitivity
+from llmesh.services.classifier.sensitivity.findings import Finding, PiiKind
 
 # Data whose leak is a reportable incident (credentials, government ids, financial accounts)
 # never leaves self-hosted models; contact details are personal data, kept to approved providers.

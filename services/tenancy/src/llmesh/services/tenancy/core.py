@@ -9,14 +9,13 @@ from llmesh.events.v1 import events_pb2
 from llmesh.kit.errors import NotFound, Unauthenticated
 from llmesh.kit.logging import bind_contextvars, get_logger
 from llmesh.kit.streams import KEY_REVOKED_SUBJECT
+from llmesh.kit.vocabulary import Principal, Sensitivity
 from llmesh.services.tenancy import keys
 from llmesh.services.tenancy.models import (
     DEFAULT_CLEARANCE,
     MAX_BUSINESS_UNIT_CHARS,
     MAX_LABEL_CHARS,
     ApiKey,
-    Clearance,
-    Principal,
     Tenant,
     new_key_id,
     new_tenant_id,
@@ -35,7 +34,7 @@ class Tenancy:
         self._repository = repository
         self._relay = relay
 
-    async def create_tenant(self, name: str, business_unit: str = "", clearance: Clearance | None = None) -> Tenant:
+    async def create_tenant(self, name: str, business_unit: str = "", clearance: Sensitivity | None = None) -> Tenant:
         tenant = Tenant(
             tenant_id=new_tenant_id(),
             name=validate_tenant_name(name),

@@ -1,19 +1,18 @@
-"""Keeps the newest router model loaded: loads it at start and polls the models folder, swapping
-to a newer version (or a rewritten current one) without a restart. A version that fails to load
+"""Keeps the newest complexity model loaded: loads it at start and, called periodically by the app,
+looks in the models folder again, swapping to a newer version (or a rewritten current one) without a restart. A version that fails to load
 is logged and skipped; the model in use stays."""
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
 from collections.abc import Callable
 
 from llmesh.kit.logging import get_logger
-from llmesh.services.classifier.routing.model import (
+from llmesh.services.classifier.complexity.model import (
     METADATA_FILE,
     MODEL_FILE,
+    ComplexityModel,
     ModelFileError,
-    RouterModel,
     load_model,
     version_folders,
 )
@@ -30,17 +29,17 @@ def _stamp(folder: pathlib.Path) -> tuple[str, int, int]:
 
 
 class ModelRegistry:
-    def __init__(self, models_dir: pathlib.Path, *, on_change: Callable[[RouterModel], None] | None = None):
+    def __init__(self, models_dir: pathlib.Path, *, on_change: Callable[[ComplexityModel], None] | None = None):
         self.models_dir = pathlib.Path(models_dir)
         self._on_change = on_change
-        self._model: RouterModel | None = None
+        self._model: ComplexityModel | None = None
         self._stamp: tuple[str, int, int] | None = None
         self._rejected: set[tuple[str, int, int]] = set()
 
     @property
-    def model(self) -> RouterModel:
+    def model(self) -> ComplexityModel:
         if self._model is None:
-            raise ModelFileError(f"no router model loaded from {self.models_dir}")
+            raise ModelFileError(f"no complexity model loaded from {self.models_dir}")
         return self._model
 
     def refresh(self) -> bool:
@@ -68,15 +67,6 @@ class ModelRegistry:
             return True
         return False
 
-    def load_or_fail(self) -> RouterModel:
+    def load_or_fail(self) -> ComplexityModel:
         self.refresh()
         return self.model
-
-    async def watch(self, interval_s: float) -> None:
-        """Polls until cancelled. Folder scans are cheap (a few stat calls), so they run inline."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                self.refresh()
-            except Exception:  # a bad folder must never stop the watcher
-                log.exception("model_refresh_failed")

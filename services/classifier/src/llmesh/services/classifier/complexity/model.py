@@ -1,4 +1,4 @@
-"""The router model file and its evaluation at serving time.
+"""The complexity model file and its evaluation at serving time.
 
 A model version is a folder `<models>/<version>/` holding `model.json` (the weights, written and
 read by this module only: plain numbers, no pickled objects, so loading a file cannot run code)
@@ -20,8 +20,9 @@ import pathlib
 from dataclasses import dataclass
 
 import numpy as np
-from llmesh.services.classifier.routing.features import FEATURE_NAMES, FEATURE_SET, prompt_features
+from llmesh.services.classifier.complexity.features import FEATURE_NAMES, FEATURE_SET, prompt_features
 
+# The file format's name (from when the model was called a router): files keep it.
 MODEL_FORMAT = "llmesh-router-linear/1"
 MODEL_FILE = "model.json"
 METADATA_FILE = "metadata.json"
@@ -75,7 +76,7 @@ class ScoreMap:
 
 
 @dataclass(frozen=True)
-class LinearRouter:
+class LinearScorer:
     """raw = intercept + coef · (features − mean) / scale."""
 
     feature_names: tuple[str, ...]
@@ -101,7 +102,7 @@ class LinearRouter:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "LinearRouter":
+    def from_json(cls, data: dict) -> "LinearScorer":
         if data.get("format") != MODEL_FORMAT:
             raise ModelFileError(f"unknown model format {data.get('format')!r} (this code reads {MODEL_FORMAT})")
         if data.get("feature_set") != FEATURE_SET or tuple(data.get("feature_names", ())) != FEATURE_NAMES:
@@ -139,24 +140,24 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class RouterModel:
+class ComplexityModel:
     name: str
     version: str
-    router: LinearRouter
+    scorer: LinearScorer
     metadata: dict
     path: pathlib.Path
 
     def predict(self, text: str) -> Prediction:
         features = prompt_features(text)
-        raw = float(self.router.raw_score(np.asarray(features)))
-        return Prediction(self.router.score_map(raw), raw, tuple(features))
+        raw = float(self.scorer.raw_score(np.asarray(features)))
+        return Prediction(self.scorer.score_map(raw), raw, tuple(features))
 
     def score_features(self, features: np.ndarray) -> np.ndarray:
         """Scores of many feature rows at once (training, evaluation)."""
-        return np.array([self.router.score_map(float(x)) for x in self.router.raw_score(features)])
+        return np.array([self.scorer.score_map(float(x)) for x in self.scorer.raw_score(features)])
 
 
-def load_model(path: pathlib.Path) -> RouterModel:
+def load_model(path: pathlib.Path) -> ComplexityModel:
     path = pathlib.Path(path)
     try:
         data = json.loads((path / MODEL_FILE).read_text())
@@ -164,7 +165,7 @@ def load_model(path: pathlib.Path) -> RouterModel:
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"cannot read model at {path}: {exc}") from exc
     try:
-        router = LinearRouter.from_json(data)
+        scorer = LinearScorer.from_json(data)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, ModelFileError):
             raise
@@ -172,22 +173,22 @@ def load_model(path: pathlib.Path) -> RouterModel:
     version = str(metadata.get("version") or path.name)
     if version != path.name:
         raise ModelFileError(f"model folder {path.name} holds version {version}")
-    return RouterModel(
+    return ComplexityModel(
         name=str(metadata.get("name", "complexity-router")),
         version=version,
-        router=router,
+        scorer=scorer,
         metadata=metadata,
         path=path,
     )
 
 
-def save_model(folder: pathlib.Path, router: LinearRouter, metadata: dict) -> pathlib.Path:
+def save_model(folder: pathlib.Path, scorer: LinearScorer, metadata: dict) -> pathlib.Path:
     """Writes a version folder atomically: a reader sees it complete or not at all."""
     folder = pathlib.Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.tmp"
     staging.mkdir(exist_ok=False)
-    (staging / MODEL_FILE).write_text(json.dumps(router.to_json(), indent=1) + "\n")
+    (staging / MODEL_FILE).write_text(json.dumps(scorer.to_json(), indent=1) + "\n")
     (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     staging.rename(folder)
     return folder

@@ -7,7 +7,7 @@ import pathlib
 from dataclasses import dataclass
 
 import numpy as np
-from llmesh.services.classifier.routing.evaluation import RouterMetrics, routing_curve
+from llmesh.services.classifier.complexity.evaluation import RoutingMetrics, routing_curve
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None or value != value else format(value, spec)
 
 
-def metrics_row(name: str, m: RouterMetrics) -> str:
+def metrics_row(name: str, m: RoutingMetrics) -> str:
     """n/a where the strong model is no better than the weak one on these prompts."""
     return (
         f"| {name} | {m.n} | **{_fmt(m.apgr, '.3f')}** | {_fmt(m.share_for_50_pgr, '.1%')} | "

@@ -1,4 +1,4 @@
-"""Router evaluation as RouteLLM does it: sweep the threshold over the share of requests sent to
+"""Routing evaluation as RouteLLM does it: sweep the threshold over the share of requests sent to
 the strong model and measure the accuracy of the routed answers.
 
 PGR(c) = (accuracy with a share c of strong calls − weak-only accuracy) / (strong-only − weak-only);
@@ -80,7 +80,7 @@ def cost_saved(strong_share: float, cost_ratio: float = DEFAULT_COST_RATIO) -> f
 
 
 @dataclass(frozen=True)
-class RouterMetrics:
+class RoutingMetrics:
     n: int
     apgr: float
     weak_accuracy: float
@@ -99,13 +99,13 @@ class RouterMetrics:
         return {k: None if isinstance(v, float) and v != v else v for k, v in values.items()}
 
 
-def router_metrics(
+def routing_metrics(
     scores: np.ndarray, weak_correct: np.ndarray, strong_correct: np.ndarray, cost_ratio: float = DEFAULT_COST_RATIO
-) -> RouterMetrics:
+) -> RoutingMetrics:
     curve = routing_curve(scores, weak_correct, strong_correct)
     share_95_pgr = curve.share_for_pgr(0.95)
     share_95_acc = curve.share_for_accuracy(0.95 * curve.strong_accuracy)
-    return RouterMetrics(
+    return RoutingMetrics(
         n=len(scores),
         apgr=curve.apgr(),
         weak_accuracy=curve.weak_accuracy,

@@ -1,4 +1,4 @@
-"""Training the cost router from recorded answers of a weak and a strong model.
+"""Training the complexity model from recorded answers of a weak and a strong model.
 
 Target: strong_correct − weak_correct per prompt (1: only the strong model was right, −1: only the
 weak one, 0: both or neither). Its expectation, P(strong right, weak wrong) − P(weak right, strong
@@ -37,10 +37,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from llmesh.services.classifier.complexity.evaluation import RoutingMetrics, routing_metrics
+from llmesh.services.classifier.complexity.features import FEATURE_NAMES, FEATURE_SET, prompt_features, strip_options
+from llmesh.services.classifier.complexity.model import LinearScorer, ScoreMap
 from llmesh.services.classifier.feedback import FeedbackRow
-from llmesh.services.classifier.routing.evaluation import RouterMetrics, router_metrics
-from llmesh.services.classifier.routing.features import FEATURE_NAMES, FEATURE_SET, prompt_features, strip_options
-from llmesh.services.classifier.routing.model import LinearRouter, ScoreMap
 from scipy.optimize import lsq_linear
 
 # Share of the weak model's right answers that the strong model got wrong: below 0.10 in clean
@@ -249,7 +249,7 @@ def build_training_set(
     return TrainingSet(np.vstack(parts_X), np.concatenate(parts_y), np.concatenate(parts_w), np.concatenate(parts_o))
 
 
-def fit_router(training: TrainingSet, config: TrainConfig) -> LinearRouter:
+def fit_scorer(training: TrainingSet, config: TrainConfig) -> LinearScorer:
     """Weighted ridge regression with non-negative weights on REASONING_LOAD_FEATURES."""
     mean = np.average(training.X, axis=0, weights=training.weight)
     scale = np.sqrt(np.average((training.X - mean) ** 2, axis=0, weights=training.weight))
@@ -269,7 +269,7 @@ def fit_router(training: TrainingSet, config: TrainConfig) -> LinearRouter:
     solution = lsq_linear(A, b, bounds=(lower, np.full(d + 1, np.inf)), method="bvls")
     coef, intercept = solution.x[:d].astype(float), float(solution.x[d])
     raw = intercept + Z[training.original] @ coef
-    return LinearRouter(FEATURE_NAMES, mean, scale, coef, intercept, ScoreMap.fit(raw))
+    return LinearScorer(FEATURE_NAMES, mean, scale, coef, intercept, ScoreMap.fit(raw))
 
 
 def subject_folds(subjects: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
@@ -289,9 +289,9 @@ class CrossValidation:
     stem_scores: np.ndarray  # the same prompts without their answer options
     fold_apgr: list[float] = field(default_factory=list)
 
-    def metrics(self, data: RoutingData, mask: np.ndarray | None = None) -> RouterMetrics:
+    def metrics(self, data: RoutingData, mask: np.ndarray | None = None) -> RoutingMetrics:
         mask = np.ones(len(data), dtype=bool) if mask is None else mask
-        return router_metrics(self.scores[mask], data.weak_correct[mask], data.strong_correct[mask])
+        return routing_metrics(self.scores[mask], data.weak_correct[mask], data.strong_correct[mask])
 
 
 def cross_validate(
@@ -307,24 +307,24 @@ def cross_validate(
 ) -> CrossValidation:
     trainable = ~np.isin(data.subjects, sorted(unusable))
 
-    def fit_without(test: np.ndarray) -> LinearRouter:
+    def fit_without(test: np.ndarray) -> LinearScorer:
         keep = ~test & trainable
         training = build_training_set(data.subset(keep), config, X=X[keep], X_stem=X_stem[keep], suspect=suspect)
-        return fit_router(training, config)
+        return fit_scorer(training, config)
 
     scores = np.zeros(len(data))
     stem_scores = np.zeros(len(data))
     for subject in sorted(set(data.subjects.tolist())):
         test = data.subjects == subject
-        router = fit_without(test)
-        scores[test] = router.raw_score(X[test])
-        stem_scores[test] = router.raw_score(X_stem[test])
+        scorer = fit_without(test)
+        scores[test] = scorer.raw_score(X[test])
+        stem_scores[test] = scorer.raw_score(X_stem[test])
     fold_apgr = []
     for seed in range(spread_repeats):
         for test in subject_folds(data.subjects, spread_folds, seed):
-            router = fit_without(test)
+            scorer = fit_without(test)
             fold_apgr.append(
-                router_metrics(router.raw_score(X[test]), data.weak_correct[test], data.strong_correct[test]).apgr
+                routing_metrics(scorer.raw_score(X[test]), data.weak_correct[test], data.strong_correct[test]).apgr
             )
     return CrossValidation(scores, stem_scores, fold_apgr)
 

@@ -11,11 +11,11 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from llmesh.services.classifier.routing.evaluation import router_metrics
-from llmesh.services.classifier.routing.features import FEATURE_NAMES, FEATURE_SET, strip_options
-from llmesh.services.classifier.routing.model import MODEL_FILE, save_model
-from llmesh.services.classifier.routing.report import METRICS_HEADER, Scored, metrics_row, plot_routing_curves
-from llmesh.services.classifier.routing.training import (
+from llmesh.services.classifier.complexity.evaluation import routing_metrics
+from llmesh.services.classifier.complexity.features import FEATURE_NAMES, FEATURE_SET, strip_options
+from llmesh.services.classifier.complexity.model import MODEL_FILE, save_model
+from llmesh.services.classifier.complexity.report import METRICS_HEADER, Scored, metrics_row, plot_routing_curves
+from llmesh.services.classifier.complexity.training import (
     REASONING_LOAD_FEATURES,
     SUSPECT_STRONG_FAILURE_RATE,
     UNUSABLE_STRONG_FAILURE_RATE,
@@ -24,7 +24,7 @@ from llmesh.services.classifier.routing.training import (
     build_training_set,
     cross_validate,
     feature_matrix,
-    fit_router,
+    fit_scorer,
     new_version,
     subject_stats,
 )
@@ -86,12 +86,12 @@ class TrainResult:
     metadata: dict
 
 
-def _word_problem_check(router) -> dict:
+def _word_problem_check(scorer) -> dict:
     from scipy.stats import spearmanr
 
     steps = [s for s, _ in WORD_PROBLEMS_BY_STEPS]
     scores = [
-        float(router.score_map(float(router.raw_score(feature_matrix([p]))[0]))) for _, p in WORD_PROBLEMS_BY_STEPS
+        float(scorer.score_map(float(scorer.raw_score(feature_matrix([p]))[0]))) for _, p in WORD_PROBLEMS_BY_STEPS
     ]
     lengths = [len(p) for _, p in WORD_PROBLEMS_BY_STEPS]
     return {
@@ -152,13 +152,13 @@ def train(
                 "min": float(np.min(cv.fold_apgr)),
                 "max": float(np.max(cv.fold_apgr)),
             },
-            "length_baseline_all_subjects": router_metrics(length, data.weak_correct, data.strong_correct).as_dict(),
-            "math_proxy": router_metrics(
+            "length_baseline_all_subjects": routing_metrics(length, data.weak_correct, data.strong_correct).as_dict(),
+            "math_proxy": routing_metrics(
                 cv.stem_scores[math_mask], data.weak_correct[math_mask], always_right
             ).as_dict()
             if math_mask.any()
             else None,
-            "math_proxy_length_baseline": router_metrics(
+            "math_proxy_length_baseline": routing_metrics(
                 length[math_mask], data.weak_correct[math_mask], always_right
             ).as_dict()
             if math_mask.any()
@@ -185,8 +185,8 @@ def train(
         feedback=(fb_X, fb_y) if fb_used else None,
         suspect=suspect,
     )
-    router = fit_router(training, config)
-    word_problems = _word_problem_check(router)
+    scorer = fit_scorer(training, config)
+    word_problems = _word_problem_check(scorer)
     log(f"word problems: Spearman rho of score and solution steps = {word_problems['spearman']:.2f}")
     now = dt.datetime.now(dt.timezone.utc)
     version = new_version(now, data.sha256)
@@ -211,12 +211,12 @@ def train(
         "feedback": {"used": fb_used, "skipped": fb_skipped},
         "cross_validation": evaluation,
     }
-    folder = save_model(pathlib.Path(models_dir) / version, router, metadata)
+    folder = save_model(pathlib.Path(models_dir) / version, scorer, metadata)
     log(f"model {version} written to {folder} ({(folder / MODEL_FILE).stat().st_size} bytes)")
 
     report_path = None
     if report_dir is not None and cv is not None:
-        report_path = write_report(pathlib.Path(report_dir), data, stats, cv, evaluation, metadata, router)
+        report_path = write_report(pathlib.Path(report_dir), data, stats, cv, evaluation, metadata, scorer)
         log(f"report written to {report_path}")
     log(f"done in {time.perf_counter() - started:.1f} s")
     return TrainResult(version, folder, report_path, metadata)
@@ -226,15 +226,15 @@ def _pct(x: float) -> str:
     return f"{x:.1%}"
 
 
-def write_report(report_dir, data, stats, cv, evaluation, metadata, router) -> pathlib.Path:
-    from llmesh.services.classifier.routing.evaluation import RouterMetrics
+def write_report(report_dir, data, stats, cv, evaluation, metadata, scorer) -> pathlib.Path:
+    from llmesh.services.classifier.complexity.evaluation import RoutingMetrics
 
     report_dir.mkdir(parents=True, exist_ok=True)
     png = report_dir / "classifier_routing_curve.png"
     length = _length_scores(data.prompts)
     plot_routing_curves(
         png,
-        [Scored("trained router (leave-one-subject-out)", cv.scores), Scored("prompt length", length)],
+        [Scored("trained model (leave-one-subject-out)", cv.scores), Scored("prompt length", length)],
         data.weak_correct,
         data.strong_correct,
         f"MMLU dev ({len(data)} prompts, {len(stats)} subjects): routed accuracy vs strong-model calls",
@@ -243,11 +243,11 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, router) -> p
     unusable, suspect = set(metadata["unusable_subjects"]), set(metadata["suspect_subjects"])
 
     def m(d):
-        return RouterMetrics(**d)
+        return RoutingMetrics(**d)
 
     wp = metadata["word_problem_check"]
     lines = [
-        "# Classifier: complexity router report",
+        "# Classifier: complexity model report",
         "",
         f"Model version `{metadata['version']}` (trained {metadata['trained_at']}), written by "
         "`llmesh classifier train`. Data: `" + metadata["training_data"]["source"] + "` "
@@ -268,11 +268,11 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, router) -> p
         "## Results (unseen subjects)",
         "",
         METRICS_HEADER,
-        metrics_row("trained router, all subjects", m(ev["all_subjects"])),
-        metrics_row("trained router, reliable-label subjects", m(ev["reliable_subjects"])),
+        metrics_row("trained model, all subjects", m(ev["all_subjects"])),
+        metrics_row("trained model, reliable-label subjects", m(ev["reliable_subjects"])),
     ]
     if ev.get("unreliable_subjects"):
-        lines.append(metrics_row("trained router, unreliable-label subjects", m(ev["unreliable_subjects"])))
+        lines.append(metrics_row("trained model, unreliable-label subjects", m(ev["unreliable_subjects"])))
     lines += [
         metrics_row("same, binary label (weak wrong and strong right), all", m(ev["binary_label_all_subjects"])),
         metrics_row("same, binary label, reliable-label subjects", m(ev["binary_label_reliable_subjects"])),
@@ -297,7 +297,7 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, router) -> p
         "",
         "The dev data holds no math word problems, so no APGR can be measured for them here. Two checks instead:",
         "",
-        f"- On {wp['problems']} hand-written open word problems (in `routing/trainer.py`) whose solutions take 1 to 6 "
+        f"- On {wp['problems']} hand-written open word problems (in `complexity/trainer.py`) whose solutions take 1 to 6 "
         f"arithmetic steps, the Spearman correlation of the score with the number of steps is **{wp['spearman']:.2f}** "
         f"(prompt length alone: {wp['spearman_of_length']:.2f}). The non-negative reasoning-load weights guarantee "
         "that more numbers, symbols, sentences and calculation words never lower the score (without that "
@@ -352,7 +352,7 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, router) -> p
         "| feature | weight |",
         "| --- | ---: |",
     ]
-    for name, w in sorted(zip(router.feature_names, router.coef), key=lambda t: -abs(t[1])):
+    for name, w in sorted(zip(scorer.feature_names, scorer.coef), key=lambda t: -abs(t[1])):
         lines.append(f"| {name} | {w:+.4f} |")
     lines += [
         "",

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import aclosing
 from typing import Any
 
+from llmesh.kit.auth import bearer_token
 from llmesh.kit.errors import DeadlineExceeded, Unauthenticated, Unavailable
 from llmesh.kit.logging import bind_contextvars, get_logger
+from llmesh.kit.policy import CachedPolicy
+from llmesh.kit.vocabulary import FinishReason, Principal, Sensitivity
 from llmesh.services.router import metrics
 from llmesh.services.router.domain import (
     TIERS,
@@ -21,37 +24,14 @@ from llmesh.services.router.domain import (
     Classification,
     Completion,
     Delta,
-    FinishReason,
     GenerateCommand,
-    Principal,
-    Sensitivity,
     Summary,
 )
 from llmesh.services.router.ports import Cache, Classifier, Inference, Tenancy
-from llmesh.services.router.principals import PrincipalCache, bearer_token
-from llmesh.services.router.routing import ModelCatalog, PolicyCache, Router
+from llmesh.services.router.principals import PrincipalCache
+from llmesh.services.router.routing import ModelCatalog, Router, RoutingPolicy
 
 log = get_logger("llmesh.router")
-
-
-class BackgroundTasks:
-    """Work that outlives a response (cache stores): kept referenced, and awaited on shutdown."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task] = set()
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    async def drain(self, timeout_s: float) -> None:
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +67,9 @@ class GeneratePipeline:
         principals: PrincipalCache,
         catalog: ModelCatalog,
         router: Router,
-        policies: PolicyCache,
+        policies: CachedPolicy[RoutingPolicy],
         config: PipelineConfig,
-        background: BackgroundTasks,
+        spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task],
     ):
         self._tenancy = tenancy
         self._classifier = classifier
@@ -100,7 +80,8 @@ class GeneratePipeline:
         self._router = router
         self._policies = policies
         self._config = config
-        self._background = background
+        # Starts work that outlives the response (cache stores); the app awaits it on shutdown.
+        self._spawn = spawn
 
     async def authenticate(self, authorization: str | None, *, deadline: float | None = None) -> Principal:
         api_key = bearer_token(authorization)
@@ -208,7 +189,7 @@ class GeneratePipeline:
                 usage=completion.usage,
                 cost_usd=cost,
             )
-            store = self._background.spawn(self._store(key, answer, principal, classification.sensitivity))
+            store = self._spawn(self._store(key, answer, principal, classification.sensitivity))
         finished = time.perf_counter()
         metrics.REQUESTS.labels(str(classification.tier), served_model, outcome.value).inc()
         metrics.COST.labels(principal.tenant_id).inc(cost)

@@ -1,7 +1,7 @@
 """Features of a request's text that predict whether a cheap model will fail where a strong one
 succeeds. They describe the kind of work a prompt asks for (calculation, multi-step reasoning,
 logic, negation, comparison of options) rather than its topic, so that they carry over to
-subjects and task families the router was not trained on.
+subjects and task families the model was not trained on.
 
 A prompt is split into a stem and, when it has them, lettered answer options ("A. ..."); a plain
 question (a chat message, a math word problem) is all stem.

@@ -1,0 +1,1 @@
+"""The trained complexity model: prompt features, the model file format, training and evaluation."""

@@ -1,1 +1,0 @@
-"""The trained cost router: prompt features, the model file format, training and evaluation."""
