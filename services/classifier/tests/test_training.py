@@ -146,3 +146,13 @@ def test_train_with_feedback_folds_rated_requests_in(sample, tmp_path):
     assert llmesh([*argv, "--out", str(out), "--no-cv"]) == 0
     (folder,) = version_folders(out)
     assert load_model(folder).metadata["feedback"] == {"used": 2, "skipped": 2}
+
+
+def test_a_fold_without_a_gap_is_counted_and_left_out_of_the_spread():
+    from llmesh.services.classifier.complexity.trainer import fold_spread
+
+    assert fold_spread([0.5, float("nan"), 0.7]) == pytest.approx(
+        {"folds": 3, "defined": 2, "mean": 0.6, "std": 0.1, "min": 0.5, "max": 0.7}
+    )
+    empty = fold_spread([float("nan")])
+    assert empty["folds"] == 1 and empty["defined"] == 0 and np.isnan(empty["mean"])

@@ -106,6 +106,23 @@ def _length_scores(prompts) -> np.ndarray:
     return np.array([len(strip_options(p)) for p in prompts], dtype=float)
 
 
+def fold_spread(fold_apgr) -> dict:
+    """Mean, sd, min and max of the folds' APGR. A fold whose held-out subjects give the strong
+    model no gap over the weak one has no APGR (NaN): it is counted, not averaged in."""
+    values = np.asarray(fold_apgr, dtype=float)
+    defined = values[np.isfinite(values)]
+    if not defined.size:
+        return {"folds": int(values.size), "defined": 0, **dict.fromkeys(("mean", "std", "min", "max"), float("nan"))}
+    return {
+        "folds": int(values.size),
+        "defined": int(defined.size),
+        "mean": float(defined.mean()),
+        "std": float(defined.std()),
+        "min": float(defined.min()),
+        "max": float(defined.max()),
+    }
+
+
 def train(
     data: RoutingData,
     *,
@@ -145,13 +162,7 @@ def train(
             "unreliable_subjects": cv.metrics(data, in_noisy).as_dict() if in_noisy.any() else None,
             "binary_label_all_subjects": binary.metrics(data).as_dict(),
             "binary_label_reliable_subjects": binary.metrics(data, ~in_noisy).as_dict(),
-            "fold_apgr": {
-                "folds": len(cv.fold_apgr),
-                "mean": float(np.mean(cv.fold_apgr)),
-                "std": float(np.std(cv.fold_apgr)),
-                "min": float(np.min(cv.fold_apgr)),
-                "max": float(np.max(cv.fold_apgr)),
-            },
+            "fold_apgr": fold_spread(cv.fold_apgr),
             "length_baseline_all_subjects": routing_metrics(length, data.weak_correct, data.strong_correct).as_dict(),
             "math_proxy": routing_metrics(
                 cv.stem_scores[math_mask], data.weak_correct[math_mask], always_right
@@ -279,7 +290,8 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, scorer) -> p
         metrics_row("prompt length (baseline)", m(ev["length_baseline_all_subjects"])),
         "| random (baseline) | | 0.500 | 50.0% | 80.0% | 95.0% | 4.8% | | |",
         "",
-        f"APGR per fold (3 × 5-fold over subjects, {ev['fold_apgr']['folds']} folds): mean "
+        f"APGR per fold (3 × 5-fold over subjects, {ev['fold_apgr']['folds']} folds, "
+        f"{ev['fold_apgr']['folds'] - ev['fold_apgr']['defined']} without a gap to close left out): mean "
         f"{ev['fold_apgr']['mean']:.3f}, sd {ev['fold_apgr']['std']:.3f}, min {ev['fold_apgr']['min']:.3f}, "
         f"max {ev['fold_apgr']['max']:.3f}.",
         "",
