@@ -18,6 +18,9 @@ class GenerationRequest:
     max_tokens: int
     sampling: Sampling = Sampling()
     request_id: str = ""
+    # Batch priority class: may wait in a backend's batching window (Triton's dynamic batcher);
+    # interactive requests go to instances without delay.
+    batch: bool = False
 
 
 @dataclass(frozen=True, slots=True)
