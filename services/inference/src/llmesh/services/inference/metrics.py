@@ -27,3 +27,8 @@ GENERATIONS = Counter(
 )
 ACTIVE_GENERATIONS = Gauge("llmesh_inference_active_generations", "Generations running now", LABELS)
 QUEUED_GENERATIONS = Gauge("llmesh_inference_queued_generations", "Generations waiting for a slot", LABELS)
+USAGE_SOURCE = Counter(
+    "llmesh_inference_usage_source_total",
+    "Finished generations by where their token counts came from: provider (the API's usage) or estimated (counted here)",
+    (*LABELS, "source"),
+)
