@@ -327,7 +327,9 @@ class OpenAIBackend(Backend):
         deadline: float,
     ) -> AsyncIterator[BackendEvent]:
         assert self._client is not None
-        headers = {"X-Request-Id": request.request_id} if request.request_id else {}
+        # OpenAI's header for a caller's own request id (X-Request-Id is the provider's; some
+        # servers refuse one that is not a UUID).
+        headers = {"X-Client-Request-Id": request.request_id} if request.request_id else {}
         # No asyncio.timeout around a generator that yields (it would cancel whatever the caller
         # does between two events): every network wait is bounded by the time left instead.
         remaining = deadline - time.monotonic()
