@@ -9,6 +9,8 @@ the script is empty it passes the request through untouched. One request per cli
     Fault.http(400, body={...})            answer 400 with a JSON body
     Fault.drop_after(k)                      pass through, then cut the connection after k SSE events
     Fault.delay(s)                           wait s seconds, then pass through
+    Fault.usage(prompt, completion)          pass through, with a usage chunk before [DONE] (the
+                                             OpenAI API's answer to stream_options.include_usage)
 """
 
 from __future__ import annotations
@@ -44,6 +46,19 @@ class Fault:
     @classmethod
     def delay(cls, seconds: float) -> Fault:
         return cls("delay", delay_s=seconds)
+
+    @classmethod
+    def usage(cls, prompt_tokens: int, completion_tokens: int) -> Fault:
+        chunk = {
+            "object": "chat.completion.chunk",
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        return cls("usage", body=f"data: {json.dumps(chunk)}\n\n".encode())
 
 
 class FaultyProxy:
@@ -130,6 +145,9 @@ class FaultyProxy:
             await up_writer.drain()
             if fault is not None and fault.kind == "drop":
                 await self._pipe_events(up_reader, writer, fault.events)
+            elif fault is not None and fault.kind == "usage":
+                writer.write(self._insert_before_done(await up_reader.read(-1), fault.body))
+                await writer.drain()
             else:
                 while chunk := await up_reader.read(65536):
                     writer.write(chunk)
@@ -157,3 +175,11 @@ class FaultyProxy:
         # Close the chunk the last event belonged to so the client parses it, then cut.
         writer.write(b"\r\n")
         await writer.drain()
+
+    @staticmethod
+    def _insert_before_done(response: bytes, event: bytes) -> bytes:
+        """The chunked response with `event` as a chunk of its own before the [DONE] event's."""
+        done = response.find(b"data: [DONE]")
+        assert done > 0, "no [DONE] in the upstream response"
+        size_line = response.rfind(b"\r\n", 0, done - 2) + 2
+        return response[:size_line] + f"{len(event):x}\r\n".encode() + event + b"\r\n" + response[size_line:]

@@ -123,6 +123,17 @@ async def test_streams_an_answer_with_usage_counted_here_when_the_provider_sends
     assert usage_source("estimated") == estimated_before + 1
 
 
+async def test_usage_comes_from_the_provider_when_it_sends_a_usage_chunk(server, proxy):
+    provider_before = usage_source("provider")
+    proxy.script(Fault.usage(prompt_tokens=17, completion_tokens=8))
+    async with started(proxy.base_url) as backend:
+        deltas, completion = await run(backend)
+    assert proxy.faults_used == ["usage"]
+    assert len(deltas) == 8
+    assert (completion.prompt_tokens, completion.completion_tokens) == (17, 8)
+    assert usage_source("provider") == provider_before + 1
+
+
 async def test_429_is_retried_after_the_providers_retry_after(server, proxy):
     proxy.script(Fault.http(429, retry_after="1"))
     async with started(proxy.base_url) as backend:
