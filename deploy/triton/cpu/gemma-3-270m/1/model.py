@@ -113,7 +113,9 @@ class TritonPythonModel:
             pb_utils.Tensor("num_output_tokens", np.array([n_out], dtype=np.uint32).reshape(shape)),
         ]
         if finish is not None:
-            tensors.append(pb_utils.Tensor("finish_reason", np.array([finish.encode()], dtype=np.object_).reshape(shape)))
+            tensors.append(
+                pb_utils.Tensor("finish_reason", np.array([finish.encode()], dtype=np.object_).reshape(shape))
+            )
         return pb_utils.InferenceResponse(output_tensors=tensors)
 
     def _generate(self, request, sender):
@@ -164,6 +166,7 @@ class TritonPythonModel:
             generator.close()
         if finish == "cancelled":
             self.served["cancelled"] += 1
+            pb_utils.Logger.log_info(f"generation cancelled after {produced} tokens")
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return
         if not stop.stopped:  # held-back text that turned out not to be a stop word

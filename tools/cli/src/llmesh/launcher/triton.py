@@ -17,7 +17,8 @@ import time
 import urllib.request
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[5]
-DEFAULT_ENV = REPO_ROOT / ".venv-triton"
+# LLMESH_TRITON_ENV points at another prepared environment.
+DEFAULT_ENV = pathlib.Path(os.environ.get("LLMESH_TRITON_ENV") or REPO_ROOT / ".venv-triton")
 DEFAULT_REPOSITORY = REPO_ROOT / "deploy" / "triton" / "cpu"
 
 
@@ -36,9 +37,15 @@ class TritonEnvironment:
         if not python.exists():
             raise FileNotFoundError(f"{self.root} is missing: run `make triton-env`")
         version = subprocess.run(
-            [str(python), "-c", "import sys, sysconfig; print(sysconfig.get_paths()['purelib']);"
-             "print(sysconfig.get_config_var('LIBDIR'))"],
-            check=True, capture_output=True, text=True,
+            [
+                str(python),
+                "-c",
+                "import sys, sysconfig; print(sysconfig.get_paths()['purelib']);"
+                "print(sysconfig.get_config_var('LIBDIR'))",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.split("\n")
         self.site_packages = pathlib.Path(version[0])
         self.python_libdir = version[1]
@@ -141,7 +148,7 @@ class TritonServerProcess:
                     if log_file:
                         log_file.write(line)
                         log_file.flush()
-                    self._log_tail = [*self._log_tail[-40:], line]
+                    self._log_tail = [*self._log_tail[-200:], line]
             finally:
                 if log_file:
                     log_file.close()
@@ -155,6 +162,10 @@ class TritonServerProcess:
                 raise RuntimeError(f"tritonserver did not become ready (exit {process.returncode}):\n{tail}")
             time.sleep(0.1)
         return self
+
+    def log_lines(self) -> list[str]:
+        """The server's last lines of output."""
+        return list(self._log_tail)
 
     def ready(self) -> bool:
         """Server and all its models ready (Triton's HTTP health endpoint)."""
