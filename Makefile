@@ -9,6 +9,9 @@ UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 MANIFESTS := uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml tools/*/pyproject.toml)
 STAMP := $(VENV)/.setup-$(shell cat $(MANIFESTS) | sha1sum | cut -c1-12)
+TRITON_VENV := .venv-triton
+TRITON_REQUIREMENTS := deploy/triton/cpu/requirements.txt
+TRITON_STAMP := $(TRITON_VENV)/.ready
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Five services share two cores: no library may spin-wait on both (docs/adr/0003).
 export OMP_NUM_THREADS ?= 1
@@ -23,9 +26,24 @@ export UV_LINK_MODE ?= copy
 APT_PACKAGES := nats-server redis-server kubectl
 APT_COMMANDS := nats-server redis-server kubectl
 
-.PHONY: setup up test gen lint format breaking bench docs images-report image-context images clean
+.PHONY: setup triton-env up test gen lint format breaking bench docs images-report image-context images clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(TRITON_STAMP)
+
+# Triton's own Python environment (deploy/triton/README.md): the tritonserver binary and Python
+# backend from nvidia-pytriton, and what the Python-backend model imports (numpy<2, llama.cpp).
+# Apart from .venv: the backend stub crashes with numpy 2. uv reuses its cached llama.cpp build.
+triton-env: $(TRITON_STAMP)
+
+$(TRITON_STAMP): $(TRITON_REQUIREMENTS) | $(UV)
+	rm -rf $(TRITON_VENV)
+	$(UV) venv -q --python $(PYTHON) $(TRITON_VENV)
+	$(UV) pip install -q --python $(TRITON_VENV)/bin/python -r $(TRITON_REQUIREMENTS)
+	@site=$$($(TRITON_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	pyver=$$($(TRITON_VENV)/bin/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'); \
+	mkdir -p $(TRITON_VENV)/backends && cp -r $$site/pytriton/tritonserver/backends/python $(TRITON_VENV)/backends/ && \
+	cp $$site/pytriton/tritonserver/python_backend_stubs/$$pyver/triton_python_backend_stub $(TRITON_VENV)/backends/python/
+	@touch $@
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -90,4 +108,4 @@ images: image-context
 	docker build -f services/inference/Dockerfile --target with-model -t $(IMAGE_REGISTRY)/inference:$(IMAGE_TAG)-gemma .
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache build
+	rm -rf $(VENV) $(TRITON_VENV) .tools .pytest_cache build

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from llmesh.kit.errors import InvalidArgument, NotFound, Unavailable
+from llmesh.kit.errors import InvalidArgument, LlmeshError, NotFound, Unavailable
 from llmesh.kit.logging import get_logger
 from llmesh.services.inference import metrics
 from llmesh.services.inference.backend import (
@@ -112,6 +112,13 @@ class InferenceEngine:
         except (asyncio.CancelledError, GeneratorExit):
             if not completed:
                 metrics.GENERATIONS.labels(*labels, FinishReason.CANCELLED.value).inc()
+            raise
+        except LlmeshError as exc:
+            # A backend that fails after its first delta (e.g. Triton died): the deltas sent stand
+            # (the backend counted their tokens), the caller's stream ends with the error's status.
+            if first_delta_at is not None:
+                metrics.GENERATIONS.labels(*labels, "error").inc()
+                log.warning("generation_failed_midstream", model=info.name, backend=backend.name, error=exc.message)
             raise
 
     @staticmethod

@@ -1,0 +1,1 @@
+../../gemma-3-270m/1/model.py

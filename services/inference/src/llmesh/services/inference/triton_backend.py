@@ -1,0 +1,304 @@
+"""Models served by a Triton Inference Server (self-hosted tiers): decoupled streaming over
+Triton's KServe v2 gRPC protocol with tritonclient's asyncio client. The same tensor names reach
+TensorRT-LLM and vLLM models on GPU and the llama.cpp model of deploy/triton/cpu on CPU:
+text_input, max_tokens, stream, temperature, top_p, top_k, random_seed, stop_words in;
+text_output, num_input_tokens, num_output_tokens, finish_reason out (deploy/triton/README.md).
+
+Load is what this backend has in flight: at most `max_concurrency` streams per model, at most
+`max_queue` callers waiting for one, RESOURCE_EXHAUSTED beyond (slots.py). The gRPC client is
+created lazily and dropped after a connection failure, so a restarted Triton is used again
+without restarting the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as triton_grpc
+from llmesh.kit.errors import InvalidArgument, NotFound, Unavailable
+from llmesh.kit.logging import get_logger
+from llmesh.services.inference import metrics
+from llmesh.services.inference.backend import (
+    Backend,
+    BackendCompletion,
+    BackendEvent,
+    BackendLoad,
+    FinishReason,
+    GenerationRequest,
+    ModelInfo,
+    TextDelta,
+)
+from llmesh.services.inference.chat_prompt import GemmaTurns, Prompt, PromptFormat
+from llmesh.services.inference.slots import SlotPool
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
+from tritonclient.utils import InferenceServerException
+
+log = get_logger("llmesh.inference.triton")
+
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "cancelled": FinishReason.CANCELLED}
+
+# Special-token markup in callers' text (Gemma's <start_of_turn>, <eos>, <unused0>; ChatML's
+# <|im_start|>; </s>). Triton's text_input is one string whose markup the model parses, so a
+# zero-width space is put after the "<" to keep a caller from forging turns.
+_MARKUP = re.compile(r"<(/?(?:\|[^<>|\s]{1,40}\||[a-z0-9]+_[a-z0-9_]+|bos|eos|pad|unk|mask|s))>")
+
+
+# tritonclient's own message limits, plus a subchannel of the channel's own: gRPC shares
+# subchannels between channels to one address, so a new channel would otherwise inherit the dead
+# server's reconnect back-off. Short back-off: a restarted Triton is found within a second or two.
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+def neutralize_markup(text: str) -> str:
+    return _MARKUP.sub(lambda m: f"<\u200b{m.group(1)}>", text)
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """The prompt as one string: template text as is, message content with markup neutralized."""
+    return "".join(part.text if part.trusted else neutralize_markup(part.text) for part in prompt)
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    name: str  # the catalog name callers use
+    triton_model: str  # the model in Triton's repository (interactive requests)
+    context_length: int
+    max_concurrency: int
+    max_queue: int
+    batch_triton_model: str = ""  # GenerationRequest.batch goes here when set (dynamic batching)
+
+
+class _Model:
+    def __init__(self, spec: TritonModel, retry_after_s: float):
+        self.spec = spec
+        self.pool: SlotPool[int] = SlotPool(
+            range(spec.max_concurrency),
+            max_waiting=spec.max_queue,
+            retry_after_s=retry_after_s,
+            label=f"model {spec.name}",
+        )
+
+
+def _tensor(name: str, value: Any, dtype, batched: bool) -> triton_grpc.InferInput:
+    array = np.array(value, dtype=dtype).reshape((1, -1) if batched else (-1,))
+    datatype = {np.object_: "BYTES", np.int32: "INT32", np.float32: "FP32", np.uint64: "UINT64", np.bool_: "BOOL"}[
+        dtype
+    ]
+    tensor = triton_grpc.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def _scalar(result, name: str):
+    array = result.as_numpy(name)
+    if array is None or array.size == 0:
+        return None
+    value = array.reshape(-1)[0]
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value.item()
+
+
+class TritonBackend(Backend):
+    name = "triton"
+
+    def __init__(
+        self,
+        url: str,
+        models: list[TritonModel],
+        *,
+        rpc_timeout_s: float = 5.0,
+        first_token_timeout_s: float = 60.0,
+        token_timeout_s: float = 30.0,
+        retry_after_s: float = 1.0,
+        batched_models: frozenset[str] | None = None,
+        prompt_format: PromptFormat | None = None,
+    ):
+        """`url` is Triton's gRPC host:port. Timeouts: each metadata/statistics call; the first
+        response of a stream (Triton's queue included); each later response. `batched_models`:
+        Triton models with max_batch_size > 0 (a leading batch dimension); by default the batch
+        models. `prompt_format`: Gemma turns unless given (the models keep their GGUF in Triton)."""
+        if len({m.name for m in models}) != len(models):
+            raise ValueError("model names must be unique")
+        self.url = url
+        self._models = {m.name: _Model(m, retry_after_s) for m in models}
+        self._rpc_timeout_s = rpc_timeout_s
+        self._first_token_timeout_s = first_token_timeout_s
+        self._token_timeout_s = token_timeout_s
+        self._batched = (
+            batched_models if batched_models is not None else frozenset(m.batch_triton_model for m in models) - {""}
+        )
+        self._format = prompt_format or GemmaTurns("<bos>")
+        self._client: triton_grpc.InferenceServerClient | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def _connection(self) -> triton_grpc.InferenceServerClient:
+        if self._client is None:
+            self._client = triton_grpc.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS)
+        return self._client
+
+    async def _reset(self, client: triton_grpc.InferenceServerClient) -> None:
+        """Drops a client whose connection failed: the next call dials afresh (a new channel has
+        no reconnect back-off left over from the failure)."""
+        if self._client is client:
+            self._client = None
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    async def start(self) -> None:
+        try:
+            live = await self._connection().is_server_live(client_timeout=self._rpc_timeout_s)
+        except InferenceServerException as exc:
+            live = False
+            log.warning("triton_unreachable", url=self.url, error=str(exc))
+        log.info("triton_backend_started", url=self.url, live=live, models=sorted(self._models))
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    # -- model info ---------------------------------------------------------------------------
+
+    def models(self) -> list[ModelInfo]:
+        return [
+            ModelInfo(
+                name=m.spec.name,
+                backend=self.name,
+                context_length=m.spec.context_length,
+                max_concurrency=m.spec.max_concurrency,
+                max_queue=m.spec.max_queue,
+            )
+            for m in self._models.values()
+        ]
+
+    def _model(self, name: str) -> _Model:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise NotFound(f"model {name!r} is not served by the triton backend") from None
+
+    def load(self, model: str) -> BackendLoad:
+        pool = self._model(model).pool
+        return BackendLoad(active=pool.in_use, queued=pool.waiting)
+
+    async def _call(self, method: str, *args, **kwargs):
+        client = self._connection()
+        try:
+            return await getattr(client, method)(*args, client_timeout=self._rpc_timeout_s, **kwargs)
+        except InferenceServerException as exc:
+            await self._reset(client)
+            raise Unavailable(f"Triton at {self.url} is unavailable: {exc.message()}", retry_after_s=1.0) from exc
+
+    async def model_ready(self, model: str, *, batch: bool = False) -> bool:
+        """Triton's readiness of the model behind catalog name `model` (False when unreachable)."""
+        spec = self._model(model).spec
+        try:
+            return bool(await self._call("is_model_ready", spec.batch_triton_model if batch else spec.triton_model))
+        except Unavailable:
+            return False
+
+    async def statistics(self, model: str, *, batch: bool = False) -> dict:
+        """Triton's inference statistics of the model (counts, queue and compute times, batch
+        sizes executed) as its JSON mapping."""
+        spec = self._model(model).spec
+        name = spec.batch_triton_model if batch else spec.triton_model
+        return await self._call("get_inference_statistics", name, as_json=True)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def _inputs(self, request: GenerationRequest, batched: bool) -> list[triton_grpc.InferInput]:
+        sampling = request.sampling
+        prompt = prompt_text(self._format.render(request.messages))
+        inputs = [
+            _tensor("text_input", [prompt.encode()], np.object_, batched),
+            _tensor("max_tokens", [request.max_tokens], np.int32, batched),
+            _tensor("stream", [True], np.bool_, batched),
+        ]
+        if sampling.temperature is not None:
+            inputs.append(_tensor("temperature", [sampling.temperature], np.float32, batched))
+        if sampling.top_p is not None:
+            inputs.append(_tensor("top_p", [sampling.top_p], np.float32, batched))
+        if sampling.top_k is not None:
+            inputs.append(_tensor("top_k", [sampling.top_k], np.int32, batched))
+        if sampling.seed is not None:
+            inputs.append(_tensor("random_seed", [sampling.seed % 2**64], np.uint64, batched))
+        if sampling.stop:
+            inputs.append(_tensor("stop_words", [s.encode() for s in sampling.stop], np.object_, batched))
+        return inputs
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[BackendEvent]:
+        model = self._model(request.model)
+        spec = model.spec
+        triton_model = spec.batch_triton_model if request.batch and spec.batch_triton_model else spec.triton_model
+        batched = triton_model in self._batched
+        inputs = self._inputs(request, batched)
+        labels = (spec.name, self.name)
+        finished = asyncio.Event()
+        slot = await model.pool.acquire()
+        client = self._connection()
+
+        async def requests():
+            yield {"model_name": triton_model, "inputs": inputs, "request_id": request.request_id}
+            await finished.wait()  # the stream stays open until the final response
+
+        stream = None
+        counted = prompt_counted = 0
+        try:
+            stream = client.stream_infer(requests())
+            while True:
+                timeout = self._token_timeout_s if counted or prompt_counted else self._first_token_timeout_s
+                try:
+                    result, error = await asyncio.wait_for(anext(stream), timeout)
+                except StopAsyncIteration:
+                    raise Unavailable(f"Triton ended the stream of {triton_model} before its final response") from None
+                except TimeoutError:
+                    raise Unavailable(f"Triton sent nothing for {timeout:.0f}s on {triton_model}") from None
+                except (grpc.aio.AioRpcError, InferenceServerException) as exc:
+                    await self._reset(client)
+                    detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc.message()
+                    raise Unavailable(
+                        f"Triton at {self.url} is unavailable ({triton_model}): {detail}", retry_after_s=1.0
+                    ) from exc
+                if error is not None:
+                    message = error.message()
+                    if "INVALID_ARGUMENT" in message and not counted:
+                        raise InvalidArgument(message.split("INVALID_ARGUMENT:", 1)[-1].strip(), field="max_tokens")
+                    raise Unavailable(f"model {triton_model} failed in Triton: {message}")
+                text = _scalar(result, "text_output") or ""
+                prompt_tokens = _scalar(result, "num_input_tokens")
+                completion_tokens = _scalar(result, "num_output_tokens")
+                if prompt_tokens is not None and not prompt_counted:
+                    prompt_counted = int(prompt_tokens)
+                    metrics.PROMPT_TOKENS.labels(*labels).inc(prompt_counted)
+                if completion_tokens is not None and completion_tokens > counted:
+                    metrics.GENERATED_TOKENS.labels(*labels).inc(completion_tokens - counted)
+                    counted = int(completion_tokens)
+                if text:
+                    yield TextDelta(text)
+                parameters = result.get_response().parameters
+                final = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
+                reason = _scalar(result, "finish_reason")
+                if final or reason is not None:
+                    finished.set()
+                    yield BackendCompletion(prompt_counted, counted, _FINISH.get(reason or "", FinishReason.STOP))
+                    return
+        finally:
+            finished.set()
+            if stream is not None:
+                # Cancels the gRPC stream: Triton marks the request cancelled and the model stops
+                # between tokens (a no-op after the final response).
+                stream.cancel()
+            model.pool.release(slot)
