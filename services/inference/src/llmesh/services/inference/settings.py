@@ -19,6 +19,14 @@ def _max_queue_check(value: int) -> str | None:
     return None if value >= 0 else "must be >= 0 (0: no waiting, reject when every slot is busy)"
 
 
+def _repeat_penalty_check(value: float) -> str | None:
+    return None if 1.0 <= value <= 2.0 else "must be in 1.0..2.0 (1.0: no penalty)"
+
+
+def _repeated_line_check(value: int) -> str | None:
+    return None if value == 0 or value >= 2 else "must be 0 (off) or >= 2"
+
+
 @dataclasses.dataclass(frozen=True)
 class InferenceSettings(ServerSettings):
     port: int = setting("LLMESH_PORT", DEFAULT_PORTS["inference"], "gRPC port (0 picks a free one)", port_check)
@@ -51,4 +59,32 @@ class InferenceSettings(ServerSettings):
         "auto",
         "prompt format: auto (the GGUF's chat template, else Gemma turns) or gemma",
         one_of("auto", "gemma"),
+    )
+    catalog: str = setting(
+        "LLMESH_INFERENCE_CATALOG",
+        "",
+        "model catalog: path of a JSON file or inline JSON (services/inference/README.md); empty: the local "
+        "llama.cpp model alone, serving every tier, as the fallback of last resort",
+    )
+    repeat_penalty: float = setting(
+        "LLMESH_INFERENCE_REPEAT_PENALTY",
+        1.2,
+        "llama.cpp repetition penalty on recent tokens (1.0: off)",
+        _repeat_penalty_check,
+    )
+    repeated_line_stop: int = setting(
+        "LLMESH_INFERENCE_REPEATED_LINE_STOP",
+        3,
+        "stop a generation (finish reason STOP) when the same non-empty line comes this many times in a row "
+        "(0: never)",
+        _repeated_line_check,
+    )
+    load_window_s: float = setting(
+        "LLMESH_INFERENCE_LOAD_WINDOW_S", 60.0, "window of the TTFT and tokens/s percentiles in load reports", positive
+    )
+    load_interval_s: float = setting(
+        "LLMESH_INFERENCE_LOAD_INTERVAL_S",
+        1.0,
+        "seconds between load snapshots on llmesh.inference.load.<region>.<model>",
+        positive,
     )
