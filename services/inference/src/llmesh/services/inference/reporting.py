@@ -7,15 +7,14 @@ import re
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from llmesh.kit.streams import MODEL_LOAD_SUBJECT_PREFIX
 from llmesh.services.inference.core import ModelStatus
 from llmesh.services.inference.load import band, crossed_percent
-
-LOAD_SUBJECT_PREFIX = "llmesh.inference.load"
 
 
 def load_subject(region: str, model: str) -> str:
     """llmesh.inference.load.<region>.<model>, the model name made a single subject token."""
-    return f"{LOAD_SUBJECT_PREFIX}.{region}.{re.sub(r'[^A-Za-z0-9_-]', '_', model)}"
+    return f"{MODEL_LOAD_SUBJECT_PREFIX}.{region}.{re.sub(r'[^A-Za-z0-9_-]', '_', model)}"
 
 
 Publish = Callable[[ModelStatus, int], Awaitable[None]]
