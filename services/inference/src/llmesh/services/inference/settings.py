@@ -68,7 +68,7 @@ class InferenceSettings(ServerSettings):
     )
     repeat_penalty: float = setting(
         "LLMESH_INFERENCE_REPEAT_PENALTY",
-        1.2,
+        1.1,
         "llama.cpp repetition penalty on recent tokens (1.0: off)",
         _repeat_penalty_check,
     )
