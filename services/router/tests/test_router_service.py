@@ -335,9 +335,7 @@ async def test_bad_input_is_invalid_argument_and_the_router_keeps_serving(client
     assert summary.cache_outcome in (router_pb2.CACHE_OUTCOME_MISS, router_pb2.CACHE_OUTCOME_EXACT_HIT)
 
 
-async def test_without_settings_the_catalog_maps_tiers_and_prices_and_keeps_restricted_data_home(
-    nats_url, upstreams
-):
+async def test_without_settings_the_catalog_maps_tiers_and_prices_and_keeps_restricted_data_home(nats_url, upstreams):
     app = RouterApp(router_settings(nats_url, upstreams.address, tier_models="", default_model="", prices=""))
     async with hosted(app, app.settings) as host, open_channel(host.address) as channel:
         client = RouterClient(channel, upstreams)

@@ -73,7 +73,9 @@ def test_restricted_data_stays_on_self_hosted_models():
 
 def test_the_catalog_maps_tiers_below_settings_and_policy():
     t12 = ModelInfo("t12", "triton", tiers=(1, 2), self_hosted=True, max_sensitivity=R)
-    api = ModelInfo("api", "openai", tiers=(3,), max_sensitivity=I, prompt_price_per_1k=2.0, completion_price_per_1k=4.0)
+    api = ModelInfo(
+        "api", "openai", tiers=(3,), max_sensitivity=I, prompt_price_per_1k=2.0, completion_price_per_1k=4.0
+    )
     last = ModelInfo("last", "llama_cpp", tiers=(1, 2, 3), self_hosted=True, max_sensitivity=R, fallback=True)
     catalog = (last, t12, api)
     bare = Router(RoutingPolicy({}, {}), default_model="", default_price=Price(0.5, 0.5))

@@ -40,7 +40,9 @@ def build_backends(catalog: Catalog, settings: InferenceSettings) -> list[Backen
                 for e in entries
             ]
             key_env = entries[0].api_key_env
-            backends.append(module.OpenAIBackend(endpoint, models, api_key=os.environ.get(key_env, "") if key_env else ""))
+            backends.append(
+                module.OpenAIBackend(endpoint, models, api_key=os.environ.get(key_env, "") if key_env else "")
+            )
         else:  # pragma: no cover - BackendKind is exhaustive
             raise ValueError(f"unknown backend {kind}")
     return backends

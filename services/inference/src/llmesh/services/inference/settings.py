@@ -75,8 +75,7 @@ class InferenceSettings(ServerSettings):
     repeated_line_stop: int = setting(
         "LLMESH_INFERENCE_REPEATED_LINE_STOP",
         3,
-        "stop a generation (finish reason STOP) when the same non-empty line comes this many times in a row "
-        "(0: never)",
+        "stop a generation (finish reason STOP) when the same non-empty line comes this many times in a row (0: never)",
         _repeated_line_check,
     )
     load_window_s: float = setting(

@@ -113,6 +113,4 @@ class RepeatedLineGuard:
         return self._run >= self._limit
 
     def _may_reach_limit(self, line: str) -> bool:
-        return (
-            self._previous is not None and self._run >= self._limit - 1 and self._previous.startswith(line.lstrip())
-        )
+        return self._previous is not None and self._run >= self._limit - 1 and self._previous.startswith(line.lstrip())
