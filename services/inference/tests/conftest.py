@@ -44,8 +44,8 @@ def inference_settings(**overrides) -> InferenceSettings:
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def inference():
-    settings = inference_settings()
+async def inference(nats_url):
+    settings = inference_settings(nats_url=nats_url)
     app = InferenceApp(settings)
     async with hosted(app, settings) as host:
         async with open_channel(host.address) as channel:

@@ -5,6 +5,7 @@ the bundled Gemma 3 270M (one process for the module), directly or behind a prox
 from __future__ import annotations
 
 import contextlib
+import json
 import pathlib
 import time
 
@@ -283,11 +284,21 @@ def test_retry_after_reads_seconds_and_http_dates():
 
 
 async def test_generate_through_the_inference_service(server):
-    settings = inference_settings(
-        openai_url=server.base_url,
-        openai_api_key=API_KEY,
-        openai_models=(f"{MODEL}={REMOTE}:{CONTEXT_LENGTH}",),
-    )
+    catalog = {
+        "models": [
+            {
+                "name": MODEL,
+                "backend": "openai",
+                "endpoint": server.base_url,
+                "remote_model": REMOTE,
+                "tiers": [3],
+                "hosting": "external",
+                "max_sensitivity": "internal",
+                "context_length": CONTEXT_LENGTH,
+            }
+        ]
+    }
+    settings = inference_settings(openai_api_key=API_KEY, catalog=json.dumps(catalog))
     app = InferenceApp(settings)
     async with hosted(app, settings) as host, open_channel(host.address) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)

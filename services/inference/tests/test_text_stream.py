@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from llmesh.services.inference.text_stream import TextAssembler
+from llmesh.services.inference.text_stream import RepeatedLineGuard, TextAssembler
 
 
 def run(pieces: list[bytes], stop=()) -> tuple[list[str], TextAssembler]:
@@ -61,3 +61,36 @@ def test_output_is_the_text_up_to_the_first_stop(text, cuts, stop):
     deltas, _ = run(pieces, stop=[stop] if stop else [])
     expected = text.split(stop)[0] if stop else text
     assert "".join(deltas) == expected
+
+
+def guarded(pieces: list[str], limit: int = 3) -> tuple[str, RepeatedLineGuard]:
+    guard = RepeatedLineGuard(limit)
+    out = [guard.feed(p) for p in pieces]
+    if not guard.stopped:
+        out.append(guard.finish())
+    return "".join(out), guard
+
+
+def test_a_line_repeated_three_times_stops_the_stream_before_the_third_copy():
+    text, guard = guarded(["Na", "me\n", "Name\n", "\n", "Na", "me", "\nName\nmore"])
+    assert guard.stopped and text == "Name\nName\n\n"
+
+
+def test_different_lines_and_a_diverging_line_pass_through():
+    text, guard = guarded(["Paris is\n", "Paris is\n", "Paris is the capital.\n", "Done"])
+    assert not guard.stopped and text == "Paris is\nParis is\nParis is the capital.\nDone"
+
+
+def test_text_is_held_only_while_it_may_become_the_stopping_copy():
+    guard = RepeatedLineGuard(3)
+    assert guard.feed("a\n") == "a\n" and guard.feed("a\n") == "a\n"
+    assert guard.feed("a") == "", "may be the third copy"
+    assert guard.feed("b") == "ab", "no longer a copy: sent"
+    assert guard.finish() == ""
+
+
+def test_a_repeated_last_line_without_newline_stops_at_the_end_and_zero_turns_it_off():
+    text, guard = guarded(["x\nx\n", "x"])
+    assert guard.stopped and text == "x\nx\n"
+    text, guard = guarded(["x\n"] * 5, limit=0)
+    assert not guard.stopped and text == "x\n" * 5

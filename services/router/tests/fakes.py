@@ -26,10 +26,34 @@ from llmesh.kit.server import ServiceApp
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
 SLOW_S = 0.2
+# The catalog inference lists: tiny-1 serves tiers 1-2 and is the fallback of last resort, big-3
+# serves no tier of its own (the router tests map it by settings), cloud-x is the external tier 3
+# with catalog prices and data up to internal.
+CLOUD_PRICE = (7.0, 9.0)
 MODELS = [
-    inference_pb2.ModelInfo(name="tiny-1", backend="llama_cpp"),
-    inference_pb2.ModelInfo(name="big-3", backend="triton"),
-    inference_pb2.ModelInfo(name="cloud-x", backend="openai"),
+    inference_pb2.ModelInfo(
+        name="tiny-1",
+        backend="llama_cpp",
+        tiers=[1, 2],
+        hosting=inference_pb2.HOSTING_SELF_HOSTED,
+        max_sensitivity=common_pb2.SENSITIVITY_RESTRICTED,
+        fallback=True,
+    ),
+    inference_pb2.ModelInfo(
+        name="big-3",
+        backend="triton",
+        hosting=inference_pb2.HOSTING_SELF_HOSTED,
+        max_sensitivity=common_pb2.SENSITIVITY_RESTRICTED,
+    ),
+    inference_pb2.ModelInfo(
+        name="cloud-x",
+        backend="openai",
+        tiers=[3],
+        hosting=inference_pb2.HOSTING_EXTERNAL,
+        max_sensitivity=common_pb2.SENSITIVITY_INTERNAL,
+        prompt_price_per_1k=CLOUD_PRICE[0],
+        completion_price_per_1k=CLOUD_PRICE[1],
+    ),
 ]
 
 

@@ -11,10 +11,15 @@ from grpc_status import rpc_status
 from llmesh.common.v1 import common_pb2
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.bus import Bus
+from llmesh.kit.client import open_channel
 from llmesh.kit.streams import KEY_REVOKED_SUBJECT, TENANCY
-from llmesh.kit.testing import assert_eventually, unique
+from llmesh.kit.testing import assert_eventually, hosted, unique
 from llmesh.router.v1 import router_pb2
 from llmesh.services.router import metrics
+from llmesh.services.router.app import RouterApp
+
+from services.router.tests.conftest import RouterClient, router_settings
+from services.router.tests.fakes import CLOUD_PRICE
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -159,8 +164,8 @@ async def test_pinned_models_and_the_restricted_data_rule(client):
     api_key, _, _ = client.new_key()
     _, summary = await client.generate(api_key, "hello", model="cloud-x")
     assert summary.model == "cloud-x" and summary.backend == "openai"
-    # No price for cloud-x in the table: the default price applies.
-    assert summary.cost_usd == pytest.approx((10 * 10.0 + 4 * 20.0) / 1000)
+    # No price for cloud-x in the settings' table: the catalog's applies.
+    assert summary.cost_usd == pytest.approx((10 * CLOUD_PRICE[0] + 4 * CLOUD_PRICE[1]) / 1000)
 
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await client.generate(api_key, "hello", model="gpt-99")
@@ -170,7 +175,8 @@ async def test_pinned_models_and_the_restricted_data_rule(client):
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await client.generate(api_key, "card 4111 [restricted]", model="cloud-x")
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "self-hosted" in denied.value.details()
+    assert "restricted data" in denied.value.details() and "up to internal" in denied.value.details()
+    assert not any("card 4111" in r.messages[-1].content for r in client.upstreams.inference.requests.values())
 
 
 async def test_routing_policy_from_nats_kv_maps_tiers_and_prices(client, router_host):
@@ -327,3 +333,41 @@ async def test_bad_input_is_invalid_argument_and_the_router_keeps_serving(client
     assert needle in exc.value.details()
     _, summary = await client.generate(api_key, "still there?")
     assert summary.cache_outcome in (router_pb2.CACHE_OUTCOME_MISS, router_pb2.CACHE_OUTCOME_EXACT_HIT)
+
+
+async def test_without_settings_the_catalog_maps_tiers_and_prices_and_keeps_restricted_data_home(nats_url, upstreams):
+    app = RouterApp(router_settings(nats_url, upstreams.address, tier_models="", default_model="", prices=""))
+    async with hosted(app, app.settings) as host, open_channel(host.address) as channel:
+        client = RouterClient(channel, upstreams)
+        api_key, _, _ = client.new_key(clearance=common_pb2.SENSITIVITY_RESTRICTED)
+        _, low = await client.generate(api_key, "easy one [tier:1]", cache_policy=router_pb2.CACHE_POLICY_BYPASS)
+        assert (low.model, low.backend) == ("tiny-1", "llama_cpp")
+        _, high = await client.generate(api_key, "hard one [tier:3]", cache_policy=router_pb2.CACHE_POLICY_BYPASS)
+        assert (high.model, high.backend) == ("cloud-x", "openai")
+        assert high.cost_usd == pytest.approx((10 * CLOUD_PRICE[0] + 4 * CLOUD_PRICE[1]) / 1000)
+        # Restricted data never reaches the external model the catalog gives tier 3.
+        rid = unique("rid")
+        _, restricted = await client.generate(api_key, "payroll [tier:3] [restricted]", request_id=rid)
+        assert (restricted.model, restricted.backend) == ("tiny-1", "llama_cpp")
+        assert upstreams.inference.requests[rid].model == "tiny-1"
+
+
+async def test_load_snapshots_are_kept_per_model_and_go_stale(nats_url, upstreams):
+    app = RouterApp(router_settings(nats_url, upstreams.address, load_max_age_s=0.5))
+    region, model = unique("region"), "tiny-1"
+    bus = await Bus.connect(nats_url, "test-load")
+    async with hosted(app, app.settings):
+        event = events_pb2.ModelLoad(model=model, region=region, backend="llama_cpp", utilization=0.75, capacity=4)
+        await bus.publish_core(f"llmesh.inference.load.{region}.{model}", event)
+
+        def fresh():
+            snapshot = app.load.current(model, region)
+            assert snapshot is not None and snapshot.utilization == 0.75 and snapshot.capacity == 4
+
+        await assert_eventually(fresh, timeout_s=5, message="the router keeps the snapshot")
+
+        def stale():
+            assert app.load.current(model, region) is None
+
+        await assert_eventually(stale, timeout_s=5, message="an old snapshot is unknown load")
+    await bus.close()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from llmesh.kit.errors import InvalidArgument, PermissionDenied, Unavailable
 from llmesh.kit.policy import CachedPolicy
 from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.router.domain import ModelInfo, Usage
+from llmesh.services.router.load import LoadBoard, LoadSnapshot
 from llmesh.services.router.routing import (
     ModelCatalog,
     Price,
@@ -15,10 +18,12 @@ from llmesh.services.router.routing import (
     policy_from_document,
 )
 from llmesh.services.router.settings import parse_prices, parse_tier_models
+from prometheus_client import REGISTRY
 
-LOCAL = ModelInfo("small", "llama_cpp")
-BIG = ModelInfo("big", "triton")
-CLOUD = ModelInfo("cloud", "openai")
+R, I = Sensitivity.RESTRICTED, Sensitivity.INTERNAL
+LOCAL = ModelInfo("small", "llama_cpp", self_hosted=True, max_sensitivity=R, fallback=True)
+BIG = ModelInfo("big", "triton", self_hosted=True, max_sensitivity=R)
+CLOUD = ModelInfo("cloud", "openai", max_sensitivity=I)
 DEFAULTS = RoutingPolicy(tier_models={1: "small", 3: "big"}, prices={"small": Price(1.0, 2.0)})
 
 
@@ -27,7 +32,6 @@ def router(default_model: str = "") -> Router:
         DEFAULTS,
         default_model=default_model,
         default_price=Price(0.5, 0.5),
-        self_hosted_backends=["llama_cpp", "triton"],
     )
 
 
@@ -52,7 +56,7 @@ def test_tiers_map_to_models_and_unmapped_tiers_take_the_default():
 
 def test_a_pinned_model_wins_unless_the_data_is_restricted():
     assert choose(router(), 1, pinned=CLOUD) == "cloud"
-    with pytest.raises(PermissionDenied, match="self-hosted"):
+    with pytest.raises(PermissionDenied, match="restricted data; cloud .openai. may receive data up to internal"):
         choose(router(), 1, pinned=CLOUD, sensitivity=Sensitivity.RESTRICTED)
     assert choose(router(), 1, pinned=BIG, sensitivity=Sensitivity.RESTRICTED) == "big"
 
@@ -61,10 +65,49 @@ def test_restricted_data_stays_on_self_hosted_models():
     policy = RoutingPolicy({1: "cloud", 2: "cloud", 3: "cloud"}, {})
     assert choose(router("cloud"), 3, policy=policy) == "cloud"
     assert choose(router("cloud"), 3, policy=policy, sensitivity=Sensitivity.RESTRICTED) == "small"
-    with pytest.raises(Unavailable, match="no self-hosted model"):
+    with pytest.raises(Unavailable, match="no model for tier 3 may receive restricted data .refused: cloud"):
         choose(router("cloud"), 3, policy=policy, sensitivity=Sensitivity.RESTRICTED, available=(CLOUD,))
     with pytest.raises(Unavailable, match="no model is available for tier 2"):
         choose(router(), 2, available=())
+
+
+def test_the_catalog_maps_tiers_below_settings_and_policy():
+    t12 = ModelInfo("t12", "triton", tiers=(1, 2), self_hosted=True, max_sensitivity=R)
+    api = ModelInfo(
+        "api", "openai", tiers=(3,), max_sensitivity=I, prompt_price_per_1k=2.0, completion_price_per_1k=4.0
+    )
+    last = ModelInfo("last", "llama_cpp", tiers=(1, 2, 3), self_hosted=True, max_sensitivity=R, fallback=True)
+    catalog = (last, t12, api)
+    bare = Router(RoutingPolicy({}, {}), default_model="", default_price=Price(0.5, 0.5))
+    empty = RoutingPolicy({}, {})
+    assert [choose(bare, t, policy=empty, available=catalog) for t in (1, 2, 3)] == ["t12", "t12", "api"]
+    # Settings or policy mappings win over the catalog.
+    assert choose(bare, 3, policy=RoutingPolicy({3: "t12"}, {}), available=catalog) == "t12"
+    # A model whose allowed sensitivity is below the request's is skipped for the fallback.
+    assert choose(bare, 3, policy=empty, available=catalog, sensitivity=Sensitivity.CONFIDENTIAL) == "last"
+    assert choose(bare, 3, policy=empty, available=catalog, sensitivity=R) == "last"
+    with pytest.raises(PermissionDenied):
+        choose(bare, 3, policy=empty, available=catalog, sensitivity=R, pinned=api)
+    # Prices: policy, else the catalog, else the default.
+    usage = Usage(prompt_tokens=1000, completion_tokens=1000)
+    assert bare.price("api", empty, api).cost(usage) == pytest.approx(6.0)
+    assert bare.price("api", RoutingPolicy({}, {"api": Price(1.0, 1.0)}), api).cost(usage) == pytest.approx(2.0)
+    assert bare.price("t12", empty, t12).cost(usage) == pytest.approx(1.0)
+
+
+def test_load_snapshots_go_stale_into_unknown():
+    now = [100.0]
+    board = LoadBoard(3.0, clock=lambda: now[0])
+    assert board.current("m", "local") is None
+    board.record(LoadSnapshot("m", "local", "triton", 0.5, 1, 0, 2, 4, 10.0, 20.0, 30.0, 0.0))
+    assert board.current("m", "local").utilization == 0.5 and board.current("m", "other") is None
+    labels = {"region": "local", "model": "m"}
+    assert REGISTRY.get_sample_value("llmesh_router_model_utilization", labels) == 0.5
+    assert REGISTRY.get_sample_value("llmesh_router_model_load_known", labels) == 1.0
+    now[0] += 3.5
+    assert board.current("m", "local") is None and board.known() == []
+    assert math.isnan(REGISTRY.get_sample_value("llmesh_router_model_utilization", labels))
+    assert REGISTRY.get_sample_value("llmesh_router_model_load_known", labels) == 0.0
 
 
 def test_cost_uses_the_price_table_or_the_default_price():

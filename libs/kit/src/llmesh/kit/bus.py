@@ -96,6 +96,15 @@ class Bus:
                 await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
         raise Unavailable(f"could not publish to {subject}: {last!r}")
 
+    async def publish_core(self, subject: str, message: Message, *, msg_id: str | None = None) -> None:
+        """Publishes on core NATS (no stream, no ack): for events only useful to subscribers
+        listening now, such as load snapshots. Silently dropped while disconnected."""
+        headers = {"Nats-Msg-Id": msg_id or uuid.uuid4().hex}
+        try:
+            await self.nc.publish(subject, message.SerializeToString(), headers=headers)
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, OSError) as exc:
+            log.debug("publish_dropped", subject=subject, error=repr(exc))
+
     async def consume_durable(self, spec: StreamSpec, subject: str, durable: str, handler: Handler) -> None:
         """Delivers every message of `subject` to `handler` once per durable consumer, also those
         published while this process was down. A message whose handler raises is redelivered."""

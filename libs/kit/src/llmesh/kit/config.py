@@ -186,6 +186,13 @@ def settings_table(cls: type) -> str:
     return "\n".join(rows)
 
 
+def _region(value: str) -> str:
+    """A NATS subject token: letters, digits, '-' and '_'."""
+    if not value or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value):
+        raise ValueError("must be non-empty letters, digits, '-' or '_' (it is a NATS subject token)")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerSettings:
     """What every service reads. Subclasses add their own fields (all with defaults)."""
@@ -201,3 +208,6 @@ class ServerSettings:
         "LLMESH_READY_FILE", None, "when set, the service writes its bound ports here (JSON) once SERVING"
     )
     nats_url: str = setting("LLMESH_NATS_URL", "nats://127.0.0.1:4222", "NATS server(s), comma-separated")
+    region: str = setting(
+        "LLMESH_REGION", "local", "region this instance runs in (NATS subjects, model catalog)", parses(_region)
+    )

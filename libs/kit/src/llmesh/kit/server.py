@@ -177,9 +177,10 @@ def run_service(make_app: Callable[[S], ServiceApp], settings_cls: type[S]) -> N
     """Entry point of a service process: load config, log, serve until SIGTERM, exit."""
     try:
         settings = load_settings(settings_cls)
+        # Apps validate what settings cannot check alone (e.g. a file they name) as they are built.
+        app = make_app(settings)
     except ConfigError as exc:
         print(f"llmesh: {exc}", file=sys.stderr)
         sys.exit(2)
-    app = make_app(settings)
     configure_logging(app.name, settings.log_level)
     sys.exit(asyncio.run(_serve(app, settings)))

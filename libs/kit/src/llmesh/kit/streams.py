@@ -23,6 +23,8 @@ CACHE_INVALIDATE = StreamSpec("LLMESH_CACHE_INVALIDATE", ("llmesh.cache.invalida
 TENANCY = StreamSpec("LLMESH_TENANCY", ("llmesh.tenancy.>",), max_age_s=7 * DAY_S)
 
 KEY_REVOKED_SUBJECT = "llmesh.tenancy.key.revoked"
+# Core NATS (not a stream): llmesh.inference.load.<region>.<model>, model load snapshots.
+MODEL_LOAD_SUBJECT_PREFIX = "llmesh.inference.load"
 
 
 def cache_invalidate_subject(tenant_id: str) -> str:

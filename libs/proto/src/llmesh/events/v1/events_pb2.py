@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllmesh/events/v1/events.proto\x12\x10llmesh.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dllmesh/common/v1/common.proto\"\xcf\x01\n\x10\x43\x61\x63heInvalidated\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12-\n\tissued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x03\x61ll\x18\x04 \x01(\x08H\x00\x12\x12\n\x08use_case\x18\x05 \x01(\tH\x00\x12;\n\x0f\x63ontent_version\x18\x06 \x01(\x0b\x32 .llmesh.common.v1.ContentVersionH\x00\x42\x07\n\x05scope\"t\n\rApiKeyRevoked\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12.\n\nrevoked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllmesh/events/v1/events.proto\x12\x10llmesh.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dllmesh/common/v1/common.proto\"\xcf\x01\n\x10\x43\x61\x63heInvalidated\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12-\n\tissued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x03\x61ll\x18\x04 \x01(\x08H\x00\x12\x12\n\x08use_case\x18\x05 \x01(\tH\x00\x12;\n\x0f\x63ontent_version\x18\x06 \x01(\x0b\x32 .llmesh.common.v1.ContentVersionH\x00\x42\x07\n\x05scope\"t\n\rApiKeyRevoked\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12.\n\nrevoked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xea\x02\n\tModelLoad\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x13\n\x0butilization\x18\x05 \x01(\x01\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x05\x12\x0e\n\x06queued\x18\x07 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x08 \x01(\x05\x12\x11\n\tmax_queue\x18\t \x01(\x05\x12\"\n\x1atime_to_first_token_p50_ms\x18\n \x01(\x01\x12\"\n\x1atime_to_first_token_p95_ms\x18\x0b \x01(\x01\x12\x1d\n\x15tokens_per_second_p50\x18\x0c \x01(\x01\x12\x10\n\x08window_s\x18\r \x01(\x01\x12/\n\x0bobserved_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63rossed_percent\x18\x0f \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,4 +37,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CACHEINVALIDATED']._serialized_end=323
   _globals['_APIKEYREVOKED']._serialized_start=325
   _globals['_APIKEYREVOKED']._serialized_end=441
+  _globals['_MODELLOAD']._serialized_start=444
+  _globals['_MODELLOAD']._serialized_end=806
 # @@protoc_insertion_point(module_scope)

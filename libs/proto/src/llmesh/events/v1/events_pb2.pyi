@@ -36,3 +36,37 @@ class ApiKeyRevoked(_message.Message):
     tenant_id: str
     revoked_at: _timestamp_pb2.Timestamp
     def __init__(self, event_id: _Optional[str] = ..., key_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ModelLoad(_message.Message):
+    __slots__ = ("event_id", "model", "region", "backend", "utilization", "active", "queued", "capacity", "max_queue", "time_to_first_token_p50_ms", "time_to_first_token_p95_ms", "tokens_per_second_p50", "window_s", "observed_at", "crossed_percent")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_SECOND_P50_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    CROSSED_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    model: str
+    region: str
+    backend: str
+    utilization: float
+    active: int
+    queued: int
+    capacity: int
+    max_queue: int
+    time_to_first_token_p50_ms: float
+    time_to_first_token_p95_ms: float
+    tokens_per_second_p50: float
+    window_s: float
+    observed_at: _timestamp_pb2.Timestamp
+    crossed_percent: int
+    def __init__(self, event_id: _Optional[str] = ..., model: _Optional[str] = ..., region: _Optional[str] = ..., backend: _Optional[str] = ..., utilization: _Optional[float] = ..., active: _Optional[int] = ..., queued: _Optional[int] = ..., capacity: _Optional[int] = ..., max_queue: _Optional[int] = ..., time_to_first_token_p50_ms: _Optional[float] = ..., time_to_first_token_p95_ms: _Optional[float] = ..., tokens_per_second_p50: _Optional[float] = ..., window_s: _Optional[float] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., crossed_percent: _Optional[int] = ...) -> None: ...

@@ -25,25 +25,29 @@ _sym_db = _symbol_database.Default()
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#llmesh/inference/v1/inference.proto\x12\x13llmesh.inference.v1\x1a\x1dllmesh/common/v1/common.proto\"\xad\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x32\n\x08sampling\x18\x04 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\xca\x01\n\x12GenerateCompletion\x12&\n\x05usage\x18\x01 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x35\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x1e\n\x16time_to_first_token_ms\x18\x03 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\"k\n\x10GenerateResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12=\n\ncompletion\x18\x02 \x01(\x0b\x32\'.llmesh.inference.v1.GenerateCompletionH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"\xa0\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x12\x17\n\x0f\x61\x63tive_requests\x18\x05 \x01(\x05\x12\x17\n\x0fqueued_requests\x18\x06 \x01(\x05\x12\x11\n\tmax_queue\x18\x07 \x01(\x05\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.llmesh.inference.v1.ModelInfo2\xcc\x01\n\x10InferenceService\x12Y\n\x08Generate\x12$.llmesh.inference.v1.GenerateRequest\x1a%.llmesh.inference.v1.GenerateResponse0\x01\x12]\n\nListModels\x12&.llmesh.inference.v1.ListModelsRequest\x1a\'.llmesh.inference.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#llmesh/inference/v1/inference.proto\x12\x13llmesh.inference.v1\x1a\x1dllmesh/common/v1/common.proto\"\xbc\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x32\n\x08sampling\x18\x04 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x06 \x01(\x08\"\xca\x01\n\x12GenerateCompletion\x12&\n\x05usage\x18\x01 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x35\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x1e\n\x16time_to_first_token_ms\x18\x03 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\"k\n\x10GenerateResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12=\n\ncompletion\x18\x02 \x01(\x0b\x32\'.llmesh.inference.v1.GenerateCompletionH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"\xa5\x04\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x03 \x01(\x05\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x12\x17\n\x0f\x61\x63tive_requests\x18\x05 \x01(\x05\x12\x17\n\x0fqueued_requests\x18\x06 \x01(\x05\x12\x11\n\tmax_queue\x18\x07 \x01(\x05\x12\r\n\x05tiers\x18\x08 \x03(\x05\x12\x0e\n\x06region\x18\t \x01(\t\x12-\n\x07hosting\x18\n \x01(\x0e\x32\x1c.llmesh.inference.v1.Hosting\x12\x36\n\x0fmax_sensitivity\x18\x0b \x01(\x0e\x32\x1d.llmesh.common.v1.Sensitivity\x12\x1b\n\x13prompt_price_per_1k\x18\x0c \x01(\x01\x12\x1f\n\x17\x63ompletion_price_per_1k\x18\r \x01(\x01\x12\x15\n\rgpu_hour_cost\x18\x0e \x01(\x01\x12\x10\n\x08\x63\x61pacity\x18\x0f \x01(\x05\x12\x10\n\x08\x65ndpoint\x18\x10 \x01(\t\x12\x14\n\x0cremote_model\x18\x11 \x01(\t\x12\x13\n\x0b\x62\x61tch_model\x18\x12 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x13 \x01(\x08\x12\x13\n\x0butilization\x18\x14 \x01(\x01\x12\x32\n\x07latency\x18\x15 \x01(\x0b\x32!.llmesh.inference.v1.LatencyStats\"\x98\x01\n\x0cLatencyStats\x12\x10\n\x08window_s\x18\x01 \x01(\x01\x12\x0f\n\x07samples\x18\x02 \x01(\x05\x12\"\n\x1atime_to_first_token_p50_ms\x18\x03 \x01(\x01\x12\"\n\x1atime_to_first_token_p95_ms\x18\x04 \x01(\x01\x12\x1d\n\x15tokens_per_second_p50\x18\x05 \x01(\x01\"D\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.llmesh.inference.v1.ModelInfo*Q\n\x07Hosting\x12\x17\n\x13HOSTING_UNSPECIFIED\x10\x00\x12\x17\n\x13HOSTING_SELF_HOSTED\x10\x01\x12\x14\n\x10HOSTING_EXTERNAL\x10\x02\x32\xcc\x01\n\x10InferenceService\x12Y\n\x08Generate\x12$.llmesh.inference.v1.GenerateRequest\x1a%.llmesh.inference.v1.GenerateResponse0\x01\x12]\n\nListModels\x12&.llmesh.inference.v1.ListModelsRequest\x1a\'.llmesh.inference.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmesh.inference.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_HOSTING']._serialized_start=1394
+  _globals['_HOSTING']._serialized_end=1475
   _globals['_GENERATEREQUEST']._serialized_start=92
-  _globals['_GENERATEREQUEST']._serialized_end=265
-  _globals['_GENERATECOMPLETION']._serialized_start=268
-  _globals['_GENERATECOMPLETION']._serialized_end=470
-  _globals['_GENERATERESPONSE']._serialized_start=472
-  _globals['_GENERATERESPONSE']._serialized_end=579
-  _globals['_LISTMODELSREQUEST']._serialized_start=581
-  _globals['_LISTMODELSREQUEST']._serialized_end=600
-  _globals['_MODELINFO']._serialized_start=603
-  _globals['_MODELINFO']._serialized_end=763
-  _globals['_LISTMODELSRESPONSE']._serialized_start=765
-  _globals['_LISTMODELSRESPONSE']._serialized_end=833
-  _globals['_INFERENCESERVICE']._serialized_start=836
-  _globals['_INFERENCESERVICE']._serialized_end=1040
+  _globals['_GENERATEREQUEST']._serialized_end=280
+  _globals['_GENERATECOMPLETION']._serialized_start=283
+  _globals['_GENERATECOMPLETION']._serialized_end=485
+  _globals['_GENERATERESPONSE']._serialized_start=487
+  _globals['_GENERATERESPONSE']._serialized_end=594
+  _globals['_LISTMODELSREQUEST']._serialized_start=596
+  _globals['_LISTMODELSREQUEST']._serialized_end=615
+  _globals['_MODELINFO']._serialized_start=618
+  _globals['_MODELINFO']._serialized_end=1167
+  _globals['_LATENCYSTATS']._serialized_start=1170
+  _globals['_LATENCYSTATS']._serialized_end=1322
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1324
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1392
+  _globals['_INFERENCESERVICE']._serialized_start=1478
+  _globals['_INFERENCESERVICE']._serialized_end=1682
 # @@protoc_insertion_point(module_scope)

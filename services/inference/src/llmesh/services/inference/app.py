@@ -1,18 +1,28 @@
-"""Wiring of the inference service: the local llama.cpp backend, and an OpenAI-compatible API
-when one is configured, behind the engine."""
+"""Wiring of the inference service: the model catalog, one backend per (kind, endpoint) behind the
+engine, and load snapshots on NATS."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from llmesh.inference.v1 import inference_pb2_grpc
-from llmesh.kit.config import ConfigError
+from llmesh.kit.bus import Bus
+from llmesh.kit.errors import Unavailable
+from llmesh.kit.logging import get_logger
 from llmesh.kit.server import ServiceApp
-from llmesh.services.inference.backend import Backend
-from llmesh.services.inference.core import InferenceEngine
-from llmesh.services.inference.llama_cpp_backend import LlamaCppBackend, LlamaCppConfig
-from llmesh.services.inference.openai_backend import OpenAIBackend, OpenAIModel
+from llmesh.services.inference import convert
+from llmesh.services.inference.catalog import CatalogDefaults, load_catalog
+from llmesh.services.inference.core import InferenceEngine, ModelStatus
+from llmesh.services.inference.factory import build_backends
+from llmesh.services.inference.llama_cpp_backend import LlamaCppBackend
+from llmesh.services.inference.reporting import LoadReporter, load_subject
 from llmesh.services.inference.servicer import SERVICE_NAME, InferenceServicer
-from llmesh.services.inference.settings import InferenceSettings, parse_openai_models
+from llmesh.services.inference.settings import InferenceSettings
+
+log = get_logger("llmesh.inference")
+
+BUS_RETRY_MAX_S = 10.0
 
 
 class InferenceApp(ServiceApp):
@@ -20,23 +30,28 @@ class InferenceApp(ServiceApp):
 
     def __init__(self, settings: InferenceSettings):
         self.settings = settings
-        self.local_backend = LlamaCppBackend(
-            LlamaCppConfig(
-                model_name=settings.model_name,
-                model_path=settings.model_path,
+        # A bad catalog raises ConfigError here, before anything starts.
+        self.catalog = load_catalog(
+            settings.catalog,
+            CatalogDefaults(
+                region=settings.region,
+                local_model_name=settings.model_name,
                 context_length=settings.context_length,
-                threads=settings.threads,
                 max_concurrency=settings.max_concurrency,
                 max_queue=settings.max_queue,
-                retry_after_s=settings.retry_after_s,
-                chat_format=settings.chat_format,
-            )
+            ),
         )
-        backends: list[Backend] = [self.local_backend]
-        self.openai_backend = openai_backend(settings)
-        if self.openai_backend is not None:
-            backends.append(self.openai_backend)
-        self.engine = InferenceEngine(backends)
+        self.backends = build_backends(self.catalog, settings)
+        self.local_backend = next((b for b in self.backends if isinstance(b, LlamaCppBackend)), None)
+        self.engine = InferenceEngine(
+            self.backends,
+            self.catalog,
+            repeated_line_stop=settings.repeated_line_stop,
+            load_window_s=settings.load_window_s,
+        )
+        self.bus: Bus | None = None
+        self.reporter = LoadReporter(self.engine.models, self.engine.status, self._publish_load, self.spawn)
+        self.engine.on_load_change = self.reporter.changed
 
     def register(self, server: grpc.aio.Server):
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(self.engine), server)
@@ -44,33 +59,30 @@ class InferenceApp(ServiceApp):
 
     async def start(self) -> None:
         await self.engine.start()
+        # Load events are best effort: generation never waits for NATS.
+        self.spawn(self._connect_bus(), name="inference-bus")
+        self.every(self.settings.load_interval_s, self.reporter.report_all, name="inference-load")
+
+    async def _connect_bus(self) -> None:
+        delay = 0.5
+        while self.bus is None:
+            try:
+                self.bus = await Bus.connect(self.settings.nats_url, "llmesh-inference")
+                log.info("load_events_connected", nats_url=self.settings.nats_url)
+            except Unavailable as exc:
+                log.warning("load_events_unavailable", error=exc.message, retry_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BUS_RETRY_MAX_S)
+
+    async def _publish_load(self, status: ModelStatus, crossed_percent: int) -> None:
+        if self.bus is None:
+            return
+        region = status.entry.region if status.entry is not None else self.settings.region
+        event = convert.model_load_to_proto(status, region, crossed_percent)
+        await self.bus.publish_core(load_subject(region, status.info.name), event, msg_id=event.event_id)
 
     async def stop(self) -> None:
         await self.engine.close()
-
-
-def openai_backend(settings: InferenceSettings) -> OpenAIBackend | None:
-    """The OpenAI-compatible API backend the settings describe; None when no URL is set."""
-    if not settings.openai_url:
-        return None
-    if not settings.openai_models:
-        raise ConfigError("LLMESH_INFERENCE_OPENAI_MODELS must name at least one model when OPENAI_URL is set")
-    return OpenAIBackend(
-        settings.openai_url,
-        [
-            OpenAIModel(
-                name=name,
-                remote_model=remote,
-                context_length=context_length,
-                max_concurrency=settings.openai_max_concurrency,
-                max_queue=settings.openai_max_queue,
-            )
-            for name, remote, context_length in parse_openai_models(settings.openai_models)
-        ],
-        api_key=settings.openai_api_key,
-        timeout_s=settings.openai_timeout_s,
-        connect_timeout_s=settings.openai_connect_timeout_s,
-        read_timeout_s=settings.openai_read_timeout_s,
-        max_retries=settings.openai_max_retries,
-        retry_after_s=settings.retry_after_s,
-    )
+        if self.bus is not None:
+            await self.bus.close()
+            self.bus = None

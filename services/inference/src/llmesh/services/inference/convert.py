@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
+
+from google.protobuf import timestamp_pb2
 from llmesh.common.v1 import common_pb2
+from llmesh.events.v1 import events_pb2
 from llmesh.inference.v1 import inference_pb2
 from llmesh.kit.chat import messages_from_proto, sampling_from_proto
 from llmesh.kit.logging import get_contextvars
 from llmesh.kit.vocabulary import request_id_from
 from llmesh.services.inference.backend import GenerationRequest
+from llmesh.services.inference.catalog import Hosting
 from llmesh.services.inference.core import Completion, ModelStatus
+
+_HOSTING = {
+    Hosting.SELF_HOSTED: inference_pb2.HOSTING_SELF_HOSTED,
+    Hosting.EXTERNAL: inference_pb2.HOSTING_EXTERNAL,
+}
 
 
 def generation_request_from_proto(request: inference_pb2.GenerateRequest) -> GenerationRequest:
@@ -20,6 +30,7 @@ def generation_request_from_proto(request: inference_pb2.GenerateRequest) -> Gen
         sampling=sampling_from_proto(request.sampling),
         # The field wins; else the x-request-id the interceptor bound, so worker logs carry one.
         request_id=request_id or get_contextvars().get("request_id", ""),
+        batch=request.batch,
     )
 
 
@@ -36,7 +47,7 @@ def completion_to_proto(completion: Completion) -> inference_pb2.GenerateComplet
 
 def model_info_to_proto(status: ModelStatus) -> inference_pb2.ModelInfo:
     info = status.info
-    return inference_pb2.ModelInfo(
+    message = inference_pb2.ModelInfo(
         name=info.name,
         backend=info.backend,
         context_length=info.context_length,
@@ -44,4 +55,54 @@ def model_info_to_proto(status: ModelStatus) -> inference_pb2.ModelInfo:
         active_requests=status.load.active,
         queued_requests=status.load.queued,
         max_queue=info.max_queue,
+        capacity=status.capacity,
+        utilization=status.utilization,
+    )
+    entry = status.entry
+    if entry is not None:
+        message.tiers.extend(entry.tiers)
+        message.region = entry.region
+        message.hosting = _HOSTING[entry.hosting]
+        message.max_sensitivity = entry.max_sensitivity.to_proto()
+        message.prompt_price_per_1k = entry.prompt_price_per_1k
+        message.completion_price_per_1k = entry.completion_price_per_1k
+        message.gpu_hour_cost = entry.gpu_hour_cost
+        message.endpoint = entry.endpoint
+        message.remote_model = entry.remote_model
+        message.batch_model = entry.batch_model
+        message.fallback = entry.fallback
+    if status.latency is not None:
+        latency = status.latency
+        message.latency.CopyFrom(
+            inference_pb2.LatencyStats(
+                window_s=latency.window_s,
+                samples=latency.samples,
+                time_to_first_token_p50_ms=latency.ttft_p50_ms,
+                time_to_first_token_p95_ms=latency.ttft_p95_ms,
+                tokens_per_second_p50=latency.tokens_per_second_p50,
+            )
+        )
+    return message
+
+
+def model_load_to_proto(status: ModelStatus, region: str, crossed_percent: int) -> events_pb2.ModelLoad:
+    observed_at = timestamp_pb2.Timestamp()
+    observed_at.GetCurrentTime()
+    latency = status.latency
+    return events_pb2.ModelLoad(
+        event_id=uuid.uuid4().hex,
+        model=status.info.name,
+        region=region,
+        backend=status.info.backend,
+        utilization=status.utilization,
+        active=status.load.active,
+        queued=status.load.queued,
+        capacity=status.capacity,
+        max_queue=status.info.max_queue,
+        time_to_first_token_p50_ms=latency.ttft_p50_ms if latency else 0.0,
+        time_to_first_token_p95_ms=latency.ttft_p95_ms if latency else 0.0,
+        tokens_per_second_p50=latency.tokens_per_second_p50 if latency else 0.0,
+        window_s=latency.window_s if latency else 0.0,
+        observed_at=observed_at,
+        crossed_percent=crossed_percent,
     )

@@ -1,12 +1,13 @@
-"""The inference service's domain: finds the backend serving a model, checks the request against
-the model's limits, streams the backend's events and adds timings, load and metrics."""
+"""The inference service's domain: finds the backend serving a model (the catalog names each
+model's backend), checks the request against the model's limits, streams the backend's events,
+stops a generation that loops on one line, and adds timings, load and metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from llmesh.kit.errors import InvalidArgument, LlmeshError, NotFound, Unavailable
@@ -21,6 +22,9 @@ from llmesh.services.inference.backend import (
     ModelInfo,
     TextDelta,
 )
+from llmesh.services.inference.catalog import Catalog, CatalogEntry
+from llmesh.services.inference.load import LatencyStats, LatencyWindow, utilization
+from llmesh.services.inference.text_stream import RepeatedLineGuard
 
 log = get_logger("llmesh.inference")
 
@@ -42,13 +46,41 @@ class Completion:
 class ModelStatus:
     info: ModelInfo
     load: BackendLoad
+    entry: CatalogEntry | None = None
+    latency: LatencyStats | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self.entry.capacity if self.entry is not None else self.info.max_concurrency
+
+    @property
+    def utilization(self) -> float:
+        return utilization(self.load.active, self.capacity)
+
+
+# Rough size of a token in characters, for the prompt tokens of a generation stopped before its
+# backend reported usage.
+CHARS_PER_TOKEN = 4
 
 
 class InferenceEngine:
-    def __init__(self, backends: Sequence[Backend]):
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        catalog: Catalog | None = None,
+        *,
+        repeated_line_stop: int = 0,
+        load_window_s: float = 60.0,
+    ):
         self._backends = list(backends)
+        self._catalog = catalog
+        self._repeated_line_stop = repeated_line_stop
+        self._load_window_s = load_window_s
         self._by_model: dict[str, tuple[Backend, ModelInfo]] = {}
+        self._windows: dict[str, LatencyWindow] = {}
         self._ready = False
+        #: called with a model's name when its load may have changed (a generation began or ended)
+        self.on_load_change: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         for backend in self._backends:
@@ -57,9 +89,14 @@ class InferenceEngine:
                 if info.name in self._by_model:
                     raise ValueError(f"model {info.name!r} is served by two backends")
                 self._by_model[info.name] = (backend, info)
+                self._windows[info.name] = LatencyWindow(self._load_window_s)
                 labels = (info.name, backend.name)
                 metrics.ACTIVE_GENERATIONS.labels(*labels).set_function(lambda b=backend, m=info.name: b.load(m).active)
                 metrics.QUEUED_GENERATIONS.labels(*labels).set_function(lambda b=backend, m=info.name: b.load(m).queued)
+        if self._catalog is not None:
+            missing = [n for n in self._catalog.names if n not in self._by_model]
+            if missing:
+                raise ValueError(f"catalog models not served by their backends: {', '.join(missing)}")
         self._ready = True
 
     async def close(self) -> None:
@@ -68,7 +105,19 @@ class InferenceEngine:
             await backend.close()
 
     def models(self) -> list[ModelStatus]:
-        return [ModelStatus(info, backend.load(name)) for name, (backend, info) in sorted(self._by_model.items())]
+        return [self.status(name) for name in sorted(self._by_model)]
+
+    def status(self, name: str) -> ModelStatus:
+        backend, info = self._by_model[name]
+        entry = self._catalog.get(name) if self._catalog is not None else None
+        return ModelStatus(info, backend.load(name), entry, self._windows[name].stats())
+
+    def _load_changed(self, model: str) -> None:
+        if self.on_load_change is not None:
+            try:
+                self.on_load_change(model)
+            except Exception:
+                log.exception("load_listener_failed", model=model)
 
     def _model(self, name: str) -> tuple[Backend, ModelInfo]:
         if not self._ready:
@@ -97,18 +146,44 @@ class InferenceEngine:
         labels = (info.name, backend.name)
         first_delta_at: float | None = None
         completed = False
+        guard = RepeatedLineGuard(self._repeated_line_stop)
+        deltas = 0
+        notified = False
         try:
             async with contextlib.aclosing(backend.generate(request)) as events:
                 async for event in events:
+                    if not notified:
+                        notified = True
+                        self._load_changed(info.name)
                     if isinstance(event, TextDelta):
-                        if first_delta_at is None:
-                            first_delta_at = time.perf_counter()
-                            metrics.TIME_TO_FIRST_TOKEN.labels(*labels).observe(first_delta_at - started)
-                        yield event
+                        deltas += 1
+                        text = guard.feed(event.text)
+                        if text:
+                            if first_delta_at is None:
+                                first_delta_at = time.perf_counter()
+                                metrics.TIME_TO_FIRST_TOKEN.labels(*labels).observe(first_delta_at - started)
+                            yield TextDelta(text)
+                        if guard.stopped:
+                            break
                     elif isinstance(event, BackendCompletion):
+                        tail = guard.feed("") + guard.finish()
+                        if tail:
+                            yield TextDelta(tail)
                         completed = True
                         yield self._complete(event, labels, started, first_delta_at)
                         return
+            if guard.stopped:
+                # The model loops: its backend stream is closed (stopping it upstream); usage is
+                # what the engine saw, as the backend never reported its own.
+                log.info("repeated_line_stop", model=info.name, request_id=request.request_id, deltas=deltas)
+                prompt_chars = sum(len(m.content) for m in request.messages)
+                completed = True
+                yield self._complete(
+                    BackendCompletion(-(-prompt_chars // CHARS_PER_TOKEN), deltas, FinishReason.STOP),
+                    labels,
+                    started,
+                    first_delta_at,
+                )
         except (asyncio.CancelledError, GeneratorExit):
             if not completed:
                 metrics.GENERATIONS.labels(*labels, FinishReason.CANCELLED.value).inc()
@@ -120,16 +195,21 @@ class InferenceEngine:
                 metrics.GENERATIONS.labels(*labels, "error").inc()
                 log.warning("generation_failed_midstream", model=info.name, backend=backend.name, error=exc.message)
             raise
+        finally:
+            self._load_changed(info.name)
 
-    @staticmethod
     def _complete(
-        event: BackendCompletion, labels: tuple[str, str], started: float, first_delta_at: float | None
+        self, event: BackendCompletion, labels: tuple[str, str], started: float, first_delta_at: float | None
     ) -> Completion:
         ended = time.perf_counter()
         first = first_delta_at if first_delta_at is not None else ended
         decode_s = ended - first
+        tokens_per_second = None
         if event.completion_tokens > 1 and decode_s > 0:
-            metrics.TOKENS_PER_SECOND.labels(*labels).observe((event.completion_tokens - 1) / decode_s)
+            tokens_per_second = (event.completion_tokens - 1) / decode_s
+            metrics.TOKENS_PER_SECOND.labels(*labels).observe(tokens_per_second)
+        if first_delta_at is not None:
+            self._windows[labels[0]].add(first - started, tokens_per_second)
         metrics.GENERATIONS.labels(*labels, event.finish_reason.value).inc()
         return Completion(
             prompt_tokens=event.prompt_tokens,

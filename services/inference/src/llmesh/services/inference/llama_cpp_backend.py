@@ -55,6 +55,8 @@ class LlamaCppConfig:
     max_queue: int = 2
     retry_after_s: float = 1.0
     chat_format: str = "auto"
+    # Penalty on recently sampled tokens (1.0: none): the small base model otherwise repeats itself.
+    repeat_penalty: float = 1.0
 
 
 class _Stopped(Exception):
@@ -256,6 +258,7 @@ class LlamaCppBackend(Backend):
             temp=sampling.temperature if sampling.temperature is not None else DEFAULT_TEMPERATURE,
             top_p=sampling.top_p if sampling.top_p is not None else DEFAULT_TOP_P,
             top_k=sampling.top_k if sampling.top_k is not None else DEFAULT_TOP_K,
+            repeat_penalty=self.config.repeat_penalty,
         )
         try:
             # The next token is computed only when the loop asks for it, so checking the flag

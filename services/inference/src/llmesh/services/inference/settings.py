@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from llmesh.kit.config import ServerSettings, non_negative, one_of, parses, port_check, positive, setting
+from llmesh.kit.config import ServerSettings, non_negative, one_of, port_check, positive, setting
 from llmesh.kit.defaults import DEFAULT_PORTS
 
 # Below this a chat prompt and a useful answer do not fit together.
@@ -17,6 +17,14 @@ def _context_length_check(value: int) -> str | None:
 
 def _max_queue_check(value: int) -> str | None:
     return None if value >= 0 else "must be >= 0 (0: no waiting, reject when every slot is busy)"
+
+
+def _repeat_penalty_check(value: float) -> str | None:
+    return None if 1.0 <= value <= 2.0 else "must be in 1.0..2.0 (1.0: no penalty)"
+
+
+def _repeated_line_check(value: int) -> str | None:
+    return None if value == 0 or value >= 2 else "must be 0 (off) or >= 2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,29 +60,38 @@ class InferenceSettings(ServerSettings):
         "prompt format: auto (the GGUF's chat template, else Gemma turns) or gemma",
         one_of("auto", "gemma"),
     )
-    openai_url: str = setting(
-        "LLMESH_INFERENCE_OPENAI_URL",
+    catalog: str = setting(
+        "LLMESH_INFERENCE_CATALOG",
         "",
-        "root of an OpenAI-compatible API with its version, e.g. https://api.openai.com/v1 (empty: no API backend)",
+        "model catalog: path of a JSON file or inline JSON (services/inference/README.md); empty: the local "
+        "llama.cpp model alone, serving every tier, as the fallback of last resort",
+    )
+    repeat_penalty: float = setting(
+        "LLMESH_INFERENCE_REPEAT_PENALTY",
+        1.1,
+        "llama.cpp repetition penalty on recent tokens (1.0: off)",
+        _repeat_penalty_check,
+    )
+    repeated_line_stop: int = setting(
+        "LLMESH_INFERENCE_REPEATED_LINE_STOP",
+        3,
+        "stop a generation (finish reason STOP) when the same non-empty line comes this many times in a row (0: never)",
+        _repeated_line_check,
+    )
+    load_window_s: float = setting(
+        "LLMESH_INFERENCE_LOAD_WINDOW_S", 60.0, "window of the TTFT and tokens/s percentiles in load reports", positive
+    )
+    load_interval_s: float = setting(
+        "LLMESH_INFERENCE_LOAD_INTERVAL_S",
+        1.0,
+        "seconds between load snapshots on llmesh.inference.load.<region>.<model>",
+        positive,
     )
     openai_api_key: str = setting(
-        "LLMESH_INFERENCE_OPENAI_API_KEY", "", "API key sent to that API as a bearer token", secret=True
-    )
-    openai_models: tuple[str, ...] = setting(
-        "LLMESH_INFERENCE_OPENAI_MODELS",
-        (),
-        "models served from the API: `name=remote-id` or `name=remote-id:context-length`, comma-separated "
-        "(e.g. `gpt-frontier=gpt-4o:128000`)",
-        parses(lambda v: parse_openai_models(v)),
-    )
-    openai_max_concurrency: int = setting(
-        "LLMESH_INFERENCE_OPENAI_MAX_CONCURRENCY", 8, "API generations running at once, per model", positive
-    )
-    openai_max_queue: int = setting(
-        "LLMESH_INFERENCE_OPENAI_MAX_QUEUE",
-        8,
-        "API requests that may wait for a busy slot before RESOURCE_EXHAUSTED, per model",
-        _max_queue_check,
+        "LLMESH_INFERENCE_OPENAI_API_KEY",
+        "",
+        "API key sent to the catalog's OpenAI-compatible endpoints as a bearer token (an entry's api_key_env overrides it)",
+        secret=True,
     )
     openai_timeout_s: float = setting(
         "LLMESH_INFERENCE_OPENAI_TIMEOUT_S", 120.0, "deadline of one API generation, retries included", positive
@@ -94,29 +111,3 @@ class InferenceSettings(ServerSettings):
         "retries of a 429, 5xx or connection failure, only before the first token",
         _max_queue_check,
     )
-
-
-DEFAULT_OPENAI_CONTEXT_LENGTH = 8192
-
-
-def parse_openai_models(entries) -> list[tuple[str, str, int]]:
-    """(name, remote id, context length) of each `name=remote-id[:context-length]` entry."""
-    if isinstance(entries, str):
-        entries = [part.strip() for part in entries.split(",") if part.strip()]
-    result = []
-    for entry in entries:
-        name, sep, remote = entry.partition("=")
-        name, remote = name.strip(), remote.strip()
-        if not sep or not name or not remote:
-            raise ValueError(f"{entry!r} is not name=remote-id[:context-length]")
-        context = DEFAULT_OPENAI_CONTEXT_LENGTH
-        remote_id, colon, length = remote.rpartition(":")
-        if colon and length.isdigit():
-            remote, context = remote_id, int(length)
-        if context < MIN_CONTEXT_LENGTH:
-            raise ValueError(f"{entry!r}: context length must be >= {MIN_CONTEXT_LENGTH}")
-        result.append((name, remote, context))
-    names = [n for n, _, _ in result]
-    if len(set(names)) != len(names):
-        raise ValueError(f"model names repeat: {', '.join(names)}")
-    return result

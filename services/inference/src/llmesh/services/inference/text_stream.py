@@ -52,3 +52,65 @@ class TextAssembler:
                     longest = n
                     break
         return longest
+
+
+class RepeatedLineGuard:
+    """Stops a text stream that loops: once the same non-empty line (surrounding whitespace
+    ignored; blank lines between copies do not break the run) has come `limit` times in a row,
+    `stopped` is set and nothing more is sent. A line that may become the copy reaching the limit
+    is held until it is known, so that copy is never sent. `limit` 0 turns the guard off."""
+
+    def __init__(self, limit: int):
+        self._limit = limit
+        self._line = ""  # the current, unfinished line (sent and held parts)
+        self._held = ""  # the part of it not sent yet
+        self._previous: str | None = None
+        self._run = 0
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """Text in; returns what is safe to send now."""
+        if self._limit <= 0:
+            return text
+        if self.stopped:
+            return ""
+        out: list[str] = []
+        *complete, partial = text.split("\n")
+        for segment in complete:
+            self._line += segment
+            if self._count(self._line.strip()):
+                self.stopped = True
+                return "".join(out)
+            out.append(self._held + segment + "\n")
+            self._line = self._held = ""
+        self._line += partial
+        # Held from the line's start, or not at all.
+        if self._may_reach_limit(self._line) and len(self._held) + len(partial) == len(self._line):
+            self._held += partial
+        else:
+            out.append(self._held + partial)
+            self._held = ""
+        return "".join(out)
+
+    def finish(self) -> str:
+        """The text still held when the stream ends."""
+        if self._limit <= 0 or self.stopped:
+            return ""
+        held, self._held = self._held, ""
+        if held and self._count(self._line.strip()):
+            self.stopped = True
+            return ""
+        return held
+
+    def _count(self, line: str) -> bool:
+        """Counts a complete line; True when it reaches the limit."""
+        if not line:
+            return False
+        if line == self._previous:
+            self._run += 1
+        else:
+            self._previous, self._run = line, 1
+        return self._run >= self._limit
+
+    def _may_reach_limit(self, line: str) -> bool:
+        return self._previous is not None and self._run >= self._limit - 1 and self._previous.startswith(line.lstrip())

@@ -14,9 +14,11 @@ from llmesh.kit.errors import Unavailable
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
-from llmesh.kit.streams import KEY_REVOKED_SUBJECT
+from llmesh.kit.streams import KEY_REVOKED_SUBJECT, MODEL_LOAD_SUBJECT_PREFIX
 from llmesh.router.v1 import router_pb2_grpc
+from llmesh.services.router import convert
 from llmesh.services.router.core import GeneratePipeline, PipelineConfig
+from llmesh.services.router.load import LoadBoard
 from llmesh.services.router.principals import PrincipalCache
 from llmesh.services.router.routing import ModelCatalog, Price, Router, RoutingPolicy, policy_from_document
 from llmesh.services.router.servicer import SERVICE_NAME, RouterServicer
@@ -38,6 +40,8 @@ class RouterApp(ServiceApp):
         self.bus: Bus | None = None
         self.policy: PolicyStore | None = None
         self._channels: list[grpc.aio.Channel] = []
+        #: latest load snapshot per model (for overflow decisions; shown in metrics)
+        self.load = LoadBoard(settings.load_max_age_s)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(lambda: self.pipeline), server)
@@ -48,6 +52,7 @@ class RouterApp(ServiceApp):
         self.bus = await Bus.connect(s.nats_url, "llmesh-router")
         await self.bus.subscribe(KEY_REVOKED_SUBJECT, self._on_key_revoked)
         self.bus.on_reconnect(self._on_nats_reconnect)
+        await self.bus.subscribe(f"{MODEL_LOAD_SUBJECT_PREFIX}.>", self._on_model_load)
         self.policy = PolicyStore(self.bus, bucket=s.policy_bucket)
         await self.policy.start()
 
@@ -75,7 +80,6 @@ class RouterApp(ServiceApp):
                 defaults,
                 default_model=s.default_model,
                 default_price=Price(s.default_prompt_price_per_1k, s.default_completion_price_per_1k),
-                self_hosted_backends=[b.strip() for b in s.self_hosted_backends.split(",") if b.strip()],
             ),
             policies=self.policy.parsed(lambda doc: policy_from_document(doc, defaults)),
             config=PipelineConfig(
@@ -112,6 +116,9 @@ class RouterApp(ServiceApp):
         event = events_pb2.ApiKeyRevoked.FromString(data)
         dropped = self.principals.revoke(event.key_id, event.tenant_id)
         log.info("api_key_revoked", key_id=event.key_id, tenant=event.tenant_id, dropped=dropped)
+
+    async def _on_model_load(self, data: bytes) -> None:
+        self.load.record(convert.load_snapshot_from_proto(events_pb2.ModelLoad.FromString(data)))
 
     async def _on_nats_reconnect(self) -> None:
         # Revocations published while disconnected were missed: trust no cached principal.

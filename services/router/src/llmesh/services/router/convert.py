@@ -7,12 +7,14 @@ from __future__ import annotations
 from llmesh.cache.v1 import cache_pb2
 from llmesh.classifier.v1 import classifier_pb2
 from llmesh.common.v1 import common_pb2
+from llmesh.events.v1 import events_pb2
 from llmesh.inference.v1 import inference_pb2
 from llmesh.kit.chat import messages_from_proto, messages_to_proto, sampling_from_proto, sampling_to_proto
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.vocabulary import FinishReason, Sensitivity, use_case_from
 from llmesh.router.v1 import router_pb2
 from llmesh.services.router.domain import (
+    TIERS,
     AnswerToStore,
     CachedAnswer,
     CacheKey,
@@ -26,6 +28,7 @@ from llmesh.services.router.domain import (
     Summary,
     Usage,
 )
+from llmesh.services.router.load import LoadSnapshot
 
 MAX_TOKENS_LIMIT = 4096
 DEFAULT_MAX_TOKENS = 256
@@ -183,7 +186,21 @@ def store_request_to_proto(
 
 
 def model_info_from_proto(model: inference_pb2.ModelInfo) -> ModelInfo:
-    return ModelInfo(model.name, model.backend)
+    priced = model.prompt_price_per_1k > 0 or model.completion_price_per_1k > 0
+    return ModelInfo(
+        name=model.name,
+        backend=model.backend,
+        tiers=tuple(sorted({t for t in model.tiers if t in TIERS})),
+        self_hosted=model.hosting == inference_pb2.HOSTING_SELF_HOSTED,
+        # A model whose allowance is not stated (an older inference) gets public data only.
+        max_sensitivity=Sensitivity.from_proto(model.max_sensitivity, unknown=Sensitivity.PUBLIC)
+        if model.max_sensitivity
+        else Sensitivity.PUBLIC,
+        prompt_price_per_1k=model.prompt_price_per_1k if priced else None,
+        completion_price_per_1k=model.completion_price_per_1k if priced else None,
+        region=model.region,
+        fallback=model.fallback,
+    )
 
 
 def generate_request_to_proto(
@@ -195,6 +212,7 @@ def generate_request_to_proto(
         max_tokens=command.max_tokens,
         sampling=sampling_to_proto(command.sampling),
         request_id=request_id,
+        batch=command.priority is Priority.BATCH,
     )
 
 
@@ -207,4 +225,22 @@ def generate_event_from_proto(response: inference_pb2.GenerateResponse) -> Delta
         finish_reason=FinishReason.from_proto(c.finish_reason),
         model=c.model,
         backend=c.backend,
+    )
+
+
+def load_snapshot_from_proto(event: events_pb2.ModelLoad) -> LoadSnapshot:
+    return LoadSnapshot(
+        model=event.model,
+        region=event.region,
+        backend=event.backend,
+        utilization=event.utilization,
+        active=event.active,
+        queued=event.queued,
+        capacity=event.capacity,
+        max_queue=event.max_queue,
+        ttft_p50_ms=event.time_to_first_token_p50_ms,
+        ttft_p95_ms=event.time_to_first_token_p95_ms,
+        tokens_per_second_p50=event.tokens_per_second_p50,
+        observed_at=event.observed_at.ToMicroseconds() / 1e6,
+        crossed_percent=event.crossed_percent,
     )

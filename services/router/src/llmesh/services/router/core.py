@@ -178,7 +178,7 @@ class GeneratePipeline:
             raise Unavailable(f"inference ended the stream for {model.name} without a completion")
 
         served_model = completion.model or model.name
-        cost = self._router.price(served_model, policy).cost(completion.usage)
+        cost = self._router.price(served_model, policy, self._catalog.get(served_model)).cost(completion.usage)
         store = None
         if use_cache and completion.finish_reason.complete:
             answer = AnswerToStore(

@@ -85,8 +85,22 @@ class AnswerToStore:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ModelInfo:
+    """A model of inference's catalog, as routing needs it."""
+
     name: str
     backend: str
+    tiers: tuple[int, ...] = ()
+    self_hosted: bool = False
+    # The most sensitive data the model may receive (PUBLIC when inference does not say).
+    max_sensitivity: Sensitivity = Sensitivity.PUBLIC
+    # USD per 1k tokens from the catalog; None when the catalog gives no price.
+    prompt_price_per_1k: float | None = None
+    completion_price_per_1k: float | None = None
+    region: str = ""
+    fallback: bool = False
+
+    def allows(self, sensitivity: Sensitivity) -> bool:
+        return sensitivity <= self.max_sensitivity
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

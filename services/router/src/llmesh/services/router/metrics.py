@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
     "llmesh_router_requests_total",
@@ -25,4 +25,14 @@ PRINCIPAL_CACHE = Counter("llmesh_router_principal_cache_total", "principal cach
 CACHE_TIER_REJECTED = Counter(
     "llmesh_router_cache_tier_rejected_total",
     "cache hits not served because the answer came from a lower tier than the request needs",
+)
+MODEL_UTILIZATION = Gauge(
+    "llmesh_router_model_utilization",
+    "Latest utilization a model's inference reported (active / capacity); NaN while unknown (no fresh snapshot)",
+    ["region", "model"],
+)
+MODEL_LOAD_KNOWN = Gauge(
+    "llmesh_router_model_load_known",
+    "1 while the router holds a fresh load snapshot of the model, 0 when it is stale or missing",
+    ["region", "model"],
 )

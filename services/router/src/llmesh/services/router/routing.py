@@ -6,8 +6,10 @@ case) such as::
     {"tiers": {"1": "gemma-3-270m", "2": "...", "3": "..."},
      "prices": {"gemma-3-270m": {"prompt_per_1k": 0.0001, "completion_per_1k": 0.0004}}}
 
-Settings give the defaults the policy overrides; llmesh.kit.policy.CachedPolicy runs the parser
-once per tenant, use case and policy revision.
+Settings give the defaults the policy overrides, and inference's model catalog (ListModels) gives
+the defaults below those: the models serving each tier, each model's hosting and highest allowed
+sensitivity, and its price. llmesh.kit.policy.CachedPolicy runs the parser once per tenant, use
+case and policy revision.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from llmesh.kit.errors import InvalidArgument, PermissionDenied, Unavailable
@@ -128,22 +130,21 @@ class ModelCatalog:
 
 
 class Router:
-    """Picks the model for a tier, honouring a pinned model and the rule that restricted data
-    never leaves self-hosted backends."""
+    """Picks the model for a tier, honouring a pinned model and each model's highest allowed
+    sensitivity (restricted data never leaves self-hosted models: the catalog refuses an external
+    model restricted data)."""
 
-    def __init__(
-        self, defaults: RoutingPolicy, *, default_model: str, default_price: Price, self_hosted_backends: Iterable[str]
-    ):
+    def __init__(self, defaults: RoutingPolicy, *, default_model: str, default_price: Price):
         self.defaults = defaults
         self._default_model = default_model
         self._default_price = default_price
-        self._self_hosted = frozenset(self_hosted_backends)
 
-    def is_self_hosted(self, model: ModelInfo) -> bool:
-        return model.backend in self._self_hosted
-
-    def _allowed(self, model: ModelInfo, sensitivity: Sensitivity) -> bool:
-        return sensitivity < Sensitivity.RESTRICTED or self.is_self_hosted(model)
+    @staticmethod
+    def _refusal(model: ModelInfo, sensitivity: Sensitivity) -> str:
+        return (
+            f"the request holds {sensitivity.name.lower()} data; {model.name} ({model.backend}) may receive "
+            f"data up to {model.max_sensitivity.name.lower()} only"
+        )
 
     def choose(
         self,
@@ -154,30 +155,44 @@ class Router:
         policy: RoutingPolicy,
         available: list[ModelInfo],
     ) -> ModelInfo:
+        """The model for `tier`: the policy's (or settings') mapping, else the catalog's models for
+        the tier (fallbacks of last resort after the others), else the default model; the first
+        of these allowed the request's sensitivity, else any allowed fallback of last resort."""
         if tier not in TIERS:
             raise ValueError(f"tier {tier} is not one of {TIERS}")
         if pinned is not None:
-            if not self._allowed(pinned, sensitivity):
-                raise PermissionDenied(
-                    f"the request holds restricted data, which may only go to self-hosted models; "
-                    f"{pinned.name} runs on {pinned.backend}"
-                )
+            if not pinned.allows(sensitivity):
+                raise PermissionDenied(self._refusal(pinned, sensitivity))
             return pinned
         by_name = {m.name: m for m in available}
-        wanted = [policy.tier_models.get(tier), self._default_model or (available[0].name if available else None)]
-        for name in filter(None, wanted):
-            model = by_name.get(name)
-            if model is None:
+        catalog_tier = sorted((m for m in available if tier in m.tiers), key=lambda m: m.fallback)
+        wanted: list[ModelInfo] = []
+        for name in filter(None, [policy.tier_models.get(tier)]):
+            if name in by_name:
+                wanted.append(by_name[name])
+            else:
                 log.warning("routed_model_not_served", tier=tier, model=name)
-                continue
-            if self._allowed(model, sensitivity):
+        wanted += catalog_tier
+        default = self._default_model or (available[0].name if available and not catalog_tier else "")
+        if default in by_name:
+            wanted.append(by_name[default])
+        wanted += [m for m in available if m.fallback]
+        refused: list[ModelInfo] = []
+        for model in wanted:
+            if model.allows(sensitivity):
                 return model
-        if sensitivity >= Sensitivity.RESTRICTED:
-            for model in available:
-                if self.is_self_hosted(model):
-                    return model
-            raise Unavailable("no self-hosted model is available for restricted data")
+            refused.append(model)
+        if refused:
+            raise Unavailable(
+                f"no model for tier {tier} may receive {sensitivity.name.lower()} data "
+                f"(refused: {', '.join(dict.fromkeys(m.name for m in refused))})"
+            )
         raise Unavailable(f"no model is available for tier {tier}")
 
-    def price(self, model: str, policy: RoutingPolicy) -> Price:
-        return policy.prices.get(model, self._default_price)
+    def price(self, model: str, policy: RoutingPolicy, info: ModelInfo | None = None) -> Price:
+        """The policy's (or settings') price, else the catalog's, else the default price."""
+        if model in policy.prices:
+            return policy.prices[model]
+        if info is not None and info.prompt_price_per_1k is not None and info.completion_price_per_1k is not None:
+            return Price(info.prompt_price_per_1k, info.completion_price_per_1k)
+        return self._default_price

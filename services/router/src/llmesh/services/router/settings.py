@@ -86,20 +86,21 @@ class RouterSettings(ServerSettings):
     default_model: str = setting(
         "LLMESH_ROUTER_DEFAULT_MODEL",
         "",
-        "model for tiers the policy does not map (empty: the first model inference lists)",
+        "model for tiers neither the policy nor the catalog maps (empty: the first model inference lists)",
     )
     tier_models: str = setting(
         "LLMESH_ROUTER_TIER_MODELS",
         "",
-        "tier → model defaults, e.g. `1=gemma-3-270m,2=...`; the policy overrides them",
+        "tier → model, e.g. `1=gemma-3-270m,2=...`, over the catalog's tiers (inference ListModels); the policy "
+        "overrides them",
         parses(parse_tier_models),
     )
     fallback_tier: int = setting("LLMESH_ROUTER_FALLBACK_TIER", 2, "tier used when the classifier cannot answer", _tier)
     prices: str = setting(
         "LLMESH_ROUTER_PRICES",
         "",
-        'price table as JSON `{"model": {"prompt_per_1k": 0.1, "completion_per_1k": 0.2}}` (USD per 1k tokens); '
-        "the policy overrides it",
+        'price table as JSON `{"model": {"prompt_per_1k": 0.1, "completion_per_1k": 0.2}}` (USD per 1k tokens), '
+        "over the catalog's prices; the policy overrides it",
         parses(parse_prices),
     )
     default_prompt_price_per_1k: float = setting(
@@ -114,10 +115,11 @@ class RouterSettings(ServerSettings):
         "USD per 1k completion tokens of a model without a price",
         non_negative,
     )
-    self_hosted_backends: str = setting(
-        "LLMESH_ROUTER_SELF_HOSTED_BACKENDS",
-        "llama_cpp,triton,vllm",
-        "backends that run on our own machines (the only ones restricted data may reach)",
+    load_max_age_s: float = setting(
+        "LLMESH_ROUTER_LOAD_MAX_AGE_S",
+        3.0,
+        "a model load snapshot older than this counts as unknown load (inference sends one a second)",
+        positive,
     )
     policy_bucket: str = setting("LLMESH_ROUTER_POLICY_BUCKET", "llmesh-policy", "NATS KV bucket of the routing policy")
     hit_chunk_chars: int = setting(
