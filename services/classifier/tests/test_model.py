@@ -113,7 +113,7 @@ def test_calibration_is_monotone_round_trips_and_says_how_often_the_decision_is_
     grid = np.linspace(0, 1, 101)
     p = np.array([calibration(x) for x in grid])
     assert np.all(np.diff(p) >= 0) and 0 <= p.min() and p.max() <= 1
-    assert calibration(0.05) == pytest.approx(0.125, abs=0.06) and calibration(0.95) == pytest.approx(0.575, abs=0.06)
+    assert calibration(0.05) == pytest.approx(0.125, abs=0.08) and calibration(0.95) == pytest.approx(0.575, abs=0.08)
     assert calibration.confidence(0.9, strong=True) == pytest.approx(calibration(0.9))
     assert calibration.confidence(0.1, strong=False) == pytest.approx(1 - calibration(0.1))
     again = Calibration.from_json(calibration.to_json())

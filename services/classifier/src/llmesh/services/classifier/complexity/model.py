@@ -115,10 +115,17 @@ class Calibration:
         s, y = np.asarray(scores, dtype=float)[order], np.asarray(pays_off, dtype=float)[order]
         fitted = np.clip(isotonic_regression(y, increasing=True).x, 0.0, 1.0)
         starts = np.concatenate([[0], np.nonzero(np.diff(fitted) > 1e-12)[0] + 1])
+        sizes = np.diff(np.concatenate([starts, [len(s)]]))
+        # Each step shrunk toward the overall rate by `prior` pseudo-prompts: a step of a handful of
+        # prompts at an end says 0% or 100% where the data cannot (then pooled again, weighted by
+        # size, where the shrinking broke the order).
+        prior = 20.0
+        shrunk = (fitted[starts] * sizes + prior * y.mean()) / (sizes + prior)
+        probability = isotonic_regression(shrunk, weights=sizes.astype(float), increasing=True).x
         edges = s[starts]
         edges[0] = 0.0
         keep = np.concatenate([[True], np.diff(edges) > 0])
-        return cls(edges[keep], fitted[starts][keep])
+        return cls(edges[keep], probability[keep])
 
 
 @dataclass(frozen=True)

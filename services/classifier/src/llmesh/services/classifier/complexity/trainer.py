@@ -430,6 +430,9 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, scorer) -> p
         "",
         "## How it is evaluated",
         "",
+        "Two cross-validations: leave-one-subject-out (below) and leave-one-family-out (the next section: whole "
+        "groups of related subjects held out, the honest estimate for task families the model has never seen, "
+        "and the one the configuration is chosen by). "
         "Leave-one-subject-out cross-validation: each subject is scored by a model trained on the other "
         f"{len(stats) - 1}, and the pooled out-of-fold scores are swept as RouteLLM does (a prompt goes to the "
         "strong model when its score is at or above the threshold). The spread comes from 3 × 5-fold CV over "
@@ -513,9 +516,10 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, scorer) -> p
             "What a prompt is about carries little over to a family the model has not seen: neighbours and "
             "embeddings are weaker than the structure features alone, and stacking them on lowers the "
             "family-level score, so neither is shipped (and the classifier keeps its small run-time "
-            "environment, without onnxruntime and tokenizers). Where a subject's siblings are in training "
-            "(subject left out) the neighbour evidence looks better than it does for unseen families: that "
-            "gap is the optimism of per-subject validation.",
+            "environment: onnxruntime and tokenizers would add about 85 MB of packages, the exported model "
+            "90 MB and the neighbour index several MB more). Neighbour evidence alone loses more when the whole "
+            "family is held out than the structure features do: with a sibling subject in training it finds "
+            "similar prompts whose outcomes carry over, which is the optimism of per-subject validation.",
             "",
         ]
     lines += [
