@@ -101,3 +101,35 @@ def test_registry_swaps_to_a_newer_version_and_skips_a_broken_one(models_dir, pa
 def test_registry_without_models_fails_clearly(tmp_path):
     with pytest.raises(ModelFileError, match="no complexity model"):
         ModelRegistry(tmp_path).load_or_fail()
+
+
+def test_calibration_is_monotone_round_trips_and_says_how_often_the_decision_is_right():
+    from llmesh.services.classifier.complexity.model import Calibration
+
+    rng = np.random.default_rng(1)
+    scores = rng.uniform(size=4000)
+    pays_off = rng.uniform(size=4000) < 0.1 + 0.5 * scores
+    calibration = Calibration.fit(scores, pays_off)
+    grid = np.linspace(0, 1, 101)
+    p = np.array([calibration(x) for x in grid])
+    assert np.all(np.diff(p) >= 0) and 0 <= p.min() and p.max() <= 1
+    assert calibration(0.05) == pytest.approx(0.125, abs=0.08) and calibration(0.95) == pytest.approx(0.575, abs=0.08)
+    assert calibration.confidence(0.9, strong=True) == pytest.approx(calibration(0.9))
+    assert calibration.confidence(0.1, strong=False) == pytest.approx(1 - calibration(0.1))
+    again = Calibration.from_json(calibration.to_json())
+    assert [again(x) for x in grid] == p.tolist()
+    with pytest.raises(ModelFileError):
+        Calibration.from_json({"scores": [0.0, 0.5], "probability": [0.6, 0.2]})
+
+
+def test_packaged_model_has_a_calibrated_confidence(packaged_model_dir):
+    model = load_model(packaged_model_dir)
+    assert model.scorer.calibration is not None
+    easy, hard = (
+        model.predict("Who wrote Hamlet?"),
+        model.predict(
+            "A farmer has 17 sheep and buys 3 times as many goats. Each goat costs $45. How much did he spend?"
+        ),
+    )
+    assert 0.0 <= model.confidence(easy.score, 1) <= 1.0
+    assert model.confidence(hard.score, 3) == pytest.approx(1.0 - model.confidence(hard.score, 1))

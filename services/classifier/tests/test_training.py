@@ -90,9 +90,18 @@ def test_training_writes_a_loadable_version_and_a_report(sample, tmp_path):
     assert meta["word_problem_check"]["problems"] >= 10
     cv = meta["cross_validation"]
     assert 0.0 < cv["all_subjects"]["apgr"] < 1.5 and cv["fold_apgr"]["folds"] == 15
+    # Leave-one-family-out beside leave-one-subject-out, the configuration chosen by the former.
+    assert 0.0 < cv["family_all"]["apgr"] < 1.5
+    families = {r["family"] for r in cv["per_family"]}
+    assert families == {"stem_math", "stem_science", "humanities", "social_sciences"}
+    chosen = max(cv["config_selection"], key=lambda c: c["family_apgr_all"])
+    assert meta["config"] == chosen["config"]
+    assert cv["confidence_reliability"]["calibrated"]["bins"]
+    assert model.scorer.calibration is not None
     assert (folder / "model.json").stat().st_size < 5_000_000
     report = (tmp_path / "report" / "classifier.md").read_text()
     assert "APGR" in report and NOISY_SUBJECT in report
+    assert "unseen task families" in report and "## Confidence" in report
     assert (tmp_path / "report" / "classifier_routing_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "report" / "classifier_metrics.json").read_text())["all_subjects"]["n"] == len(sample)
 
@@ -156,3 +165,26 @@ def test_a_fold_without_a_gap_is_counted_and_left_out_of_the_spread():
     )
     empty = fold_spread([float("nan")])
     assert empty["folds"] == 1 and empty["defined"] == 0 and np.isnan(empty["mean"])
+
+
+@pytest.mark.timeout(60)
+def test_family_cross_validation_holds_out_whole_families(sample):
+    from llmesh.services.classifier.complexity.families import families
+    from llmesh.services.classifier.complexity.features import strip_options
+    from llmesh.services.classifier.complexity.training import cross_validate, feature_matrix
+
+    X = feature_matrix(sample.prompts)
+    X_stem = feature_matrix(strip_options(p) for p in sample.prompts)
+    by_family = cross_validate(
+        sample,
+        {NOISY_SUBJECT},
+        set(),
+        TrainConfig(),
+        X=X,
+        X_stem=X_stem,
+        groups=families(sample.subjects),
+        spread_repeats=0,
+    )
+    # Every prompt is scored out of fold, and its complexity_score lies in (0, 1).
+    assert np.all((by_family.percentiles > 0) & (by_family.percentiles < 1))
+    assert by_family.scores.shape == (len(sample),)

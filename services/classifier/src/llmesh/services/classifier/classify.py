@@ -65,7 +65,9 @@ class Classifier:
             complexity_score=prediction.score,
             expected_gain=prediction.expected_gain,
             tier=decision.tier,
-            confidence=decision.confidence,
+            confidence=calibrated
+            if (calibrated := model.confidence(prediction.score, decision.tier)) is not None
+            else decision.confidence,
             sensitivity=scan.level,
             findings=scan.findings,
             model_name=model.name,

@@ -76,6 +76,59 @@ class ScoreMap:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """P(a strong call pays off: the weak model fails where the strong one succeeds) as a
+    non-decreasing step function of complexity_score, fitted by isotonic regression on scores of
+    prompts from task families the scoring model had not seen (leave-one-family-out)."""
+
+    scores: np.ndarray  # increasing: the left edge of each step
+    probability: np.ndarray  # non-decreasing, in [0, 1]
+
+    def __call__(self, score: float) -> float:
+        i = int(np.searchsorted(self.scores, score, side="right")) - 1
+        return float(self.probability[max(i, 0)])
+
+    def confidence(self, score: float, strong: bool) -> float:
+        """How likely the decision is right: a strong call (tier 3) is right when it pays off, a
+        cheaper tier is right when it would not have."""
+        p = self(score)
+        return p if strong else 1.0 - p
+
+    def to_json(self) -> dict:
+        return {"scores": self.scores.tolist(), "probability": self.probability.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Calibration":
+        scores = np.asarray(data["scores"], dtype=float)
+        probability = np.asarray(data["probability"], dtype=float)
+        if len(scores) < 1 or len(scores) != len(probability) or np.any(np.diff(scores) <= 0):
+            raise ModelFileError("calibration must be increasing scores with one probability each")
+        if np.any(np.diff(probability) < 0) or probability.min() < 0 or probability.max() > 1:
+            raise ModelFileError("calibration probabilities must be non-decreasing and in [0, 1]")
+        return cls(scores, probability)
+
+    @classmethod
+    def fit(cls, scores: np.ndarray, pays_off: np.ndarray) -> "Calibration":
+        from scipy.optimize import isotonic_regression
+
+        order = np.argsort(scores, kind="stable")
+        s, y = np.asarray(scores, dtype=float)[order], np.asarray(pays_off, dtype=float)[order]
+        fitted = np.clip(isotonic_regression(y, increasing=True).x, 0.0, 1.0)
+        starts = np.concatenate([[0], np.nonzero(np.diff(fitted) > 1e-12)[0] + 1])
+        sizes = np.diff(np.concatenate([starts, [len(s)]]))
+        # Each step shrunk toward the overall rate by `prior` pseudo-prompts: a step of a handful of
+        # prompts at an end says 0% or 100% where the data cannot (then pooled again, weighted by
+        # size, where the shrinking broke the order).
+        prior = 20.0
+        shrunk = (fitted[starts] * sizes + prior * y.mean()) / (sizes + prior)
+        probability = isotonic_regression(shrunk, weights=sizes.astype(float), increasing=True).x
+        edges = s[starts]
+        edges[0] = 0.0
+        keep = np.concatenate([[True], np.diff(edges) > 0])
+        return cls(edges[keep], probability[keep])
+
+
+@dataclass(frozen=True)
 class LinearScorer:
     """raw = intercept + coef · (features − mean) / scale."""
 
@@ -85,6 +138,7 @@ class LinearScorer:
     coef: np.ndarray
     intercept: float
     score_map: ScoreMap
+    calibration: Calibration | None = None
 
     def raw_score(self, features: np.ndarray) -> np.ndarray:
         return self.intercept + ((np.asarray(features, dtype=float) - self.mean) / self.scale) @ self.coef
@@ -99,6 +153,7 @@ class LinearScorer:
             "coef": self.coef.tolist(),
             "intercept": self.intercept,
             "score_map": self.score_map.to_json(),
+            **({"calibration": self.calibration.to_json()} if self.calibration is not None else {}),
         }
 
     @classmethod
@@ -128,6 +183,7 @@ class LinearScorer:
             arrays["coef"],
             intercept,
             ScoreMap.from_json(data["score_map"]),
+            Calibration.from_json(data["calibration"]) if "calibration" in data else None,
         )
 
 
@@ -151,6 +207,12 @@ class ComplexityModel:
         features = prompt_features(text)
         raw = float(self.scorer.raw_score(np.asarray(features)))
         return Prediction(self.scorer.score_map(raw), raw, tuple(features))
+
+    def confidence(self, score: float, tier: int) -> float | None:
+        """The calibrated probability that the tier is the right call (None: the file has no
+        calibration)."""
+        calibration = self.scorer.calibration
+        return None if calibration is None else calibration.confidence(score, strong=tier >= 3)
 
     def score_features(self, features: np.ndarray) -> np.ndarray:
         """Scores of many feature rows at once (training, evaluation)."""

@@ -24,7 +24,9 @@ artifact belongs to the one-token multiple-choice format, and an open question d
 Every subject stays in every evaluation with its recorded labels.
 
 Evaluation is leave-subjects-out cross-validation: plain stratified CV lets a model learn the
-subject's base rate, which does not carry over to new subjects or task families.
+subject's base rate, which does not carry over to new subjects or task families. Leaving out one
+subject still leaves its siblings in training (families.py), so models are chosen by
+leave-one-family-out cross-validation (`cross_validate(..., groups=families(subjects))`).
 """
 
 from __future__ import annotations
@@ -287,6 +289,8 @@ class CrossValidation:
 
     scores: np.ndarray
     stem_scores: np.ndarray  # the same prompts without their answer options
+    # complexity_score of each prompt under its fold's model (the raw output through its score map)
+    percentiles: np.ndarray = field(default_factory=lambda: np.zeros(0))
     fold_apgr: list[float] = field(default_factory=list)
 
     def metrics(self, data: RoutingData, mask: np.ndarray | None = None) -> RoutingMetrics:
@@ -302,10 +306,14 @@ def cross_validate(
     *,
     X: np.ndarray,
     X_stem: np.ndarray,
+    groups: np.ndarray | None = None,
     spread_folds: int = 5,
     spread_repeats: int = 3,
 ) -> CrossValidation:
+    """Out-of-fold scores, each group of rows (default: each subject) scored by a model trained on
+    the others; `groups=families(data.subjects)` leaves out whole task families."""
     trainable = ~np.isin(data.subjects, sorted(unusable))
+    groups = data.subjects if groups is None else np.asarray(groups)
 
     def fit_without(test: np.ndarray) -> LinearScorer:
         keep = ~test & trainable
@@ -314,19 +322,21 @@ def cross_validate(
 
     scores = np.zeros(len(data))
     stem_scores = np.zeros(len(data))
-    for subject in sorted(set(data.subjects.tolist())):
-        test = data.subjects == subject
+    percentiles = np.zeros(len(data))
+    for group in sorted(set(groups.tolist())):
+        test = groups == group
         scorer = fit_without(test)
         scores[test] = scorer.raw_score(X[test])
         stem_scores[test] = scorer.raw_score(X_stem[test])
+        percentiles[test] = [scorer.score_map(float(x)) for x in scores[test]]
     fold_apgr = []
     for seed in range(spread_repeats):
-        for test in subject_folds(data.subjects, spread_folds, seed):
+        for test in subject_folds(groups, spread_folds, seed):
             scorer = fit_without(test)
             fold_apgr.append(
                 routing_metrics(scorer.raw_score(X[test]), data.weak_correct[test], data.strong_correct[test]).apgr
             )
-    return CrossValidation(scores, stem_scores, fold_apgr)
+    return CrossValidation(scores, stem_scores, percentiles, fold_apgr)
 
 
 def new_version(now: dt.datetime | None = None, data_sha256: str = "") -> str:
