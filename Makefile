@@ -11,6 +11,8 @@ MANIFESTS := uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/
 STAMP := $(VENV)/.setup-$(shell cat $(MANIFESTS) | sha1sum | cut -c1-12)
 TRITON_VENV := .venv-triton
 TRITON_REQUIREMENTS := deploy/triton/cpu/requirements.txt
+LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' $(TRITON_REQUIREMENTS))
+WHEELHOUSE := $(HOME)/.cache/llmesh/wheels
 TRITON_STAMP := $(TRITON_VENV)/.ready
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Five services share two cores: no library may spin-wait on both (docs/adr/0003).
@@ -38,7 +40,11 @@ triton-env: $(TRITON_STAMP)
 $(TRITON_STAMP): $(TRITON_REQUIREMENTS) | $(UV)
 	rm -rf $(TRITON_VENV)
 	$(UV) venv -q --python $(PYTHON) $(TRITON_VENV)
-	$(UV) pip install -q --python $(TRITON_VENV)/bin/python -r $(TRITON_REQUIREMENTS)
+	@# llama-cpp-python compiles from source; uv does not reuse that build outside a lock, so the
+	@# wheel is built once per machine into a wheelhouse outside the checkout and installed from there.
+	@ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
+		.tools/bin/pip wheel -q --no-deps -w $(WHEELHOUSE) 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
+	$(UV) pip install -q --python $(TRITON_VENV)/bin/python --find-links $(WHEELHOUSE) -r $(TRITON_REQUIREMENTS)
 	@site=$$($(TRITON_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	pyver=$$($(TRITON_VENV)/bin/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'); \
 	mkdir -p $(TRITON_VENV)/backends && cp -r $$site/pytriton/tritonserver/backends/python $(TRITON_VENV)/backends/ && \
