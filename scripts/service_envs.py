@@ -101,7 +101,20 @@ def build_env(service: str, where: pathlib.Path) -> ServiceEnv:
     reqs.write_text(requirements(service))
     python = where / "bin" / "python"
     subprocess.run(
-        [uv(), "pip", "install", "--quiet", "--python", str(python), "--no-deps", "-r", str(reqs)],
+        # The workspace packages keep their version while their code changes: rebuilt every time, never
+        # taken from uv's cache of an earlier build.
+        [
+            uv(),
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            str(python),
+            "--no-deps",
+            "-r",
+            str(reqs),
+            *(f"--refresh-package={name}" for name in ("llmesh-proto", "llmesh-kit", f"llmesh-{service}")),
+        ],
         cwd=ROOT,
         check=True,
         env=env,

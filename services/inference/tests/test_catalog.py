@@ -199,7 +199,14 @@ def test_the_factory_builds_one_backend_per_kind_and_endpoint(monkeypatch):
     assert triton_a.url == "a:8001" and [m.name for m in triton_a.model_specs] == ["t1", "t2"]
     assert triton_a.model_specs[0].remote_model == "gemma" and triton_a.model_specs[0].batch_triton_model == "gemma-b"
     assert triton_b.url == "b:8001" and [m.name for m in triton_b.model_specs] == ["t3"]
-    assert api.url == "http://api/v1" and api.options == {"api_key": "sk-test"}
+    assert api.url == "http://api/v1" and api.options == {
+        "api_key": "sk-test",  # the entry's api_key_env wins over LLMESH_INFERENCE_OPENAI_API_KEY
+        "timeout_s": settings.openai_timeout_s,
+        "connect_timeout_s": settings.openai_connect_timeout_s,
+        "read_timeout_s": settings.openai_read_timeout_s,
+        "max_retries": settings.openai_max_retries,
+        "retry_after_s": settings.retry_after_s,
+    }
     assert isinstance(local, LlamaCppBackend)
     assert local.config.model_name == "local" and local.config.context_length == 512
     assert local.config.repeat_penalty == 1.3
