@@ -50,6 +50,8 @@ def cli_env(home, ports: dict[str, int] | None = None) -> dict[str, str]:
     # Port 0 (any free port) unless told: a mesh a developer runs on this machine keeps its own.
     env.update({f"LLMESH_{name.upper()}_PORT": str((ports or {}).get(name, 0)) for name in SERVICES})
     env["LLMESH_HOME"] = str(home)
+    # The model servers are tests/e2e/test_launcher_backends.py's: this module needs the services only.
+    env["LLMESH_UP_BACKENDS"] = "0"
     return env
 
 
@@ -80,7 +82,9 @@ def status_rows(stdout: str) -> dict[str, dict[str, str]]:
     columns = ["name", "state", "pid", "restarts", "last exit", "uptime", "address", "metrics"]
     starts = [0] + [header.index(column) for column in columns[1:]]
     rows = {}
-    for line in lines[1 : 1 + 1 + len(SERVICES)]:
+    for line in lines[1:]:
+        if line.startswith(("supervisor pid", "no local mesh", "the supervisor")):
+            break  # the table ends; notes follow
         cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None])]
         rows[cells[0]] = dict(zip(columns, cells))
     return rows

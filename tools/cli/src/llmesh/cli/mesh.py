@@ -33,6 +33,12 @@ def register(subparsers) -> None:
         default=DEFAULT_TIMEOUT_S,
         help=f"seconds to wait for every service to serve (default {DEFAULT_TIMEOUT_S:.0f})",
     )
+    up.add_argument(
+        "--no-backends",
+        action="store_true",
+        help="do not start Triton and the OpenAI-compatible stand-in (as LLMESH_UP_BACKENDS=0): "
+        "inference serves the in-process llama.cpp model",
+    )
     up.set_defaults(func=up_command)
 
     down = subparsers.add_parser("down", help="stop the mesh started with `llmesh up --detach`")
@@ -57,6 +63,8 @@ def up_command(args) -> int:
             f"{running.endpoints.get('router', '?')}); stop it with `llmesh down`"
         )
         return 1
+    if args.no_backends:
+        os.environ["LLMESH_UP_BACKENDS"] = "0"  # the detached supervisor inherits it
     if not args.detach:
         return Supervisor(timeout_s=args.timeout).run()
     return _up_detached(args.timeout)
@@ -194,12 +202,13 @@ def status_command(args) -> int:
     current = mesh_state.load_state()
     endpoints = {name: mesh_state.endpoint(name) for name in mesh_state.SERVICES}
     nats_url = (current.nats_url if current else "") or os.environ.get("LLMESH_NATS_URL") or DEFAULT_NATS_URL
-    health = health_of_all(endpoints, timeout_s=args.timeout, nats_url=nats_url)
+    health_urls = current.health_urls if current else {}
+    health = health_of_all(endpoints, timeout_s=args.timeout, nats_url=nats_url, http_urls=health_urls)
     supervised = current is not None and supervisor_alive(current)
     now = time.time()
     rows = [("", "state", "pid", "restarts", "last exit", "uptime", "address", "metrics")]
     states = {}
-    for name in ("nats", *mesh_state.SERVICES):
+    for name in ("nats", *health_urls, *mesh_state.SERVICES):
         record = current.processes.get(name) if current else None
         state = states[name] = process_state(record, health[name], supervised)
         up = state in (SERVING_STATE, NOT_SERVING_STATE) and record is not None and record.started_at
@@ -211,8 +220,8 @@ def status_command(args) -> int:
                 str(record.restarts) if record else "-",
                 _exit_text(record.last_exit_code) if record else "-",
                 _duration(now - record.started_at) if up else "-",
-                nats_url if name == "nats" else endpoints[name],
-                str(current.metrics_ports.get(name, "-")) if current and name != "nats" else "-",
+                nats_url if name == "nats" else endpoints.get(name) or (record.address if record else "-"),
+                str(current.metrics_ports.get(name, "-")) if current and name in endpoints else "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

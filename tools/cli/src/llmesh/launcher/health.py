@@ -4,7 +4,9 @@ of each service, and whether NATS greets a client."""
 from __future__ import annotations
 
 import socket
+import urllib.error
 import urllib.parse
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -45,13 +47,34 @@ def nats_status(url: str, *, timeout_s: float = 1.0) -> str:
     return SERVING if greeting == b"INFO" else UNREACHABLE
 
 
-def health_of_all(endpoints: dict[str, str], *, timeout_s: float = 1.0, nats_url: str | None = None) -> dict[str, str]:
-    """Checks every service (and NATS under the name "nats" when `nats_url` is given) at once, so a
-    dead mesh answers in one deadline rather than one per service."""
-    with ThreadPoolExecutor(max_workers=len(endpoints) + 1) as pool:
+def http_status(url: str, *, timeout_s: float = 1.0) -> str:
+    """SERVING when GET `url` answers 200 (Triton's /v2/health/ready; the stand-in's /v1/models,
+    where 401 without its API key still means it serves), NOT_SERVING on another status, else UNREACHABLE."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return SERVING if response.status == 200 else "NOT_SERVING"
+    except urllib.error.HTTPError as exc:
+        return SERVING if exc.code == 401 and url.endswith("/models") else "NOT_SERVING"
+    except OSError:
+        return UNREACHABLE
+
+
+def health_of_all(
+    endpoints: dict[str, str],
+    *,
+    timeout_s: float = 1.0,
+    nats_url: str | None = None,
+    http_urls: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Checks every service (NATS under the name "nats" when `nats_url` is given; each of
+    `http_urls` by HTTP GET) at once, so a dead mesh answers in one deadline rather than one per service."""
+    http_urls = http_urls or {}
+    with ThreadPoolExecutor(max_workers=len(endpoints) + len(http_urls) + 1) as pool:
         futures = {
             name: pool.submit(health_status, address, timeout_s=timeout_s) for name, address in endpoints.items()
         }
+        for name, url in http_urls.items():
+            futures[name] = pool.submit(http_status, url, timeout_s=timeout_s)
         if nats_url:
             futures["nats"] = pool.submit(nats_status, nats_url, timeout_s=timeout_s)
         return {name: future.result() for name, future in futures.items()}

@@ -15,20 +15,15 @@ from __future__ import annotations
 
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 
+from llmesh.kit.testing import free_port
+
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class LlamaCppServerProcess:
@@ -97,7 +92,7 @@ class LlamaCppServerProcess:
         its log) when it exits or does not answer within timeout_s."""
         if not os.path.exists(self.model_path):
             raise FileNotFoundError(f"model file {self.model_path} not found")
-        self.port = self.requested_port or _free_port(self.host)
+        self.port = self.requested_port or free_port(self.host)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(

@@ -57,6 +57,8 @@ class MeshState:
     phase: str = PHASE_UP
     #: "nats" (when the supervisor runs it) and every service
     processes: dict[str, ProcessRecord] = dataclasses.field(default_factory=dict)
+    #: the backend model servers (triton, openai) and the HTTP URL that answers 200 when each serves
+    health_urls: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def path(self) -> pathlib.Path:

@@ -18,11 +18,13 @@ import dataclasses
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 
+from llmesh.launcher import backends
 from llmesh.launcher import state as mesh_state
 from llmesh.launcher.backoff import RestartPolicy
 from llmesh.launcher.health import SERVING, health_status
@@ -37,6 +39,8 @@ from llmesh.launcher.processes import (
 )
 
 UPSTREAMS = ("tenancy", "classifier", "cache", "inference")
+# The model servers the supervisor runs (launcher/backends.py); stopped after the services, before NATS.
+BACKENDS = ("triton", "openai")
 DEFAULT_TIMEOUT_S = 180.0
 # Services get LLMESH_GRACE_S (10 s by default) to drain; then a little longer before SIGKILL.
 STOP_WAIT_S = 15.0
@@ -70,7 +74,11 @@ def stop_leftovers(current: mesh_state.MeshState, progress: Callable[[str], None
     returns their names. Only a process whose start time matches the record is touched: a pid that
     was reused since belongs to someone else."""
     stopped = []
-    stages = [[n for n in current.processes if n != "nats"], [n for n in current.processes if n == "nats"]]
+    stages = [
+        [n for n in current.processes if n not in ("nats", *BACKENDS)],
+        [n for n in current.processes if n in BACKENDS],
+        [n for n in current.processes if n == "nats"],
+    ]
     for stage in stages:
         targets = {}
         for name in stage:
@@ -122,7 +130,7 @@ def endpoints_table(current: mesh_state.MeshState) -> str:
 class Supervised:
     """A child process and what the supervisor knows of its history."""
 
-    process: ServiceProcess | NatsProcess
+    process: ServiceProcess | NatsProcess | backends.TritonUnit | backends.StandInUnit
     state: str = mesh_state.STARTING
     restarts: int = 0
     #: crashes in a row (RestartPolicy.crashes_in_a_row)
@@ -178,6 +186,8 @@ class Supervisor:
         self.admin_token = ""
         self.phase = mesh_state.PHASE_STARTING
         self.state: mesh_state.MeshState | None = None
+        #: how `llmesh status` checks each backend server (HTTP URL)
+        self.health_urls: dict[str, str] = {}
 
     # -- entry point -------------------------------------------------------------------------------
 
@@ -237,8 +247,11 @@ class Supervisor:
             }
         )
 
+        inference_env = dict(base_env)
+        if backends.backends_enabled() and not os.environ.get("LLMESH_INFERENCE_CATALOG"):
+            inference_env.update(self._start_backends())
         for name in UPSTREAMS:
-            self._spawn(name, ports[name], base_env)
+            self._spawn(name, ports[name], inference_env if name == "inference" else base_env)
         self._save()
         self._wait_serving([self.units[name] for name in UPSTREAMS], deadline, started)
 
@@ -252,6 +265,51 @@ class Supervisor:
         self.phase = mesh_state.PHASE_UP
         self._save()
         self._progress(f"llmesh up: all services SERVING after {time.monotonic() - started:.1f} s")
+
+    def _start_backends(self) -> dict[str, str]:
+        """Starts Triton (when its environment exists) and the OpenAI-compatible stand-in, writes
+        $LLMESH_HOME/catalog.json pointing at them; the environment inference needs for it."""
+        try:
+            gguf = backends.model_path()
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise LaunchError(f"cannot resolve the local model file: {exc}") from None
+        standin = backends.standin_entry()
+        api_key = secrets.token_urlsafe(32)
+        triton_address = None
+        reason = backends.triton_unavailable_reason()
+        if reason:
+            self._progress(
+                f"  triton      not started: {reason}; the self-hosted tier runs on the in-process llama.cpp engine"
+            )
+        else:
+            triton = backends.TritonUnit(self.home, gguf)
+            self._start_backend(triton)
+            triton_address = triton.address
+            self.health_urls["triton"] = f"{triton.http_url}/v2/health/ready"
+        openai = backends.StandInUnit(self.home, gguf, standin["remote_model"], api_key)
+        self._start_backend(openai)
+        self.health_urls["openai"] = f"{openai.address}/models"
+        catalog_path = self.home / "catalog.json"
+        backends.write_catalog(catalog_path, triton_address=triton_address, standin_url=openai.address)
+        self._progress(f"  catalog     {catalog_path}")
+        env = {"LLMESH_INFERENCE_CATALOG": str(catalog_path)}
+        if standin.get("api_key_env"):
+            env[standin["api_key_env"]] = api_key
+        return env
+
+    def _start_backend(self, process) -> None:
+        unit = Supervised(process)
+        self.units[process.name] = unit
+        try:
+            process.start()
+        except (OSError, RuntimeError) as exc:
+            raise LaunchError(
+                f"cannot start {process.name}: {exc}; last lines of {process.log_path}:\n{tail(process.log_path)}"
+            ) from None
+        unit.mark_started()
+        unit.state = mesh_state.RUNNING
+        self._save()
+        self._progress(f"  {process.name:<11} serving on {process.address}")
 
     def _take_over_home(self) -> None:
         """Refuses to start next to a live mesh of the same LLMESH_HOME; cleans up after a dead one."""
@@ -419,9 +477,12 @@ class Supervisor:
             self._crashed(unit, process.exit_code(), f"failed to start ({exc})")
             return
         unit.mark_started()
-        if isinstance(process, NatsProcess):
+        if isinstance(process, (NatsProcess, backends.TritonUnit, backends.StandInUnit)):
+            # start() waited until it serves
             unit.state = mesh_state.RUNNING
-            self._progress(f"llmesh: nats is back on {process.url} (pid {process.pid}, restart {unit.restarts})")
+            self._progress(
+                f"llmesh: {unit.name} is back on {process.address} (pid {process.pid}, restart {unit.restarts})"
+            )
         else:
             unit.state = mesh_state.STARTING
             self._progress(f"llmesh: restarting {unit.name} on port {process.port} (restart {unit.restarts})")
@@ -429,7 +490,7 @@ class Supervisor:
     # -- state ---------------------------------------------------------------------------------------
 
     def _save(self) -> None:
-        services = {name: unit for name, unit in self.units.items() if name != "nats"}
+        services = {name: unit for name, unit in self.units.items() if name not in ("nats", *BACKENDS)}
         self.state = mesh_state.MeshState(
             endpoints={name: u.process.address for name, u in services.items() if u.process.port},
             metrics_ports={name: u.process.metrics_port for name, u in services.items() if u.process.metrics_port},
@@ -440,6 +501,7 @@ class Supervisor:
             supervisor_start_ticks=process_start_ticks(os.getpid()),
             phase=self.phase,
             processes={name: unit.record() for name, unit in self.units.items()},
+            health_urls=dict(self.health_urls),
         )
         mesh_state.save_state(self.state)
 
@@ -452,7 +514,8 @@ class Supervisor:
         # The front door first, so no new work reaches services that are going away; NATS last.
         stages = [
             [u for n, u in self.units.items() if n == "router"],
-            [u for n, u in self.units.items() if n not in ("router", "nats")],
+            [u for n, u in self.units.items() if n not in ("router", "nats", *BACKENDS)],
+            [u for n, u in self.units.items() if n in BACKENDS],
             [u for n, u in self.units.items() if n == "nats"],
         ]
         outcomes = []

@@ -9,23 +9,18 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sysconfig
 import threading
 import time
 import urllib.request
 
+from llmesh.kit.testing import free_port
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[5]
 # LLMESH_TRITON_ENV points at another prepared environment.
 DEFAULT_ENV = pathlib.Path(os.environ.get("LLMESH_TRITON_ENV") or REPO_ROOT / ".venv-triton")
 DEFAULT_REPOSITORY = REPO_ROOT / "deploy" / "triton" / "cpu"
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class TritonEnvironment:
@@ -111,9 +106,9 @@ class TritonServerProcess:
     def start(self, timeout_s: float = 90.0) -> TritonServerProcess:
         """Starts the server (same gRPC port as before on a restart) and waits for readiness."""
         if not self.grpc_port:
-            self.grpc_port = self.requested_grpc_port or _free_port(self.host)
-        self.http_port = _free_port(self.host)
-        self.metrics_port = _free_port(self.host)
+            self.grpc_port = self.requested_grpc_port or free_port(self.host)
+        self.http_port = free_port(self.host)
+        self.metrics_port = free_port(self.host)
         env = self.environment.environ()
         env.update(self.extra_env)
         command = [
