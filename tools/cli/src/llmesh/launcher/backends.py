@@ -64,7 +64,31 @@ def _signal_group(pid: int | None, sig: int) -> None:
         pass
 
 
-class TritonUnit:
+class _ServerUnit:
+    """What the supervisor asks of a model server it runs (as of NatsProcess): its exit code,
+    readiness and the wait for its exit, read from the helper's `server.process`."""
+
+    server: TritonServerProcess | LlamaCppServerProcess
+
+    def exit_code(self) -> int | None:
+        process = self.server.process
+        return process.poll() if process is not None else None
+
+    def ready(self) -> bool:
+        return self.exit_code() is None and self.server.ready()
+
+    def wait(self, timeout_s: float) -> bool:
+        process = self.server.process
+        if process is None:
+            return True
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+
+class TritonUnit(_ServerUnit):
     name = "triton"
 
     def __init__(self, home: pathlib.Path, gguf: str):
@@ -98,26 +122,9 @@ class TritonUnit:
             log.write(f"--- llmesh up: starting tritonserver at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
         self.server.start(timeout_s=TRITON_START_S)
 
-    def exit_code(self) -> int | None:
-        process = self.server.process
-        return process.poll() if process is not None else None
-
-    def ready(self) -> bool:
-        return self.exit_code() is None and self.server.ready()
-
     def terminate(self) -> None:
         if self.exit_code() is None:
             _signal_group(self.pid, signal.SIGTERM)
-
-    def wait(self, timeout_s: float) -> bool:
-        process = self.server.process
-        if process is None:
-            return True
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
 
     def kill(self) -> None:
         # The Python backend stubs share the server's process group: they go with it.
@@ -126,7 +133,7 @@ class TritonUnit:
             self.server.process.wait()
 
 
-class StandInUnit:
+class StandInUnit(_ServerUnit):
     """The OpenAI-compatible stand-in (the external tier) serving the local model as `alias`."""
 
     name = "openai"
@@ -155,26 +162,9 @@ class StandInUnit:
             self.server.requested_port = self.server.port
         self.server.start(timeout_s=STANDIN_START_S)
 
-    def exit_code(self) -> int | None:
-        process = self.server.process
-        return process.poll() if process is not None else None
-
-    def ready(self) -> bool:
-        return self.exit_code() is None and self.server.ready()
-
     def terminate(self) -> None:
         if self.exit_code() is None:
             self.server.process.terminate()
-
-    def wait(self, timeout_s: float) -> bool:
-        process = self.server.process
-        if process is None:
-            return True
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
 
     def kill(self) -> None:
         process = self.server.process
