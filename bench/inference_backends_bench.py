@@ -1,0 +1,434 @@
+"""Inference backends benchmark: what the inference service adds in front of a remote backend.
+
+    .venv/bin/python bench/inference_backends_bench.py [--requests 20] [--rounds 3] [--max-tokens 32]
+                                                       [--out bench/results/inference_backends.md]
+
+In one run, on the same prompts, greedy (temperature 0), fixed max_tokens, concurrency 1:
+
+- Triton: tritonclient.grpc.aio stream_infer on `gemma-3-270m` of a private tritonserver
+  (deploy/triton/cpu) vs the same model through the service's gRPC Generate (catalog backend triton);
+- OpenAI-compatible stand-in (llama_cpp.server, chat_format gemma): httpx SSE streaming vs the
+  service's Generate (catalog backend openai).
+
+The service runs as its own process (`python -m llmesh.services.inference`), as in production.
+Each path gets a discarded warm-up, then `rounds` interleaved rounds (direct, service, direct, ...)
+of `requests` sequential requests. TTFT: request start to the first non-empty text; decode tokens/s:
+(tokens − 1) / (time after the first text). Every server is started here on free ports and stopped
+on exit (Ctrl-C included). Targets (the inference issue): the service adds ≤ 3 ms to TTFT at p50
+and passes ≥ 98 % of the direct tokens/s at p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import pathlib
+import platform
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+THREADS = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+os.environ.update(THREADS)
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import tritonclient.grpc.aio as triton_grpc  # noqa: E402
+from llmesh.common.v1 import common_pb2  # noqa: E402
+from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
+from llmesh.kit.chat import Message  # noqa: E402
+from llmesh.kit.client import open_channel  # noqa: E402
+from llmesh.kit.testing import free_port  # noqa: E402
+from llmesh.launcher.openai_server import LlamaCppServerProcess  # noqa: E402
+from llmesh.launcher.triton import TritonServerProcess  # noqa: E402
+from llmesh.services.inference.chat_prompt import GemmaTurns  # noqa: E402
+from llmesh.services.inference.model_files import resolve_model_path  # noqa: E402
+from llmesh.services.inference.triton_backend import prompt_text  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TRITON_MODEL = "gemma-3-270m"
+OPENAI_ALIAS = "gpt-frontier"
+PROMPTS = (
+    "Write a short poem about the sea.",
+    "Explain what a hash table is.",
+    "List three uses of copper.",
+    "Tell me a story about a lighthouse keeper.",
+    "What should I pack for a hiking trip?",
+)
+TARGET_TTFT_MS = 3.0
+TARGET_SPEED = 0.98
+
+
+@dataclass
+class Sample:
+    ttft_s: float
+    total_s: float
+    tokens: int
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        decode_s = self.total_s - self.ttft_s
+        return (self.tokens - 1) / decode_s if self.tokens > 1 and decode_s > 0 else None
+
+
+# -- the four paths --------------------------------------------------------------------------
+
+
+async def triton_direct(client: triton_grpc.InferenceServerClient, prompt: str, max_tokens: int) -> Sample:
+    text = prompt_text(GemmaTurns("<bos>").render((Message("user", prompt),)))
+
+    def tensor(name, value, dtype, datatype):
+        array = np.array(value, dtype=dtype).reshape((-1,))
+        t = triton_grpc.InferInput(name, list(array.shape), datatype)
+        t.set_data_from_numpy(array)
+        return t
+
+    inputs = [
+        tensor("text_input", [text.encode()], np.object_, "BYTES"),
+        tensor("max_tokens", [max_tokens], np.int32, "INT32"),
+        tensor("stream", [True], np.bool_, "BOOL"),
+        tensor("temperature", [0.0], np.float32, "FP32"),
+    ]
+    finished = asyncio.Event()
+
+    async def requests():
+        yield {"model_name": TRITON_MODEL, "inputs": inputs}
+        await finished.wait()
+
+    started = time.perf_counter()
+    first = None
+    tokens = 0
+    stream = client.stream_infer(requests())
+    try:
+        async for result, error in stream:
+            if error is not None:
+                raise RuntimeError(f"triton: {error}")
+            out = result.as_numpy("text_output")
+            if out is not None and out.size and out.reshape(-1)[0]:
+                if first is None:
+                    first = time.perf_counter() - started
+            count = result.as_numpy("num_output_tokens")
+            if count is not None and count.size:
+                tokens = max(tokens, int(count.reshape(-1)[0]))
+            params = result.get_response().parameters
+            reason = result.as_numpy("finish_reason")
+            if ("triton_final_response" in params and params["triton_final_response"].bool_param) or (
+                reason is not None
+            ):
+                break
+    finally:
+        finished.set()
+        with contextlib.suppress(Exception):
+            stream.cancel()
+    total = time.perf_counter() - started
+    return Sample(first if first is not None else total, total, tokens)
+
+
+async def openai_direct(http: httpx.AsyncClient, base_url: str, prompt: str, max_tokens: int) -> Sample:
+    body = {
+        "model": OPENAI_ALIAS,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.0,
+    }
+    started = time.perf_counter()
+    first = None
+    chunks = 0
+    usage_tokens = None
+    async with http.stream("POST", f"{base_url}/chat/completions", json=body, timeout=300) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            event = json.loads(data)
+            if event.get("usage"):
+                usage_tokens = event["usage"].get("completion_tokens")
+            for choice in event.get("choices") or ():
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    chunks += 1
+                    if first is None:
+                        first = time.perf_counter() - started
+    total = time.perf_counter() - started
+    return Sample(first if first is not None else total, total, usage_tokens or chunks)
+
+
+async def via_service(stub, model: str, prompt: str, max_tokens: int) -> Sample:
+    request = inference_pb2.GenerateRequest(
+        model=model,
+        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=prompt)],
+        max_tokens=max_tokens,
+        sampling=common_pb2.SamplingParams(temperature=0.0),
+    )
+    started = time.perf_counter()
+    first = None
+    async for response in stub.Generate(request, timeout=300):
+        if response.WhichOneof("event") == "delta":
+            if first is None and response.delta:
+                first = time.perf_counter() - started
+        else:
+            total = time.perf_counter() - started
+            return Sample(first if first is not None else total, total, response.completion.usage.completion_tokens)
+    raise RuntimeError("stream ended without a completion")
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+class ServiceProcess:
+    """`python -m llmesh.services.inference` on a free port with the given catalog."""
+
+    def __init__(self, catalog: dict, log_path: pathlib.Path):
+        self.port = free_port("127.0.0.1")
+        self.address = f"127.0.0.1:{self.port}"
+        self.catalog = catalog
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            **THREADS,
+            "LLMESH_PORT": str(self.port),
+            "LLMESH_METRICS_PORT": "0",
+            "LLMESH_INFERENCE_CATALOG": json.dumps(self.catalog),
+            "LLMESH_INFERENCE_REPEATED_LINE_STOP": "0",
+            "LLMESH_INFERENCE_THREADS": "1",
+            "LLMESH_LOG_LEVEL": "warning",
+        }
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "llmesh.services.inference"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+
+    async def wait_ready(self, stub, names: list[str], timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"inference service exited {self.process.returncode}: {self.log_tail()}")
+            with contextlib.suppress(Exception):
+                models = (await stub.ListModels(inference_pb2.ListModelsRequest(), timeout=2)).models
+                if set(names) <= {m.name for m in models}:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"inference service not ready in {timeout_s:g}s: {self.log_tail()}")
+            await asyncio.sleep(0.2)
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:]) if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# -- measurement -----------------------------------------------------------------------------
+
+
+async def measure(name, call, requests: int, into: list[Sample], expected: dict[int, int]) -> None:
+    for i in range(requests):
+        sample = await call(PROMPTS[i % len(PROMPTS)])
+        into.append(sample)
+        key = i % len(PROMPTS)
+        if expected.setdefault(key, sample.tokens) != sample.tokens:
+            print(f"warning: {name} prompt {key}: {sample.tokens} tokens, other path {expected[key]}", file=sys.stderr)
+
+
+def pct(values, q):
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def summary(samples: list[Sample]) -> dict:
+    ttft = [s.ttft_s * 1000 for s in samples]
+    speed = [v for v in (s.tokens_per_s for s in samples) if v is not None]
+    return {
+        "n": len(samples),
+        "ttft50": pct(ttft, 50),
+        "ttft95": pct(ttft, 95),
+        "tps50": pct(speed, 50),
+        "tps95": pct(speed, 95),
+        "tokens": sorted({s.tokens for s in samples}),
+    }
+
+
+def report(results: dict, args, load_before, load_after, mismatches: int) -> str:
+    lines = [
+        "# Inference backends benchmark: direct vs through the inference service",
+        "",
+        "- command: `" + " ".join([".venv/bin/python bench/inference_backends_bench.py", *sys.argv[1:]]) + "`",
+        f"- date: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.platform()}); load average "
+        f"before {', '.join(f'{x:.2f}' for x in load_before)}, after {', '.join(f'{x:.2f}' for x in load_after)}",
+        "- the CPUs are shared by this client, the inference service (its own process) and the model server "
+        "(tritonserver's Python backend or llama_cpp.server, llama.cpp with 1 thread); OMP/OPENBLAS/MKL threads 1",
+        f"- each path: 1 discarded warm-up, then {args.rounds} interleaved rounds (direct, service, ...) of "
+        f"{args.requests} sequential requests (concurrency 1) over {len(PROMPTS)} prompts; greedy (temperature 0), "
+        f"max_tokens {args.max_tokens}; service with LLMESH_INFERENCE_REPEATED_LINE_STOP=0; no repeat penalty sent "
+        "on any path (each model server's own default, the same for direct and service)",
+        "- TTFT: request start to the first non-empty text, client side; decode tokens/s: (tokens − 1) / "
+        "(time after the first text), per request",
+        f"- token counts: {'every request of both paths of a backend generated the same number of tokens per prompt' if not mismatches else f'{mismatches} requests differed from the other path (see warnings)'}",
+        "",
+        "| backend | path | requests | TTFT p50 ms | TTFT p95 ms | decode tok/s p50 | decode tok/s p95 | tokens |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for backend, paths in results.items():
+        for path, s in paths.items():
+            lines.append(
+                f"| {backend} | {path} | {s['n']} | {s['ttft50']:.1f} | {s['ttft95']:.1f} | {s['tps50']:.1f} | "
+                f"{s['tps95']:.1f} | {'/'.join(map(str, s['tokens']))} |"
+            )
+    lines += [
+        "",
+        "| backend | TTFT added at p50 (service − direct) | target ≤ 3 ms | tokens/s passed at p50 (service / direct) "
+        "| target ≥ 98 % |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for backend, paths in results.items():
+        d, s = paths["direct"], paths["service"]
+        added = s["ttft50"] - d["ttft50"]
+        passed = s["tps50"] / d["tps50"]
+        lines.append(
+            f"| {backend} | {added:+.1f} ms | {'met' if added <= TARGET_TTFT_MS else 'NOT met'} | "
+            f"{passed * 100:.1f} % | {'met' if passed >= TARGET_SPEED else 'NOT met'} |"
+        )
+    lines += [
+        "",
+        "Medians of per-request values over all rounds; p95 of tokens/s is the faster tail. On a 2-core machine "
+        "the client, the service and the model server contend for the same cores (the service's own CPU time per "
+        "token competes with llama.cpp's): read the ratios with the load average above.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def run(args, stack: contextlib.ExitStack, logs: pathlib.Path) -> dict:
+    gguf = str(resolve_model_path(""))
+    print("starting tritonserver and llama_cpp.server ...", file=sys.stderr)
+    triton = TritonServerProcess(extra_env={"LLMESH_TRITON_GGUF": gguf, **THREADS})
+    stack.callback(triton.stop)
+    triton.start(timeout_s=180)
+    openai = LlamaCppServerProcess(gguf, OPENAI_ALIAS, chat_format="gemma", threads=1, log_path=logs / "openai.log")
+    stack.callback(openai.stop)
+    openai.start(timeout_s=120)
+    catalog = {
+        "models": [
+            {
+                "name": "triton-gemma",
+                "backend": "triton",
+                "endpoint": triton.grpc_url,
+                "remote_model": TRITON_MODEL,
+                "max_concurrency": 1,
+                "max_queue": 4,
+            },
+            {
+                "name": "openai-gemma",
+                "backend": "openai",
+                "endpoint": openai.base_url,
+                "remote_model": OPENAI_ALIAS,
+                "hosting": "external",
+                "max_concurrency": 1,
+                "max_queue": 4,
+            },
+        ]
+    }
+    service = ServiceProcess(catalog, logs / "service.log")
+    stack.callback(service.stop)
+    service.start()
+
+    mt = args.max_tokens
+    results: dict = {}
+    mismatches = 0
+    async with (
+        open_channel(service.address) as channel,
+        httpx.AsyncClient() as http,
+    ):
+        tclient = triton_grpc.InferenceServerClient(triton.grpc_url)
+        try:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            await service.wait_ready(stub, ["triton-gemma", "openai-gemma"])
+            backends = {
+                "triton": {
+                    "direct": lambda p: triton_direct(tclient, p, mt),
+                    "service": lambda p: via_service(stub, "triton-gemma", p, mt),
+                },
+                "openai": {
+                    "direct": lambda p: openai_direct(http, openai.base_url, p, mt),
+                    "service": lambda p: via_service(stub, "openai-gemma", p, mt),
+                },
+            }
+            for backend, paths in backends.items():
+                samples: dict[str, list[Sample]] = {path: [] for path in paths}
+                expected: dict[int, int] = {}
+                for call in paths.values():  # warm-up, discarded
+                    await call(PROMPTS[0])
+                for r in range(args.rounds):
+                    for path, call in paths.items():
+                        started = time.perf_counter()
+                        await measure(f"{backend} {path}", call, args.requests, samples[path], expected)
+                        print(f"{backend} round {r + 1} {path}: {time.perf_counter() - started:.1f}s", file=sys.stderr)
+                for path, got in samples.items():
+                    mismatches += sum(
+                        1 for i, s in enumerate(got) if s.tokens != expected[i % args.requests % len(PROMPTS)]
+                    )
+                results[backend] = {path: summary(got) for path, got in samples.items()}
+        finally:
+            await tclient.close()
+    return results, mismatches
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20, help="requests per path per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "inference_backends.md"))
+    args = parser.parse_args()
+    logs = ROOT / "bench" / "results" / "tmp"
+    logs.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+    # SIGTERM ends like Ctrl-C: the exit stack stops every server it started.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with contextlib.ExitStack() as stack:
+        try:
+            results, mismatches = asyncio.run(run(args, stack, logs))
+        except KeyboardInterrupt:
+            print("interrupted: stopping the servers", file=sys.stderr)
+            return 130
+    text = report(results, args, load_before, os.getloadavg(), mismatches)
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
