@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 
 from llmesh.kit.testing import free_port
+from llmesh.launcher.processes import tail
 
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -113,7 +114,7 @@ class LlamaCppServerProcess:
                 self.stop()
                 raise RuntimeError(
                     f"llama_cpp.server did not answer on {self.base_url} within {timeout_s:g}s "
-                    f"(exit {code}): {self.log_tail()}"
+                    f"(exit {code}): {tail(self.log_path) if self.log_path else '(no log)'}"
                 )
             time.sleep(0.1)
         return self
@@ -127,11 +128,6 @@ class LlamaCppServerProcess:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
-
-    def log_tail(self, lines: int = 20) -> str:
-        if not self.log_path or not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
