@@ -2,9 +2,11 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from llmesh.common.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -70,3 +72,137 @@ class ModelLoad(_message.Message):
     observed_at: _timestamp_pb2.Timestamp
     crossed_percent: int
     def __init__(self, event_id: _Optional[str] = ..., model: _Optional[str] = ..., region: _Optional[str] = ..., backend: _Optional[str] = ..., utilization: _Optional[float] = ..., active: _Optional[int] = ..., queued: _Optional[int] = ..., capacity: _Optional[int] = ..., max_queue: _Optional[int] = ..., time_to_first_token_p50_ms: _Optional[float] = ..., time_to_first_token_p95_ms: _Optional[float] = ..., tokens_per_second_p50: _Optional[float] = ..., window_s: _Optional[float] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., crossed_percent: _Optional[int] = ...) -> None: ...
+
+class BreakerStateChanged(_message.Message):
+    __slots__ = ("event_id", "router_replica", "region", "model", "endpoint", "state", "previous_state", "reason", "ejection_count", "ejected_until", "observed_at")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[BreakerStateChanged.State]
+        STATE_CLOSED: _ClassVar[BreakerStateChanged.State]
+        STATE_OPEN: _ClassVar[BreakerStateChanged.State]
+        STATE_HALF_OPEN: _ClassVar[BreakerStateChanged.State]
+    STATE_UNSPECIFIED: BreakerStateChanged.State
+    STATE_CLOSED: BreakerStateChanged.State
+    STATE_OPEN: BreakerStateChanged.State
+    STATE_HALF_OPEN: BreakerStateChanged.State
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EJECTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    router_replica: str
+    region: str
+    model: str
+    endpoint: str
+    state: BreakerStateChanged.State
+    previous_state: BreakerStateChanged.State
+    reason: str
+    ejection_count: int
+    ejected_until: _timestamp_pb2.Timestamp
+    observed_at: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., router_replica: _Optional[str] = ..., region: _Optional[str] = ..., model: _Optional[str] = ..., endpoint: _Optional[str] = ..., state: _Optional[_Union[BreakerStateChanged.State, str]] = ..., previous_state: _Optional[_Union[BreakerStateChanged.State, str]] = ..., reason: _Optional[str] = ..., ejection_count: _Optional[int] = ..., ejected_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UsageRecorded(_message.Message):
+    __slots__ = ("request_id", "tenant_id", "business_unit", "use_case", "key_id", "model", "tier", "backend", "region", "cache_outcome", "usage", "cost_usd", "cost_avoided_usd", "occurred_at", "priority", "policy_variant", "error_code")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    BUSINESS_UNIT_FIELD_NUMBER: _ClassVar[int]
+    USE_CASE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    CACHE_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    COST_AVOIDED_USD_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    tenant_id: str
+    business_unit: str
+    use_case: str
+    key_id: str
+    model: str
+    tier: _common_pb2.Tier
+    backend: str
+    region: str
+    cache_outcome: str
+    usage: _common_pb2.Usage
+    cost_usd: float
+    cost_avoided_usd: float
+    occurred_at: _timestamp_pb2.Timestamp
+    priority: str
+    policy_variant: str
+    error_code: str
+    def __init__(self, request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., business_unit: _Optional[str] = ..., use_case: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., backend: _Optional[str] = ..., region: _Optional[str] = ..., cache_outcome: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., cost_avoided_usd: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[str] = ..., policy_variant: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
+
+class BudgetAlert(_message.Message):
+    __slots__ = ("event_id", "tenant_id", "budget", "scope", "scope_value", "period", "period_start", "unit", "limit", "spent", "threshold_percent", "hard", "observed_at")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    HARD_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    tenant_id: str
+    budget: str
+    scope: str
+    scope_value: str
+    period: str
+    period_start: _timestamp_pb2.Timestamp
+    unit: str
+    limit: float
+    spent: float
+    threshold_percent: int
+    hard: bool
+    observed_at: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., budget: _Optional[str] = ..., scope: _Optional[str] = ..., scope_value: _Optional[str] = ..., period: _Optional[str] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., unit: _Optional[str] = ..., limit: _Optional[float] = ..., spent: _Optional[float] = ..., threshold_percent: _Optional[int] = ..., hard: _Optional[bool] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RegionHealth(_message.Message):
+    __slots__ = ("region", "router_replica", "models", "observed_at")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    router_replica: str
+    models: _containers.RepeatedCompositeFieldContainer[ModelHealth]
+    observed_at: _timestamp_pb2.Timestamp
+    def __init__(self, region: _Optional[str] = ..., router_replica: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelHealth, _Mapping]]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ModelHealth(_message.Message):
+    __slots__ = ("model", "tier", "error_rate", "time_to_first_token_p95_ms", "utilization", "breaker_state", "requests_in_window")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    BREAKER_STATE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    tier: _common_pb2.Tier
+    error_rate: float
+    time_to_first_token_p95_ms: float
+    utilization: float
+    breaker_state: BreakerStateChanged.State
+    requests_in_window: int
+    def __init__(self, model: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., error_rate: _Optional[float] = ..., time_to_first_token_p95_ms: _Optional[float] = ..., utilization: _Optional[float] = ..., breaker_state: _Optional[_Union[BreakerStateChanged.State, str]] = ..., requests_in_window: _Optional[int] = ...) -> None: ...

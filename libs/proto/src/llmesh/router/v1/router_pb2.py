@@ -25,25 +25,33 @@ _sym_db = _symbol_database.Default()
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllmesh/router/v1/router.proto\x12\x10llmesh.router.v1\x1a\x1dllmesh/common/v1/common.proto\"\x8e\x02\n\x0fGenerateRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\x12\x32\n\x08sampling\x18\x03 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\x12\x10\n\x08use_case\x18\x04 \x01(\t\x12,\n\x08priority\x18\x05 \x01(\x0e\x32\x1a.llmesh.router.v1.Priority\x12\x33\n\x0c\x63\x61\x63he_policy\x18\x06 \x01(\x0e\x32\x1d.llmesh.router.v1.CachePolicy\x12\r\n\x05model\x18\x07 \x01(\t\"\xca\x02\n\x0fGenerateSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x04tier\x18\x02 \x01(\x0e\x32\x16.llmesh.common.v1.Tier\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x35\n\rcache_outcome\x18\x05 \x01(\x0e\x32\x1e.llmesh.router.v1.CacheOutcome\x12&\n\x05usage\x18\x06 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x08 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\t \x01(\x01\x12\x35\n\rfinish_reason\x18\n \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\"b\n\x10GenerateResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\x34\n\x07summary\x18\x02 \x01(\x0b\x32!.llmesh.router.v1.GenerateSummaryH\x00\x42\x07\n\x05\x65vent*R\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x12\n\x0ePRIORITY_BATCH\x10\x02*\\\n\x0b\x43\x61\x63hePolicy\x12\x1c\n\x18\x43\x41\x43HE_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41\x43HE_POLICY_ALLOW\x10\x01\x12\x17\n\x13\x43\x41\x43HE_POLICY_BYPASS\x10\x02*\x9e\x01\n\x0c\x43\x61\x63heOutcome\x12\x1d\n\x19\x43\x41\x43HE_OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41\x43HE_OUTCOME_MISS\x10\x01\x12\x1b\n\x17\x43\x41\x43HE_OUTCOME_EXACT_HIT\x10\x02\x12\x1e\n\x1a\x43\x41\x43HE_OUTCOME_SEMANTIC_HIT\x10\x03\x12\x1a\n\x16\x43\x41\x43HE_OUTCOME_BYPASSED\x10\x04\x32\x64\n\rRouterService\x12S\n\x08Generate\x12!.llmesh.router.v1.GenerateRequest\x1a\".llmesh.router.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllmesh/router/v1/router.proto\x12\x10llmesh.router.v1\x1a\x1dllmesh/common/v1/common.proto\"\x8e\x02\n\x0fGenerateRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.llmesh.common.v1.ChatMessage\x12\x12\n\nmax_tokens\x18\x02 \x01(\x05\x12\x32\n\x08sampling\x18\x03 \x01(\x0b\x32 .llmesh.common.v1.SamplingParams\x12\x10\n\x08use_case\x18\x04 \x01(\t\x12,\n\x08priority\x18\x05 \x01(\x0e\x32\x1a.llmesh.router.v1.Priority\x12\x33\n\x0c\x63\x61\x63he_policy\x18\x06 \x01(\x0e\x32\x1d.llmesh.router.v1.CachePolicy\x12\r\n\x05model\x18\x07 \x01(\t\"\xc9\x04\n\x0fGenerateSummary\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x04tier\x18\x02 \x01(\x0e\x32\x16.llmesh.common.v1.Tier\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x35\n\rcache_outcome\x18\x05 \x01(\x0e\x32\x1e.llmesh.router.v1.CacheOutcome\x12&\n\x05usage\x18\x06 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x07 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x08 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\t \x01(\x01\x12\x35\n\rfinish_reason\x18\n \x01(\x0e\x32\x1e.llmesh.common.v1.FinishReason\x12\x30\n\x08\x61ttempts\x18\x0b \x03(\x0b\x32\x1e.llmesh.router.v1.RouteAttempt\x12,\n\x08overflow\x18\x0c \x01(\x0b\x32\x1a.llmesh.router.v1.Overflow\x12\x30\n\nescalation\x18\r \x01(\x0b\x32\x1c.llmesh.router.v1.Escalation\x12\x0e\n\x06region\x18\x0e \x01(\t\x12\x16\n\x0epolicy_variant\x18\x0f \x01(\t\x12\x15\n\rqueue_wait_ms\x18\x10 \x01(\x01\x12,\n\x08priority\x18\x11 \x01(\x0e\x32\x1a.llmesh.router.v1.Priority\"\x8e\x01\n\x0cRouteAttempt\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x12\n\nelapsed_ms\x18\x06 \x01(\x01\x12\x19\n\x11\x61\x66ter_first_token\x18\x07 \x01(\x08\"G\n\x08Overflow\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x13\n\x0butilization\x18\x02 \x01(\x01\x12\x16\n\x0e\x65xtra_cost_usd\x18\x03 \x01(\x01\"\x94\x01\n\nEscalation\x12)\n\tfrom_tier\x18\x01 \x01(\x0e\x32\x16.llmesh.common.v1.Tier\x12\x12\n\nfrom_model\x18\x02 \x01(\t\x12\x15\n\rquality_score\x18\x03 \x01(\x01\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x1d\n\x15\x66irst_answer_cost_usd\x18\x05 \x01(\x01\"\x89\x01\n\x11StreamInterrupted\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\x12\x17\n\x0f\x64\x65livered_chars\x18\x05 \x01(\x03\"b\n\x10GenerateResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\x34\n\x07summary\x18\x02 \x01(\x0b\x32!.llmesh.router.v1.GenerateSummaryH\x00\x42\x07\n\x05\x65vent*i\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x18\n\x14PRIORITY_INTERACTIVE\x10\x01\x12\x12\n\x0ePRIORITY_BATCH\x10\x02\x12\x15\n\x11PRIORITY_STANDARD\x10\x03*\\\n\x0b\x43\x61\x63hePolicy\x12\x1c\n\x18\x43\x41\x43HE_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41\x43HE_POLICY_ALLOW\x10\x01\x12\x17\n\x13\x43\x41\x43HE_POLICY_BYPASS\x10\x02*\x9e\x01\n\x0c\x43\x61\x63heOutcome\x12\x1d\n\x19\x43\x41\x43HE_OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41\x43HE_OUTCOME_MISS\x10\x01\x12\x1b\n\x17\x43\x41\x43HE_OUTCOME_EXACT_HIT\x10\x02\x12\x1e\n\x1a\x43\x41\x43HE_OUTCOME_SEMANTIC_HIT\x10\x03\x12\x1a\n\x16\x43\x41\x43HE_OUTCOME_BYPASSED\x10\x04\x32\x64\n\rRouterService\x12S\n\x08Generate\x12!.llmesh.router.v1.GenerateRequest\x1a\".llmesh.router.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmesh.router.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRIORITY']._serialized_start=788
-  _globals['_PRIORITY']._serialized_end=870
-  _globals['_CACHEPOLICY']._serialized_start=872
-  _globals['_CACHEPOLICY']._serialized_end=964
-  _globals['_CACHEOUTCOME']._serialized_start=967
-  _globals['_CACHEOUTCOME']._serialized_end=1125
+  _globals['_PRIORITY']._serialized_start=1552
+  _globals['_PRIORITY']._serialized_end=1657
+  _globals['_CACHEPOLICY']._serialized_start=1659
+  _globals['_CACHEPOLICY']._serialized_end=1751
+  _globals['_CACHEOUTCOME']._serialized_start=1754
+  _globals['_CACHEOUTCOME']._serialized_end=1912
   _globals['_GENERATEREQUEST']._serialized_start=83
   _globals['_GENERATEREQUEST']._serialized_end=353
   _globals['_GENERATESUMMARY']._serialized_start=356
-  _globals['_GENERATESUMMARY']._serialized_end=686
-  _globals['_GENERATERESPONSE']._serialized_start=688
-  _globals['_GENERATERESPONSE']._serialized_end=786
-  _globals['_ROUTERSERVICE']._serialized_start=1127
-  _globals['_ROUTERSERVICE']._serialized_end=1227
+  _globals['_GENERATESUMMARY']._serialized_end=941
+  _globals['_ROUTEATTEMPT']._serialized_start=944
+  _globals['_ROUTEATTEMPT']._serialized_end=1086
+  _globals['_OVERFLOW']._serialized_start=1088
+  _globals['_OVERFLOW']._serialized_end=1159
+  _globals['_ESCALATION']._serialized_start=1162
+  _globals['_ESCALATION']._serialized_end=1310
+  _globals['_STREAMINTERRUPTED']._serialized_start=1313
+  _globals['_STREAMINTERRUPTED']._serialized_end=1450
+  _globals['_GENERATERESPONSE']._serialized_start=1452
+  _globals['_GENERATERESPONSE']._serialized_end=1550
+  _globals['_ROUTERSERVICE']._serialized_start=1914
+  _globals['_ROUTERSERVICE']._serialized_end=2014
 # @@protoc_insertion_point(module_scope)

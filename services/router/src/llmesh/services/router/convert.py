@@ -37,6 +37,7 @@ MAX_MODEL_CHARS = 128
 PRIORITIES = {
     router_pb2.PRIORITY_UNSPECIFIED: Priority.INTERACTIVE,
     router_pb2.PRIORITY_INTERACTIVE: Priority.INTERACTIVE,
+    router_pb2.PRIORITY_STANDARD: Priority.STANDARD,
     router_pb2.PRIORITY_BATCH: Priority.BATCH,
 }
 USE_CACHE = {
@@ -65,7 +66,8 @@ def command_from_proto(request: router_pb2.GenerateRequest) -> GenerateCommand:
     # proto3 keeps enum numbers it does not know: a newer client's value must not be guessed at.
     if request.priority not in PRIORITIES:
         raise InvalidArgument(
-            f"priority must be PRIORITY_INTERACTIVE or PRIORITY_BATCH (got {request.priority})", field="priority"
+            f"priority must be PRIORITY_INTERACTIVE, PRIORITY_STANDARD or PRIORITY_BATCH (got {request.priority})",
+            field="priority",
         )
     if request.cache_policy not in USE_CACHE:
         raise InvalidArgument(

@@ -14,6 +14,7 @@ TIERS = (1, 2, 3)
 
 class Priority(enum.Enum):
     INTERACTIVE = "interactive"
+    STANDARD = "standard"
     BATCH = "batch"
 
 
