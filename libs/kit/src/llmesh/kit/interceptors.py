@@ -61,6 +61,50 @@ async def abort_with_domain_error(context: grpc.aio.ServicerContext, exc: errors
     await context.abort_with_status(rpc_status.to_status(rich_status(exc)))
 
 
+class _Undecodable:
+    """What a request that does not parse as its message type becomes (the deserializer never
+    raises: gRPC would answer UNKNOWN for it); the wrapped behaviour turns it into INVALID_ARGUMENT."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, invalid UTF-8 in a string field, truncated input
+            return _Undecodable(exc)
+
+    return deserialize
+
+
+def _undecodable(exc: _Undecodable) -> errors.InvalidArgument:
+    reason = str(exc.error) or type(exc.error).__name__
+    return errors.InvalidArgument(f"the request does not parse as this method's message ({reason})")
+
+
+async def _checked_messages(requests):
+    """A streamed request's messages; one that does not parse ends the call with INVALID_ARGUMENT."""
+    async for message in requests:
+        if isinstance(message, _Undecodable):
+            raise _undecodable(message)
+        yield message
+
+
+def _check(request):
+    if isinstance(request, _Undecodable):
+        raise _undecodable(request)
+    if hasattr(request, "__aiter__"):
+        return _checked_messages(request)
+    return request
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and value:
@@ -80,24 +124,24 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 self._wrap_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
             self._wrap_stream(handler.stream_stream, method),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -129,7 +173,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                return await behavior(request, context)
+                return await behavior(_check(request), context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -150,7 +194,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                result = behavior(request, context)
+                result = behavior(_check(request), context)
                 if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
                     async for item in result:
                         yield item
