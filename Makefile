@@ -28,7 +28,7 @@ export UV_LINK_MODE ?= copy
 APT_PACKAGES := nats-server redis-server kubectl
 APT_COMMANDS := nats-server redis-server kubectl
 
-.PHONY: setup triton-env up test gen lint format breaking bench docs images-report image-context images clean
+.PHONY: setup triton-env up test gen lint format breaking bench fuzz docs images-report image-context images clean
 
 setup: $(STAMP) $(TRITON_STAMP)
 
@@ -90,6 +90,10 @@ breaking: setup
 bench: setup
 	$(PY) -m pytest -q -m slow
 	@for script in bench/*_bench.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+# Every RPC of every service with generated requests (tests/fuzz); the table goes to bench/results/fuzz.md.
+fuzz: setup
+	LLMESH_FUZZ_EXAMPLES=$${LLMESH_FUZZ_EXAMPLES:-10000} LLMESH_FUZZ_REPORT=bench/results/fuzz.md $(PY) -m pytest -q tests/fuzz
 
 docs: setup
 	$(PY) scripts/config_tables.py
