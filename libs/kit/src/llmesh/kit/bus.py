@@ -74,6 +74,7 @@ class Bus:
             storage=js_api.StorageType.FILE,
             max_age=spec.max_age_s,
             duplicate_window=min(spec.duplicate_window_s, spec.max_age_s),
+            retention=js_api.RetentionPolicy.WORK_QUEUE if spec.work_queue else js_api.RetentionPolicy.LIMITS,
         )
         try:
             await self.js.add_stream(config)

@@ -36,3 +36,7 @@ MODEL_LOAD_KNOWN = Gauge(
     "1 while the router holds a fresh load snapshot of the model, 0 when it is stale or missing",
     ["region", "model"],
 )
+BATCH_ITEMS = Counter("llmesh_router_batch_items_total", "batch items finished by this replica's workers", ["result"])
+BATCH_WINDOW = Gauge(
+    "llmesh_router_batch_window_seconds", "how long the batch workers wait to gather items (grows when idle)"
+)
