@@ -4,7 +4,7 @@ OpenAI-compatible API. Domain code only (no grpc)."""
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from llmesh.kit.chat import Message, Sampling
@@ -63,6 +63,14 @@ class Backend(abc.ABC):
 
     #: short name reported with every completion and metric, e.g. "llama_cpp"
     name: str
+
+    #: called with a model's name whenever its load (active or queued) changes; set by the engine
+    on_load_change: Callable[[str], None] | None = None
+
+    def _load_changed(self, model: str) -> None:
+        """For implementations: their slot pool's `on_change`."""
+        if self.on_load_change is not None:
+            self.on_load_change(model)
 
     async def start(self) -> None:
         """Loads models or connects; the service reports SERVING only after this returns."""

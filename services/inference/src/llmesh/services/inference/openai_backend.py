@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import json
 import math
 import random
@@ -167,6 +168,7 @@ class OpenAIBackend(Backend):
                 max_waiting=m.max_queue,
                 retry_after_s=retry_after_s,
                 label=f"model {m.name}",
+                on_change=functools.partial(self._load_changed, m.name),
             )
             for m in models
         }

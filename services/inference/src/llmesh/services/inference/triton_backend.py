@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,13 +83,14 @@ class TritonModel:
 
 
 class _Model:
-    def __init__(self, spec: TritonModel, retry_after_s: float):
+    def __init__(self, spec: TritonModel, retry_after_s: float, on_change: Callable[[], None]):
         self.spec = spec
         self.pool: SlotPool[int] = SlotPool(
             range(spec.max_concurrency),
             max_waiting=spec.max_queue,
             retry_after_s=retry_after_s,
             label=f"model {spec.name}",
+            on_change=on_change,
         )
 
 
@@ -132,7 +134,7 @@ class TritonBackend(Backend):
         if len({m.name for m in models}) != len(models):
             raise ValueError("model names must be unique")
         self.url = url
-        self._models = {m.name: _Model(m, retry_after_s) for m in models}
+        self._models = {m.name: _Model(m, retry_after_s, functools.partial(self._load_changed, m.name)) for m in models}
         self._rpc_timeout_s = rpc_timeout_s
         self._first_token_timeout_s = first_token_timeout_s
         self._token_timeout_s = token_timeout_s
