@@ -4,6 +4,7 @@ OpenAI-compatible API. Domain code only (no grpc)."""
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -55,6 +56,21 @@ class ModelInfo:
 class BackendLoad:
     active: int  # generations running now
     queued: int  # admitted, waiting for a slot
+
+
+# Local prompt estimate, for backends whose server reports no usage (an OpenAI-compatible API
+# without a usage chunk, a Triton model without count outputs): BPE vocabularies of current models
+# average about four bytes of English per token; each chat message adds a few tokens of role and
+# turn markers.
+BYTES_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_PROMPT = 3
+
+
+def estimate_prompt_tokens(request: GenerationRequest) -> int:
+    """A server-independent estimate of a chat prompt's tokens."""
+    text_tokens = sum(math.ceil(len(m.content.encode()) / BYTES_PER_TOKEN) for m in request.messages)
+    return text_tokens + TOKENS_PER_MESSAGE * len(request.messages) + TOKENS_PER_PROMPT
 
 
 class Backend(abc.ABC):
