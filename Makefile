@@ -28,7 +28,7 @@ export UV_LINK_MODE ?= copy
 APT_PACKAGES := nats-server redis-server kubectl
 APT_COMMANDS := nats-server redis-server kubectl
 
-.PHONY: setup triton-env up test gen lint format breaking bench fuzz docs images-report image-context images clean
+.PHONY: setup triton-env up test e2e-backends gen lint format breaking bench fuzz docs images-report image-context images clean
 
 setup: $(STAMP) $(TRITON_STAMP)
 
@@ -68,6 +68,10 @@ up: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# `llmesh up` with Triton and the API stand-in, as issue 9 checks it (the Triton-kill test is slow).
+e2e-backends: setup
+	$(PY) -m pytest -q -m "" tests/e2e/test_launcher_backends.py
 
 gen: setup
 	$(PY) scripts/gen_protos.py
