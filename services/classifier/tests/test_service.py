@@ -48,6 +48,8 @@ async def service(nats_url, models_dir, tmp_path):
         model_poll_s=0.1,
         feedback_db=str(tmp_path / "feedback.sqlite3"),
         feedback_flush_s=0.05,
+        # A new version serves everything at once here; gradual rollouts: test_rollout.py.
+        rollout_share=0.0,
     )
     app = ClassifierApp(settings)
     async with hosted(app, settings) as host:

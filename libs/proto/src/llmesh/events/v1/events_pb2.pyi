@@ -206,3 +206,31 @@ class ModelHealth(_message.Message):
     breaker_state: BreakerStateChanged.State
     requests_in_window: int
     def __init__(self, model: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., error_rate: _Optional[float] = ..., time_to_first_token_p95_ms: _Optional[float] = ..., utilization: _Optional[float] = ..., breaker_state: _Optional[_Union[BreakerStateChanged.State, str]] = ..., requests_in_window: _Optional[int] = ...) -> None: ...
+
+class ClassifierRolloutChanged(_message.Message):
+    __slots__ = ("event_id", "current_version", "candidate_version", "decision", "share", "current_apgr", "candidate_apgr", "difference_low", "difference_high", "labelled", "reason", "occurred_at")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_APGR_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_APGR_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCE_LOW_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCE_HIGH_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    current_version: str
+    candidate_version: str
+    decision: str
+    share: float
+    current_apgr: float
+    candidate_apgr: float
+    difference_low: float
+    difference_high: float
+    labelled: int
+    reason: str
+    occurred_at: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., current_version: _Optional[str] = ..., candidate_version: _Optional[str] = ..., decision: _Optional[str] = ..., share: _Optional[float] = ..., current_apgr: _Optional[float] = ..., candidate_apgr: _Optional[float] = ..., difference_low: _Optional[float] = ..., difference_high: _Optional[float] = ..., labelled: _Optional[int] = ..., reason: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -30,7 +30,9 @@ class ClassifierService:
     def classify(
         self, messages: Sequence[Message], *, tenant_id: str, use_case: str, request_id: str
     ) -> Classification:
-        result = self._classifier.classify(messages, self._policy(tenant_id, use_case))
+        result = self._classifier.classify(
+            messages, self._policy(tenant_id, use_case), tenant_id=tenant_id, request_id=request_id
+        )
         if request_id:
             self._feedback.record(
                 ClassificationRecord(
@@ -43,6 +45,7 @@ class ClassifierService:
                     score=result.complexity_score,
                     tier=result.tier,
                     model_version=result.model_version,
+                    scores={result.model_version: result.complexity_score, **dict(result.shadow_scores)},
                 )
             )
         return result

@@ -208,6 +208,10 @@ class ComplexityModel:
         raw = float(self.scorer.raw_score(np.asarray(features)))
         return Prediction(self.scorer.score_map(raw), raw, tuple(features))
 
+    def score_one(self, features: tuple[float, ...]) -> float:
+        """The score of already computed features (a second version scoring the same request)."""
+        return self.scorer.score_map(float(self.scorer.raw_score(np.asarray(features))))
+
     def confidence(self, score: float, tier: int) -> float | None:
         """The calibrated probability that the tier is the right call (None: the file has no
         calibration)."""
