@@ -98,10 +98,16 @@ def test_training_writes_a_loadable_version_and_a_report(sample, tmp_path):
     assert meta["config"] == chosen["config"]
     assert cv["confidence_reliability"]["calibrated"]["bins"]
     assert model.scorer.calibration is not None
+    # The training score distribution, the reference of the served scores' drift; the held-out
+    # families' scores beside it in the report.
+    bins = model.scorer.score_bins
+    assert bins is not None and len(bins.shares) == 10 and abs(bins.shares.sum() - 1) < 1e-9
+    drift = cv["score_drift"]
+    assert drift["psi_held_out_families"] >= 0 and set(drift["per_family_psi"]) == families
     assert (folder / "model.json").stat().st_size < 5_000_000
     report = (tmp_path / "report" / "classifier.md").read_text()
     assert "APGR" in report and NOISY_SUBJECT in report
-    assert "unseen task families" in report and "## Confidence" in report
+    assert "unseen task families" in report and "## Confidence" in report and "## Score drift" in report
     assert (tmp_path / "report" / "classifier_routing_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "report" / "classifier_metrics.json").read_text())["all_subjects"]["n"] == len(sample)
 

@@ -115,6 +115,7 @@ def _train(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        import numpy as np
         from llmesh.services.classifier.complexity.trainer import train
         from llmesh.services.classifier.complexity.training import TrainConfig, feedback_examples, load_routing_data
         from llmesh.services.classifier.feedback import FeedbackStore
@@ -131,7 +132,7 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as exc:  # UnicodeDecodeError included
         print(f"llmesh classifier train: {exc} (expected the header {TRAIN_COLUMNS})", file=sys.stderr)
         return 2
-    feedback = None
+    feedback = recent = None
     if args.with_feedback:
         db = (
             args.feedback_db
@@ -141,9 +142,13 @@ def _train(args: argparse.Namespace) -> int:
         if not pathlib.Path(db).is_file():
             print(f"llmesh: no feedback store at {db}", file=sys.stderr)
             return 2
+        from llmesh.services.classifier.complexity.features import FEATURE_NAMES, FEATURE_SET
+
         store = FeedbackStore(db)
         try:
             feedback = feedback_examples(store.rated())
+            rows = [r for r in store.recent_features(FEATURE_SET) if len(r) == len(FEATURE_NAMES)]
+            recent = np.array(rows, dtype=float).reshape(-1, len(FEATURE_NAMES))
         finally:
             store.close()
     result = train(
@@ -152,6 +157,7 @@ def _train(args: argparse.Namespace) -> int:
         report_dir=pathlib.Path(args.report_dir) if args.report_dir and not args.no_cv else None,
         config=TrainConfig(),
         feedback=feedback,
+        recent=recent,
         cross_validation=not args.no_cv,
     )
     print(result.version)

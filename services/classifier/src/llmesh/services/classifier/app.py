@@ -22,6 +22,7 @@ from llmesh.services.classifier.complexity.model import ComplexityModel, ModelFi
 from llmesh.services.classifier.complexity.registry import ModelRegistry
 from llmesh.services.classifier.convert import ROLLOUT_SUBJECT, rollout_event
 from llmesh.services.classifier.core import ClassifierService
+from llmesh.services.classifier.drift import DriftMonitor
 from llmesh.services.classifier.feedback import FeedbackStore
 from llmesh.services.classifier.policy import ClassifierPolicy, parse_policy
 from llmesh.services.classifier.rollout import (
@@ -63,6 +64,7 @@ class ClassifierApp(ServiceApp):
         self.feedback: FeedbackStore | None = None
         self._shown_version: str | None = None
         self.models = ModelSelector(self.registry, self.rollout_plan)
+        self.drift = DriftMonitor(settings.drift_window, settings.drift_min_samples)
         # The plan when the policy has none: what this process decided itself (written to the
         # policy as well, so that a restart and the other replicas follow it).
         self._local_plan = RolloutPlan()
@@ -184,7 +186,7 @@ class ClassifierApp(ServiceApp):
             SensitivityPolicy(default_level=Sensitivity.parse(s.default_sensitivity)),
         )
         self.service = ClassifierService(
-            Classifier(self.models, SensitivityScanner(s.phone_region)),
+            Classifier(self.models, SensitivityScanner(s.phone_region), self.drift),
             self.policies.parsed(lambda doc: parse_policy(doc, defaults)),
             self.feedback,
         )
@@ -193,6 +195,7 @@ class ClassifierApp(ServiceApp):
         self.every(s.model_poll_s, self.registry.refresh, name="classifier-model-watch")
         self.every(s.feedback_flush_s, self.feedback.flush, name="classifier-feedback-flush")
         self.every(s.rollout_eval_s, self.evaluate_rollout, name="classifier-rollout-evaluate")
+        self.every(s.drift_eval_s, self.export_drift, name="classifier-drift")
         if s.feedback_retention_days:
             self.every(_PRUNE_EVERY_S, self._prune_feedback, name="classifier-feedback-prune")
         serving = self.models.serving()
@@ -202,6 +205,12 @@ class ClassifierApp(ServiceApp):
             candidate=serving.candidate.version if serving.candidate else None,
             feedback_db=self._feedback_path(),
         )
+
+    def export_drift(self) -> dict[str, float]:
+        drift = self.drift.psi(self.registry.get)
+        for version, value in drift.items():
+            metrics.SCORE_DRIFT_PSI.labels(version).set(value)
+        return drift
 
     def _prune_feedback(self) -> None:
         self.feedback.prune(self.settings.feedback_retention_days * 86400)

@@ -17,6 +17,7 @@ from llmesh.kit.chat import Message
 from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier import metrics
 from llmesh.services.classifier.complexity.features import FEATURE_SET
+from llmesh.services.classifier.drift import DriftMonitor
 from llmesh.services.classifier.policy import ClassifierPolicy
 from llmesh.services.classifier.rollout import ModelSelector
 from llmesh.services.classifier.sensitivity.findings import Finding
@@ -48,9 +49,10 @@ def routing_text(messages: Sequence[Message]) -> str:
 
 
 class Classifier:
-    def __init__(self, models: ModelSelector, scanner: SensitivityScanner):
+    def __init__(self, models: ModelSelector, scanner: SensitivityScanner, drift: DriftMonitor | None = None):
         self._models = models
         self._scanner = scanner
+        self._drift = drift
 
     def classify(
         self, messages: Sequence[Message], policy: ClassifierPolicy, *, tenant_id: str = "", request_id: str = ""
@@ -60,6 +62,8 @@ class Classifier:
         prediction = model.predict(routing_text(messages))
         shadow = () if other is None else ((other.version, other.score_one(prediction.features)),)
         decision = decide_tier(prediction.score, policy.thresholds)
+        if self._drift is not None:
+            self._drift.observe(model.version, prediction.score)
         scan = self._scanner.scan([m.content for m in messages], policy.sensitivity)
         metrics.CLASSIFY_SECONDS.labels(model.version).observe(time.perf_counter() - started)
         metrics.TIERS.labels(str(decision.tier), model.version).inc()

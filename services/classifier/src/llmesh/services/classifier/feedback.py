@@ -190,6 +190,16 @@ class FeedbackStore:
                 rows.append(LabelledRow(request_id, scores, pays_off))
         return rows
 
+    def recent_features(self, feature_set: str, *, limit: int = 5000) -> list[tuple[float, ...]]:
+        """Feature rows of the latest `limit` classified requests of one feature set (drift of recent
+        traffic under a newly trained model)."""
+        self.flush()
+        cursor = self._db.execute(
+            "SELECT features FROM classifications WHERE feature_set = ? ORDER BY created_at DESC LIMIT ?",
+            (feature_set, limit),
+        )
+        return [tuple(json.loads(features)) for (features,) in cursor]
+
     def prune(self, older_than_s: float) -> int:
         """Drops unrated classifications older than the retention; rated ones are kept for training."""
         self.flush()

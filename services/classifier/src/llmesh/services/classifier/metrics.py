@@ -34,3 +34,9 @@ ROLLOUT_LABELLED = Gauge("llmesh_classifier_rollout_labelled", "labelled request
 ROLLOUT_DECISIONS = Counter(
     "llmesh_classifier_rollout_decisions_total", "rollouts started, rolled back and promoted", ["decision"]
 )
+SCORE_DRIFT_PSI = Gauge(
+    "llmesh_classifier_score_drift_psi",
+    "population stability index of the recent complexity scores against the training score distribution "
+    "(model.json score_bins), by model version; > 0.25: traffic has shifted",
+    ["model_version"],
+)

@@ -103,3 +103,15 @@ class ClassifierSettings(ServerSettings):
         "APGR a candidate may lose (low end of the 90% interval of the difference) and still be promoted",
         non_negative,
     )
+    drift_window: int = setting(
+        "LLMESH_CLASSIFIER_DRIFT_WINDOW",
+        5000,
+        "recent scores per model version the score drift is measured on",
+        positive,
+    )
+    drift_min_samples: int = setting(
+        "LLMESH_CLASSIFIER_DRIFT_MIN_SAMPLES", 200, "scores a version needs before its drift is exported", positive
+    )
+    drift_eval_s: float = setting(
+        "LLMESH_CLASSIFIER_DRIFT_EVAL_S", 30.0, "seconds between updates of llmesh_classifier_score_drift_psi", positive
+    )
