@@ -69,6 +69,10 @@ def register(subparsers) -> None:
     nats_arguments(delete)
     delete.set_defaults(func=lambda args: _run(_delete, args))
 
+    from llmesh.cli import experiment
+
+    experiment.register(commands, sys.modules[__name__])
+
 
 def nats_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -149,9 +153,34 @@ def _thresholds(value) -> tuple[float, float] | None:
 
 
 def _beyond_schema(bucket: dict[str, Any]) -> list[tuple[str, str]]:
-    """What JSON Schema cannot say: the classifier's thresholds are in order."""
+    """What JSON Schema cannot say: the classifier's thresholds are in order (in variants too), an
+    experiment's shares add up to at most 1."""
     problems = []
     for key, doc in bucket.items():
+        experiments = doc.get("experiments") if isinstance(doc, dict) else None
+        for name, experiment in (experiments or {}).items() if isinstance(experiments, dict) else ():
+            variants = experiment.get("variants") if isinstance(experiment, dict) else None
+            if not isinstance(variants, dict):
+                continue
+            shares = [v.get("share") for v in variants.values() if isinstance(v, dict)]
+            total = sum(x for x in shares if isinstance(x, (int, float)) and not isinstance(x, bool))
+            if total > 1.0 + 1e-9:
+                problems.append(
+                    (json_path([key, "experiments", name, "variants"]), f"the shares add up to {total:g}, more than 1")
+                )
+            for vname, variant in variants.items():
+                if isinstance(variant, dict) and isinstance(variant.get("policy"), dict):
+                    for path, message in _beyond_schema({key: variant["policy"]}):
+                        problems.append(
+                            (
+                                path.replace(
+                                    json_path([key]),
+                                    json_path([key, "experiments", name, "variants", vname, "policy"]),
+                                    1,
+                                ),
+                                message,
+                            )
+                        )
         section = doc.get("classifier") if isinstance(doc, dict) else None
         if isinstance(section, dict) and "tier_thresholds" in section:
             pair = _thresholds(section["tier_thresholds"])

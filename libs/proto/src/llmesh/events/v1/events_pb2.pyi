@@ -110,7 +110,7 @@ class BreakerStateChanged(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., router_replica: _Optional[str] = ..., region: _Optional[str] = ..., model: _Optional[str] = ..., endpoint: _Optional[str] = ..., state: _Optional[_Union[BreakerStateChanged.State, str]] = ..., previous_state: _Optional[_Union[BreakerStateChanged.State, str]] = ..., reason: _Optional[str] = ..., ejection_count: _Optional[int] = ..., ejected_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class UsageRecorded(_message.Message):
-    __slots__ = ("request_id", "tenant_id", "business_unit", "use_case", "key_id", "model", "tier", "backend", "region", "cache_outcome", "usage", "cost_usd", "cost_avoided_usd", "occurred_at", "priority", "policy_variant", "error_code")
+    __slots__ = ("request_id", "tenant_id", "business_unit", "use_case", "key_id", "model", "tier", "backend", "region", "cache_outcome", "usage", "cost_usd", "cost_avoided_usd", "occurred_at", "priority", "policy_variant", "error_code", "time_to_first_token_ms", "total_time_ms", "escalated")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     BUSINESS_UNIT_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,9 @@ class UsageRecorded(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     POLICY_VARIANT_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    ESCALATED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant_id: str
     business_unit: str
@@ -145,7 +148,10 @@ class UsageRecorded(_message.Message):
     priority: str
     policy_variant: str
     error_code: str
-    def __init__(self, request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., business_unit: _Optional[str] = ..., use_case: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., backend: _Optional[str] = ..., region: _Optional[str] = ..., cache_outcome: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., cost_avoided_usd: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[str] = ..., policy_variant: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
+    time_to_first_token_ms: float
+    total_time_ms: float
+    escalated: bool
+    def __init__(self, request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., business_unit: _Optional[str] = ..., use_case: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., backend: _Optional[str] = ..., region: _Optional[str] = ..., cache_outcome: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., cost_avoided_usd: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[str] = ..., policy_variant: _Optional[str] = ..., error_code: _Optional[str] = ..., time_to_first_token_ms: _Optional[float] = ..., total_time_ms: _Optional[float] = ..., escalated: _Optional[bool] = ...) -> None: ...
 
 class BudgetAlert(_message.Message):
     __slots__ = ("event_id", "tenant_id", "budget", "scope", "scope_value", "period", "period_start", "unit", "limit", "spent", "threshold_percent", "hard", "observed_at")

@@ -12,6 +12,7 @@ from llmesh.classifier.v1 import classifier_pb2_grpc
 from llmesh.kit.bus import Bus
 from llmesh.kit.defaults import home
 from llmesh.kit.errors import Unavailable
+from llmesh.kit.experiments import VariantPolicies
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
@@ -187,7 +188,7 @@ class ClassifierApp(ServiceApp):
         )
         self.service = ClassifierService(
             Classifier(self.models, SensitivityScanner(s.phone_region), self.drift),
-            self.policies.parsed(lambda doc: parse_policy(doc, defaults)),
+            self.policies.parsed(lambda doc: VariantPolicies(doc, lambda d: parse_policy(d, defaults))),
             self.feedback,
         )
         # Folder scans are cheap (a few stat calls), so they run inline. A failed flush keeps the

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS classifications (
     score         REAL NOT NULL,
     tier          INTEGER NOT NULL,
     model_version TEXT NOT NULL,
-    scores        TEXT NOT NULL DEFAULT '{}'
+    scores        TEXT NOT NULL DEFAULT '{}',
+    policy_variant TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS classifications_created ON classifications (created_at);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -55,6 +56,8 @@ class ClassificationRecord:
     model_version: str
     # During a rollout, the score of every version that scored the request (served one included).
     scores: dict[str, float] = field(default_factory=dict)
+    # The policy experiment variant(s) the request ran under (llmesh.kit.experiments labels).
+    policy_variant: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,10 @@ class FeedbackStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(classifications)")}
-        if "scores" not in columns:  # a store written before rollouts
-            self._db.execute("ALTER TABLE classifications ADD COLUMN scores TEXT NOT NULL DEFAULT '{}'")
+        # Columns added since the first release: a store written before them gains them.
+        for column, default in (("scores", "'{}'"), ("policy_variant", "''")):
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE classifications ADD COLUMN {column} TEXT NOT NULL DEFAULT {default}")
         self._clock = clock
         self._buffer: list[ClassificationRecord] = []
         self._max_buffer = max_buffer
@@ -126,6 +131,7 @@ class FeedbackStore:
                 r.tier,
                 r.model_version,
                 json.dumps(r.scores),
+                r.policy_variant,
             )
             for r in batch
         ]
@@ -133,7 +139,7 @@ class FeedbackStore:
             with self._transaction():
                 # A repeated request_id (a client retry) keeps the latest classification.
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO classifications VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                    "INSERT OR REPLACE INTO classifications VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
                 )
         except sqlite3.Error:
             self._buffer[:0] = batch[-self._max_buffer :]  # kept for the next try, bounded
@@ -189,6 +195,24 @@ class FeedbackStore:
             if pays_off is not None and all(v in scores for v in versions):
                 rows.append(LabelledRow(request_id, scores, pays_off))
         return rows
+
+    def ratings_by_variant(self, experiment: str) -> dict[str, list[int]]:
+        """The ratings of requests that ran under a variant of `experiment`, by variant name
+        ("" for the requests of the same tenants outside every variant is not kept: the store only
+        knows a request's variant)."""
+        self.flush()
+        cursor = self._db.execute(
+            "SELECT c.policy_variant, f.rating FROM feedback f JOIN classifications c USING (request_id) "
+            "WHERE c.policy_variant LIKE ?",
+            (f"%{experiment}/%",),
+        )
+        out: dict[str, list[int]] = {}
+        for labels, rating in cursor:
+            for label in labels.split(","):
+                name, _, variant = label.partition("/")
+                if name == experiment:
+                    out.setdefault(variant, []).append(rating)
+        return out
 
     def recent_features(self, feature_set: str, *, limit: int = 5000) -> list[tuple[float, ...]]:
         """Feature rows of the latest `limit` classified requests of one feature set (drift of recent

@@ -40,3 +40,8 @@ SCORE_DRIFT_PSI = Gauge(
     "(model.json score_bins), by model version; > 0.25: traffic has shifted",
     ["model_version"],
 )
+POLICY_VARIANT = Counter(
+    "llmesh_classifier_policy_variant_total",
+    "requests classified under a policy experiment variant, by variant (<experiment>/<variant>)",
+    ["policy_variant"],
+)

@@ -36,3 +36,8 @@ MODEL_LOAD_KNOWN = Gauge(
     "1 while the router holds a fresh load snapshot of the model, 0 when it is stale or missing",
     ["region", "model"],
 )
+POLICY_VARIANT = Counter(
+    "llmesh_router_policy_variant_requests_total",
+    "requests routed under a policy experiment variant, by variant (<experiment>/<variant>)",
+    ["policy_variant"],
+)
