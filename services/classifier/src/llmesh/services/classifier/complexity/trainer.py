@@ -461,9 +461,41 @@ def _drift_lines(drift: dict | None) -> list[str]:
     if "psi_recent_traffic" in drift:
         psis.append(f"recent traffic {drift['psi_recent_traffic']:.3f}")
     lines += ["", "PSI against the training prompts: " + ", ".join(psis) + ".", ""]
-    lines += ["| family (held out) | prompts | PSI |", "| --- | ---: | ---: |"]
+    lines += [
+        "Per family below: traffic of one family alone (a tenant with one kind of task) sits far from the "
+        "training mix even where the model transfers, since each family fills only part of the score range. "
+        "PSI measures a change of mix, not a loss of accuracy: an alert on it says to look at the rollout's "
+        "APGR on recent feedback (services/classifier/README.md, Model rollouts) and retrain with it.",
+        "",
+        "| family (held out) | prompts | PSI |",
+        "| --- | ---: | ---: |",
+    ]
     for name, row in sorted(drift["per_family_psi"].items(), key=lambda kv: -kv[1]["psi"]):
         lines.append(f"| {name} | {row['n']} | {row['psi']:.3f} |")
+    return [*lines, ""]
+
+
+def _size_and_latency(model_bytes: int) -> list[str]:
+    """The model file's size and the latest Classify latency from bench/results/classifier.md."""
+    lines = ["## Size and latency", ""]
+    bench = _REPO_BENCH / "classifier.md"
+    lines.append(
+        f"- Model file: plain JSON (no pickle), {model_bytes:,} bytes (`model.json`: weights, score map, "
+        "calibration and score bins); numpy only at serving time, no embedding model."
+    )
+    if bench.is_file():
+        text = bench.read_text()
+        first = next((line for line in text.splitlines() if "UTC" in line), "")
+        rows = [line for line in text.splitlines() if line.startswith("| Classify") or line.startswith("| same,")]
+        lines += [
+            "- Latency (`bench/classifier_bench.py`, `bench/results/classifier.md`; "
+            + (first.split(";")[0] if first else "latest run")
+            + "; target: Classify p50 ≤ 5 ms through gRPC):",
+            "",
+            "| what | calls | p50 ms | p90 ms | p99 ms | max ms |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+        ]
     return [*lines, ""]
 
 
@@ -708,8 +740,8 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, scorer) -> p
     ]
     for name, w in sorted(zip(scorer.feature_names, scorer.coef), key=lambda t: -abs(t[1])):
         lines.append(f"| {name} | {w:+.4f} |")
+    lines += ["", *_size_and_latency(len(json.dumps(scorer.to_json(), indent=1)) + 1)]
     lines += [
-        "",
         "## Reproduce",
         "",
         "    llmesh classifier train --data ../shared/data/routing/mmlu_dev.csv",
