@@ -93,6 +93,8 @@ class ClassifierApp(ServiceApp):
         if self.service is None or previous is None or self.settings.rollout_share <= 0:
             return  # at start, or rollouts off: the newest version serves everything
         plan = self.rollout_plan()
+        if model.version == (plan.current or previous):
+            return  # the current version rewritten in place: swapped, nothing to roll out
         if plan.candidate:
             log.warning("rollout_busy", waiting=model.version, candidate=plan.candidate)
             return
