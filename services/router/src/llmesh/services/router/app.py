@@ -11,6 +11,7 @@ from llmesh.events.v1 import events_pb2
 from llmesh.kit.bus import Bus
 from llmesh.kit.client import open_channel
 from llmesh.kit.errors import Unavailable
+from llmesh.kit.experiments import VariantPolicies
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
@@ -89,7 +90,7 @@ class RouterApp(ServiceApp):
                 default_model=s.default_model,
                 default_price=Price(s.default_prompt_price_per_1k, s.default_completion_price_per_1k),
             ),
-            policies=self.policy.parsed(lambda doc: policy_from_document(doc, defaults)),
+            policies=self.policy.parsed(lambda doc: VariantPolicies(doc, lambda d: policy_from_document(d, defaults))),
             config=PipelineConfig(
                 upstream_timeout_s=s.upstream_timeout_s,
                 generate_timeout_s=s.generate_timeout_s,

@@ -11,6 +11,7 @@ from typing import Any
 
 from llmesh.kit.auth import bearer_token
 from llmesh.kit.errors import DeadlineExceeded, Unauthenticated, Unavailable
+from llmesh.kit.experiments import VariantPolicies
 from llmesh.kit.logging import bind_contextvars, get_logger
 from llmesh.kit.policy import CachedPolicy
 from llmesh.kit.vocabulary import FinishReason, Principal, Sensitivity
@@ -29,7 +30,7 @@ from llmesh.services.router.domain import (
 )
 from llmesh.services.router.ports import Cache, Classifier, Inference, Tenancy
 from llmesh.services.router.principals import PrincipalCache
-from llmesh.services.router.routing import ModelCatalog, Router, RoutingPolicy
+from llmesh.services.router.routing import ModelCatalog, Router
 
 log = get_logger("llmesh.router")
 
@@ -67,7 +68,7 @@ class GeneratePipeline:
         principals: PrincipalCache,
         catalog: ModelCatalog,
         router: Router,
-        policies: CachedPolicy[RoutingPolicy],
+        policies: CachedPolicy[VariantPolicies],
         config: PipelineConfig,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task],
     ):
@@ -124,7 +125,12 @@ class GeneratePipeline:
             max_tokens=command.max_tokens,
         )
         classification, cached = await self._classify_and_lookup(command, key, principal, request_id, deadline)
-        policy = self._policies.get(principal.tenant_id, command.use_case)
+        # Policy experiments (llmesh.kit.experiments): the request's variant, by tenant and request id.
+        policy, variant = self._policies.get(principal.tenant_id, command.use_case).pick(
+            principal.tenant_id, request_id
+        )
+        if variant:
+            metrics.POLICY_VARIANT.labels(variant).inc()
         # The cache's rule, applied here because the lookup ran before the sensitivity was known:
         # restricted requests stay out of the cache unless the tenant's policy lets them in.
         use_cache = command.use_cache and (
@@ -136,6 +142,8 @@ class GeneratePipeline:
 
         if cached is not None and cached.tier >= classification.tier:
             async for event in self._serve_cached(cached, principal, request_id, started):
+                if isinstance(event, Summary):
+                    event = dataclasses.replace(event, policy_variant=variant)
                 yield event
             return
         if cached is not None:
@@ -204,6 +212,7 @@ class GeneratePipeline:
             time_to_first_token_ms=((first_delta_at or finished) - started) * 1000.0,
             total_time_ms=(finished - started) * 1000.0,
             finish_reason=completion.finish_reason,
+            policy_variant=variant,
         )
         log.info(
             "generated",

@@ -40,3 +40,8 @@ BATCH_ITEMS = Counter("llmesh_router_batch_items_total", "batch items finished b
 BATCH_WINDOW = Gauge(
     "llmesh_router_batch_window_seconds", "how long the batch workers wait to gather items (grows when idle)"
 )
+POLICY_VARIANT = Counter(
+    "llmesh_router_policy_variant_requests_total",
+    "requests routed under a policy experiment variant, by variant (<experiment>/<variant>)",
+    ["policy_variant"],
+)
