@@ -25,8 +25,9 @@ export TRANSFORMERS_OFFLINE := 1
 # uv's cache and the checkout may sit on different file systems.
 export UV_LINK_MODE ?= copy
 # Debian packages the tests and the launcher start (servers on free ports, never the machine's own).
-APT_PACKAGES := nats-server redis-server kubectl
-APT_COMMANDS := nats-server redis-server kubectl
+# prometheus and prometheus-alertmanager: promtool, amtool and prometheus for deploy/prometheus tests.
+APT_PACKAGES := nats-server redis-server kubectl prometheus prometheus-alertmanager
+APT_COMMANDS := nats-server redis-server kubectl promtool amtool
 
 .PHONY: setup triton-env up test gen lint format breaking bench docs images-report image-context images clean
 

@@ -12,6 +12,7 @@ from typing import Any
 from llmesh.kit.auth import bearer_token
 from llmesh.kit.errors import DeadlineExceeded, Unauthenticated, Unavailable
 from llmesh.kit.logging import bind_contextvars, get_logger
+from llmesh.kit.metrics import TENANT
 from llmesh.kit.policy import CachedPolicy
 from llmesh.kit.vocabulary import FinishReason, Principal, Sensitivity
 from llmesh.services.router import metrics
@@ -171,7 +172,9 @@ class GeneratePipeline:
                     continue
                 if first_delta_at is None:
                     first_delta_at = time.perf_counter()
-                    metrics.TIME_TO_FIRST_TOKEN.labels(outcome.value).observe(first_delta_at - started)
+                    metrics.TIME_TO_FIRST_TOKEN.labels(str(classification.tier), outcome.value).observe(
+                        first_delta_at - started
+                    )
                 parts.append(event.text)
                 yield event
         if completion is None:
@@ -192,7 +195,7 @@ class GeneratePipeline:
             store = self._spawn(self._store(key, answer, principal, classification.sensitivity))
         finished = time.perf_counter()
         metrics.REQUESTS.labels(str(classification.tier), served_model, outcome.value).inc()
-        metrics.COST.labels(principal.tenant_id).inc(cost)
+        metrics.COST.labels(TENANT(principal.tenant_id), served_model).inc(cost)
         summary = Summary(
             request_id=request_id,
             tier=classification.tier,
@@ -266,7 +269,7 @@ class GeneratePipeline:
         for piece in chunks(cached.content, self._config.hit_chunk_chars):
             if first_delta_at is None:
                 first_delta_at = time.perf_counter()
-                metrics.TIME_TO_FIRST_TOKEN.labels(outcome.value).observe(first_delta_at - started)
+                metrics.TIME_TO_FIRST_TOKEN.labels(str(cached.tier), outcome.value).observe(first_delta_at - started)
             yield Delta(piece)
         finished = time.perf_counter()
         metrics.REQUESTS.labels(str(cached.tier), cached.model, outcome.value).inc()

@@ -1,0 +1,38 @@
+"""Every metric the mesh exports follows Prometheus naming: durations are in seconds, sizes in
+bytes, fractions are _ratio; no millisecond or kilobyte units (prometheus_client adds _total to
+every counter itself)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+from prometheus_client import REGISTRY
+
+MODULES = [
+    "llmesh.kit.metrics",
+    "llmesh.services.cache.metrics",
+    "llmesh.services.classifier.metrics",
+    "llmesh.services.inference.metrics",
+    "llmesh.services.router.metrics",
+]
+BAD_UNITS = re.compile(r"_(ms|millis|milliseconds|us|microseconds|minutes|hours|kb|mb|kib|mib|percent)(_|$)")
+
+
+def test_metric_names_follow_prometheus_conventions():
+    for module in MODULES:
+        importlib.import_module(module)
+    families = [m for m in REGISTRY.collect() if m.name.startswith("llmesh_")]
+    assert len(families) > 20
+    problems = []
+    for family in families:
+        name = family.name
+        if BAD_UNITS.search(name):
+            problems.append(f"{name}: not a base unit")
+        if family.type == "histogram" and not re.search(r"_(seconds|bytes|ratio|tokens|per_second)$", name):
+            problems.append(f"{name}: a histogram names its unit")
+        if family.type == "gauge" and "utilization" in name and not name.endswith("_ratio"):
+            problems.append(f"{name}: a fraction ends in _ratio")
+        if family.type == "counter" and name.endswith("_seconds"):
+            problems.append(f"{name}: a counter of seconds ends in _seconds_total")
+    assert not problems, problems
