@@ -195,6 +195,7 @@ class GeneratePipeline:
             store = self._spawn(self._store(key, answer, principal, classification.sensitivity))
         finished = time.perf_counter()
         metrics.REQUESTS.labels(str(classification.tier), served_model, outcome.value).inc()
+        metrics.REQUEST_DURATION.labels(str(classification.tier), outcome.value).observe(finished - started)
         metrics.COST.labels(TENANT(principal.tenant_id), served_model).inc(cost)
         summary = Summary(
             request_id=request_id,
@@ -273,6 +274,7 @@ class GeneratePipeline:
             yield Delta(piece)
         finished = time.perf_counter()
         metrics.REQUESTS.labels(str(cached.tier), cached.model, outcome.value).inc()
+        metrics.REQUEST_DURATION.labels(str(cached.tier), outcome.value).observe(finished - started)
         log.info("served_from_cache", cache_outcome=outcome.value, tier=cached.tier, model=cached.model)
         yield Summary(
             request_id=request_id,

@@ -15,6 +15,12 @@ TIME_TO_FIRST_TOKEN = Histogram(
     ["tier", "cache_outcome"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+REQUEST_DURATION = Histogram(
+    "llmesh_router_request_duration_seconds",
+    "time from the request's arrival at the router to its last delta (the whole answer), by tier and cache outcome",
+    ["tier", "cache_outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 COST = Counter(
     "llmesh_router_cost_usd_total",
     "USD charged to tenants for generated answers, by tenant (bounded: llmesh.kit.metrics.TENANT) and model",
