@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import nats
 from google.protobuf.message import Message
+from llmesh.kit import tracing
 from llmesh.kit.errors import AlreadyExists, Unavailable
 from llmesh.kit.logging import get_logger
 from llmesh.kit.streams import StreamSpec
@@ -84,7 +85,7 @@ class Bus:
         self, subject: str, message: Message, *, msg_id: str | None = None, timeout_s: float = 2.0, attempts: int = 5
     ) -> js_api.PubAck:
         """Publishes to a stream and waits for its ack; retries with the same Nats-Msg-Id."""
-        headers = {"Nats-Msg-Id": msg_id or uuid.uuid4().hex}
+        headers = tracing.inject({"Nats-Msg-Id": msg_id or uuid.uuid4().hex})
         payload = message.SerializeToString()
         last: Exception | None = None
         for attempt in range(attempts):
@@ -99,7 +100,7 @@ class Bus:
     async def publish_core(self, subject: str, message: Message, *, msg_id: str | None = None) -> None:
         """Publishes on core NATS (no stream, no ack): for events only useful to subscribers
         listening now, such as load snapshots. Silently dropped while disconnected."""
-        headers = {"Nats-Msg-Id": msg_id or uuid.uuid4().hex}
+        headers = tracing.inject({"Nats-Msg-Id": msg_id or uuid.uuid4().hex})
         try:
             await self.nc.publish(subject, message.SerializeToString(), headers=headers)
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, OSError) as exc:
@@ -111,7 +112,8 @@ class Bus:
 
         async def on_message(msg) -> None:
             try:
-                await handler(msg.data)
+                with tracing.consumer_span(msg.subject, msg.headers):
+                    await handler(msg.data)
             except Exception:
                 log.exception("event_handler_failed", subject=msg.subject)
                 await msg.nak(delay=1.0)
@@ -142,7 +144,8 @@ class Bus:
 
         async def on_message(msg) -> None:
             try:
-                await handler(msg.data)
+                with tracing.consumer_span(msg.subject, msg.headers):
+                    await handler(msg.data)
             except Exception:
                 log.exception("event_handler_failed", subject=msg.subject)
 

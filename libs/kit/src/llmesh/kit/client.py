@@ -1,5 +1,5 @@
 """Client channels to other llmesh services: every call gets a deadline (a default when the caller
-sets none) and carries the current request_id. And the reading of a failed call's google.rpc error
+sets none) and carries the current request_id and trace context. And the reading of a failed call's google.rpc error
 details (grpcio-status), the counterpart of what the server interceptor sends."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from llmesh.kit import tracing
 from llmesh.kit.interceptors import REQUEST_ID_KEY
 from llmesh.kit.logging import get_contextvars
 
@@ -21,33 +22,40 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-def _with_defaults(details: grpc.aio.ClientCallDetails, default_timeout_s: float) -> grpc.aio.ClientCallDetails:
+def _with_defaults(details: grpc.aio.ClientCallDetails, default_timeout_s: float | None) -> grpc.aio.ClientCallDetails:
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
     if REQUEST_ID_KEY not in metadata:
         request_id = get_contextvars().get("request_id")
         if request_id:
             metadata.add(REQUEST_ID_KEY, request_id)
+    # W3C trace context (traceparent, tracestate): the callee's server span continues this trace.
+    for key, value in tracing.inject({}).items():
+        if key not in metadata:
+            metadata.add(key, value)
     return grpc.aio.ClientCallDetails(
         method=details.method,
-        timeout=details.timeout if details.timeout is not None else default_timeout_s,
+        timeout=details.timeout if details.timeout is not None else default_timeout_s,  # None: no deadline
         metadata=metadata,
         credentials=details.credentials,
         wait_for_ready=details.wait_for_ready,
     )
 
 
-class _DefaultsInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-):
+# grpc.aio files an interceptor under the first of its kinds only (if/elif on the class), so
+# each kind has its own class: one deriving from both would never see streaming calls.
+class _UnaryDefaults(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, default_timeout_s: float):
         self._timeout = default_timeout_s
 
     async def intercept_unary_unary(self, continuation, client_call_details, request):
         return await continuation(_with_defaults(client_call_details, self._timeout), request)
 
+
+class _StreamDefaults(grpc.aio.UnaryStreamClientInterceptor):
+    """Request id and trace context only: a streaming call sets its own deadline."""
+
     async def intercept_unary_stream(self, continuation, client_call_details, request):
-        return await continuation(_with_defaults(client_call_details, self._timeout), request)
+        return await continuation(_with_defaults(client_call_details, None), request)
 
 
 def open_channel(target: str, *, default_timeout_s: float = DEFAULT_TIMEOUT_S) -> grpc.aio.Channel:
@@ -56,7 +64,9 @@ def open_channel(target: str, *, default_timeout_s: float = DEFAULT_TIMEOUT_S) -
     Calls that set no timeout get `default_timeout_s`; streaming calls should set their own.
     """
     return grpc.aio.insecure_channel(
-        target, options=_CHANNEL_OPTIONS, interceptors=[_DefaultsInterceptor(default_timeout_s)]
+        target,
+        options=_CHANNEL_OPTIONS,
+        interceptors=[_UnaryDefaults(default_timeout_s), _StreamDefaults()],
     )
 
 

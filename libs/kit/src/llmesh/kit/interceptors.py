@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from llmesh.kit import errors
+from llmesh.kit import errors, tracing
 from llmesh.kit.logging import bind_contextvars, clear_contextvars, get_logger
 from llmesh.kit.metrics import RPC_ERRORS, RPC_LATENCY, RPC_REQUESTS
 from llmesh.kit.vocabulary import MAX_REQUEST_ID_CHARS
@@ -101,14 +101,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _begin(self, context) -> str:
+    def _begin(self, context, method: str) -> tuple[str, tuple]:
         clear_contextvars()
         request_id = _request_id(context)
         bind_contextvars(service=self._service, request_id=request_id)
-        return request_id
+        traced = tracing.start_server_span(self._service, method, context.invocation_metadata())
+        traced[0].set_attribute("llmesh.request_id", request_id)
+        return request_id, traced
 
-    def _finish(self, method: str, code: grpc.StatusCode, started: float) -> None:
+    def _finish(self, method: str, code: grpc.StatusCode, started: float, traced: tuple) -> None:
         name = code.name
+        tracing.end_span(*traced, name)
         RPC_REQUESTS.labels(self._service, method, name).inc()
         if code is not grpc.StatusCode.OK:
             RPC_ERRORS.labels(self._service, method, name).inc()
@@ -125,7 +128,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap_unary(self, behavior, method: str):
         async def wrapped(request, context):
-            request_id = self._begin(context)
+            request_id, traced = self._begin(context, method)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -140,13 +143,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = status_code_for(exc) if isinstance(exc, errors.LlmeshError) else grpc.StatusCode.INTERNAL
                 await self._on_error(exc, context, method, request_id)
             finally:
-                self._finish(method, code, started)
+                self._finish(method, code, started, traced)
 
         return wrapped
 
     def _wrap_stream(self, behavior, method: str):
         async def wrapped(request, context):
-            request_id = self._begin(context)
+            request_id, traced = self._begin(context, method)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -166,6 +169,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = status_code_for(exc) if isinstance(exc, errors.LlmeshError) else grpc.StatusCode.INTERNAL
                 await self._on_error(exc, context, method, request_id)
             finally:
-                self._finish(method, code, started)
+                self._finish(method, code, started, traced)
 
         return wrapped
