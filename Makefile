@@ -29,7 +29,7 @@ export UV_LINK_MODE ?= copy
 APT_PACKAGES := nats-server redis-server kubectl prometheus prometheus-alertmanager
 APT_COMMANDS := nats-server redis-server kubectl promtool amtool
 
-.PHONY: setup triton-env up test gen lint format breaking bench docs images-report image-context images clean
+.PHONY: setup triton-env up test gen lint format breaking bench docs dashboards images-report image-context images clean
 
 setup: $(STAMP) $(TRITON_STAMP)
 
@@ -94,6 +94,10 @@ bench: setup
 
 docs: setup
 	$(PY) scripts/config_tables.py
+
+# Grafana dashboards as code (deploy/grafana/dashboards.py) rendered to deploy/grafana/dashboards/*.json.
+dashboards: setup
+	$(PY) deploy/grafana/dashboards.py
 
 # Installs each service alone from the lock file into a fresh environment and writes
 # docs/reports/images.md (installed size, packages, budget check).
