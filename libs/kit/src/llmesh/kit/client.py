@@ -87,3 +87,14 @@ def retry_after_s(error: grpc.RpcError) -> float | None:
         if detail.Unpack(info):
             return info.retry_delay.ToNanoseconds() / 1e9
     return None
+
+
+def error_reason(error: grpc.RpcError) -> str | None:
+    """The google.rpc.ErrorInfo reason of a failed call (e.g. INVALID_ARGUMENT, or a service's
+    own such as BUDGET_EXHAUSTED), if it carries one."""
+    status = rich_status(error)
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return None

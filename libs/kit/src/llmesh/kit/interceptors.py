@@ -42,8 +42,18 @@ def status_code_for(exc: errors.LlmeshError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def rich_status(exc: errors.LlmeshError) -> status_pb2.Status:
-    """The google.rpc.Status a domain error is reported as."""
+ERROR_DOMAIN = "llmesh"
+
+
+def error_info(reason: str, service: str | None) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(
+        reason=reason, domain=ERROR_DOMAIN, metadata={"service": service} if service else {}
+    )
+
+
+def rich_status(exc: errors.LlmeshError, service: str | None = None) -> status_pb2.Status:
+    """The google.rpc.Status a domain error is reported as: always an ErrorInfo (its reason tells
+    causes apart), a BadRequest for the field at fault, a RetryInfo with the suggested delay."""
     status = status_pb2.Status(code=status_code_for(exc).value[0], message=exc.message)
     if exc.field:
         detail = error_details_pb2.BadRequest(
@@ -54,11 +64,14 @@ def rich_status(exc: errors.LlmeshError) -> status_pb2.Status:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status.details.add().Pack(error_info(exc.reason, service))
     return status
 
 
-async def abort_with_domain_error(context: grpc.aio.ServicerContext, exc: errors.LlmeshError) -> None:
-    await context.abort_with_status(rpc_status.to_status(rich_status(exc)))
+async def abort_with_domain_error(
+    context: grpc.aio.ServicerContext, exc: errors.LlmeshError, service: str | None = None
+) -> None:
+    await context.abort_with_status(rpc_status.to_status(rich_status(exc, service)))
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -121,9 +134,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         """Turns an exception into an abort (raising AbortError) and returns the status code."""
         if isinstance(exc, errors.LlmeshError):
             log.info("rpc_error", method=method, error=type(exc).__name__, message=exc.message)
-            await abort_with_domain_error(context, exc)
+            await abort_with_domain_error(context, exc, self._service)
         log.exception("rpc_crashed", method=method)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request_id={request_id})")
+        status = status_pb2.Status(
+            code=grpc.StatusCode.INTERNAL.value[0], message=f"internal error (request_id={request_id})"
+        )
+        status.details.add().Pack(error_info("INTERNAL", self._service))
+        await context.abort_with_status(rpc_status.to_status(status))
         raise AssertionError("unreachable")
 
     def _wrap_unary(self, behavior, method: str):
