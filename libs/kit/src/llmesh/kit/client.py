@@ -4,6 +4,8 @@ details (grpcio-status), the counterpart of what the server interceptor sends.""
 
 from __future__ import annotations
 
+import json
+
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -13,12 +15,51 @@ from llmesh.kit.logging import get_contextvars
 
 DEFAULT_TIMEOUT_S = 5.0
 
+# RPCs that may run twice without harm (reads, and writes that converge): retried on UNAVAILABLE.
+# Never a Generate (router or inference): a stream that sent text cannot be replayed, and one
+# that did not is still a model's work. Nor the creations (CreateTenant, CreateApiKey), Feedback
+# (it would count twice) or Warm (a client stream).
+IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
+    "llmesh.tenancy.v1.TenancyService": ("Authenticate", "GetTenant", "ListTenants", "RevokeApiKey"),
+    "llmesh.classifier.v1.ClassifierService": ("Classify",),
+    "llmesh.cache.v1.CacheService": ("Lookup", "Store", "Invalidate", "PinEntry", "DeleteEntry", "Stats"),
+    "llmesh.inference.v1.InferenceService": ("ListModels",),
+    "grpc.health.v1.Health": ("Check",),
+}
+
+
+def service_config() -> dict:
+    """The gRPC service config of every channel (docs/adr/0011): round robin over all the
+    addresses the name resolves to (a headless Service's pods), up to 3 attempts on UNAVAILABLE for
+    the idempotent RPCs, with retry throttling: once more than half of a channel's 10 tokens are
+    spent (each failure costs 1, each success gives 0.1 back), no call is retried."""
+    return {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": service, "method": method} for method in methods],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+            for service, methods in IDEMPOTENT_METHODS.items()
+        ],
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+    }
+
+
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", json.dumps(service_config())),
 ]
 
 
@@ -59,7 +100,9 @@ class _StreamDefaults(grpc.aio.UnaryStreamClientInterceptor):
 
 
 def open_channel(target: str, *, default_timeout_s: float = DEFAULT_TIMEOUT_S) -> grpc.aio.Channel:
-    """An insecure channel to a mesh service (loopback or inside the cluster network).
+    """An insecure channel to a mesh service (loopback or inside the cluster network), with the
+    kit's service config: round robin over every address of `target` (a DNS name with several
+    records, or `ipv4:host:port,host:port`), retries of idempotent RPCs, keepalive.
 
     Calls that set no timeout get `default_timeout_s`; streaming calls should set their own.
     """
