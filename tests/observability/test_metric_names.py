@@ -5,8 +5,12 @@ every counter itself)."""
 from __future__ import annotations
 
 import importlib
+import json
 import re
 
+from llmesh.cli.main import main
+from llmesh.cli.observe import file_sd, metrics_endpoints
+from llmesh.launcher.state import MeshState, save_state
 from prometheus_client import REGISTRY
 
 MODULES = [
@@ -36,3 +40,26 @@ def test_metric_names_follow_prometheus_conventions():
         if family.type == "counter" and name.endswith("_seconds"):
             problems.append(f"{name}: a counter of seconds ends in _seconds_total")
     assert not problems, problems
+
+
+def test_prometheus_targets_come_from_the_local_mesh(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLMESH_HOME", str(tmp_path))
+    assert metrics_endpoints() == {}
+    assert main(["prometheus", "targets"]) == 1
+    save_state(
+        MeshState(
+            endpoints={"router": "127.0.0.1:50051", "cache": "127.0.0.1:50054"},
+            metrics_ports={"router": 9101, "cache": 9104},
+        )
+    )
+    assert metrics_endpoints() == {"cache": "127.0.0.1:9104", "router": "127.0.0.1:9101"}
+    capsys.readouterr()
+    assert main(["prometheus", "targets", "--region", "eu"]) == 0
+    assert (
+        json.loads(capsys.readouterr().out)
+        == file_sd(metrics_endpoints(), "eu")
+        == [
+            {"targets": ["127.0.0.1:9104"], "labels": {"service": "cache", "region": "eu"}},
+            {"targets": ["127.0.0.1:9101"], "labels": {"service": "router", "region": "eu"}},
+        ]
+    )
