@@ -63,3 +63,24 @@ def test_prometheus_targets_come_from_the_local_mesh(tmp_path, monkeypatch, caps
             {"targets": ["127.0.0.1:9101"], "labels": {"service": "router", "region": "eu"}},
         ]
     )
+
+
+def test_a_tenant_cannot_create_unbounded_use_case_series():
+    from llmesh.kit.metrics import OTHER, USE_CASE
+    from llmesh.services.cache import metrics
+    from llmesh.services.cache.analytics import Analytics, Outcome, Scope
+
+    analytics = Analytics()
+    for i in range(USE_CASE.limit + 30):
+        analytics.record_lookup(Scope("t-bounded", "bu", f"use-case-{i}"), Outcome.MISS)
+    values = {
+        s.labels["use_case"]
+        for family in metrics.LOOKUPS.collect()
+        for s in family.samples
+        if s.labels.get("tenant") == "t-bounded"
+    }
+    assert OTHER in values
+    assert len(values) <= USE_CASE.limit + 1
+    # The Stats RPC still counts every use case on its own.
+    rows, _ = analytics.report(tenant_id="t-bounded")
+    assert len({scope.use_case for scope, _ in rows}) == USE_CASE.limit + 30
