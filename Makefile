@@ -25,10 +25,11 @@ export TRANSFORMERS_OFFLINE := 1
 # uv's cache and the checkout may sit on different file systems.
 export UV_LINK_MODE ?= copy
 # Debian packages the tests and the launcher start (servers on free ports, never the machine's own).
-APT_PACKAGES := nats-server redis-server kubectl
-APT_COMMANDS := nats-server redis-server kubectl
+# prometheus and prometheus-alertmanager: promtool, amtool and prometheus for deploy/prometheus tests.
+APT_PACKAGES := nats-server redis-server kubectl prometheus prometheus-alertmanager
+APT_COMMANDS := nats-server redis-server kubectl promtool amtool
 
-.PHONY: setup triton-env up test e2e-backends gen lint format breaking bench fuzz docs images-report image-context images clean
+.PHONY: setup triton-env up test e2e-backends gen lint format breaking bench fuzz docs dashboards images-report image-context images clean
 
 setup: $(STAMP) $(TRITON_STAMP)
 
@@ -101,6 +102,10 @@ fuzz: setup
 
 docs: setup
 	$(PY) scripts/config_tables.py
+
+# Grafana dashboards as code (deploy/grafana/dashboards.py) rendered to deploy/grafana/dashboards/*.json.
+dashboards: setup
+	$(PY) deploy/grafana/dashboards.py
 
 # Installs each service alone from the lock file into a fresh environment and writes
 # docs/reports/images.md (installed size, packages, budget check).

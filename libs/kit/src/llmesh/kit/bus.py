@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import nats
 from google.protobuf.message import Message
+from llmesh.kit import tracing
 from llmesh.kit.errors import AlreadyExists, Unavailable
 from llmesh.kit.logging import get_logger
 from llmesh.kit.streams import StreamSpec
@@ -98,7 +99,7 @@ class Bus:
         told it failed): the call waits for the connection within `attempts` and `budget_s`
         (seconds for the whole call), then raises Unavailable saying whether the event was
         certainly not published, or sent but not confirmed (it may still be stored)."""
-        headers = {"Nats-Msg-Id": msg_id or uuid.uuid4().hex}
+        headers = tracing.inject({"Nats-Msg-Id": msg_id or uuid.uuid4().hex})
         payload = message.SerializeToString()
         give_up = None if budget_s is None else time.monotonic() + budget_s
         sent = False
@@ -137,7 +138,7 @@ class Bus:
     async def publish_core(self, subject: str, message: Message, *, msg_id: str | None = None) -> None:
         """Publishes on core NATS (no stream, no ack): for events only useful to subscribers
         listening now, such as load snapshots. Silently dropped while disconnected."""
-        headers = {"Nats-Msg-Id": msg_id or uuid.uuid4().hex}
+        headers = tracing.inject({"Nats-Msg-Id": msg_id or uuid.uuid4().hex})
         try:
             await self.nc.publish(subject, message.SerializeToString(), headers=headers)
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, OSError) as exc:
@@ -149,7 +150,8 @@ class Bus:
 
         async def on_message(msg) -> None:
             try:
-                await handler(msg.data)
+                with tracing.consumer_span(msg.subject, msg.headers):
+                    await handler(msg.data)
             except Exception:
                 log.exception("event_handler_failed", subject=msg.subject)
                 await msg.nak(delay=1.0)
@@ -180,7 +182,8 @@ class Bus:
 
         async def on_message(msg) -> None:
             try:
-                await handler(msg.data)
+                with tracing.consumer_span(msg.subject, msg.headers):
+                    await handler(msg.data)
             except Exception:
                 log.exception("event_handler_failed", subject=msg.subject)
 

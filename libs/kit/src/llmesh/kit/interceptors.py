@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from llmesh.kit import errors
+from llmesh.kit import errors, tracing
 from llmesh.kit.logging import bind_contextvars, clear_contextvars, get_logger
 from llmesh.kit.metrics import RPC_ERRORS, RPC_LATENCY, RPC_REQUESTS
 from llmesh.kit.vocabulary import MAX_REQUEST_ID_CHARS
@@ -42,8 +42,18 @@ def status_code_for(exc: errors.LlmeshError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def rich_status(exc: errors.LlmeshError) -> status_pb2.Status:
-    """The google.rpc.Status a domain error is reported as."""
+ERROR_DOMAIN = "llmesh"
+
+
+def error_info(reason: str, service: str | None) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(
+        reason=reason, domain=ERROR_DOMAIN, metadata={"service": service} if service else {}
+    )
+
+
+def rich_status(exc: errors.LlmeshError, service: str | None = None) -> status_pb2.Status:
+    """The google.rpc.Status a domain error is reported as: always an ErrorInfo (its reason tells
+    causes apart), a BadRequest for the field at fault, a RetryInfo with the suggested delay."""
     status = status_pb2.Status(code=status_code_for(exc).value[0], message=exc.message)
     if exc.field:
         detail = error_details_pb2.BadRequest(
@@ -54,11 +64,14 @@ def rich_status(exc: errors.LlmeshError) -> status_pb2.Status:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status.details.add().Pack(error_info(exc.reason, service))
     return status
 
 
-async def abort_with_domain_error(context: grpc.aio.ServicerContext, exc: errors.LlmeshError) -> None:
-    await context.abort_with_status(rpc_status.to_status(rich_status(exc)))
+async def abort_with_domain_error(
+    context: grpc.aio.ServicerContext, exc: errors.LlmeshError, service: str | None = None
+) -> None:
+    await context.abort_with_status(rpc_status.to_status(rich_status(exc, service)))
 
 
 class _Undecodable:
@@ -145,14 +158,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _begin(self, context) -> str:
+    def _begin(self, context, method: str) -> tuple[str, tuple]:
         clear_contextvars()
         request_id = _request_id(context)
         bind_contextvars(service=self._service, request_id=request_id)
-        return request_id
+        traced = tracing.start_server_span(self._service, method, context.invocation_metadata())
+        traced[0].set_attribute("llmesh.request_id", request_id)
+        return request_id, traced
 
-    def _finish(self, method: str, code: grpc.StatusCode, started: float) -> None:
+    def _finish(self, method: str, code: grpc.StatusCode, started: float, traced: tuple) -> None:
         name = code.name
+        tracing.end_span(*traced, name)
         RPC_REQUESTS.labels(self._service, method, name).inc()
         if code is not grpc.StatusCode.OK:
             RPC_ERRORS.labels(self._service, method, name).inc()
@@ -162,14 +178,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         """Turns an exception into an abort (raising AbortError) and returns the status code."""
         if isinstance(exc, errors.LlmeshError):
             log.info("rpc_error", method=method, error=type(exc).__name__, message=exc.message)
-            await abort_with_domain_error(context, exc)
+            await abort_with_domain_error(context, exc, self._service)
         log.exception("rpc_crashed", method=method)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request_id={request_id})")
+        status = status_pb2.Status(
+            code=grpc.StatusCode.INTERNAL.value[0], message=f"internal error (request_id={request_id})"
+        )
+        status.details.add().Pack(error_info("INTERNAL", self._service))
+        await context.abort_with_status(rpc_status.to_status(status))
         raise AssertionError("unreachable")
 
     def _wrap_unary(self, behavior, method: str):
         async def wrapped(request, context):
-            request_id = self._begin(context)
+            request_id, traced = self._begin(context, method)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -184,13 +204,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = status_code_for(exc) if isinstance(exc, errors.LlmeshError) else grpc.StatusCode.INTERNAL
                 await self._on_error(exc, context, method, request_id)
             finally:
-                self._finish(method, code, started)
+                self._finish(method, code, started, traced)
 
         return wrapped
 
     def _wrap_stream(self, behavior, method: str):
         async def wrapped(request, context):
-            request_id = self._begin(context)
+            request_id, traced = self._begin(context, method)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -210,6 +230,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = status_code_for(exc) if isinstance(exc, errors.LlmeshError) else grpc.StatusCode.INTERNAL
                 await self._on_error(exc, context, method, request_id)
             finally:
-                self._finish(method, code, started)
+                self._finish(method, code, started, traced)
 
         return wrapped

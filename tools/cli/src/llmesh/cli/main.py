@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Modules under llmesh.cli, each owning one command group.
-COMMAND_MODULES = ("mesh", "tenant", "chat", "cache", "classifier", "policy", "call", "models", "batch")
+COMMAND_MODULES = ("mesh", "tenant", "chat", "cache", "classifier", "policy", "call", "models", "batch", "observe", "top")
 
 
 def build_parser() -> argparse.ArgumentParser:
