@@ -3,17 +3,29 @@ so domain modules never import grpc."""
 
 from __future__ import annotations
 
+from google.protobuf.message import Message
+
 
 class LlmeshError(Exception):
     """Base of every error a caller can be told about. The message is shown to the caller."""
 
-    def __init__(self, message: str, *, field: str | None = None, retry_after_s: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        retry_after_s: float | None = None,
+        details: tuple[Message, ...] = (),
+    ):
         super().__init__(message)
         self.message = message
         # The request field at fault, reported as a google.rpc.BadRequest detail.
         self.field = field
         # Reported as a google.rpc.RetryInfo detail.
         self.retry_after_s = retry_after_s
+        # Further protobuf messages packed into the google.rpc.Status details (e.g. the router's
+        # StreamInterrupted).
+        self.details = details
 
 
 class InvalidArgument(LlmeshError):

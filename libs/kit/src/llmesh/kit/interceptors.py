@@ -54,6 +54,8 @@ def rich_status(exc: errors.LlmeshError) -> status_pb2.Status:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    for detail in exc.details:
+        status.details.add().Pack(detail)
     return status
 
 
