@@ -134,8 +134,6 @@ class Breakers:
         key = (region, model)
         ep = self._endpoints.get(key)
         if ep is None:
-            if ok:
-                return  # nothing to remember about a healthy endpoint never seen failing
             ep = self._endpoints[key] = _Endpoint(closed_at=self._clock())
         now = self._clock()
         if ep.state is BreakerState.HALF_OPEN and ep.probing:

@@ -158,8 +158,8 @@ class CandidateList:
 def tier_models(
     tier: int, mapped: str | None, available: list[ModelInfo], home_region: str, region: str | None = None
 ) -> list[ModelInfo]:
-    """The models of one tier: the mapped one, then the catalog's (home region first, fallbacks of
-    last resort after the others); only those of `region` when given."""
+    """The models of one tier: the mapped one, then the catalog's (home region first; not the
+    fallbacks of last resort); only those of `region` when given."""
     by_name = {m.name: m for m in available}
     found: list[ModelInfo] = []
     if mapped:
@@ -167,9 +167,10 @@ def tier_models(
             found.append(by_name[mapped])
         else:
             log.warning("routed_model_not_served", tier=tier, model=mapped)
+    # The fallbacks of last resort come after the whole chain (build appends them).
     found += sorted(
-        (m for m in available if tier in m.tiers),
-        key=lambda m: (m.fallback, bool(home_region) and m.region != home_region),
+        (m for m in available if tier in m.tiers and not m.fallback),
+        key=lambda m: bool(home_region) and m.region != home_region,
     )
     if region is not None:
         found = [m for m in found if m.region == region]
