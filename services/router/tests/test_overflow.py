@@ -16,7 +16,9 @@ POLICY = OverflowPolicy()
 
 
 def snapshot(model, active, capacity=10, queued=0, ttft_ms=100.0, tps=20.0):
-    return LoadSnapshot(model, "r", "triton", active / capacity, active, queued, capacity, 10, ttft_ms, ttft_ms, tps, 0.0)
+    return LoadSnapshot(
+        model, "r", "triton", active / capacity, active, queued, capacity, 10, ttft_ms, ttft_ms, tps, 0.0
+    )
 
 
 def gate():

@@ -204,7 +204,12 @@ async def test_overflow_follows_the_load_with_hysteresis_and_keeps_restricted_da
 
     async def load(utilization: float):
         event = events_pb2.ModelLoad(
-            model="t1", region=REGION, backend="triton", utilization=utilization, active=int(utilization * 10), capacity=10
+            model="t1",
+            region=REGION,
+            backend="triton",
+            utilization=utilization,
+            active=int(utilization * 10),
+            capacity=10,
         )
         await bus.publish_core(f"llmesh.inference.load.{REGION}.t1", event)
 
