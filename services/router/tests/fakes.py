@@ -10,7 +10,7 @@ a real server on port 0) whose behaviour a test steers with markers in the last 
 
 and, per model (tests of fallback, breakers and escalation): `down` models fail UNAVAILABLE,
 `cut_after[model] = k` cuts the stream with UNAVAILABLE after k deltas, `answers[model]` replaces
-the words of the answer.
+the words of the answer, `token_delay_s[model]` waits before each delta.
 """
 
 from __future__ import annotations
@@ -183,6 +183,8 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
         self.down: set[str] = set()
         self.cut_after: dict[str, int] = {}
         self.answers: dict[str, list[str]] = {}
+        # seconds before each delta (a simulated decode rate; benches)
+        self.token_delay_s: dict[str, float] = {}
         # model of each Generate call, in order
         self.calls: list[str] = []
         self.requests: dict[str, inference_pb2.GenerateRequest] = {}
@@ -207,6 +209,8 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
             for i, word in enumerate(words):
                 if self.cut_after.get(request.model) == i:
                     raise errors.Unavailable("the backend died mid-answer")
+                if request.model in self.token_delay_s:
+                    await asyncio.sleep(self.token_delay_s[request.model])
                 yield inference_pb2.GenerateResponse(delta=word)
                 self.sent[rid] += 1
                 if i == 0 and "[gated]" in text:
