@@ -447,6 +447,8 @@ class GeneratePipeline:
         last_error: LlmeshError | None = None
         for candidate in candidates:
             model = candidate.model
+            # Raises DeadlineExceeded once the request's deadline has passed: no further tries.
+            timeout_s = _remaining(self._config.generate_timeout_s, deadline)
             if not self._breakers.acquire(model.region, model.name):
                 continue
             judged = judge is not None and candidate.tier == 1
@@ -460,7 +462,7 @@ class GeneratePipeline:
                     model.name,
                     command,
                     request_id=request_id,
-                    timeout_s=_remaining(self._config.generate_timeout_s, deadline),
+                    timeout_s=timeout_s,
                 )
                 async with aclosing(stream):
                     async for event in stream:
@@ -486,7 +488,9 @@ class GeneratePipeline:
                     raise Unavailable(f"inference ended the stream for {model.name} without a completion")
             except (Unavailable, ResourceExhausted, DeadlineExceeded) as exc:
                 code = _CODES[type(exc)] if type(exc) in _CODES else "UNAVAILABLE"
-                if isinstance(exc, ResourceExhausted):
+                # A full model, or the caller's own deadline running out, says nothing of its health.
+                caller_deadline = isinstance(exc, DeadlineExceeded) and timeout_s < self._config.generate_timeout_s
+                if isinstance(exc, ResourceExhausted) or caller_deadline:
                     self._breakers.release(model.region, model.name)
                 else:
                     self._breakers.record(model.region, model.name, ok=False)
