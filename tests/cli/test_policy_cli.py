@@ -9,6 +9,7 @@ import pathlib
 
 import pytest
 from llmesh.cli.main import main
+from llmesh.cli.policy import document_errors
 from llmesh.kit.bus import Bus
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.testing import assert_eventually, free_port, unique
@@ -150,3 +151,9 @@ async def test_an_unreachable_nats_is_one_line_not_a_hang(capsys, monkeypatch):
     assert code == 1 and f"cannot reach NATS at {url}" in err and err.count("\n") == 1
     code, _, err = await cli(capsys, "set", str(EXAMPLE), "--nats", url)
     assert code == 1 and "cannot reach NATS" in err
+
+
+def test_validate_refuses_an_overflow_that_resumes_above_its_threshold():
+    errors = document_errors("global", {"overflow": {"threshold": 0.7, "resume_below": 0.9}})
+    assert errors == [("$.overflow.resume_below", "resume_below must not be above threshold (got 0.9, 0.7)")]
+    assert document_errors("global", {"overflow": {"threshold": 0.9, "resume_below": 0.7}}) == []
