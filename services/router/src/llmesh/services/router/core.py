@@ -252,7 +252,13 @@ class GeneratePipeline:
                 clearance=principal.clearance,
                 usable=usable,
             ).candidates
-            escalation_to = [dataclasses.replace(c, reason="escalation") for c in stronger if c.tier >= 2]
+            # A model that serves tier 1 itself is no stronger (tiers 1 and 2 on one model).
+            tier_one = {c.model.name for c in candidates if c.reason == "tier"}
+            escalation_to = [
+                dataclasses.replace(c, reason="escalation")
+                for c in stronger
+                if c.tier >= 2 and c.model.name not in tier_one and 1 not in c.model.tiers
+            ]
         outcome = CacheOutcome.MISS if use_cache else CacheOutcome.BYPASSED
         bind_contextvars(tier=tier)
 
@@ -295,6 +301,7 @@ class GeneratePipeline:
                 score=round(rejected.score.score, 3),
                 signals=list(rejected.score.signals),
             )
+            escalation_to = [c for c in escalation_to if c.model.name != rejected.model.name]
             async for event in self._try_candidates(
                 escalation_to, command, request_id, deadline, attempts, progress, None, 0, escalation.threshold
             ):
