@@ -276,7 +276,7 @@ class GeneratePipeline:
         answer: _Answer | None = None
         rejected: _Rejected | None = None
         async for event in self._try_candidates(
-            candidates, command, request_id, deadline, attempts, progress, judge, hold, escalation.threshold
+            candidates, command, policy, request_id, deadline, attempts, progress, judge, hold, escalation.threshold
         ):
             if isinstance(event, _Answer):
                 answer = event
@@ -303,7 +303,16 @@ class GeneratePipeline:
             )
             escalation_to = [c for c in escalation_to if c.model.name != rejected.model.name]
             async for event in self._try_candidates(
-                escalation_to, command, request_id, deadline, attempts, progress, None, 0, escalation.threshold
+                escalation_to,
+                command,
+                policy,
+                request_id,
+                deadline,
+                attempts,
+                progress,
+                None,
+                0,
+                escalation.threshold,
             ):
                 if isinstance(event, _Answer):
                     answer = event
@@ -440,6 +449,7 @@ class GeneratePipeline:
         self,
         candidates: list[Candidate],
         command: GenerateCommand,
+        policy: RoutingPolicy,
         request_id: str,
         deadline: float | None,
         attempts: list[RouteAttempt],
@@ -503,7 +513,7 @@ class GeneratePipeline:
                     self._breakers.record(model.region, model.name, ok=False)
                 attempts.append(_attempt(candidate, code, tried_at, after_first_token=progress.released_chars > 0))
                 if progress.released_chars:
-                    raise self._interrupted(model, command, request_id, progress, exc) from None
+                    raise self._interrupted(model, command, policy, request_id, progress, exc) from None
                 metrics.ATTEMPT_FAILURES.labels(model.name, code).inc()
                 log.info("attempt_failed", model=model.name, code=code, error=exc.message)
                 last_error = exc
@@ -539,11 +549,16 @@ class GeneratePipeline:
         ) from None
 
     def _interrupted(
-        self, model: ModelInfo, command: GenerateCommand, request_id: str, progress: _Progress, exc: LlmeshError
+        self,
+        model: ModelInfo,
+        command: GenerateCommand,
+        policy: RoutingPolicy,
+        request_id: str,
+        progress: _Progress,
+        exc: LlmeshError,
     ) -> StreamInterruptedError:
         usage = _partial_usage(command, progress.parts)
-        policy_price = self._router.price(model.name, self._router.defaults, model)
-        cost = policy_price.cost(usage)
+        cost = self._router.price(model.name, policy, model).cost(usage)
         metrics.STREAMS_INTERRUPTED.labels(model.name).inc()
         log.warning("stream_interrupted", model=model.name, delivered_chars=progress.released_chars, error=exc.message)
         return StreamInterruptedError(
