@@ -38,3 +38,12 @@ def test_details_that_disagree_with_the_call_or_are_missing_are_ignored():
     assert rich_status(_failed_call(errors.Unavailable("down", retry_after_s=2), details="other")) is None
     bare = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
     assert rich_status(bare) is None and retry_after_s(bare) is None
+
+
+def test_further_details_are_packed_after_the_standard_ones():
+    extra = error_details_pb2.ErrorInfo(reason="STREAM_INTERRUPTED", domain="llmesh")
+    call = _failed_call(errors.Unavailable("cut", retry_after_s=1.0, details=(extra,)))
+    found = rich_status(call).details
+    info = error_details_pb2.ErrorInfo()
+    assert len(found) == 2 and found[1].Unpack(info) and info.reason == "STREAM_INTERRUPTED"
+    assert retry_after_s(call) == 1.0
