@@ -142,7 +142,7 @@ async def test_a_killed_tier_1_backend_falls_back_opens_its_breaker_and_returns(
             prices="",
             region=REGION,
             breaker_consecutive_failures=2,
-            breaker_base_ejection_s=0.5,
+            breaker_base_ejection_s=1.5,
             breaker_max_ejection_percent=100.0,
         )
         router = RouterApp(settings)

@@ -55,7 +55,7 @@ def settings(nats_url: str, address: str, **overrides):
         default_prompt_price_per_1k=1.0,
         default_completion_price_per_1k=1.0,
         breaker_consecutive_failures=2,
-        breaker_base_ejection_s=0.5,
+        breaker_base_ejection_s=1.5,
         breaker_max_ejection_percent=100.0,
         region=REGION,
     )
@@ -132,7 +132,7 @@ async def test_a_dead_model_falls_back_opens_its_breaker_on_nats_and_recovers(ro
         _, summary = await client.generate(api_key, "question four", cache_policy=BYPASS)
         assert attempts(summary) == [("t1", "ok", "tier")]
 
-    await assert_eventually(back_on_t1, timeout_s=5, interval_s=0.1, message="the probe closes the breaker")
+    await assert_eventually(back_on_t1, timeout_s=10, interval_s=0.1, message="the probe closes the breaker")
 
     def closed():
         assert [e.state for e in events][-2:] == [
