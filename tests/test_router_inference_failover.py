@@ -117,6 +117,7 @@ async def test_a_killed_tier_1_backend_falls_back_opens_its_breaker_and_returns(
         events.append(events_pb2.BreakerStateChanged.FromString(data))
 
     await bus.subscribe(f"llmesh.router.breaker.{REGION}.t1", on_event)
+    await bus.nc.flush()  # the server knows the subscription before the router publishes
     inference_settings = load_settings(
         InferenceSettings,
         environ={},

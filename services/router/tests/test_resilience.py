@@ -93,6 +93,7 @@ async def breaker_events(bus: Bus, model: str) -> list[events_pb2.BreakerStateCh
         seen.append(events_pb2.BreakerStateChanged.FromString(data))
 
     await bus.subscribe(f"llmesh.router.breaker.{REGION}.{model}", on_event)
+    await bus.nc.flush()  # the server knows the subscription before the router publishes
     return seen
 
 
