@@ -50,3 +50,12 @@ def test_every_error_names_its_reason():
     status = status_of(errors.NotFound("no such tenant"), "tenancy")
     assert status.details[-1].Unpack(info)
     assert (info.reason, info.domain, dict(info.metadata)) == ("NOT_FOUND", "llmesh", {"service": "tenancy"})
+
+
+def test_further_details_are_packed_after_the_standard_ones():
+    extra = error_details_pb2.ErrorInfo(reason="STREAM_INTERRUPTED", domain="llmesh")
+    call = _failed_call(errors.Unavailable("cut", retry_after_s=1.0, details=(extra,)))
+    found = rich_status(call).details
+    info = error_details_pb2.ErrorInfo()
+    assert len(found) == 3 and found[2].Unpack(info) and info.reason == "STREAM_INTERRUPTED"
+    assert retry_after_s(call) == 1.0

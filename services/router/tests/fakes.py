@@ -7,6 +7,10 @@ a real server on port 0) whose behaviour a test steers with markers in the last 
   [hang]            inference sends one delta, then never finishes
   [exhausted] / [unavailable]   inference fails with that status
   [length]          inference stops with FINISH_REASON_LENGTH
+
+and, per model (tests of fallback, breakers and escalation): `down` models fail UNAVAILABLE,
+`cut_after[model] = k` cuts the stream with UNAVAILABLE after k deltas, `answers[model]` replaces
+the words of the answer, `token_delay_s[model]` waits before each delta.
 """
 
 from __future__ import annotations
@@ -174,14 +178,22 @@ class FakeCache(cache_pb2_grpc.CacheServiceServicer):
 
 
 class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self):
+    def __init__(self, models: list[inference_pb2.ModelInfo] | None = None):
+        self.models = models if models is not None else MODELS
+        self.down: set[str] = set()
+        self.cut_after: dict[str, int] = {}
+        self.answers: dict[str, list[str]] = {}
+        # seconds before each delta (a simulated decode rate; benches)
+        self.token_delay_s: dict[str, float] = {}
+        # model of each Generate call, in order
+        self.calls: list[str] = []
         self.requests: dict[str, inference_pb2.GenerateRequest] = {}
         self.sent: collections.Counter[str] = collections.Counter()
         self.releases: dict[str, asyncio.Event] = {}
         self.cancelled: set[str] = set()
 
     async def ListModels(self, request, context):
-        return inference_pb2.ListModelsResponse(models=MODELS)
+        return inference_pb2.ListModelsResponse(models=self.models)
 
     async def Generate(self, request, context):
         rid = request.request_id
@@ -189,11 +201,16 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
         text = last_user_text(request.messages)
         if "[exhausted]" in text:
             raise errors.ResourceExhausted("all 2 slots of the model are busy", retry_after_s=1.5)
-        if "[unavailable]" in text:
+        self.calls.append(request.model)
+        if "[unavailable]" in text or request.model in self.down:
             raise errors.Unavailable("the backend is down")
-        words = ["answer ", "to ", "the ", "question"]
+        words = self.answers.get(request.model, ["answer ", "to ", "the ", "question"])
         try:
             for i, word in enumerate(words):
+                if self.cut_after.get(request.model) == i:
+                    raise errors.Unavailable("the backend died mid-answer")
+                if request.model in self.token_delay_s:
+                    await asyncio.sleep(self.token_delay_s[request.model])
                 yield inference_pb2.GenerateResponse(delta=word)
                 self.sent[rid] += 1
                 if i == 0 and "[gated]" in text:
@@ -209,7 +226,7 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
                 usage=common_pb2.Usage(prompt_tokens=10 * len(request.messages), completion_tokens=len(words)),
                 finish_reason=finish,
                 model=request.model,
-                backend={m.name: m.backend for m in MODELS}[request.model],
+                backend={m.name: m.backend for m in self.models}[request.model],
             )
         )
 
@@ -219,11 +236,11 @@ class FakeUpstreams(ServiceApp):
 
     name = "fake-upstreams"
 
-    def __init__(self):
+    def __init__(self, models: list[inference_pb2.ModelInfo] | None = None):
         self.tenancy = FakeTenancy()
         self.classifier = FakeClassifier()
         self.cache = FakeCache()
-        self.inference = FakeInference()
+        self.inference = FakeInference(models)
 
     def register(self, server):
         tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(self.tenancy, server)

@@ -3,6 +3,8 @@ so domain modules never import grpc."""
 
 from __future__ import annotations
 
+from google.protobuf.message import Message
+
 
 class LlmeshError(Exception):
     """Base of every error a caller can be told about. The message is shown to the caller."""
@@ -14,6 +16,7 @@ class LlmeshError(Exception):
         field: str | None = None,
         retry_after_s: float | None = None,
         reason: str | None = None,
+        details: tuple[Message, ...] = (),
     ):
         super().__init__(message)
         self.message = message
@@ -21,6 +24,9 @@ class LlmeshError(Exception):
         self.field = field
         # Reported as a google.rpc.RetryInfo detail.
         self.retry_after_s = retry_after_s
+        # Further protobuf messages packed into the google.rpc.Status details (e.g. the router's
+        # StreamInterrupted).
+        self.details = details
         # Reported as the google.rpc.ErrorInfo reason (UPPER_SNAKE_CASE, stable: clients branch on
         # it); by default the error's kind, e.g. INVALID_ARGUMENT, RESOURCE_EXHAUSTED.
         self.reason = reason or _upper_snake(type(self).__name__)

@@ -65,6 +65,8 @@ def rich_status(exc: errors.LlmeshError, service: str | None = None) -> status_p
         delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     status.details.add().Pack(error_info(exc.reason, service))
+    for detail in exc.details:
+        status.details.add().Pack(detail)
     return status
 
 

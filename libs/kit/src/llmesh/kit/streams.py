@@ -27,6 +27,13 @@ TENANCY = StreamSpec("LLMESH_TENANCY", ("llmesh.tenancy.>",), max_age_s=7 * DAY_
 KEY_REVOKED_SUBJECT = "llmesh.tenancy.key.revoked"
 # Core NATS (not a stream): llmesh.inference.load.<region>.<model>, model load snapshots.
 MODEL_LOAD_SUBJECT_PREFIX = "llmesh.inference.load"
+# Core NATS: llmesh.router.breaker.<region>.<model>, a router replica's breaker state changes.
+BREAKER_SUBJECT_PREFIX = "llmesh.router.breaker"
+
+
+def breaker_subject(region: str, model: str) -> str:
+    """The subject of a breaker change; characters a subject token may not hold become '_'."""
+    return f"{BREAKER_SUBJECT_PREFIX}.{re.sub(r'[^A-Za-z0-9_-]', '_', region) or '_'}.{re.sub(r'[^A-Za-z0-9_-]', '_', model)}"
 
 
 def cache_invalidate_subject(tenant_id: str) -> str:

@@ -8,7 +8,19 @@ import importlib
 import sys
 
 # Modules under llmesh.cli, each owning one command group.
-COMMAND_MODULES = ("mesh", "tenant", "chat", "cache", "classifier", "policy", "call", "models", "batch", "observe", "top")
+COMMAND_MODULES = (
+    "mesh",
+    "tenant",
+    "chat",
+    "cache",
+    "classifier",
+    "policy",
+    "call",
+    "models",
+    "batch",
+    "observe",
+    "top",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -154,7 +154,7 @@ def _thresholds(value) -> tuple[float, float] | None:
 
 def _beyond_schema(bucket: dict[str, Any]) -> list[tuple[str, str]]:
     """What JSON Schema cannot say: the classifier's thresholds are in order (in variants too), an
-    experiment's shares add up to at most 1."""
+    experiment's shares add up to at most 1, the overflow's thresholds are in order."""
     problems = []
     for key, doc in bucket.items():
         experiments = doc.get("experiments") if isinstance(doc, dict) else None
@@ -189,6 +189,16 @@ def _beyond_schema(bucket: dict[str, Any]) -> list[tuple[str, str]]:
                     (
                         json_path([key, "classifier", "tier_thresholds"]),
                         f"low must not be above high (got {pair[0]}, {pair[1]})",
+                    )
+                )
+        overflow = doc.get("overflow") if isinstance(doc, dict) else None
+        if isinstance(overflow, dict):
+            threshold, resume = overflow.get("threshold"), overflow.get("resume_below")
+            if isinstance(threshold, int | float) and isinstance(resume, int | float) and resume > threshold:
+                problems.append(
+                    (
+                        json_path([key, "overflow", "resume_below"]),
+                        f"resume_below must not be above threshold (got {resume}, {threshold})",
                     )
                 )
     return problems

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import grpc
 from llmesh.events.v1 import events_pb2
@@ -15,15 +16,18 @@ from llmesh.kit.experiments import VariantPolicies
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
-from llmesh.kit.streams import KEY_REVOKED_SUBJECT, MODEL_LOAD_SUBJECT_PREFIX
+from llmesh.kit.streams import KEY_REVOKED_SUBJECT, MODEL_LOAD_SUBJECT_PREFIX, breaker_subject
 from llmesh.router.v1 import batch_pb2_grpc, router_pb2_grpc
 from llmesh.services.router import convert
 from llmesh.services.router.batch_runner import BatchRunner, RunnerConfig
 from llmesh.services.router.batch_servicer import SERVICE_NAME as BATCH_SERVICE_NAME
 from llmesh.services.router.batch_servicer import BatchServicer
+from llmesh.services.router.breakers import BreakerChange, BreakerConfig, Breakers
 from llmesh.services.router.core import GeneratePipeline, PipelineConfig
 from llmesh.services.router.load import LoadBoard
+from llmesh.services.router.overflow import OverflowGate, OverflowPolicy
 from llmesh.services.router.principals import PrincipalCache
+from llmesh.services.router.quality import EscalationPolicy, StreamMode
 from llmesh.services.router.routing import ModelCatalog, Price, Router, RoutingPolicy, policy_from_document
 from llmesh.services.router.servicer import SERVICE_NAME, RouterServicer
 from llmesh.services.router.settings import RouterSettings, parse_prices, parse_tier_models
@@ -48,6 +52,20 @@ class RouterApp(ServiceApp):
         self._channels: list[grpc.aio.Channel] = []
         #: latest load snapshot per model (for overflow decisions; shown in metrics)
         self.load = LoadBoard(settings.load_max_age_s)
+        self.replica = f"router-{uuid.uuid4().hex[:8]}"
+        #: circuit breakers per model endpoint (this replica's view), changes published on NATS
+        self.breakers = Breakers(
+            BreakerConfig(
+                consecutive_failures=settings.breaker_consecutive_failures,
+                error_rate=settings.breaker_error_rate,
+                min_requests=settings.breaker_min_requests,
+                window_s=settings.breaker_window_s,
+                base_ejection_s=settings.breaker_base_ejection_s,
+                max_ejection_s=settings.breaker_max_ejection_s,
+                max_ejection_percent=settings.breaker_max_ejection_percent,
+            ),
+            on_change=self._on_breaker_change,
+        )
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(lambda: self.pipeline), server)
@@ -77,6 +95,12 @@ class RouterApp(ServiceApp):
         defaults = RoutingPolicy(
             tier_models=parse_tier_models(s.tier_models),
             prices={m: Price(*p) for m, p in parse_prices(s.prices).items()},
+            overflow=OverflowPolicy(threshold=s.overflow_threshold, resume_below=s.overflow_resume_below),
+            escalation=EscalationPolicy(
+                threshold=s.escalation_threshold,
+                stream_mode=StreamMode(s.escalation_stream_mode),
+                hold_tokens=s.escalation_hold_tokens,
+            ),
         )
         self.pipeline = GeneratePipeline(
             tenancy=TenancyClient(channel(s.tenancy_addr)),
@@ -89,6 +113,7 @@ class RouterApp(ServiceApp):
                 defaults,
                 default_model=s.default_model,
                 default_price=Price(s.default_prompt_price_per_1k, s.default_completion_price_per_1k),
+                home_region=s.region,
             ),
             policies=self.policy.parsed(lambda doc: VariantPolicies(doc, lambda d: policy_from_document(d, defaults))),
             config=PipelineConfig(
@@ -98,6 +123,8 @@ class RouterApp(ServiceApp):
                 hit_chunk_chars=s.hit_chunk_chars,
             ),
             spawn=self.spawn,
+            breakers=self.breakers,
+            overflow=OverflowGate(self.load),
         )
         await self._start_batch()
 
@@ -158,6 +185,12 @@ class RouterApp(ServiceApp):
 
     async def _on_model_load(self, data: bytes) -> None:
         self.load.record(convert.load_snapshot_from_proto(events_pb2.ModelLoad.FromString(data)))
+
+    def _on_breaker_change(self, change: BreakerChange) -> None:
+        if self.bus is None:
+            return
+        event = convert.breaker_event_to_proto(change, replica=self.replica)
+        self.spawn(self.bus.publish_core(breaker_subject(change.region, change.model), event, msg_id=event.event_id))
 
     async def _on_nats_reconnect(self) -> None:
         # Revocations published while disconnected were missed: trust no cached principal.

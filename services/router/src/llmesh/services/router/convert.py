@@ -4,6 +4,8 @@ tenancy, classifier, cache and inference (upstreams.py makes the calls)."""
 
 from __future__ import annotations
 
+import uuid
+
 from llmesh.cache.v1 import cache_pb2
 from llmesh.classifier.v1 import classifier_pb2
 from llmesh.common.v1 import common_pb2
@@ -13,6 +15,7 @@ from llmesh.kit.chat import messages_from_proto, messages_to_proto, sampling_fro
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.vocabulary import FinishReason, Sensitivity, use_case_from
 from llmesh.router.v1 import router_pb2
+from llmesh.services.router.breakers import BreakerChange, BreakerState
 from llmesh.services.router.domain import (
     TIERS,
     AnswerToStore,
@@ -25,6 +28,7 @@ from llmesh.services.router.domain import (
     GenerateCommand,
     ModelInfo,
     Priority,
+    StreamInterruptedError,
     Summary,
     Usage,
 )
@@ -106,7 +110,46 @@ def event_to_proto(event: Delta | Summary) -> router_pb2.GenerateResponse:
             total_time_ms=event.total_time_ms,
             finish_reason=event.finish_reason.to_proto(),
             policy_variant=event.policy_variant,
+            attempts=[
+                router_pb2.RouteAttempt(
+                    model=a.model,
+                    backend=a.backend,
+                    region=a.region,
+                    outcome=a.outcome,
+                    reason=a.reason,
+                    elapsed_ms=a.elapsed_ms,
+                    after_first_token=a.after_first_token,
+                )
+                for a in event.attempts
+            ],
+            overflow=router_pb2.Overflow(
+                reason=event.overflow.reason,
+                utilization=event.overflow.utilization,
+                extra_cost_usd=event.overflow.extra_cost_usd,
+            )
+            if event.overflow is not None
+            else None,
+            escalation=router_pb2.Escalation(
+                from_tier=event.escalation.from_tier,
+                from_model=event.escalation.from_model,
+                quality_score=event.escalation.quality_score,
+                threshold=event.escalation.threshold,
+                first_answer_cost_usd=event.escalation.first_answer_cost_usd,
+            )
+            if event.escalation is not None
+            else None,
+            region=event.region,
         )
+    )
+
+
+def interrupted_to_proto(error: StreamInterruptedError) -> router_pb2.StreamInterrupted:
+    return router_pb2.StreamInterrupted(
+        request_id=error.request_id,
+        model=error.model,
+        usage=usage_to_proto(error.usage),
+        cost_usd=error.cost_usd,
+        delivered_chars=error.delivered_chars,
     )
 
 
@@ -247,3 +290,28 @@ def load_snapshot_from_proto(event: events_pb2.ModelLoad) -> LoadSnapshot:
         observed_at=event.observed_at.ToMicroseconds() / 1e6,
         crossed_percent=event.crossed_percent,
     )
+
+
+BREAKER_STATES = {
+    BreakerState.CLOSED: events_pb2.BreakerStateChanged.STATE_CLOSED,
+    BreakerState.OPEN: events_pb2.BreakerStateChanged.STATE_OPEN,
+    BreakerState.HALF_OPEN: events_pb2.BreakerStateChanged.STATE_HALF_OPEN,
+}
+
+
+def breaker_event_to_proto(change: BreakerChange, *, replica: str) -> events_pb2.BreakerStateChanged:
+    event = events_pb2.BreakerStateChanged(
+        event_id=uuid.uuid4().hex,
+        router_replica=replica,
+        region=change.region,
+        model=change.model,
+        endpoint=f"{change.region}/{change.model}",
+        state=BREAKER_STATES[change.state],
+        previous_state=BREAKER_STATES[change.previous],
+        reason=change.reason,
+        ejection_count=change.ejections,
+    )
+    if change.ejected_until_wall is not None:
+        event.ejected_until.FromNanoseconds(int(change.ejected_until_wall * 1e9))
+    event.observed_at.GetCurrentTime()
+    return event

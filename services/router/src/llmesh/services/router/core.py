@@ -10,14 +10,16 @@ from contextlib import aclosing
 from typing import Any
 
 from llmesh.kit.auth import bearer_token
-from llmesh.kit.errors import DeadlineExceeded, Unauthenticated, Unavailable
+from llmesh.kit.errors import DeadlineExceeded, LlmeshError, ResourceExhausted, Unauthenticated, Unavailable
 from llmesh.kit.experiments import VariantPolicies
 from llmesh.kit.logging import bind_contextvars, get_logger
-from llmesh.kit.metrics import TENANT
+from llmesh.kit.metrics import TENANT, USE_CASE
 from llmesh.kit.policy import CachedPolicy
 from llmesh.kit.tracing import annotate, traced
 from llmesh.kit.vocabulary import FinishReason, Principal, Sensitivity
-from llmesh.services.router import metrics
+from llmesh.services.router import metrics, quality
+from llmesh.services.router.breakers import Breakers
+from llmesh.services.router.candidates import Candidate, filter_candidates
 from llmesh.services.router.domain import (
     TIERS,
     AnswerToStore,
@@ -27,12 +29,20 @@ from llmesh.services.router.domain import (
     Classification,
     Completion,
     Delta,
+    EscalationInfo,
     GenerateCommand,
+    ModelInfo,
+    OverflowInfo,
+    RouteAttempt,
+    StreamInterruptedError,
     Summary,
+    Usage,
 )
+from llmesh.services.router.overflow import ExtraCostAllowed, OverflowGate, allow_any_cost
 from llmesh.services.router.ports import Cache, Classifier, Inference, Tenancy
 from llmesh.services.router.principals import PrincipalCache
-from llmesh.services.router.routing import ModelCatalog, Router
+from llmesh.services.router.quality import QualityScore, StreamMode
+from llmesh.services.router.routing import ModelCatalog, Router, RoutingPolicy
 
 log = get_logger("llmesh.router")
 
@@ -55,6 +65,68 @@ def _remaining(limit_s: float, deadline: float | None) -> float:
     return min(limit_s, left)
 
 
+_CODES = {Unavailable: "UNAVAILABLE", ResourceExhausted: "RESOURCE_EXHAUSTED", DeadlineExceeded: "DEADLINE_EXCEEDED"}
+
+
+def _prompt_tokens_estimate(command: GenerateCommand) -> int:
+    """About four characters a token: for estimates only (overflow's extra cost, cut answers)."""
+    return sum(len(m.content) for m in command.messages) // 4 + 1
+
+
+def _partial_usage(command: GenerateCommand, pieces: list[str]) -> Usage:
+    """A cut answer has no usage from inference: the prompt estimate and one token per delta
+    (inference streams a delta per token)."""
+    return Usage(prompt_tokens=_prompt_tokens_estimate(command), completion_tokens=len(pieces))
+
+
+def _attempt(candidate: Candidate, outcome: str, tried_at: float, *, after_first_token: bool = False) -> RouteAttempt:
+    model = candidate.model
+    return RouteAttempt(
+        model=model.name,
+        backend=model.backend,
+        region=model.region,
+        outcome=outcome,
+        reason=candidate.reason,
+        elapsed_ms=(time.perf_counter() - tried_at) * 1000.0,
+        after_first_token=after_first_token,
+    )
+
+
+@dataclasses.dataclass
+class _Progress:
+    """What reached the client so far."""
+
+    started: float
+    outcome: CacheOutcome
+    tier: int
+    parts: list[str] = dataclasses.field(default_factory=list)
+    released_chars: int = 0
+    first_delta_at: float | None = None
+
+    def release(self, text: str) -> Delta:
+        if self.first_delta_at is None:
+            self.first_delta_at = time.perf_counter()
+            metrics.TIME_TO_FIRST_TOKEN.labels(str(self.tier), self.outcome.value).observe(
+                self.first_delta_at - self.started
+            )
+        self.parts.append(text)
+        self.released_chars += len(text)
+        return Delta(text)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Answer:
+    candidate: Candidate
+    completion: Completion
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Rejected:
+    model: ModelInfo
+    score: QualityScore
+    usage: Usage
+
+
 def chunks(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
@@ -73,6 +145,9 @@ class GeneratePipeline:
         policies: CachedPolicy[VariantPolicies],
         config: PipelineConfig,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task],
+        breakers: Breakers,
+        overflow: OverflowGate,
+        extra_cost_allowed: ExtraCostAllowed = allow_any_cost,
     ):
         self._tenancy = tenancy
         self._classifier = classifier
@@ -85,6 +160,10 @@ class GeneratePipeline:
         self._config = config
         # Starts work that outlives the response (cache stores); the app awaits it on shutdown.
         self._spawn = spawn
+        self._breakers = breakers
+        self._overflow = overflow
+        # The budget's say on an overflow's extra cost (the quota work plugs in here).
+        self._extra_cost_allowed = extra_cost_allowed
 
     @traced("router.auth")
     async def authenticate(self, authorization: str | None, *, deadline: float | None = None) -> Principal:
@@ -155,79 +234,170 @@ class GeneratePipeline:
             log.info("cache_hit_tier_too_low", cached_tier=cached.tier, needed_tier=classification.tier)
 
         await self._catalog.refresh_if_stale()
-        model = self._router.choose(
-            tier=classification.tier,
-            sensitivity=classification.sensitivity,
+        available = self._catalog.models
+        self._breakers.endpoint_count = len(available)
+        usable = self._usable
+        tier, sensitivity = classification.tier, classification.sensitivity
+        plan = self._router.candidates(
+            tier=tier,
+            sensitivity=sensitivity,
             pinned=pinned,
             policy=policy,
-            available=self._catalog.models,
+            available=available,
+            clearance=principal.clearance,
+            usable=usable,
         )
+        plan.raise_if_empty(tier, sensitivity)
+        candidates = plan.candidates
+        overflow = None
+        if pinned is None:
+            candidates, overflow = self._with_overflow(
+                candidates, tier, sensitivity, principal, command, policy, available, deadline
+            )
+        # Escalation targets are known before the first try: without one, nothing is held or judged.
+        escalation_to: list[Candidate] = []
+        escalation = policy.escalation
+        if pinned is None and tier == 1 and escalation.enabled:
+            stronger = self._router.candidates(
+                tier=2,
+                sensitivity=sensitivity,
+                pinned=None,
+                policy=policy,
+                available=available,
+                clearance=principal.clearance,
+                usable=usable,
+            ).candidates
+            # A model that serves tier 1 itself is no stronger (tiers 1 and 2 on one model).
+            tier_one = {c.model.name for c in candidates if c.reason == "tier"}
+            escalation_to = [
+                dataclasses.replace(c, reason="escalation")
+                for c in stronger
+                if c.tier >= 2 and c.model.name not in tier_one and 1 not in c.model.tiers
+            ]
         outcome = CacheOutcome.MISS if use_cache else CacheOutcome.BYPASSED
-        bind_contextvars(tier=classification.tier, model=model.name)
+        bind_contextvars(tier=tier)
 
-        parts: list[str] = []
-        first_delta_at: float | None = None
-        completion: Completion | None = None
-        stream = self._inference.generate(
-            model.name,
-            command,
-            request_id=request_id,
-            timeout_s=_remaining(self._config.generate_timeout_s, deadline),
-        )
-        async with aclosing(stream):
-            async for event in stream:
-                if isinstance(event, Completion):
-                    completion = event
-                    continue
-                if not event.text:
-                    continue
-                if first_delta_at is None:
-                    first_delta_at = time.perf_counter()
-                    metrics.TIME_TO_FIRST_TOKEN.labels(str(classification.tier), outcome.value).observe(
-                        first_delta_at - started
-                    )
-                parts.append(event.text)
+        progress = _Progress(started=started, outcome=outcome, tier=tier)
+        attempts: list[RouteAttempt] = []
+        judge = None
+        if escalation_to:
+            hold = escalation.hold_tokens if escalation.stream_mode is StreamMode.HOLD else 0
+
+            def judge(text: str, finish: FinishReason | None) -> QualityScore:
+                return quality.score(text, finish_reason=finish, classifier_confidence=classification.confidence)
+
+        else:
+            hold = 0
+        answer: _Answer | None = None
+        rejected: _Rejected | None = None
+        async for event in self._try_candidates(
+            candidates, command, policy, request_id, deadline, attempts, progress, judge, hold, escalation.threshold
+        ):
+            if isinstance(event, _Answer):
+                answer = event
+            elif isinstance(event, _Rejected):
+                rejected = event
+            else:
                 yield event
-        if completion is None:
-            raise Unavailable(f"inference ended the stream for {model.name} without a completion")
+        escalated = None
+        first_cost = 0.0
+        if rejected is not None:
+            first_cost = self._router.price(rejected.model.name, policy, rejected.model).cost(rejected.usage)
+            escalated = EscalationInfo(
+                from_tier=tier,
+                from_model=rejected.model.name,
+                quality_score=rejected.score.score,
+                threshold=escalation.threshold,
+                first_answer_cost_usd=first_cost,
+            )
+            log.info(
+                "escalating",
+                from_model=rejected.model.name,
+                score=round(rejected.score.score, 3),
+                signals=list(rejected.score.signals),
+            )
+            escalation_to = [c for c in escalation_to if c.model.name != rejected.model.name]
+            async for event in self._try_candidates(
+                escalation_to,
+                command,
+                policy,
+                request_id,
+                deadline,
+                attempts,
+                progress,
+                None,
+                0,
+                escalation.threshold,
+            ):
+                if isinstance(event, _Answer):
+                    answer = event
+                else:
+                    yield event
+        assert answer is not None  # _try_candidates raises when no candidate answered
+        completion, model = answer.completion, answer.candidate.model
+        bind_contextvars(model=model.name)
 
         served_model = completion.model or model.name
-        cost = self._router.price(served_model, policy, self._catalog.get(served_model)).cost(completion.usage)
+        served_info = self._catalog.get(served_model) or model
+        cost = self._router.price(served_model, policy, served_info).cost(completion.usage)
+        if overflow is not None:
+            home = next((c.model for c in plan.candidates if c.model.self_hosted), None)
+            home_cost = self._router.price(home.name, policy, home).cost(completion.usage) if home else 0.0
+            overflow = dataclasses.replace(overflow, extra_cost_usd=max(0.0, cost - home_cost))
+            if answer.candidate.reason == "overflow":
+                metrics.OVERFLOWED.labels(TENANT(principal.tenant_id), str(tier)).inc()
+                metrics.OVERFLOW_EXTRA_COST.labels(TENANT(principal.tenant_id)).inc(overflow.extra_cost_usd)
+            else:
+                overflow = None  # the external models failed: the answer came from home after all
+        if escalated is not None:
+            metrics.ESCALATIONS.labels(TENANT(principal.tenant_id), USE_CASE(command.use_case)).inc()
+            metrics.ESCALATION_COST.labels(TENANT(principal.tenant_id), USE_CASE(command.use_case), "first").inc(
+                first_cost
+            )
+            metrics.ESCALATION_COST.labels(TENANT(principal.tenant_id), USE_CASE(command.use_case), "escalated").inc(
+                cost
+            )
+        answered_tier = max(tier, answer.candidate.tier) if escalated is not None else tier
         store = None
         if use_cache and completion.finish_reason.complete:
-            answer = AnswerToStore(
-                content="".join(parts),
+            stored = AnswerToStore(
+                content="".join(progress.parts),
                 model=served_model,
                 backend=completion.backend or model.backend,
-                tier=classification.tier,
+                tier=answered_tier,
                 usage=completion.usage,
                 cost_usd=cost,
             )
-            store = self._spawn(self._store(key, answer, principal, classification.sensitivity))
+            store = self._spawn(self._store(key, stored, principal, sensitivity))
         finished = time.perf_counter()
-        metrics.REQUESTS.labels(str(classification.tier), served_model, outcome.value).inc()
-        metrics.REQUEST_DURATION.labels(str(classification.tier), outcome.value).observe(finished - started)
-        metrics.COST.labels(TENANT(principal.tenant_id), served_model).inc(cost)
+        total_cost = cost + first_cost
+        metrics.REQUESTS.labels(str(tier), served_model, outcome.value).inc()
+        metrics.REQUEST_DURATION.labels(str(tier), outcome.value).observe(finished - started)
+        metrics.COST.labels(TENANT(principal.tenant_id), served_model).inc(total_cost)
         annotate(
-            tier=classification.tier,
+            tier=tier,
             model=served_model,
             cache_outcome=outcome.value,
             prompt_tokens=completion.usage.prompt_tokens,
             completion_tokens=completion.usage.completion_tokens,
-            cost_usd=cost,
+            cost_usd=total_cost,
         )
         summary = Summary(
             request_id=request_id,
-            tier=classification.tier,
+            tier=answered_tier,
             model=served_model,
             backend=completion.backend or model.backend,
             cache_outcome=outcome,
             usage=completion.usage,
-            cost_usd=cost,
-            time_to_first_token_ms=((first_delta_at or finished) - started) * 1000.0,
+            cost_usd=total_cost,
+            time_to_first_token_ms=((progress.first_delta_at or finished) - started) * 1000.0,
             total_time_ms=(finished - started) * 1000.0,
             finish_reason=completion.finish_reason,
             policy_variant=variant,
+            attempts=tuple(attempts),
+            overflow=overflow,
+            escalation=escalated,
+            region=model.region,
         )
         log.info(
             "generated",
@@ -235,6 +405,7 @@ class GeneratePipeline:
             finish_reason=completion.finish_reason.value,
             prompt_tokens=completion.usage.prompt_tokens,
             completion_tokens=completion.usage.completion_tokens,
+            attempts=len(attempts),
             ttft_ms=round(summary.time_to_first_token_ms, 2),
             total_ms=round(summary.total_time_ms, 2),
         )
@@ -244,6 +415,190 @@ class GeneratePipeline:
             # client that repeats the request after this call completed finds it in the cache.
             # shield: a client leaving now must not cancel the store (the task is tracked).
             await asyncio.shield(store)
+
+    def _usable(self, model: ModelInfo) -> bool:
+        return self._breakers.available(model.region, model.name)
+
+    def _with_overflow(
+        self,
+        candidates: list[Candidate],
+        tier: int,
+        sensitivity: Sensitivity,
+        principal: Principal,
+        command: GenerateCommand,
+        policy: RoutingPolicy,
+        available: list[ModelInfo],
+        deadline: float | None,
+    ) -> tuple[list[Candidate], OverflowInfo | None]:
+        """Puts the external models first when the tier's self-hosted pool is full and the request
+        may go there (overflow.py)."""
+        pool = [c.model for c in candidates if c.reason == "tier" and c.model.self_hosted]
+        decision = self._overflow.check(
+            tier=tier,
+            pool=pool,
+            policy=policy.overflow,
+            max_tokens=command.max_tokens,
+            deadline_left_s=None if deadline is None else deadline - time.monotonic(),
+        )
+        if decision is None:
+            return candidates, None
+        if not policy.overflow.enabled:
+            metrics.OVERFLOW_REFUSED.labels("policy").inc()
+            return candidates, None
+        external = sorted(
+            (m for m in available if not m.self_hosted and any(t >= tier for t in m.tiers)),
+            key=lambda m: (min(t for t in m.tiers if t >= tier), m.fallback),
+        )
+        eligible = filter_candidates(
+            [Candidate(m, "overflow", tier) for m in external],
+            sensitivity=sensitivity,
+            clearance=principal.clearance,
+            rules=policy.data_access,
+            usable=self._usable,
+        )
+        if not eligible.candidates:
+            reason = "no_external_model" if not eligible.refused else sorted(set(eligible.refused.values()))[0]
+            metrics.OVERFLOW_REFUSED.labels(reason).inc()
+            log.info("overflow_not_eligible", reason=reason, pool_reason=decision.reason)
+            return candidates, None
+        target = eligible.candidates[0].model
+        estimate = Usage(prompt_tokens=_prompt_tokens_estimate(command), completion_tokens=command.max_tokens)
+        extra = self._router.price(target.name, policy, target).cost(estimate) - (
+            self._router.price(pool[0].name, policy, pool[0]).cost(estimate) if pool else 0.0
+        )
+        if not self._extra_cost_allowed(principal.tenant_id, command.use_case, target.name, max(0.0, extra)):
+            metrics.OVERFLOW_REFUSED.labels("budget").inc()
+            return candidates, None
+        log.info("overflowing", reason=decision.reason, to=target.name)
+        names = {c.model.name for c in eligible.candidates}
+        rest = [c for c in candidates if c.model.name not in names]
+        return eligible.candidates + rest, OverflowInfo(decision.reason, decision.utilization)
+
+    async def _try_candidates(
+        self,
+        candidates: list[Candidate],
+        command: GenerateCommand,
+        policy: RoutingPolicy,
+        request_id: str,
+        deadline: float | None,
+        attempts: list[RouteAttempt],
+        progress: _Progress,
+        judge: Callable[[str, FinishReason | None], QualityScore] | None,
+        hold: int,
+        threshold: float,
+    ) -> AsyncIterator[Delta | _Answer | _Rejected]:
+        """Tries the candidates in order until one answers: yields the deltas to release, then one
+        _Answer (or a _Rejected tier-1 answer to escalate). A failure before any delta reached
+        the client moves on to the next candidate; one after ends the request (interrupted)."""
+        last_error: LlmeshError | None = None
+        for candidate in candidates:
+            model = candidate.model
+            # Raises DeadlineExceeded once the request's deadline has passed: no further tries.
+            timeout_s = _remaining(self._config.generate_timeout_s, deadline)
+            if not self._breakers.acquire(model.region, model.name):
+                continue
+            judged = judge is not None and candidate.tier == 1
+            holding = judged and hold > 0
+            held: list[str] = []
+            completion: Completion | None = None
+            tried_at = time.perf_counter()
+            verdict = None
+            try:
+                stream = self._inference.generate(
+                    model.name,
+                    command,
+                    request_id=request_id,
+                    timeout_s=timeout_s,
+                )
+                async with aclosing(stream):
+                    async for event in stream:
+                        if isinstance(event, Completion):
+                            completion = event
+                            continue
+                        if not event.text:
+                            continue
+                        if holding:
+                            held.append(event.text)
+                            if len(held) < hold:
+                                continue
+                            verdict = judge("".join(held), None)
+                            if verdict.score < threshold:
+                                break
+                            holding, verdict = False, None
+                            for piece in held:
+                                yield progress.release(piece)
+                            held = []
+                            continue
+                        yield progress.release(event.text)
+                if verdict is None and completion is None:
+                    raise Unavailable(f"inference ended the stream for {model.name} without a completion")
+            except (Unavailable, ResourceExhausted, DeadlineExceeded) as exc:
+                code = _CODES[type(exc)] if type(exc) in _CODES else "UNAVAILABLE"
+                # A full model, or the caller's own deadline running out, says nothing of its health.
+                caller_deadline = isinstance(exc, DeadlineExceeded) and timeout_s < self._config.generate_timeout_s
+                if isinstance(exc, ResourceExhausted) or caller_deadline:
+                    self._breakers.release(model.region, model.name)
+                else:
+                    self._breakers.record(model.region, model.name, ok=False)
+                attempts.append(_attempt(candidate, code, tried_at, after_first_token=progress.released_chars > 0))
+                if progress.released_chars:
+                    raise self._interrupted(model, command, policy, request_id, progress, exc) from None
+                metrics.ATTEMPT_FAILURES.labels(model.name, code).inc()
+                log.info("attempt_failed", model=model.name, code=code, error=exc.message)
+                last_error = exc
+                continue
+            except BaseException:
+                self._breakers.release(model.region, model.name)
+                raise
+            self._breakers.record(model.region, model.name, ok=True)
+            if judged and verdict is None:
+                # The whole answer is here: scored for the metrics always, escalated only when none
+                # of it reached the client yet (held, or an empty answer).
+                scored = judge("".join(progress.parts) + "".join(held), completion.finish_reason)
+                metrics.QUALITY_SCORE.observe(scored.score)
+                if not progress.released_chars and scored.score < threshold:
+                    verdict = scored
+            elif verdict is not None:
+                metrics.QUALITY_SCORE.observe(verdict.score)
+            if verdict is not None:
+                usage = completion.usage if completion is not None else _partial_usage(command, held)
+                attempts.append(_attempt(candidate, "low_quality", tried_at))
+                yield _Rejected(model, verdict, usage)
+                return
+            for piece in held:
+                yield progress.release(piece)
+            attempts.append(_attempt(candidate, "ok", tried_at))
+            yield _Answer(candidate, completion)
+            return
+        tried = ", ".join(f"{a.model} {a.outcome}" for a in attempts) or "none: every breaker is open"
+        if last_error is None:
+            raise Unavailable(f"no model could take the request (tried: {tried})")
+        raise type(last_error)(
+            f"{last_error.message} (tried: {tried})", retry_after_s=last_error.retry_after_s
+        ) from None
+
+    def _interrupted(
+        self,
+        model: ModelInfo,
+        command: GenerateCommand,
+        policy: RoutingPolicy,
+        request_id: str,
+        progress: _Progress,
+        exc: LlmeshError,
+    ) -> StreamInterruptedError:
+        usage = _partial_usage(command, progress.parts)
+        cost = self._router.price(model.name, policy, model).cost(usage)
+        metrics.STREAMS_INTERRUPTED.labels(model.name).inc()
+        log.warning("stream_interrupted", model=model.name, delivered_chars=progress.released_chars, error=exc.message)
+        return StreamInterruptedError(
+            f"{model.name} failed after {progress.released_chars} characters of the answer were sent "
+            f"({exc.message}); the partial answer is billed as {usage.completion_tokens} tokens and not cached",
+            request_id=request_id,
+            model=model.name,
+            usage=usage,
+            cost_usd=cost,
+            delivered_chars=progress.released_chars,
+        )
 
     async def _classify_and_lookup(
         self, command: GenerateCommand, key: CacheKey, principal: Principal, request_id: str, deadline: float | None

@@ -7,6 +7,7 @@ import dataclasses
 import enum
 
 from llmesh.kit.chat import Message, Sampling
+from llmesh.kit.errors import Unavailable
 from llmesh.kit.vocabulary import FinishReason, Sensitivity
 
 TIERS = (1, 2, 3)
@@ -120,6 +121,37 @@ class Delta:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RouteAttempt:
+    """One try of one model for a request."""
+
+    model: str
+    backend: str
+    region: str
+    # "ok", or the gRPC status code name of the failure (e.g. "UNAVAILABLE").
+    outcome: str
+    # Why this model was tried: "tier", "fallback", "overflow", "escalation", "pinned".
+    reason: str
+    elapsed_ms: float
+    after_first_token: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OverflowInfo:
+    reason: str
+    utilization: float
+    extra_cost_usd: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EscalationInfo:
+    from_tier: int
+    from_model: str
+    quality_score: float
+    threshold: float
+    first_answer_cost_usd: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Summary:
     request_id: str
     tier: int
@@ -134,3 +166,22 @@ class Summary:
     finish_reason: FinishReason
     # The policy experiment variant(s) the request ran under ("<experiment>/<variant>"; "" none).
     policy_variant: str = ""
+    attempts: tuple[RouteAttempt, ...] = ()
+    overflow: OverflowInfo | None = None
+    escalation: EscalationInfo | None = None
+    region: str = ""
+
+
+class StreamInterruptedError(Unavailable):
+    """A backend failed after part of the answer was sent: what was served and billed. The
+    servicer sends it as UNAVAILABLE with a router.v1.StreamInterrupted detail."""
+
+    def __init__(
+        self, message: str, *, request_id: str, model: str, usage: Usage, cost_usd: float, delivered_chars: int
+    ):
+        super().__init__(message)
+        self.request_id = request_id
+        self.model = model
+        self.usage = usage
+        self.cost_usd = cost_usd
+        self.delivered_chars = delivered_chars

@@ -55,3 +55,54 @@ POLICY_VARIANT = Counter(
     "requests routed under a policy experiment variant, by variant (<experiment>/<variant>)",
     ["policy_variant"],
 )
+BREAKER_STATE = Gauge(
+    "llmesh_router_breaker_state",
+    "Circuit breaker of each model endpoint in this replica: 0 closed, 1 half-open, 2 open",
+    ["region", "model"],
+)
+BREAKER_EJECTIONS = Counter(
+    "llmesh_router_breaker_ejections_total", "Times a model endpoint was ejected (breaker opened)", ["region", "model"]
+)
+BREAKER_EJECTIONS_SKIPPED = Counter(
+    "llmesh_router_breaker_ejections_skipped_total",
+    "Ejections not made because max_ejection_percent of the endpoints were already out",
+    ["region", "model"],
+)
+ATTEMPT_FAILURES = Counter(
+    "llmesh_router_attempt_failures_total",
+    "Tries of a model that failed before the first token (the request moved on to the next candidate)",
+    ["model", "code"],
+)
+STREAMS_INTERRUPTED = Counter(
+    "llmesh_router_streams_interrupted_total", "Answers cut by a backend failure after tokens were sent", ["model"]
+)
+OVERFLOWED = Counter(
+    "llmesh_router_overflow_requests_total",
+    "Requests sent to the external tier because the self-hosted models were full",
+    ["tenant", "tier"],
+)
+OVERFLOW_EXTRA_COST = Counter(
+    "llmesh_router_overflow_extra_cost_usd_total",
+    "USD the overflowed requests cost over what the self-hosted model would have charged",
+    ["tenant"],
+)
+OVERFLOW_REFUSED = Counter(
+    "llmesh_router_overflow_not_eligible_total",
+    "Requests that would have overflowed but were not eligible (sensitivity, policy, budget, no external model)",
+    ["reason"],
+)
+ESCALATIONS = Counter(
+    "llmesh_router_escalations_total",
+    "Tier-1 answers scored below the quality threshold and answered again by a stronger tier",
+    ["tenant", "use_case"],
+)
+ESCALATION_COST = Counter(
+    "llmesh_router_escalation_cost_usd_total",
+    "Cost of escalated requests: `first` the discarded tier-1 answers, `escalated` the answers that replaced them",
+    ["tenant", "use_case", "part"],
+)
+QUALITY_SCORE = Histogram(
+    "llmesh_router_quality_score",
+    "Quality score of tier-1 answers (0..1)",
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)

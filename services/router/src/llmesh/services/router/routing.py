@@ -4,7 +4,11 @@ The routing policy is a JSON document (kit.policy, key "global", overridable per
 case) such as::
 
     {"tiers": {"1": "gemma-3-270m", "2": "...", "3": "..."},
-     "prices": {"gemma-3-270m": {"prompt_per_1k": 0.0001, "completion_per_1k": 0.0004}}}
+     "prices": {"gemma-3-270m": {"prompt_per_1k": 0.0001, "completion_per_1k": 0.0004}},
+     "routing": {"fallbacks": {"1": ["tier:1@region-b", "tier:2"]}},
+     "data_access": {"external": {"max_sensitivity": "internal", "providers": ["openai"]}},
+     "overflow": {"enabled": true, "threshold": 0.8, "resume_below": 0.65},
+     "escalation": {"threshold": 0.7, "stream_mode": "hold", "hold_tokens": 32}}
 
 Settings give the defaults the policy overrides, and inference's model catalog (ListModels) gives
 the defaults below those: the models serving each tier, each model's hosting and highest allowed
@@ -20,10 +24,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from llmesh.kit.errors import InvalidArgument, PermissionDenied, Unavailable
+from llmesh.kit.errors import InvalidArgument, PermissionDenied
 from llmesh.kit.logging import get_logger
 from llmesh.kit.vocabulary import Sensitivity
-from llmesh.services.router.domain import TIERS, ModelInfo, Usage
+from llmesh.services.router import candidates
+from llmesh.services.router.candidates import DEFAULT_FALLBACKS, Candidate, CandidateList, DataAccess
+from llmesh.services.router.domain import ModelInfo, Usage
+from llmesh.services.router.overflow import OverflowPolicy, parse_overflow
+from llmesh.services.router.quality import EscalationPolicy, parse_escalation
 
 log = get_logger("llmesh.router.routing")
 
@@ -43,6 +51,11 @@ class RoutingPolicy:
     prices: dict[str, Price]
     # The cache's policy key `cache.allow_restricted`: restricted requests may use the cache.
     cache_restricted: bool = False
+    # routing.fallbacks: tier → chain entries ("tier:N", "tier:N@region", "model:NAME")
+    fallbacks: dict[int, tuple[str, ...]] = dataclasses.field(default_factory=lambda: dict(DEFAULT_FALLBACKS))
+    data_access: DataAccess = DataAccess()
+    overflow: OverflowPolicy = OverflowPolicy()
+    escalation: EscalationPolicy = EscalationPolicy()
 
 
 def policy_from_document(doc: Mapping[str, Any], defaults: RoutingPolicy) -> RoutingPolicy:
@@ -70,7 +83,21 @@ def policy_from_document(doc: Mapping[str, Any], defaults: RoutingPolicy) -> Rou
             prices[model] = price
     cache_section = doc.get("cache")
     cache_restricted = isinstance(cache_section, dict) and cache_section.get("allow_restricted") is True
-    return RoutingPolicy(tier_models, prices, cache_restricted)
+    routing = doc.get("routing")
+    if routing is not None and not isinstance(routing, dict):
+        log.warning("policy_entry_ignored", field="routing", key="")
+        routing = None
+    return RoutingPolicy(
+        tier_models,
+        prices,
+        cache_restricted,
+        fallbacks=candidates.parse_fallbacks((routing or {}).get("fallbacks"), defaults.fallbacks),
+        data_access=candidates.parse_data_access(doc.get("data_access"))
+        if "data_access" in doc
+        else defaults.data_access,
+        overflow=parse_overflow(doc.get("overflow"), defaults.overflow),
+        escalation=parse_escalation(doc.get("escalation"), defaults.escalation),
+    )
 
 
 class ModelCatalog:
@@ -130,20 +157,53 @@ class ModelCatalog:
 
 
 class Router:
-    """Picks the model for a tier, honouring a pinned model and each model's highest allowed
-    sensitivity (restricted data never leaves self-hosted models: the catalog refuses an external
-    model restricted data)."""
+    """Builds a request's ordered candidate list (candidates.py) and prices models. Restricted data
+    never leaves self-hosted models: the catalog refuses an external model restricted data."""
 
-    def __init__(self, defaults: RoutingPolicy, *, default_model: str, default_price: Price):
+    def __init__(self, defaults: RoutingPolicy, *, default_model: str, default_price: Price, home_region: str = ""):
         self.defaults = defaults
         self._default_model = default_model
         self._default_price = default_price
+        self.home_region = home_region
 
     @staticmethod
-    def _refusal(model: ModelInfo, sensitivity: Sensitivity) -> str:
-        return (
-            f"the request holds {sensitivity.name.lower()} data; {model.name} ({model.backend}) may receive "
-            f"data up to {model.max_sensitivity.name.lower()} only"
+    def _refusal(model: ModelInfo, sensitivity: Sensitivity, rule: str) -> str:
+        if rule == "model_sensitivity":
+            return (
+                f"the request holds {sensitivity.name.lower()} data; {model.name} ({model.backend}) may receive "
+                f"data up to {model.max_sensitivity.name.lower()} only"
+            )
+        return f"the tenant's rule {rule} does not allow {sensitivity.name.lower()} data on {model.name}"
+
+    def candidates(
+        self,
+        *,
+        tier: int,
+        sensitivity: Sensitivity,
+        pinned: ModelInfo | None,
+        policy: RoutingPolicy,
+        available: list[ModelInfo],
+        clearance: Sensitivity = Sensitivity.RESTRICTED,
+        usable: Callable[[ModelInfo], bool] = lambda model: True,
+    ) -> CandidateList:
+        """The models to try, in order: a pinned model alone, else the tier's models, its fallback
+        chain and the fallbacks of last resort, each allowed the request's data."""
+        if pinned is not None:
+            rule = candidates.refusal(pinned, sensitivity, clearance, policy.data_access)
+            if rule is not None:
+                raise PermissionDenied(self._refusal(pinned, sensitivity, rule))
+            return CandidateList([Candidate(pinned, "pinned", tier)], {})
+        return candidates.build(
+            tier=tier,
+            sensitivity=sensitivity,
+            clearance=clearance,
+            tier_map=policy.tier_models,
+            fallbacks=policy.fallbacks,
+            rules=policy.data_access,
+            available=available,
+            default_model=self._default_model,
+            home_region=self.home_region,
+            usable=usable,
         )
 
     def choose(
@@ -155,39 +215,10 @@ class Router:
         policy: RoutingPolicy,
         available: list[ModelInfo],
     ) -> ModelInfo:
-        """The model for `tier`: the policy's (or settings') mapping, else the catalog's models for
-        the tier (fallbacks of last resort after the others), else the default model; the first
-        of these allowed the request's sensitivity, else any allowed fallback of last resort."""
-        if tier not in TIERS:
-            raise ValueError(f"tier {tier} is not one of {TIERS}")
-        if pinned is not None:
-            if not pinned.allows(sensitivity):
-                raise PermissionDenied(self._refusal(pinned, sensitivity))
-            return pinned
-        by_name = {m.name: m for m in available}
-        catalog_tier = sorted((m for m in available if tier in m.tiers), key=lambda m: m.fallback)
-        wanted: list[ModelInfo] = []
-        for name in filter(None, [policy.tier_models.get(tier)]):
-            if name in by_name:
-                wanted.append(by_name[name])
-            else:
-                log.warning("routed_model_not_served", tier=tier, model=name)
-        wanted += catalog_tier
-        default = self._default_model or (available[0].name if available and not catalog_tier else "")
-        if default in by_name:
-            wanted.append(by_name[default])
-        wanted += [m for m in available if m.fallback]
-        refused: list[ModelInfo] = []
-        for model in wanted:
-            if model.allows(sensitivity):
-                return model
-            refused.append(model)
-        if refused:
-            raise Unavailable(
-                f"no model for tier {tier} may receive {sensitivity.name.lower()} data "
-                f"(refused: {', '.join(dict.fromkeys(m.name for m in refused))})"
-            )
-        raise Unavailable(f"no model is available for tier {tier}")
+        """The first candidate (or the reason there is none)."""
+        found = self.candidates(tier=tier, sensitivity=sensitivity, pinned=pinned, policy=policy, available=available)
+        found.raise_if_empty(tier, sensitivity)
+        return found.candidates[0].model
 
     def price(self, model: str, policy: RoutingPolicy, info: ModelInfo | None = None) -> Price:
         """The policy's (or settings') price, else the catalog's, else the default price."""

@@ -10,8 +10,9 @@ from llmesh.kit.auth import authorization_header
 from llmesh.kit.errors import Unavailable
 from llmesh.kit.logging import get_contextvars
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
-from llmesh.services.router.convert import command_from_proto, event_to_proto
+from llmesh.services.router.convert import command_from_proto, event_to_proto, interrupted_to_proto
 from llmesh.services.router.core import GeneratePipeline
+from llmesh.services.router.domain import StreamInterruptedError
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 
@@ -31,6 +32,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         command = command_from_proto(request)
         request_id = get_contextvars().get("request_id", "")
         events = pipeline.run(principal, command, request_id=request_id, started=started, deadline=deadline)
-        async with aclosing(events):
-            async for event in events:
-                yield event_to_proto(event)
+        try:
+            async with aclosing(events):
+                async for event in events:
+                    yield event_to_proto(event)
+        except StreamInterruptedError as exc:
+            raise Unavailable(exc.message, details=(interrupted_to_proto(exc),)) from None

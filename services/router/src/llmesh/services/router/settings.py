@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from llmesh.kit.config import ServerSettings, non_negative, parses, port_check, positive, setting
+from llmesh.kit.config import ServerSettings, non_negative, one_of, parses, port_check, positive, setting
 from llmesh.kit.defaults import DEFAULT_PORTS
 
 
@@ -15,6 +15,14 @@ def _loopback(service: str) -> str:
 
 def _tier(value: int) -> str | None:
     return None if value in (1, 2, 3) else "must be 1, 2 or 3"
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 < value <= 1 else "must be in (0, 1]"
+
+
+def _percent(value: float) -> str | None:
+    return None if 0 <= value <= 100 else "must be in 0..100"
 
 
 def parse_tier_models(value: str) -> dict[int, str]:
@@ -148,4 +156,65 @@ class RouterSettings(ServerSettings):
     )
     batch_window_max_s: float = setting(
         "LLMESH_ROUTER_BATCH_WINDOW_MAX_S", 0.5, "longest wait to gather batch items, when idle", positive
+    )
+    breaker_consecutive_failures: int = setting(
+        "LLMESH_ROUTER_BREAKER_CONSECUTIVE_FAILURES",
+        5,
+        "failures in a row (UNAVAILABLE, deadline, cut streams) that eject a model endpoint",
+        positive,
+    )
+    breaker_error_rate: float = setting(
+        "LLMESH_ROUTER_BREAKER_ERROR_RATE",
+        0.5,
+        "error rate over the window that ejects a model endpoint (with at least the minimum requests)",
+        _fraction,
+    )
+    breaker_min_requests: int = setting(
+        "LLMESH_ROUTER_BREAKER_MIN_REQUESTS", 10, "results in the window before the error rate counts", positive
+    )
+    breaker_window_s: float = setting(
+        "LLMESH_ROUTER_BREAKER_WINDOW_S", 10.0, "window of the breaker's error rate, seconds", positive
+    )
+    breaker_base_ejection_s: float = setting(
+        "LLMESH_ROUTER_BREAKER_BASE_EJECTION_S",
+        5.0,
+        "ejection time of a first ejection; the n-th ejection in a row lasts n times this",
+        positive,
+    )
+    breaker_max_ejection_s: float = setting(
+        "LLMESH_ROUTER_BREAKER_MAX_EJECTION_S", 120.0, "longest ejection, seconds", positive
+    )
+    breaker_max_ejection_percent: float = setting(
+        "LLMESH_ROUTER_BREAKER_MAX_EJECTION_PERCENT",
+        50.0,
+        "most model endpoints ejected at once, in percent of the catalog (one may always be)",
+        _percent,
+    )
+    overflow_threshold: float = setting(
+        "LLMESH_ROUTER_OVERFLOW_THRESHOLD",
+        0.8,
+        "self-hosted utilization at which eligible requests overflow to external models (policy `overflow`)",
+        _fraction,
+    )
+    overflow_resume_below: float = setting(
+        "LLMESH_ROUTER_OVERFLOW_RESUME_BELOW",
+        0.65,
+        "utilization under which overflowing stops again (hysteresis; policy `overflow`)",
+        _fraction,
+    )
+    escalation_threshold: float = setting(
+        "LLMESH_ROUTER_ESCALATION_THRESHOLD",
+        0.7,
+        "tier-1 answers scoring below this are answered again on tier 2 (policy `escalation`)",
+        _fraction,
+    )
+    escalation_stream_mode: str = setting(
+        "LLMESH_ROUTER_ESCALATION_STREAM_MODE",
+        "release",
+        "`release`: stream at once, escalate only answers with nothing released; `hold`: hold the first "
+        "LLMESH_ROUTER_ESCALATION_HOLD_TOKENS deltas until scored (policy `escalation`, ADR 0011)",
+        one_of("release", "hold"),
+    )
+    escalation_hold_tokens: int = setting(
+        "LLMESH_ROUTER_ESCALATION_HOLD_TOKENS", 32, "deltas held for scoring in `hold` mode", positive
     )
