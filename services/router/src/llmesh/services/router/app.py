@@ -20,6 +20,7 @@ from llmesh.services.router import convert
 from llmesh.services.router.core import GeneratePipeline, PipelineConfig
 from llmesh.services.router.load import LoadBoard
 from llmesh.services.router.principals import PrincipalCache
+from llmesh.services.router.queueing import FairQueues, parse_queue_classes, queue_policy_from_document
 from llmesh.services.router.routing import ModelCatalog, Price, Router, RoutingPolicy, policy_from_document
 from llmesh.services.router.servicer import SERVICE_NAME, RouterServicer
 from llmesh.services.router.settings import RouterSettings, parse_prices, parse_tier_models
@@ -69,6 +70,7 @@ class RouterApp(ServiceApp):
             tier_models=parse_tier_models(s.tier_models),
             prices={m: Price(*p) for m, p in parse_prices(s.prices).items()},
         )
+        queue_defaults = parse_queue_classes(s.queue_classes)
         self.pipeline = GeneratePipeline(
             tenancy=TenancyClient(channel(s.tenancy_addr)),
             classifier=ClassifierClient(channel(s.classifier_addr)),
@@ -89,6 +91,11 @@ class RouterApp(ServiceApp):
                 hit_chunk_chars=s.hit_chunk_chars,
             ),
             spawn=self.spawn,
+            queues=FairQueues(
+                self.policy.parsed(lambda doc: queue_policy_from_document(doc, queue_defaults)),
+                replicas=s.replicas,
+                initial_service_s=s.queue_initial_service_s,
+            ),
         )
 
     async def _wait_for_models(self, catalog: ModelCatalog) -> None:

@@ -25,10 +25,12 @@ from llmesh.services.router.domain import (
     Completion,
     Delta,
     GenerateCommand,
+    Priority,
     Summary,
 )
 from llmesh.services.router.ports import Cache, Classifier, Inference, Tenancy
 from llmesh.services.router.principals import PrincipalCache
+from llmesh.services.router.queueing import FairQueues, estimate_prompt_tokens
 from llmesh.services.router.routing import ModelCatalog, Router, RoutingPolicy
 
 log = get_logger("llmesh.router")
@@ -70,6 +72,7 @@ class GeneratePipeline:
         policies: CachedPolicy[RoutingPolicy],
         config: PipelineConfig,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task],
+        queues: FairQueues,
     ):
         self._tenancy = tenancy
         self._classifier = classifier
@@ -82,6 +85,7 @@ class GeneratePipeline:
         self._config = config
         # Starts work that outlives the response (cache stores); the app awaits it on shutdown.
         self._spawn = spawn
+        self._queues = queues
 
     async def authenticate(self, authorization: str | None, *, deadline: float | None = None) -> Principal:
         api_key = bearer_token(authorization)
@@ -135,7 +139,7 @@ class GeneratePipeline:
             cached = None
 
         if cached is not None and cached.tier >= classification.tier:
-            async for event in self._serve_cached(cached, principal, request_id, started):
+            async for event in self._serve_cached(cached, principal, request_id, started, command.priority):
                 yield event
             return
         if cached is not None:
@@ -156,11 +160,22 @@ class GeneratePipeline:
         parts: list[str] = []
         first_delta_at: float | None = None
         completion: Completion | None = None
-        stream = self._inference.generate(
-            model.name,
-            command,
-            request_id=request_id,
-            timeout_s=_remaining(self._config.generate_timeout_s, deadline),
+        ticket = self._queues.ticket(
+            model,
+            tenant=principal.tenant_id,
+            use_case=command.use_case,
+            priority=command.priority,
+            prompt_tokens=estimate_prompt_tokens(m.content for m in command.messages),
+            max_tokens=command.max_tokens,
+            deadline=deadline,
+        )
+        stream = ticket.stream(
+            lambda: self._inference.generate(
+                model.name,
+                command,
+                request_id=request_id,
+                timeout_s=_remaining(self._config.generate_timeout_s, deadline),
+            )
         )
         async with aclosing(stream):
             async for event in stream:
@@ -204,6 +219,8 @@ class GeneratePipeline:
             time_to_first_token_ms=((first_delta_at or finished) - started) * 1000.0,
             total_time_ms=(finished - started) * 1000.0,
             finish_reason=completion.finish_reason,
+            queue_wait_ms=ticket.wait_ms,
+            priority=command.priority,
         )
         log.info(
             "generated",
@@ -259,7 +276,7 @@ class GeneratePipeline:
         return classification, cached
 
     async def _serve_cached(
-        self, cached: CachedAnswer, principal: Principal, request_id: str, started: float
+        self, cached: CachedAnswer, principal: Principal, request_id: str, started: float, priority: Priority
     ) -> AsyncIterator[Delta | Summary]:
         outcome = CacheOutcome.SEMANTIC_HIT if cached.semantic else CacheOutcome.EXACT_HIT
         first_delta_at: float | None = None
@@ -283,6 +300,7 @@ class GeneratePipeline:
             total_time_ms=(finished - started) * 1000.0,
             # The cache does not record why the original generation stopped.
             finish_reason=FinishReason.UNSPECIFIED,
+            priority=priority,
         )
 
     async def _store(

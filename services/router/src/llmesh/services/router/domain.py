@@ -99,6 +99,8 @@ class ModelInfo:
     completion_price_per_1k: float | None = None
     region: str = ""
     fallback: bool = False
+    # Concurrent generations inference runs (0: not stated, the router does not queue for it).
+    max_concurrency: int = 0
 
     def allows(self, sensitivity: Sensitivity) -> bool:
         return sensitivity <= self.max_sensitivity
@@ -132,3 +134,6 @@ class Summary:
     time_to_first_token_ms: float
     total_time_ms: float
     finish_reason: FinishReason
+    # Time in the router's fair queue; the class the request ran at.
+    queue_wait_ms: float = 0.0
+    priority: Priority | None = None

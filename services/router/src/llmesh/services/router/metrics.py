@@ -36,3 +36,20 @@ MODEL_LOAD_KNOWN = Gauge(
     "1 while the router holds a fresh load snapshot of the model, 0 when it is stale or missing",
     ["region", "model"],
 )
+QUEUE_DEPTH = Gauge(
+    "llmesh_router_queue_depth",
+    "Requests waiting in the router's fair queues, by model (pool) and priority class",
+    ["model", "priority"],
+)
+QUEUE_WAIT = Histogram(
+    "llmesh_router_queue_wait_seconds",
+    "time a request waited in the router's fair queue for a slot of its model, by priority class",
+    ["priority"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+QUEUE_ADMISSIONS = Counter(
+    "llmesh_router_queue_admissions_total",
+    "fair-queue decisions by priority class: admitted, rejected_full (class queue at its cap), "
+    "rejected_deadline (the estimated wait misses the SLA or deadline), cancelled (the caller left while queued)",
+    ["priority", "outcome"],
+)
