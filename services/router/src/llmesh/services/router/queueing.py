@@ -269,7 +269,7 @@ class Pool:
                 continue
             counter = other.counter
             for waiter in other.queue:
-                if counter >= finish:
+                if counter > finish:  # ties go to the earlier arrival, as in dispatch
                     break
                 ahead.append(waiter)
                 counter += waiter.charge
