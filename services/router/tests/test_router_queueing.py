@@ -7,8 +7,8 @@ import asyncio
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from llmesh.inference.v1 import inference_pb2
 from llmesh.kit.client import open_channel
 from llmesh.kit.config import ServerSettings, load_settings
