@@ -230,10 +230,11 @@ async def test_the_wait_estimate_counts_only_the_work_served_first():
     for _ in range(20):
         h.submit("heavy", B)
     await h.queued(20)
-    # Twenty batch requests of about 1 s each are waiting, yet standard work of another tenant
-    # is served ahead of most of them: only the running one stands between it and the slot.
-    flow = h.pool.flow("light", S, DEFAULTS.weight(S))
-    assert h.pool.estimate_wait(flow) == pytest.approx(2.0)
+    # Twenty batch requests of about 1 s each are waiting, yet another tenant's batch request is
+    # served after one of them (equal counters: the earlier arrival first), not after all twenty.
+    assert h.pool.estimate_wait(h.pool.flow("light", B, DEFAULTS.weight(B))) == pytest.approx(2.0)
+    # A standard request outweighs batch on a tie: only the running generation is ahead of it.
+    assert h.pool.estimate_wait(h.pool.flow("light", S, DEFAULTS.weight(S))) == pytest.approx(1.0)
     assert h.pool.estimate_wait(h.pool.flow("heavy", B, DEFAULTS.weight(B))) == pytest.approx(21.0)
     await h.drain()
 

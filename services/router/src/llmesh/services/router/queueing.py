@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import heapq
 import itertools
 import math
 import time
@@ -258,8 +259,9 @@ class Pool:
         return self._last_served
 
     def estimate_wait(self, flow: _Flow) -> float:
-        """Seconds until a request joining `flow` now would be dispatched: the work the VTC
-        scheduler serves before it, spread over the pool's slots (a fluid approximation)."""
+        """Seconds until a request joining `flow` now would be dispatched: the requests the VTC
+        scheduler serves before it, list-scheduled onto the slots as the running ones end (each
+        by its estimated service time; one that overran its estimate ends any moment)."""
         now = self._clock()
         own_counter = flow.counter if flow in self._backlogged else max(flow.counter, self._floor())
         ahead = list(flow.queue)
@@ -269,14 +271,19 @@ class Pool:
                 continue
             counter = other.counter
             for waiter in other.queue:
-                if counter > finish:  # ties go to the earlier arrival, as in dispatch
+                # As in dispatch: ties go to the heavier flow, then to the earlier arrival (theirs).
+                if (counter, -other.weight) > (finish, -flow.weight):
                     break
                 ahead.append(waiter)
                 counter += waiter.charge
         if self.running + len(ahead) < self.capacity:
             return 0.0
-        remaining = sum(max(0.0, until - now) for until in self._running_until.values())
-        return (remaining + sum(w.service_s for w in ahead)) / self.capacity
+        free_at = [max(0.0, until - now) for until in self._running_until.values()]
+        free_at += [0.0] * max(0, self.capacity - len(free_at))
+        heapq.heapify(free_at)
+        for waiter in ahead:
+            heapq.heappush(free_at, heapq.heappop(free_at) + waiter.service_s)
+        return free_at[0]
 
     def enqueue(self, waiter: _Waiter) -> None:
         flow = waiter.flow
@@ -290,9 +297,11 @@ class Pool:
         self.dispatch()
 
     def dispatch(self) -> None:
-        """Fills free slots from the backlogged flow with the smallest counter."""
+        """Fills free slots from the backlogged flow with the smallest counter; on a tie the flow
+        of the higher weight (a flow that just became backlogged is lifted to the smallest counter,
+        so an interactive request arriving takes the next slot), then the earlier arrival."""
         while self.running < self.capacity and self._backlogged:
-            flow = min(self._backlogged, key=lambda f: (f.counter, f.queue[0].seq))
+            flow = min(self._backlogged, key=lambda f: (f.counter, -f.weight, f.queue[0].seq))
             waiter = flow.queue.popleft()
             self._dequeued(flow)
             if waiter.future.done():  # its caller left; withdraw() will find it gone
