@@ -329,9 +329,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "router_overload.md"))
     args = parser.parse_args()
-    import logging
+    from llmesh.kit.logging import configure_logging
 
-    logging.disable(logging.INFO)
+    configure_logging("bench", "warning")
     report = asyncio.run(run(args.duration, args.slots, args.token_rate, args.load, args.seed))
     pathlib.Path(args.out).write_text(report)
     print(report)

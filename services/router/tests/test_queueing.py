@@ -239,6 +239,25 @@ async def test_the_wait_estimate_counts_only_the_work_served_first():
     await h.drain()
 
 
+async def test_waits_longer_than_estimated_raise_later_estimates_until_refusals_fade_them():
+    h = Harness(DEFAULTS, initial_service_s=0.1)
+    await h.block()
+    flow = h.pool.flow("t", S, DEFAULTS.weight(S))
+    assert h.pool.calibrated_wait(flow) == pytest.approx(0.1)
+    for _ in range(40):  # standard requests waited 3 s where 0.1 s was expected
+        h.pool.learn_wait(S, 0.1, 3.1)
+    assert h.pool.calibrated_wait(flow) == pytest.approx(3.1, rel=0.01)
+    with pytest.raises(ResourceExhausted, match="TTFT SLO 2000 ms"):
+        await h.request("t", S)
+    # Refused requests are not measured: the learned error fades, and the class is let in again.
+    for _ in range(60):
+        h.pool.refused(S)
+    assert h.pool.calibrated_wait(flow) < 0.11
+    h.submit("t", S)
+    await h.queued(1)
+    await h.drain()
+
+
 async def test_a_full_class_queue_rejects_new_requests():
     capped = QueuePolicy({**WEIGHTS_ONLY.classes, B: ClassPolicy(1.0, max_queue=2)})
     h = Harness(capped)

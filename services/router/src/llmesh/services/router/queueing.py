@@ -237,6 +237,10 @@ class Pool:
         # other is waiting starts.
         self._last_served = 0.0
         self._arrivals = itertools.count()
+        # Per class: how much longer than estimated requests recently waited (EWMA, seconds).
+        # The estimate cannot foresee later arrivals that outrank a waiting request (interactive
+        # work, tenants below their share) nor a busy event loop; this learns what it misses.
+        self._wait_error: dict[Priority, float] = {}
 
     def depth(self, priority: Priority | None = None) -> int:
         return sum(self._depth.values()) if priority is None else self._depth[priority]
@@ -284,6 +288,18 @@ class Pool:
         for waiter in ahead:
             heapq.heappush(free_at, heapq.heappop(free_at) + waiter.service_s)
         return free_at[0]
+
+    def calibrated_wait(self, flow: _Flow) -> float:
+        return self.estimate_wait(flow) + max(0.0, self._wait_error.get(flow.priority, 0.0))
+
+    def learn_wait(self, priority: Priority, estimated: float, actual: float) -> None:
+        self._wait_error[priority] = _ewma(self._wait_error.get(priority), actual - estimated)
+
+    def refused(self, priority: Priority) -> None:
+        """A refusal teaches nothing about waits: the learned error fades, so a class refused on
+        a stale error is let in again and measured."""
+        if priority in self._wait_error:
+            self._wait_error[priority] *= 1.0 - EWMA_ALPHA / 2
 
     def enqueue(self, waiter: _Waiter) -> None:
         flow = waiter.flow
@@ -496,8 +512,9 @@ class _Slot:
         arrived = self._queues._clock()
         if pool.running < pool.capacity and pool.depth() == 0:
             pool.start_now(waiter)
+            estimated = 0.0
         else:
-            self._admit(pool, flow, cls, waiter, arrived)
+            estimated = self._admit(pool, flow, cls, waiter, arrived)
             pool.enqueue(waiter)
             try:
                 await waiter.future
@@ -511,11 +528,13 @@ class _Slot:
         self._pool, self._waiter = pool, waiter
         self._started = self._queues._clock()
         t.wait_s = self._started - arrived
+        pool.learn_wait(t.priority, estimated, t.wait_s)
         metrics.QUEUE_WAIT.labels(t.priority.value).observe(t.wait_s)
         metrics.QUEUE_ADMISSIONS.labels(t.priority.value, "admitted").inc()
         return self._settle
 
-    def _admit(self, pool: Pool, flow: _Flow, cls: ClassPolicy, waiter: _Waiter, now: float) -> None:
+    def _admit(self, pool: Pool, flow: _Flow, cls: ClassPolicy, waiter: _Waiter, now: float) -> float:
+        """The estimated wait of a request allowed to queue; raises for one refused."""
         t = self._ticket
         if pool.depth(t.priority) >= cls.max_queue:
             metrics.QUEUE_ADMISSIONS.labels(t.priority.value, "rejected_full").inc()
@@ -523,7 +542,7 @@ class _Slot:
                 f"the {t.priority.value} queue of {pool.name} is full ({cls.max_queue} waiting); retry later",
                 retry_after_s=round(max(0.1, waiter.service_s / pool.capacity * cls.max_queue / 10), 3),
             )
-        wait = pool.estimate_wait(flow)
+        wait = pool.calibrated_wait(flow)
         bounds: list[tuple[float, str]] = []
         if cls.ttft_slo_ms is not None:
             bounds.append((cls.ttft_slo_ms / 1000.0 - pool.stats.expected_ttft(), f"TTFT SLO {cls.ttft_slo_ms:g} ms"))
@@ -533,12 +552,14 @@ class _Slot:
             bounds.append((t.deadline - now - waiter.service_s, "the request's deadline"))
         for bound, what in bounds:
             if wait > bound:
+                pool.refused(t.priority)
                 metrics.QUEUE_ADMISSIONS.labels(t.priority.value, "rejected_deadline").inc()
                 raise ResourceExhausted(
                     f"{pool.name} is busy: the {t.priority.value} queue wait of about {wait:.2f} s would miss "
                     f"{what}; retry later or with a lower priority class",
                     retry_after_s=round(max(0.1, wait - max(bound, 0.0)), 3),
                 )
+        return wait
 
     def _settle(self, usage: Usage | None) -> None:
         if usage is not None:
