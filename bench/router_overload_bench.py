@@ -1,6 +1,6 @@
 """Router overload benchmark: the fair queues against FIFO at twice a model's capacity.
 
-    .venv/bin/python bench/router_overload_bench.py [--duration 20] [--slots 4] [--seed 7] [--out bench/results/router_overload.md]
+    .venv/bin/python bench/router_overload_bench.py [--duration 20] [--slots 8] [--seed 7] [--out bench/results/router_overload.md]
 
 The router runs in this process with the in-test fake tenancy, classifier and cache
 (services/router/tests/fakes.py) and a private nats-server. Inference is a fake upstream of known
@@ -61,7 +61,7 @@ CLASSES = (  # priority, share of requests, generated tokens
 )
 TENANTS = (("heavy", 10), ("light-1", 1), ("light-2", 1))
 TTFT_S = 0.03
-TOKENS_PER_DELTA = 4
+TOKENS_PER_DELTA = 8
 INTERACTIVE_SLO_MS = 300
 
 
@@ -323,7 +323,7 @@ async def run(duration: float, slots: int, rate: float, load: float, seed: int) 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals")
-    parser.add_argument("--slots", type=int, default=4, help="the model's concurrent generations")
+    parser.add_argument("--slots", type=int, default=8, help="the model's concurrent generations")
     parser.add_argument("--token-rate", type=float, default=100.0, help="tokens/s of one generation")
     parser.add_argument("--load", type=float, default=2.0, help="offered load / capacity")
     parser.add_argument("--seed", type=int, default=7)

@@ -244,14 +244,16 @@ async def test_waits_longer_than_estimated_raise_later_estimates_until_refusals_
     await h.block()
     flow = h.pool.flow("t", S, DEFAULTS.weight(S))
     assert h.pool.calibrated_wait(flow) == pytest.approx(0.1)
+    other = h.pool.flow("u", S, DEFAULTS.weight(S))
     for _ in range(40):  # standard requests waited 3 s where 0.1 s was expected
-        h.pool.learn_wait(S, 0.1, 3.1)
+        h.pool.learn_wait(flow, 0.1, 3.1)
     assert h.pool.calibrated_wait(flow) == pytest.approx(3.1, rel=0.01)
+    assert h.pool.calibrated_wait(other) == pytest.approx(0.1)  # learned per tenant and class
     with pytest.raises(ResourceExhausted, match="TTFT SLO 2000 ms"):
         await h.request("t", S)
     # Refused requests are not measured: the learned error fades, and the class is let in again.
-    for _ in range(60):
-        h.pool.refused(S)
+    for _ in range(300):
+        h.pool.refused(flow)
     assert h.pool.calibrated_wait(flow) < 0.11
     h.submit("t", S)
     await h.queued(1)

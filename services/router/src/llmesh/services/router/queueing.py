@@ -217,6 +217,10 @@ class _Flow:
     counter: float = 0.0
     queue: collections.deque[_Waiter] = dataclasses.field(default_factory=collections.deque)
     running: int = 0
+    # How much longer than estimated this flow's requests recently waited (EWMA, seconds). The
+    # estimate cannot foresee later arrivals that outrank a waiting request (interactive work,
+    # tenants below their share) nor a busy event loop; this learns what it misses.
+    wait_error: float | None = None
 
 
 class Pool:
@@ -237,10 +241,6 @@ class Pool:
         # other is waiting starts.
         self._last_served = 0.0
         self._arrivals = itertools.count()
-        # Per class: how much longer than estimated requests recently waited (EWMA, seconds).
-        # The estimate cannot foresee later arrivals that outrank a waiting request (interactive
-        # work, tenants below their share) nor a busy event loop; this learns what it misses.
-        self._wait_error: dict[Priority, float] = {}
 
     def depth(self, priority: Priority | None = None) -> int:
         return sum(self._depth.values()) if priority is None else self._depth[priority]
@@ -289,17 +289,23 @@ class Pool:
             heapq.heappush(free_at, heapq.heappop(free_at) + waiter.service_s)
         return free_at[0]
 
+    @staticmethod
+    def calibrated(flow: _Flow, estimate: float) -> float:
+        return estimate + max(0.0, flow.wait_error or 0.0)
+
     def calibrated_wait(self, flow: _Flow) -> float:
-        return self.estimate_wait(flow) + max(0.0, self._wait_error.get(flow.priority, 0.0))
+        return self.calibrated(flow, self.estimate_wait(flow))
 
-    def learn_wait(self, priority: Priority, estimated: float, actual: float) -> None:
-        self._wait_error[priority] = _ewma(self._wait_error.get(priority), actual - estimated)
+    @staticmethod
+    def learn_wait(flow: _Flow, estimated: float, actual: float) -> None:
+        flow.wait_error = _ewma(flow.wait_error, actual - estimated)
 
-    def refused(self, priority: Priority) -> None:
-        """A refusal teaches nothing about waits: the learned error fades, so a class refused on
+    @staticmethod
+    def refused(flow: _Flow) -> None:
+        """A refusal teaches nothing about waits: the learned error fades, so a flow refused on
         a stale error is let in again and measured."""
-        if priority in self._wait_error:
-            self._wait_error[priority] *= 1.0 - EWMA_ALPHA / 2
+        if flow.wait_error is not None:
+            flow.wait_error *= 1.0 - EWMA_ALPHA / 10
 
     def enqueue(self, waiter: _Waiter) -> None:
         flow = waiter.flow
@@ -366,7 +372,7 @@ class Pool:
     def _forget_if_idle(self, flow: _Flow) -> None:
         # An idle flow at or below the floor would be lifted to the floor anyway: dropping it
         # keeps the table to the flows that are active or ahead of the others.
-        if not flow.queue and not flow.running and flow.counter <= self._floor():
+        if not flow.queue and not flow.running and flow.counter <= self._floor() and not flow.wait_error:
             self._flows.pop((flow.tenant, flow.priority), None)
 
     def _publish_depth(self, priority: Priority) -> None:
@@ -528,13 +534,14 @@ class _Slot:
         self._pool, self._waiter = pool, waiter
         self._started = self._queues._clock()
         t.wait_s = self._started - arrived
-        pool.learn_wait(t.priority, estimated, t.wait_s)
+        pool.learn_wait(flow, estimated, t.wait_s)
         metrics.QUEUE_WAIT.labels(t.priority.value).observe(t.wait_s)
         metrics.QUEUE_ADMISSIONS.labels(t.priority.value, "admitted").inc()
         return self._settle
 
     def _admit(self, pool: Pool, flow: _Flow, cls: ClassPolicy, waiter: _Waiter, now: float) -> float:
-        """The estimated wait of a request allowed to queue; raises for one refused."""
+        """The raw estimated wait (what calibration learns from) of a request allowed to queue;
+        raises for one refused."""
         t = self._ticket
         if pool.depth(t.priority) >= cls.max_queue:
             metrics.QUEUE_ADMISSIONS.labels(t.priority.value, "rejected_full").inc()
@@ -542,7 +549,8 @@ class _Slot:
                 f"the {t.priority.value} queue of {pool.name} is full ({cls.max_queue} waiting); retry later",
                 retry_after_s=round(max(0.1, waiter.service_s / pool.capacity * cls.max_queue / 10), 3),
             )
-        wait = pool.calibrated_wait(flow)
+        estimate = pool.estimate_wait(flow)
+        wait = pool.calibrated(flow, estimate)
         bounds: list[tuple[float, str]] = []
         if cls.ttft_slo_ms is not None:
             bounds.append((cls.ttft_slo_ms / 1000.0 - pool.stats.expected_ttft(), f"TTFT SLO {cls.ttft_slo_ms:g} ms"))
@@ -552,14 +560,14 @@ class _Slot:
             bounds.append((t.deadline - now - waiter.service_s, "the request's deadline"))
         for bound, what in bounds:
             if wait > bound:
-                pool.refused(t.priority)
+                pool.refused(flow)
                 metrics.QUEUE_ADMISSIONS.labels(t.priority.value, "rejected_deadline").inc()
                 raise ResourceExhausted(
                     f"{pool.name} is busy: the {t.priority.value} queue wait of about {wait:.2f} s would miss "
                     f"{what}; retry later or with a lower priority class",
                     retry_after_s=round(max(0.1, wait - max(bound, 0.0)), 3),
                 )
-        return wait
+        return estimate
 
     def _settle(self, usage: Usage | None) -> None:
         if usage is not None:
