@@ -215,7 +215,13 @@ def summarize(mode: str, outcomes: list[Outcome], duration: float) -> tuple[list
         demand[o.arrival.tenant] += o.arrival.tokens
         served[o.arrival.tenant] += sum(n for at, n in o.deltas if at <= duration)
     fair = max_min_shares(sum(served.values()), demand)
+    refused = {t: {} for t, _ in TENANTS}
+    for o in outcomes:
+        if o.code == "RESOURCE_EXHAUSTED":
+            refused[o.arrival.tenant][o.arrival.cls] = refused[o.arrival.tenant].get(o.arrival.cls, 0) + 1
     stats = {
+        "refused": refused,
+        "sent": {t: sum(o.arrival.tenant == t for o in outcomes) for t, _ in TENANTS},
         "served": served,
         "demand": demand,
         "fair": fair,
@@ -295,14 +301,16 @@ async def run(duration: float, slots: int, rate: float, load: float, seed: int) 
         "share of what the model delivered in the window (tenants asking for less than an equal share get all of "
         "it; the rest is split equally):",
         "",
-        "| mode | tenant | asked (tokens) | fair share | served | served / fair share |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| mode | tenant | asked (tokens) | fair share | served | served / fair share | requests refused / sent |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for mode, s in stats.items():
         for tenant, _ in TENANTS:
             lines.append(
                 f"| {mode} | {tenant} | {s['demand'][tenant]:.0f} | {s['fair'][tenant]:.0f} | "
-                f"{s['served'][tenant]:.0f} | {s['served'][tenant] / s['fair'][tenant]:.2f} |"
+                f"{s['served'][tenant]:.0f} | {s['served'][tenant] / s['fair'][tenant]:.2f} | "
+                f"{sum(s['refused'][tenant].values())} / {s['sent'][tenant]} "
+                f"({', '.join(f'{c} {n}' for c, n in sorted(s['refused'][tenant].items())) or 'none'}) |"
             )
     lines += ["", "| measure | goal | fifo | fair |", "| --- | --- | --- | --- |"]
     f, q = stats["fifo"], stats["fair"]

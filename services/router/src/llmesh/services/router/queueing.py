@@ -357,7 +357,7 @@ class Pool:
         except ValueError:
             return
         self._dequeued(waiter.flow)
-        self._forget_if_idle(waiter.flow)
+        self.forget_if_idle(waiter.flow)
 
     def release(self, waiter: _Waiter, charge: float) -> None:
         """A generation ended: its slot is free; the flow's counter is corrected from the
@@ -366,10 +366,10 @@ class Pool:
         waiter.flow.running -= 1
         self._running_until.pop(id(waiter), None)
         waiter.flow.counter += charge - waiter.charge
-        self._forget_if_idle(waiter.flow)
+        self.forget_if_idle(waiter.flow)
         self.dispatch()
 
-    def _forget_if_idle(self, flow: _Flow) -> None:
+    def forget_if_idle(self, flow: _Flow) -> None:
         # An idle flow at or below the floor would be lifted to the floor anyway: dropping it
         # keeps the table to the flows that are active or ahead of the others.
         if not flow.queue and not flow.running and flow.counter <= self._floor() and not flow.wait_error:
@@ -520,7 +520,11 @@ class _Slot:
             pool.start_now(waiter)
             estimated = 0.0
         else:
-            estimated = self._admit(pool, flow, cls, waiter, arrived)
+            try:
+                estimated = self._admit(pool, flow, cls, waiter, arrived)
+            except ResourceExhausted:
+                pool.forget_if_idle(flow)
+                raise
             pool.enqueue(waiter)
             try:
                 await waiter.future
