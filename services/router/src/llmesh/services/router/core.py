@@ -30,7 +30,7 @@ from llmesh.services.router.domain import (
 )
 from llmesh.services.router.ports import Cache, Classifier, Inference, Tenancy
 from llmesh.services.router.principals import PrincipalCache
-from llmesh.services.router.queueing import FairQueues, estimate_prompt_tokens
+from llmesh.services.router.queueing import FairQueues
 from llmesh.services.router.routing import ModelCatalog, Router, RoutingPolicy
 
 log = get_logger("llmesh.router")
@@ -160,15 +160,7 @@ class GeneratePipeline:
         parts: list[str] = []
         first_delta_at: float | None = None
         completion: Completion | None = None
-        ticket = self._queues.ticket(
-            model,
-            tenant=principal.tenant_id,
-            use_case=command.use_case,
-            priority=command.priority,
-            prompt_tokens=estimate_prompt_tokens(m.content for m in command.messages),
-            max_tokens=command.max_tokens,
-            deadline=deadline,
-        )
+        ticket = self._queues.ticket_for(model, principal.tenant_id, command, deadline)
         stream = ticket.stream(
             lambda: self._inference.generate(
                 model.name,

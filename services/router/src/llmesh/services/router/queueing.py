@@ -37,7 +37,7 @@ from typing import Any
 from llmesh.kit.errors import ResourceExhausted
 from llmesh.kit.logging import get_logger
 from llmesh.services.router import metrics
-from llmesh.services.router.domain import Completion, Delta, ModelInfo, Priority, Usage
+from llmesh.services.router.domain import Completion, Delta, GenerateCommand, ModelInfo, Priority, Usage
 
 log = get_logger("llmesh.router.queueing")
 
@@ -479,6 +479,18 @@ class FairQueues:
             priority=priority,
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
+            deadline=deadline,
+        )
+
+    def ticket_for(self, model: ModelInfo, tenant: str, command: GenerateCommand, deadline: float | None) -> Ticket:
+        """The ticket of a request to `model` (the pipeline's one call)."""
+        return self.ticket(
+            model,
+            tenant=tenant,
+            use_case=command.use_case,
+            priority=command.priority,
+            prompt_tokens=estimate_prompt_tokens(m.content for m in command.messages),
+            max_tokens=command.max_tokens,
             deadline=deadline,
         )
 
