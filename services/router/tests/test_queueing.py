@@ -78,6 +78,7 @@ class Harness:
         deadline: float | None = None,
         gated: bool = False,
         probe=None,
+        spent_s: float = 0.0,
     ):
         ticket = self.queues.ticket(
             self.model,
@@ -87,6 +88,7 @@ class Harness:
             prompt_tokens=10,
             max_tokens=max_tokens,
             deadline=deadline,
+            spent_s=spent_s,
         )
         async for _ in ticket.stream(self.backend(tenant, priority, tokens, gated, probe)):
             pass
@@ -221,6 +223,18 @@ async def test_a_request_that_would_miss_its_sla_is_rejected_at_once_with_a_retr
     with pytest.raises(ResourceExhausted) as late:
         await h.request("t", B, deadline=h.clock.now + 1.5)
     assert "the request's deadline" in late.value.message
+    await h.drain()
+
+
+async def test_time_spent_before_the_queue_counts_against_the_ttft_slo():
+    h = Harness(DEFAULTS, initial_service_s=0.2)
+    await h.block()
+    # About 0.2 s to wait: after 150 ms of authentication and classification that misses 300 ms...
+    with pytest.raises(ResourceExhausted, match="TTFT SLO 300 ms"):
+        await h.request("u", I, spent_s=0.15)
+    # ...while a request that got here at once makes it.
+    h.submit("t", I)
+    await h.queued(1)
     await h.drain()
 
 

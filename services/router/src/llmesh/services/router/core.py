@@ -160,7 +160,7 @@ class GeneratePipeline:
         parts: list[str] = []
         first_delta_at: float | None = None
         completion: Completion | None = None
-        ticket = self._queues.ticket_for(model, principal.tenant_id, command, deadline)
+        ticket = self._queues.ticket_for(model, principal.tenant_id, command, deadline, time.perf_counter() - started)
         stream = ticket.stream(
             lambda: self._inference.generate(
                 model.name,

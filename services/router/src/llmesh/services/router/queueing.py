@@ -394,6 +394,7 @@ class Ticket:
         prompt_tokens: int,
         max_tokens: int,
         deadline: float | None,
+        spent_s: float = 0.0,
     ):
         self._queues = queues
         self._model = model
@@ -403,6 +404,8 @@ class Ticket:
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.deadline = deadline
+        # Time the request already spent before the queue (authentication, classification).
+        self.spent_s = spent_s
         #: seconds spent waiting for a slot
         self.wait_s = 0.0
 
@@ -470,6 +473,7 @@ class FairQueues:
         prompt_tokens: int,
         max_tokens: int,
         deadline: float | None,
+        spent_s: float = 0.0,
     ) -> Ticket:
         return Ticket(
             self,
@@ -480,10 +484,14 @@ class FairQueues:
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
             deadline=deadline,
+            spent_s=spent_s,
         )
 
-    def ticket_for(self, model: ModelInfo, tenant: str, command: GenerateCommand, deadline: float | None) -> Ticket:
-        """The ticket of a request to `model` (the pipeline's one call)."""
+    def ticket_for(
+        self, model: ModelInfo, tenant: str, command: GenerateCommand, deadline: float | None, spent_s: float = 0.0
+    ) -> Ticket:
+        """The ticket of a request to `model` (the pipeline's one call); `spent_s`: the time since
+        the request arrived, which counts against its TTFT SLO."""
         return self.ticket(
             model,
             tenant=tenant,
@@ -492,6 +500,7 @@ class FairQueues:
             prompt_tokens=estimate_prompt_tokens(m.content for m in command.messages),
             max_tokens=command.max_tokens,
             deadline=deadline,
+            spent_s=spent_s,
         )
 
     def slot(self, ticket: Ticket) -> _Slot:
@@ -569,9 +578,10 @@ class _Slot:
         wait = pool.calibrated(flow, estimate)
         bounds: list[tuple[float, str]] = []
         if cls.ttft_slo_ms is not None:
-            bounds.append((cls.ttft_slo_ms / 1000.0 - pool.stats.expected_ttft(), f"TTFT SLO {cls.ttft_slo_ms:g} ms"))
+            slo_s = cls.ttft_slo_ms / 1000.0 - t.spent_s - pool.stats.expected_ttft()
+            bounds.append((slo_s, f"TTFT SLO {cls.ttft_slo_ms:g} ms"))
         if cls.deadline_s is not None:
-            bounds.append((cls.deadline_s - waiter.service_s, f"deadline {cls.deadline_s:g} s"))
+            bounds.append((cls.deadline_s - t.spent_s - waiter.service_s, f"deadline {cls.deadline_s:g} s"))
         if t.deadline is not None:
             bounds.append((t.deadline - now - waiter.service_s, "the request's deadline"))
         for bound, what in bounds:
