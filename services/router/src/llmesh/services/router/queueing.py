@@ -298,7 +298,14 @@ class Pool:
 
     @staticmethod
     def learn_wait(flow: _Flow, estimated: float, actual: float) -> None:
-        flow.wait_error = _ewma(flow.wait_error, actual - estimated)
+        # Up fast, down slowly: tracks a high quantile of the overrun (about the 80th percentile)
+        # rather than its mean, since an SLO is about the slow requests.
+        error = actual - estimated
+        if flow.wait_error is None:
+            flow.wait_error = error
+        else:
+            alpha = EWMA_ALPHA if error > flow.wait_error else EWMA_ALPHA / 4
+            flow.wait_error += alpha * (error - flow.wait_error)
 
     @staticmethod
     def refused(flow: _Flow) -> None:
