@@ -1,6 +1,6 @@
 """The policy's JSON Schema (llmesh/kit/policy.schema.json) says what the services' parsers take:
 every policy document the services' own tests use is checked against it and against the three
-parsers (router, classifier, cache), so the schema and the code cannot drift apart unnoticed."""
+parsers (router routing and queues, classifier, cache), so the schema and the code cannot drift apart unnoticed."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from llmesh.cli.policy import document_errors, policy_errors
 from llmesh.kit.policy import load_schema
 from llmesh.services.cache.policy import parse_cache_policy
 from llmesh.services.classifier.policy import ClassifierPolicy, parse_policy
+from llmesh.services.router.queueing import DEFAULT_QUEUE_CLASSES, parse_queue_classes, queue_policy_from_document
 from llmesh.services.router.routing import RoutingPolicy, policy_from_document
 from structlog.testing import capture_logs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PARSERS = {"parse_policy", "parse_cache_policy", "policy_from_document"}
+PARSERS = {"parse_policy", "parse_cache_policy", "policy_from_document", "queue_policy_from_document"}
 KEY_PREFIXES = ("global", "tenant.", "use_case.")
 
 
@@ -58,6 +59,7 @@ def parser_warnings(document: dict) -> list[dict]:
     """What the three services log while reading `document`: each ignored value is a warning."""
     with capture_logs() as logs:
         policy_from_document(document, RoutingPolicy({}, {}))
+        queue_policy_from_document(document, parse_queue_classes(DEFAULT_QUEUE_CLASSES))
         parse_policy(document, ClassifierPolicy())
         parse_cache_policy(document)
     return [entry for entry in logs if entry["log_level"] == "warning"]
@@ -65,7 +67,7 @@ def parser_warnings(document: dict) -> list[dict]:
 
 def test_the_service_tests_hold_policy_documents_of_every_section():
     sections = {section for _, _, doc in DOCUMENTS for section in doc}
-    assert {"tiers", "prices", "cache", "classifier"} <= sections, sections
+    assert {"tiers", "prices", "cache", "classifier", "queues"} <= sections, sections
     assert any(how == "stored" for _, how, _ in DOCUMENTS)
 
 

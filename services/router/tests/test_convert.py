@@ -17,7 +17,8 @@ USER = common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="hi")
 def test_unset_fields_take_their_defaults():
     command = command_from_proto(router_pb2.GenerateRequest(messages=[USER]))
     assert command.max_tokens == 256 and command.use_case == "default" and command.pinned_model == ""
-    assert command.priority is Priority.INTERACTIVE and command.use_cache
+    # PRIORITY_UNSPECIFIED is the standard class (ADR 0011-queue10).
+    assert command.priority is Priority.STANDARD and command.use_cache
 
 
 def test_set_fields_are_kept():

@@ -28,6 +28,7 @@ from llmesh.services.router.load import LoadBoard
 from llmesh.services.router.overflow import OverflowGate, OverflowPolicy
 from llmesh.services.router.principals import PrincipalCache
 from llmesh.services.router.quality import EscalationPolicy, StreamMode
+from llmesh.services.router.queueing import FairQueues, parse_queue_classes, queue_policy_from_document
 from llmesh.services.router.routing import ModelCatalog, Price, Router, RoutingPolicy, policy_from_document
 from llmesh.services.router.servicer import SERVICE_NAME, RouterServicer
 from llmesh.services.router.settings import RouterSettings, parse_prices, parse_tier_models
@@ -102,6 +103,7 @@ class RouterApp(ServiceApp):
                 hold_tokens=s.escalation_hold_tokens,
             ),
         )
+        queue_defaults = parse_queue_classes(s.queue_classes)
         self.pipeline = GeneratePipeline(
             tenancy=TenancyClient(channel(s.tenancy_addr)),
             classifier=ClassifierClient(channel(s.classifier_addr)),
@@ -125,6 +127,11 @@ class RouterApp(ServiceApp):
             spawn=self.spawn,
             breakers=self.breakers,
             overflow=OverflowGate(self.load),
+            queues=FairQueues(
+                self.policy.parsed(lambda doc: queue_policy_from_document(doc, queue_defaults)),
+                replicas=s.replicas,
+                initial_service_s=s.queue_initial_service_s,
+            ),
         )
         await self._start_batch()
 

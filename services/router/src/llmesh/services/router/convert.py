@@ -39,10 +39,16 @@ DEFAULT_MAX_TOKENS = 256
 MAX_MODEL_CHARS = 128
 
 PRIORITIES = {
-    router_pb2.PRIORITY_UNSPECIFIED: Priority.INTERACTIVE,
+    # Unlabelled traffic is standard: the interactive class is opted into (ADR 0011-queue10).
+    router_pb2.PRIORITY_UNSPECIFIED: Priority.STANDARD,
     router_pb2.PRIORITY_INTERACTIVE: Priority.INTERACTIVE,
     router_pb2.PRIORITY_STANDARD: Priority.STANDARD,
     router_pb2.PRIORITY_BATCH: Priority.BATCH,
+}
+PRIORITY_TO_PROTO = {
+    Priority.INTERACTIVE: router_pb2.PRIORITY_INTERACTIVE,
+    Priority.STANDARD: router_pb2.PRIORITY_STANDARD,
+    Priority.BATCH: router_pb2.PRIORITY_BATCH,
 }
 USE_CACHE = {
     router_pb2.CACHE_POLICY_UNSPECIFIED: True,
@@ -139,6 +145,8 @@ def event_to_proto(event: Delta | Summary) -> router_pb2.GenerateResponse:
             if event.escalation is not None
             else None,
             region=event.region,
+            queue_wait_ms=event.queue_wait_ms,
+            priority=PRIORITY_TO_PROTO.get(event.priority, router_pb2.PRIORITY_UNSPECIFIED),
         )
     )
 
@@ -246,6 +254,7 @@ def model_info_from_proto(model: inference_pb2.ModelInfo) -> ModelInfo:
         completion_price_per_1k=model.completion_price_per_1k if priced else None,
         region=model.region,
         fallback=model.fallback,
+        max_concurrency=max(0, model.max_concurrency),
     )
 
 

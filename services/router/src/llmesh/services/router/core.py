@@ -33,6 +33,7 @@ from llmesh.services.router.domain import (
     GenerateCommand,
     ModelInfo,
     OverflowInfo,
+    Priority,
     RouteAttempt,
     StreamInterruptedError,
     Summary,
@@ -42,6 +43,7 @@ from llmesh.services.router.overflow import ExtraCostAllowed, OverflowGate, allo
 from llmesh.services.router.ports import Cache, Classifier, Inference, Tenancy
 from llmesh.services.router.principals import PrincipalCache
 from llmesh.services.router.quality import QualityScore, StreamMode
+from llmesh.services.router.queueing import FairQueues
 from llmesh.services.router.routing import ModelCatalog, Router, RoutingPolicy
 
 log = get_logger("llmesh.router")
@@ -102,6 +104,8 @@ class _Progress:
     parts: list[str] = dataclasses.field(default_factory=list)
     released_chars: int = 0
     first_delta_at: float | None = None
+    # Time spent in the router's fair queues, over every attempt.
+    queue_wait_ms: float = 0.0
 
     def release(self, text: str) -> Delta:
         if self.first_delta_at is None:
@@ -148,6 +152,7 @@ class GeneratePipeline:
         breakers: Breakers,
         overflow: OverflowGate,
         extra_cost_allowed: ExtraCostAllowed = allow_any_cost,
+        queues: FairQueues,
     ):
         self._tenancy = tenancy
         self._classifier = classifier
@@ -164,6 +169,7 @@ class GeneratePipeline:
         self._overflow = overflow
         # The budget's say on an overflow's extra cost (the quota work plugs in here).
         self._extra_cost_allowed = extra_cost_allowed
+        self._queues = queues
 
     @traced("router.auth")
     async def authenticate(self, authorization: str | None, *, deadline: float | None = None) -> Principal:
@@ -224,7 +230,7 @@ class GeneratePipeline:
             cached = None
 
         if cached is not None and cached.tier >= classification.tier:
-            async for event in self._serve_cached(cached, principal, request_id, started):
+            async for event in self._serve_cached(cached, principal, request_id, started, command.priority):
                 if isinstance(event, Summary):
                     event = dataclasses.replace(event, policy_variant=variant)
                 yield event
@@ -291,7 +297,17 @@ class GeneratePipeline:
         answer: _Answer | None = None
         rejected: _Rejected | None = None
         async for event in self._try_candidates(
-            candidates, command, policy, request_id, deadline, attempts, progress, judge, hold, escalation.threshold
+            candidates,
+            command,
+            policy,
+            request_id,
+            deadline,
+            attempts,
+            progress,
+            principal.tenant_id,
+            judge,
+            hold,
+            escalation.threshold,
         ):
             if isinstance(event, _Answer):
                 answer = event
@@ -325,6 +341,7 @@ class GeneratePipeline:
                 deadline,
                 attempts,
                 progress,
+                principal.tenant_id,
                 None,
                 0,
                 escalation.threshold,
@@ -398,6 +415,8 @@ class GeneratePipeline:
             overflow=overflow,
             escalation=escalated,
             region=model.region,
+            queue_wait_ms=progress.queue_wait_ms,
+            priority=command.priority,
         )
         log.info(
             "generated",
@@ -483,6 +502,7 @@ class GeneratePipeline:
         deadline: float | None,
         attempts: list[RouteAttempt],
         progress: _Progress,
+        tenant_id: str,
         judge: Callable[[str, FinishReason | None], QualityScore] | None,
         hold: int,
         threshold: float,
@@ -503,12 +523,19 @@ class GeneratePipeline:
             completion: Completion | None = None
             tried_at = time.perf_counter()
             verdict = None
+            # Each attempt waits its turn in its own model's fair queue (queueing.py); a refusal
+            # there is a RESOURCE_EXHAUSTED before the first token: the next candidate is tried.
+            ticket = self._queues.ticket_for(
+                model, tenant_id, command, deadline, time.perf_counter() - progress.started
+            )
             try:
-                stream = self._inference.generate(
-                    model.name,
-                    command,
-                    request_id=request_id,
-                    timeout_s=timeout_s,
+                stream = ticket.stream(
+                    lambda model=model, timeout_s=timeout_s: self._inference.generate(
+                        model.name,
+                        command,
+                        request_id=request_id,
+                        timeout_s=timeout_s,
+                    )
                 )
                 async with aclosing(stream):
                     async for event in stream:
@@ -550,6 +577,8 @@ class GeneratePipeline:
             except BaseException:
                 self._breakers.release(model.region, model.name)
                 raise
+            finally:
+                progress.queue_wait_ms += ticket.wait_ms
             self._breakers.record(model.region, model.name, ok=True)
             if judged and verdict is None:
                 # The whole answer is here: scored for the metrics always, escalated only when none
@@ -640,7 +669,7 @@ class GeneratePipeline:
         return classification, cached
 
     async def _serve_cached(
-        self, cached: CachedAnswer, principal: Principal, request_id: str, started: float
+        self, cached: CachedAnswer, principal: Principal, request_id: str, started: float, priority: Priority
     ) -> AsyncIterator[Delta | Summary]:
         outcome = CacheOutcome.SEMANTIC_HIT if cached.semantic else CacheOutcome.EXACT_HIT
         first_delta_at: float | None = None
@@ -666,6 +695,7 @@ class GeneratePipeline:
             total_time_ms=(finished - started) * 1000.0,
             # The cache does not record why the original generation stopped.
             finish_reason=FinishReason.UNSPECIFIED,
+            priority=priority,
         )
 
     @traced("router.store")

@@ -100,6 +100,8 @@ class ModelInfo:
     completion_price_per_1k: float | None = None
     region: str = ""
     fallback: bool = False
+    # Concurrent generations inference runs (0: not stated, the router does not queue for it).
+    max_concurrency: int = 0
 
     def allows(self, sensitivity: Sensitivity) -> bool:
         return sensitivity <= self.max_sensitivity
@@ -170,6 +172,9 @@ class Summary:
     overflow: OverflowInfo | None = None
     escalation: EscalationInfo | None = None
     region: str = ""
+    # Time in the router's fair queue; the class the request ran at.
+    queue_wait_ms: float = 0.0
+    priority: Priority | None = None
 
 
 class StreamInterruptedError(Unavailable):

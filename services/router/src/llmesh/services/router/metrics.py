@@ -106,3 +106,20 @@ QUALITY_SCORE = Histogram(
     "Quality score of tier-1 answers (0..1)",
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
+QUEUE_DEPTH = Gauge(
+    "llmesh_router_queue_depth",
+    "Requests waiting in the router's fair queues, by model (pool) and priority class",
+    ["model", "priority"],
+)
+QUEUE_WAIT = Histogram(
+    "llmesh_router_queue_wait_seconds",
+    "time a request waited in the router's fair queue for a slot of its model, by priority class",
+    ["priority"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+QUEUE_ADMISSIONS = Counter(
+    "llmesh_router_queue_admissions_total",
+    "fair-queue decisions by priority class: admitted, rejected_full (class queue at its cap), "
+    "rejected_deadline (the estimated wait misses the SLA or deadline), cancelled (the caller left while queued)",
+    ["priority", "outcome"],
+)

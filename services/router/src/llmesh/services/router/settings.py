@@ -7,6 +7,7 @@ import json
 
 from llmesh.kit.config import ServerSettings, non_negative, one_of, parses, port_check, positive, setting
 from llmesh.kit.defaults import DEFAULT_PORTS
+from llmesh.services.router.queueing import DEFAULT_QUEUE_CLASSES, parse_queue_classes
 
 
 def _loopback(service: str) -> str:
@@ -217,4 +218,23 @@ class RouterSettings(ServerSettings):
     )
     escalation_hold_tokens: int = setting(
         "LLMESH_ROUTER_ESCALATION_HOLD_TOKENS", 32, "deltas held for scoring in `hold` mode", positive
+    )
+    queue_classes: str = setting(
+        "LLMESH_ROUTER_QUEUE_CLASSES",
+        DEFAULT_QUEUE_CLASSES,
+        "priority classes of the fair queues in front of each model, as the policy's `queues` section (weight, "
+        "ttft_slo_ms, deadline_s, max_queue per class); the policy overrides them",
+        parses(parse_queue_classes),
+    )
+    replicas: int = setting(
+        "LLMESH_ROUTER_REPLICAS",
+        1,
+        "router replicas sharing each model: each queues for its share of the model's max concurrency",
+        positive,
+    )
+    queue_initial_service_s: float = setting(
+        "LLMESH_ROUTER_QUEUE_INITIAL_SERVICE_S",
+        1.0,
+        "estimated duration of one generation of a model until the router has measured some (admission control)",
+        positive,
     )
