@@ -1,4 +1,4 @@
-"""Wires the tenancy service: SQLite repository, NATS bus, outbox relay, servicer."""
+"""Wires the tenancy service: repository (SQLite or PostgreSQL), NATS bus, outbox relay, servicer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import TENANCY
 from llmesh.services.tenancy.core import Tenancy
 from llmesh.services.tenancy.outbox import OutboxRelay
-from llmesh.services.tenancy.repository import SqliteRepository
+from llmesh.services.tenancy.repository import Repository
 from llmesh.services.tenancy.servicer import SERVICE_NAME, TenancyServicer
 from llmesh.services.tenancy.settings import TenancySettings
 from llmesh.tenancy.v1 import tenancy_pb2_grpc
@@ -23,7 +23,7 @@ class TenancyApp(ServiceApp):
 
     def __init__(self, settings: TenancySettings):
         self.settings = settings
-        self.repository = SqliteRepository(settings.database_path)
+        self.repository = Repository(settings.store_url, pool_size=settings.db_pool_size)
         self.bus: Bus | None = None
         self.relay = OutboxRelay(self.repository, self._publish)
         self.tenancy = Tenancy(self.repository, self.relay)
@@ -40,8 +40,8 @@ class TenancyApp(ServiceApp):
         return [SERVICE_NAME]
 
     async def start(self) -> None:
-        version = await self.repository.open()
-        log.info("database_ready", path=str(self.settings.database_path), schema_version=version)
+        applied = await self.repository.open()
+        log.info("database_ready", store=self.repository.dialect, migrations_applied=applied)
         self.bus = await Bus.connect(self.settings.nats_url, "llmesh-tenancy")
         await self.bus.ensure_stream(TENANCY)
         # Events a previous run recorded but could not publish.

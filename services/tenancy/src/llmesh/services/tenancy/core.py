@@ -24,13 +24,13 @@ from llmesh.services.tenancy.models import (
     validate_tenant_name,
 )
 from llmesh.services.tenancy.outbox import OutboxRelay, outbox_event
-from llmesh.services.tenancy.repository import SqliteRepository, now_us
+from llmesh.services.tenancy.repository import Repository, now_us
 
 log = get_logger("llmesh.tenancy")
 
 
 class Tenancy:
-    def __init__(self, repository: SqliteRepository, relay: OutboxRelay):
+    def __init__(self, repository: Repository, relay: OutboxRelay):
         self._repository = repository
         self._relay = relay
 
