@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Modules under llmesh.cli, each owning one command group.
-COMMAND_MODULES = ("mesh", "tenant", "chat", "cache", "classifier", "policy", "call", "models")
+COMMAND_MODULES = ("mesh", "tenant", "usage", "audit", "chat", "cache", "classifier", "policy", "call", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

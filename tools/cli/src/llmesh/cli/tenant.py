@@ -50,10 +50,18 @@ def register(subparsers) -> None:
 
 
 def _run(command: Callable[[Stub, grpc.aio.Metadata, argparse.Namespace], Awaitable[None]], args) -> int:
+    return run_admin(command, args, "tenant")
+
+
+def run_admin(
+    command: Callable[[Stub, grpc.aio.Metadata, argparse.Namespace], Awaitable[None]], args, group: str
+) -> int:
+    """Runs `command` against tenancy's admin RPCs with the admin credential (LLMESH_ADMIN_TOKEN:
+    the bootstrap token or an admin API key); `llmesh <group>: CODE: details` on an RPC error."""
     token = admin_token()
     if not token:
         print(
-            "llmesh tenant: no admin token: set LLMESH_ADMIN_TOKEN or start a local mesh with `llmesh up`",
+            f"llmesh {group}: no admin token: set LLMESH_ADMIN_TOKEN or start a local mesh with `llmesh up`",
             file=sys.stderr,
         )
         return 2
@@ -72,7 +80,7 @@ def _run(command: Callable[[Stub, grpc.aio.Metadata, argparse.Namespace], Awaita
             else ""
         )
         details = " ".join((exc.details() or "").split())
-        print(f"llmesh tenant: {exc.code().name}: {details}{where}", file=sys.stderr)
+        print(f"llmesh {group}: {exc.code().name}: {details}{where}", file=sys.stderr)
         return 1
     return 0
 

@@ -7,8 +7,9 @@ from llmesh.kit.auth import AdminGuard
 from llmesh.kit.bus import Bus
 from llmesh.kit.logging import get_logger
 from llmesh.kit.server import ServiceApp
-from llmesh.kit.streams import TENANCY
+from llmesh.kit.streams import TENANCY, USAGE, USAGE_SUBJECTS
 from llmesh.services.tenancy.core import Tenancy
+from llmesh.services.tenancy.ledger import Ledger
 from llmesh.services.tenancy.outbox import OutboxRelay
 from llmesh.services.tenancy.repository import Repository
 from llmesh.services.tenancy.servicer import SERVICE_NAME, TenancyServicer
@@ -16,6 +17,8 @@ from llmesh.services.tenancy.settings import TenancySettings
 from llmesh.tenancy.v1 import tenancy_pb2_grpc
 
 log = get_logger("llmesh.tenancy")
+
+LEDGER_CONSUMER = "tenancy-ledger"
 
 
 class TenancyApp(ServiceApp):
@@ -27,6 +30,7 @@ class TenancyApp(ServiceApp):
         self.bus: Bus | None = None
         self.relay = OutboxRelay(self.repository, self._publish)
         self.tenancy = Tenancy(self.repository, self.relay)
+        self.ledger = Ledger(self.repository)
 
     async def _publish(self, subject, message, msg_id) -> None:
         if self.bus is None:
@@ -35,7 +39,7 @@ class TenancyApp(ServiceApp):
         await self.bus.publish(subject, message, msg_id=msg_id, timeout_s=1.0, attempts=1)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
-        servicer = TenancyServicer(self.tenancy, AdminGuard(self.settings.admin_token))
+        servicer = TenancyServicer(self.tenancy, self.ledger, AdminGuard(self.settings.admin_token))
         tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
@@ -44,6 +48,9 @@ class TenancyApp(ServiceApp):
         log.info("database_ready", store=self.repository.dialect, migrations_applied=applied)
         self.bus = await Bus.connect(self.settings.nats_url, "llmesh-tenancy")
         await self.bus.ensure_stream(TENANCY)
+        await self.bus.ensure_stream(USAGE)
+        # The ledger: every UsageRecorded once, also those published while tenancy was down.
+        await self.bus.consume_durable(USAGE, USAGE_SUBJECTS, LEDGER_CONSUMER, self.ledger.record_message)
         # Events a previous run recorded but could not publish.
         await self.relay.flush()
         self.every(self.settings.outbox_retry_s, self.relay.flush, name="outbox-retry")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from google.protobuf import timestamp_pb2
 from llmesh.kit.vocabulary import Sensitivity
+from llmesh.services.tenancy.ledger import UsageReport, UsageTotals
 from llmesh.services.tenancy.models import ApiKey, Tenant
 from llmesh.tenancy.v1 import tenancy_pb2
 
@@ -37,3 +38,34 @@ def clearance_from_proto(value: int) -> Sensitivity | None:
     """None when unset: the tenant gets the default clearance."""
     clearance = Sensitivity.from_proto(value, field="clearance")
     return None if clearance is Sensitivity.UNSPECIFIED else clearance
+
+
+def timestamp_us(message, field: str) -> int | None:
+    """A Timestamp field of `message` in microseconds, None when unset."""
+    return message.__getattribute__(field).ToMicroseconds() if message.HasField(field) else None
+
+
+def usage_row_to_proto(row: UsageTotals) -> tenancy_pb2.UsageRow:
+    return tenancy_pb2.UsageRow(
+        group=row.group,
+        requests=row.requests,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        cost_usd=row.cost_usd,
+        cost_avoided_usd=row.cost_avoided_usd,
+    )
+
+
+def usage_report_to_proto(report: UsageReport) -> tenancy_pb2.UsageReportResponse:
+    f = report.forecast
+    return tenancy_pb2.UsageReportResponse(
+        rows=[usage_row_to_proto(r) for r in report.rows],
+        totals=usage_row_to_proto(report.totals),
+        forecast=tenancy_pb2.UsageForecast(
+            month_start=_timestamp(f.month_start_us),
+            month_to_date_usd=f.month_to_date_usd,
+            daily_rate_usd=f.daily_rate_usd,
+            month_end_usd=f.month_end_usd,
+        ),
+        top_use_cases=[usage_row_to_proto(r) for r in report.top_use_cases],
+    )

@@ -170,3 +170,72 @@ class Repository:
 
     async def mark_published(self, event_id: str) -> None:
         await self.db.execute("UPDATE outbox SET published_at_us = ? WHERE event_id = ?", now_us(), event_id)
+
+    # Usage ledger
+
+    async def insert_usage(self, entry, recorded_at_us: int) -> bool:
+        """Writes a ledger entry once: False when its request id is already there."""
+        written = await self.db.execute(
+            f"INSERT INTO usage_ledger ({_USAGE_COLUMNS}, recorded_at_us) "
+            f"VALUES ({', '.join('?' for _ in range(16))}) ON CONFLICT (request_id) DO NOTHING",
+            *(getattr(entry, c) for c in _USAGE_FIELDS),
+            recorded_at_us,
+        )
+        return written == 1
+
+    async def usage_totals(
+        self,
+        columns: list[str],
+        since_us: int | None,
+        until_us: int | None,
+        tenant_id: str | None,
+        *,
+        order_by_cost: bool = False,
+        limit: int | None = None,
+    ) -> list[tuple[tuple, tuple[int, int, int, float, float]]]:
+        """(group values, (requests, prompt tokens, completion tokens, cost, cost avoided)) per group
+        of `columns` (ledger column names, from ledger.GROUPS only)."""
+        where, args = [], []
+        for clause, value in (
+            ("occurred_at_us >= ?", since_us),
+            ("occurred_at_us < ?", until_us),
+            ("tenant_id = ?", tenant_id),
+        ):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        group = ", ".join(columns)
+        sql = (
+            f"SELECT {group + ', ' if group else ''}COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
+            "COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0), COALESCE(SUM(cost_avoided_usd), 0) "
+            f"FROM usage_ledger{' WHERE ' + ' AND '.join(where) if where else ''}"
+        )
+        if group:
+            sql += f" GROUP BY {group} ORDER BY " + ("SUM(cost_usd) DESC, " if order_by_cost else "") + group
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        n = len(columns)
+        return [
+            (tuple(r[:n]), (int(r[n]), int(r[n + 1]), int(r[n + 2]), float(r[n + 3]), float(r[n + 4])))
+            for r in await self.db.fetch(sql, *args)
+        ]
+
+
+_USAGE_FIELDS = (
+    "request_id",
+    "tenant_id",
+    "business_unit",
+    "use_case",
+    "key_id",
+    "model",
+    "tier",
+    "backend",
+    "region",
+    "cache_outcome",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "cost_avoided_usd",
+    "occurred_at_us",
+)
+_USAGE_COLUMNS = ", ".join(_USAGE_FIELDS)

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from llmesh.kit.auth import AdminGuard
 from llmesh.kit.errors import InvalidArgument
-from llmesh.services.tenancy.convert import clearance_from_proto, key_to_proto, tenant_to_proto
+from llmesh.services.tenancy.convert import (
+    clearance_from_proto,
+    key_to_proto,
+    tenant_to_proto,
+    timestamp_us,
+    usage_report_to_proto,
+)
 from llmesh.services.tenancy.core import Tenancy
+from llmesh.services.tenancy.ledger import Ledger
+from llmesh.services.tenancy.models import validate_id
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
 SERVICE_NAME = tenancy_pb2.DESCRIPTOR.services_by_name["TenancyService"].full_name
 
 
 class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
-    def __init__(self, tenancy: Tenancy, admin: AdminGuard):
+    def __init__(self, tenancy: Tenancy, ledger: Ledger, admin: AdminGuard):
         self._tenancy = tenancy
+        self._ledger = ledger
         self._admin = admin
 
     async def Authenticate(self, request, context):
@@ -52,3 +61,15 @@ class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
         self._admin.check(context.invocation_metadata())
         key = await self._tenancy.revoke_key(request.key_id)
         return tenancy_pb2.RevokeApiKeyResponse(key=key_to_proto(key))
+
+    async def UsageReport(self, request, context):
+        self._admin.check(context.invocation_metadata())
+        tenant_id = validate_id(request.tenant_id, "tenant_id", "tenant") if request.tenant_id else None
+        report = await self._ledger.report(
+            list(request.group_by),
+            since_us=timestamp_us(request, "since"),
+            until_us=timestamp_us(request, "until"),
+            tenant_id=tenant_id,
+            top=request.top_use_cases,
+        )
+        return usage_report_to_proto(report)
