@@ -8,6 +8,7 @@ from llmesh.kit.bus import Bus
 from llmesh.kit.logging import get_logger
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import TENANCY, USAGE, USAGE_SUBJECTS
+from llmesh.services.tenancy.audit import AuditLog
 from llmesh.services.tenancy.core import Tenancy
 from llmesh.services.tenancy.ledger import Ledger
 from llmesh.services.tenancy.outbox import OutboxRelay
@@ -29,7 +30,8 @@ class TenancyApp(ServiceApp):
         self.repository = Repository(settings.store_url, pool_size=settings.db_pool_size)
         self.bus: Bus | None = None
         self.relay = OutboxRelay(self.repository, self._publish)
-        self.tenancy = Tenancy(self.repository, self.relay)
+        self.audit = AuditLog(self.repository, settings.audit_key, settings.audit_checkpoint_every)
+        self.tenancy = Tenancy(self.repository, self.relay, self.audit)
         self.ledger = Ledger(self.repository)
 
     async def _publish(self, subject, message, msg_id) -> None:
@@ -39,7 +41,7 @@ class TenancyApp(ServiceApp):
         await self.bus.publish(subject, message, msg_id=msg_id, timeout_s=1.0, attempts=1)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
-        servicer = TenancyServicer(self.tenancy, self.ledger, AdminGuard(self.settings.admin_token))
+        servicer = TenancyServicer(self.tenancy, self.ledger, self.audit, AdminGuard(self.settings.admin_token))
         tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
@@ -54,6 +56,10 @@ class TenancyApp(ServiceApp):
         # Events a previous run recorded but could not publish.
         await self.relay.flush()
         self.every(self.settings.outbox_retry_s, self.relay.flush, name="outbox-retry")
+        if self.audit.signing:
+            self.every(self.settings.audit_checkpoint_s, self.audit.checkpoint, name="audit-checkpoint")
+        else:
+            log.warning("audit_checkpoints_off", reason="LLMESH_TENANCY_AUDIT_KEY is not set")
         if not self.settings.admin_token:
             log.warning("admin_rpcs_disabled", reason="LLMESH_ADMIN_TOKEN is not set")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from google.protobuf import timestamp_pb2
 from llmesh.kit.vocabulary import Sensitivity
+from llmesh.services.tenancy.audit import Verification
 from llmesh.services.tenancy.ledger import UsageReport, UsageTotals
-from llmesh.services.tenancy.models import ApiKey, Tenant
+from llmesh.services.tenancy.models import ApiKey, AuditEntry, Tenant
 from llmesh.tenancy.v1 import tenancy_pb2
 
 
@@ -68,4 +69,24 @@ def usage_report_to_proto(report: UsageReport) -> tenancy_pb2.UsageReportRespons
             month_end_usd=f.month_end_usd,
         ),
         top_use_cases=[usage_row_to_proto(r) for r in report.top_use_cases],
+    )
+
+
+def audit_entry_to_proto(e: AuditEntry) -> tenancy_pb2.AuditEntry:
+    return tenancy_pb2.AuditEntry(
+        seq=e.seq,
+        at=_timestamp(e.at_us),
+        actor=e.actor,
+        action=e.action,
+        tenant_id=e.tenant_id,
+        target=e.target,
+        detail_json=e.detail_json,
+        prev_hash=e.prev_hash,
+        entry_hash=e.entry_hash,
+    )
+
+
+def verification_to_proto(v: Verification) -> tenancy_pb2.VerifyAuditResponse:
+    return tenancy_pb2.VerifyAuditResponse(
+        ok=v.ok, entries=v.entries, checkpoints=v.checkpoints, first_bad_seq=v.first_bad_seq, problem=v.problem
     )

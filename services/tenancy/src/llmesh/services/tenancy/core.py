@@ -11,6 +11,7 @@ from llmesh.kit.logging import bind_contextvars, get_logger
 from llmesh.kit.streams import KEY_REVOKED_SUBJECT
 from llmesh.kit.vocabulary import Principal, Sensitivity
 from llmesh.services.tenancy import keys
+from llmesh.services.tenancy.audit import AuditLog
 from llmesh.services.tenancy.models import (
     DEFAULT_CLEARANCE,
     MAX_BUSINESS_UNIT_CHARS,
@@ -30,11 +31,14 @@ log = get_logger("llmesh.tenancy")
 
 
 class Tenancy:
-    def __init__(self, repository: Repository, relay: OutboxRelay):
+    def __init__(self, repository: Repository, relay: OutboxRelay, audit: AuditLog):
         self._repository = repository
         self._relay = relay
+        self._audit = audit
 
-    async def create_tenant(self, name: str, business_unit: str = "", clearance: Sensitivity | None = None) -> Tenant:
+    async def create_tenant(
+        self, name: str, business_unit: str = "", clearance: Sensitivity | None = None, *, actor: str = "system"
+    ) -> Tenant:
         tenant = Tenant(
             tenant_id=new_tenant_id(),
             name=validate_tenant_name(name),
@@ -48,6 +52,13 @@ class Tenancy:
             tenant_id=tenant.tenant_id,
             tenant_name=tenant.name,
             clearance=tenant.clearance.name.lower(),
+        )
+        await self._audit.append(
+            actor,
+            "tenant.created",
+            tenant_id=tenant.tenant_id,
+            target=tenant.name,
+            detail={"business_unit": tenant.business_unit, "clearance": tenant.clearance.name.lower()},
         )
         return tenant
 
@@ -68,7 +79,7 @@ class Tenancy:
     async def list_tenants(self) -> list[Tenant]:
         return await self._repository.list_tenants()
 
-    async def create_key(self, tenant_id: str, label: str = "") -> tuple[ApiKey, str]:
+    async def create_key(self, tenant_id: str, label: str = "", *, actor: str = "system") -> tuple[ApiKey, str]:
         """A new key and its secret form, which is returned here once and never stored."""
         tenant = await self.tenant_by_id(tenant_id)
         key = ApiKey(
@@ -80,6 +91,7 @@ class Tenancy:
         secret = keys.new_secret()
         await self._repository.insert_key(key, keys.hash_secret(secret))
         log.info("api_key_created", tenant_id=tenant.tenant_id, key_id=key.key_id)
+        await self._audit.append(actor, "key.created", tenant_id=tenant.tenant_id, target=key.key_id)
         return key, keys.format_key(key.key_id, secret)
 
     async def authenticate(self, api_key: str) -> Principal:
@@ -94,7 +106,7 @@ class Tenancy:
         bind_contextvars(tenant=tenant.tenant_id)
         return Principal(tenant.tenant_id, tenant.name, tenant.business_unit, tenant.clearance, key_id)
 
-    async def revoke_key(self, key_id: str) -> ApiKey:
+    async def revoke_key(self, key_id: str, *, actor: str = "system") -> ApiKey:
         """Revokes a key (idempotent) and publishes ApiKeyRevoked once, after the commit."""
         validate_id(key_id, "key_id", "key")
         revoked_at_us = now_us()
@@ -115,5 +127,6 @@ class Tenancy:
         key, newly_revoked = result
         if newly_revoked:
             log.info("api_key_revoked", tenant_id=key.tenant_id, key_id=key_id, event_id=event_id)
+            await self._audit.append(actor, "key.revoked", tenant_id=key.tenant_id, target=key_id)
             await self._relay.flush()
         return key

@@ -49,6 +49,29 @@ class ApiKey:
         return self.revoked_at_us is not None
 
 
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One link of the audit chain (audit.py)."""
+
+    seq: int
+    at_us: int
+    actor: str
+    action: str
+    tenant_id: str
+    target: str
+    detail_json: str
+    prev_hash: str
+    entry_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    seq: int
+    entry_hash: str
+    signed_at_us: int
+    signature: str
+
+
 def validate_tenant_name(name: str, field: str = "name") -> str:
     if not name:
         raise InvalidArgument(f"{field} is empty", field=field)

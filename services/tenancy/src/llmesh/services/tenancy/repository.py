@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from llmesh.kit.errors import AlreadyExists
 from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.tenancy.db import Database, Session, UniqueViolation, migrate, open_database
 from llmesh.services.tenancy.keys import StoredSecret
-from llmesh.services.tenancy.models import ApiKey, Tenant
+from llmesh.services.tenancy.models import ApiKey, AuditEntry, Checkpoint, Tenant
 
 
 def now_us() -> int:
@@ -42,6 +43,26 @@ class Credentials:
 
 _TENANT_COLUMNS = "tenant_id, name, business_unit, clearance, created_at_us"
 _KEY_COLUMNS = "key_id, tenant_id, label, created_at_us, revoked_at_us"
+_AUDIT_COLUMNS = "seq, at_us, actor, action, tenant_id, target, detail_json, prev_hash, entry_hash"
+
+_USAGE_FIELDS = (
+    "request_id",
+    "tenant_id",
+    "business_unit",
+    "use_case",
+    "key_id",
+    "model",
+    "tier",
+    "backend",
+    "region",
+    "cache_outcome",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "cost_avoided_usd",
+    "occurred_at_us",
+)
+_USAGE_COLUMNS = ", ".join(_USAGE_FIELDS)
 
 
 def _tenant(row) -> Tenant:
@@ -220,22 +241,60 @@ class Repository:
             for r in await self.db.fetch(sql, *args)
         ]
 
+    # Audit log
 
-_USAGE_FIELDS = (
-    "request_id",
-    "tenant_id",
-    "business_unit",
-    "use_case",
-    "key_id",
-    "model",
-    "tier",
-    "backend",
-    "region",
-    "cache_outcome",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost_usd",
-    "cost_avoided_usd",
-    "occurred_at_us",
-)
-_USAGE_COLUMNS = ", ".join(_USAGE_FIELDS)
+    async def append_audit(self, build: Callable[[int, str], AuditEntry], genesis: str) -> AuditEntry:
+        """Appends the entry `build(prev_seq, prev_hash)` returns, serialised with every other
+        append so the chain has one order."""
+        async with self.db.transaction() as tx:
+            await self.db.lock(tx, "llmesh-tenancy-audit")
+            head = await tx.fetchrow("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            entry = build(*(head or (0, genesis)))
+            await tx.execute(
+                f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                entry.seq,
+                entry.at_us,
+                entry.actor,
+                entry.action,
+                entry.tenant_id,
+                entry.target,
+                entry.detail_json,
+                entry.prev_hash,
+                entry.entry_hash,
+            )
+        return entry
+
+    async def audit_head(self) -> tuple[int, str] | None:
+        row = await self.db.fetchrow("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        return None if row is None else (row[0], row[1])
+
+    async def audit_entries(self, after_seq: int, limit: int, tenant_id: str | None) -> list[AuditEntry]:
+        if tenant_id is None:
+            rows = await self.db.fetch(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", after_seq, limit
+            )
+        else:
+            rows = await self.db.fetch(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE seq > ? AND tenant_id = ? ORDER BY seq LIMIT ?",
+                after_seq,
+                tenant_id,
+                limit,
+            )
+        return [AuditEntry(*r) for r in rows]
+
+    async def insert_checkpoint(self, checkpoint: Checkpoint) -> bool:
+        written = await self.db.execute(
+            "INSERT INTO audit_checkpoints (seq, entry_hash, signed_at_us, signature) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (seq) DO NOTHING",
+            checkpoint.seq,
+            checkpoint.entry_hash,
+            checkpoint.signed_at_us,
+            checkpoint.signature,
+        )
+        return written == 1
+
+    async def audit_checkpoints(self) -> list[Checkpoint]:
+        rows = await self.db.fetch(
+            "SELECT seq, entry_hash, signed_at_us, signature FROM audit_checkpoints ORDER BY seq"
+        )
+        return [Checkpoint(*r) for r in rows]

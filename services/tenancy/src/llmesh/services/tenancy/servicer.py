@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from llmesh.kit.auth import AdminGuard
 from llmesh.kit.errors import InvalidArgument
+from llmesh.services.tenancy.audit import AuditLog
 from llmesh.services.tenancy.convert import (
+    audit_entry_to_proto,
     clearance_from_proto,
     key_to_proto,
     tenant_to_proto,
     timestamp_us,
     usage_report_to_proto,
+    verification_to_proto,
 )
 from llmesh.services.tenancy.core import Tenancy
 from llmesh.services.tenancy.ledger import Ledger
@@ -20,9 +23,10 @@ SERVICE_NAME = tenancy_pb2.DESCRIPTOR.services_by_name["TenancyService"].full_na
 
 
 class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
-    def __init__(self, tenancy: Tenancy, ledger: Ledger, admin: AdminGuard):
+    def __init__(self, tenancy: Tenancy, ledger: Ledger, audit: AuditLog, admin: AdminGuard):
         self._tenancy = tenancy
         self._ledger = ledger
+        self._audit = audit
         self._admin = admin
 
     async def Authenticate(self, request, context):
@@ -73,3 +77,25 @@ class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
             top=request.top_use_cases,
         )
         return usage_report_to_proto(report)
+
+    async def AppendAudit(self, request, context):
+        actor = self._admin.check(context.invocation_metadata()) or "admin-token"
+        source = request.source.strip()
+        entry = await self._audit.append(
+            f"{actor} via {source}" if source else actor,
+            request.action,
+            tenant_id=request.tenant_id,
+            target=request.target,
+            detail=request.detail_json,
+        )
+        return tenancy_pb2.AppendAuditResponse(entry=audit_entry_to_proto(entry))
+
+    async def ListAudit(self, request, context):
+        self._admin.check(context.invocation_metadata())
+        tenant_id = validate_id(request.tenant_id, "tenant_id", "tenant") if request.tenant_id else None
+        entries = await self._audit.entries(tenant_id=tenant_id, after_seq=request.after_seq, limit=request.limit)
+        return tenancy_pb2.ListAuditResponse(entries=[audit_entry_to_proto(e) for e in entries])
+
+    async def VerifyAudit(self, request, context):
+        self._admin.check(context.invocation_metadata())
+        return verification_to_proto(await self._audit.verify())

@@ -38,6 +38,22 @@ class TenancySettings(ServerSettings):
     admin_token: str = admin_token_setting(
         "bearer token of the admin RPCs (tenants, keys), 16+ characters; empty disables them"
     )
+    audit_key: str = setting(
+        "LLMESH_TENANCY_AUDIT_KEY",
+        "",
+        "HMAC key (16+ characters) that signs the audit log's checkpoints; empty: no checkpoints (the chain alone)",
+        lambda v: None if not v or len(v) >= 16 else "must be empty or at least 16 characters",
+        secret=True,
+    )
+    audit_checkpoint_every: int = setting(
+        "LLMESH_TENANCY_AUDIT_CHECKPOINT_EVERY", 100, "entries between signed checkpoints of the audit log", positive
+    )
+    audit_checkpoint_s: float = setting(
+        "LLMESH_TENANCY_AUDIT_CHECKPOINT_S",
+        60.0,
+        "seconds between periodic signed checkpoints of the audit head",
+        positive,
+    )
     outbox_retry_s: float = setting(
         "LLMESH_TENANCY_OUTBOX_RETRY_S", 5.0, "seconds between retries of events NATS did not take", positive
     )
