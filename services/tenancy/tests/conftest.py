@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import shutil
+import tempfile
 import uuid
 
 import asyncpg
@@ -55,11 +57,17 @@ def admin(admin_token) -> grpc.aio.Metadata:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory):
-    server = PostgresServerProcess(str(tmp_path_factory.mktemp("postgres")))
-    server.start()
-    yield server
-    server.stop()
+def postgres_server():
+    # Not under pytest's tmp folder: every pytest run of the machine's user resets that folder to
+    # owner-only, which would lock out the `postgres` user the server runs as under root.
+    folder = tempfile.mkdtemp(prefix="llmesh-postgres-")
+    server = PostgresServerProcess(folder)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

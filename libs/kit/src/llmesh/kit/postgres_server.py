@@ -47,6 +47,13 @@ class PostgresServerProcess:
     def admin_url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
 
+    def _run(self, *args: str, timeout_s: float) -> None:
+        done = subprocess.run(self._cmd(*args), capture_output=True, text=True, timeout=timeout_s)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"{pathlib.Path(args[0]).name} failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
+            )
+
     def _cmd(self, *args: str) -> list[str]:
         if self._run_as is None:
             return list(args)
@@ -66,43 +73,35 @@ class PostgresServerProcess:
                 # The server user must reach its folder through the test's temporary folders.
                 path.chmod(path.stat().st_mode | 0o011)
             os.chown(self.base_dir, entry.pw_uid, entry.pw_gid)
-        subprocess.run(
-            self._cmd(
-                str(self._bin / "initdb"),
-                "-D",
-                str(self.data_dir),
-                "-U",
-                self.user,
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ),
-            check=True,
-            capture_output=True,
-            timeout=timeout_s,
+        self._run(
+            str(self._bin / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "-U",
+            self.user,
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            timeout_s=timeout_s,
         )
         options = (
             f"-h {self.host} -p {self.port} -k {self.base_dir} -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=100 -c shared_buffers=16MB"
         )
-        subprocess.run(
-            self._cmd(
-                str(self._bin / "pg_ctl"),
-                "-D",
-                str(self.data_dir),
-                "-l",
-                str(self.base_dir / "postgres.log"),
-                "-o",
-                options,
-                "-w",
-                "-t",
-                str(int(timeout_s)),
-                "start",
-            ),
-            check=True,
-            capture_output=True,
-            timeout=timeout_s + 5,
+        self._run(
+            str(self._bin / "pg_ctl"),
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.base_dir / "postgres.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(int(timeout_s)),
+            "start",
+            timeout_s=timeout_s + 5,
         )
         self.create_database(self.database)
         return self

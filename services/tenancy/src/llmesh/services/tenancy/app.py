@@ -31,7 +31,7 @@ class TenancyApp(ServiceApp):
         self.bus: Bus | None = None
         self.relay = OutboxRelay(self.repository, self._publish)
         self.audit = AuditLog(self.repository, settings.audit_key, settings.audit_checkpoint_every)
-        self.tenancy = Tenancy(self.repository, self.relay, self.audit)
+        self.tenancy = Tenancy(self.repository, self.relay, self.audit, AdminGuard(settings.admin_token))
         self.ledger = Ledger(self.repository)
 
     async def _publish(self, subject, message, msg_id) -> None:
@@ -41,7 +41,7 @@ class TenancyApp(ServiceApp):
         await self.bus.publish(subject, message, msg_id=msg_id, timeout_s=1.0, attempts=1)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
-        servicer = TenancyServicer(self.tenancy, self.ledger, self.audit, AdminGuard(self.settings.admin_token))
+        servicer = TenancyServicer(self.tenancy, self.ledger, self.audit)
         tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from google.protobuf import timestamp_pb2
+from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.tenancy.audit import Verification
 from llmesh.services.tenancy.ledger import UsageReport, UsageTotals
-from llmesh.services.tenancy.models import ApiKey, AuditEntry, Tenant
+from llmesh.services.tenancy.models import ApiKey, AuditEntry, Role, Tenant
 from llmesh.tenancy.v1 import tenancy_pb2
 
 
@@ -32,7 +33,25 @@ def key_to_proto(key: ApiKey) -> tenancy_pb2.ApiKey:
     )
     if key.revoked_at_us is not None:
         message.revoked_at.CopyFrom(_timestamp(key.revoked_at_us))
+    message.role = ROLE_TO_PROTO[key.role]
+    if key.expires_at_us is not None:
+        message.expires_at.CopyFrom(_timestamp(key.expires_at_us))
     return message
+
+
+ROLE_TO_PROTO = {
+    Role.NONE: tenancy_pb2.ADMIN_ROLE_UNSPECIFIED,
+    Role.PLATFORM_ADMIN: tenancy_pb2.ADMIN_ROLE_PLATFORM_ADMIN,
+    Role.TENANT_ADMIN: tenancy_pb2.ADMIN_ROLE_TENANT_ADMIN,
+    Role.AUDITOR: tenancy_pb2.ADMIN_ROLE_AUDITOR,
+}
+_ROLE_FROM_PROTO = {v: k for k, v in ROLE_TO_PROTO.items()}
+
+
+def role_from_proto(value: int) -> Role:
+    if value not in _ROLE_FROM_PROTO:
+        raise InvalidArgument(f"unknown role {value}", field="role")
+    return _ROLE_FROM_PROTO[value]
 
 
 def clearance_from_proto(value: int) -> Sensitivity | None:

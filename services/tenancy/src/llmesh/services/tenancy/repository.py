@@ -16,7 +16,7 @@ from llmesh.kit.errors import AlreadyExists
 from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.tenancy.db import Database, Session, UniqueViolation, migrate, open_database
 from llmesh.services.tenancy.keys import StoredSecret
-from llmesh.services.tenancy.models import ApiKey, AuditEntry, Checkpoint, Tenant
+from llmesh.services.tenancy.models import ApiKey, AuditEntry, Checkpoint, Role, Tenant
 
 
 def now_us() -> int:
@@ -42,7 +42,8 @@ class Credentials:
 
 
 _TENANT_COLUMNS = "tenant_id, name, business_unit, clearance, created_at_us"
-_KEY_COLUMNS = "key_id, tenant_id, label, created_at_us, revoked_at_us"
+_KEY_COLUMNS = "key_id, tenant_id, label, created_at_us, revoked_at_us, role, expires_at_us"
+_KEY_WIDTH = 7
 _AUDIT_COLUMNS = "seq, at_us, actor, action, tenant_id, target, detail_json, prev_hash, entry_hash"
 
 _USAGE_FIELDS = (
@@ -70,7 +71,19 @@ def _tenant(row) -> Tenant:
 
 
 def _key(row) -> ApiKey:
-    return ApiKey(row[0], row[1], row[2], row[3], row[4])
+    return ApiKey(row[0], row[1], row[2], row[3], row[4], Role(row[5]), row[6])
+
+
+def _key_values(key: ApiKey) -> tuple:
+    return (
+        key.key_id,
+        key.tenant_id,
+        key.label,
+        key.created_at_us,
+        key.revoked_at_us,
+        key.role.value,
+        key.expires_at_us,
+    )
 
 
 class Repository:
@@ -126,16 +139,45 @@ class Repository:
 
     async def insert_key(self, key: ApiKey, secret: StoredSecret) -> ApiKey:
         await self.db.execute(
-            f"INSERT INTO api_keys ({_KEY_COLUMNS}, salt_hex, hash_hex) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            key.key_id,
-            key.tenant_id,
-            key.label,
-            key.created_at_us,
-            key.revoked_at_us,
+            f"INSERT INTO api_keys ({_KEY_COLUMNS}, salt_hex, hash_hex) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            *_key_values(key),
             secret.salt_hex,
             secret.hash_hex,
         )
         return key
+
+    async def keys_of(self, tenant_id: str, include_revoked: bool) -> list[ApiKey]:
+        where = "" if include_revoked else " AND revoked_at_us IS NULL"
+        rows = await self.db.fetch(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE tenant_id = ?{where} ORDER BY created_at_us, key_id", tenant_id
+        )
+        return [_key(r) for r in rows]
+
+    async def rotate_key(
+        self, old_key_id: str, new_key: ApiKey, secret: StoredSecret, old_expires_at_us: int, at_us: int
+    ) -> ApiKey | None:
+        """In one transaction: the new key, and the old one (still active) set to expire at
+        `old_expires_at_us` (or its own earlier expiry). None when the old key is not active."""
+        async with self.db.transaction() as tx:
+            changed = await tx.execute(
+                "UPDATE api_keys SET expires_at_us = CASE WHEN expires_at_us IS NOT NULL AND expires_at_us < ? "
+                "THEN expires_at_us ELSE ? END "
+                "WHERE key_id = ? AND revoked_at_us IS NULL AND (expires_at_us IS NULL OR expires_at_us > ?)",
+                old_expires_at_us,
+                old_expires_at_us,
+                old_key_id,
+                at_us,
+            )
+            if not changed:
+                return None
+            await tx.execute(
+                f"INSERT INTO api_keys ({_KEY_COLUMNS}, salt_hex, hash_hex) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                *_key_values(new_key),
+                secret.salt_hex,
+                secret.hash_hex,
+            )
+            row = await tx.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", old_key_id)
+        return _key(row)
 
     async def key_by_id(self, key_id: str) -> ApiKey | None:
         row = await self.db.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", key_id)
@@ -152,7 +194,8 @@ class Repository:
         )
         if row is None:
             return None
-        return Credentials(_key(row[:5]), StoredSecret(row[5], row[6]), _tenant(row[7:]))
+        n = _KEY_WIDTH
+        return Credentials(_key(row[:n]), StoredSecret(row[n], row[n + 1]), _tenant(row[n + 2 :]))
 
     async def revoke_key(self, key_id: str, revoked_at_us: int, event: OutboxEvent) -> tuple[ApiKey, bool] | None:
         """Revokes the key and records `event` in one transaction. Returns the key and whether this
