@@ -185,6 +185,33 @@ async def test_a_restart_mid_load_loses_and_doubles_no_entry(store_url, nats_url
     assert USAGE.name == "LLMESH_USAGE"
 
 
+async def test_two_replicas_share_the_consumer_and_write_each_entry_once(store_url, nats_url, admin_token, admin):
+    tenant = unique("tr").replace(".", "-")
+    total = 40
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        async with (
+            tenancy_client(store_url, nats_url, admin_token) as (_, first),
+            tenancy_client(store_url, nats_url, admin_token) as (_, second),
+        ):
+            for i in range(total):
+                event = _usage_event(f"{tenant}-{i}", tenant, "chat")
+                await js.publish(
+                    usage_subject(tenant), event.SerializeToString(), headers={"Nats-Msg-Id": event.request_id}
+                )
+
+            async def all_there() -> bool:
+                report = await second.UsageReport(pb.UsageReportRequest(tenant_id=tenant), metadata=admin)
+                return report.totals.requests == total
+
+            await assert_eventually(all_there, timeout_s=30, message=f"{total} ledger rows")
+            report = await first.UsageReport(pb.UsageReportRequest(tenant_id=tenant), metadata=admin)
+            assert report.totals.requests == total and report.totals.cost_usd == pytest.approx(0.25 * total)
+    finally:
+        await nc.close()
+
+
 async def _ge(value, minimum: int) -> bool:
     return (await value) >= minimum
 

@@ -51,8 +51,9 @@ class TenancyApp(ServiceApp):
         self.bus = await Bus.connect(self.settings.nats_url, "llmesh-tenancy")
         await self.bus.ensure_stream(TENANCY)
         await self.bus.ensure_stream(USAGE)
-        # The ledger: every UsageRecorded once, also those published while tenancy was down.
-        await self.bus.consume_durable(USAGE, USAGE_SUBJECTS, LEDGER_CONSUMER, self.ledger.record_message)
+        # The ledger: every UsageRecorded once, also those published while tenancy was down;
+        # replicas share the consumer (the request id key makes a double delivery harmless).
+        await self.bus.consume_durable(USAGE, USAGE_SUBJECTS, LEDGER_CONSUMER, self.ledger.record_message, shared=True)
         # Events a previous run recorded but could not publish.
         await self.relay.flush()
         self.every(self.settings.outbox_retry_s, self.relay.flush, name="outbox-retry")
