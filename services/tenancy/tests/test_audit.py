@@ -144,3 +144,23 @@ async def test_rpcs_record_admin_actions_verify_and_refuse_bad_input(store_url, 
     async with tenancy_client(store_url, nats_url, admin_token, audit_key=KEY) as (_, stub):
         verified = await stub.VerifyAudit(pb.VerifyAuditRequest(), metadata=admin)
         assert not verified.ok and verified.first_bad_seq == 2 and "entry 2 was changed" in verified.problem
+
+
+async def test_a_change_and_its_audit_entry_commit_together(service, admin):
+    """A refused change leaves no entry; a revocation made twice is recorded once."""
+    _, stub = service
+    name = "audit-atomic"
+    tenant = (await stub.CreateTenant(pb.CreateTenantRequest(name=name), metadata=admin)).tenant
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await stub.CreateTenant(pb.CreateTenantRequest(name=name), metadata=admin)
+    assert exc.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    key = (await stub.CreateApiKey(pb.CreateApiKeyRequest(tenant_id=tenant.tenant_id), metadata=admin)).key
+    for _ in range(2):
+        await stub.RevokeApiKey(pb.RevokeApiKeyRequest(key_id=key.key_id), metadata=admin)
+    entries = (await stub.ListAudit(pb.ListAuditRequest(), metadata=admin)).entries
+    assert [(e.action, e.target) for e in entries] == [
+        ("tenant.created", name),
+        ("key.created", key.key_id),
+        ("key.revoked", key.key_id),
+    ]
+    assert (await stub.VerifyAudit(pb.VerifyAuditRequest(), metadata=admin)).ok

@@ -78,6 +78,21 @@ def canonical_detail(detail: str | dict | None) -> str:
     return json.dumps(detail, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
+class PendingAudit:
+    """An entry waiting for its place in the chain: the repository calls it with the current head
+    (seq, hash), or None for an empty log, under the append lock; `entry` is then the link written."""
+
+    def __init__(self, actor: str, action: str, tenant_id: str, target: str, detail_json: str):
+        self.fields = (actor, action, tenant_id, target, detail_json)
+        self.entry: AuditEntry | None = None
+
+    def __call__(self, head: tuple[int, str] | None) -> AuditEntry:
+        prev_seq, prev_hash = head or (0, GENESIS)
+        seq, at_us = prev_seq + 1, now_us()
+        self.entry = AuditEntry(seq, at_us, *self.fields, prev_hash, chain_hash(prev_hash, seq, at_us, *self.fields))
+        return self.entry
+
+
 class AuditLog:
     def __init__(self, repository: Repository, signing_key: str = "", checkpoint_every: int = 100):
         self._repository = repository
@@ -92,27 +107,32 @@ class AuditLog:
         assert self._key is not None
         return hmac.new(self._key, f"{seq}:{entry_hash}:{signed_at_us}".encode(), hashlib.sha256).hexdigest()
 
-    async def append(
+    def prepare(
         self, actor: str, action: str, *, tenant_id: str = "", target: str = "", detail: str | dict | None = None
-    ) -> AuditEntry:
+    ) -> PendingAudit:
+        """A validated entry for the repository to append, alone or inside the transaction of the
+        change it records."""
         if not ACTION.match(action or ""):
             raise InvalidArgument("action must be 1-64 characters of [a-z0-9._-]", field="action")
         if tenant_id and not SUBJECT_TOKEN.match(tenant_id):
             raise InvalidArgument("tenant_id is not a valid tenant id", field="tenant_id")
         target = validate_free_text(target, "target", MAX_TARGET_CHARS)
         actor = validate_free_text(actor, "actor", MAX_ACTOR_CHARS)
-        detail_json = canonical_detail(detail)
-        at_us = now_us()
+        return PendingAudit(actor, action, tenant_id, target, canonical_detail(detail))
 
-        def build(prev_seq: int, prev_hash: str) -> AuditEntry:
-            seq = prev_seq + 1
-            digest = chain_hash(prev_hash, seq, at_us, actor, action, tenant_id, target, detail_json)
-            return AuditEntry(seq, at_us, actor, action, tenant_id, target, detail_json, prev_hash, digest)
+    async def append(
+        self, actor: str, action: str, *, tenant_id: str = "", target: str = "", detail: str | dict | None = None
+    ) -> AuditEntry:
+        pending = self.prepare(actor, action, tenant_id=tenant_id, target=target, detail=detail)
+        await self._repository.append_audit(pending)
+        await self.appended(pending)
+        assert pending.entry is not None
+        return pending.entry
 
-        entry = await self._repository.append_audit(build, GENESIS)
-        if self._key is not None and entry.seq % self._every == 0:
+    async def appended(self, pending: PendingAudit) -> None:
+        """After the transaction that appended `pending`: a signed checkpoint when one is due."""
+        if self._key is not None and pending.entry is not None and pending.entry.seq % self._every == 0:
             await self.checkpoint()
-        return entry
 
     async def checkpoint(self) -> Checkpoint | None:
         """Signs the head of the chain (once per head); None without a key or entries."""

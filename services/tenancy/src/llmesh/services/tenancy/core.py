@@ -1,5 +1,5 @@
 """Tenancy's use cases: tenants, keys (roles, expiry, rotation, revocation), authentication, and
-who may do which (access.py). Every admin action is written to the audit log."""
+who may do which (access.py). Every admin change writes its audit entry in its own transaction."""
 
 from __future__ import annotations
 
@@ -84,19 +84,20 @@ class Tenancy:
             clearance=clearance or DEFAULT_CLEARANCE,
             created_at_us=now_us(),
         )
-        await self._repository.insert_tenant(tenant)
-        log.info(
-            "tenant_created",
-            tenant_id=tenant.tenant_id,
-            tenant_name=tenant.name,
-            clearance=tenant.clearance.name.lower(),
-        )
-        await self._audit.append(
+        audit = self._audit.prepare(
             caller.actor,
             "tenant.created",
             tenant_id=tenant.tenant_id,
             target=tenant.name,
             detail={"business_unit": tenant.business_unit, "clearance": tenant.clearance.name.lower()},
+        )
+        await self._repository.insert_tenant(tenant, audit)
+        await self._audit.appended(audit)
+        log.info(
+            "tenant_created",
+            tenant_id=tenant.tenant_id,
+            tenant_name=tenant.name,
+            clearance=tenant.clearance.name.lower(),
         )
         return tenant
 
@@ -149,15 +150,16 @@ class Tenancy:
             expires_at_us=expires_at_us,
         )
         secret = keys.new_secret()
-        await self._repository.insert_key(key, keys.hash_secret(secret))
-        log.info("api_key_created", tenant_id=tenant.tenant_id, key_id=key.key_id, role=role.value)
-        await self._audit.append(
+        audit = self._audit.prepare(
             caller.actor,
             "key.created",
             tenant_id=tenant.tenant_id,
             target=key.key_id,
             detail={"role": role.value, "expires_at_us": expires_at_us},
         )
+        await self._repository.insert_key(key, keys.hash_secret(secret), audit)
+        await self._audit.appended(audit)
+        log.info("api_key_created", tenant_id=tenant.tenant_id, key_id=key.key_id, role=role.value)
         return key, keys.format_key(key.key_id, secret)
 
     async def list_keys(self, caller: Caller, tenant_id: str, include_revoked: bool = False) -> list[ApiKey]:
@@ -221,14 +223,15 @@ class Tenancy:
         event = events_pb2.ApiKeyRevoked(
             event_id=event_id, key_id=key_id, tenant_id=existing.tenant_id, revoked_at=revoked_at
         )
+        audit = self._audit.prepare(caller.actor, "key.revoked", tenant_id=existing.tenant_id, target=key_id)
         result = await self._repository.revoke_key(
-            key_id, revoked_at_us, outbox_event(event_id, KEY_REVOKED_SUBJECT, event, revoked_at_us)
+            key_id, revoked_at_us, outbox_event(event_id, KEY_REVOKED_SUBJECT, event, revoked_at_us), audit
         )
         if result is None:
             raise NotFound(f"no API key with id {key_id}", field="key_id")
         key, newly_revoked = result
         if newly_revoked:
             log.info("api_key_revoked", tenant_id=key.tenant_id, key_id=key_id, event_id=event_id)
-            await self._audit.append(caller.actor, "key.revoked", tenant_id=key.tenant_id, target=key_id)
+            await self._audit.appended(audit)
             await self._relay.flush()
         return key

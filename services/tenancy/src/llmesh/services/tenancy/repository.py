@@ -74,6 +74,10 @@ def _key(row) -> ApiKey:
     return ApiKey(row[0], row[1], row[2], row[3], row[4], Role(row[5]), row[6])
 
 
+# Builds the next audit entry from the chain's head (audit.PendingAudit).
+AuditBuild = Callable[[tuple[int, str] | None], AuditEntry]
+
+
 def _key_values(key: ApiKey) -> tuple:
     return (
         key.key_id,
@@ -108,21 +112,28 @@ class Repository:
 
     # Tenants
 
-    async def insert_tenant(self, tenant: Tenant) -> Tenant:
+    async def insert_tenant(self, tenant: Tenant, audit: AuditBuild | None = None) -> Tenant:
         try:
-            await self.db.execute(
-                f"INSERT INTO tenants ({_TENANT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                tenant.tenant_id,
-                tenant.name,
-                tenant.business_unit,
-                tenant.clearance.name,
-                tenant.created_at_us,
-            )
+            async with self.db.transaction() as tx:
+                await self._insert_tenant(tx, tenant)
+                if audit is not None:
+                    await self._append_audit(tx, audit)
         except UniqueViolation as exc:
             if "name" in exc.detail:
                 raise AlreadyExists(f"a tenant named {tenant.name!r} already exists", field="name") from None
             raise
         return tenant
+
+    @staticmethod
+    async def _insert_tenant(tx: Session, tenant: Tenant) -> None:
+        await tx.execute(
+            f"INSERT INTO tenants ({_TENANT_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+            tenant.tenant_id,
+            tenant.name,
+            tenant.business_unit,
+            tenant.clearance.name,
+            tenant.created_at_us,
+        )
 
     async def tenant_by_id(self, tenant_id: str) -> Tenant | None:
         row = await self.db.fetchrow(f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE tenant_id = ?", tenant_id)
@@ -137,13 +148,16 @@ class Repository:
 
     # Keys
 
-    async def insert_key(self, key: ApiKey, secret: StoredSecret) -> ApiKey:
-        await self.db.execute(
-            f"INSERT INTO api_keys ({_KEY_COLUMNS}, salt_hex, hash_hex) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            *_key_values(key),
-            secret.salt_hex,
-            secret.hash_hex,
-        )
+    async def insert_key(self, key: ApiKey, secret: StoredSecret, audit: AuditBuild | None = None) -> ApiKey:
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                f"INSERT INTO api_keys ({_KEY_COLUMNS}, salt_hex, hash_hex) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                *_key_values(key),
+                secret.salt_hex,
+                secret.hash_hex,
+            )
+            if audit is not None:
+                await self._append_audit(tx, audit)
         return key
 
     async def keys_of(self, tenant_id: str, include_revoked: bool) -> list[ApiKey]:
@@ -154,7 +168,13 @@ class Repository:
         return [_key(r) for r in rows]
 
     async def rotate_key(
-        self, old_key_id: str, new_key: ApiKey, secret: StoredSecret, old_expires_at_us: int, at_us: int
+        self,
+        old_key_id: str,
+        new_key: ApiKey,
+        secret: StoredSecret,
+        old_expires_at_us: int,
+        at_us: int,
+        audit: AuditBuild | None = None,
     ) -> ApiKey | None:
         """In one transaction: the new key, and the old one (still active) set to expire at
         `old_expires_at_us` (or its own earlier expiry). None when the old key is not active."""
@@ -177,6 +197,8 @@ class Repository:
                 secret.hash_hex,
             )
             row = await tx.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", old_key_id)
+            if audit is not None:
+                await self._append_audit(tx, audit)
         return _key(row)
 
     async def key_by_id(self, key_id: str) -> ApiKey | None:
@@ -197,9 +219,12 @@ class Repository:
         n = _KEY_WIDTH
         return Credentials(_key(row[:n]), StoredSecret(row[n], row[n + 1]), _tenant(row[n + 2 :]))
 
-    async def revoke_key(self, key_id: str, revoked_at_us: int, event: OutboxEvent) -> tuple[ApiKey, bool] | None:
-        """Revokes the key and records `event` in one transaction. Returns the key and whether this
-        call revoked it (False: it already was, and no event is recorded), or None if unknown."""
+    async def revoke_key(
+        self, key_id: str, revoked_at_us: int, event: OutboxEvent, audit: AuditBuild | None = None
+    ) -> tuple[ApiKey, bool] | None:
+        """Revokes the key and records `event` (and the audit entry) in one transaction. Returns the
+        key and whether this call revoked it (False: it already was, and nothing is recorded), or
+        None if unknown."""
         async with self.db.transaction() as tx:
             changed = await tx.execute(
                 "UPDATE api_keys SET revoked_at_us = ? WHERE key_id = ? AND revoked_at_us IS NULL",
@@ -208,6 +233,8 @@ class Repository:
             )
             if changed:
                 await self._insert_event(tx, event)
+                if audit is not None:
+                    await self._append_audit(tx, audit)
             row = await tx.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", key_id)
         return None if row is None else (_key(row), bool(changed))
 
@@ -286,25 +313,28 @@ class Repository:
 
     # Audit log
 
-    async def append_audit(self, build: Callable[[int, str], AuditEntry], genesis: str) -> AuditEntry:
-        """Appends the entry `build(prev_seq, prev_hash)` returns, serialised with every other
-        append so the chain has one order."""
+    async def append_audit(self, build: AuditBuild) -> AuditEntry:
         async with self.db.transaction() as tx:
-            await self.db.lock(tx, "llmesh-tenancy-audit")
-            head = await tx.fetchrow("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            entry = build(*(head or (0, genesis)))
-            await tx.execute(
-                f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                entry.seq,
-                entry.at_us,
-                entry.actor,
-                entry.action,
-                entry.tenant_id,
-                entry.target,
-                entry.detail_json,
-                entry.prev_hash,
-                entry.entry_hash,
-            )
+            return await self._append_audit(tx, build)
+
+    async def _append_audit(self, tx: Session, build: AuditBuild) -> AuditEntry:
+        """Appends the entry `build(head)` returns, serialised with every other append (so the
+        chain has one order), inside the transaction `tx`."""
+        await self.db.lock(tx, "llmesh-tenancy-audit")
+        head = await tx.fetchrow("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        entry = build(None if head is None else (head[0], head[1]))
+        await tx.execute(
+            f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            entry.seq,
+            entry.at_us,
+            entry.actor,
+            entry.action,
+            entry.tenant_id,
+            entry.target,
+            entry.detail_json,
+            entry.prev_hash,
+            entry.entry_hash,
+        )
         return entry
 
     async def audit_head(self) -> tuple[int, str] | None:
