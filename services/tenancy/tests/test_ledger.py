@@ -92,6 +92,15 @@ async def test_report_groups_totals_and_top_use_cases(ledger):
     assert everything.totals.requests == 5 and everything.rows[0].group == {"api_key": "k_1"}
 
 
+async def test_an_unreadable_usage_message_is_dropped_and_a_good_one_written(ledger):
+    tenant = unique("t")
+    await ledger.record_message(b"\xff\xfe not a protobuf")
+    await ledger.record_message(events_pb2.UsageRecorded(tenant_id=tenant).SerializeToString())  # no request id
+    await ledger.record_message(_usage_event("good", tenant, "chat").SerializeToString())
+    report = await ledger.report(["tier"], since_us=None, until_us=None, tenant_id=tenant)
+    assert report.totals.requests == 1 and report.rows[0].group == {"tier": "2"}
+
+
 async def test_bad_report_arguments_are_refused(ledger):
     with pytest.raises(InvalidArgument, match="cannot group by 'prompt'"):
         await ledger.report(["prompt"], since_us=None, until_us=None, tenant_id=None)
