@@ -4,6 +4,8 @@ the service consuming LLMESH_USAGE across a restart without losing or doubling a
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 
 import grpc
 import nats
@@ -244,3 +246,64 @@ async def test_usage_report_rpc_refuses_bad_input(service, admin):
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await stub.UsageReport(pb.UsageReportRequest())
     assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_a_killed_tenancy_process_loses_no_entry(store_url, nats_url, admin_token, tmp_path):
+    """SIGKILL mid-load (no graceful stop, unacked messages in flight): the next process gets the
+    unacked ones again (after the consumer's 30 s ack wait: slow, so `make bench` runs it) and the
+    ledger ends with exactly one row per request."""
+    tenant = unique("tk").replace(".", "-")
+    total = 80
+    env = {
+        **os.environ,
+        "LLMESH_HOME": str(tmp_path / "home"),
+        "LLMESH_PORT": "0",
+        "LLMESH_METRICS_PORT": "0",
+        "LLMESH_NATS_URL": nats_url,
+        "LLMESH_TENANCY_DATABASE_URL": str(store_url),
+        "LLMESH_ADMIN_TOKEN": admin_token,
+        "LLMESH_LOG_LEVEL": "warning",
+    }
+
+    async def start(n: int) -> asyncio.subprocess.Process:
+        ready = tmp_path / f"ready-{n}.json"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "llmesh.services.tenancy", env={**env, "LLMESH_READY_FILE": str(ready)}
+        )
+        await assert_eventually(ready.exists, timeout_s=30, message="tenancy process ready")
+        return proc
+
+    repository = Repository(store_url)
+    nc = await nats.connect(nats_url)
+    proc = None
+    try:
+        js = nc.jetstream()
+
+        async def publish(start_at: int, end: int) -> None:
+            for i in range(start_at, end):
+                event = _usage_event(f"{tenant}-{i}", tenant, "chat")
+                await js.publish(
+                    usage_subject(tenant), event.SerializeToString(), headers={"Nats-Msg-Id": event.request_id}
+                )
+
+        proc = await start(1)
+        await publish(0, 50)
+        proc.kill()
+        await proc.wait()
+        await publish(50, total)
+        proc = await start(2)
+        await repository.open()
+
+        async def all_there() -> bool:
+            report = await repository.usage_totals([], None, None, tenant)
+            return report[0][1][0] == total
+
+        await assert_eventually(all_there, timeout_s=90, message=f"{total} ledger rows")
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+        await nc.close()
+        await repository.close()
