@@ -5,8 +5,12 @@ and the first bad entry named."""
 from __future__ import annotations
 
 import grpc
+import nats
 import pytest
+from llmesh.events.v1 import events_pb2
 from llmesh.kit.errors import InvalidArgument
+from llmesh.kit.streams import audit_subject
+from llmesh.kit.testing import assert_eventually, unique
 from llmesh.services.tenancy.audit import AuditLog
 from llmesh.services.tenancy.repository import Repository
 from llmesh.tenancy.v1 import tenancy_pb2 as pb
@@ -164,3 +168,52 @@ async def test_a_change_and_its_audit_entry_commit_together(service, admin):
         ("key.revoked", key.key_id),
     ]
     assert (await stub.VerifyAudit(pb.VerifyAuditRequest(), metadata=admin)).ok
+
+
+async def test_audit_events_over_nats_are_appended_once(store_url, nats_url, admin_token, admin):
+    tenant = unique("ta").replace(".", "-")
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        async with tenancy_client(store_url, nats_url, admin_token, audit_key=KEY) as (_, stub):
+            good = events_pb2.AuditRecorded(
+                event_id=f"{tenant}-1",
+                source="router",
+                action="route.decided",
+                tenant_id=tenant,
+                target="req-1",
+                detail_json='{"model":"m","tier":2}',
+            )
+            bad = events_pb2.AuditRecorded(event_id=f"{tenant}-2", source="router", action="Not An Action")
+            for event, msg_id in ((good, "a"), (bad, "b"), (good, "c")):  # "c": past JetStream's dedup
+                await js.publish(
+                    audit_subject(tenant), event.SerializeToString(), headers={"Nats-Msg-Id": msg_id + tenant}
+                )
+            await js.publish(audit_subject(tenant), b"\xff not a protobuf", headers={"Nats-Msg-Id": "d" + tenant})
+
+            async def listed():
+                return (await stub.ListAudit(pb.ListAuditRequest(tenant_id=tenant), metadata=admin)).entries
+
+            async def one() -> bool:
+                return len(await listed()) == 1
+
+            await assert_eventually(one, message="the routing digest in the audit log")
+            # The later messages were handled too (a marker published after them shows up).
+            marker = events_pb2.AuditRecorded(
+                event_id=f"{tenant}-m", source="router", action="marker", tenant_id=tenant
+            )
+            await js.publish(audit_subject(tenant), marker.SerializeToString(), headers={"Nats-Msg-Id": "m" + tenant})
+
+            async def two() -> bool:
+                return len(await listed()) == 2
+
+            await assert_eventually(two, message="the marker")
+            entries = await listed()
+            assert [(e.action, e.actor, e.target) for e in entries] == [
+                ("route.decided", "nats:router", "req-1"),
+                ("marker", "nats:router", ""),
+            ]
+            assert entries[0].detail_json == '{"model":"m","tier":2}'
+            assert (await stub.VerifyAudit(pb.VerifyAuditRequest(), metadata=admin)).ok
+    finally:
+        await nc.close()

@@ -25,6 +25,10 @@ TENANCY = StreamSpec("LLMESH_TENANCY", ("llmesh.tenancy.>",), max_age_s=7 * DAY_
 # consumes it durably (a week covers a long tenancy outage).
 USAGE = StreamSpec("LLMESH_USAGE", ("llmesh.usage.>",), max_age_s=7 * DAY_S)
 USAGE_SUBJECTS = "llmesh.usage.>"
+# AuditRecorded on llmesh.audit.<tenant> (or .platform), Nats-Msg-Id = event id; tenancy appends
+# each to its hash-chained audit log.
+AUDIT = StreamSpec("LLMESH_AUDIT", ("llmesh.audit.>",), max_age_s=7 * DAY_S)
+AUDIT_SUBJECTS = "llmesh.audit.>"
 
 KEY_REVOKED_SUBJECT = "llmesh.tenancy.key.revoked"
 # Core NATS (not a stream): llmesh.inference.load.<region>.<model>, model load snapshots.
@@ -41,3 +45,10 @@ def usage_subject(tenant_id: str) -> str:
     if not SUBJECT_TOKEN.match(tenant_id):
         raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
     return f"llmesh.usage.{tenant_id}"
+
+
+def audit_subject(tenant_id: str = "") -> str:
+    """The subject of an audit event about `tenant_id`, or about the platform when empty."""
+    if tenant_id and not SUBJECT_TOKEN.match(tenant_id):
+        raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
+    return f"llmesh.audit.{tenant_id or 'platform'}"

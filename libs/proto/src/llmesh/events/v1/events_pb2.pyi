@@ -206,3 +206,21 @@ class ModelHealth(_message.Message):
     breaker_state: BreakerStateChanged.State
     requests_in_window: int
     def __init__(self, model: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., error_rate: _Optional[float] = ..., time_to_first_token_p95_ms: _Optional[float] = ..., utilization: _Optional[float] = ..., breaker_state: _Optional[_Union[BreakerStateChanged.State, str]] = ..., requests_in_window: _Optional[int] = ...) -> None: ...
+
+class AuditRecorded(_message.Message):
+    __slots__ = ("event_id", "source", "action", "tenant_id", "target", "detail_json", "occurred_at")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    source: str
+    action: str
+    tenant_id: str
+    target: str
+    detail_json: str
+    occurred_at: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., source: _Optional[str] = ..., action: _Optional[str] = ..., tenant_id: _Optional[str] = ..., target: _Optional[str] = ..., detail_json: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

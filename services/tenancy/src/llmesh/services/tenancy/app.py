@@ -7,7 +7,7 @@ from llmesh.kit.auth import AdminGuard
 from llmesh.kit.bus import Bus
 from llmesh.kit.logging import get_logger
 from llmesh.kit.server import ServiceApp
-from llmesh.kit.streams import TENANCY, USAGE, USAGE_SUBJECTS
+from llmesh.kit.streams import AUDIT, AUDIT_SUBJECTS, TENANCY, USAGE, USAGE_SUBJECTS
 from llmesh.services.tenancy.audit import AuditLog
 from llmesh.services.tenancy.core import Tenancy
 from llmesh.services.tenancy.ledger import Ledger
@@ -20,6 +20,7 @@ from llmesh.tenancy.v1 import tenancy_pb2_grpc
 log = get_logger("llmesh.tenancy")
 
 LEDGER_CONSUMER = "tenancy-ledger"
+AUDIT_CONSUMER = "tenancy-audit"
 
 
 class TenancyApp(ServiceApp):
@@ -54,6 +55,9 @@ class TenancyApp(ServiceApp):
         # The ledger: every UsageRecorded once, also those published while tenancy was down;
         # replicas share the consumer (the request id key makes a double delivery harmless).
         await self.bus.consume_durable(USAGE, USAGE_SUBJECTS, LEDGER_CONSUMER, self.ledger.record_message, shared=True)
+        # Audit events of other services (policy changes, budget decisions, routing digests).
+        await self.bus.ensure_stream(AUDIT)
+        await self.bus.consume_durable(AUDIT, AUDIT_SUBJECTS, AUDIT_CONSUMER, self.audit.record_message, shared=True)
         # Events a previous run recorded but could not publish.
         await self.relay.flush()
         self.every(self.settings.outbox_retry_s, self.relay.flush, name="outbox-retry")

@@ -24,6 +24,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+from llmesh.events.v1 import events_pb2
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.logging import get_logger
 from llmesh.kit.streams import SUBJECT_TOKEN
@@ -82,8 +84,11 @@ class PendingAudit:
     """An entry waiting for its place in the chain: the repository calls it with the current head
     (seq, hash), or None for an empty log, under the append lock; `entry` is then the link written."""
 
-    def __init__(self, actor: str, action: str, tenant_id: str, target: str, detail_json: str):
+    def __init__(
+        self, actor: str, action: str, tenant_id: str, target: str, detail_json: str, event_id: str | None = None
+    ):
         self.fields = (actor, action, tenant_id, target, detail_json)
+        self.event_id = event_id
         self.entry: AuditEntry | None = None
 
     def __call__(self, head: tuple[int, str] | None) -> AuditEntry:
@@ -108,7 +113,14 @@ class AuditLog:
         return hmac.new(self._key, f"{seq}:{entry_hash}:{signed_at_us}".encode(), hashlib.sha256).hexdigest()
 
     def prepare(
-        self, actor: str, action: str, *, tenant_id: str = "", target: str = "", detail: str | dict | None = None
+        self,
+        actor: str,
+        action: str,
+        *,
+        tenant_id: str = "",
+        target: str = "",
+        detail: str | dict | None = None,
+        event_id: str | None = None,
     ) -> PendingAudit:
         """A validated entry for the repository to append, alone or inside the transaction of the
         change it records."""
@@ -118,7 +130,7 @@ class AuditLog:
             raise InvalidArgument("tenant_id is not a valid tenant id", field="tenant_id")
         target = validate_free_text(target, "target", MAX_TARGET_CHARS)
         actor = validate_free_text(actor, "actor", MAX_ACTOR_CHARS)
-        return PendingAudit(actor, action, tenant_id, target, canonical_detail(detail))
+        return PendingAudit(actor, action, tenant_id, target, canonical_detail(detail), event_id)
 
     async def append(
         self, actor: str, action: str, *, tenant_id: str = "", target: str = "", detail: str | dict | None = None
@@ -128,6 +140,28 @@ class AuditLog:
         await self.appended(pending)
         assert pending.entry is not None
         return pending.entry
+
+    async def record_message(self, data: bytes) -> None:
+        """The handler of llmesh.audit.> (AuditRecorded): appends each event id once. An event
+        that cannot be parsed or is invalid is logged and dropped (redelivery would not fix it)."""
+        try:
+            event = events_pb2.AuditRecorded.FromString(data)
+            if not event.event_id or len(event.event_id) > 128:
+                raise ValueError("AuditRecorded without a usable event_id")
+            source = event.source.strip() or "unknown"
+            pending = self.prepare(
+                f"nats:{source}",
+                event.action,
+                tenant_id=event.tenant_id,
+                target=event.target,
+                detail=event.detail_json,
+                event_id=event.event_id,
+            )
+        except (DecodeError, ValueError, InvalidArgument) as exc:
+            log.error("audit_event_dropped", error=str(exc))
+            return
+        if await self._repository.append_audit(pending) is not None:
+            await self.appended(pending)
 
     async def appended(self, pending: PendingAudit) -> None:
         """After the transaction that appended `pending`: a signed checkpoint when one is due."""

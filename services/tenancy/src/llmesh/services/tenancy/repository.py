@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from llmesh.kit.errors import AlreadyExists
 from llmesh.kit.vocabulary import Sensitivity
@@ -74,8 +74,12 @@ def _key(row) -> ApiKey:
     return ApiKey(row[0], row[1], row[2], row[3], row[4], Role(row[5]), row[6])
 
 
-# Builds the next audit entry from the chain's head (audit.PendingAudit).
-AuditBuild = Callable[[tuple[int, str] | None], AuditEntry]
+class AuditBuild(Protocol):
+    """Builds the next audit entry from the chain's head (audit.PendingAudit)."""
+
+    event_id: str | None
+
+    def __call__(self, head: tuple[int, str] | None) -> AuditEntry: ...
 
 
 def _key_values(key: ApiKey) -> tuple:
@@ -313,18 +317,22 @@ class Repository:
 
     # Audit log
 
-    async def append_audit(self, build: AuditBuild) -> AuditEntry:
+    async def append_audit(self, build: AuditBuild) -> AuditEntry | None:
         async with self.db.transaction() as tx:
             return await self._append_audit(tx, build)
 
-    async def _append_audit(self, tx: Session, build: AuditBuild) -> AuditEntry:
+    async def _append_audit(self, tx: Session, build: AuditBuild) -> AuditEntry | None:
         """Appends the entry `build(head)` returns, serialised with every other append (so the
-        chain has one order), inside the transaction `tx`."""
+        chain has one order), inside the transaction `tx`. None: its event id is already there."""
         await self.db.lock(tx, "llmesh-tenancy-audit")
+        if build.event_id is not None and await tx.fetchrow(
+            "SELECT seq FROM audit_log WHERE event_id = ?", build.event_id
+        ):
+            return None
         head = await tx.fetchrow("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         entry = build(None if head is None else (head[0], head[1]))
         await tx.execute(
-            f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO audit_log ({_AUDIT_COLUMNS}, event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             entry.seq,
             entry.at_us,
             entry.actor,
@@ -334,6 +342,7 @@ class Repository:
             entry.detail_json,
             entry.prev_hash,
             entry.entry_hash,
+            build.event_id,
         )
         return entry
 
