@@ -25,10 +25,11 @@ export TRANSFORMERS_OFFLINE := 1
 # uv's cache and the checkout may sit on different file systems.
 export UV_LINK_MODE ?= copy
 # Debian packages the tests and the launcher start (servers on free ports, never the machine's own).
-APT_PACKAGES := nats-server redis-server kubectl
-APT_COMMANDS := nats-server redis-server kubectl
+# prometheus and prometheus-alertmanager: promtool, amtool and prometheus for deploy/prometheus tests.
+APT_PACKAGES := nats-server redis-server kubectl prometheus prometheus-alertmanager
+APT_COMMANDS := nats-server redis-server kubectl promtool amtool
 
-.PHONY: setup triton-env up test gen lint format breaking bench docs images-report image-context images clean
+.PHONY: setup triton-env up test e2e-backends gen lint format breaking bench fuzz docs dashboards images-report image-context images clean
 
 setup: $(STAMP) $(TRITON_STAMP)
 
@@ -72,6 +73,10 @@ up: setup
 test: setup
 	$(PY) -m pytest -q
 
+# `llmesh up` with Triton and the API stand-in, as issue 9 checks it (the Triton-kill test is slow).
+e2e-backends: setup
+	$(PY) -m pytest -q -m "" tests/e2e/test_launcher_backends.py
+
 gen: setup
 	$(PY) scripts/gen_protos.py
 
@@ -94,8 +99,16 @@ bench: setup
 	$(PY) -m pytest -q -m slow
 	@for script in bench/*_bench.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
+# Every RPC of every service with generated requests (tests/fuzz); the table goes to bench/results/fuzz.md.
+fuzz: setup
+	LLMESH_FUZZ_EXAMPLES=$${LLMESH_FUZZ_EXAMPLES:-10000} LLMESH_FUZZ_REPORT=bench/results/fuzz.md $(PY) -m pytest -q tests/fuzz
+
 docs: setup
 	$(PY) scripts/config_tables.py
+
+# Grafana dashboards as code (deploy/grafana/dashboards.py) rendered to deploy/grafana/dashboards/*.json.
+dashboards: setup
+	$(PY) deploy/grafana/dashboards.py
 
 # Installs each service alone from the lock file into a fresh environment and writes
 # docs/reports/images.md (installed size, packages, budget check).

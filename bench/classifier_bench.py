@@ -6,7 +6,9 @@ latency, and the detectors' precision and recall on the labelled snippet set.
 
 Hosts the classifier in this process on a free port with a private nats-server and a fresh
 feedback store; client and server share this process and its event loop, so the gRPC figures
-include both sides. Prompts are 2 KB: MMLU prompts from ../shared/data joined up to 2,048
+include both sides; three classifiers are hosted at once (plain calls, calls with request ids that
+are recorded for feedback, and calls during a rollout with two versions) and called in turn, so
+the machine's other load falls on all three alike. Prompts are 2 KB: MMLU prompts from ../shared/data joined up to 2,048
 characters when that folder is there, else generated text. One thread for numpy/BLAS.
 """
 
@@ -14,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
+import json
 import os
 import pathlib
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -93,22 +98,51 @@ def row(name: str, seconds: np.ndarray) -> str:
     )
 
 
-async def grpc_latencies(app: ClassifierApp, settings, prompts: list[str]) -> np.ndarray:
-    async with hosted(app, settings, serve_metrics=False) as host, open_channel(host.address) as channel:
-        stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
-        requests = [
-            classifier_pb2.ClassifyRequest(
-                messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=p)], tenant_id="bench"
+async def grpc_latencies(setups: list[tuple[ClassifierApp, ClassifierSettings, bool, dict | None]], prompts: list[str]):
+    """Classify over gRPC on each (app, settings, request_ids, rollout) at once, the calls
+    interleaved (one call to each in turn, the order rotating) so that the machine's other load
+    falls on all alike. With request ids each call is recorded for feedback; with a rollout (a
+    classifier.rollout value, written to the policy first) two versions score each request."""
+    from llmesh.kit.bus import Bus
+    from llmesh.kit.policy import PolicyStore
+
+    async with contextlib.AsyncExitStack() as stack:
+        stubs, requests = [], []
+        for app, settings, request_ids, rollout in setups:
+            if rollout is not None:
+                bus = await Bus.connect(settings.nats_url, "bench")
+                store = PolicyStore(bus, bucket=settings.policy_bucket)
+                await store.start()
+                await store.put("global", {"classifier": {"rollout": rollout}})
+                await store.stop()
+                await bus.close()
+            host = await stack.enter_async_context(hosted(app, settings, serve_metrics=False))
+            channel = await stack.enter_async_context(open_channel(host.address))
+            if rollout is not None:
+                while app.models.serving().candidate is None:
+                    await asyncio.sleep(0.05)
+            stubs.append(classifier_pb2_grpc.ClassifierServiceStub(channel))
+            requests.append(
+                [
+                    classifier_pb2.ClassifyRequest(
+                        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=p)],
+                        tenant_id="bench",
+                        request_id=f"bench-{i}-{time.time_ns()}" if request_ids else "",
+                    )
+                    for i, p in enumerate(prompts)
+                ]
             )
-            for p in prompts
-        ]
-        for r in requests[:100]:
-            await stub.Classify(r)
-        out = np.empty(len(requests))
-        for i, r in enumerate(requests):
-            t0 = time.perf_counter()
-            await stub.Classify(r)
-            out[i] = time.perf_counter() - t0
+        for stub, reqs in zip(stubs, requests):
+            for r in reqs[:100]:
+                await stub.Classify(r)
+        out = [np.empty(len(prompts)) for _ in setups]
+        order = list(range(len(setups)))
+        for i in range(len(prompts)):
+            for k in order:
+                t0 = time.perf_counter()
+                await stubs[k].Classify(requests[k][i])
+                out[k][i] = time.perf_counter() - t0
+            order = order[1:] + order[:1]
         return out
 
 
@@ -137,27 +171,52 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         nats = NatsServerProcess(tmp).start()
         try:
-            settings = load_settings(
-                ClassifierSettings,
-                environ={},
-                port=0,
-                metrics_port=0,
-                nats_url=nats.url,
-                feedback_db=os.path.join(tmp, "feedback.sqlite3"),
-                log_level="warning",
+
+            def make_app(name: str, **overrides) -> tuple[ClassifierApp, ClassifierSettings]:
+                settings = load_settings(
+                    ClassifierSettings,
+                    environ={},
+                    port=0,
+                    metrics_port=0,
+                    nats_url=nats.url,
+                    feedback_db=os.path.join(tmp, f"{name}.sqlite3"),
+                    policy_bucket=f"bench-{name}",
+                    log_level="warning",
+                    **overrides,
+                )
+                return ClassifierApp(settings), settings
+
+            plain, plain_settings = make_app("plain")
+            plain.registry.load_or_fail()
+            model = plain.registry.model
+            # A rollout: the packaged version and a copy of it as the candidate, half the traffic each.
+            models = pathlib.Path(tmp) / "models"
+            shutil.copytree(model.path, models / model.path.name)
+            candidate = "29990101T000000Z-bench"
+            shutil.copytree(model.path, models / candidate)
+            meta = json.loads((models / candidate / "metadata.json").read_text())
+            (models / candidate / "metadata.json").write_text(json.dumps(dict(meta, version=candidate)))
+            plan = {"current": model.version, "candidate": candidate, "share": 0.5}
+            via_grpc, with_ids, in_rollout = asyncio.run(
+                grpc_latencies(
+                    [
+                        (plain, plain_settings, False, None),
+                        (*make_app("ids"), True, None),
+                        (*make_app("rollout", model_dir=str(models)), True, plan),
+                    ],
+                    prompts,
+                )
             )
-            app = ClassifierApp(settings)
-            via_grpc = asyncio.run(grpc_latencies(app, settings, prompts))
-            model = app.registry.model
         finally:
             nats.stop()
 
     from llmesh.services.classifier.classify import Classifier
     from llmesh.services.classifier.complexity.registry import ModelRegistry
+    from llmesh.services.classifier.rollout import ModelSelector, RolloutPlan
 
     registry = ModelRegistry(model.path.parent)
     registry.refresh()
-    classifier = Classifier(registry, SensitivityScanner())
+    classifier = Classifier(ModelSelector(registry, RolloutPlan), SensitivityScanner())
     policy = ClassifierPolicy()
     in_process = timed(lambda p: classifier.classify([Message("user", p)], policy), prompts)
     model_only = timed(model.predict, prompts)
@@ -182,6 +241,8 @@ def main() -> int:
         "",
         *header,
         row("Classify over gRPC (client and server in one process)", via_grpc),
+        row("same, with request ids (each call recorded for feedback)", with_ids),
+        row("same, during a rollout (two versions score each request, both recorded)", in_rollout),
         row("Classify in-process (score + tier + scan + metrics)", in_process),
         row("complexity model alone (features + score)", model_only),
         "",

@@ -54,7 +54,12 @@ from llmesh.launcher.openai_server import LlamaCppServerProcess  # noqa: E402
 from llmesh.launcher.triton import TritonServerProcess  # noqa: E402
 from llmesh.services.inference.chat_prompt import GemmaTurns  # noqa: E402
 from llmesh.services.inference.model_files import resolve_model_path  # noqa: E402
+from llmesh.services.inference.openai_backend import remember_missing_sniffio  # noqa: E402
 from llmesh.services.inference.triton_backend import prompt_text  # noqa: E402
+
+# The direct client gets the service's httpcore fix too (see openai_backend): the baseline is a
+# client as good as the service's own, so the difference is what the service adds.
+remember_missing_sniffio()
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TRITON_MODEL = "gemma-3-270m"
@@ -120,7 +125,7 @@ async def triton_direct(client: triton_grpc.InferenceServerClient, prompt: str, 
                     first = time.perf_counter() - started
             count = result.as_numpy("num_output_tokens")
             if count is not None and count.size:
-                tokens = max(tokens, int(count.reshape(-1)[0]))
+                tokens += int(count.reshape(-1)[0])  # the tokens of this response
             params = result.get_response().parameters
             reason = result.as_numpy("finish_reason")
             if ("triton_final_response" in params and params["triton_final_response"].bool_param) or (
@@ -150,11 +155,18 @@ async def openai_direct(http: httpx.AsyncClient, base_url: str, prompt: str, max
     usage_tokens = None
     async with http.stream("POST", f"{base_url}/chat/completions", json=body, timeout=300) as response:
         response.raise_for_status()
-        async for line in response.aiter_lines():
+        lines = response.aiter_lines()
+        async for line in lines:
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()
             if data == "[DONE]":
+                # As the service's backend does: the body's end is read so that the connection
+                # goes back to the pool (the next request opens no new one).
+                with contextlib.suppress(TimeoutError, httpx.TransportError):
+                    async with asyncio.timeout(0.5):
+                        async for _ in lines:
+                            pass
                 break
             event = json.loads(data)
             if event.get("usage"):
@@ -252,6 +264,12 @@ class ServiceProcess:
 # -- measurement -----------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def measure(name, call, requests: int, into: list[Sample], expected: dict[int, int]) -> None:
     for i in range(requests):
         sample = await call(PROMPTS[i % len(PROMPTS)])
@@ -294,6 +312,9 @@ def report(results: dict, args, load_before, load_after, mismatches: int) -> str
         "on any path (each model server's own default, the same for direct and service)",
         "- TTFT: request start to the first non-empty text, client side; decode tokens/s: (tokens − 1) / "
         "(time after the first text), per request",
+        "- API paths: the direct client and the service's backend alike keep their HTTP connection (the body's end "
+        "is read after [DONE]) and remember that sniffio is missing (openai_backend.remember_missing_sniffio: "
+        "httpcore tries to import it several times per request)",
         f"- token counts: {'every request of both paths of a backend generated the same number of tokens per prompt' if not mismatches else f'{mismatches} requests differed from the other path (see warnings)'}",
         "",
         "| backend | path | requests | TTFT p50 ms | TTFT p95 ms | decode tok/s p50 | decode tok/s p95 | tokens |",
@@ -319,6 +340,18 @@ def report(results: dict, args, load_before, load_after, mismatches: int) -> str
             f"| {backend} | {added:+.1f} ms | {'met' if added <= TARGET_TTFT_MS else 'NOT met'} | "
             f"{passed * 100:.1f} % | {'met' if passed >= TARGET_SPEED else 'NOT met'} |"
         )
+    lines += [
+        "",
+        "The service's own CPU time (user + system of its process, /proc, during the service rounds): what it adds "
+        "per request whatever the machine's load (wall-clock figures above move with the other processes on the "
+        "shared cores).",
+        "",
+        "| backend | service CPU ms per request | service CPU ms per token |",
+        "| --- | --- | --- |",
+    ]
+    for backend, paths in results.items():
+        s = paths["service"]
+        lines.append(f"| {backend} | {s['cpu_ms_per_request']:.2f} | {s['cpu_ms_per_token']:.3f} |")
     lines += [
         "",
         "Medians of per-request values over all rounds; p95 of tokens/s is the faster tail. On a 2-core machine "
@@ -389,16 +422,23 @@ async def run(args, stack: contextlib.ExitStack, logs: pathlib.Path) -> dict:
                 expected: dict[int, int] = {}
                 for call in paths.values():  # warm-up, discarded
                     await call(PROMPTS[0])
+                service_cpu_s = 0.0
                 for r in range(args.rounds):
                     for path, call in paths.items():
                         started = time.perf_counter()
+                        cpu_before = cpu_seconds(service.process.pid)
                         await measure(f"{backend} {path}", call, args.requests, samples[path], expected)
+                        if path == "service":
+                            service_cpu_s += cpu_seconds(service.process.pid) - cpu_before
                         print(f"{backend} round {r + 1} {path}: {time.perf_counter() - started:.1f}s", file=sys.stderr)
                 for path, got in samples.items():
                     mismatches += sum(
                         1 for i, s in enumerate(got) if s.tokens != expected[i % args.requests % len(PROMPTS)]
                     )
                 results[backend] = {path: summary(got) for path, got in samples.items()}
+                served = samples["service"]
+                results[backend]["service"]["cpu_ms_per_request"] = service_cpu_s * 1000 / len(served)
+                results[backend]["service"]["cpu_ms_per_token"] = service_cpu_s * 1000 / sum(x.tokens for x in served)
         finally:
             await tclient.close()
     return results, mismatches

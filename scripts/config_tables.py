@@ -127,7 +127,11 @@ def render_policy() -> str:
             value = body.get("additionalProperties", {})
             target = defs[value["$ref"].rsplit("/", 1)[-1]] if "$ref" in value else value
             keys = body.get("propertyNames", {})
-            key_text = " \\| ".join(f"`{k}`" for k in keys["enum"]) if "enum" in keys else "a model name"
+            key_text = (
+                " \\| ".join(f"`{k}`" for k in keys["enum"])
+                if "enum" in keys
+                else keys.get("description", "a model name")
+            )
             if "properties" in target:
                 parts += [f"Keys: {key_text}. Values: objects of these fields:", ""]
                 parts += ["| field | type | meaning |", "| --- | --- | --- |"]

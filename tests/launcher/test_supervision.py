@@ -13,6 +13,7 @@ import time
 import pytest
 from llmesh.cli.mesh import down_command, process_state
 from llmesh.launcher import state as mesh_state
+from llmesh.launcher.backends import ServerUnit
 from llmesh.launcher.backoff import RestartPolicy
 from llmesh.launcher.health import SERVING, UNREACHABLE
 from llmesh.launcher.processes import port_is_free, process_start_ticks
@@ -226,3 +227,63 @@ def record(state: str, **fields) -> mesh_state.ProcessRecord:
 )
 def test_status_names_each_process_state(process, health, supervised, shown):
     assert process_state(process, health, supervised) == shown
+
+
+class SlowModelServer(ServerUnit):
+    """A model-server unit (ServerUnit, as Triton's) whose server takes long to load its models:
+    only launch() may be called on a restart, a blocking wait would hang the test."""
+
+    name = "triton"
+    start_timeout_s = 120.0
+
+    def __init__(self, log_path):
+        self.log_path = log_path
+        self.launches = 0
+        self.loaded = False
+        self.process = None
+        self.server = self  # ServerUnit reads the exit code from server.process
+
+    @property
+    def address(self) -> str:
+        return "127.0.0.1:40010"
+
+    port = 40010
+    pid = None
+
+    def launch(self) -> None:
+        self.launches += 1
+        self.loaded = False
+        self.process = subprocess.Popen(["sleep", "30"])
+
+    def ready(self) -> bool:
+        return self.exit_code() is None and self.loaded
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def start(self) -> None:
+        raise AssertionError("a restart must not wait for the models to load")
+
+
+def test_a_model_server_is_restarted_without_blocking_and_given_its_own_start_time(supervisor, tmp_path):
+    server = SlowModelServer(tmp_path / "triton.log")
+    server.launch()
+    unit = Supervised(server, state=mesh_state.RUNNING)
+    unit.mark_started()
+    try:
+        server.kill()  # a crash
+        assert supervisor.supervise(unit) and unit.state == mesh_state.BACKOFF
+        unit.retry_at_mono = time.monotonic()
+        started = time.monotonic()
+        assert supervisor.supervise(unit)
+        assert time.monotonic() - started < 1.0 and server.launches == 2
+        assert unit.state == mesh_state.STARTING
+        unit.started_mono -= supervisor.timeout_s + 1  # past the services' start time, not its own
+        assert not supervisor.supervise(unit) and unit.state == mesh_state.STARTING
+        server.loaded = True
+        assert supervisor.supervise(unit) and unit.state == mesh_state.RUNNING
+        assert "triton is back" in supervisor.lines[-1]
+    finally:
+        server.kill()

@@ -16,7 +16,7 @@ from llmesh.events.v1 import events_pb2
 from llmesh.kit import errors
 from llmesh.kit.bus import Bus
 from llmesh.kit.chat import messages_from_proto, sampling_from_proto
-from llmesh.kit.client import open_channel
+from llmesh.kit.client import error_reason, open_channel
 from llmesh.kit.config import ConfigError, ServerSettings, load_settings, parses, positive, setting, settings_table
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
@@ -74,11 +74,13 @@ async def test_health_follows_lifecycle_and_errors_map_to_status_codes():
         detail = error_details_pb2.BadRequest()
         status.details[0].Unpack(detail)
         assert detail.field_violations[0].field == "messages"
+        assert error_reason(bad.value) == "INVALID_ARGUMENT"
 
         with pytest.raises(grpc.aio.AioRpcError) as crash:
             await stub.Classify(classifier_pb2.ClassifyRequest(tenant_id="boom"))
         assert crash.value.code() == grpc.StatusCode.INTERNAL
         assert "request_id=" in crash.value.details() and "a bug" not in crash.value.details()
+        assert error_reason(crash.value) == "INTERNAL"
 
         with pytest.raises(grpc.aio.AioRpcError) as late:
             await stub.Classify(classifier_pb2.ClassifyRequest(tenant_id="slow"), timeout=0.1)

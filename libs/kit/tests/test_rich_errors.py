@@ -38,3 +38,15 @@ def test_details_that_disagree_with_the_call_or_are_missing_are_ignored():
     assert rich_status(_failed_call(errors.Unavailable("down", retry_after_s=2), details="other")) is None
     bare = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
     assert rich_status(bare) is None and retry_after_s(bare) is None
+
+
+def test_every_error_names_its_reason():
+    from llmesh.kit.client import error_reason
+
+    assert error_reason(_failed_call(errors.InvalidArgument("bad", field="x"))) == "INVALID_ARGUMENT"
+    assert error_reason(_failed_call(errors.ResourceExhausted("full", retry_after_s=1))) == "RESOURCE_EXHAUSTED"
+    assert error_reason(_failed_call(errors.ResourceExhausted("over", reason="BUDGET_EXHAUSTED"))) == "BUDGET_EXHAUSTED"
+    info = error_details_pb2.ErrorInfo()
+    status = status_of(errors.NotFound("no such tenant"), "tenancy")
+    assert status.details[-1].Unpack(info)
+    assert (info.reason, info.domain, dict(info.metadata)) == ("NOT_FOUND", "llmesh", {"service": "tenancy"})

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+import grpc
 import pytest
 from llmesh.cache.v1 import cache_pb2
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.bus import Bus
 from llmesh.kit.errors import FailedPrecondition
+from llmesh.kit.nats_server import NatsServerProcess
 from llmesh.kit.streams import cache_invalidate_subject
-from llmesh.kit.testing import assert_eventually, unique
+from llmesh.kit.testing import assert_eventually, free_port, unique
 from llmesh.services.cache.app import CacheApp
 from llmesh.services.cache.invalidation import Invalidation, InvalidationChannel, durable_name, from_event, to_event
 
@@ -85,3 +88,39 @@ async def test_a_second_replica_with_the_same_id_is_refused(nats_url):
             return found.outcome == cache_pb2.LOOKUP_OUTCOME_MISS
 
         await assert_eventually(flushed, timeout_s=10)
+
+
+async def test_an_invalidation_while_nats_is_down_fails_in_time_and_is_not_applied_later(tmp_path):
+    """Either accepted and applied everywhere, or refused and never applied: while NATS is down
+    Invalidate answers UNAVAILABLE within the caller's deadline, and when NATS returns the refused
+    invalidation does not come back to life (the later one, applied in stream order, proves it)."""
+    nats = NatsServerProcess(str(tmp_path / "nats"), port=free_port()).start()
+    tenant = unique("tenant")
+    try:
+        async with cache_service(nats.url) as (_, stub, _):
+            for use_case in ("kept", "dropped"):
+                await stub.Store(store(tenant, "q", f"{use_case} answer", key_kw={"use_case": use_case}))
+            nats.stop()
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Invalidate(cache_pb2.InvalidateRequest(tenant_id=tenant, use_case="kept"), timeout=3)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "nothing was published" in refused.value.details()
+            assert time.monotonic() - started < 3
+
+            nats.start()
+
+            async def invalidated_after_reconnect():
+                await stub.Invalidate(cache_pb2.InvalidateRequest(tenant_id=tenant, use_case="dropped"), timeout=3)
+
+            await assert_eventually(invalidated_after_reconnect, timeout_s=20, message="NATS back")
+
+            async def dropped_is_gone():
+                reply = await stub.Lookup(lookup(tenant, "q", key_kw={"use_case": "dropped"}))
+                assert reply.outcome == cache_pb2.LOOKUP_OUTCOME_MISS
+
+            await assert_eventually(dropped_is_gone, timeout_s=10)
+            kept = await stub.Lookup(lookup(tenant, "q", key_kw={"use_case": "kept"}))
+            assert kept.outcome == cache_pb2.LOOKUP_OUTCOME_EXACT_HIT
+    finally:
+        nats.stop()

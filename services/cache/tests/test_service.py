@@ -164,6 +164,19 @@ def _rpc_calls(stub):
         ("Store", stub.Store(store(t, "q", "a", ttl_seconds=-1)), grpc.StatusCode.INVALID_ARGUMENT, "ttl_seconds"),
         ("Store", stub.Store(store(t, "q", "a", ttl_seconds=31 * 86400)), grpc.StatusCode.INVALID_ARGUMENT, "30 days"),
         ("Store", stub.Store(store(t, "q", "a", cost_usd=-1)), grpc.StatusCode.INVALID_ARGUMENT, "cost_usd"),
+        ("Store", stub.Store(store(t, "q", "a", cost_usd=1e30)), grpc.StatusCode.INVALID_ARGUMENT, "cost_usd"),
+        (
+            "Store",
+            stub.Store(store(t, "q", "a", usage=common_pb2.Usage(prompt_tokens=2**63 - 1))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "usage.prompt_tokens",
+        ),
+        (
+            "Store",
+            stub.Store(store(t, "q", "a", key_kw={"max_tokens": 2**31 - 1})),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "max_tokens",
+        ),
         (
             "Store",
             stub.Store(store(t, "q", "a", content_class="no/slash")),

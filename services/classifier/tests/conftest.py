@@ -29,15 +29,16 @@ def models_dir(tmp_path, packaged_model_dir) -> pathlib.Path:
 
 
 def new_version(
-    models_dir: pathlib.Path, source: pathlib.Path, name: str, intercept_shift: float = 0.0
+    models_dir: pathlib.Path, source: pathlib.Path, name: str, intercept_shift: float = 0.0, coef_scale: float = 1.0
 ) -> pathlib.Path:
-    """A copy of the model in `source` saved as version `name`, its scores raised by `intercept_shift`."""
+    """A copy of the model in `source` saved as version `name`, its scores raised by `intercept_shift`
+    (`coef_scale` -1 reverses its ranking: a version worse than any other)."""
     model = load_model(source)
     scorer = LinearScorer(
         model.scorer.feature_names,
         model.scorer.mean,
         model.scorer.scale,
-        model.scorer.coef,
+        model.scorer.coef * coef_scale,
         model.scorer.intercept + intercept_shift,
         model.scorer.score_map,
     )

@@ -76,3 +76,30 @@ def test_training_reads_bad_cheap_answers_as_needing_the_strong_model():
     assert y.tolist() == [1, 0]
     assert X.shape == (2, len(FEATURE_NAMES))
     assert skipped == 3
+
+
+def test_a_store_written_before_rollouts_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE classifications (request_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, use_case TEXT NOT NULL, "
+        "created_at REAL NOT NULL, feature_set TEXT NOT NULL, features TEXT NOT NULL, score REAL NOT NULL, "
+        "tier INTEGER NOT NULL, model_version TEXT NOT NULL);"
+        "INSERT INTO classifications VALUES ('old', 't1', '', 1.0, 'f', '[]', 0.4, 1, 'v0');"
+    )
+    db.commit()
+    db.close()
+    store = FeedbackStore(path)
+    try:
+        store.add_feedback("old", "t1", -1, "")
+        # The old row has no per-version scores: a rollout cannot compare on it.
+        assert store.labelled(("v0",)) == []
+        store.record(ClassificationRecord("new", "t1", "", 2.0, "f", (), 0.4, 1, "v0", {"v0": 0.4, "v1": 0.6}, "e/a"))
+        store.add_feedback("new", "t1", 1, "")
+        (row,) = store.labelled(("v0", "v1"))
+        assert row.request_id == "new" and row.pays_off == 0 and row.scores == {"v0": 0.4, "v1": 0.6}
+        assert store.ratings_by_variant("e") == {"a": [1]}
+    finally:
+        store.close()

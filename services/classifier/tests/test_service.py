@@ -10,6 +10,7 @@ from llmesh.common.v1 import common_pb2
 from llmesh.kit.bus import Bus
 from llmesh.kit.client import open_channel
 from llmesh.kit.config import load_settings
+from llmesh.kit.experiments import resolve_variant
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.testing import assert_eventually, hosted, unique
 from llmesh.services.classifier.app import ClassifierApp
@@ -48,6 +49,8 @@ async def service(nats_url, models_dir, tmp_path):
         model_poll_s=0.1,
         feedback_db=str(tmp_path / "feedback.sqlite3"),
         feedback_flush_s=0.05,
+        # A new version serves everything at once here; gradual rollouts: test_rollout.py.
+        rollout_share=0.0,
     )
     app = ClassifierApp(settings)
     async with hosted(app, settings) as host:
@@ -228,3 +231,32 @@ async def test_reflection_lists_the_service(service):
         names = [s.name for s in response.list_services_response.service]
         assert "llmesh.classifier.v1.ClassifierService" in names
         break
+
+
+async def test_a_policy_experiment_sets_thresholds_per_variant_and_records_it(service, policies):
+    app, stub, _ = service
+    tenant = unique("tenant")
+    doc = {
+        "classifier": {"tier_thresholds": [0.99, 1.0]},
+        "experiments": {
+            "strict": {
+                "variants": {"all-strong": {"share": 0.5, "policy": {"classifier": {"tier_thresholds": [0.0, 0.0]}}}}
+            }
+        },
+    }
+    await policies.put(f"tenant.{tenant}", doc)
+
+    async def tiers_by_variant():
+        out = {}
+        for i in range(30):
+            request_id = unique("req")
+            r = await stub.Classify(request("Who wrote Hamlet?", tenant_id=tenant, request_id=request_id))
+            _, label = resolve_variant(doc, tenant, request_id)
+            out.setdefault(label, set()).add(r.tier)
+            await stub.Feedback(classifier_pb2.FeedbackRequest(request_id=request_id, rating=1, tenant_id=tenant))
+        assert out == {"strict/all-strong": {common_pb2.TIER_3}, "": {common_pb2.TIER_1}}, out
+
+    await assert_eventually(tiers_by_variant, message="the variant's thresholds apply")
+    ratings = app.feedback.ratings_by_variant("strict")
+    assert set(ratings) == {"all-strong"} and len(ratings["all-strong"]) >= 5
+    assert REGISTRY.get_sample_value("llmesh_classifier_policy_variant_total", {"policy_variant": "strict/all-strong"})

@@ -98,10 +98,16 @@ def test_training_writes_a_loadable_version_and_a_report(sample, tmp_path):
     assert meta["config"] == chosen["config"]
     assert cv["confidence_reliability"]["calibrated"]["bins"]
     assert model.scorer.calibration is not None
+    # The training score distribution, the reference of the served scores' drift; the held-out
+    # families' scores beside it in the report.
+    bins = model.scorer.score_bins
+    assert bins is not None and len(bins.shares) == 10 and abs(bins.shares.sum() - 1) < 1e-9
+    drift = cv["score_drift"]
+    assert drift["psi_held_out_families"] >= 0 and set(drift["per_family_psi"]) == families
     assert (folder / "model.json").stat().st_size < 5_000_000
     report = (tmp_path / "report" / "classifier.md").read_text()
     assert "APGR" in report and NOISY_SUBJECT in report
-    assert "unseen task families" in report and "## Confidence" in report
+    assert "unseen task families" in report and "## Confidence" in report and "## Score drift" in report
     assert (tmp_path / "report" / "classifier_routing_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "report" / "classifier_metrics.json").read_text())["all_subjects"]["n"] == len(sample)
 
@@ -188,3 +194,22 @@ def test_family_cross_validation_holds_out_whole_families(sample):
     # Every prompt is scored out of fold, and its complexity_score lies in (0, 1).
     assert np.all((by_family.percentiles > 0) & (by_family.percentiles < 1))
     assert by_family.scores.shape == (len(sample),)
+
+
+def test_score_drift_compares_training_held_out_families_and_recent_traffic(sample, tmp_path):
+    import numpy as np
+    from llmesh.services.classifier.complexity.families import families
+    from llmesh.services.classifier.complexity.trainer import score_drift
+    from llmesh.services.classifier.complexity.training import feature_matrix
+
+    result = train(sample, models_dir=tmp_path / "m", report_dir=None, cross_validation=False, log=lambda *_: None)
+    scorer = load_model(result.model_dir).scorer
+    X = feature_matrix(sample.prompts)
+    scores = np.array([scorer.score_map(float(x)) for x in scorer.raw_score(X)])
+    family = families(sample.subjects)
+    same = score_drift(scorer, scores, family, X)
+    # The training prompts themselves (plus the subject left out of training): stable, below 0.1.
+    assert same["psi_recent_traffic"] < 0.1 and same["recent_n"] == len(sample)
+    # Recent traffic of the easiest prompts only: far from the training mix.
+    easy = X[scores < np.quantile(scores, 0.2)]
+    assert score_drift(scorer, scores, family, easy)["psi_recent_traffic"] > 0.5

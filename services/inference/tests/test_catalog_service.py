@@ -60,6 +60,12 @@ async def test_load_snapshots_every_second_and_at_once_on_a_crossing(inference, 
             assert any(e.crossed_percent == 0 and e.model == MODEL and e.capacity == MAX_CONCURRENCY for e in received)
 
         await assert_eventually(periodic, timeout_s=5, message="a periodic snapshot")
+        # A generation the caller leaves early: llama.cpp frees its slot only once the worker
+        # thread is done, after the stream has ended. The crossing back down must still be seen
+        # at once (it was missed until the next periodic snapshot, and the up crossing below with it).
+        early = inference.stub.Generate(request(LOOPING_PROMPT, max_tokens=400), timeout=30)
+        await early.read()
+        early.cancel()
         await assert_eventually(lambda: inference.load().active == 0, timeout_s=10)
         received.clear()
         call = inference.stub.Generate(request(LOOPING_PROMPT, max_tokens=400), timeout=30)

@@ -20,12 +20,17 @@ from llmesh.kit.errors import DeadlineExceeded, InvalidArgument, ResourceExhaust
 from llmesh.kit.testing import assert_eventually, free_port, hosted
 from llmesh.launcher.openai_server import LlamaCppServerProcess
 from llmesh.services.inference.app import InferenceApp
-from llmesh.services.inference.backend import BackendCompletion, FinishReason, GenerationRequest, TextDelta
+from llmesh.services.inference.backend import (
+    BackendCompletion,
+    FinishReason,
+    GenerationRequest,
+    TextDelta,
+    estimate_prompt_tokens,
+)
 from llmesh.services.inference.model_files import resolve_model_path
 from llmesh.services.inference.openai_backend import (
     OpenAIBackend,
     OpenAIModel,
-    estimate_prompt_tokens,
     parse_retry_after,
 )
 from prometheus_client import REGISTRY

@@ -160,7 +160,7 @@ async def test_full_service_rejects_with_retry_info_then_recovers(inference):
     assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "capacity" in full.value.details()
     retry = error_details_pb2.RetryInfo()
-    [detail] = rpc_status.from_call(full.value).details
+    detail = rpc_status.from_call(full.value).details[0]  # then the ErrorInfo
     assert detail.Unpack(retry) and retry.retry_delay.ToNanoseconds() > 0
 
     # The queued request gets the first slot that frees up.

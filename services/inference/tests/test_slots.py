@@ -80,3 +80,18 @@ async def test_no_queue_rejects_at_once():
     await p.acquire()
     with pytest.raises(ResourceExhausted):
         await p.acquire()
+
+
+async def test_every_change_of_the_counts_is_reported_with_the_counts_already_changed():
+    seen: list[tuple[int, int]] = []
+    p = SlotPool(
+        ["a"], max_waiting=1, retry_after_s=0.5, label="model m", on_change=lambda: seen.append((p.in_use, p.waiting))
+    )
+    held = await p.acquire()
+    assert seen == [(1, 0)]
+    waiting = asyncio.create_task(p.acquire())
+    await assert_eventually(lambda: seen[-1] == (1, 1))
+    p.release(held)  # handed to the waiter: still one in use, nobody waiting
+    assert seen[-1] == (1, 0)
+    p.release(await waiting)
+    assert seen[-1] == (0, 0)

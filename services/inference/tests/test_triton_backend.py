@@ -18,7 +18,13 @@ from llmesh.kit.errors import ResourceExhausted, Unavailable
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.testing import assert_eventually, hosted
 from llmesh.launcher.triton import TritonServerProcess
-from llmesh.services.inference.backend import BackendCompletion, FinishReason, GenerationRequest, TextDelta
+from llmesh.services.inference.backend import (
+    BackendCompletion,
+    FinishReason,
+    GenerationRequest,
+    TextDelta,
+    estimate_prompt_tokens,
+)
 from llmesh.services.inference.core import InferenceEngine
 from llmesh.services.inference.model_files import resolve_model_path
 from llmesh.services.inference.servicer import SERVICE_NAME, InferenceServicer
@@ -248,3 +254,40 @@ async def test_failure_midstream_ends_the_grpc_stream_unavailable(backend, trito
     )
     assert errors and errors >= 1
     triton.start(timeout_s=120)
+
+
+def usage_source(source: str) -> float:
+    labels = {"model": MODEL, "backend": "triton", "source": source}
+    return REGISTRY.get_sample_value("llmesh_inference_usage_source_total", labels) or 0
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_model_without_count_outputs_is_counted_by_the_client(backend):
+    """As TensorRT-LLM's ensemble (no num_input_tokens/num_output_tokens): one completion token per
+    streamed response, the prompt estimated; a model with the outputs is taken at its word."""
+    request = ask(max_tokens=16)
+    provider = usage_source("provider")
+    _, counted_by_model = await run(backend, request)
+    assert usage_source("provider") == provider + 1
+    assert counted_by_model.prompt_tokens != estimate_prompt_tokens(request), "the model's own prompt count"
+
+    server = TritonServerProcess(
+        extra_env={"LLMESH_TRITON_GGUF": str(resolve_model_path("")), "LLMESH_TRITON_TOKEN_COUNTS": "false"}
+    )
+    server.start(timeout_s=120)
+    try:
+        spec = TritonModel(name=MODEL, triton_model="gemma-3-270m", context_length=2048, max_concurrency=1, max_queue=1)
+        uncounted = TritonBackend(server.grpc_url, [spec])
+        await uncounted.start()
+        try:
+            estimated, tokens = usage_source("estimated"), generated_tokens()
+            deltas, completion = await run(uncounted, request)
+        finally:
+            await uncounted.close()
+    finally:
+        server.stop()
+    assert "".join(deltas).strip()
+    assert completion.finish_reason is FinishReason.LENGTH
+    assert completion.completion_tokens == counted_by_model.completion_tokens == 16
+    assert completion.prompt_tokens == estimate_prompt_tokens(request)
+    assert usage_source("estimated") == estimated + 1 and generated_tokens() - tokens == 16

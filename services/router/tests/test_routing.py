@@ -102,11 +102,11 @@ def test_load_snapshots_go_stale_into_unknown():
     board.record(LoadSnapshot("m", "local", "triton", 0.5, 1, 0, 2, 4, 10.0, 20.0, 30.0, 0.0))
     assert board.current("m", "local").utilization == 0.5 and board.current("m", "other") is None
     labels = {"region": "local", "model": "m"}
-    assert REGISTRY.get_sample_value("llmesh_router_model_utilization", labels) == 0.5
+    assert REGISTRY.get_sample_value("llmesh_router_model_utilization_ratio", labels) == 0.5
     assert REGISTRY.get_sample_value("llmesh_router_model_load_known", labels) == 1.0
     now[0] += 3.5
     assert board.current("m", "local") is None and board.known() == []
-    assert math.isnan(REGISTRY.get_sample_value("llmesh_router_model_utilization", labels))
+    assert math.isnan(REGISTRY.get_sample_value("llmesh_router_model_utilization_ratio", labels))
     assert REGISTRY.get_sample_value("llmesh_router_model_load_known", labels) == 0.0
 
 

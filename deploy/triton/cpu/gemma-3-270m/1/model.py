@@ -8,13 +8,16 @@ inputs   text_input (BYTES), max_tokens (INT32), stream (BOOL, accepted; respons
          stream), optional temperature, top_p (FP32), top_k (INT32), repetition_penalty (FP32),
          random_seed (UINT64), stop_words (BYTES, any count)
 outputs  on every response: text_output (BYTES, the text since the previous response; may be
-         empty while a UTF-8 character or a possible stop word is held back), num_input_tokens and
-         num_output_tokens (UINT32, cumulative: vLLM's backend names); on the final response also
+         empty while a UTF-8 character or a possible stop word is held back), num_input_tokens (the
+         prompt's tokens) and num_output_tokens (the tokens generated since the previous response),
+         UINT32 with vLLM's backend's names and meaning; on the final response also
          finish_reason (BYTES: stop | length | cancelled)
 
 The prompt is tokenized with special tokens parsed (as TensorRT-LLM's preprocessing and vLLM do):
 callers send the chat template's markup in text_input. Settings (parameters in config.pbtxt, an
-environment variable overrides): gguf_path / LLMESH_TRITON_GGUF, context_length, n_threads.
+environment variable overrides): gguf_path / LLMESH_TRITON_GGUF, context_length, n_threads,
+token_counts / LLMESH_TRITON_TOKEN_COUNTS ("false": no num_input_tokens/num_output_tokens, as
+TensorRT-LLM's ensemble; for tests of the client's own count).
 With dynamic batching (max_batch_size > 0) every tensor has a leading batch dimension of 1 per
 request; the requests of one execute() call are decoded one after another on the single
 llama.cpp context (llama-cpp-python's Llama decodes one sequence per context).
@@ -84,6 +87,8 @@ class TritonPythonModel:
             )
         self.context_length = int(parameters.get("context_length", "2048"))
         threads = int(parameters.get("n_threads", "1"))
+        counts = os.environ.get("LLMESH_TRITON_TOKEN_COUNTS") or parameters.get("token_counts", "true")
+        self.token_counts = counts.strip().lower() not in ("0", "false", "no", "off")
         self.llm = llama_cpp.Llama(
             model_path=path, n_ctx=self.context_length, n_threads=threads, n_threads_batch=threads, verbose=False
         )
@@ -107,11 +112,12 @@ class TritonPythonModel:
 
     def _response(self, text, n_in, n_out, finish=None):
         shape = (1, 1) if self.batched else (1,)
-        tensors = [
-            pb_utils.Tensor("text_output", np.array([text.encode()], dtype=np.object_).reshape(shape)),
-            pb_utils.Tensor("num_input_tokens", np.array([n_in], dtype=np.uint32).reshape(shape)),
-            pb_utils.Tensor("num_output_tokens", np.array([n_out], dtype=np.uint32).reshape(shape)),
-        ]
+        tensors = [pb_utils.Tensor("text_output", np.array([text.encode()], dtype=np.object_).reshape(shape))]
+        if self.token_counts:
+            tensors += [
+                pb_utils.Tensor("num_input_tokens", np.array([n_in], dtype=np.uint32).reshape(shape)),
+                pb_utils.Tensor("num_output_tokens", np.array([n_out], dtype=np.uint32).reshape(shape)),
+            ]
         if finish is not None:
             tensors.append(
                 pb_utils.Tensor("finish_reason", np.array([finish.encode()], dtype=np.object_).reshape(shape))
@@ -143,6 +149,7 @@ class TritonPythonModel:
         )
         self.served["requests"] += 1
         produced, finish, unsent = 0, "length", ""
+        reported = 0  # tokens counted in the responses sent
         try:
             for token in generator:
                 # A caller that went away (stream cancelled) stops the work between tokens.
@@ -160,8 +167,8 @@ class TritonPythonModel:
                     break
                 if produced >= max_tokens:
                     break
-                sender.send(self._response(unsent, len(tokens), produced))
-                unsent = ""
+                sender.send(self._response(unsent, len(tokens), produced - reported))
+                unsent, reported = "", produced
         finally:
             generator.close()
         if finish == "cancelled":
@@ -173,7 +180,7 @@ class TritonPythonModel:
             unsent += stop.pending + decoder.decode(b"", final=True)
         # The last piece of text rides on the final response with the finish reason.
         sender.send(
-            self._response(unsent, len(tokens), produced, finish),
+            self._response(unsent, len(tokens), produced - reported, finish),
             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
         )
 

@@ -5,11 +5,13 @@ after the handler succeeded."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 import nats
 from google.protobuf.message import Message
+from llmesh.kit import tracing
 from llmesh.kit.errors import AlreadyExists, Unavailable
 from llmesh.kit.logging import get_logger
 from llmesh.kit.streams import StreamSpec
@@ -73,6 +75,7 @@ class Bus:
             storage=js_api.StorageType.FILE,
             max_age=spec.max_age_s,
             duplicate_window=min(spec.duplicate_window_s, spec.max_age_s),
+            retention=js_api.RetentionPolicy.WORK_QUEUE if spec.work_queue else js_api.RetentionPolicy.LIMITS,
         )
         try:
             await self.js.add_stream(config)
@@ -81,25 +84,61 @@ class Bus:
             await self.js.update_stream(config)
 
     async def publish(
-        self, subject: str, message: Message, *, msg_id: str | None = None, timeout_s: float = 2.0, attempts: int = 5
+        self,
+        subject: str,
+        message: Message,
+        *,
+        msg_id: str | None = None,
+        timeout_s: float = 2.0,
+        attempts: int = 5,
+        budget_s: float | None = None,
     ) -> js_api.PubAck:
-        """Publishes to a stream and waits for its ack; retries with the same Nats-Msg-Id."""
-        headers = {"Nats-Msg-Id": msg_id or uuid.uuid4().hex}
+        """Publishes to a stream and waits for its ack; retries with the same Nats-Msg-Id, so a
+        repeat is dropped by the stream. While the connection is down nothing is handed to the
+        client's reconnect buffer (it would be sent whenever NATS comes back, after the caller was
+        told it failed): the call waits for the connection within `attempts` and `budget_s`
+        (seconds for the whole call), then raises Unavailable saying whether the event was
+        certainly not published, or sent but not confirmed (it may still be stored)."""
+        headers = tracing.inject({"Nats-Msg-Id": msg_id or uuid.uuid4().hex})
         payload = message.SerializeToString()
+        give_up = None if budget_s is None else time.monotonic() + budget_s
+        sent = False
         last: Exception | None = None
         for attempt in range(attempts):
-            try:
-                return await self.js.publish(subject, payload, timeout=timeout_s, headers=headers)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError) as exc:
-                last = exc
-                log.warning("publish_retry", subject=subject, attempt=attempt + 1, error=repr(exc))
-                await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
-        raise Unavailable(f"could not publish to {subject}: {last!r}")
+            left = None if give_up is None else give_up - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            if self.nc.is_connected:
+                sent = True
+                try:
+                    wait = timeout_s if left is None else min(timeout_s, left)
+                    return await self.js.publish(subject, payload, timeout=wait, headers=headers)
+                except (
+                    nats.errors.TimeoutError,
+                    nats.errors.NoRespondersError,
+                    nats.errors.ConnectionClosedError,
+                    nats.errors.ConnectionReconnectingError,
+                ) as exc:
+                    last = exc
+            else:
+                last = ConnectionError("not connected to NATS")
+            log.warning("publish_retry", subject=subject, attempt=attempt + 1, error=repr(last))
+            pause = min(0.1 * 2**attempt, 1.0)
+            if give_up is not None:
+                pause = min(pause, max(0.0, give_up - time.monotonic()))
+            await asyncio.sleep(pause)
+        if not sent:
+            raise Unavailable(f"NATS is unreachable: nothing was published to {subject}", retry_after_s=1.0)
+        raise Unavailable(
+            f"the event for {subject} was sent but NATS did not confirm it ({last!r}); it may still be "
+            "applied, and repeating the call is safe",
+            retry_after_s=1.0,
+        )
 
     async def publish_core(self, subject: str, message: Message, *, msg_id: str | None = None) -> None:
         """Publishes on core NATS (no stream, no ack): for events only useful to subscribers
         listening now, such as load snapshots. Silently dropped while disconnected."""
-        headers = {"Nats-Msg-Id": msg_id or uuid.uuid4().hex}
+        headers = tracing.inject({"Nats-Msg-Id": msg_id or uuid.uuid4().hex})
         try:
             await self.nc.publish(subject, message.SerializeToString(), headers=headers)
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, OSError) as exc:
@@ -115,7 +154,8 @@ class Bus:
 
         async def on_message(msg) -> None:
             try:
-                await handler(msg.data)
+                with tracing.consumer_span(msg.subject, msg.headers):
+                    await handler(msg.data)
             except Exception:
                 log.exception("event_handler_failed", subject=msg.subject)
                 await msg.nak(delay=1.0)
@@ -147,7 +187,8 @@ class Bus:
 
         async def on_message(msg) -> None:
             try:
-                await handler(msg.data)
+                with tracing.consumer_span(msg.subject, msg.headers):
+                    await handler(msg.data)
             except Exception:
                 log.exception("event_handler_failed", subject=msg.subject)
 

@@ -1,16 +1,56 @@
 """Client channels to other llmesh services: every call gets a deadline (a default when the caller
-sets none) and carries the current request_id. And the reading of a failed call's google.rpc error
+sets none) and carries the current request_id and trace context. And the reading of a failed call's google.rpc error
 details (grpcio-status), the counterpart of what the server interceptor sends."""
 
 from __future__ import annotations
 
+import json
+
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from llmesh.kit import tracing
 from llmesh.kit.interceptors import REQUEST_ID_KEY
 from llmesh.kit.logging import get_contextvars
 
 DEFAULT_TIMEOUT_S = 5.0
+
+# RPCs that may run twice without harm (reads, and writes that converge): retried on UNAVAILABLE.
+# Never a Generate (router or inference): a stream that sent text cannot be replayed, and one
+# that did not is still a model's work. Nor the creations (CreateTenant, CreateApiKey), Feedback
+# (it would count twice) or Warm (a client stream).
+IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
+    "llmesh.tenancy.v1.TenancyService": ("Authenticate", "GetTenant", "ListTenants", "RevokeApiKey"),
+    "llmesh.classifier.v1.ClassifierService": ("Classify",),
+    "llmesh.cache.v1.CacheService": ("Lookup", "Store", "Invalidate", "PinEntry", "DeleteEntry", "Stats"),
+    "llmesh.inference.v1.InferenceService": ("ListModels",),
+    "grpc.health.v1.Health": ("Check",),
+}
+
+
+def service_config() -> dict:
+    """The gRPC service config of every channel (docs/adr/0011): round robin over all the
+    addresses the name resolves to (a headless Service's pods), up to 3 attempts on UNAVAILABLE for
+    the idempotent RPCs, with retry throttling: once more than half of a channel's 10 tokens are
+    spent (each failure costs 1, each success gives 0.1 back), no call is retried."""
+    return {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": service, "method": method} for method in methods],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+            for service, methods in IDEMPOTENT_METHODS.items()
+        ],
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
+    }
+
 
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -18,45 +58,58 @@ _CHANNEL_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.enable_retries", 1),
+    ("grpc.service_config", json.dumps(service_config())),
 ]
 
 
-def _with_defaults(details: grpc.aio.ClientCallDetails, default_timeout_s: float) -> grpc.aio.ClientCallDetails:
+def _with_defaults(details: grpc.aio.ClientCallDetails, default_timeout_s: float | None) -> grpc.aio.ClientCallDetails:
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
     if REQUEST_ID_KEY not in metadata:
         request_id = get_contextvars().get("request_id")
         if request_id:
             metadata.add(REQUEST_ID_KEY, request_id)
+    # W3C trace context (traceparent, tracestate): the callee's server span continues this trace.
+    for key, value in tracing.inject({}).items():
+        if key not in metadata:
+            metadata.add(key, value)
     return grpc.aio.ClientCallDetails(
         method=details.method,
-        timeout=details.timeout if details.timeout is not None else default_timeout_s,
+        timeout=details.timeout if details.timeout is not None else default_timeout_s,  # None: no deadline
         metadata=metadata,
         credentials=details.credentials,
         wait_for_ready=details.wait_for_ready,
     )
 
 
-class _DefaultsInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-):
+# grpc.aio files an interceptor under the first of its kinds only (if/elif on the class), so
+# each kind has its own class: one deriving from both would never see streaming calls.
+class _UnaryDefaults(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, default_timeout_s: float):
         self._timeout = default_timeout_s
 
     async def intercept_unary_unary(self, continuation, client_call_details, request):
         return await continuation(_with_defaults(client_call_details, self._timeout), request)
 
+
+class _StreamDefaults(grpc.aio.UnaryStreamClientInterceptor):
+    """Request id and trace context only: a streaming call sets its own deadline."""
+
     async def intercept_unary_stream(self, continuation, client_call_details, request):
-        return await continuation(_with_defaults(client_call_details, self._timeout), request)
+        return await continuation(_with_defaults(client_call_details, None), request)
 
 
 def open_channel(target: str, *, default_timeout_s: float = DEFAULT_TIMEOUT_S) -> grpc.aio.Channel:
-    """An insecure channel to a mesh service (loopback or inside the cluster network).
+    """An insecure channel to a mesh service (loopback or inside the cluster network), with the
+    kit's service config: round robin over every address of `target` (a DNS name with several
+    records, or `ipv4:host:port,host:port`), retries of idempotent RPCs, keepalive.
 
     Calls that set no timeout get `default_timeout_s`; streaming calls should set their own.
     """
     return grpc.aio.insecure_channel(
-        target, options=_CHANNEL_OPTIONS, interceptors=[_DefaultsInterceptor(default_timeout_s)]
+        target,
+        options=_CHANNEL_OPTIONS,
+        interceptors=[_UnaryDefaults(default_timeout_s), _StreamDefaults()],
     )
 
 
@@ -76,4 +129,15 @@ def retry_after_s(error: grpc.RpcError) -> float | None:
         info = error_details_pb2.RetryInfo()
         if detail.Unpack(info):
             return info.retry_delay.ToNanoseconds() / 1e9
+    return None
+
+
+def error_reason(error: grpc.RpcError) -> str | None:
+    """The google.rpc.ErrorInfo reason of a failed call (e.g. INVALID_ARGUMENT, or a service's
+    own such as BUDGET_EXHAUSTED), if it carries one."""
+    status = rich_status(error)
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
     return None

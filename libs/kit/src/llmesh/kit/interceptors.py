@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from llmesh.kit import errors
+from llmesh.kit import errors, tracing
 from llmesh.kit.logging import bind_contextvars, clear_contextvars, get_logger
 from llmesh.kit.metrics import RPC_ERRORS, RPC_LATENCY, RPC_REQUESTS
 from llmesh.kit.vocabulary import MAX_REQUEST_ID_CHARS
@@ -42,8 +42,18 @@ def status_code_for(exc: errors.LlmeshError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def rich_status(exc: errors.LlmeshError) -> status_pb2.Status:
-    """The google.rpc.Status a domain error is reported as."""
+ERROR_DOMAIN = "llmesh"
+
+
+def error_info(reason: str, service: str | None) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(
+        reason=reason, domain=ERROR_DOMAIN, metadata={"service": service} if service else {}
+    )
+
+
+def rich_status(exc: errors.LlmeshError, service: str | None = None) -> status_pb2.Status:
+    """The google.rpc.Status a domain error is reported as: always an ErrorInfo (its reason tells
+    causes apart), a BadRequest for the field at fault, a RetryInfo with the suggested delay."""
     status = status_pb2.Status(code=status_code_for(exc).value[0], message=exc.message)
     if exc.field:
         detail = error_details_pb2.BadRequest(
@@ -54,11 +64,58 @@ def rich_status(exc: errors.LlmeshError) -> status_pb2.Status:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(exc.retry_after_s * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    status.details.add().Pack(error_info(exc.reason, service))
     return status
 
 
-async def abort_with_domain_error(context: grpc.aio.ServicerContext, exc: errors.LlmeshError) -> None:
-    await context.abort_with_status(rpc_status.to_status(rich_status(exc)))
+async def abort_with_domain_error(
+    context: grpc.aio.ServicerContext, exc: errors.LlmeshError, service: str | None = None
+) -> None:
+    await context.abort_with_status(rpc_status.to_status(rich_status(exc, service)))
+
+
+class _Undecodable:
+    """What a request that does not parse as its message type becomes (the deserializer never
+    raises: gRPC would answer UNKNOWN for it); the wrapped behaviour turns it into INVALID_ARGUMENT."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, invalid UTF-8 in a string field, truncated input
+            return _Undecodable(exc)
+
+    return deserialize
+
+
+def _undecodable(exc: _Undecodable) -> errors.InvalidArgument:
+    reason = str(exc.error) or type(exc.error).__name__
+    return errors.InvalidArgument(f"the request does not parse as this method's message ({reason})")
+
+
+async def _checked_messages(requests):
+    """A streamed request's messages; one that does not parse ends the call with INVALID_ARGUMENT."""
+    async for message in requests:
+        if isinstance(message, _Undecodable):
+            raise _undecodable(message)
+        yield message
+
+
+def _check(request):
+    if isinstance(request, _Undecodable):
+        raise _undecodable(request)
+    if hasattr(request, "__aiter__"):
+        return _checked_messages(request)
+    return request
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -80,35 +137,38 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 self._wrap_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
             self._wrap_stream(handler.stream_stream, method),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
-    def _begin(self, context) -> str:
+    def _begin(self, context, method: str) -> tuple[str, tuple]:
         clear_contextvars()
         request_id = _request_id(context)
         bind_contextvars(service=self._service, request_id=request_id)
-        return request_id
+        traced = tracing.start_server_span(self._service, method, context.invocation_metadata())
+        traced[0].set_attribute("llmesh.request_id", request_id)
+        return request_id, traced
 
-    def _finish(self, method: str, code: grpc.StatusCode, started: float) -> None:
+    def _finish(self, method: str, code: grpc.StatusCode, started: float, traced: tuple) -> None:
         name = code.name
+        tracing.end_span(*traced, name)
         RPC_REQUESTS.labels(self._service, method, name).inc()
         if code is not grpc.StatusCode.OK:
             RPC_ERRORS.labels(self._service, method, name).inc()
@@ -118,18 +178,22 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         """Turns an exception into an abort (raising AbortError) and returns the status code."""
         if isinstance(exc, errors.LlmeshError):
             log.info("rpc_error", method=method, error=type(exc).__name__, message=exc.message)
-            await abort_with_domain_error(context, exc)
+            await abort_with_domain_error(context, exc, self._service)
         log.exception("rpc_crashed", method=method)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request_id={request_id})")
+        status = status_pb2.Status(
+            code=grpc.StatusCode.INTERNAL.value[0], message=f"internal error (request_id={request_id})"
+        )
+        status.details.add().Pack(error_info("INTERNAL", self._service))
+        await context.abort_with_status(rpc_status.to_status(status))
         raise AssertionError("unreachable")
 
     def _wrap_unary(self, behavior, method: str):
         async def wrapped(request, context):
-            request_id = self._begin(context)
+            request_id, traced = self._begin(context, method)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                return await behavior(request, context)
+                return await behavior(_check(request), context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -140,17 +204,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = status_code_for(exc) if isinstance(exc, errors.LlmeshError) else grpc.StatusCode.INTERNAL
                 await self._on_error(exc, context, method, request_id)
             finally:
-                self._finish(method, code, started)
+                self._finish(method, code, started, traced)
 
         return wrapped
 
     def _wrap_stream(self, behavior, method: str):
         async def wrapped(request, context):
-            request_id = self._begin(context)
+            request_id, traced = self._begin(context, method)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                result = behavior(request, context)
+                result = behavior(_check(request), context)
                 if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
                     async for item in result:
                         yield item
@@ -166,6 +230,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 code = status_code_for(exc) if isinstance(exc, errors.LlmeshError) else grpc.StatusCode.INTERNAL
                 await self._on_error(exc, context, method, request_id)
             finally:
-                self._finish(method, code, started)
+                self._finish(method, code, started, traced)
 
         return wrapped

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from llmesh.kit.bus import Bus
+from llmesh.kit.experiments import merge
 from llmesh.kit.logging import get_logger
 from llmesh.kit.tasks import BackgroundTasks
 
@@ -50,14 +51,7 @@ def policy_keys(tenant_id: str = "", use_case: str = "") -> list[str]:
     return keys
 
 
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+_merge = merge  # objects key by key, anything else replaces (the same merge as experiment variants)
 
 
 P = TypeVar("P")

@@ -24,6 +24,8 @@ from llmesh.kit.interceptors import ServerInterceptor
 from llmesh.kit.logging import configure_logging, get_logger
 from llmesh.kit.metrics import start_metrics_server
 from llmesh.kit.tasks import BackgroundTasks
+from llmesh.kit.tracing import configure as configure_tracing
+from llmesh.kit.tracing import flush as flush_traces
 
 log = get_logger("llmesh.server")
 
@@ -88,6 +90,7 @@ class ServiceHost:
         return f"{self.settings.host}:{self.port}"
 
     async def start(self) -> None:
+        configure_tracing(self.app.name)
         server = grpc.aio.server(
             interceptors=[ServerInterceptor(self.app.name)],
             options=[
@@ -145,6 +148,7 @@ class ServiceHost:
         finally:
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
+            flush_traces()
             log.info("stopped")
 
 

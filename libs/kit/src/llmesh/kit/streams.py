@@ -17,6 +17,8 @@ class StreamSpec:
     subjects: tuple[str, ...]
     max_age_s: float
     duplicate_window_s: float = 120.0
+    # Work-queue retention: a message leaves the stream once a consumer acknowledged it.
+    work_queue: bool = False
 
 
 CACHE_INVALIDATE = StreamSpec("LLMESH_CACHE_INVALIDATE", ("llmesh.cache.invalidate.>",), max_age_s=7 * DAY_S)

@@ -87,3 +87,21 @@ async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
     """The standard health service's status of `service` ("" for the whole server)."""
     response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
     return response.status
+
+
+def recording_spans():
+    """An in-memory span exporter on this process's tracer provider (installing an SDK provider
+    when none is set): `exporter.get_finished_spans()`; call `exporter.shutdown()` when done so
+    later tests do not keep filling it."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter

@@ -111,6 +111,12 @@ DEFAULT_USE_CASE = "default"
 # A use case names a namespace for caching, policy (`use_case.<tenant>.<use case>`) and reporting.
 USE_CASE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MAX_REQUEST_ID_CHARS = 128
+# Upper bounds on what callers may claim about one generation, so sums (statistics, ledgers,
+# budgets) stay finite and meaningful: no model here has a context near a million tokens, and no
+# single answer costs a thousand dollars.
+MAX_TOKENS_BOUND = 1_000_000
+MAX_USAGE_TOKENS = 10_000_000
+MAX_ANSWER_COST_USD = 1_000.0
 
 
 def use_case_from(value: str, field: str = "use_case") -> str:

@@ -9,8 +9,10 @@ import json
 import os
 import pathlib
 import sys
+import time
 
 import grpc
+from llmesh.kit.logging import get_logger
 from llmesh.launcher.state import endpoint, home
 
 _REPO = pathlib.Path(__file__).resolve().parents[5]
@@ -60,6 +62,37 @@ def register(subparsers) -> None:
     train.add_argument("--no-cv", action="store_true", help="skip cross-validation and the report (quick refit)")
     train.set_defaults(func=_train)
 
+    rollout = commands.add_parser(
+        "rollout",
+        help="the gradual rollout of a model version: status, start, promote, rollback",
+        description="The rollout is the classifier.rollout object of the global policy document "
+        "(services/classifier/README.md); these commands read and write it.",
+    )
+    steps = rollout.add_subparsers(dest="rollout_command", required=True)
+    for name, text in (
+        ("status", "the rollout in force, the versions on disk, and both versions' APGR on the rated requests"),
+        ("promote", "the candidate serves everything from now on"),
+        ("rollback", "the candidate serves nothing from now on (the current version everything)"),
+        ("start", "a version serves a share of the requests beside the current one"),
+    ):
+        step = steps.add_parser(name, help=text)
+        if name == "start":
+            step.add_argument("version", help="the candidate version (a folder of the models folder)")
+            step.add_argument("--share", type=float, default=0.1, help="share of requests it serves (default 0.1)")
+        step.add_argument(
+            "--models",
+            default=os.environ.get("LLMESH_CLASSIFIER_MODEL_DIR", ""),
+            help="models folder (default: LLMESH_CLASSIFIER_MODEL_DIR, else the packaged models)",
+        )
+        step.add_argument(
+            "--feedback-db",
+            default="",
+            help="feedback SQLite file for status (default: LLMESH_CLASSIFIER_FEEDBACK_DB, else $LLMESH_HOME/classifier/feedback.sqlite3)",
+        )
+        step.add_argument("--reason", default="", help="why (kept in the audit line and the event)")
+        _policy_cli().nats_arguments(step)
+        step.set_defaults(func=_rollout)
+
     classify = commands.add_parser("classify", help="classify a prompt with the running classifier service")
     classify.add_argument("prompt", help="the user message ('-' reads standard input)")
     classify.add_argument("--system", default="", help="a system message to send before it")
@@ -82,6 +115,7 @@ def _train(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        import numpy as np
         from llmesh.services.classifier.complexity.trainer import train
         from llmesh.services.classifier.complexity.training import TrainConfig, feedback_examples, load_routing_data
         from llmesh.services.classifier.feedback import FeedbackStore
@@ -98,7 +132,7 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as exc:  # UnicodeDecodeError included
         print(f"llmesh classifier train: {exc} (expected the header {TRAIN_COLUMNS})", file=sys.stderr)
         return 2
-    feedback = None
+    feedback = recent = None
     if args.with_feedback:
         db = (
             args.feedback_db
@@ -108,9 +142,13 @@ def _train(args: argparse.Namespace) -> int:
         if not pathlib.Path(db).is_file():
             print(f"llmesh: no feedback store at {db}", file=sys.stderr)
             return 2
+        from llmesh.services.classifier.complexity.features import FEATURE_NAMES, FEATURE_SET
+
         store = FeedbackStore(db)
         try:
             feedback = feedback_examples(store.rated())
+            rows = [r for r in store.recent_features(FEATURE_SET) if len(r) == len(FEATURE_NAMES)]
+            recent = np.array(rows, dtype=float).reshape(-1, len(FEATURE_NAMES))
         finally:
             store.close()
     result = train(
@@ -119,10 +157,106 @@ def _train(args: argparse.Namespace) -> int:
         report_dir=pathlib.Path(args.report_dir) if args.report_dir and not args.no_cv else None,
         config=TrainConfig(),
         feedback=feedback,
+        recent=recent,
         cross_validation=not args.no_cv,
     )
     print(result.version)
     return 0
+
+
+def _policy_cli():
+    from llmesh.cli import policy
+
+    return policy
+
+
+def _feedback_db(explicit: str) -> str:
+    return (
+        explicit or os.environ.get("LLMESH_CLASSIFIER_FEEDBACK_DB") or str(home() / "classifier" / "feedback.sqlite3")
+    )
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    policy = _policy_cli()
+    try:
+        from llmesh.services.classifier import rollout as ro
+        from llmesh.services.classifier.complexity.model import version_folders
+        from llmesh.services.classifier.convert import ROLLOUT_SUBJECT, rollout_event
+        from llmesh.services.classifier.settings import PACKAGED_MODELS_DIR
+    except ModuleNotFoundError as exc:
+        print(f"llmesh classifier rollout: {exc.name} is not installed (`make setup` installs it)", file=sys.stderr)
+        return 2
+    models = pathlib.Path(args.models) if args.models else PACKAGED_MODELS_DIR
+    versions = [p.name for p in version_folders(models)]
+
+    async def command(nc, args) -> None:
+        kv = await policy.bucket(nc, args.bucket, create=args.rollout_command != "status")
+        documents = await policy.read_bucket(kv)
+        doc = documents.get("global") if isinstance(documents.get("global"), dict) else None
+        plan = ro.plan_from_policy(doc or {}) or ro.RolloutPlan()
+        current = plan.current or next((v for v in reversed(versions) if v != plan.candidate), "")
+        if args.rollout_command == "status":
+            _rollout_status(plan, current, versions, _feedback_db(args.feedback_db), ro)
+            return
+        if args.rollout_command == "start":
+            if args.version not in versions:
+                raise policy.PolicyError(f"no version {args.version!r} in {models}")
+            if not 0.0 < args.share <= 1.0:
+                raise policy.PolicyError(f"--share must be in (0, 1] (got {args.share})")
+            if plan.candidate and plan.candidate != args.version:
+                raise policy.PolicyError(f"{plan.candidate} is being rolled out: promote or roll it back first", code=1)
+            current = plan.current or next((v for v in reversed(versions) if v != args.version), "")
+            new = ro.RolloutPlan(current=current, candidate=args.version, share=args.share, started_at=time.time())
+            decision = "started"
+        else:
+            if not plan.candidate:
+                raise policy.PolicyError("no rollout in progress (no classifier.rollout.candidate in global)", code=1)
+            keep = plan.candidate if args.rollout_command == "promote" else current
+            new = ro.RolloutPlan(current=keep)
+            decision = "promoted" if args.rollout_command == "promote" else "rolled_back"
+        candidate = new.candidate or plan.candidate
+        revision = await kv.put("global", json.dumps(ro.with_plan(doc, new)).encode())
+        event = rollout_event(
+            decision, current=new.current, candidate=candidate, share=new.share, reason=args.reason or "by hand"
+        )
+        await nc.publish(ROLLOUT_SUBJECT, event.SerializeToString())
+        await nc.flush()
+        # The audit trail until tenancy's audit RPC exists: one structured line per change.
+        get_logger("llmesh.audit").info(
+            "classifier_rollout_" + decision,
+            user=os.environ.get("USER", ""),
+            current=new.current,
+            candidate=candidate,
+            share=new.share,
+            reason=args.reason,
+            policy_revision=revision,
+        )
+        print(
+            f"rollout {decision}: current {new.current or '-'}, candidate {candidate or '-'} (global revision {revision})"
+        )
+
+    return policy.run_nats(command, args, prog="llmesh classifier rollout")
+
+
+def _rollout_status(plan, current: str, versions: list[str], db: str, ro) -> None:
+    out: dict = {"current": current, "candidate": plan.candidate, "share": plan.share, "versions": versions}
+    if plan.candidate and pathlib.Path(db).is_file():
+        from llmesh.services.classifier.feedback import FeedbackStore
+
+        store = FeedbackStore(db)
+        try:
+            rows = store.labelled((current, plan.candidate), since=plan.started_at)
+        finally:
+            store.close()
+        out["labelled"] = len(rows)
+        if rows:
+            c = ro.compare(rows, current, plan.candidate)
+            out.update(
+                current_apgr=c.current_apgr,
+                candidate_apgr=c.candidate_apgr,
+                difference_90ci=[c.difference_low, c.difference_high],
+            )
+    print(json.dumps(out, indent=2))
 
 
 def _classify(args: argparse.Namespace) -> int:

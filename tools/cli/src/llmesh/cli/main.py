@@ -8,7 +8,21 @@ import importlib
 import sys
 
 # Modules under llmesh.cli, each owning one command group.
-COMMAND_MODULES = ("mesh", "tenant", "usage", "audit", "chat", "cache", "classifier", "policy", "call", "models")
+COMMAND_MODULES = (
+    "mesh",
+    "tenant",
+    "usage",
+    "audit",
+    "chat",
+    "cache",
+    "classifier",
+    "policy",
+    "call",
+    "models",
+    "batch",
+    "observe",
+    "top",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,7 +48,7 @@ def register(subparsers) -> None:
 
     get = commands.add_parser("get", help="print the policy: every key's document, or one key's")
     get.add_argument("--key", default="", help="print only this key's document (e.g. global, tenant.<tenant_id>)")
-    _nats_arguments(get)
+    nats_arguments(get)
     get.set_defaults(func=lambda args: _run(_get, args))
 
     put = commands.add_parser(
@@ -56,7 +56,7 @@ def register(subparsers) -> None:
     )
     put.add_argument("file", metavar="FILE", help="JSON: {key: document, ...}, or one document with --key ('-': stdin)")
     put.add_argument("--key", default="", help="FILE is the one document of this key")
-    _nats_arguments(put)
+    nats_arguments(put)
     put.set_defaults(func=lambda args: _run(_set, args))
 
     validate = commands.add_parser("validate", help="check a policy file against the schema (no NATS needed)")
@@ -66,11 +66,15 @@ def register(subparsers) -> None:
 
     delete = commands.add_parser("delete", help="remove one key's document (its overrides stop applying)")
     delete.add_argument("key", metavar="KEY")
-    _nats_arguments(delete)
+    nats_arguments(delete)
     delete.set_defaults(func=lambda args: _run(_delete, args))
 
+    from llmesh.cli import experiment
 
-def _nats_arguments(parser: argparse.ArgumentParser) -> None:
+    experiment.register(commands, sys.modules[__name__])
+
+
+def nats_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--nats",
         default="",
@@ -149,9 +153,34 @@ def _thresholds(value) -> tuple[float, float] | None:
 
 
 def _beyond_schema(bucket: dict[str, Any]) -> list[tuple[str, str]]:
-    """What JSON Schema cannot say: the classifier's thresholds are in order."""
+    """What JSON Schema cannot say: the classifier's thresholds are in order (in variants too), an
+    experiment's shares add up to at most 1."""
     problems = []
     for key, doc in bucket.items():
+        experiments = doc.get("experiments") if isinstance(doc, dict) else None
+        for name, experiment in (experiments or {}).items() if isinstance(experiments, dict) else ():
+            variants = experiment.get("variants") if isinstance(experiment, dict) else None
+            if not isinstance(variants, dict):
+                continue
+            shares = [v.get("share") for v in variants.values() if isinstance(v, dict)]
+            total = sum(x for x in shares if isinstance(x, (int, float)) and not isinstance(x, bool))
+            if total > 1.0 + 1e-9:
+                problems.append(
+                    (json_path([key, "experiments", name, "variants"]), f"the shares add up to {total:g}, more than 1")
+                )
+            for vname, variant in variants.items():
+                if isinstance(variant, dict) and isinstance(variant.get("policy"), dict):
+                    for path, message in _beyond_schema({key: variant["policy"]}):
+                        problems.append(
+                            (
+                                path.replace(
+                                    json_path([key]),
+                                    json_path([key, "experiments", name, "variants", vname, "policy"]),
+                                    1,
+                                ),
+                                message,
+                            )
+                        )
         section = doc.get("classifier") if isinstance(doc, dict) else None
         if isinstance(section, dict) and "tier_thresholds" in section:
             pair = _thresholds(section["tier_thresholds"])
@@ -248,7 +277,7 @@ async def _connect(url: str):
         ) from None
 
 
-async def _bucket(nc, name: str, *, create: bool):
+async def bucket(nc, name: str, *, create: bool):
     from nats.js.errors import BucketNotFoundError
 
     js = nc.jetstream()
@@ -285,7 +314,7 @@ async def read_bucket(kv) -> dict[str, Any]:
 
 
 async def _get(nc, args) -> None:
-    documents = await read_bucket(await _bucket(nc, args.bucket, create=False))
+    documents = await read_bucket(await bucket(nc, args.bucket, create=False))
     if args.key:
         if args.key not in documents:
             raise PolicyError(f"no document under {args.key!r} in {args.bucket}", code=1)
@@ -295,14 +324,14 @@ async def _get(nc, args) -> None:
 
 
 async def _set(nc, args) -> None:
-    kv = await _bucket(nc, args.bucket, create=True)
+    kv = await bucket(nc, args.bucket, create=True)
     for key, document in args.documents.items():
         revision = await kv.put(key, json.dumps(document).encode())
         print(f"{key}  revision {revision}")
 
 
 async def _delete(nc, args) -> None:
-    kv = await _bucket(nc, args.bucket, create=False)
+    kv = await bucket(nc, args.bucket, create=False)
     documents = await read_bucket(kv)
     if args.key not in documents:
         raise PolicyError(f"no document under {args.key!r} in {args.bucket}", code=1)
@@ -311,6 +340,18 @@ async def _delete(nc, args) -> None:
 
 
 def _run(command, args) -> int:
+    if command is _set:
+        try:
+            # Validated before connecting: an invalid file never reaches the bucket.
+            args.documents = read_policy_file(args.file, args.key, refusal="invalid, nothing written")
+        except PolicyError as exc:
+            print(f"llmesh policy: {exc}", file=sys.stderr)
+            return exc.code
+    return run_nats(command, args)
+
+
+def run_nats(command, args, *, prog: str = "llmesh policy") -> int:
+    """Runs `await command(nc, args)` on a connection to NATS; its errors as one line and an exit code."""
     url = nats_url(args.nats)
 
     async def call() -> None:
@@ -321,16 +362,13 @@ def _run(command, args) -> int:
             await nc.close()
 
     try:
-        if command is _set:
-            # Validated before connecting: an invalid file never reaches the bucket.
-            args.documents = read_policy_file(args.file, args.key, refusal="invalid, nothing written")
         asyncio.run(call())
     except PolicyError as exc:
-        print(f"llmesh policy: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return exc.code
     except Exception as exc:  # NATS errors: one line, not a traceback
         if type(exc).__module__.split(".")[0] != "nats":
             raise
-        print(f"llmesh policy: NATS at {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{prog}: NATS at {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0

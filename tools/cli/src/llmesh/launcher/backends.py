@@ -4,8 +4,10 @@ OpenAI-compatible stand-in for the external tier (llama_cpp.server), and the cat
 the inference service at them ($LLMESH_HOME/catalog.json, from deploy/catalog/dev.json).
 
 Each server is wrapped with the interface the supervisor uses for NatsProcess (name, address, pid,
-start, exit_code, ready, terminate, wait, kill, log_path); start() blocks until it serves, and a
-restart asks for the same port again."""
+start, exit_code, ready, terminate, wait, kill, log_path); start() blocks until it serves (at
+`llmesh up`), launch() does not (a restart: the supervisor polls ready() meanwhile, so a Triton
+that loads its models for tens of seconds holds up no other process), and a restart asks for the
+same port again."""
 
 from __future__ import annotations
 
@@ -64,11 +66,22 @@ def _signal_group(pid: int | None, sig: int) -> None:
         pass
 
 
-class _ServerUnit:
+class ServerUnit:
     """What the supervisor asks of a model server it runs (as of NatsProcess): its exit code,
     readiness and the wait for its exit, read from the helper's `server.process`."""
 
     server: TritonServerProcess | LlamaCppServerProcess
+    #: how long a (re)started server may take to serve before it counts as failed
+    start_timeout_s: float
+
+    def _announce(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as log:
+            log.write(f"--- llmesh up: starting {self.name} at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+
+    def start(self) -> None:
+        self.launch()
+        self.server.wait_ready(self.start_timeout_s)
 
     def exit_code(self) -> int | None:
         process = self.server.process
@@ -88,8 +101,9 @@ class _ServerUnit:
         return True
 
 
-class TritonUnit(_ServerUnit):
+class TritonUnit(ServerUnit):
     name = "triton"
+    start_timeout_s = TRITON_START_S
 
     def __init__(self, home: pathlib.Path, gguf: str):
         self.log_path = home / "logs" / "triton.log"
@@ -116,11 +130,9 @@ class TritonUnit(_ServerUnit):
     def pid(self) -> int | None:
         return self.server.pid
 
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a") as log:
-            log.write(f"--- llmesh up: starting tritonserver at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
-        self.server.start(timeout_s=TRITON_START_S)
+    def launch(self) -> None:
+        self._announce()
+        self.server.launch()
 
     def terminate(self) -> None:
         if self.exit_code() is None:
@@ -133,10 +145,11 @@ class TritonUnit(_ServerUnit):
             self.server.process.wait()
 
 
-class StandInUnit(_ServerUnit):
+class StandInUnit(ServerUnit):
     """The OpenAI-compatible stand-in (the external tier) serving the local model as `alias`."""
 
     name = "openai"
+    start_timeout_s = STANDIN_START_S
 
     def __init__(self, home: pathlib.Path, gguf: str, alias: str, api_key: str):
         self.log_path = home / "logs" / "openai.log"
@@ -154,13 +167,11 @@ class StandInUnit(_ServerUnit):
     def pid(self) -> int | None:
         return self.server.process.pid if self.server.process else None
 
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a") as log:
-            log.write(f"--- llmesh up: starting llama_cpp.server at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+    def launch(self) -> None:
+        self._announce()
         if self.server.port:  # a restart: the same port
             self.server.requested_port = self.server.port
-        self.server.start(timeout_s=STANDIN_START_S)
+        self.server.launch()
 
     def terminate(self) -> None:
         if self.exit_code() is None:

@@ -91,6 +91,12 @@ class LlamaCppServerProcess:
     def start(self, timeout_s: float = 60.0) -> LlamaCppServerProcess:
         """Starts the server and returns once GET /v1/models answers; RuntimeError (with the end of
         its log) when it exits or does not answer within timeout_s."""
+        self.launch()
+        self.wait_ready(timeout_s)
+        return self
+
+    def launch(self) -> None:
+        """Starts the server without waiting: `ready()` says when it answers."""
         if not os.path.exists(self.model_path):
             raise FileNotFoundError(f"model file {self.model_path} not found")
         self.port = self.requested_port or free_port(self.host)
@@ -107,6 +113,11 @@ class LlamaCppServerProcess:
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Waits for a launched server; stops it and raises RuntimeError (with the end of its log)
+        when it exits or does not answer within `timeout_s`."""
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + timeout_s
         while not self.ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -117,7 +128,6 @@ class LlamaCppServerProcess:
                     f"(exit {code}): {tail(self.log_path) if self.log_path else '(no log)'}"
                 )
             time.sleep(0.1)
-        return self
 
     def ready(self) -> bool:
         request = urllib.request.Request(f"{self.base_url}/models")

@@ -432,9 +432,10 @@ class Supervisor:
                     f"restart {unit.restarts}, {now - unit.started_mono:.1f} s after it started)"
                 )
                 return True
-            if now - unit.started_mono > self.timeout_s:
+            timeout_s = getattr(process, "start_timeout_s", self.timeout_s)
+            if now - unit.started_mono > timeout_s:
                 process.kill()
-                self._crashed(unit, process.exit_code(), f"did not serve within {self.timeout_s:.0f} s and was killed")
+                self._crashed(unit, process.exit_code(), f"did not serve within {timeout_s:.0f} s and was killed")
                 return True
             return False
         if unit.state == mesh_state.BACKOFF and now >= unit.retry_at_mono:
@@ -470,14 +471,19 @@ class Supervisor:
         unit.restarts += 1
         process = unit.process
         try:
-            process.start()
+            if isinstance(process, backends.ServerUnit):
+                # A model server loads its models for tens of seconds: launched, then polled for
+                # readiness by supervise() while the other processes stay watched.
+                process.launch()
+            else:
+                process.start()
         except (OSError, RuntimeError) as exc:
             # Only nats-server is waited for in start(); a service's failures show as its exit.
             unit.started_mono = time.monotonic()
             self._crashed(unit, process.exit_code(), f"failed to start ({exc})")
             return
         unit.mark_started()
-        if isinstance(process, (NatsProcess, backends.TritonUnit, backends.StandInUnit)):
+        if isinstance(process, NatsProcess):
             # start() waited until it serves
             unit.state = mesh_state.RUNNING
             self._progress(

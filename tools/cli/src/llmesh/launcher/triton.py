@@ -105,10 +105,18 @@ class TritonServerProcess:
 
     def start(self, timeout_s: float = 90.0) -> TritonServerProcess:
         """Starts the server (same gRPC port as before on a restart) and waits for readiness."""
+        self.launch()
+        self.wait_ready(timeout_s)
+        return self
+
+    def launch(self) -> None:
+        """Starts the server (same gRPC port as before on a restart) without waiting: `ready()`
+        says when it and its models serve."""
         if not self.grpc_port:
             self.grpc_port = self.requested_grpc_port or free_port(self.host)
-        self.http_port = free_port(self.host)
-        self.metrics_port = free_port(self.host)
+        # A restart keeps every port: the catalog and `llmesh status` name them.
+        self.http_port = self.http_port or free_port(self.host)
+        self.metrics_port = self.metrics_port or free_port(self.host)
         env = self.environment.environ()
         env.update(self.extra_env)
         command = [
@@ -149,6 +157,12 @@ class TritonServerProcess:
                     log_file.close()
 
         threading.Thread(target=pump, daemon=True).start()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Waits for a launched server; stops it and raises RuntimeError (with its last lines) when
+        it exits or is not ready within `timeout_s`."""
+        process = self.process
+        assert process is not None, "launch() first"
         deadline = time.monotonic() + timeout_s
         while not self.ready():
             if process.poll() is not None or time.monotonic() > deadline:
@@ -156,7 +170,6 @@ class TritonServerProcess:
                 tail = "".join(self._log_tail[-15:])
                 raise RuntimeError(f"tritonserver did not become ready (exit {process.returncode}):\n{tail}")
             time.sleep(0.1)
-        return self
 
     def log_lines(self) -> list[str]:
         """The server's last lines of output."""

@@ -110,7 +110,7 @@ class BreakerStateChanged(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., router_replica: _Optional[str] = ..., region: _Optional[str] = ..., model: _Optional[str] = ..., endpoint: _Optional[str] = ..., state: _Optional[_Union[BreakerStateChanged.State, str]] = ..., previous_state: _Optional[_Union[BreakerStateChanged.State, str]] = ..., reason: _Optional[str] = ..., ejection_count: _Optional[int] = ..., ejected_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class UsageRecorded(_message.Message):
-    __slots__ = ("request_id", "tenant_id", "business_unit", "use_case", "key_id", "model", "tier", "backend", "region", "cache_outcome", "usage", "cost_usd", "cost_avoided_usd", "occurred_at", "priority", "policy_variant", "error_code")
+    __slots__ = ("request_id", "tenant_id", "business_unit", "use_case", "key_id", "model", "tier", "backend", "region", "cache_outcome", "usage", "cost_usd", "cost_avoided_usd", "occurred_at", "priority", "policy_variant", "error_code", "time_to_first_token_ms", "total_time_ms", "escalated")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     BUSINESS_UNIT_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,9 @@ class UsageRecorded(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     POLICY_VARIANT_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    ESCALATED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant_id: str
     business_unit: str
@@ -145,7 +148,10 @@ class UsageRecorded(_message.Message):
     priority: str
     policy_variant: str
     error_code: str
-    def __init__(self, request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., business_unit: _Optional[str] = ..., use_case: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., backend: _Optional[str] = ..., region: _Optional[str] = ..., cache_outcome: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., cost_avoided_usd: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[str] = ..., policy_variant: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
+    time_to_first_token_ms: float
+    total_time_ms: float
+    escalated: bool
+    def __init__(self, request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., business_unit: _Optional[str] = ..., use_case: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., backend: _Optional[str] = ..., region: _Optional[str] = ..., cache_outcome: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., cost_avoided_usd: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[str] = ..., policy_variant: _Optional[str] = ..., error_code: _Optional[str] = ..., time_to_first_token_ms: _Optional[float] = ..., total_time_ms: _Optional[float] = ..., escalated: _Optional[bool] = ...) -> None: ...
 
 class BudgetAlert(_message.Message):
     __slots__ = ("event_id", "tenant_id", "budget", "scope", "scope_value", "period", "period_start", "unit", "limit", "spent", "threshold_percent", "hard", "observed_at")
@@ -206,6 +212,34 @@ class ModelHealth(_message.Message):
     breaker_state: BreakerStateChanged.State
     requests_in_window: int
     def __init__(self, model: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., error_rate: _Optional[float] = ..., time_to_first_token_p95_ms: _Optional[float] = ..., utilization: _Optional[float] = ..., breaker_state: _Optional[_Union[BreakerStateChanged.State, str]] = ..., requests_in_window: _Optional[int] = ...) -> None: ...
+
+class ClassifierRolloutChanged(_message.Message):
+    __slots__ = ("event_id", "current_version", "candidate_version", "decision", "share", "current_apgr", "candidate_apgr", "difference_low", "difference_high", "labelled", "reason", "occurred_at")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_APGR_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_APGR_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCE_LOW_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCE_HIGH_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    current_version: str
+    candidate_version: str
+    decision: str
+    share: float
+    current_apgr: float
+    candidate_apgr: float
+    difference_low: float
+    difference_high: float
+    labelled: int
+    reason: str
+    occurred_at: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., current_version: _Optional[str] = ..., candidate_version: _Optional[str] = ..., decision: _Optional[str] = ..., share: _Optional[float] = ..., current_apgr: _Optional[float] = ..., candidate_apgr: _Optional[float] = ..., difference_low: _Optional[float] = ..., difference_high: _Optional[float] = ..., labelled: _Optional[int] = ..., reason: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AuditRecorded(_message.Message):
     __slots__ = ("event_id", "source", "action", "tenant_id", "target", "detail_json", "occurred_at")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from llmesh.kit.metrics import BUSINESS_UNIT, TENANT, USE_CASE
 from llmesh.services.cache import metrics
 
 
@@ -25,6 +26,11 @@ class Scope:
     @property
     def labels(self) -> tuple[str, str, str]:
         return (self.tenant_id, self.business_unit, self.use_case)
+
+    @property
+    def metric_labels(self) -> tuple[str, str, str]:
+        """Prometheus label values, each bounded per process (later ones fold into `other`)."""
+        return (TENANT(self.tenant_id), BUSINESS_UNIT(self.business_unit), USE_CASE(self.use_case))
 
 
 @dataclasses.dataclass
@@ -96,13 +102,13 @@ class Analytics:
                 row.gray_zone += 1
             row.tokens_saved += tokens
             row.cost_saved_usd += cost_usd
-        metrics.LOOKUPS.labels(*scope.labels, outcome.value).inc()
+        metrics.LOOKUPS.labels(*scope.metric_labels, outcome.value).inc()
         if gray_zone:
-            metrics.GRAY_ZONE.labels(*scope.labels, gray_zone).inc()
+            metrics.GRAY_ZONE.labels(*scope.metric_labels, gray_zone).inc()
         if tokens:
-            metrics.TOKENS_SAVED.labels(*scope.labels).inc(tokens)
+            metrics.TOKENS_SAVED.labels(*scope.metric_labels).inc(tokens)
         if cost_usd:
-            metrics.COST_SAVED.labels(*scope.labels).inc(cost_usd)
+            metrics.COST_SAVED.labels(*scope.metric_labels).inc(cost_usd)
 
     def record_feedback(self, scope: Scope, thumbs_up: bool) -> None:
         row = self._row(scope)
@@ -110,7 +116,7 @@ class Analytics:
             row.thumbs_up += 1
         else:
             row.thumbs_down += 1
-        metrics.FEEDBACK.labels(*scope.labels, "thumbs_up" if thumbs_up else "thumbs_down").inc()
+        metrics.FEEDBACK.labels(*scope.metric_labels, "thumbs_up" if thumbs_up else "thumbs_down").inc()
 
     def report(
         self, *, tenant_id: str = "", business_unit: str = "", use_case: str = ""

@@ -88,10 +88,10 @@ class CacheApp(ServiceApp):
         cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    async def _publish(self, inv: Invalidation) -> str:
+    async def _publish(self, inv: Invalidation, budget_s: float | None = None) -> str:
         if self.channel is None:
             raise Unavailable("the cache is starting", retry_after_s=1.0)
-        return await self.channel.publish(inv)
+        return await self.channel.publish(inv, budget_s=budget_s)
 
     async def _open_exact(self) -> ExactStore:
         if not self.settings.redis_url:

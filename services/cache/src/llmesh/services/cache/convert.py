@@ -10,7 +10,14 @@ from llmesh.cache.v1 import cache_pb2
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.chat import messages_from_proto, sampling_from_proto
 from llmesh.kit.errors import InvalidArgument
-from llmesh.kit.vocabulary import Sensitivity, tenant_id_from, use_case_from
+from llmesh.kit.vocabulary import (
+    MAX_ANSWER_COST_USD,
+    MAX_TOKENS_BOUND,
+    MAX_USAGE_TOKENS,
+    Sensitivity,
+    tenant_id_from,
+    use_case_from,
+)
 from llmesh.services.cache.analytics import Counts, Outcome, Scope
 from llmesh.services.cache.core import LookupQuery, LookupResult, StoreCommand, StoreResult
 from llmesh.services.cache.entries import Answer, CacheEntry
@@ -67,8 +74,10 @@ def key_from(key: cache_pb2.CacheKey, field: str = "key") -> tuple[RequestKey, b
     use_case = use_case_from(key.use_case, f"{field}.use_case")
     messages = messages_from_proto(key.messages, field_name=f"{field}.messages")
     sampling = sampling_from_proto(key.sampling, field_name=f"{field}.sampling")
-    if key.max_tokens < 0:
-        raise InvalidArgument(f"{field}.max_tokens must be >= 0 (got {key.max_tokens})", field=f"{field}.max_tokens")
+    if not 0 <= key.max_tokens <= MAX_TOKENS_BOUND:
+        raise InvalidArgument(
+            f"{field}.max_tokens must be in 0..{MAX_TOKENS_BOUND} (got {key.max_tokens})", field=f"{field}.max_tokens"
+        )
     model = _label(key.model, f"{field}.model")
     sensitivity = Sensitivity.from_proto(key.sensitivity, field=f"{field}.sensitivity")
     request_key = RequestKey(
@@ -126,10 +135,15 @@ def store_from(request: cache_pb2.StoreRequest) -> StoreCommand:
             f"ttl_seconds must be in 0..{MAX_TTL_S} (30 days; 0 takes the default), got {request.ttl_seconds}",
             field="ttl_seconds",
         )
-    if request.usage.prompt_tokens < 0 or request.usage.completion_tokens < 0:
-        raise InvalidArgument("usage token counts must be >= 0", field="usage")
-    if not (math.isfinite(request.cost_usd) and request.cost_usd >= 0):
-        raise InvalidArgument(f"cost_usd must be a finite amount >= 0 (got {request.cost_usd})", field="cost_usd")
+    for name in ("prompt_tokens", "completion_tokens"):
+        count = getattr(request.usage, name)
+        if not 0 <= count <= MAX_USAGE_TOKENS:
+            raise InvalidArgument(f"usage.{name} must be in 0..{MAX_USAGE_TOKENS} (got {count})", field=f"usage.{name}")
+    if not (math.isfinite(request.cost_usd) and 0 <= request.cost_usd <= MAX_ANSWER_COST_USD):
+        raise InvalidArgument(
+            f"cost_usd must be a finite amount in 0..{MAX_ANSWER_COST_USD:g} USD (got {request.cost_usd})",
+            field="cost_usd",
+        )
     content_class = request.content_class
     if content_class and not CONTENT_CLASS.match(content_class):
         raise InvalidArgument(

@@ -108,8 +108,10 @@ class InvalidationChannel:
     async def ensure_stream(self) -> None:
         await self._bus.ensure_stream(CACHE_INVALIDATE)
 
-    async def publish(self, inv: Invalidation) -> str:
-        await self._bus.publish(cache_invalidate_subject(inv.tenant_id), to_event(inv), msg_id=inv.event_id)
+    async def publish(self, inv: Invalidation, *, budget_s: float | None = None) -> str:
+        await self._bus.publish(
+            cache_invalidate_subject(inv.tenant_id), to_event(inv), msg_id=inv.event_id, budget_s=budget_s
+        )
         return inv.event_id
 
     async def consume(self, apply: Callable[[Invalidation], Awaitable[object]]) -> None:

@@ -15,6 +15,8 @@ from llmesh.services.cache.invalidation import Invalidation
 
 SERVICE_NAME = cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
 
+# Kept free of the caller's deadline so an Invalidate that cannot publish still answers in time.
+PUBLISH_MARGIN_S = 0.2
 # Pairs a Warm call stores (and embeds) at once before it reports progress.
 WARM_BATCH = 32
 
@@ -23,7 +25,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     def __init__(
         self,
         cache: Callable[[], Cache | None],
-        publish: Callable[[Invalidation], object],
+        publish: Callable[[Invalidation, float | None], object],
         guard: AdminGuard,
         clock: Callable[[], float],
     ):
@@ -53,7 +55,11 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         inv = convert.invalidation_from(request, self._clock())
         bind_contextvars(tenant=inv.tenant_id)
         self._ready()
-        event_id = await self._publish(inv)
+        # Answered within the caller's deadline: UNAVAILABLE when NATS cannot take the event (and
+        # then nothing is published later behind the caller's back), never DEADLINE_EXCEEDED.
+        remaining = context.time_remaining()
+        budget_s = None if remaining is None else max(0.05, remaining - PUBLISH_MARGIN_S)
+        event_id = await self._publish(inv, budget_s)
         return cache_pb2.InvalidateResponse(event_id=event_id)
 
     async def Feedback(self, request, context):

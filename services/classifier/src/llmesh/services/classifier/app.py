@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
+import time
 
 import grpc
 from llmesh.classifier.v1 import classifier_pb2_grpc
 from llmesh.kit.bus import Bus
 from llmesh.kit.defaults import home
 from llmesh.kit.errors import Unavailable
+from llmesh.kit.experiments import VariantPolicies
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
@@ -19,9 +21,20 @@ from llmesh.services.classifier import metrics
 from llmesh.services.classifier.classify import Classifier
 from llmesh.services.classifier.complexity.model import ComplexityModel, ModelFileError
 from llmesh.services.classifier.complexity.registry import ModelRegistry
+from llmesh.services.classifier.convert import ROLLOUT_SUBJECT, rollout_event
 from llmesh.services.classifier.core import ClassifierService
+from llmesh.services.classifier.drift import DriftMonitor
 from llmesh.services.classifier.feedback import FeedbackStore
 from llmesh.services.classifier.policy import ClassifierPolicy, parse_policy
+from llmesh.services.classifier.rollout import (
+    Decision,
+    EvaluatorConfig,
+    ModelSelector,
+    RolloutPlan,
+    decide,
+    plan_from_policy,
+    with_plan,
+)
 from llmesh.services.classifier.sensitivity.scanner import SensitivityPolicy, SensitivityScanner
 from llmesh.services.classifier.servicer import SERVICE_NAME, ClassifierServicer
 from llmesh.services.classifier.settings import ClassifierSettings
@@ -51,6 +64,16 @@ class ClassifierApp(ServiceApp):
         self.policies: PolicyStore | None = None
         self.feedback: FeedbackStore | None = None
         self._shown_version: str | None = None
+        self.models = ModelSelector(self.registry, self.rollout_plan)
+        self.drift = DriftMonitor(settings.drift_window, settings.drift_min_samples)
+        # The plan when the policy has none: what this process decided itself (written to the
+        # policy as well, so that a restart and the other replicas follow it).
+        self._local_plan = RolloutPlan()
+        self._shown_candidate = ""
+        self._plan_cache: tuple[int, RolloutPlan | None] = (-1, None)
+        self._evaluator = EvaluatorConfig(
+            settings.rollout_min_labels, settings.rollout_promote_after, settings.rollout_tolerance
+        )
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(ClassifierServicer(self._service), server)
@@ -66,7 +89,86 @@ class ClassifierApp(ServiceApp):
             metrics.MODEL_INFO.labels(self._shown_version).set(0)
         metrics.MODEL_INFO.labels(model.version).set(1)
         metrics.MODEL_LOADS.inc()
-        self._shown_version = model.version
+        previous, self._shown_version = self._shown_version, model.version
+        if self.service is None or previous is None or self.settings.rollout_share <= 0:
+            return  # at start, or rollouts off: the newest version serves everything
+        plan = self.rollout_plan()
+        if model.version == (plan.current or previous):
+            return  # the current version rewritten in place: swapped, nothing to roll out
+        if plan.candidate:
+            log.warning("rollout_busy", waiting=model.version, candidate=plan.candidate)
+            return
+        started = RolloutPlan(
+            current=plan.current or previous,
+            candidate=model.version,
+            share=self.settings.rollout_share,
+            started_at=time.time(),
+        )
+        self.spawn(self._set_plan(started, "started", reason="a new version was found"), name="classifier-rollout")
+
+    def rollout_plan(self) -> RolloutPlan:
+        """The rollout in force: the `global` policy's, else this process's own."""
+        if self.policies is None:
+            return self._local_plan
+        revision = self.policies.revision
+        if self._plan_cache[0] != revision:
+            self._plan_cache = (revision, plan_from_policy(self.policies.get("global") or {}))
+        return self._plan_cache[1] or self._local_plan
+
+    async def _set_plan(
+        self, plan: RolloutPlan, decision: str, *, reason: str, decided: Decision | None = None
+    ) -> None:
+        before = self.models.serving()
+        self._local_plan = plan
+        if self.policies is not None:
+            self._plan_cache = (-1, None)
+            await self.policies.put("global", with_plan(self.policies.get("global"), plan))
+        candidate = plan.candidate or (before.candidate.version if before.candidate else "")
+        metrics.ROLLOUT_DECISIONS.labels(decision).inc()
+        log.info(
+            "rollout_" + decision,
+            current=plan.current or before.current.version,
+            candidate=candidate,
+            share=plan.share,
+            reason=reason,
+        )
+        if self.bus is not None:
+            await self.bus.publish_core(
+                ROLLOUT_SUBJECT,
+                rollout_event(
+                    decision,
+                    current=plan.current or before.current.version,
+                    candidate=candidate,
+                    share=plan.share,
+                    comparison=decided.comparison if decided else None,
+                    reason=reason,
+                ),
+            )
+
+    async def evaluate_rollout(self) -> Decision | None:
+        """One evaluation of the rollout in progress on the labelled feedback since it started;
+        rolls back or promotes when the evidence says so."""
+        serving = self.models.serving()
+        shown = serving.candidate.version if serving.candidate else ""
+        if self._shown_candidate and self._shown_candidate != shown:
+            metrics.ROLLOUT_SHARE.labels(self._shown_candidate).set(0)
+        self._shown_candidate = shown
+        if serving.candidate is None or self.feedback is None:
+            return None
+        plan = self.rollout_plan()
+        current, candidate = serving.current.version, serving.candidate.version
+        metrics.ROLLOUT_SHARE.labels(candidate).set(serving.share)
+        rows = self.feedback.labelled((current, candidate), since=plan.started_at)
+        decided = decide(rows, plan, current, self._evaluator)
+        metrics.ROLLOUT_LABELLED.set(len(rows))
+        if decided.comparison is not None:
+            metrics.ROLLOUT_APGR.labels(current, "current").set(decided.comparison.current_apgr)
+            metrics.ROLLOUT_APGR.labels(candidate, "candidate").set(decided.comparison.candidate_apgr)
+        if decided.action == "rollback":
+            await self._set_plan(RolloutPlan(current=current), "rolled_back", reason=decided.reason, decided=decided)
+        elif decided.action == "promote":
+            await self._set_plan(RolloutPlan(current=candidate), "promoted", reason=decided.reason, decided=decided)
+        return decided
 
     def _feedback_path(self) -> str:
         return self.settings.feedback_db or str(home() / "classifier" / "feedback.sqlite3")
@@ -79,7 +181,7 @@ class ClassifierApp(ServiceApp):
         except ModelFileError as exc:
             raise Unavailable(f"no usable complexity model in {s.model_dir}: {exc}") from exc
         self.bus = await Bus.connect(s.nats_url, "llmesh-classifier")
-        self.policies = PolicyStore(self.bus)
+        self.policies = PolicyStore(self.bus, bucket=s.policy_bucket)
         await self.policies.start()
         self.feedback = FeedbackStore(self._feedback_path())
         defaults = ClassifierPolicy(
@@ -87,17 +189,31 @@ class ClassifierApp(ServiceApp):
             SensitivityPolicy(default_level=Sensitivity.parse(s.default_sensitivity)),
         )
         self.service = ClassifierService(
-            Classifier(self.registry, SensitivityScanner(s.phone_region)),
-            self.policies.parsed(lambda doc: parse_policy(doc, defaults)),
+            Classifier(self.models, SensitivityScanner(s.phone_region), self.drift),
+            self.policies.parsed(lambda doc: VariantPolicies(doc, lambda d: parse_policy(d, defaults))),
             self.feedback,
         )
         # Folder scans are cheap (a few stat calls), so they run inline. A failed flush keeps the
         # records in the buffer for the next one: the disk may come back.
         self.every(s.model_poll_s, self.registry.refresh, name="classifier-model-watch")
         self.every(s.feedback_flush_s, self.feedback.flush, name="classifier-feedback-flush")
+        self.every(s.rollout_eval_s, self.evaluate_rollout, name="classifier-rollout-evaluate")
+        self.every(s.drift_eval_s, self.export_drift, name="classifier-drift")
         if s.feedback_retention_days:
             self.every(_PRUNE_EVERY_S, self._prune_feedback, name="classifier-feedback-prune")
-        log.info("classifier_ready", model_version=self.registry.model.version, feedback_db=self._feedback_path())
+        serving = self.models.serving()
+        log.info(
+            "classifier_ready",
+            model_version=serving.current.version,
+            candidate=serving.candidate.version if serving.candidate else None,
+            feedback_db=self._feedback_path(),
+        )
+
+    def export_drift(self) -> dict[str, float]:
+        drift = self.drift.psi(self.registry.get)
+        for version, value in drift.items():
+            metrics.SCORE_DRIFT_PSI.labels(version).set(value)
+        return drift
 
     def _prune_feedback(self) -> None:
         self.feedback.prune(self.settings.feedback_retention_days * 86400)

@@ -17,8 +17,9 @@ from llmesh.kit.chat import Message
 from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier import metrics
 from llmesh.services.classifier.complexity.features import FEATURE_SET
-from llmesh.services.classifier.complexity.registry import ModelRegistry
+from llmesh.services.classifier.drift import DriftMonitor
 from llmesh.services.classifier.policy import ClassifierPolicy
+from llmesh.services.classifier.rollout import ModelSelector
 from llmesh.services.classifier.sensitivity.findings import Finding
 from llmesh.services.classifier.sensitivity.scanner import SensitivityScanner
 from llmesh.services.classifier.tiers import decide_tier
@@ -36,6 +37,8 @@ class Classification:
     model_version: str
     feature_set: str
     features: tuple[float, ...]
+    # During a rollout: the other version's score of the same request (version -> score).
+    shadow_scores: tuple[tuple[str, float], ...] = ()
 
 
 def routing_text(messages: Sequence[Message]) -> str:
@@ -46,15 +49,21 @@ def routing_text(messages: Sequence[Message]) -> str:
 
 
 class Classifier:
-    def __init__(self, registry: ModelRegistry, scanner: SensitivityScanner):
-        self._registry = registry
+    def __init__(self, models: ModelSelector, scanner: SensitivityScanner, drift: DriftMonitor | None = None):
+        self._models = models
         self._scanner = scanner
+        self._drift = drift
 
-    def classify(self, messages: Sequence[Message], policy: ClassifierPolicy) -> Classification:
+    def classify(
+        self, messages: Sequence[Message], policy: ClassifierPolicy, *, tenant_id: str = "", request_id: str = ""
+    ) -> Classification:
         started = time.perf_counter()
-        model = self._registry.model
+        model, other = self._models.pick(tenant_id, request_id)
         prediction = model.predict(routing_text(messages))
+        shadow = () if other is None else ((other.version, other.score_one(prediction.features)),)
         decision = decide_tier(prediction.score, policy.thresholds)
+        if self._drift is not None:
+            self._drift.observe(model.version, prediction.score)
         scan = self._scanner.scan([m.content for m in messages], policy.sensitivity)
         metrics.CLASSIFY_SECONDS.labels(model.version).observe(time.perf_counter() - started)
         metrics.TIERS.labels(str(decision.tier), model.version).inc()
@@ -74,4 +83,5 @@ class Classifier:
             model_version=model.version,
             feature_set=FEATURE_SET,
             features=prediction.features,
+            shadow_scores=shadow,
         )

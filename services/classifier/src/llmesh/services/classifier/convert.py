@@ -3,14 +3,19 @@ message) and the classification as the contract reports it."""
 
 from __future__ import annotations
 
+import math
+import time
+import uuid
 from dataclasses import dataclass
 
 from llmesh.classifier.v1 import classifier_pb2
 from llmesh.common.v1 import common_pb2
+from llmesh.events.v1 import events_pb2
 from llmesh.kit.chat import Message, messages_from_proto
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.vocabulary import request_id_from, tenant_id_from, use_case_from
 from llmesh.services.classifier.classify import Classification
+from llmesh.services.classifier.rollout import Comparison
 from llmesh.services.classifier.sensitivity.findings import PiiKind
 
 MAX_COMMENT_CHARS = 4000
@@ -91,3 +96,36 @@ def classification_to_proto(result: Classification) -> classifier_pb2.ClassifyRe
         model_name=result.model_name,
         model_version=result.model_version,
     )
+
+
+ROLLOUT_SUBJECT = "llmesh.classifier.rollout"
+
+
+def rollout_event(
+    decision: str,
+    *,
+    current: str,
+    candidate: str,
+    share: float = 0.0,
+    comparison: Comparison | None = None,
+    reason: str = "",
+) -> events_pb2.ClassifierRolloutChanged:
+    def finite(x: float) -> float:
+        return x if math.isfinite(x) else 0.0
+
+    event = events_pb2.ClassifierRolloutChanged(
+        event_id=uuid.uuid4().hex,
+        current_version=current,
+        candidate_version=candidate,
+        decision=decision,
+        share=share,
+        reason=reason,
+    )
+    if comparison is not None:
+        event.current_apgr = finite(comparison.current_apgr)
+        event.candidate_apgr = finite(comparison.candidate_apgr)
+        event.difference_low = finite(comparison.difference_low)
+        event.difference_high = finite(comparison.difference_high)
+        event.labelled = comparison.labelled
+    event.occurred_at.FromNanoseconds(time.time_ns())
+    return event

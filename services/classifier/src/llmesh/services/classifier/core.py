@@ -7,17 +7,17 @@ import time
 from collections.abc import Callable, Sequence
 
 from llmesh.kit.chat import Message
+from llmesh.kit.experiments import VariantPolicies
 from llmesh.services.classifier import metrics
 from llmesh.services.classifier.classify import Classification, Classifier
 from llmesh.services.classifier.feedback import ClassificationRecord, FeedbackStore
-from llmesh.services.classifier.policy import ClassifierPolicy
 
 
 class ClassifierService:
     def __init__(
         self,
         classifier: Classifier,
-        policy: Callable[[str, str], ClassifierPolicy],
+        policy: Callable[[str, str], VariantPolicies],
         feedback: FeedbackStore,
         *,
         clock: Callable[[], float] = time.time,
@@ -30,7 +30,11 @@ class ClassifierService:
     def classify(
         self, messages: Sequence[Message], *, tenant_id: str, use_case: str, request_id: str
     ) -> Classification:
-        result = self._classifier.classify(messages, self._policy(tenant_id, use_case))
+        # Policy experiments: the request's variant (thresholds), as the router picks it for the same request.
+        policy, variant = self._policy(tenant_id, use_case).pick(tenant_id, request_id)
+        if variant:
+            metrics.POLICY_VARIANT.labels(variant).inc()
+        result = self._classifier.classify(messages, policy, tenant_id=tenant_id, request_id=request_id)
         if request_id:
             self._feedback.record(
                 ClassificationRecord(
@@ -43,6 +47,8 @@ class ClassifierService:
                     score=result.complexity_score,
                     tier=result.tier,
                     model_version=result.model_version,
+                    scores={result.model_version: result.complexity_score, **dict(result.shadow_scores)},
+                    policy_variant=variant,
                 )
             )
         return result

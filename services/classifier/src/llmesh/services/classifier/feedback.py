@@ -14,7 +14,7 @@ import pathlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmesh.kit.errors import NotFound
 
@@ -28,7 +28,9 @@ CREATE TABLE IF NOT EXISTS classifications (
     features      TEXT NOT NULL,
     score         REAL NOT NULL,
     tier          INTEGER NOT NULL,
-    model_version TEXT NOT NULL
+    model_version TEXT NOT NULL,
+    scores        TEXT NOT NULL DEFAULT '{}',
+    policy_variant TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS classifications_created ON classifications (created_at);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -52,6 +54,29 @@ class ClassificationRecord:
     score: float
     tier: int
     model_version: str
+    # During a rollout, the score of every version that scored the request (served one included).
+    scores: dict[str, float] = field(default_factory=dict)
+    # The policy experiment variant(s) the request ran under (llmesh.kit.experiments labels).
+    policy_variant: str = ""
+
+
+@dataclass(frozen=True)
+class LabelledRow:
+    """A rated request as the rollout evaluator reads it: each version's score, and whether a
+    strong call would have paid off (1) or not (0)."""
+
+    request_id: str
+    scores: dict[str, float]
+    pays_off: int
+
+
+def label(tier: int, rating: int) -> int | None:
+    """What a rating says about the routing decision: a bad answer from a cheap tier (1 or 2) says a
+    strong call would have paid off (1), a good one that it would not (0); neutral ratings and tier-3
+    answers say nothing about the weak model (None)."""
+    if rating == 0 or tier >= 3:
+        return None
+    return 1 if rating < 0 else 0
 
 
 @dataclass(frozen=True)
@@ -76,6 +101,11 @@ class FeedbackStore:
         # WAL with NORMAL sync survives a process crash; a power loss may drop the last batch.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(classifications)")}
+        # Columns added since the first release: a store written before them gains them.
+        for column, default in (("scores", "'{}'"), ("policy_variant", "''")):
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE classifications ADD COLUMN {column} TEXT NOT NULL DEFAULT {default}")
         self._clock = clock
         self._buffer: list[ClassificationRecord] = []
         self._max_buffer = max_buffer
@@ -100,13 +130,17 @@ class FeedbackStore:
                 r.score,
                 r.tier,
                 r.model_version,
+                json.dumps(r.scores),
+                r.policy_variant,
             )
             for r in batch
         ]
         try:
             with self._transaction():
                 # A repeated request_id (a client retry) keeps the latest classification.
-                self._db.executemany("INSERT OR REPLACE INTO classifications VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO classifications VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                )
         except sqlite3.Error:
             self._buffer[:0] = batch[-self._max_buffer :]  # kept for the next try, bounded
             raise
@@ -144,6 +178,51 @@ class FeedbackStore:
         )
         for request_id, feature_set, features, tier, rating, version in cursor:
             yield FeedbackRow(request_id, feature_set, tuple(json.loads(features)), tier, rating, version)
+
+    def labelled(self, versions: tuple[str, ...], *, since: float = 0.0) -> list[LabelledRow]:
+        """Rated requests classified at or after `since` that every one of `versions` scored, with
+        their label (rows whose rating says nothing about the decision are left out)."""
+        self.flush()
+        cursor = self._db.execute(
+            "SELECT c.request_id, c.scores, c.tier, f.rating FROM feedback f JOIN classifications c USING (request_id) "
+            "WHERE c.created_at >= ? ORDER BY c.created_at",
+            (since,),
+        )
+        rows = []
+        for request_id, scores_json, tier, rating in cursor:
+            scores = json.loads(scores_json)
+            pays_off = label(tier, rating)
+            if pays_off is not None and all(v in scores for v in versions):
+                rows.append(LabelledRow(request_id, scores, pays_off))
+        return rows
+
+    def ratings_by_variant(self, experiment: str) -> dict[str, list[int]]:
+        """The ratings of requests that ran under a variant of `experiment`, by variant name
+        ("" for the requests of the same tenants outside every variant is not kept: the store only
+        knows a request's variant)."""
+        self.flush()
+        cursor = self._db.execute(
+            "SELECT c.policy_variant, f.rating FROM feedback f JOIN classifications c USING (request_id) "
+            "WHERE c.policy_variant LIKE ?",
+            (f"%{experiment}/%",),
+        )
+        out: dict[str, list[int]] = {}
+        for labels, rating in cursor:
+            for label in labels.split(","):
+                name, _, variant = label.partition("/")
+                if name == experiment:
+                    out.setdefault(variant, []).append(rating)
+        return out
+
+    def recent_features(self, feature_set: str, *, limit: int = 5000) -> list[tuple[float, ...]]:
+        """Feature rows of the latest `limit` classified requests of one feature set (drift of recent
+        traffic under a newly trained model)."""
+        self.flush()
+        cursor = self._db.execute(
+            "SELECT features FROM classifications WHERE feature_set = ? ORDER BY created_at DESC LIMIT ?",
+            (feature_set, limit),
+        )
+        return [tuple(json.loads(features)) for (features,) in cursor]
 
     def prune(self, older_than_s: float) -> int:
         """Drops unrated classifications older than the retention; rated ones are kept for training."""

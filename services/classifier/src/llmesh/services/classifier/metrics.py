@@ -20,3 +20,28 @@ MODEL_INFO = Gauge(
 )
 MODEL_LOADS = Counter("llmesh_classifier_model_loads_total", "complexity model versions loaded (start and hot swaps)")
 FEEDBACK = Counter("llmesh_classifier_feedback_total", "feedback received, by rating", ["rating"])
+ROLLOUT_SHARE = Gauge(
+    "llmesh_classifier_rollout_share",
+    "share of requests served by the candidate model version of a rollout (0: none in progress)",
+    ["candidate"],
+)
+ROLLOUT_APGR = Gauge(
+    "llmesh_classifier_rollout_apgr",
+    "APGR of each version of a rollout on the same recent labelled requests",
+    ["model_version", "role"],
+)
+ROLLOUT_LABELLED = Gauge("llmesh_classifier_rollout_labelled", "labelled requests the last rollout evaluation used")
+ROLLOUT_DECISIONS = Counter(
+    "llmesh_classifier_rollout_decisions_total", "rollouts started, rolled back and promoted", ["decision"]
+)
+SCORE_DRIFT_PSI = Gauge(
+    "llmesh_classifier_score_drift_psi",
+    "population stability index of the recent complexity scores against the training score distribution "
+    "(model.json score_bins), by model version; > 0.25: traffic has shifted",
+    ["model_version"],
+)
+POLICY_VARIANT = Counter(
+    "llmesh_classifier_policy_variant_total",
+    "requests classified under a policy experiment variant, by variant (<experiment>/<variant>)",
+    ["policy_variant"],
+)

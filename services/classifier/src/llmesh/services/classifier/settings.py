@@ -22,6 +22,10 @@ def _region_check(value: str) -> str | None:
     )
 
 
+def _share_check(value: float) -> str | None:
+    return None if 0.0 <= value <= 1.0 else "must be a share in [0, 1]"
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassifierSettings(ServerSettings):
     port: int = setting("LLMESH_PORT", DEFAULT_PORTS["classifier"], "gRPC port (0 picks a free one)", port_check)
@@ -64,4 +68,50 @@ class ClassifierSettings(ServerSettings):
         30.0,
         "days an unrated classification record is kept for a late Feedback (0: forever)",
         non_negative,
+    )
+    policy_bucket: str = setting(
+        "LLMESH_CLASSIFIER_POLICY_BUCKET", "llmesh-policy", "NATS KV bucket of the policy (the router's is the same)"
+    )
+    rollout_share: float = setting(
+        "LLMESH_CLASSIFIER_ROLLOUT_SHARE",
+        0.1,
+        "share of requests a newly found model version serves at first (its rollout; the policy's "
+        "classifier.rollout overrides); 0: a new version serves everything at once",
+        _share_check,
+    )
+    rollout_eval_s: float = setting(
+        "LLMESH_CLASSIFIER_ROLLOUT_EVAL_S",
+        60.0,
+        "seconds between evaluations of a rollout on recent feedback",
+        positive,
+    )
+    rollout_min_labels: int = setting(
+        "LLMESH_CLASSIFIER_ROLLOUT_MIN_LABELS",
+        30,
+        "labelled requests (rated answers of tier 1 or 2) before a rollout may be rolled back",
+        positive,
+    )
+    rollout_promote_after: int = setting(
+        "LLMESH_CLASSIFIER_ROLLOUT_PROMOTE_AFTER",
+        200,
+        "labelled requests after which a candidate that holds is promoted to serve everything",
+        positive,
+    )
+    rollout_tolerance: float = setting(
+        "LLMESH_CLASSIFIER_ROLLOUT_TOLERANCE",
+        0.02,
+        "APGR a candidate may lose (low end of the 90% interval of the difference) and still be promoted",
+        non_negative,
+    )
+    drift_window: int = setting(
+        "LLMESH_CLASSIFIER_DRIFT_WINDOW",
+        5000,
+        "recent scores per model version the score drift is measured on",
+        positive,
+    )
+    drift_min_samples: int = setting(
+        "LLMESH_CLASSIFIER_DRIFT_MIN_SAMPLES", 200, "scores a version needs before its drift is exported", positive
+    )
+    drift_eval_s: float = setting(
+        "LLMESH_CLASSIFIER_DRIFT_EVAL_S", 30.0, "seconds between updates of llmesh_classifier_score_drift_psi", positive
     )

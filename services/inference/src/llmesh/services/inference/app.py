@@ -50,7 +50,9 @@ class InferenceApp(ServiceApp):
             load_window_s=settings.load_window_s,
         )
         self.bus: Bus | None = None
-        self.reporter = LoadReporter(self.engine.models, self.engine.status, self._publish_load, self.spawn)
+        self.reporter = LoadReporter(
+            self.engine.models, self.engine.status, self.engine.utilization, self._publish_load, self.spawn
+        )
         self.engine.on_load_change = self.reporter.changed
 
     def register(self, server: grpc.aio.Server):

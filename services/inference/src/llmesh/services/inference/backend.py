@@ -4,7 +4,8 @@ OpenAI-compatible API. Domain code only (no grpc)."""
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from llmesh.kit.chat import Message, Sampling
@@ -57,12 +58,35 @@ class BackendLoad:
     queued: int  # admitted, waiting for a slot
 
 
+# Local prompt estimate, for backends whose server reports no usage (an OpenAI-compatible API
+# without a usage chunk, a Triton model without count outputs): BPE vocabularies of current models
+# average about four bytes of English per token; each chat message adds a few tokens of role and
+# turn markers.
+BYTES_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_PROMPT = 3
+
+
+def estimate_prompt_tokens(request: GenerationRequest) -> int:
+    """A server-independent estimate of a chat prompt's tokens."""
+    text_tokens = sum(math.ceil(len(m.content.encode()) / BYTES_PER_TOKEN) for m in request.messages)
+    return text_tokens + TOKENS_PER_MESSAGE * len(request.messages) + TOKENS_PER_PROMPT
+
+
 class Backend(abc.ABC):
     """One source of models. Implementations: llama.cpp in process (`llama_cpp`), later Triton
     (decoupled streaming) and OpenAI-compatible HTTP APIs."""
 
     #: short name reported with every completion and metric, e.g. "llama_cpp"
     name: str
+
+    #: called with a model's name whenever its load (active or queued) changes; set by the engine
+    on_load_change: Callable[[str], None] | None = None
+
+    def _load_changed(self, model: str) -> None:
+        """For implementations: their slot pool's `on_change`."""
+        if self.on_load_change is not None:
+            self.on_load_change(model)
 
     async def start(self) -> None:
         """Loads models or connects; the service reports SERVING only after this returns."""

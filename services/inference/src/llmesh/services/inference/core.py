@@ -79,11 +79,13 @@ class InferenceEngine:
         self._by_model: dict[str, tuple[Backend, ModelInfo]] = {}
         self._windows: dict[str, LatencyWindow] = {}
         self._ready = False
-        #: called with a model's name when its load may have changed (a generation began or ended)
+        #: called with a model's name when its load changed (a backend slot taken or freed, a caller
+        #: queued or served): the backends say so, as only they know when a slot is really free
         self.on_load_change: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         for backend in self._backends:
+            backend.on_load_change = self._load_changed
             await backend.start()
             for info in backend.models():
                 if info.name in self._by_model:
@@ -111,6 +113,12 @@ class InferenceEngine:
         backend, info = self._by_model[name]
         entry = self._catalog.get(name) if self._catalog is not None else None
         return ModelStatus(info, backend.load(name), entry, self._windows[name].stats())
+
+    def utilization(self, name: str) -> float:
+        """Active generations over capacity, without the latency percentiles of `status`."""
+        backend, info = self._by_model[name]
+        entry = self._catalog.get(name) if self._catalog is not None else None
+        return utilization(backend.load(name).active, entry.capacity if entry is not None else info.max_concurrency)
 
     def _load_changed(self, model: str) -> None:
         if self.on_load_change is not None:
@@ -148,13 +156,9 @@ class InferenceEngine:
         completed = False
         guard = RepeatedLineGuard(self._repeated_line_stop)
         deltas = 0
-        notified = False
         try:
             async with contextlib.aclosing(backend.generate(request)) as events:
                 async for event in events:
-                    if not notified:
-                        notified = True
-                        self._load_changed(info.name)
                     if isinstance(event, TextDelta):
                         deltas += 1
                         text = guard.feed(event.text)
@@ -195,8 +199,6 @@ class InferenceEngine:
                 metrics.GENERATIONS.labels(*labels, "error").inc()
                 log.warning("generation_failed_midstream", model=info.name, backend=backend.name, error=exc.message)
             raise
-        finally:
-            self._load_changed(info.name)
 
     def _complete(
         self, event: BackendCompletion, labels: tuple[str, str], started: float, first_delta_at: float | None

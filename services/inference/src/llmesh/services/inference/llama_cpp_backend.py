@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import random
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -113,6 +114,7 @@ class LlamaCppBackend(Backend):
             max_waiting=config.max_queue,
             retry_after_s=config.retry_after_s,
             label=f"model {config.model_name}",
+            on_change=functools.partial(self._load_changed, config.model_name),
         )
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.max_concurrency, thread_name_prefix="llama-generate"

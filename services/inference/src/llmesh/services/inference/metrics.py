@@ -29,6 +29,6 @@ ACTIVE_GENERATIONS = Gauge("llmesh_inference_active_generations", "Generations r
 QUEUED_GENERATIONS = Gauge("llmesh_inference_queued_generations", "Generations waiting for a slot", LABELS)
 USAGE_SOURCE = Counter(
     "llmesh_inference_usage_source_total",
-    "Finished generations by where their token counts came from: provider (the API's usage) or estimated (counted here)",
+    "Finished generations by where their token counts came from: provider (the API's usage chunk, a Triton model's count outputs) or estimated (counted here)",
     (*LABELS, "source"),
 )

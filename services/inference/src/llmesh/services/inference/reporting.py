@@ -25,29 +25,31 @@ class LoadReporter:
         self,
         statuses: Callable[[], list[ModelStatus]],
         status: Callable[[str], ModelStatus],
+        utilization: Callable[[str], float],
         publish: Publish,
         spawn: Callable[[Coroutine[Any, Any, Any]], object],
     ):
         self._statuses = statuses
         self._status = status
+        self._utilization = utilization
         self._publish = publish
         self._spawn = spawn
         self._bands: dict[str, int] = {}
 
-    def _crossing(self, status: ModelStatus) -> int:
-        new = band(status.utilization)
-        old = self._bands.get(status.info.name, 0)
-        self._bands[status.info.name] = new
+    def _crossing(self, model: str, utilization: float) -> int:
+        new = band(utilization)
+        old = self._bands.get(model, 0)
+        self._bands[model] = new
         return crossed_percent(old, new)
 
     async def report_all(self) -> None:
         """The periodic snapshot of every model."""
         for status in self._statuses():
-            await self._publish(status, self._crossing(status))
+            await self._publish(status, self._crossing(status.info.name, status.utilization))
 
     def changed(self, model: str) -> None:
-        """A generation of `model` began or ended: report at once if a line was crossed."""
-        status = self._status(model)
-        crossed = self._crossing(status)
+        """The load of `model` changed (a slot taken or freed): report at once if a line was
+        crossed. Called on every change, so the band compared against is never stale."""
+        crossed = self._crossing(model, self._utilization(model))
         if crossed:
-            self._spawn(self._publish(status, crossed))
+            self._spawn(self._publish(self._status(model), crossed))

@@ -3,6 +3,9 @@ Triton's KServe v2 gRPC protocol with tritonclient's asyncio client. The same te
 TensorRT-LLM and vLLM models on GPU and the llama.cpp model of deploy/triton/cpu on CPU:
 text_input, max_tokens, stream, temperature, top_p, top_k, random_seed, stop_words in;
 text_output, num_input_tokens, num_output_tokens, finish_reason out (deploy/triton/README.md).
+Usage comes from the count outputs when the model sends them (the CPU model; vLLM's backend when
+asked); TensorRT-LLM's ensemble sends none: then one completion token per streamed response and a
+prompt estimate (`llmesh_inference_usage_source_total` says which).
 
 Load is what this backend has in flight: at most `max_concurrency` streams per model, at most
 `max_queue` callers waiting for one, RESOURCE_EXHAUSTED beyond (slots.py). The gRPC client is
@@ -14,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +38,7 @@ from llmesh.services.inference.backend import (
     GenerationRequest,
     ModelInfo,
     TextDelta,
+    estimate_prompt_tokens,
 )
 from llmesh.services.inference.chat_prompt import GemmaTurns, Prompt, PromptFormat
 from llmesh.services.inference.slots import SlotPool
@@ -82,13 +87,14 @@ class TritonModel:
 
 
 class _Model:
-    def __init__(self, spec: TritonModel, retry_after_s: float):
+    def __init__(self, spec: TritonModel, retry_after_s: float, on_change: Callable[[], None]):
         self.spec = spec
         self.pool: SlotPool[int] = SlotPool(
             range(spec.max_concurrency),
             max_waiting=spec.max_queue,
             retry_after_s=retry_after_s,
             label=f"model {spec.name}",
+            on_change=on_change,
         )
 
 
@@ -132,7 +138,7 @@ class TritonBackend(Backend):
         if len({m.name for m in models}) != len(models):
             raise ValueError("model names must be unique")
         self.url = url
-        self._models = {m.name: _Model(m, retry_after_s) for m in models}
+        self._models = {m.name: _Model(m, retry_after_s, functools.partial(self._load_changed, m.name)) for m in models}
         self._rpc_timeout_s = rpc_timeout_s
         self._first_token_timeout_s = first_token_timeout_s
         self._token_timeout_s = token_timeout_s
@@ -255,11 +261,19 @@ class TritonBackend(Backend):
             await finished.wait()  # the stream stays open until the final response
 
         stream = None
-        counted = prompt_counted = 0
+        # Usage: the model's count outputs (num_input_tokens/num_output_tokens: the CPU model,
+        # vLLM's backend when asked) where it sends them; otherwise counted here: one completion
+        # token per response carrying text_output (TensorRT-LLM's and vLLM's streaming send one
+        # per decoding step) and the prompt estimated from the messages.
+        responses = steps = 0
+        model_prompt: int | None = None
+        model_completion: int | None = None
+        reported = 0  # completion tokens already in the metric (so a stream cut short is counted)
+        estimate = estimate_prompt_tokens(request)
         try:
             stream = client.stream_infer(requests())
             while True:
-                timeout = self._token_timeout_s if counted or prompt_counted else self._first_token_timeout_s
+                timeout = self._token_timeout_s if responses else self._first_token_timeout_s
                 try:
                     result, error = await asyncio.wait_for(anext(stream), timeout)
                 except StopAsyncIteration:
@@ -274,26 +288,40 @@ class TritonBackend(Backend):
                     ) from exc
                 if error is not None:
                     message = error.message()
-                    if "INVALID_ARGUMENT" in message and not counted:
+                    if "INVALID_ARGUMENT" in message and not steps:
                         raise InvalidArgument(message.split("INVALID_ARGUMENT:", 1)[-1].strip(), field="max_tokens")
                     raise Unavailable(f"model {triton_model} failed in Triton: {message}")
-                text = _scalar(result, "text_output") or ""
-                prompt_tokens = _scalar(result, "num_input_tokens")
-                completion_tokens = _scalar(result, "num_output_tokens")
-                if prompt_tokens is not None and not prompt_counted:
-                    prompt_counted = int(prompt_tokens)
-                    metrics.PROMPT_TOKENS.labels(*labels).inc(prompt_counted)
-                if completion_tokens is not None and completion_tokens > counted:
-                    metrics.GENERATED_TOKENS.labels(*labels).inc(completion_tokens - counted)
-                    counted = int(completion_tokens)
-                if text:
-                    yield TextDelta(text)
+                responses += 1
+                text = _scalar(result, "text_output")
                 parameters = result.get_response().parameters
                 final = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
                 reason = _scalar(result, "finish_reason")
-                if final or reason is not None:
+                last = final or reason is not None
+                if text is not None and (text or not last):  # an empty last response ends, it decoded nothing
+                    steps += 1
+                prompt_tokens = _scalar(result, "num_input_tokens")
+                completion_tokens = _scalar(result, "num_output_tokens")
+                if prompt_tokens is not None:
+                    model_prompt = int(prompt_tokens)
+                if completion_tokens is not None:  # the tokens of this response (vLLM's meaning)
+                    model_completion = (model_completion or 0) + int(completion_tokens)
+                if responses == 1:
+                    metrics.PROMPT_TOKENS.labels(*labels).inc(model_prompt if model_prompt is not None else estimate)
+                completion = model_completion if model_completion is not None else steps
+                if completion > reported:
+                    metrics.GENERATED_TOKENS.labels(*labels).inc(completion - reported)
+                    reported = completion
+                if text:
+                    yield TextDelta(text)
+                if last:
                     finished.set()
-                    yield BackendCompletion(prompt_counted, counted, _FINISH.get(reason or "", FinishReason.STOP))
+                    from_model = model_completion is not None
+                    metrics.USAGE_SOURCE.labels(*labels, "provider" if from_model else "estimated").inc()
+                    yield BackendCompletion(
+                        model_prompt if model_prompt is not None else estimate,
+                        completion,
+                        _FINISH.get(reason or "", FinishReason.STOP),
+                    )
                     return
         finally:
             finished.set()

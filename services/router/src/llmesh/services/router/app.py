@@ -11,12 +11,16 @@ from llmesh.events.v1 import events_pb2
 from llmesh.kit.bus import Bus
 from llmesh.kit.client import open_channel
 from llmesh.kit.errors import Unavailable
+from llmesh.kit.experiments import VariantPolicies
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import KEY_REVOKED_SUBJECT, MODEL_LOAD_SUBJECT_PREFIX
-from llmesh.router.v1 import router_pb2_grpc
+from llmesh.router.v1 import batch_pb2_grpc, router_pb2_grpc
 from llmesh.services.router import convert
+from llmesh.services.router.batch_runner import BatchRunner, RunnerConfig
+from llmesh.services.router.batch_servicer import SERVICE_NAME as BATCH_SERVICE_NAME
+from llmesh.services.router.batch_servicer import BatchServicer
 from llmesh.services.router.core import GeneratePipeline, PipelineConfig
 from llmesh.services.router.load import LoadBoard
 from llmesh.services.router.principals import PrincipalCache
@@ -37,6 +41,8 @@ class RouterApp(ServiceApp):
         # Cache stores still running at shutdown get this long to finish.
         self.task_grace_s = settings.upstream_timeout_s + 1.0
         self.pipeline: GeneratePipeline | None = None
+        self.batch: BatchRunner | None = None
+        self._batch_task = None
         self.bus: Bus | None = None
         self.policy: PolicyStore | None = None
         self._channels: list[grpc.aio.Channel] = []
@@ -45,7 +51,10 @@ class RouterApp(ServiceApp):
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(lambda: self.pipeline), server)
-        return [SERVICE_NAME]
+        batch_pb2_grpc.add_BatchServiceServicer_to_server(
+            BatchServicer(lambda: self.pipeline, lambda: self.batch), server
+        )
+        return [SERVICE_NAME, BATCH_SERVICE_NAME]
 
     async def start(self) -> None:
         s = self.settings
@@ -81,7 +90,7 @@ class RouterApp(ServiceApp):
                 default_model=s.default_model,
                 default_price=Price(s.default_prompt_price_per_1k, s.default_completion_price_per_1k),
             ),
-            policies=self.policy.parsed(lambda doc: policy_from_document(doc, defaults)),
+            policies=self.policy.parsed(lambda doc: VariantPolicies(doc, lambda d: policy_from_document(d, defaults))),
             config=PipelineConfig(
                 upstream_timeout_s=s.upstream_timeout_s,
                 generate_timeout_s=s.generate_timeout_s,
@@ -90,6 +99,36 @@ class RouterApp(ServiceApp):
             ),
             spawn=self.spawn,
         )
+        await self._start_batch()
+
+    async def _start_batch(self) -> None:
+        s = self.settings
+        pipeline = self.pipeline
+        assert pipeline is not None and self.bus is not None
+
+        def generate(principal, command, request_id: str):
+            return pipeline.run(
+                principal,
+                command,
+                request_id=request_id,
+                started=time.perf_counter(),
+                deadline=time.monotonic() + s.generate_timeout_s,
+            )
+
+        runner = BatchRunner(
+            self.bus,
+            generate,
+            RunnerConfig(
+                concurrency=s.batch_workers,
+                ack_wait_s=s.batch_ack_wait_s,
+                window_min_s=s.batch_window_min_s,
+                window_max_s=s.batch_window_max_s,
+            ),
+        )
+        await runner.start()
+        self.batch = runner
+        if s.batch_workers:
+            self._batch_task = self.spawn(runner.run(), name="batch-workers")
 
     async def _wait_for_models(self, catalog: ModelCatalog) -> None:
         """Inference may still be loading its model: retry until it lists one, or give up."""
@@ -126,6 +165,8 @@ class RouterApp(ServiceApp):
         log.info("principal_cache_flushed", reason="nats_reconnect")
 
     async def stop(self) -> None:
+        if self.batch is not None:
+            await self.batch.close(self._batch_task)
         for opened in self._channels:
             await opened.close()
         self._channels.clear()

@@ -11,8 +11,11 @@ from typing import Any
 
 from llmesh.kit.auth import bearer_token
 from llmesh.kit.errors import DeadlineExceeded, Unauthenticated, Unavailable
+from llmesh.kit.experiments import VariantPolicies
 from llmesh.kit.logging import bind_contextvars, get_logger
+from llmesh.kit.metrics import TENANT
 from llmesh.kit.policy import CachedPolicy
+from llmesh.kit.tracing import annotate, traced
 from llmesh.kit.vocabulary import FinishReason, Principal, Sensitivity
 from llmesh.services.router import metrics
 from llmesh.services.router.domain import (
@@ -29,7 +32,7 @@ from llmesh.services.router.domain import (
 )
 from llmesh.services.router.ports import Cache, Classifier, Inference, Tenancy
 from llmesh.services.router.principals import PrincipalCache
-from llmesh.services.router.routing import ModelCatalog, Router, RoutingPolicy
+from llmesh.services.router.routing import ModelCatalog, Router
 
 log = get_logger("llmesh.router")
 
@@ -67,7 +70,7 @@ class GeneratePipeline:
         principals: PrincipalCache,
         catalog: ModelCatalog,
         router: Router,
-        policies: CachedPolicy[RoutingPolicy],
+        policies: CachedPolicy[VariantPolicies],
         config: PipelineConfig,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task],
     ):
@@ -83,6 +86,7 @@ class GeneratePipeline:
         # Starts work that outlives the response (cache stores); the app awaits it on shutdown.
         self._spawn = spawn
 
+    @traced("router.auth")
     async def authenticate(self, authorization: str | None, *, deadline: float | None = None) -> Principal:
         api_key = bearer_token(authorization)
         principal = self._principals.get(api_key)
@@ -114,6 +118,7 @@ class GeneratePipeline:
         """Streams the answer's deltas, then one Summary. `started` is the request's arrival
         (time.perf_counter) so the reported times cover authentication too."""
         bind_contextvars(tenant=principal.tenant_id)
+        annotate(tenant=principal.tenant_id, business_unit=principal.business_unit, use_case=command.use_case)
         pinned = await self._catalog.require(command.pinned_model) if command.pinned_model else None
         key = CacheKey(
             tenant_id=principal.tenant_id,
@@ -124,7 +129,12 @@ class GeneratePipeline:
             max_tokens=command.max_tokens,
         )
         classification, cached = await self._classify_and_lookup(command, key, principal, request_id, deadline)
-        policy = self._policies.get(principal.tenant_id, command.use_case)
+        # Policy experiments (llmesh.kit.experiments): the request's variant, by tenant and request id.
+        policy, variant = self._policies.get(principal.tenant_id, command.use_case).pick(
+            principal.tenant_id, request_id
+        )
+        if variant:
+            metrics.POLICY_VARIANT.labels(variant).inc()
         # The cache's rule, applied here because the lookup ran before the sensitivity was known:
         # restricted requests stay out of the cache unless the tenant's policy lets them in.
         use_cache = command.use_cache and (
@@ -136,6 +146,8 @@ class GeneratePipeline:
 
         if cached is not None and cached.tier >= classification.tier:
             async for event in self._serve_cached(cached, principal, request_id, started):
+                if isinstance(event, Summary):
+                    event = dataclasses.replace(event, policy_variant=variant)
                 yield event
             return
         if cached is not None:
@@ -171,7 +183,9 @@ class GeneratePipeline:
                     continue
                 if first_delta_at is None:
                     first_delta_at = time.perf_counter()
-                    metrics.TIME_TO_FIRST_TOKEN.labels(outcome.value).observe(first_delta_at - started)
+                    metrics.TIME_TO_FIRST_TOKEN.labels(str(classification.tier), outcome.value).observe(
+                        first_delta_at - started
+                    )
                 parts.append(event.text)
                 yield event
         if completion is None:
@@ -192,7 +206,16 @@ class GeneratePipeline:
             store = self._spawn(self._store(key, answer, principal, classification.sensitivity))
         finished = time.perf_counter()
         metrics.REQUESTS.labels(str(classification.tier), served_model, outcome.value).inc()
-        metrics.COST.labels(principal.tenant_id).inc(cost)
+        metrics.REQUEST_DURATION.labels(str(classification.tier), outcome.value).observe(finished - started)
+        metrics.COST.labels(TENANT(principal.tenant_id), served_model).inc(cost)
+        annotate(
+            tier=classification.tier,
+            model=served_model,
+            cache_outcome=outcome.value,
+            prompt_tokens=completion.usage.prompt_tokens,
+            completion_tokens=completion.usage.completion_tokens,
+            cost_usd=cost,
+        )
         summary = Summary(
             request_id=request_id,
             tier=classification.tier,
@@ -204,6 +227,7 @@ class GeneratePipeline:
             time_to_first_token_ms=((first_delta_at or finished) - started) * 1000.0,
             total_time_ms=(finished - started) * 1000.0,
             finish_reason=completion.finish_reason,
+            policy_variant=variant,
         )
         log.info(
             "generated",
@@ -224,6 +248,7 @@ class GeneratePipeline:
     async def _classify_and_lookup(
         self, command: GenerateCommand, key: CacheKey, principal: Principal, request_id: str, deadline: float | None
     ) -> tuple[Classification, CachedAnswer | None]:
+        @traced("router.classify")
         async def classify() -> Classification:
             try:
                 result = await self._classifier.classify(
@@ -241,6 +266,7 @@ class GeneratePipeline:
                 # Unknown sensitivity is treated as the most sensitive: it stays on self-hosted models.
                 return Classification(self._config.fallback_tier, Sensitivity.RESTRICTED, 0.0, degraded=True)
 
+        @traced("router.cache_lookup")
         async def lookup() -> CachedAnswer | None:
             try:
                 return await self._cache.lookup(
@@ -266,11 +292,13 @@ class GeneratePipeline:
         for piece in chunks(cached.content, self._config.hit_chunk_chars):
             if first_delta_at is None:
                 first_delta_at = time.perf_counter()
-                metrics.TIME_TO_FIRST_TOKEN.labels(outcome.value).observe(first_delta_at - started)
+                metrics.TIME_TO_FIRST_TOKEN.labels(str(cached.tier), outcome.value).observe(first_delta_at - started)
             yield Delta(piece)
         finished = time.perf_counter()
         metrics.REQUESTS.labels(str(cached.tier), cached.model, outcome.value).inc()
+        metrics.REQUEST_DURATION.labels(str(cached.tier), outcome.value).observe(finished - started)
         log.info("served_from_cache", cache_outcome=outcome.value, tier=cached.tier, model=cached.model)
+        annotate(tier=cached.tier, model=cached.model, cache_outcome=outcome.value)
         yield Summary(
             request_id=request_id,
             tier=cached.tier,
@@ -285,6 +313,7 @@ class GeneratePipeline:
             finish_reason=FinishReason.UNSPECIFIED,
         )
 
+    @traced("router.store")
     async def _store(
         self, key: CacheKey, answer: AnswerToStore, principal: Principal, sensitivity: Sensitivity
     ) -> None:

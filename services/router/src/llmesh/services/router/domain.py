@@ -132,3 +132,5 @@ class Summary:
     time_to_first_token_ms: float
     total_time_ms: float
     finish_reason: FinishReason
+    # The policy experiment variant(s) the request ran under ("<experiment>/<variant>"; "" none).
+    policy_variant: str = ""

@@ -128,3 +128,24 @@ class RouterSettings(ServerSettings):
         "a cached answer is streamed in deltas of at most this many characters",
         positive,
     )
+    batch_workers: int = setting(
+        "LLMESH_ROUTER_BATCH_WORKERS",
+        1,
+        "batch items this replica runs at once (0: this replica accepts batch jobs but runs no items)",
+        non_negative,
+    )
+    batch_ack_wait_s: float = setting(
+        "LLMESH_ROUTER_BATCH_ACK_WAIT_S",
+        120.0,
+        "a batch item whose worker went silent this long is handed to another worker",
+        positive,
+    )
+    batch_window_min_s: float = setting(
+        "LLMESH_ROUTER_BATCH_WINDOW_MIN_S",
+        0.05,
+        "shortest wait to gather batch items, while items keep coming",
+        positive,
+    )
+    batch_window_max_s: float = setting(
+        "LLMESH_ROUTER_BATCH_WINDOW_MAX_S", 0.5, "longest wait to gather batch items, when idle", positive
+    )

@@ -12,6 +12,7 @@ from llmesh.classifier.v1 import classifier_pb2_grpc
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.kit import errors
 from llmesh.kit.client import retry_after_s
+from llmesh.kit.tracing import annotate, traced
 from llmesh.kit.vocabulary import Principal, Sensitivity
 from llmesh.services.router import convert
 from llmesh.services.router.domain import (
@@ -114,14 +115,24 @@ class InferenceClient:
             raise upstream_error("inference", exc) from None
         return [convert.model_info_from_proto(m) for m in response.models]
 
+    @traced("router.attempt")
     async def generate(
         self, model: str, command: GenerateCommand, *, request_id: str, timeout_s: float
     ) -> AsyncIterator[Delta | Completion]:
+        annotate(model=model)
         request = convert.generate_request_to_proto(model, command, request_id=request_id)
         call = self._stub.Generate(request, timeout=timeout_s)
         try:
             async for response in call:
-                yield convert.generate_event_from_proto(response)
+                event = convert.generate_event_from_proto(response)
+                if isinstance(event, Completion):
+                    annotate(
+                        backend=event.backend,
+                        finish_reason=event.finish_reason.value,
+                        prompt_tokens=event.usage.prompt_tokens,
+                        completion_tokens=event.usage.completion_tokens,
+                    )
+                yield event
         except grpc.aio.AioRpcError as exc:
             raise upstream_error("inference", exc) from None
         finally:

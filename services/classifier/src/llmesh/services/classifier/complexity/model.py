@@ -128,6 +128,66 @@ class Calibration:
         return cls(edges[keep], probability[keep])
 
 
+# Bins of the drift measure: deciles of the score. The score is the training outputs' CDF, so the
+# training prompts fill them about evenly; what lands in them now says how far traffic has moved.
+DRIFT_EDGES = tuple(i / 10 for i in range(11))
+# A share below this is taken as this in PSI (an empty bin would make it infinite).
+_PSI_FLOOR = 1e-4
+
+
+@dataclass(frozen=True)
+class ScoreBins:
+    """The share of the training prompts' scores in each bin, stored at training time: the reference
+    the served scores' drift is measured against (population stability index)."""
+
+    edges: np.ndarray  # increasing, from 0 to 1
+    shares: np.ndarray  # one per bin, summing to 1
+
+    @classmethod
+    def of(cls, scores, edges=DRIFT_EDGES) -> "ScoreBins":
+        edges = np.asarray(edges, dtype=float)
+        return cls(edges, histogram_shares(scores, edges))
+
+    @classmethod
+    def uniform(cls) -> "ScoreBins":
+        """For a model file without bins: its score map makes the training scores about uniform."""
+        edges = np.asarray(DRIFT_EDGES)
+        return cls(edges, np.full(len(edges) - 1, 1.0 / (len(edges) - 1)))
+
+    def psi(self, scores) -> float:
+        """Population stability index of `scores` against the training shares (NaN: no scores).
+        Rule of thumb: < 0.1 stable, 0.1-0.25 moving, > 0.25 shifted."""
+        return psi(self.shares, histogram_shares(scores, self.edges))
+
+    def to_json(self) -> dict:
+        return {"edges": self.edges.tolist(), "shares": self.shares.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ScoreBins":
+        edges = np.asarray(data["edges"], dtype=float)
+        shares = np.asarray(data["shares"], dtype=float)
+        if len(edges) < 2 or len(shares) != len(edges) - 1 or np.any(np.diff(edges) <= 0):
+            raise ModelFileError("score bins must be increasing edges with one share per bin")
+        if shares.min() < 0 or abs(shares.sum() - 1.0) > 1e-6:
+            raise ModelFileError("score bin shares must be non-negative and sum to 1")
+        return cls(edges, shares)
+
+
+def histogram_shares(scores, edges) -> np.ndarray:
+    scores = np.clip(np.asarray(scores, dtype=float), edges[0], edges[-1])
+    counts, _ = np.histogram(scores, bins=edges)
+    total = counts.sum()
+    return counts / total if total else np.full(len(counts), np.nan)
+
+
+def psi(expected, actual) -> float:
+    expected, actual = np.asarray(expected, dtype=float), np.asarray(actual, dtype=float)
+    if np.isnan(actual).any() or np.isnan(expected).any():
+        return float("nan")
+    e, a = np.maximum(expected, _PSI_FLOOR), np.maximum(actual, _PSI_FLOOR)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
 @dataclass(frozen=True)
 class LinearScorer:
     """raw = intercept + coef · (features − mean) / scale."""
@@ -139,6 +199,7 @@ class LinearScorer:
     intercept: float
     score_map: ScoreMap
     calibration: Calibration | None = None
+    score_bins: ScoreBins | None = None
 
     def raw_score(self, features: np.ndarray) -> np.ndarray:
         return self.intercept + ((np.asarray(features, dtype=float) - self.mean) / self.scale) @ self.coef
@@ -154,6 +215,7 @@ class LinearScorer:
             "intercept": self.intercept,
             "score_map": self.score_map.to_json(),
             **({"calibration": self.calibration.to_json()} if self.calibration is not None else {}),
+            **({"score_bins": self.score_bins.to_json()} if self.score_bins is not None else {}),
         }
 
     @classmethod
@@ -184,6 +246,7 @@ class LinearScorer:
             intercept,
             ScoreMap.from_json(data["score_map"]),
             Calibration.from_json(data["calibration"]) if "calibration" in data else None,
+            ScoreBins.from_json(data["score_bins"]) if "score_bins" in data else None,
         )
 
 
@@ -207,6 +270,15 @@ class ComplexityModel:
         features = prompt_features(text)
         raw = float(self.scorer.raw_score(np.asarray(features)))
         return Prediction(self.scorer.score_map(raw), raw, tuple(features))
+
+    @property
+    def score_bins(self) -> ScoreBins:
+        """The training score distribution (uniform deciles for a file written before it was stored)."""
+        return self.scorer.score_bins or ScoreBins.uniform()
+
+    def score_one(self, features: tuple[float, ...]) -> float:
+        """The score of already computed features (a second version scoring the same request)."""
+        return self.scorer.score_map(float(self.scorer.raw_score(np.asarray(features))))
 
     def confidence(self, score: float, tier: int) -> float | None:
         """The calibrated probability that the tier is the right call (None: the file has no

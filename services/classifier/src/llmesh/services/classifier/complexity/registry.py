@@ -1,6 +1,10 @@
-"""Keeps the newest complexity model loaded: loads it at start and, called periodically by the app,
-looks in the models folder again, swapping to a newer version (or a rewritten current one) without a restart. A version that fails to load
-is logged and skipped; the model in use stays."""
+"""Keeps the complexity model versions loaded: loads them at start and, called periodically by the
+app, looks in the models folder again, picking up a new version (or a rewritten one) without a
+restart. A version that fails to load is logged and skipped; the models in use stay.
+
+`model` is the newest loadable version (what serves when no rollout says otherwise); `get(version)`
+any of the newest `keep` versions, so a rollout can serve the current and the candidate side by
+side."""
 
 from __future__ import annotations
 
@@ -29,28 +33,49 @@ def _stamp(folder: pathlib.Path) -> tuple[str, int, int]:
 
 
 class ModelRegistry:
-    def __init__(self, models_dir: pathlib.Path, *, on_change: Callable[[ComplexityModel], None] | None = None):
+    def __init__(
+        self,
+        models_dir: pathlib.Path,
+        *,
+        on_change: Callable[[ComplexityModel], None] | None = None,
+        keep: int = 5,
+    ):
         self.models_dir = pathlib.Path(models_dir)
         self._on_change = on_change
+        self._keep = keep
         self._model: ComplexityModel | None = None
-        self._stamp: tuple[str, int, int] | None = None
+        self._loaded: dict[str, tuple[tuple[str, int, int], ComplexityModel]] = {}
         self._rejected: set[tuple[str, int, int]] = set()
 
     @property
     def model(self) -> ComplexityModel:
+        """The newest loadable version."""
         if self._model is None:
             raise ModelFileError(f"no complexity model loaded from {self.models_dir}")
         return self._model
 
+    def get(self, version: str) -> ComplexityModel | None:
+        entry = self._loaded.get(version)
+        return entry[1] if entry else None
+
+    def versions(self) -> list[str]:
+        """Loaded versions, oldest first."""
+        return sorted(self._loaded)
+
     def refresh(self) -> bool:
-        """Loads the newest loadable version if it differs from the one in use; True when swapped."""
+        """Loads new or rewritten versions among the newest `keep`; True when the newest changed."""
+        loaded: dict[str, tuple[tuple[str, int, int], ComplexityModel]] = {}
         for folder in reversed(version_folders(self.models_dir)):
+            if len(loaded) >= self._keep:
+                break
             try:
                 stamp = _stamp(folder)
             except OSError:
                 continue  # removed while we looked
-            if stamp == self._stamp:
-                return False
+            known = self._loaded.get(folder.name)
+            if known is not None and known[0] == stamp:
+                loaded[folder.name] = known
+                continue
             if stamp in self._rejected:
                 continue
             try:
@@ -59,13 +84,19 @@ class ModelRegistry:
                 log.error("model_rejected", version=folder.name, error=str(exc))
                 self._rejected.add(stamp)
                 continue
-            previous = self._model.version if self._model else None
-            self._model, self._stamp = model, stamp
-            log.info("model_loaded", version=model.version, previous=previous)
-            if self._on_change is not None:
-                self._on_change(model)
-            return True
-        return False
+            loaded[folder.name] = (stamp, model)
+        if not loaded:
+            return False
+        previous = self._model
+        self._loaded = loaded
+        newest = loaded[max(loaded)][1]
+        if previous is not None and newest is previous:
+            return False
+        self._model = newest
+        log.info("model_loaded", version=newest.version, previous=previous.version if previous else None)
+        if self._on_change is not None:
+            self._on_change(newest)
+        return True
 
     def load_or_fail(self) -> ComplexityModel:
         self.refresh()

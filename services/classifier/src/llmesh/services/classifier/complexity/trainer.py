@@ -14,7 +14,14 @@ import numpy as np
 from llmesh.services.classifier.complexity.evaluation import routing_metrics
 from llmesh.services.classifier.complexity.families import FAMILIES, families
 from llmesh.services.classifier.complexity.features import FEATURE_NAMES, FEATURE_SET, strip_options
-from llmesh.services.classifier.complexity.model import MODEL_FILE, Calibration, save_model
+from llmesh.services.classifier.complexity.model import (
+    MODEL_FILE,
+    Calibration,
+    ScoreBins,
+    histogram_shares,
+    psi,
+    save_model,
+)
 from llmesh.services.classifier.complexity.report import (
     METRICS_HEADER,
     Scored,
@@ -234,6 +241,7 @@ def train(
     feedback: tuple[np.ndarray, np.ndarray, int] | None = None,
     cross_validation: bool = True,
     candidates: tuple[TrainConfig, ...] | None = CANDIDATE_CONFIGS,
+    recent: np.ndarray | None = None,
     log=print,
 ) -> TrainResult:
     """Trains `config`; with cross-validation and `candidates`, the candidate with the best
@@ -358,6 +366,13 @@ def train(
             scorer,
             calibration=Calibration.fit(family_cv.percentiles, ~data.weak_correct & data.strong_correct),
         )
+    # The reference of the served scores' drift: the training prompts' own scores, binned.
+    scorer = dataclasses.replace(
+        scorer, score_bins=ScoreBins.of([scorer.score_map(float(x)) for x in scorer.raw_score(X[trainable])])
+    )
+    if cv is not None:
+        evaluation["score_drift"] = score_drift(scorer, family_cv.percentiles, families(data.subjects), recent)
+        log(f"score drift (PSI) of held-out families: {evaluation['score_drift']['psi_held_out_families']:.3f}")
     word_problems = _word_problem_check(scorer)
     log(f"word problems: Spearman rho of score and solution steps = {word_problems['spearman']:.2f}")
     now = dt.datetime.now(dt.timezone.utc)
@@ -392,6 +407,96 @@ def train(
         log(f"report written to {report_path}")
     log(f"done in {time.perf_counter() - started:.1f} s")
     return TrainResult(version, folder, report_path, metadata)
+
+
+def score_drift(scorer, held_out: np.ndarray, family: np.ndarray, recent: np.ndarray | None) -> dict:
+    """The score distribution of the training prompts, of each task family scored by a model that
+    had not seen it, and of recent traffic (feature rows from the feedback store, rescored by this
+    model), with the PSI of each against the training one."""
+    bins = scorer.score_bins
+    out = {
+        "edges": bins.edges.tolist(),
+        "training": bins.shares.tolist(),
+        "held_out_families": histogram_shares(held_out, bins.edges).tolist(),
+        "psi_held_out_families": bins.psi(held_out),
+        "per_family_psi": {
+            str(f): {"n": int((family == f).sum()), "psi": bins.psi(held_out[family == f])}
+            for f in sorted(set(family.tolist()))
+        },
+    }
+    if recent is not None and len(recent):
+        recent_scores = [scorer.score_map(float(x)) for x in scorer.raw_score(recent)]
+        out["recent_traffic"] = histogram_shares(recent_scores, bins.edges).tolist()
+        out["recent_n"] = len(recent)
+        out["psi_recent_traffic"] = psi(bins.shares, out["recent_traffic"])
+    return out
+
+
+def _drift_lines(drift: dict | None) -> list[str]:
+    if not drift:
+        return []
+    edges = drift["edges"]
+    columns = [("training prompts", drift["training"]), ("held-out families", drift["held_out_families"])]
+    if "recent_traffic" in drift:
+        columns.append((f"recent traffic ({drift['recent_n']} requests)", drift["recent_traffic"]))
+    lines = [
+        "## Score drift",
+        "",
+        "The served scores' distribution against the training prompts' (ten score bins stored in model.json as "
+        "`score_bins`), as a population stability index: the classifier exports it for its recent traffic as "
+        "`llmesh_classifier_score_drift_psi` (by model version). Rule of thumb: below 0.1 stable, 0.1-0.25 "
+        "moving, above 0.25 shifted (tier shares and calibrated confidence no longer hold as measured). "
+        "Held-out families: every prompt scored by the leave-one-family-out model that had not seen its "
+        "family, the shape of an unseen kind of task."
+        + ("" if "recent_traffic" in drift else " Recent traffic: none given (train with --with-feedback)."),
+        "",
+        "| score bin | " + " | ".join(name for name, _ in columns) + " |",
+        "| --- | " + " | ".join("---:" for _ in columns) + " |",
+    ]
+    for i in range(len(edges) - 1):
+        lines.append(
+            f"| {edges[i]:.1f}-{edges[i + 1]:.1f} | " + " | ".join(f"{shares[i]:.1%}" for _, shares in columns) + " |"
+        )
+    psis = [f"held-out families {drift['psi_held_out_families']:.3f}"]
+    if "psi_recent_traffic" in drift:
+        psis.append(f"recent traffic {drift['psi_recent_traffic']:.3f}")
+    lines += ["", "PSI against the training prompts: " + ", ".join(psis) + ".", ""]
+    lines += [
+        "Per family below: traffic of one family alone (a tenant with one kind of task) sits far from the "
+        "training mix even where the model transfers, since each family fills only part of the score range. "
+        "PSI measures a change of mix, not a loss of accuracy: an alert on it says to look at the rollout's "
+        "APGR on recent feedback (services/classifier/README.md, Model rollouts) and retrain with it.",
+        "",
+        "| family (held out) | prompts | PSI |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, row in sorted(drift["per_family_psi"].items(), key=lambda kv: -kv[1]["psi"]):
+        lines.append(f"| {name} | {row['n']} | {row['psi']:.3f} |")
+    return [*lines, ""]
+
+
+def _size_and_latency(model_bytes: int) -> list[str]:
+    """The model file's size and the latest Classify latency from bench/results/classifier.md."""
+    lines = ["## Size and latency", ""]
+    bench = _REPO_BENCH / "classifier.md"
+    lines.append(
+        f"- Model file: plain JSON (no pickle), {model_bytes:,} bytes (`model.json`: weights, score map, "
+        "calibration and score bins); numpy only at serving time, no embedding model."
+    )
+    if bench.is_file():
+        text = bench.read_text()
+        first = next((line for line in text.splitlines() if "UTC" in line), "")
+        rows = [line for line in text.splitlines() if line.startswith("| Classify") or line.startswith("| same,")]
+        lines += [
+            "- Latency (`bench/classifier_bench.py`, `bench/results/classifier.md`; "
+            + (first.split(";")[0] if first else "latest run")
+            + "; target: Classify p50 ≤ 5 ms through gRPC):",
+            "",
+            "| what | calls | p50 ms | p90 ms | p99 ms | max ms |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+        ]
+    return [*lines, ""]
 
 
 def _pct(x: float) -> str:
@@ -620,8 +725,8 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, scorer) -> p
             f"| {s.subject} | {s.n} | {_pct(s.weak_accuracy)} | {_pct(s.strong_accuracy)} | "
             f"{_pct(s.strong_wrong_when_weak_right)} | {_pct(s.label_rate)} | {flag} |"
         )
+    lines += ["", *_drift_lines(ev.get("score_drift"))]
     lines += [
-        "",
         "## Model",
         "",
         f"- {metadata['model']}; target: {metadata['target']}.",
@@ -635,8 +740,8 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, scorer) -> p
     ]
     for name, w in sorted(zip(scorer.feature_names, scorer.coef), key=lambda t: -abs(t[1])):
         lines.append(f"| {name} | {w:+.4f} |")
+    lines += ["", *_size_and_latency(len(json.dumps(scorer.to_json(), indent=1)) + 1)]
     lines += [
-        "",
         "## Reproduce",
         "",
         "    llmesh classifier train --data ../shared/data/routing/mmlu_dev.csv",

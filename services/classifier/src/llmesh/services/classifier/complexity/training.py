@@ -42,7 +42,7 @@ import numpy as np
 from llmesh.services.classifier.complexity.evaluation import RoutingMetrics, routing_metrics
 from llmesh.services.classifier.complexity.features import FEATURE_NAMES, FEATURE_SET, prompt_features, strip_options
 from llmesh.services.classifier.complexity.model import LinearScorer, ScoreMap
-from llmesh.services.classifier.feedback import FeedbackRow
+from llmesh.services.classifier.feedback import FeedbackRow, label
 from scipy.optimize import lsq_linear
 
 # Share of the weak model's right answers that the strong model got wrong: below 0.10 in clean
@@ -182,16 +182,12 @@ def feedback_examples(rows: Iterable[FeedbackRow]) -> tuple[np.ndarray, np.ndarr
     Returns (X, y, skipped)."""
     xs, ys, skipped = [], [], 0
     for row in rows:
-        if (
-            row.feature_set != FEATURE_SET
-            or len(row.features) != len(FEATURE_NAMES)
-            or row.rating == 0
-            or row.tier >= 3
-        ):
+        pays_off = label(row.tier, row.rating)
+        if row.feature_set != FEATURE_SET or len(row.features) != len(FEATURE_NAMES) or pays_off is None:
             skipped += 1
             continue
         xs.append(row.features)
-        ys.append(1 if row.rating < 0 else 0)
+        ys.append(pays_off)
     X = np.array(xs, dtype=float).reshape(-1, len(FEATURE_NAMES))
     return X, np.array(ys, dtype=float), skipped
 
