@@ -100,6 +100,7 @@ async def test_bad_appends_are_refused(repo):
         (dict(action="Bad Action"), "action must be"),
         (dict(action="x", detail="[1]"), "must be a JSON object"),
         (dict(action="x", detail="{not json"), "not JSON"),
+        (dict(action="x", detail="[" * 8000), "nested too deeply|not JSON"),
         (dict(action="x", tenant_id="a.b"), "tenant_id"),
         (dict(action="x", target="\x00"), "control characters"),
     ]:

@@ -237,6 +237,10 @@ async def test_usage_report_rpc_refuses_bad_input(service, admin):
             "since must be before until",
         ),
         (pb.UsageReportRequest(top_use_cases=1000), "top_use_cases"),
+        (
+            pb.UsageReportRequest(since=timestamp_pb2.Timestamp(seconds=-(2**62))),
+            "since is outside the Timestamp range",
+        ),
     ]
     for request, needle in cases:
         with pytest.raises(grpc.aio.AioRpcError) as exc:

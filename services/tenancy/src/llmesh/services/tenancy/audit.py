@@ -75,6 +75,8 @@ def canonical_detail(detail: str | dict | None) -> str:
             detail = json.loads(detail)
         except ValueError as exc:
             raise InvalidArgument(f"detail_json is not JSON: {exc}", field="detail_json") from None
+        except RecursionError:
+            raise InvalidArgument("detail_json is nested too deeply", field="detail_json") from None
     if not isinstance(detail, dict):
         raise InvalidArgument("detail_json must be a JSON object", field="detail_json")
     return json.dumps(detail, separators=(",", ":"), sort_keys=True, ensure_ascii=False)

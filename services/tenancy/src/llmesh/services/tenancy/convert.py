@@ -60,9 +60,19 @@ def clearance_from_proto(value: int) -> Sensitivity | None:
     return None if clearance is Sensitivity.UNSPECIFIED else clearance
 
 
+# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_TIMESTAMP_S, _MAX_TIMESTAMP_S = -62_135_596_800, 253_402_300_799
+
+
 def timestamp_us(message, field: str) -> int | None:
-    """A Timestamp field of `message` in microseconds, None when unset."""
-    return message.__getattribute__(field).ToMicroseconds() if message.HasField(field) else None
+    """A Timestamp field of `message` in microseconds, None when unset; INVALID_ARGUMENT outside
+    the Timestamp range (which also keeps it inside a BIGINT)."""
+    if not message.HasField(field):
+        return None
+    ts = getattr(message, field)
+    if not _MIN_TIMESTAMP_S <= ts.seconds <= _MAX_TIMESTAMP_S or not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(f"{field} is outside the Timestamp range (years 1 to 9999)", field=field)
+    return ts.ToMicroseconds()
 
 
 def usage_row_to_proto(row: UsageTotals) -> tenancy_pb2.UsageRow:

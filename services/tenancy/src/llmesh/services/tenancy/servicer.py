@@ -91,7 +91,7 @@ class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
 
     async def RotateApiKey(self, request, context):
         caller = await self._caller(context)
-        overlap = request.overlap.ToMicroseconds() / 1e6 if request.HasField("overlap") else None
+        overlap = request.overlap.seconds + request.overlap.nanos / 1e9 if request.HasField("overlap") else None
         old, new, api_key = await self._tenancy.rotate_key(caller, request.key_id, overlap)
         return tenancy_pb2.RotateApiKeyResponse(old_key=key_to_proto(old), new_key=key_to_proto(new), api_key=api_key)
 
