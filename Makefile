@@ -59,6 +59,9 @@ $(UV):
 $(STAMP): $(MANIFESTS) | $(UV)
 	@missing=""; for c in $(APT_COMMANDS); do command -v $$c >/dev/null || [ -x /usr/sbin/$$c ] || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(APT_PACKAGES); fi
+	@# Tenancy's tests start their own PostgreSQL from these binaries (initdb, pg_ctl).
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql-15; }
 	$(UV) sync --frozen --python $(PYTHON)
 	$(PY) -m llmesh.services.inference.model_files
 	$(PY) -m llmesh.services.cache.semantic.onnx_model

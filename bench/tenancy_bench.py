@@ -32,7 +32,7 @@ from llmesh.kit.server import ServiceHost
 from llmesh.services.tenancy import keys
 from llmesh.services.tenancy.app import TenancyApp
 from llmesh.services.tenancy.models import new_key_id
-from llmesh.services.tenancy.repository import SqliteRepository, now_us
+from llmesh.services.tenancy.repository import Repository, now_us
 from llmesh.services.tenancy.settings import TenancySettings
 from llmesh.tenancy.v1 import tenancy_pb2 as pb
 from llmesh.tenancy.v1 import tenancy_pb2_grpc
@@ -79,7 +79,7 @@ def time_inline(db_path: pathlib.Path, key_ids: list[str], calls: int) -> tuple[
 
 
 async def time_repository(db_path: pathlib.Path, key_ids: list[str], calls: int) -> list[float]:
-    repo = SqliteRepository(db_path)
+    repo = Repository(str(db_path))
     await repo.open()
     samples = []
     for i in range(calls):

@@ -89,3 +89,34 @@ async def test_errors_are_one_line_on_stderr(cli_env, capsys, monkeypatch):
     code, _, err = await _cli(capsys, "list")
     assert code == 1 and "UNAVAILABLE" in err and "tenancy at 127.0.0.1:1" in err
     assert len(err.strip().splitlines()) == 1
+
+
+async def test_admin_keys_list_expiry_and_rotation(cli_env, capsys, monkeypatch):
+    stub = cli_env
+    name = unique("cli")
+    code, out, _ = await _cli(capsys, "create", name)
+    assert code == 0
+    first = out[-1]
+    code, out, _ = await _cli(capsys, "key", "create", name, "--role", "tenant-admin", "--label", "ops")
+    assert code == 0
+    tenant_admin = out[-1]
+    code, out, _ = await _cli(capsys, "key", "create", name, "--expires-in", "30d")
+    assert code == 0
+
+    # The tenant admin's key is the admin credential from here on.
+    monkeypatch.setenv("LLMESH_ADMIN_TOKEN", tenant_admin)
+    code, out, _ = await _cli(capsys, "key", "list", name)
+    assert code == 0 and out[0].split() == ["KEY_ID", "LABEL", "ROLE", "CREATED", "EXPIRES", "REVOKED"]
+    assert len(out) == 4 and any(" ops " in line and "tenant-admin" in line for line in out)
+    assert sum(1 for line in out[1:] if line.count(":") == 4) == 1, "one key has an expiry time beside its creation"
+
+    first_id = first.split("_")[1] + "_" + first.split("_")[2]
+    code, out, err = await _cli(capsys, "key", "rotate", first_id, "--overlap", "1h")
+    assert code == 0 and out[0].startswith(f"old key        {first_id} valid until")
+    for api_key in (first, out[-1]):
+        await stub.Authenticate(pb.AuthenticateRequest(api_key=api_key))
+
+    code, _, err = await _cli(capsys, "create", unique("other"))
+    assert code == 1 and "PERMISSION_DENIED" in err and "tenant admin" in err
+    code, _, err = await _cli(capsys, "key", "create", name, "--role", "platform-admin")
+    assert code == 1 and "only a platform admin" in err

@@ -117,8 +117,8 @@ async def test_tenants_are_listed_and_found_by_id_or_name(service, admin):
     assert [first, second] == [t for t in listed if t.tenant_id in (first.tenant_id, second.tenant_id)]
 
 
-async def test_a_restart_on_the_same_database_keeps_tenants_and_keys(tmp_path, nats_url, admin_token, admin):
-    db = tmp_path / "restart.db"
+async def test_a_restart_on_the_same_database_keeps_tenants_and_keys(store_url, nats_url, admin_token, admin):
+    db = store_url
     async with tenancy_client(db, nats_url, admin_token) as (_, stub):
         tenant, kept = await _tenant_with_key(stub, admin)
         revoked = await stub.CreateApiKey(pb.CreateApiKeyRequest(tenant_id=tenant.tenant_id), metadata=admin)
@@ -221,8 +221,8 @@ async def test_bad_input_on_every_rpc_and_the_service_keeps_serving(service, adm
     assert principal.key_id == key_id
 
 
-async def test_admin_rpcs_are_disabled_without_a_token(tmp_path, nats_url):
-    async with tenancy_client(tmp_path / "t.db", nats_url, "") as (_, stub):
+async def test_admin_rpcs_are_disabled_without_a_token(store_url, nats_url):
+    async with tenancy_client(store_url, nats_url, "") as (_, stub):
         any_token = grpc.aio.Metadata(("authorization", "Bearer whatever-it-is-here"))
         await _expect(
             grpc.StatusCode.PERMISSION_DENIED,
@@ -257,10 +257,12 @@ async def test_api_keys_never_reach_the_logs(service, admin, admin_token, capfd)
 
 
 @pytest.mark.timeout(90)
-async def test_waits_for_nats_and_publishes_a_revocation_made_while_nats_was_down(tmp_path, admin_token, admin):
+async def test_waits_for_nats_and_publishes_a_revocation_made_while_nats_was_down(
+    tmp_path, store_url, admin_token, admin
+):
     port = free_port()
     nats_server = NatsServerProcess(str(tmp_path / "nats"), port=port)
-    settings = tenancy_settings(tmp_path / "t.db", f"nats://127.0.0.1:{port}", admin_token)
+    settings = tenancy_settings(store_url, f"nats://127.0.0.1:{port}", admin_token)
     try:
         async with starting(TenancyApp(settings), settings) as (host, start), open_channel(host.address) as channel:
             assert await health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING

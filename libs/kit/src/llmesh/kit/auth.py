@@ -66,11 +66,20 @@ class AdminGuard:
         # Digests have one length, so the comparison time reveals nothing about the token's.
         self._digest = hashlib.sha256(token.encode()).digest() if token else None
 
+    @property
+    def enabled(self) -> bool:
+        return self._digest is not None
+
+    def matches(self, presented: str) -> bool:
+        """Whether `presented` is the admin token (False while none is set)."""
+        if self._digest is None:
+            return False
+        return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), self._digest)
+
     def check(self, metadata: Metadata) -> None:
         """Raises unless the call carries `authorization: Bearer <admin token>`."""
         if self._digest is None:
             raise PermissionDenied("admin RPCs are disabled: LLMESH_ADMIN_TOKEN is not set")
         presented = bearer_token(authorization_header(metadata), credential="admin token", missing="admin token")
-        offered = hashlib.sha256(presented.encode()).digest()
-        if not hmac.compare_digest(offered, self._digest):
+        if not self.matches(presented):
             raise PermissionDenied("the admin token is not valid")

@@ -144,9 +144,13 @@ class Bus:
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, OSError) as exc:
             log.debug("publish_dropped", subject=subject, error=repr(exc))
 
-    async def consume_durable(self, spec: StreamSpec, subject: str, durable: str, handler: Handler) -> None:
+    async def consume_durable(
+        self, spec: StreamSpec, subject: str, durable: str, handler: Handler, *, shared: bool = False
+    ) -> None:
         """Delivers every message of `subject` to `handler` once per durable consumer, also those
-        published while this process was down. A message whose handler raises is redelivered."""
+        published while this process was down. A message whose handler raises is redelivered.
+        shared: replicas of a service split the messages between them (a deliver group named like
+        the consumer) instead of the second one being refused as already bound."""
 
         async def on_message(msg) -> None:
             try:
@@ -161,6 +165,7 @@ class Bus:
         try:
             sub = await self.js.subscribe(
                 subject,
+                queue=durable if shared else None,
                 durable=durable,
                 stream=spec.name,
                 cb=on_message,

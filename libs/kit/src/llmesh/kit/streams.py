@@ -23,6 +23,14 @@ class StreamSpec:
 
 CACHE_INVALIDATE = StreamSpec("LLMESH_CACHE_INVALIDATE", ("llmesh.cache.invalidate.>",), max_age_s=7 * DAY_S)
 TENANCY = StreamSpec("LLMESH_TENANCY", ("llmesh.tenancy.>",), max_age_s=7 * DAY_S)
+# UsageRecorded per request on llmesh.usage.<tenant>, Nats-Msg-Id = request id; tenancy's ledger
+# consumes it durably (a week covers a long tenancy outage).
+USAGE = StreamSpec("LLMESH_USAGE", ("llmesh.usage.>",), max_age_s=7 * DAY_S)
+USAGE_SUBJECTS = "llmesh.usage.>"
+# AuditRecorded on llmesh.audit.<tenant> (or .platform), Nats-Msg-Id = event id; tenancy appends
+# each to its hash-chained audit log.
+AUDIT = StreamSpec("LLMESH_AUDIT", ("llmesh.audit.>",), max_age_s=7 * DAY_S)
+AUDIT_SUBJECTS = "llmesh.audit.>"
 
 KEY_REVOKED_SUBJECT = "llmesh.tenancy.key.revoked"
 # Core NATS (not a stream): llmesh.inference.load.<region>.<model>, model load snapshots.
@@ -40,3 +48,16 @@ def cache_invalidate_subject(tenant_id: str) -> str:
     if not SUBJECT_TOKEN.match(tenant_id):
         raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
     return f"llmesh.cache.invalidate.{tenant_id}"
+
+
+def usage_subject(tenant_id: str) -> str:
+    if not SUBJECT_TOKEN.match(tenant_id):
+        raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
+    return f"llmesh.usage.{tenant_id}"
+
+
+def audit_subject(tenant_id: str = "") -> str:
+    """The subject of an audit event about `tenant_id`, or about the platform when empty."""
+    if tenant_id and not SUBJECT_TOKEN.match(tenant_id):
+        raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
+    return f"llmesh.audit.{tenant_id or 'platform'}"

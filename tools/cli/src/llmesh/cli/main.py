@@ -11,6 +11,8 @@ import sys
 COMMAND_MODULES = (
     "mesh",
     "tenant",
+    "usage",
+    "audit",
     "chat",
     "cache",
     "classifier",

@@ -240,3 +240,21 @@ class ClassifierRolloutChanged(_message.Message):
     reason: str
     occurred_at: _timestamp_pb2.Timestamp
     def __init__(self, event_id: _Optional[str] = ..., current_version: _Optional[str] = ..., candidate_version: _Optional[str] = ..., decision: _Optional[str] = ..., share: _Optional[float] = ..., current_apgr: _Optional[float] = ..., candidate_apgr: _Optional[float] = ..., difference_low: _Optional[float] = ..., difference_high: _Optional[float] = ..., labelled: _Optional[int] = ..., reason: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AuditRecorded(_message.Message):
+    __slots__ = ("event_id", "source", "action", "tenant_id", "target", "detail_json", "occurred_at")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_JSON_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    source: str
+    action: str
+    tenant_id: str
+    target: str
+    detail_json: str
+    occurred_at: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., source: _Optional[str] = ..., action: _Optional[str] = ..., tenant_id: _Optional[str] = ..., target: _Optional[str] = ..., detail_json: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -22,45 +22,82 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fllmesh/tenancy/v1/tenancy.proto\x12\x11llmesh.tenancy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dllmesh/common/v1/common.proto\"\xa2\x01\n\x06Tenant\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rbusiness_unit\x18\x03 \x01(\t\x12\x30\n\tclearance\x18\x04 \x01(\x0e\x32\x1d.llmesh.common.v1.Sensitivity\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"F\n\x14\x41uthenticateResponse\x12.\n\tprincipal\x18\x01 \x01(\x0b\x32\x1b.llmesh.common.v1.Principal\"l\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rbusiness_unit\x18\x02 \x01(\t\x12\x30\n\tclearance\x18\x03 \x01(\x0e\x32\x1d.llmesh.common.v1.Sensitivity\"A\n\x14\x43reateTenantResponse\x12)\n\x06tenant\x18\x01 \x01(\x0b\x32\x19.llmesh.tenancy.v1.Tenant\"C\n\x10GetTenantRequest\x12\x13\n\ttenant_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x42\n\n\x08selector\">\n\x11GetTenantResponse\x12)\n\x06tenant\x18\x01 \x01(\x0b\x32\x19.llmesh.tenancy.v1.Tenant\"\x14\n\x12ListTenantsRequest\"A\n\x13ListTenantsResponse\x12*\n\x07tenants\x18\x01 \x03(\x0b\x32\x19.llmesh.tenancy.v1.Tenant\"7\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\"O\n\x14\x43reateApiKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.llmesh.tenancy.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\">\n\x14RevokeApiKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.llmesh.tenancy.v1.ApiKey2\xca\x04\n\x0eTenancyService\x12_\n\x0c\x41uthenticate\x12&.llmesh.tenancy.v1.AuthenticateRequest\x1a\'.llmesh.tenancy.v1.AuthenticateResponse\x12_\n\x0c\x43reateTenant\x12&.llmesh.tenancy.v1.CreateTenantRequest\x1a\'.llmesh.tenancy.v1.CreateTenantResponse\x12V\n\tGetTenant\x12#.llmesh.tenancy.v1.GetTenantRequest\x1a$.llmesh.tenancy.v1.GetTenantResponse\x12\\\n\x0bListTenants\x12%.llmesh.tenancy.v1.ListTenantsRequest\x1a&.llmesh.tenancy.v1.ListTenantsResponse\x12_\n\x0c\x43reateApiKey\x12&.llmesh.tenancy.v1.CreateApiKeyRequest\x1a\'.llmesh.tenancy.v1.CreateApiKeyResponse\x12_\n\x0cRevokeApiKey\x12&.llmesh.tenancy.v1.RevokeApiKeyRequest\x1a\'.llmesh.tenancy.v1.RevokeApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fllmesh/tenancy/v1/tenancy.proto\x12\x11llmesh.tenancy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dllmesh/common/v1/common.proto\"\xa2\x01\n\x06Tenant\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x15\n\rbusiness_unit\x18\x03 \x01(\t\x12\x30\n\tclearance\x18\x04 \x01(\x0e\x32\x1d.llmesh.common.v1.Sensitivity\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf6\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x04role\x18\x06 \x01(\x0e\x32\x1c.llmesh.tenancy.v1.AdminRole\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"F\n\x14\x41uthenticateResponse\x12.\n\tprincipal\x18\x01 \x01(\x0b\x32\x1b.llmesh.common.v1.Principal\"l\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rbusiness_unit\x18\x02 \x01(\t\x12\x30\n\tclearance\x18\x03 \x01(\x0e\x32\x1d.llmesh.common.v1.Sensitivity\"A\n\x14\x43reateTenantResponse\x12)\n\x06tenant\x18\x01 \x01(\x0b\x32\x19.llmesh.tenancy.v1.Tenant\"C\n\x10GetTenantRequest\x12\x13\n\ttenant_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04name\x18\x02 \x01(\tH\x00\x42\n\n\x08selector\">\n\x11GetTenantResponse\x12)\n\x06tenant\x18\x01 \x01(\x0b\x32\x19.llmesh.tenancy.v1.Tenant\"\x14\n\x12ListTenantsRequest\"A\n\x13ListTenantsResponse\x12*\n\x07tenants\x18\x01 \x03(\x0b\x32\x19.llmesh.tenancy.v1.Tenant\"\x93\x01\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12*\n\x04role\x18\x03 \x01(\x0e\x32\x1c.llmesh.tenancy.v1.AdminRole\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x14\x43reateApiKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.llmesh.tenancy.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\">\n\x14RevokeApiKeyResponse\x12&\n\x03key\x18\x01 \x01(\x0b\x32\x19.llmesh.tenancy.v1.ApiKey\"@\n\x12ListApiKeysRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x02 \x01(\x08\">\n\x13ListApiKeysResponse\x12\'\n\x04keys\x18\x01 \x03(\x0b\x32\x19.llmesh.tenancy.v1.ApiKey\"Q\n\x13RotateApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x7f\n\x14RotateApiKeyResponse\x12*\n\x07old_key\x18\x01 \x01(\x0b\x32\x19.llmesh.tenancy.v1.ApiKey\x12*\n\x07new_key\x18\x02 \x01(\x0b\x32\x19.llmesh.tenancy.v1.ApiKey\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\"\xa6\x01\n\x12UsageReportRequest\x12\x10\n\x08group_by\x18\x01 \x03(\t\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttenant_id\x18\x04 \x01(\t\x12\x15\n\rtop_use_cases\x18\x05 \x01(\x05\"\xdf\x01\n\x08UsageRow\x12\x35\n\x05group\x18\x01 \x03(\x0b\x32&.llmesh.tenancy.v1.UsageRow.GroupEntry\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\x12\x18\n\x10\x63ost_avoided_usd\x18\x06 \x01(\x01\x1a,\n\nGroupEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8a\x01\n\rUsageForecast\x12/\n\x0bmonth_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11month_to_date_usd\x18\x02 \x01(\x01\x12\x16\n\x0e\x64\x61ily_rate_usd\x18\x03 \x01(\x01\x12\x15\n\rmonth_end_usd\x18\x04 \x01(\x01\"\xd5\x01\n\x13UsageReportResponse\x12)\n\x04rows\x18\x01 \x03(\x0b\x32\x1b.llmesh.tenancy.v1.UsageRow\x12+\n\x06totals\x18\x02 \x01(\x0b\x32\x1b.llmesh.tenancy.v1.UsageRow\x12\x32\n\x08\x66orecast\x18\x03 \x01(\x0b\x32 .llmesh.tenancy.v1.UsageForecast\x12\x32\n\rtop_use_cases\x18\x04 \x03(\x0b\x32\x1b.llmesh.tenancy.v1.UsageRow\"\xbf\x01\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x11\n\ttenant_id\x18\x05 \x01(\t\x12\x0e\n\x06target\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\x07 \x01(\t\x12\x11\n\tprev_hash\x18\x08 \x01(\t\x12\x12\n\nentry_hash\x18\t \x01(\t\"l\n\x12\x41ppendAuditRequest\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\"C\n\x13\x41ppendAuditResponse\x12,\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1d.llmesh.tenancy.v1.AuditEntry\"G\n\x10ListAuditRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"C\n\x11ListAuditResponse\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.llmesh.tenancy.v1.AuditEntry\"\x14\n\x12VerifyAuditRequest\"o\n\x13VerifyAuditResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07\x65ntries\x18\x02 \x01(\x03\x12\x13\n\x0b\x63heckpoints\x18\x03 \x01(\x03\x12\x15\n\rfirst_bad_seq\x18\x04 \x01(\x03\x12\x0f\n\x07problem\x18\x05 \x01(\t*{\n\tAdminRole\x12\x1a\n\x16\x41\x44MIN_ROLE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41\x44MIN_ROLE_PLATFORM_ADMIN\x10\x01\x12\x1b\n\x17\x41\x44MIN_ROLE_TENANT_ADMIN\x10\x02\x12\x16\n\x12\x41\x44MIN_ROLE_AUDITOR\x10\x03\x32\xfb\x08\n\x0eTenancyService\x12_\n\x0c\x41uthenticate\x12&.llmesh.tenancy.v1.AuthenticateRequest\x1a\'.llmesh.tenancy.v1.AuthenticateResponse\x12_\n\x0c\x43reateTenant\x12&.llmesh.tenancy.v1.CreateTenantRequest\x1a\'.llmesh.tenancy.v1.CreateTenantResponse\x12V\n\tGetTenant\x12#.llmesh.tenancy.v1.GetTenantRequest\x1a$.llmesh.tenancy.v1.GetTenantResponse\x12\\\n\x0bListTenants\x12%.llmesh.tenancy.v1.ListTenantsRequest\x1a&.llmesh.tenancy.v1.ListTenantsResponse\x12_\n\x0c\x43reateApiKey\x12&.llmesh.tenancy.v1.CreateApiKeyRequest\x1a\'.llmesh.tenancy.v1.CreateApiKeyResponse\x12_\n\x0cRevokeApiKey\x12&.llmesh.tenancy.v1.RevokeApiKeyRequest\x1a\'.llmesh.tenancy.v1.RevokeApiKeyResponse\x12\\\n\x0bListApiKeys\x12%.llmesh.tenancy.v1.ListApiKeysRequest\x1a&.llmesh.tenancy.v1.ListApiKeysResponse\x12_\n\x0cRotateApiKey\x12&.llmesh.tenancy.v1.RotateApiKeyRequest\x1a\'.llmesh.tenancy.v1.RotateApiKeyResponse\x12\\\n\x0bUsageReport\x12%.llmesh.tenancy.v1.UsageReportRequest\x1a&.llmesh.tenancy.v1.UsageReportResponse\x12\\\n\x0b\x41ppendAudit\x12%.llmesh.tenancy.v1.AppendAuditRequest\x1a&.llmesh.tenancy.v1.AppendAuditResponse\x12V\n\tListAudit\x12#.llmesh.tenancy.v1.ListAuditRequest\x1a$.llmesh.tenancy.v1.ListAuditResponse\x12\\\n\x0bVerifyAudit\x12%.llmesh.tenancy.v1.VerifyAuditRequest\x1a&.llmesh.tenancy.v1.VerifyAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmesh.tenancy.v1.tenancy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TENANT']._serialized_start=119
-  _globals['_TENANT']._serialized_end=281
-  _globals['_APIKEY']._serialized_start=284
-  _globals['_APIKEY']._serialized_end=438
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=440
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=478
-  _globals['_AUTHENTICATERESPONSE']._serialized_start=480
-  _globals['_AUTHENTICATERESPONSE']._serialized_end=550
-  _globals['_CREATETENANTREQUEST']._serialized_start=552
-  _globals['_CREATETENANTREQUEST']._serialized_end=660
-  _globals['_CREATETENANTRESPONSE']._serialized_start=662
-  _globals['_CREATETENANTRESPONSE']._serialized_end=727
-  _globals['_GETTENANTREQUEST']._serialized_start=729
-  _globals['_GETTENANTREQUEST']._serialized_end=796
-  _globals['_GETTENANTRESPONSE']._serialized_start=798
-  _globals['_GETTENANTRESPONSE']._serialized_end=860
-  _globals['_LISTTENANTSREQUEST']._serialized_start=862
-  _globals['_LISTTENANTSREQUEST']._serialized_end=882
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=884
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=949
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=951
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1006
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1008
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1087
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1089
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1126
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1128
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1190
-  _globals['_TENANCYSERVICE']._serialized_start=1193
-  _globals['_TENANCYSERVICE']._serialized_end=1779
+  _globals['_USAGEROW_GROUPENTRY']._loaded_options = None
+  _globals['_USAGEROW_GROUPENTRY']._serialized_options = b'8\001'
+  _globals['_ADMINROLE']._serialized_start=3153
+  _globals['_ADMINROLE']._serialized_end=3276
+  _globals['_TENANT']._serialized_start=151
+  _globals['_TENANT']._serialized_end=313
+  _globals['_APIKEY']._serialized_start=316
+  _globals['_APIKEY']._serialized_end=562
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=564
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=602
+  _globals['_AUTHENTICATERESPONSE']._serialized_start=604
+  _globals['_AUTHENTICATERESPONSE']._serialized_end=674
+  _globals['_CREATETENANTREQUEST']._serialized_start=676
+  _globals['_CREATETENANTREQUEST']._serialized_end=784
+  _globals['_CREATETENANTRESPONSE']._serialized_start=786
+  _globals['_CREATETENANTRESPONSE']._serialized_end=851
+  _globals['_GETTENANTREQUEST']._serialized_start=853
+  _globals['_GETTENANTREQUEST']._serialized_end=920
+  _globals['_GETTENANTRESPONSE']._serialized_start=922
+  _globals['_GETTENANTRESPONSE']._serialized_end=984
+  _globals['_LISTTENANTSREQUEST']._serialized_start=986
+  _globals['_LISTTENANTSREQUEST']._serialized_end=1006
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=1008
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=1073
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1076
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1223
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1225
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1304
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1306
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1343
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1345
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1407
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1409
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1473
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1475
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1537
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=1539
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=1620
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=1622
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=1749
+  _globals['_USAGEREPORTREQUEST']._serialized_start=1752
+  _globals['_USAGEREPORTREQUEST']._serialized_end=1918
+  _globals['_USAGEROW']._serialized_start=1921
+  _globals['_USAGEROW']._serialized_end=2144
+  _globals['_USAGEROW_GROUPENTRY']._serialized_start=2100
+  _globals['_USAGEROW_GROUPENTRY']._serialized_end=2144
+  _globals['_USAGEFORECAST']._serialized_start=2147
+  _globals['_USAGEFORECAST']._serialized_end=2285
+  _globals['_USAGEREPORTRESPONSE']._serialized_start=2288
+  _globals['_USAGEREPORTRESPONSE']._serialized_end=2501
+  _globals['_AUDITENTRY']._serialized_start=2504
+  _globals['_AUDITENTRY']._serialized_end=2695
+  _globals['_APPENDAUDITREQUEST']._serialized_start=2697
+  _globals['_APPENDAUDITREQUEST']._serialized_end=2805
+  _globals['_APPENDAUDITRESPONSE']._serialized_start=2807
+  _globals['_APPENDAUDITRESPONSE']._serialized_end=2874
+  _globals['_LISTAUDITREQUEST']._serialized_start=2876
+  _globals['_LISTAUDITREQUEST']._serialized_end=2947
+  _globals['_LISTAUDITRESPONSE']._serialized_start=2949
+  _globals['_LISTAUDITRESPONSE']._serialized_end=3016
+  _globals['_VERIFYAUDITREQUEST']._serialized_start=3018
+  _globals['_VERIFYAUDITREQUEST']._serialized_end=3038
+  _globals['_VERIFYAUDITRESPONSE']._serialized_start=3040
+  _globals['_VERIFYAUDITRESPONSE']._serialized_end=3151
+  _globals['_TENANCYSERVICE']._serialized_start=3279
+  _globals['_TENANCYSERVICE']._serialized_end=4426
 # @@protoc_insertion_point(module_scope)

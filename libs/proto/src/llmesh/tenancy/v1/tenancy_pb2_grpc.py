@@ -28,8 +28,10 @@ if _version_not_supported:
 class TenancyServiceStub:
     """Tenants, API keys and authentication.
 
-    Admin RPCs (CreateTenant, GetTenant, ListTenants, CreateApiKey, RevokeApiKey) require the
-    metadata `authorization: Bearer <admin token>`; the admin token comes from the service's config.
+    Admin RPCs (all but Authenticate) require the metadata `authorization: Bearer <credential>`:
+    the bootstrap admin token of the service's config (a platform admin), or an API key created
+    with an AdminRole. Platform admins may do everything; tenant admins manage their own tenant
+    only; auditors may only read (tenants, keys, usage, the audit log).
     """
 
     def __init__(self, channel):
@@ -68,13 +70,45 @@ class TenancyServiceStub:
                 request_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/llmesh.tenancy.v1.TenancyService/ListApiKeys',
+                request_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RotateApiKey = channel.unary_unary(
+                '/llmesh.tenancy.v1.TenancyService/RotateApiKey',
+                request_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RotateApiKeyRequest.SerializeToString,
+                response_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RotateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.UsageReport = channel.unary_unary(
+                '/llmesh.tenancy.v1.TenancyService/UsageReport',
+                request_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.UsageReportRequest.SerializeToString,
+                response_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.UsageReportResponse.FromString,
+                _registered_method=True)
+        self.AppendAudit = channel.unary_unary(
+                '/llmesh.tenancy.v1.TenancyService/AppendAudit',
+                request_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.AppendAuditRequest.SerializeToString,
+                response_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.AppendAuditResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/llmesh.tenancy.v1.TenancyService/ListAudit',
+                request_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/llmesh.tenancy.v1.TenancyService/VerifyAudit',
+                request_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
 
 
 class TenancyServiceServicer:
     """Tenants, API keys and authentication.
 
-    Admin RPCs (CreateTenant, GetTenant, ListTenants, CreateApiKey, RevokeApiKey) require the
-    metadata `authorization: Bearer <admin token>`; the admin token comes from the service's config.
+    Admin RPCs (all but Authenticate) require the metadata `authorization: Bearer <credential>`:
+    the bootstrap admin token of the service's config (a platform admin), or an API key created
+    with an AdminRole. Platform admins may do everything; tenant admins manage their own tenant
+    only; auditors may only read (tenants, keys, usage, the audit log).
     """
 
     def Authenticate(self, request, context):
@@ -116,6 +150,48 @@ class TenancyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApiKeys(self, request, context):
+        """A tenant's keys (never their secrets).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateApiKey(self, request, context):
+        """A new key with the old one's tenant, label and role; the old key stays valid for `overlap`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UsageReport(self, request, context):
+        """The usage ledger grouped and totalled, with a month-end forecast and the top use cases by cost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendAudit(self, request, context):
+        """Appends an entry to the hash-chained audit log (platform admins: services recording policy
+        changes, budget and rate-limit decisions, routing digests; never prompt text).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAudit(self, request, context):
+        """Recomputes the chain and checks the signed checkpoints; names the first bad entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TenancyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +225,36 @@ def add_TenancyServiceServicer_to_server(servicer, server):
                     request_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RevokeApiKeyResponse.SerializeToString,
             ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RotateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateApiKey,
+                    request_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RotateApiKeyRequest.FromString,
+                    response_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RotateApiKeyResponse.SerializeToString,
+            ),
+            'UsageReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.UsageReport,
+                    request_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.UsageReportRequest.FromString,
+                    response_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.UsageReportResponse.SerializeToString,
+            ),
+            'AppendAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendAudit,
+                    request_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.AppendAuditRequest.FromString,
+                    response_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.AppendAuditResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.ListAuditRequest.FromString,
+                    response_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.VerifyAuditResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'llmesh.tenancy.v1.TenancyService', rpc_method_handlers)
@@ -160,8 +266,10 @@ def add_TenancyServiceServicer_to_server(servicer, server):
 class TenancyService:
     """Tenants, API keys and authentication.
 
-    Admin RPCs (CreateTenant, GetTenant, ListTenants, CreateApiKey, RevokeApiKey) require the
-    metadata `authorization: Bearer <admin token>`; the admin token comes from the service's config.
+    Admin RPCs (all but Authenticate) require the metadata `authorization: Bearer <credential>`:
+    the bootstrap admin token of the service's config (a platform admin), or an API key created
+    with an AdminRole. Platform admins may do everything; tenant admins manage their own tenant
+    only; auditors may only read (tenants, keys, usage, the audit log).
     """
 
     @staticmethod
@@ -316,6 +424,168 @@ class TenancyService:
             '/llmesh.tenancy.v1.TenancyService/RevokeApiKey',
             llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RevokeApiKeyRequest.SerializeToString,
             llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.tenancy.v1.TenancyService/ListApiKeys',
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.ListApiKeysRequest.SerializeToString,
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.tenancy.v1.TenancyService/RotateApiKey',
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RotateApiKeyRequest.SerializeToString,
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RotateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UsageReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.tenancy.v1.TenancyService/UsageReport',
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.UsageReportRequest.SerializeToString,
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.UsageReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.tenancy.v1.TenancyService/AppendAudit',
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.AppendAuditRequest.SerializeToString,
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.AppendAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.tenancy.v1.TenancyService/ListAudit',
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.ListAuditRequest.SerializeToString,
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.tenancy.v1.TenancyService/VerifyAudit',
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.VerifyAuditRequest.SerializeToString,
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.VerifyAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

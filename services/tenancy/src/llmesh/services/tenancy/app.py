@@ -1,4 +1,4 @@
-"""Wires the tenancy service: SQLite repository, NATS bus, outbox relay, servicer."""
+"""Wires the tenancy service: repository (SQLite or PostgreSQL), NATS bus, outbox relay, servicer."""
 
 from __future__ import annotations
 
@@ -7,15 +7,20 @@ from llmesh.kit.auth import AdminGuard
 from llmesh.kit.bus import Bus
 from llmesh.kit.logging import get_logger
 from llmesh.kit.server import ServiceApp
-from llmesh.kit.streams import TENANCY
+from llmesh.kit.streams import AUDIT, AUDIT_SUBJECTS, TENANCY, USAGE, USAGE_SUBJECTS
+from llmesh.services.tenancy.audit import AuditLog
 from llmesh.services.tenancy.core import Tenancy
+from llmesh.services.tenancy.ledger import Ledger
 from llmesh.services.tenancy.outbox import OutboxRelay
-from llmesh.services.tenancy.repository import SqliteRepository
+from llmesh.services.tenancy.repository import Repository
 from llmesh.services.tenancy.servicer import SERVICE_NAME, TenancyServicer
 from llmesh.services.tenancy.settings import TenancySettings
 from llmesh.tenancy.v1 import tenancy_pb2_grpc
 
 log = get_logger("llmesh.tenancy")
+
+LEDGER_CONSUMER = "tenancy-ledger"
+AUDIT_CONSUMER = "tenancy-audit"
 
 
 class TenancyApp(ServiceApp):
@@ -23,10 +28,12 @@ class TenancyApp(ServiceApp):
 
     def __init__(self, settings: TenancySettings):
         self.settings = settings
-        self.repository = SqliteRepository(settings.database_path)
+        self.repository = Repository(settings.store_url, pool_size=settings.db_pool_size)
         self.bus: Bus | None = None
         self.relay = OutboxRelay(self.repository, self._publish)
-        self.tenancy = Tenancy(self.repository, self.relay)
+        self.audit = AuditLog(self.repository, settings.audit_key, settings.audit_checkpoint_every)
+        self.tenancy = Tenancy(self.repository, self.relay, self.audit, AdminGuard(settings.admin_token))
+        self.ledger = Ledger(self.repository)
 
     async def _publish(self, subject, message, msg_id) -> None:
         if self.bus is None:
@@ -35,18 +42,29 @@ class TenancyApp(ServiceApp):
         await self.bus.publish(subject, message, msg_id=msg_id, timeout_s=1.0, attempts=1)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
-        servicer = TenancyServicer(self.tenancy, AdminGuard(self.settings.admin_token))
+        servicer = TenancyServicer(self.tenancy, self.ledger, self.audit)
         tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
     async def start(self) -> None:
-        version = await self.repository.open()
-        log.info("database_ready", path=str(self.settings.database_path), schema_version=version)
+        applied = await self.repository.open()
+        log.info("database_ready", store=self.repository.dialect, migrations_applied=applied)
         self.bus = await Bus.connect(self.settings.nats_url, "llmesh-tenancy")
         await self.bus.ensure_stream(TENANCY)
+        await self.bus.ensure_stream(USAGE)
+        # The ledger: every UsageRecorded once, also those published while tenancy was down;
+        # replicas share the consumer (the request id key makes a double delivery harmless).
+        await self.bus.consume_durable(USAGE, USAGE_SUBJECTS, LEDGER_CONSUMER, self.ledger.record_message, shared=True)
+        # Audit events of other services (policy changes, budget decisions, routing digests).
+        await self.bus.ensure_stream(AUDIT)
+        await self.bus.consume_durable(AUDIT, AUDIT_SUBJECTS, AUDIT_CONSUMER, self.audit.record_message, shared=True)
         # Events a previous run recorded but could not publish.
         await self.relay.flush()
         self.every(self.settings.outbox_retry_s, self.relay.flush, name="outbox-retry")
+        if self.audit.signing:
+            self.every(self.settings.audit_checkpoint_s, self.audit.checkpoint, name="audit-checkpoint")
+        else:
+            log.warning("audit_checkpoints_off", reason="LLMESH_TENANCY_AUDIT_KEY is not set")
         if not self.settings.admin_token:
             log.warning("admin_rpcs_disabled", reason="LLMESH_ADMIN_TOKEN is not set")
 

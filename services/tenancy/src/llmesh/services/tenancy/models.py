@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 import secrets
 from dataclasses import dataclass
@@ -36,6 +37,15 @@ class Tenant:
     created_at_us: int
 
 
+class Role(enum.Enum):
+    """What a key may do on the admin RPCs (access.py). NONE: an ordinary key of the mesh."""
+
+    NONE = ""
+    PLATFORM_ADMIN = "platform_admin"
+    TENANT_ADMIN = "tenant_admin"
+    AUDITOR = "auditor"
+
+
 @dataclass(frozen=True, slots=True)
 class ApiKey:
     key_id: str
@@ -43,10 +53,38 @@ class ApiKey:
     label: str
     created_at_us: int
     revoked_at_us: int | None = None
+    role: Role = Role.NONE
+    expires_at_us: int | None = None
 
     @property
     def revoked(self) -> bool:
         return self.revoked_at_us is not None
+
+    def expired(self, at_us: int) -> bool:
+        return self.expires_at_us is not None and at_us >= self.expires_at_us
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One link of the audit chain (audit.py)."""
+
+    seq: int
+    at_us: int
+    actor: str
+    action: str
+    tenant_id: str
+    target: str
+    detail_json: str
+    prev_hash: str
+    entry_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    seq: int
+    entry_hash: str
+    signed_at_us: int
+    signature: str
 
 
 def validate_tenant_name(name: str, field: str = "name") -> str:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from google.protobuf.message import Message
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.logging import get_logger
-from llmesh.services.tenancy.repository import OutboxEvent, SqliteRepository
+from llmesh.services.tenancy.repository import OutboxEvent, Repository
 
 log = get_logger("llmesh.tenancy.outbox")
 
@@ -26,7 +26,7 @@ def outbox_event(event_id: str, subject: str, message: Message, created_at_us: i
 
 
 class OutboxRelay:
-    def __init__(self, repository: SqliteRepository, publish: Publish):
+    def __init__(self, repository: Repository, publish: Publish):
         self._repository = repository
         self._publish = publish
         self._lock = asyncio.Lock()
