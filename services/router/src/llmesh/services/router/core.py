@@ -15,6 +15,7 @@ from llmesh.kit.logging import bind_contextvars, get_logger
 from llmesh.kit.policy import CachedPolicy
 from llmesh.kit.vocabulary import FinishReason, Principal, Sensitivity
 from llmesh.services.router import metrics
+from llmesh.services.router.accounting import Accounting
 from llmesh.services.router.domain import (
     TIERS,
     AnswerToStore,
@@ -70,6 +71,7 @@ class GeneratePipeline:
         policies: CachedPolicy[RoutingPolicy],
         config: PipelineConfig,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task],
+        accounting: Accounting | None = None,
     ):
         self._tenancy = tenancy
         self._classifier = classifier
@@ -82,6 +84,8 @@ class GeneratePipeline:
         self._config = config
         # Starts work that outlives the response (cache stores); the app awaits it on shutdown.
         self._spawn = spawn
+        # quota11: budgets, global rate limits and usage records (None: none of them).
+        self._accounting = accounting
 
     async def authenticate(self, authorization: str | None, *, deadline: float | None = None) -> Principal:
         api_key = bearer_token(authorization)
@@ -114,6 +118,8 @@ class GeneratePipeline:
         """Streams the answer's deltas, then one Summary. `started` is the request's arrival
         (time.perf_counter) so the reported times cover authentication too."""
         bind_contextvars(tenant=principal.tenant_id)
+        if self._accounting is not None:  # quota11: requests per minute, cache hits included
+            await self._accounting.admit(principal, command)
         pinned = await self._catalog.require(command.pinned_model) if command.pinned_model else None
         key = CacheKey(
             tenant_id=principal.tenant_id,
@@ -136,6 +142,20 @@ class GeneratePipeline:
 
         if cached is not None and cached.tier >= classification.tier:
             async for event in self._serve_cached(cached, principal, request_id, started):
+                if isinstance(event, Summary) and self._accounting is not None:
+                    # quota11: a hit costs nothing and holds no budget; its record says what it saved.
+                    self._accounting.record_usage(
+                        principal,
+                        command,
+                        request_id=request_id,
+                        tier=event.tier,
+                        model=event.model,
+                        backend=event.backend,
+                        outcome=event.cache_outcome,
+                        usage=event.usage,
+                        cost_usd=0.0,
+                        cost_avoided_usd=cached.cost_usd,
+                    )
                 yield event
             return
         if cached is not None:
@@ -162,6 +182,21 @@ class GeneratePipeline:
             request_id=request_id,
             timeout_s=_remaining(self._config.generate_timeout_s, deadline),
         )
+        hold = None
+        if self._accounting is not None:
+            # quota11: tokens per minute, and the worst case held on every hard budget before any
+            # token; the watch releases (or bills what streamed) if the stream fails or the client leaves.
+            hold = await self._accounting.reserve(
+                principal,
+                command,
+                request_id=request_id,
+                tier=classification.tier,
+                model=model.name,
+                backend=model.backend,
+                region=model.region,
+                price=self._router.price(model.name, policy, model),
+            )
+            stream = self._accounting.watch(hold, stream, outcome)
         async with aclosing(stream):
             async for event in stream:
                 if isinstance(event, Completion):
@@ -190,6 +225,16 @@ class GeneratePipeline:
                 cost_usd=cost,
             )
             store = self._spawn(self._store(key, answer, principal, classification.sensitivity))
+        settled = None
+        if hold is not None:  # quota11: the actual cost replaces the hold; the usage record goes out
+            settled = self._accounting.settle(
+                hold,
+                completion.usage,
+                cost,
+                model=served_model,
+                backend=completion.backend or model.backend,
+                outcome=outcome,
+            )
         finished = time.perf_counter()
         metrics.REQUESTS.labels(str(classification.tier), served_model, outcome.value).inc()
         metrics.COST.labels(principal.tenant_id).inc(cost)
@@ -215,6 +260,8 @@ class GeneratePipeline:
             total_ms=round(summary.total_time_ms, 2),
         )
         yield summary
+        if settled is not None:
+            await asyncio.shield(settled)  # quota11: the call ends once its budgets are settled
         if store is not None:
             # The summary is already on its way; the call ends once the answer is stored, so a
             # client that repeats the request after this call completed finds it in the cache.
