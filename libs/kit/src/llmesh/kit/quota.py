@@ -562,9 +562,10 @@ class RedisQuotaStore:
         args: list[Any] = []
         for c in charges:
             args += [c.limit, c.cost]
-        index, retry_ms = await self._call(self._acquire, [c.key for c in charges], args)
-        if int(index) == 0:
+        result = await self._call(self._acquire, [c.key for c in charges], args)
+        if int(result[0]) == 0:
             return None
+        index, retry_ms = result
         return RateRefusal(charges[int(index) - 1], None if int(retry_ms) < 0 else int(retry_ms) / 1000.0)
 
     async def ping(self) -> None:
