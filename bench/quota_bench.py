@@ -84,9 +84,7 @@ async def ping_latency(url: str, ops: int) -> list[float]:
 async def burst(stores, requests: int) -> tuple[int, int, int]:
     """(admitted, spent, limit) of `requests` concurrent reserve → settle at the worst case."""
     tenant = unique("proof")
-    counter = counter_for(
-        tenant, Budget("b", Scope.TENANT, Period.MONTH, Unit.USD, 0.013 * 100), tenant, time.time()
-    )
+    counter = counter_for(tenant, Budget("b", Scope.TENANT, Period.MONTH, Unit.USD, 0.013 * 100), tenant, time.time())
     admitted = 0
 
     async def one(i: int) -> None:

@@ -269,7 +269,9 @@ def parse_rate_limits(doc: Mapping[str, Any]) -> tuple[RateLimit, ...]:
             fail_open = entry.get("fail_open", True)
             if not isinstance(fail_open, bool):
                 raise ValueError("fail_open must be true or false")
-            limits[name] = RateLimit(name=name, scope=Scope(entry.get("scope", "tenant")), fail_open=fail_open, **per_minute)
+            limits[name] = RateLimit(
+                name=name, scope=Scope(entry.get("scope", "tenant")), fail_open=fail_open, **per_minute
+            )
         except (ValueError, TypeError) as exc:
             log.warning("policy_entry_ignored", field="rate_limits", entry=repr(entry)[:200], error=str(exc))
     return tuple(limits.values())
