@@ -141,7 +141,11 @@ async def main(args) -> str:
             t0 = time.perf_counter()
             admitted, spent, limit = await burst(replicas, 1000)
             proofs.append((admitted, spent, limit, time.perf_counter() - t0))
-        naive_clients = [aioredis.Redis.from_url(url), aioredis.Redis.from_url(url)]
+        # The same pools as RedisQuotaStore's: 64 connections each, callers queue for one.
+        naive_clients = [
+            aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=10))
+            for _ in range(2)
+        ]
         naive = [await naive_burst(naive_clients, 1000) for _ in range(args.rounds)]
         for client in naive_clients:
             await client.aclose()
