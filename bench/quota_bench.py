@@ -143,7 +143,9 @@ async def main(args) -> str:
             proofs.append((admitted, spent, limit, time.perf_counter() - t0))
         # The same pools as RedisQuotaStore's: 64 connections each, callers queue for one.
         naive_clients = [
-            aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=10))
+            aioredis.Redis(
+                connection_pool=aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=10)
+            )
             for _ in range(2)
         ]
         naive = [await naive_burst(naive_clients, 1000) for _ in range(args.rounds)]

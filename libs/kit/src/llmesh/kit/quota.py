@@ -520,6 +520,9 @@ class RedisQuotaStore:
             return await script(keys=keys, args=args)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             raise QuotaStoreUnavailable(f"quota store at {self._url} unreachable: {exc}") from exc
+        except redis.exceptions.RedisError as exc:
+            # E.g. OOM (a quota Redis must not evict: maxmemory-policy noeviction), READONLY replica.
+            raise QuotaStoreUnavailable(f"quota store at {self._url} refused the update: {exc}") from exc
 
     @staticmethod
     def _keys(counters: Sequence[Counter]) -> list[str]:

@@ -108,8 +108,17 @@ class RouterApp(ServiceApp):
         self.outbox = Outbox(self.bus, self.spawn, name="router", max_events=s.usage_outbox_size)
         # What a drain could not publish (NATS down) is retried every second.
         self.every(1.0, self.outbox.drain, name="outbox-retry")
+        if s.reservation_ttl_s <= s.generate_timeout_s:
+            log.warning(
+                "reservation_ttl_below_generate_timeout",
+                note="a long generation's budget hold may expire before it settles",
+                reservation_ttl_s=s.reservation_ttl_s,
+                generate_timeout_s=s.generate_timeout_s,
+            )
         self.quota_store = open_store(s.quota_redis_url, timeout_s=s.quota_timeout_s)
-        if isinstance(self.quota_store, RedisQuotaStore):
+        if not isinstance(self.quota_store, RedisQuotaStore):
+            log.info("quota_store_in_process", note="budgets and rate limits count this replica only")
+        else:
             try:
                 await self.quota_store.ping()
             except Exception as exc:
