@@ -164,12 +164,13 @@ async def test_every_request_publishes_one_usage_record(replicas, nats_url):
     assert ack.duplicate
 
 
-async def test_a_client_leaving_mid_stream_releases_the_hold_and_bills_what_streamed(replicas):
+async def test_a_client_leaving_mid_stream_releases_the_hold_and_bills_what_streamed(replicas, nats_url):
     clients, apps = replicas
     api_key, tenant, _ = clients[0].new_key()
+    rid = unique("req")
     await apps[0].policy.put(f"tenant.{tenant}", {"budgets": [{"name": "tokens", "unit": "tokens", "limit": 1000}]})
     await applied(apps, tenant, lambda p: p.budgets)
-    call = clients[0].call(api_key, clients[0].request("go on [hang]", max_tokens=50, **BYPASS))
+    call = clients[0].call(api_key, clients[0].request("go on [hang]", max_tokens=50, **BYPASS), request_id=rid)
     assert (await call.read()).delta == "answer "
     budget = apps[0].accounting.policy(tenant, "default").budgets[0]
     counter = counter_for(tenant, budget, tenant, time.time())
@@ -182,6 +183,10 @@ async def test_a_client_leaving_mid_stream_releases_the_hold_and_bills_what_stre
         return balance.reserved == 0 and balance.spent == prompt_bound + 1  # the prompt's bound and one delta
 
     await assert_eventually(settled, message="the hold was released and the streamed part billed")
+    [record] = await collect(nats_url, USAGE, usage_subject(tenant), events_pb2.UsageRecorded.FromString, count=1)
+    assert (record.request_id, record.error_code) == (rid, "CANCELLED")
+    assert (record.usage.prompt_tokens, record.usage.completion_tokens) == (prompt_bound, 1)
+    assert record.cost_usd == pytest.approx((prompt_bound * 1.0 + 1 * 2.0) / 1000)
 
 
 async def test_two_replicas_together_admit_no_more_than_the_rate_limit(replicas):
