@@ -4,6 +4,7 @@ redis-server; the concurrency proofs use two Redis stores as two router replicas
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 
 import pytest
@@ -146,6 +147,20 @@ async def test_rate_limits_are_taken_all_or_none(store):
     for _ in range(99):
         assert await store.acquire([loose]) is None
     assert await store.acquire([loose]) is not None
+
+
+async def test_a_refund_gives_back_what_a_request_did_not_use(store):
+    spec = RateLimit("tpm", Scope.TENANT, tokens_per_minute=1000)
+    key = rate_key(unique("tenant"), spec, "x", "tokens")
+    worst = RateCharge(key, 1000, 600, spec, "tokens")
+    assert await store.acquire([worst]) is None
+    assert await store.acquire([worst]) is not None  # 600 + 600 > 1000
+    await store.refund([dataclasses.replace(worst, cost=500)])  # the first one used 100
+    assert await store.acquire([worst]) is None
+    # A refund never gives back more than was taken: the bucket is full again, not fuller.
+    await store.refund([dataclasses.replace(worst, cost=5000)])
+    assert await store.acquire([worst]) is None
+    assert await store.acquire([worst]) is not None
 
 
 async def test_the_memory_store_expires_holds_by_its_clock():

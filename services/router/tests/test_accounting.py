@@ -207,6 +207,23 @@ async def test_two_replicas_together_admit_no_more_than_the_rate_limit(replicas)
     assert 0 < info.retry_delay.ToNanoseconds() / 1e9 <= 12
 
 
+async def test_tokens_per_minute_take_the_worst_case_and_give_back_the_unused_part(replicas):
+    clients, apps = replicas
+    api_key, tenant, _ = clients[0].new_key()
+    await apps[0].policy.put(
+        f"tenant.{tenant}", {"rate_limits": [{"name": "tpm", "scope": "api_key", "tokens_per_minute": 100}]}
+    )
+    await applied(apps, tenant, lambda p: p.rate_limits)
+    # Each request takes 10 + 60 = 70 tokens and uses 14: 70, then 14 + 70, then 28 + 70 fit;
+    # without the refund the second would not. Then 42 + 70 > 100.
+    for i in range(3):
+        await clients[i % 2].generate(api_key, "hi", max_tokens=60, **BYPASS)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await clients[1].generate(api_key, "hi", max_tokens=60, **BYPASS)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "rate limit 'tpm' reached: 100 tokens per minute per api_key" in refused.value.details()
+
+
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("requests", [300, pytest.param(1000, marks=pytest.mark.slow)])
 async def test_concurrent_requests_on_two_replicas_spend_no_more_than_the_budget(replicas, requests):

@@ -174,6 +174,9 @@ class QuotaStore(Protocol):
     async def acquire(self, charges: Sequence[RateCharge]) -> RateRefusal | None:
         """Takes every rate charge, or none and returns the one that refused."""
 
+    async def refund(self, charges: Sequence[RateCharge]) -> None:
+        """Gives back each charge's cost (taken by acquire, then not used), never below now."""
+
     async def close(self) -> None: ...
 
 
@@ -363,6 +366,12 @@ class MemoryQuotaStore:
         self._tat.update(updates)
         return None
 
+    async def refund(self, charges: Sequence[RateCharge]) -> None:
+        now = self._clock()
+        for charge in charges:
+            if charge.cost > 0 and charge.key in self._tat:
+                self._tat[charge.key] = max(self._tat[charge.key] - charge.cost * 60.0 / charge.limit, now)
+
     async def close(self) -> None:
         pass
 
@@ -486,6 +495,22 @@ return {0}
 """
 
 
+# KEYS: one per limit; ARGV per limit: limit per minute, cost to give back.
+_REFUND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat > now then
+    local limit, cost = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+    local new_tat = math.max(tat - cost * 60000 / limit, now)
+    redis.call('SET', KEYS[i], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1)
+  end
+end
+return 0
+"""
+
+
 class RedisQuotaStore:
     """Counters in Redis, shared by every router replica; one Lua script per decision."""
 
@@ -508,6 +533,7 @@ class RedisQuotaStore:
         self._settle = self._redis.register_script(_SETTLE)
         self._balance = self._redis.register_script(_BALANCE)
         self._acquire = self._redis.register_script(_ACQUIRE)
+        self._refund = self._redis.register_script(_REFUND)
 
     @property
     def url(self) -> str:
@@ -572,6 +598,15 @@ class RedisQuotaStore:
             return None
         index, retry_ms = result
         return RateRefusal(charges[int(index) - 1], None if int(retry_ms) < 0 else int(retry_ms) / 1000.0)
+
+    async def refund(self, charges: Sequence[RateCharge]) -> None:
+        charges = [c for c in charges if c.cost > 0]
+        if not charges:
+            return
+        args: list[Any] = []
+        for c in charges:
+            args += [c.limit, c.cost]
+        await self._call(self._refund, [c.key for c in charges], args)
 
     async def ping(self) -> None:
         import redis.exceptions

@@ -109,6 +109,7 @@ class Hold:
     price: Price
     prompt_tokens: int
     counters: list[Counter]  # every budget of the request (hard ones hold an amount)
+    token_charges: list[RateCharge] = dataclasses.field(default_factory=list)  # worst case, per minute
     held: bool = False
     done: bool = False
 
@@ -216,15 +217,16 @@ class Accounting:
         """Tokens per minute, then a hold of the worst case on every hard budget (all or none)."""
         prompt_tokens = prompt_tokens_bound(command)
         worst = Usage(prompt_tokens, command.max_tokens)
-        await self._acquire(
-            principal, self._rate_charges(principal, command, "tokens", worst.prompt_tokens + worst.completion_tokens)
-        )
+        token_charges = self._rate_charges(principal, command, "tokens", worst.prompt_tokens + worst.completion_tokens)
+        await self._acquire(principal, token_charges)
         policy = self._policies.get(principal.tenant_id, command.use_case)
         now = self._clock()
         counters = [
             counter_for(principal.tenant_id, b, scope_value(b.scope, principal, command), now) for b in policy.budgets
         ]
-        hold = Hold(request_id, principal, command, tier, model, backend, region, price, prompt_tokens, counters)
+        hold = Hold(
+            request_id, principal, command, tier, model, backend, region, price, prompt_tokens, counters, token_charges
+        )
         charges = [self._charge(c, worst, price.cost(worst)) for c in counters if c.budget.hard]
         if not charges:
             return hold
@@ -236,6 +238,7 @@ class Accounting:
                 "the budget store is unreachable: requests under a hard budget are refused until it is back"
             ) from None
         if refusal is not None:
+            self._spawn(self._refund(hold, Usage()))  # the tokens per minute it took, unused
             budget = refusal.counter.budget
             BUDGET_REJECTED.labels(principal.tenant_id, budget.name).inc()
             unit = budget.unit
@@ -297,7 +300,19 @@ class Accounting:
             )
         self._spawn(self._settle(hold, usage, cost))
 
+    async def _refund(self, hold: Hold, usage: Usage) -> None:
+        """Gives back the tokens per minute the worst case took and the request did not use."""
+        unused = hold.prompt_tokens + hold.command.max_tokens - usage.prompt_tokens - usage.completion_tokens
+        if not hold.token_charges or unused <= 0:
+            return
+        try:
+            await self.store.refund([dataclasses.replace(c, cost=unused) for c in hold.token_charges])
+        except QuotaStoreUnavailable as exc:
+            QUOTA_STORE_ERRORS.labels("refund", "lost").inc()
+            log.warning("rate_limit_refund_failed", request_id=hold.request_id, error=str(exc))
+
     async def _settle(self, hold: Hold, usage: Usage, cost_usd: float) -> None:
+        await self._refund(hold, usage)
         if not hold.counters:
             return
         actuals = [self._charge(c, usage, cost_usd) for c in hold.counters]
