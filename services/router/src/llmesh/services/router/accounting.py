@@ -45,7 +45,7 @@ from llmesh.kit.quota import (
 )
 from llmesh.kit.streams import budget_alert_subject, usage_subject
 from llmesh.kit.vocabulary import Principal
-from llmesh.services.router.domain import CacheOutcome, Completion, Delta, GenerateCommand, Usage
+from llmesh.services.router.domain import CacheOutcome, Completion, Delta, GenerateCommand, Summary, Usage
 from llmesh.services.router.routing import Price
 from prometheus_client import Counter as MetricCounter
 
@@ -389,6 +389,23 @@ class Accounting:
             usage=usage,
             cost_usd=cost_usd,
             error=error,
+        )
+
+    def record_hit(
+        self, principal: Principal, command: GenerateCommand, summary: Summary, *, cost_avoided_usd: float
+    ) -> None:
+        """A cache hit's usage record: it costs nothing; it saved what the answer cost once."""
+        self.record_usage(
+            principal,
+            command,
+            request_id=summary.request_id,
+            tier=summary.tier,
+            model=summary.model,
+            backend=summary.backend,
+            outcome=summary.cache_outcome,
+            usage=summary.usage,
+            cost_usd=0.0,
+            cost_avoided_usd=cost_avoided_usd,
         )
 
     def record_usage(

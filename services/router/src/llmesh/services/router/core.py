@@ -144,18 +144,7 @@ class GeneratePipeline:
             async for event in self._serve_cached(cached, principal, request_id, started):
                 if isinstance(event, Summary) and self._accounting is not None:
                     # quota11: a hit costs nothing and holds no budget; its record says what it saved.
-                    self._accounting.record_usage(
-                        principal,
-                        command,
-                        request_id=request_id,
-                        tier=event.tier,
-                        model=event.model,
-                        backend=event.backend,
-                        outcome=event.cache_outcome,
-                        usage=event.usage,
-                        cost_usd=0.0,
-                        cost_avoided_usd=cached.cost_usd,
-                    )
+                    self._accounting.record_hit(principal, command, event, cost_avoided_usd=cached.cost_usd)
                 yield event
             return
         if cached is not None:
