@@ -80,6 +80,16 @@ async def test_settle_counts_the_actual_and_releases_the_rest(store):
     assert await store.reserve("r3", [Charge(c, 1)], ttl_s=60) is not None
 
 
+async def test_a_second_reserve_of_one_request_replaces_its_hold(store):
+    c = counter(1.0)
+    assert await store.reserve("r1", [Charge(c, usd(0.5))], ttl_s=60) is None
+    assert await store.reserve("r1", [Charge(c, usd(0.9))], ttl_s=60) is None  # 0.9 in all, not 1.4
+    assert (await store.balance(c)).reserved == usd(0.9)
+    refusal = await store.reserve("r1", [Charge(c, usd(1.1))], ttl_s=60)
+    assert refusal is not None and refusal.reserved == 0  # its own hold does not count against it
+    assert (await store.balance(c)).reserved == usd(0.9), "a refused re-reserve keeps the hold it had"
+
+
 async def test_a_reserve_over_several_budgets_holds_all_or_none(store):
     roomy, tight = counter(10.0, name="roomy"), counter(1.0, name="tight")
     refusal = await store.reserve("r1", [Charge(roomy, usd(2)), Charge(tight, usd(2))], ttl_s=60)

@@ -12,12 +12,16 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.bus import Bus
+from llmesh.kit.chat import Message, Sampling
 from llmesh.kit.client import open_channel
 from llmesh.kit.quota import counter_for
 from llmesh.kit.streams import TENANCY, USAGE, budget_alert_subject, usage_subject
 from llmesh.kit.testing import assert_eventually, free_port, hosted, unique
+from llmesh.kit.vocabulary import Principal, Sensitivity
 from llmesh.router.v1 import router_pb2
 from llmesh.services.router.app import RouterApp
+from llmesh.services.router.domain import CacheOutcome, GenerateCommand, Priority
+from llmesh.services.router.routing import Price
 from nats.js import api as js_api
 
 from services.router.tests.conftest import RouterClient, router_settings
@@ -102,6 +106,46 @@ async def test_a_hard_budget_refuses_before_any_token_and_names_the_budget(repli
     balance = await apps[1].quota_store.balance(counter_for(tenant, budget, tenant, time.time()))
     assert balance.reserved == 0
     assert balance.spent == pytest.approx(2 * ACTUAL * 1e9, abs=2)
+
+
+async def test_a_hold_moves_to_a_pricier_model_only_when_the_budget_takes_it(replicas):
+    """The hook a fallback or overflow asks before it switches models (Accounting.rehold)."""
+    clients, apps = replicas
+    _, tenant, key_id = clients[0].new_key()
+    await apps[0].policy.put(f"tenant.{tenant}", {"budgets": [{"name": "m", "unit": "usd", "limit": 0.5}]})
+    await applied(apps, tenant, lambda p: p.budgets)
+    principal = Principal(tenant, tenant, "bu", Sensitivity.INTERNAL, key_id)
+    command = GenerateCommand(
+        messages=(Message("user", "hi"),),
+        max_tokens=10,
+        sampling=Sampling(),
+        use_case="default",
+        priority=Priority.STANDARD,
+        use_cache=False,
+        pinned_model="",
+    )
+    accounting = apps[0].accounting
+    hold = await accounting.reserve(
+        principal,
+        command,
+        request_id=unique("req"),
+        tier=1,
+        model="tiny-1",
+        backend="llama_cpp",
+        region="",
+        price=Price(1.0, 2.0),
+    )  # 0.03 held
+    counter = hold.counters[0]
+    assert await accounting.rehold(hold, model="cloud-x", backend="openai", region="", price=Price(10.0, 20.0))
+    assert (await apps[1].quota_store.balance(counter)).reserved == 300_000_000  # 0.3, not 0.33
+    assert not await accounting.rehold(hold, model="gold", backend="openai", region="", price=Price(20.0, 40.0))
+    assert hold.model == "cloud-x" and (await apps[1].quota_store.balance(counter)).reserved == 300_000_000
+    accounting.abandon(hold, deltas=0, error=RuntimeError("test"), outcome=CacheOutcome.BYPASSED)
+    await assert_eventually(lambda: _reserved(apps[1], counter, 0), message="released")
+
+
+async def _reserved(app, counter, amount: int) -> bool:
+    return (await app.quota_store.balance(counter)).reserved == amount
 
 
 async def test_a_cache_hit_holds_nothing_and_is_served_past_an_exhausted_budget(replicas):

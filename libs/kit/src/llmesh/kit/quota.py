@@ -164,7 +164,8 @@ class Balance:
 
 class QuotaStore(Protocol):
     async def reserve(self, reservation_id: str, charges: Sequence[Charge], ttl_s: float) -> Refusal | None:
-        """Holds every charge's amount, or none of them and returns the refusing counter."""
+        """Holds every charge's amount, or none of them and returns the refusing counter. A
+        reservation id that holds already has its hold replaced (a larger or smaller worst case)."""
 
     async def settle(self, reservation_id: str, actuals: Sequence[Charge]) -> list[Crossing]:
         """Drops the reservation's holds and adds each actual amount to its counter's spend."""
@@ -321,8 +322,9 @@ class MemoryQuotaStore:
             self._sweep(now)
         accounts = [self._account(c.counter, now) for c in charges]
         for charge, account in zip(charges, accounts, strict=True):
-            if account.spent + account.reserved + charge.amount > charge.counter.limit:
-                return Refusal(charge.counter, account.spent, account.reserved, charge.amount)
+            others = account.reserved - account.holds.get(reservation_id, (0, 0.0))[0]
+            if account.spent + others + charge.amount > charge.counter.limit:
+                return Refusal(charge.counter, account.spent, others, charge.amount)
         for charge, account in zip(charges, accounts, strict=True):
             previous = account.holds.pop(reservation_id, (0, 0.0))[0]
             account.reserved += charge.amount - previous
@@ -411,7 +413,8 @@ for i = 1, n do
   purge(h, z)
   local amount, limit = tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
   local spent, reserved = num(h, 'spent'), num(h, 'reserved')
-  if spent + reserved + amount > limit then return {i, spent, reserved} end
+  local previous = tonumber(redis.call('HGET', h, 'r:' .. rid) or '0')
+  if spent + reserved - previous + amount > limit then return {i, spent, reserved - previous} end
 end
 for i = 1, n do
   local h, z = KEYS[2 * i - 1], KEYS[2 * i]

@@ -251,6 +251,24 @@ class Accounting:
         hold.held = True
         return hold
 
+    async def rehold(self, hold: Hold, *, model: str, backend: str, region: str, price: Price) -> bool:
+        """For a fallback or an overflow to another model (router10's hook: may this request go
+        there given its cost?): holds the worst case at `price` instead, under the same
+        reservation. False (and the hold unchanged) when a hard budget cannot take it."""
+        worst = Usage(hold.prompt_tokens, hold.command.max_tokens)
+        charges = [self._charge(c, worst, price.cost(worst)) for c in hold.counters if c.budget.hard]
+        if charges:
+            try:
+                refusal = await self.store.reserve(hold.request_id, charges, self._ttl_s)
+            except QuotaStoreUnavailable:
+                QUOTA_STORE_ERRORS.labels("reserve", "refused").inc()
+                return False
+            if refusal is not None:
+                return False
+            hold.held = True
+        hold.model, hold.backend, hold.region, hold.price = model, backend, region, price
+        return True
+
     @staticmethod
     def _charge(counter: Counter, usage: Usage, cost: float) -> Charge:
         if counter.budget.unit is Unit.TOKENS:
