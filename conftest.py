@@ -1,5 +1,5 @@
 """Session fixtures of every test folder (tests/, libs/*/tests, services/*/tests): a real
-nats-server on a free port, torn down after the run, and the dev data sets beside the checkout (only for tests that measure quality on them)."""
+nats-server and a real redis-server on free ports, torn down after the run, and the dev data sets beside the checkout (only for tests that measure quality on them)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pathlib
 
 import pytest
 from llmesh.kit.nats_server import NatsServerProcess
+from llmesh.kit.testing import redis_server
 
 # LLMESH_SHARED_DATA points elsewhere (a missing folder runs the suite as on a clean clone).
 SHARED_DATA = pathlib.Path(
@@ -26,6 +27,12 @@ def nats_server(tmp_path_factory) -> NatsServerProcess:
 @pytest.fixture(scope="session")
 def nats_url(nats_server) -> str:
     return nats_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    with redis_server(str(tmp_path_factory.mktemp("redis"))) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import pathlib
 import re
 import sys
@@ -122,6 +123,16 @@ def render_policy() -> str:
                 value = field.get("additionalProperties", field)
                 kind = _type(field, defs) + _range(value if isinstance(value, dict) else field)
                 parts.append(f"| `{name}` | {kind} | {field.get('description', '')} |")
+            parts.append("")
+        elif body.get("type") == "array":
+            item = body["items"]
+            parts += ["A list of objects of these fields:", "", "| field | type | meaning |", "| --- | --- | --- |"]
+            for name, field in item["properties"].items():
+                required = " (required)" if name in item.get("required", []) else ""
+                default = f" Default `{json.dumps(field['default'])}`." if "default" in field else ""
+                parts.append(
+                    f"| `{name}` | {_type(field, defs)}{_range(field)}{required} | {field.get('description', '')}{default} |"
+                )
             parts.append("")
         else:
             value = body.get("additionalProperties", {})

@@ -1,6 +1,6 @@
 """The policy's JSON Schema (llmesh/kit/policy.schema.json) says what the services' parsers take:
-every policy document the services' own tests use is checked against it and against the three
-parsers (router routing and queues, classifier, cache), so the schema and the code cannot drift apart unnoticed."""
+every policy document the services' own tests use is checked against it and against the
+parsers (router routing, queues and quota, classifier, cache), so the schema and the code cannot drift apart unnoticed."""
 
 from __future__ import annotations
 
@@ -13,12 +13,19 @@ from llmesh.cli.policy import document_errors, policy_errors
 from llmesh.kit.policy import load_schema
 from llmesh.services.cache.policy import parse_cache_policy
 from llmesh.services.classifier.policy import ClassifierPolicy, parse_policy
+from llmesh.services.router.accounting import quota_policy_from_document
 from llmesh.services.router.queueing import DEFAULT_QUEUE_CLASSES, parse_queue_classes, queue_policy_from_document
 from llmesh.services.router.routing import RoutingPolicy, policy_from_document
 from structlog.testing import capture_logs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PARSERS = {"parse_policy", "parse_cache_policy", "policy_from_document", "queue_policy_from_document"}
+PARSERS = {
+    "parse_policy",
+    "parse_cache_policy",
+    "policy_from_document",
+    "queue_policy_from_document",
+    "quota_policy_from_document",
+}
 KEY_PREFIXES = ("global", "tenant.", "use_case.")
 
 
@@ -56,18 +63,19 @@ DOCUMENTS = documents_in_service_tests()
 
 
 def parser_warnings(document: dict) -> list[dict]:
-    """What the three services log while reading `document`: each ignored value is a warning."""
+    """What the services log while reading `document`: each ignored value is a warning."""
     with capture_logs() as logs:
         policy_from_document(document, RoutingPolicy({}, {}))
         queue_policy_from_document(document, parse_queue_classes(DEFAULT_QUEUE_CLASSES))
         parse_policy(document, ClassifierPolicy())
         parse_cache_policy(document)
+        quota_policy_from_document(document)
     return [entry for entry in logs if entry["log_level"] == "warning"]
 
 
 def test_the_service_tests_hold_policy_documents_of_every_section():
     sections = {section for _, _, doc in DOCUMENTS for section in doc}
-    assert {"tiers", "prices", "cache", "classifier", "queues"} <= sections, sections
+    assert {"tiers", "prices", "cache", "classifier", "queues", "budgets", "rate_limits"} <= sections, sections
     assert any(how == "stored" for _, how, _ in DOCUMENTS)
 
 

@@ -23,9 +23,9 @@ class StreamSpec:
 
 CACHE_INVALIDATE = StreamSpec("LLMESH_CACHE_INVALIDATE", ("llmesh.cache.invalidate.>",), max_age_s=7 * DAY_S)
 TENANCY = StreamSpec("LLMESH_TENANCY", ("llmesh.tenancy.>",), max_age_s=7 * DAY_S)
-# UsageRecorded per request on llmesh.usage.<tenant>, Nats-Msg-Id = request id; tenancy's ledger
-# consumes it durably (a week covers a long tenancy outage).
-USAGE = StreamSpec("LLMESH_USAGE", ("llmesh.usage.>",), max_age_s=7 * DAY_S)
+# Every request's usage (UsageRecorded, Nats-Msg-Id = request id): the ledger's source, so it is
+# kept long enough for a ledger that was down for a while, and deduplicated over 10 minutes.
+USAGE = StreamSpec("LLMESH_USAGE", ("llmesh.usage.>",), max_age_s=30 * DAY_S, duplicate_window_s=600.0)
 USAGE_SUBJECTS = "llmesh.usage.>"
 # AuditRecorded on llmesh.audit.<tenant> (or .platform), Nats-Msg-Id = event id; tenancy appends
 # each to its hash-chained audit log.
@@ -51,6 +51,7 @@ def cache_invalidate_subject(tenant_id: str) -> str:
 
 
 def usage_subject(tenant_id: str) -> str:
+    """llmesh.usage.<tenant_id>: one UsageRecorded per request (stream LLMESH_USAGE)."""
     if not SUBJECT_TOKEN.match(tenant_id):
         raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
     return f"llmesh.usage.{tenant_id}"
@@ -61,3 +62,10 @@ def audit_subject(tenant_id: str = "") -> str:
     if tenant_id and not SUBJECT_TOKEN.match(tenant_id):
         raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
     return f"llmesh.audit.{tenant_id or 'platform'}"
+
+
+def budget_alert_subject(tenant_id: str) -> str:
+    """llmesh.tenancy.budget.<tenant_id>: BudgetAlert at 50/80/100 % (stream LLMESH_TENANCY)."""
+    if not SUBJECT_TOKEN.match(tenant_id):
+        raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
+    return f"llmesh.tenancy.budget.{tenant_id}"

@@ -1,15 +1,19 @@
 """Test support shared by every package's tests (and the benchmarks): polling instead of sleeping,
-unique names, free ports, in-process service hosts (started, or starting) and their health."""
+unique names, free ports, in-process service hosts (started, or starting) and their health, and a
+private redis-server."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import inspect
+import os
+import shutil
 import socket
+import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -81,6 +85,58 @@ async def starting(
         if not start.cancelled():
             start.exception()  # its outcome is the test's business; retrieved so none goes unseen
         await host.stop(0)
+
+
+def _start_redis(binary: str, port: int, workdir: str) -> subprocess.Popen | None:
+    """A running redis-server answering PING on `port`, or None when it did not come up."""
+    import redis  # only the packages whose tests use Redis depend on it
+
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + 10
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                client.ping()
+                return process
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+    process.kill()
+    process.wait()
+    return None
+
+
+@contextlib.contextmanager
+def redis_server(workdir: str) -> Iterator[str]:
+    """A private redis-server on a free port (no persistence), stopped on exit: yields its URL.
+    Raises RuntimeError when the binary is missing (`make setup` installs it) or it did not start."""
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not os.path.exists(binary):
+        raise RuntimeError("redis-server not found: `make setup` installs it")
+    # `--port 0` turns TCP off in redis-server, so pick a free port (again if another process won it).
+    for _ in range(5):
+        port = free_port()
+        process = _start_redis(binary, port, workdir)
+        if process is not None:
+            break
+    else:
+        raise RuntimeError("redis-server did not start")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:

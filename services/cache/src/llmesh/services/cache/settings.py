@@ -6,7 +6,7 @@ import dataclasses
 import socket
 
 from llmesh.kit.auth import admin_token_setting
-from llmesh.kit.config import ServerSettings, non_negative, port_check, positive, setting
+from llmesh.kit.config import ServerSettings, non_negative, port_check, positive, redis_url_check, setting
 from llmesh.kit.defaults import DEFAULT_PORTS
 
 MAX_TTL_S = 30 * 24 * 3600
@@ -14,12 +14,6 @@ MAX_TTL_S = 30 * 24 * 3600
 
 def _ttl_check(value: float) -> str | None:
     return None if 0 < value <= MAX_TTL_S else f"must be in (0, {MAX_TTL_S}] seconds (30 days)"
-
-
-def _redis_url_check(value: str) -> str | None:
-    if value and not value.startswith(("redis://", "rediss://", "unix://")):
-        return "must be empty or a redis://, rediss:// or unix:// URL"
-    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +29,7 @@ class CacheSettings(ServerSettings):
         "LLMESH_REDIS_URL",
         "",
         "Redis for the exact layer, shared by the replicas (the URL may carry its password); empty: in-process LRU",
-        _redis_url_check,
+        redis_url_check,
         secret=True,
     )
     redis_prefix: str = setting("LLMESH_CACHE_REDIS_PREFIX", "llmesh:cache:", "prefix of the cache's Redis keys")

@@ -14,11 +14,14 @@ from llmesh.kit.client import open_channel
 from llmesh.kit.errors import Unavailable
 from llmesh.kit.experiments import VariantPolicies
 from llmesh.kit.logging import get_logger
+from llmesh.kit.outbox import Outbox
 from llmesh.kit.policy import PolicyStore
+from llmesh.kit.quota import QuotaStore, RedisQuotaStore, open_store
 from llmesh.kit.server import ServiceApp
-from llmesh.kit.streams import KEY_REVOKED_SUBJECT, MODEL_LOAD_SUBJECT_PREFIX, breaker_subject
+from llmesh.kit.streams import KEY_REVOKED_SUBJECT, MODEL_LOAD_SUBJECT_PREFIX, TENANCY, USAGE, breaker_subject
 from llmesh.router.v1 import batch_pb2_grpc, router_pb2_grpc
 from llmesh.services.router import convert
+from llmesh.services.router.accounting import Accounting, quota_policy_from_document
 from llmesh.services.router.batch_runner import BatchRunner, RunnerConfig
 from llmesh.services.router.batch_servicer import SERVICE_NAME as BATCH_SERVICE_NAME
 from llmesh.services.router.batch_servicer import BatchServicer
@@ -51,6 +54,9 @@ class RouterApp(ServiceApp):
         self.bus: Bus | None = None
         self.policy: PolicyStore | None = None
         self._channels: list[grpc.aio.Channel] = []
+        self.quota_store: QuotaStore | None = None
+        self.accounting: Accounting | None = None
+        self.outbox: Outbox | None = None
         #: latest load snapshot per model (for overflow decisions; shown in metrics)
         self.load = LoadBoard(settings.load_max_age_s)
         self.replica = f"router-{uuid.uuid4().hex[:8]}"
@@ -83,6 +89,7 @@ class RouterApp(ServiceApp):
         await self.bus.subscribe(f"{MODEL_LOAD_SUBJECT_PREFIX}.>", self._on_model_load)
         self.policy = PolicyStore(self.bus, bucket=s.policy_bucket)
         await self.policy.start()
+        self.accounting = accounting = await self._start_accounting()
 
         def channel(target: str) -> grpc.aio.Channel:
             opened = open_channel(target, default_timeout_s=s.upstream_timeout_s)
@@ -132,8 +139,42 @@ class RouterApp(ServiceApp):
                 replicas=s.replicas,
                 initial_service_s=s.queue_initial_service_s,
             ),
+            accounting=accounting,
         )
         await self._start_batch()
+
+    async def _start_accounting(self) -> Accounting:
+        """quota11: the quota store (Redis or in-process), the usage stream and the event outbox."""
+        s = self.settings
+        assert self.bus is not None and self.policy is not None
+        await self.bus.ensure_stream(USAGE)
+        await self.bus.ensure_stream(TENANCY)  # budget alerts: llmesh.tenancy.budget.<tenant>
+        self.outbox = Outbox(self.bus, self.spawn, name="router", max_events=s.usage_outbox_size)
+        # What a drain could not publish (NATS down) is retried every second.
+        self.every(1.0, self.outbox.drain, name="outbox-retry")
+        if s.reservation_ttl_s <= s.generate_timeout_s:
+            log.warning(
+                "reservation_ttl_below_generate_timeout",
+                note="a long generation's budget hold may expire before it settles",
+                reservation_ttl_s=s.reservation_ttl_s,
+                generate_timeout_s=s.generate_timeout_s,
+            )
+        self.quota_store = open_store(s.quota_redis_url, timeout_s=s.quota_timeout_s)
+        if not isinstance(self.quota_store, RedisQuotaStore):
+            log.info("quota_store_in_process", note="budgets and rate limits count this replica only")
+        else:
+            try:
+                await self.quota_store.ping()
+            except Exception as exc:
+                # Not fatal: budgets fail closed and rate limits follow their policy until it is back.
+                log.warning("quota_store_unreachable", error=str(exc))
+        return Accounting(
+            self.quota_store,
+            self.policy.parsed(quota_policy_from_document),
+            self.outbox,
+            self.spawn,
+            reservation_ttl_s=s.reservation_ttl_s,
+        )
 
     async def _start_batch(self) -> None:
         s = self.settings
@@ -207,6 +248,10 @@ class RouterApp(ServiceApp):
     async def stop(self) -> None:
         if self.batch is not None:
             await self.batch.close(self._batch_task)
+        if self.outbox is not None and self.bus is not None and not self.bus.nc.is_closed:
+            await self.outbox.flush(timeout_s=2.0)  # quota11: usage records still queued
+        if self.quota_store is not None:
+            await self.quota_store.close()
         for opened in self._channels:
             await opened.close()
         self._channels.clear()

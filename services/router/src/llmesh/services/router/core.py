@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from typing import Any
 
@@ -18,6 +18,7 @@ from llmesh.kit.policy import CachedPolicy
 from llmesh.kit.tracing import annotate, traced
 from llmesh.kit.vocabulary import FinishReason, Principal, Sensitivity
 from llmesh.services.router import metrics, quality
+from llmesh.services.router.accounting import Accounting, prompt_tokens_bound
 from llmesh.services.router.breakers import Breakers
 from llmesh.services.router.candidates import Candidate, filter_candidates
 from llmesh.services.router.domain import (
@@ -153,6 +154,7 @@ class GeneratePipeline:
         overflow: OverflowGate,
         extra_cost_allowed: ExtraCostAllowed = allow_any_cost,
         queues: FairQueues,
+        accounting: Accounting | None = None,
     ):
         self._tenancy = tenancy
         self._classifier = classifier
@@ -170,6 +172,8 @@ class GeneratePipeline:
         # The budget's say on an overflow's extra cost (the quota work plugs in here).
         self._extra_cost_allowed = extra_cost_allowed
         self._queues = queues
+        # quota11: budgets, global rate limits and usage records (None: none of them).
+        self._accounting = accounting
 
     @traced("router.auth")
     async def authenticate(self, authorization: str | None, *, deadline: float | None = None) -> Principal:
@@ -204,6 +208,8 @@ class GeneratePipeline:
         (time.perf_counter) so the reported times cover authentication too."""
         bind_contextvars(tenant=principal.tenant_id)
         annotate(tenant=principal.tenant_id, business_unit=principal.business_unit, use_case=command.use_case)
+        if self._accounting is not None:  # quota11: requests per minute, cache hits included
+            await self._accounting.admit(principal, command)
         pinned = await self._catalog.require(command.pinned_model) if command.pinned_model else None
         key = CacheKey(
             tenant_id=principal.tenant_id,
@@ -233,6 +239,9 @@ class GeneratePipeline:
             async for event in self._serve_cached(cached, principal, request_id, started, command.priority):
                 if isinstance(event, Summary):
                     event = dataclasses.replace(event, policy_variant=variant)
+                    if self._accounting is not None:
+                        # quota11: a hit costs nothing and holds no budget; its record says what it saved.
+                        self._accounting.record_hit(principal, command, event, cost_avoided_usd=cached.cost_usd)
                 yield event
             return
         if cached is not None:
@@ -294,47 +303,39 @@ class GeneratePipeline:
 
         else:
             hold = 0
-        answer: _Answer | None = None
-        rejected: _Rejected | None = None
-        async for event in self._try_candidates(
-            candidates,
-            command,
-            policy,
-            request_id,
-            deadline,
-            attempts,
-            progress,
-            principal.tenant_id,
-            judge,
-            hold,
-            escalation.threshold,
-        ):
-            if isinstance(event, _Answer):
-                answer = event
-            elif isinstance(event, _Rejected):
-                rejected = event
-            else:
-                yield event
-        escalated = None
-        first_cost = 0.0
-        if rejected is not None:
-            first_cost = self._router.price(rejected.model.name, policy, rejected.model).cost(rejected.usage)
-            escalated = EscalationInfo(
-                from_tier=tier,
-                from_model=rejected.model.name,
-                quality_score=rejected.score.score,
-                threshold=escalation.threshold,
-                first_answer_cost_usd=first_cost,
+        budget_hold = None
+        affordable = None
+        if self._accounting is not None:
+            # quota11: tokens per minute, and the worst case held on every hard budget before any
+            # token, at the first candidate's price; a dearer fallback, overflow or escalation
+            # target holds more first (rehold) or is skipped, so none can overspend.
+            worst = Usage(prompt_tokens_bound(command), command.max_tokens)
+            first = candidates[0].model
+            budget_hold = await self._accounting.reserve(
+                principal,
+                command,
+                request_id=request_id,
+                tier=tier,
+                model=first.name,
+                backend=first.backend,
+                region=first.region,
+                price=self._router.price(first.name, policy, first),
             )
-            log.info(
-                "escalating",
-                from_model=rejected.model.name,
-                score=round(rejected.score.score, 3),
-                signals=list(rejected.score.signals),
-            )
-            escalation_to = [c for c in escalation_to if c.model.name != rejected.model.name]
+            hold_ = budget_hold
+
+            async def affordable(m: ModelInfo) -> bool:
+                price = self._router.price(m.name, policy, m)
+                if price.cost(worst) <= hold_.price.cost(worst):
+                    return True
+                return await self._accounting.rehold(
+                    hold_, model=m.name, backend=m.backend, region=m.region, price=price
+                )
+
+        try:
+            answer: _Answer | None = None
+            rejected: _Rejected | None = None
             async for event in self._try_candidates(
-                escalation_to,
+                candidates,
                 command,
                 policy,
                 request_id,
@@ -342,14 +343,58 @@ class GeneratePipeline:
                 attempts,
                 progress,
                 principal.tenant_id,
-                None,
-                0,
+                affordable,
+                judge,
+                hold,
                 escalation.threshold,
             ):
                 if isinstance(event, _Answer):
                     answer = event
+                elif isinstance(event, _Rejected):
+                    rejected = event
                 else:
                     yield event
+            escalated = None
+            first_cost = 0.0
+            if rejected is not None:
+                first_cost = self._router.price(rejected.model.name, policy, rejected.model).cost(rejected.usage)
+                escalated = EscalationInfo(
+                    from_tier=tier,
+                    from_model=rejected.model.name,
+                    quality_score=rejected.score.score,
+                    threshold=escalation.threshold,
+                    first_answer_cost_usd=first_cost,
+                )
+                log.info(
+                    "escalating",
+                    from_model=rejected.model.name,
+                    score=round(rejected.score.score, 3),
+                    signals=list(rejected.score.signals),
+                )
+                escalation_to = [c for c in escalation_to if c.model.name != rejected.model.name]
+                async for event in self._try_candidates(
+                    escalation_to,
+                    command,
+                    policy,
+                    request_id,
+                    deadline,
+                    attempts,
+                    progress,
+                    principal.tenant_id,
+                    affordable,
+                    None,
+                    0,
+                    escalation.threshold,
+                ):
+                    if isinstance(event, _Answer):
+                        answer = event
+                    else:
+                        yield event
+        except BaseException as exc:
+            if budget_hold is not None:
+                # Failed, interrupted or left by the client: the hold is released, or what streamed is billed.
+                self._accounting.abandon(budget_hold, deltas=len(progress.parts), error=exc, outcome=outcome)
+            raise
         assert answer is not None  # _try_candidates raises when no candidate answered
         completion, model = answer.completion, answer.candidate.model
         bind_contextvars(model=model.name)
@@ -386,6 +431,16 @@ class GeneratePipeline:
                 cost_usd=cost,
             )
             store = self._spawn(self._store(key, stored, principal, sensitivity))
+        settled = None
+        if budget_hold is not None:  # quota11: the actual cost replaces the hold; the usage record goes out
+            settled = self._accounting.settle(
+                budget_hold,
+                completion.usage,
+                cost + first_cost,
+                model=served_model,
+                backend=completion.backend or model.backend,
+                outcome=outcome,
+            )
         finished = time.perf_counter()
         total_cost = cost + first_cost
         metrics.REQUESTS.labels(str(tier), served_model, outcome.value).inc()
@@ -429,6 +484,8 @@ class GeneratePipeline:
             total_ms=round(summary.total_time_ms, 2),
         )
         yield summary
+        if settled is not None:
+            await asyncio.shield(settled)  # quota11: the call ends once its budgets are settled
         if store is not None:
             # The summary is already on its way; the call ends once the answer is stored, so a
             # client that repeats the request after this call completed finds it in the cache.
@@ -503,6 +560,7 @@ class GeneratePipeline:
         attempts: list[RouteAttempt],
         progress: _Progress,
         tenant_id: str,
+        affordable: Callable[[ModelInfo], Awaitable[bool]] | None,
         judge: Callable[[str, FinishReason | None], QualityScore] | None,
         hold: int,
         threshold: float,
@@ -515,6 +573,13 @@ class GeneratePipeline:
             model = candidate.model
             # Raises DeadlineExceeded once the request's deadline has passed: no further tries.
             timeout_s = _remaining(self._config.generate_timeout_s, deadline)
+            if affordable is not None and not await affordable(model):
+                # quota11: a hard budget cannot take this model's worst case.
+                attempts.append(_attempt(candidate, "BUDGET_EXHAUSTED", time.perf_counter()))
+                last_error = ResourceExhausted(
+                    f"a hard budget cannot take the worst case of {model.name}", reason="BUDGET_EXHAUSTED"
+                )
+                continue
             if not self._breakers.acquire(model.region, model.name):
                 continue
             judged = judge is not None and candidate.tier == 1

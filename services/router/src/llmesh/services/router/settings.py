@@ -5,7 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from llmesh.kit.config import ServerSettings, non_negative, one_of, parses, port_check, positive, setting
+from llmesh.kit.config import (
+    ServerSettings,
+    non_negative,
+    one_of,
+    parses,
+    port_check,
+    positive,
+    redis_url_check,
+    setting,
+)
 from llmesh.kit.defaults import DEFAULT_PORTS
 from llmesh.services.router.queueing import DEFAULT_QUEUE_CLASSES, parse_queue_classes
 
@@ -236,5 +245,32 @@ class RouterSettings(ServerSettings):
         "LLMESH_ROUTER_QUEUE_INITIAL_SERVICE_S",
         1.0,
         "estimated duration of one generation of a model until the router has measured some (admission control)",
+    )
+    # quota11: budgets, global rate limits and usage records (docs/adr/0011).
+    quota_redis_url: str = setting(
+        "LLMESH_ROUTER_QUOTA_REDIS_URL",
+        "",
+        "Redis holding the budget and rate-limit counters, shared by every router replica (the URL may carry its "
+        "password); empty: counters in this process (one router only)",
+        redis_url_check,
+        secret=True,
+    )
+    quota_timeout_s: float = setting(
+        "LLMESH_ROUTER_QUOTA_TIMEOUT_S",
+        0.5,
+        "deadline of one call to the quota store; past it budgets refuse (UNAVAILABLE), rate limits follow their policy",
+        positive,
+    )
+    reservation_ttl_s: float = setting(
+        "LLMESH_ROUTER_RESERVATION_TTL_S",
+        600.0,
+        "a budget hold nobody settled (a crashed router) is released after this long; keep it above "
+        "LLMESH_ROUTER_GENERATE_TIMEOUT_S",
+        positive,
+    )
+    usage_outbox_size: int = setting(
+        "LLMESH_ROUTER_USAGE_OUTBOX_SIZE",
+        10_000,
+        "usage records and budget alerts kept in memory while NATS cannot take them (the oldest is dropped beyond)",
         positive,
     )
