@@ -36,6 +36,8 @@ SERVICE_NAMES = {
     "cache": "llmesh.cache.v1.CacheService",
     "inference": "llmesh.inference.v1.InferenceService",
     "router": "llmesh.router.v1.RouterService",
+    # The edge's API is HTTP: its gRPC port serves health and reflection only.
+    "edge": "grpc.health.v1.Health",
 }
 # The services that hold a NATS connection (inference does not).
 NATS_CLIENTS = ("tenancy", "classifier", "cache", "router")
