@@ -80,9 +80,9 @@ def generate_typescript(out_root: pathlib.Path) -> None:
     subprocess.run(buf, cwd=ROOT, env=env, check=True)
     # google.rpc's error details (BadRequest, RetryInfo, ErrorInfo): the proto file ships with
     # googleapis-common-protos, which the Python side installs; generated from a copy of it alone.
-    import google.rpc
+    from google.rpc import error_details_pb2
 
-    source = pathlib.Path(google.rpc.__file__).parent / "error_details.proto"
+    source = pathlib.Path(error_details_pb2.__file__).with_name("error_details.proto")
     with tempfile.TemporaryDirectory() as tmp:
         (pathlib.Path(tmp) / "google" / "rpc").mkdir(parents=True)
         shutil.copy(source, pathlib.Path(tmp) / "google" / "rpc" / "error_details.proto")
