@@ -26,6 +26,8 @@ def chat(**fields):
     fields.setdefault("max_tokens", 16)
     fields.setdefault("temperature", 0)
     fields.setdefault("seed", 1)
+    if "llmesh" in fields:  # the extension object, as the SDK sends it
+        fields["extra_body"] = {"llmesh": fields.pop("llmesh")}
     return fields
 
 

@@ -21,6 +21,8 @@ from llmesh.services.edge.upstreams import CatalogClient, RouterClient, events
 log = get_logger("llmesh.edge")
 
 REQUEST_ID_HEADER = "x-request-id"
+#: the request's id, set by the middleware
+REQUEST_ID = web.RequestKey("request_id", str)
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -43,7 +45,7 @@ async def openai_errors(request: web.Request, handler: Callable) -> web.StreamRe
     """Request id, logging context and metrics for every route; aiohttp's own errors (404, 405,
     413) and anything unexpected in OpenAI's error shape."""
     started = time.perf_counter()
-    request_id = request["request_id"] = request_id_of(request)
+    request_id = request[REQUEST_ID] = request_id_of(request)
     clear_contextvars()
     bind_contextvars(request_id=request_id)
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
@@ -91,7 +93,7 @@ class Handlers:
         router = self._router()
         if router is None:
             raise EdgeError(503, "the edge is still starting", type="service_unavailable", retry_after_s=1.0)
-        request_id = request["request_id"]
+        request_id = request[REQUEST_ID]
         body = await request.read()
         doc = convert.parse_json(body)
         proto, stream, model = convert.chat_request(doc)
@@ -157,11 +159,11 @@ class Handlers:
             api_key = bearer_token(request.headers.get("authorization"), missing="API key")
         except Unauthenticated as exc:
             raise error_for_status("UNAUTHENTICATED", exc.message.replace("metadata", "header")) from None
-        await catalog.authenticate(api_key, request["request_id"])
+        await catalog.authenticate(api_key, request[REQUEST_ID])
         fetched_at, models = self._models
         if time.monotonic() - fetched_at > self._models_ttl_s:
             models = await catalog.models()
             self._models = (time.monotonic(), models)
         return web.json_response(
-            convert.models_list(models, self._created), headers={REQUEST_ID_HEADER: request["request_id"]}
+            convert.models_list(models, self._created), headers={REQUEST_ID_HEADER: request[REQUEST_ID]}
         )
