@@ -84,7 +84,9 @@ def chat_request(doc: dict[str, Any]) -> tuple[router_pb2.GenerateRequest, bool,
     """(the router request, whether to stream, the model name asked for) of a chat-completions body."""
     model = doc.get("model")
     if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required: a model of `GET /v1/models`, or 'auto' for the router's choice", "model")
+        raise bad_request(
+            "'model' is required: a model of `GET /v1/models`, or 'auto' for the router's choice", "model"
+        )
     for name in UNSUPPORTED:
         if doc.get(name) not in (None, False, [], {}):
             raise bad_request(f"'{name}' is not supported by llmesh", param=name)

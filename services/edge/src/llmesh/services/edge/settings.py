@@ -19,7 +19,10 @@ class EdgeSettings(ServerSettings):
     )
     http_host: str = setting("LLMESH_EDGE_HTTP_HOST", "127.0.0.1", "address the OpenAI-compatible HTTP API binds")
     http_port: int = setting(
-        "LLMESH_EDGE_HTTP_PORT", EDGE_HTTP_PORT, "port of the OpenAI-compatible HTTP API (0 picks a free one)", port_check
+        "LLMESH_EDGE_HTTP_PORT",
+        EDGE_HTTP_PORT,
+        "port of the OpenAI-compatible HTTP API (0 picks a free one)",
+        port_check,
     )
     router_addr: str = setting("LLMESH_ROUTER_ADDR", _loopback("router"), "router service host:port")
     tenancy_addr: str = setting(
