@@ -390,7 +390,7 @@ async def test_up_after_a_dead_supervisor_and_right_after_down_on_the_same_ports
             foreground.kill()
             foreground.wait()
     stopped = err.read_text().splitlines()[-1]
-    order = ["router", "tenancy", "classifier", "cache", "inference", "nats"]
+    order = ["router", "edge", "tenancy", "classifier", "cache", "inference", "nats"]
     assert stopped == "llmesh: stopped " + ", ".join(f"{name} (exit code 0)" for name in order), err.read_text()
     assert not (mesh.home / "mesh.json").exists()
     assert not any(pid_alive(record["pid"]) for record in third["processes"].values())
