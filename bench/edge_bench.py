@@ -188,7 +188,8 @@ def report(results, calls: int, litellm_reason: str | None) -> str:
         "Non-streamed chat completions, the same prompt every time: through the router it is an exact cache hit "
         "on instant fake upstreams (no model). Each path gets "
         f"{calls} calls per concurrency, in 5 interleaved rounds; client, router, edge, fake upstream and LiteLLM "
-        "are separate processes on this machine.",
+        "are separate processes on this machine."
+        + ("" if litellm_reason else f" LiteLLM {LiteLLMProxy.version()} (`litellm --config`, 1 worker, .venv-bench)."),
         "",
         "| path | concurrency | p50 ms | p99 ms |",
         "| --- | --- | --- | --- |",
@@ -218,6 +219,11 @@ def report(results, calls: int, litellm_reason: str | None) -> str:
         lines.append(
             f"- at concurrency 16 the edge's p99 ≤ 0.2× LiteLLM's: {edge16[1]:.2f} ms vs {lite16[1]:.2f} ms "
             f"= {ratio:.2f}× ({verdict}; the edge's figure includes the router's own work behind it)"
+        )
+        edge_added, lite_added = added[("edge → router", 16)][1], added[("LiteLLM → upstream", 16)][1]
+        lines.append(
+            f"- added p99 alone at concurrency 16: the edge {edge_added:.2f} ms, LiteLLM {lite_added:.2f} ms "
+            "(a difference of percentiles; near 0 it is within the noise of the shared machine)"
         )
     if litellm_reason:
         lines.append(f"- LiteLLM not measured: {litellm_reason}")

@@ -109,6 +109,15 @@ class LiteLLMProxy:
             return f"{BENCH_VENV}/bin/litellm is missing: run `make bench-env`"
         return None
 
+    @staticmethod
+    def version() -> str:
+        out = subprocess.run(
+            [str(BENCH_VENV / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip() or "unknown"
+
     def __enter__(self) -> LiteLLMProxy:
         reason = self.available()
         if reason:
