@@ -14,6 +14,11 @@ TRITON_REQUIREMENTS := deploy/triton/cpu/requirements.txt
 LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' $(TRITON_REQUIREMENTS))
 WHEELHOUSE := $(HOME)/.cache/llmesh/wheels
 TRITON_STAMP := $(TRITON_VENV)/.ready
+TS_DIR := clients/typescript
+TS_STAMP := $(TS_DIR)/node_modules/.llmesh-ready
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.ready
+LITELLM_REQUIREMENT := litellm[proxy]==1.77.7
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Five services share two cores: no library may spin-wait on both (docs/adr/0003).
 export OMP_NUM_THREADS ?= 1
@@ -29,9 +34,27 @@ export UV_LINK_MODE ?= copy
 APT_PACKAGES := nats-server redis-server kubectl prometheus prometheus-alertmanager
 APT_COMMANDS := nats-server redis-server kubectl promtool amtool
 
-.PHONY: setup triton-env up test e2e-backends gen lint format breaking bench fuzz docs dashboards images-report image-context images clean
+.PHONY: setup triton-env ts-env bench-env up test e2e-backends gen lint format breaking bench fuzz docs dashboards images-report image-context images clean
 
-setup: $(STAMP) $(TRITON_STAMP)
+setup: $(STAMP) $(TRITON_STAMP) $(TS_STAMP)
+
+# The TypeScript client's packages (clients/typescript): exactly its package-lock.json (npm ci), among
+# them protoc-gen-es, which `make gen` runs through buf.
+ts-env: $(TS_STAMP)
+
+$(TS_STAMP): $(TS_DIR)/package-lock.json $(TS_DIR)/package.json
+	cd $(TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The benchmarks' peer (bench/litellm_baseline.py): LiteLLM's proxy in an environment of its own,
+# never in the workspace lock.
+bench-env: $(BENCH_STAMP)
+
+$(BENCH_STAMP): | $(UV)
+	rm -rf $(BENCH_VENV)
+	$(UV) venv -q --python $(PYTHON) $(BENCH_VENV)
+	$(UV) pip install -q --python $(BENCH_VENV)/bin/python '$(LITELLM_REQUIREMENT)'
+	@touch $@
 
 # Triton's own Python environment (deploy/triton/README.md): the tritonserver binary and Python
 # backend from nvidia-pytriton, and what the Python-backend model imports (numpy<2, llama.cpp).
@@ -85,17 +108,19 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) scripts/gen_protos.py --check
+	$(PY) scripts/gen_protos.py --breaking
 
 format: setup
 	$(VENV)/bin/ruff check --select I --fix .
 	$(VENV)/bin/ruff format .
 
-# Compares the protos with those on main (run on a branch).
+# Compares the protos with those where this branch left main (on main itself: with HEAD); works in
+# a worktree and in a fresh clone (scripts/gen_protos.py --breaking; tests/test_contracts.py runs it).
 breaking: setup
-	$(VENV)/bin/buf breaking --against '.git#branch=main'
+	$(PY) scripts/gen_protos.py --breaking
 
 # Slow suites, then every benchmark (each writes its report to bench/results/).
-bench: setup
+bench: setup bench-env
 	$(PY) -m pytest -q -m slow
 	@for script in bench/*_bench.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
@@ -124,10 +149,10 @@ image-context: setup
 IMAGE_REGISTRY ?= llmesh
 IMAGE_TAG ?= 0.1.0
 images: image-context
-	@for svc in tenancy classifier cache router inference; do \
+	@for svc in tenancy classifier cache router inference edge; do \
 		docker build -f services/$$svc/Dockerfile -t $(IMAGE_REGISTRY)/$$svc:$(IMAGE_TAG) . || exit 1; \
 	done
 	docker build -f services/inference/Dockerfile --target with-model -t $(IMAGE_REGISTRY)/inference:$(IMAGE_TAG)-gemma .
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) .tools .pytest_cache build
+	rm -rf $(VENV) $(TRITON_VENV) $(BENCH_VENV) .tools .pytest_cache build $(TS_DIR)/node_modules $(TS_DIR)/dist

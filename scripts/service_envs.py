@@ -23,7 +23,7 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SERVICES = ("tenancy", "router", "classifier", "cache", "inference")
+SERVICES = ("tenancy", "router", "classifier", "cache", "inference", "edge")
 
 # What each service must not install (issue: dependency budget per service).
 HEAVY = {"numpy", "torch", "onnxruntime", "llama-cpp-python", "scipy", "scikit-learn", "sentence-transformers"}
@@ -33,6 +33,7 @@ FORBIDDEN = {
     "classifier": HEAVY - {"numpy"},
     "cache": {"torch", "sentence-transformers", "llama-cpp-python", "scikit-learn", "transformers"},
     "inference": {"torch", "onnxruntime", "sentence-transformers", "scikit-learn", "transformers"},
+    "edge": HEAVY,
 }
 
 
@@ -242,6 +243,9 @@ def service_env_vars(service: str) -> dict[str, str]:
     if service == "cache":
         onnx_dir = os.environ.get("LLMESH_CACHE_ONNX_DIR", "")
         return {"LLMESH_CACHE_ONNX_DIR": onnx_dir} if onnx_dir else {}
+    if service == "edge":
+        # Its HTTP API on any free port (8080 may be taken); it serves without the router behind it.
+        return {"LLMESH_EDGE_HTTP_PORT": "0"}
     return {}
 
 

@@ -25,3 +25,11 @@ def test_buf_lint_passes():
         pytest.fail("buf not installed: `make setup` installs buf-bin")
     result = subprocess.run([buf, "lint"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_breaking_change_against_main():
+    """`buf breaking` against where this branch left main (what `make breaking` and `make lint` run)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--breaking"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from llmesh.kit.config import ServerSettings
-from llmesh.kit.defaults import DEFAULT_PORTS, SERVICES
+from llmesh.kit.defaults import DEFAULT_PORTS, EDGE_HTTP_PORT, SERVICES
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,7 +25,7 @@ OVERLAYS = ("dev", "prod", "region-a", "region-b")
 # The Kubernetes version of the schemas (kubectl from Debian is 1.32; kubernetes-validate ships 1.25+).
 KUBERNETES_VERSION = "1.32.0"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
-# Pods that may take traffic from outside the namespace: the router, and the HTTP edge to come.
+# Pods that may take traffic from outside the namespace: the router, and the HTTP edge.
 PUBLIC = {"router", "edge"}
 MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
 NATS_GATEWAY_PORT = 7222
@@ -128,7 +128,8 @@ def _app(labels: dict) -> str:
 def network_problems(docs: list[dict]) -> list[str]:
     """A default deny; ingress from outside the namespace only to the router (and the edge), to
     Prometheus from the monitoring namespace, and to the NATS gateway from the peer region's
-    address range; tenancy, classifier, cache and inference only from the router."""
+    address range; tenancy, classifier, cache and inference only from the router (tenancy and
+    inference also from the edge, for `/v1/models`)."""
     problems = []
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
     if not any(
@@ -159,8 +160,11 @@ def network_problems(docs: list[dict]) -> list[str]:
                         if peer["namespaceSelector"].get("matchLabels") != MONITORING and app not in PUBLIC:
                             problems.append(f"{at}: admits the namespaces {peer['namespaceSelector']}")
                     elif app in ("tenancy", "classifier", "cache", "inference"):
-                        if peer.get("podSelector", {}).get("matchLabels") != {"app.kubernetes.io/name": "router"}:
-                            problems.append(f"{at}: admits {peer} (the router only)")
+                        callers = {"router", "edge"} if app in ("tenancy", "inference") else {"router"}
+                        if peer.get("podSelector", {}).get("matchLabels") not in [
+                            {"app.kubernetes.io/name": c} for c in callers
+                        ]:
+                            problems.append(f"{at}: admits {peer} (the {' or '.join(sorted(callers))} only)")
     return problems
 
 
@@ -250,7 +254,7 @@ def test_overlay_containers_have_resources_probes_and_locked_down_security(overl
 def test_overlay_network_policies(overlay):
     name, docs = overlay
     assert network_problems(docs) == []
-    assert publicly_reachable(docs) == {"router"}
+    assert publicly_reachable(docs) == {"router", "edge"}
 
 
 def test_overlay_every_service_has_a_disruption_budget_and_an_autoscaler(overlay):
@@ -270,7 +274,8 @@ def test_services_use_grpc_health_probes_on_their_port_and_expose_metrics(overla
         template = deployment["spec"]["template"]
         container = template["spec"]["containers"][0]
         port = DEFAULT_PORTS[service]
-        assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"grpc": port, "metrics": 9090}
+        expected_ports = {"grpc": port, "metrics": 9090} | ({"http": EDGE_HTTP_PORT} if service == "edge" else {})
+        assert {p["name"]: p["containerPort"] for p in container["ports"]} == expected_ports
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"] == {"port": port}, (service, probe)
         assert template["metadata"]["annotations"]["prometheus.io/port"] == "9090"
@@ -387,7 +392,7 @@ def test_checkers_report_an_open_internal_service_and_a_missing_default_deny(ren
     problems = network_problems(docs + [open_tenancy, from_cache])
     assert any("open-tenancy → Deployment/tenancy: admits everyone" in p for p in problems)
     assert any("tenancy-from-cache → Deployment/tenancy: admits" in p for p in problems)
-    assert publicly_reachable(docs + [open_tenancy]) == {"router", "tenancy"}
+    assert publicly_reachable(docs + [open_tenancy]) == {"router", "edge", "tenancy"}
     without_deny = [d for d in docs if d["metadata"]["name"] != "default-deny"]
     assert network_problems(without_deny) == ["no default-deny ingress policy (podSelector {} with no ingress rule)"]
 

@@ -18,6 +18,8 @@ from llmesh.services.cache.app import CacheApp
 from llmesh.services.cache.settings import CacheSettings
 from llmesh.services.classifier.app import ClassifierApp
 from llmesh.services.classifier.settings import ClassifierSettings
+from llmesh.services.edge.app import EdgeApp
+from llmesh.services.edge.settings import EdgeSettings
 from llmesh.services.inference.app import InferenceApp
 from llmesh.services.inference.settings import InferenceSettings
 from llmesh.services.router.app import RouterApp
@@ -111,6 +113,24 @@ async def mesh(nats_url, tmp_path_factory):
                 tenancy=tenancy_pb2_grpc.TenancyServiceStub(tenancy_channel),
                 admin=[("authorization", f"Bearer {admin_token}")],
             )
+
+
+@pytest.fixture(scope="module")
+async def edge(mesh):
+    """The edge in front of `mesh`: the base URL of its OpenAI-compatible API (…/v1)."""
+    settings = load_settings(
+        EdgeSettings,
+        environ={},
+        port=0,
+        metrics_port=0,
+        http_port=0,
+        router_addr=mesh.hosts["router"].address,
+        tenancy_addr=mesh.hosts["tenancy"].address,
+        inference_addr=mesh.hosts["inference"].address,
+    )
+    app = EdgeApp(settings)
+    async with hosted(app, settings, serve_metrics=False):
+        yield f"http://{app.http_address}/v1"
 
 
 def bearer(api_key: str) -> list[tuple[str, str]]:

@@ -15,6 +15,8 @@ import stat
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 
 import grpc
 import nats
@@ -36,6 +38,8 @@ SERVICE_NAMES = {
     "cache": "llmesh.cache.v1.CacheService",
     "inference": "llmesh.inference.v1.InferenceService",
     "router": "llmesh.router.v1.RouterService",
+    # The edge's API is HTTP: its gRPC port serves health and reflection only.
+    "edge": "grpc.health.v1.Health",
 }
 # The services that hold a NATS connection (inference does not).
 NATS_CLIENTS = ("tenancy", "classifier", "cache", "router")
@@ -50,6 +54,8 @@ def cli_env(home, ports: dict[str, int] | None = None) -> dict[str, str]:
     # Port 0 (any free port) unless told: a mesh a developer runs on this machine keeps its own.
     env.update({f"LLMESH_{name.upper()}_PORT": str((ports or {}).get(name, 0)) for name in SERVICES})
     env["LLMESH_HOME"] = str(home)
+    # The edge's HTTP API on a free port too.
+    env["LLMESH_EDGE_HTTP_PORT"] = "0"
     # The model servers are tests/e2e/test_launcher_backends.py's: this module needs the services only.
     env["LLMESH_UP_BACKENDS"] = "0"
     return env
@@ -210,6 +216,12 @@ def test_up_detached_serves_and_records_every_process(mesh):
         assert health(address) == health_pb2.HealthCheckResponse.SERVING
         listed = listed_services(address)
         assert {SERVICE_NAMES[name], "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= listed
+    # The edge's OpenAI-compatible API answers on the HTTP port the launcher recorded.
+    with pytest.raises(urllib.error.HTTPError) as unauthorized:
+        urllib.request.urlopen(f"{state['http_urls']['edge']}/models", timeout=10)
+    assert (
+        unauthorized.value.code == 401 and json.loads(unauthorized.value.read())["error"]["code"] == "invalid_api_key"
+    )
 
     again = llmesh(mesh.env, "up", "--detach")
     assert again.returncode != 0 and "already running" in again.stderr
@@ -378,7 +390,7 @@ async def test_up_after_a_dead_supervisor_and_right_after_down_on_the_same_ports
             foreground.kill()
             foreground.wait()
     stopped = err.read_text().splitlines()[-1]
-    order = ["router", "tenancy", "classifier", "cache", "inference", "nats"]
+    order = ["router", "edge", "tenancy", "classifier", "cache", "inference", "nats"]
     assert stopped == "llmesh: stopped " + ", ".join(f"{name} (exit code 0)" for name in order), err.read_text()
     assert not (mesh.home / "mesh.json").exists()
     assert not any(pid_alive(record["pid"]) for record in third["processes"].values())

@@ -6,8 +6,18 @@ from __future__ import annotations
 import os
 import pathlib
 
-SERVICES = ("tenancy", "classifier", "cache", "inference", "router")
-DEFAULT_PORTS = {"router": 50051, "tenancy": 50052, "classifier": 50053, "cache": 50054, "inference": 50055}
+SERVICES = ("tenancy", "classifier", "cache", "inference", "router", "edge")
+DEFAULT_PORTS = {
+    "router": 50051,
+    "tenancy": 50052,
+    "classifier": 50053,
+    "cache": 50054,
+    "inference": 50055,
+    # The edge's gRPC port serves health and reflection only; its API is HTTP on EDGE_HTTP_PORT.
+    "edge": 50056,
+}
+#: the edge's OpenAI-compatible HTTP API
+EDGE_HTTP_PORT = 8080
 
 
 def home() -> pathlib.Path:

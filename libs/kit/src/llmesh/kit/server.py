@@ -69,6 +69,10 @@ class ServiceApp(abc.ABC):
     async def stop(self) -> None:
         """Releases dependencies after the server stopped."""
 
+    def ready_info(self) -> dict[str, Any]:
+        """More for the ready file once SERVING, e.g. a port of another protocol ({"http_port": 8080})."""
+        return {}
+
 
 class ServiceHost:
     """Runs one ServiceApp on a grpc.aio server, with health, reflection and metrics."""
@@ -130,7 +134,9 @@ class ServiceHost:
             return
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"port": self.port, "metrics_port": self.metrics_port, "pid": os.getpid()}, f)
+            json.dump(
+                {**self.app.ready_info(), "port": self.port, "metrics_port": self.metrics_port, "pid": os.getpid()}, f
+            )
         os.replace(tmp, path)
 
     async def stop(self, grace_s: float | None = None) -> None:

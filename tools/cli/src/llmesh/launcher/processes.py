@@ -95,9 +95,20 @@ def service_env(base: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
 
 
 class ServiceProcess:
-    def __init__(self, name: str, *, port: int, home: pathlib.Path, env: dict[str, str]):
+    def __init__(
+        self,
+        name: str,
+        *,
+        port: int,
+        home: pathlib.Path,
+        env: dict[str, str],
+        http_port_variable: str | None = None,
+    ):
         self.name = name
         self.requested_port = port
+        #: the variable that sets the port of the service's HTTP API (the edge), if it has one
+        self.http_port_variable = http_port_variable
+        self.http_port: int | None = None
         self.log_path = home / "logs" / f"{name}.log"
         self.ready_file = home / "run" / f"{name}.ready.json"
         self._env = env
@@ -127,6 +138,8 @@ class ServiceProcess:
                 "LLMESH_READY_FILE": str(self.ready_file),
             },
         )
+        if self.http_port_variable and self.http_port:
+            env[self.http_port_variable] = str(self.http_port)
         with open(self.log_path, "ab") as log:
             log.write(f"--- llmesh up: starting {self.name} at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
             # A session of its own: Ctrl-C in the terminal reaches the launcher only, which then
@@ -152,6 +165,8 @@ class ServiceProcess:
         if data.get("pid") != self.pid:
             return False
         self.port, self.metrics_port = int(data["port"]), int(data["metrics_port"])
+        if data.get("http_port"):
+            self.http_port = int(data["http_port"])
         return True
 
     def ready(self) -> bool:

@@ -59,6 +59,8 @@ class MeshState:
     processes: dict[str, ProcessRecord] = dataclasses.field(default_factory=dict)
     #: the backend model servers (triton, openai) and the HTTP URL that answers 200 when each serves
     health_urls: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: services with an HTTP API (the edge) and its base URL, e.g. {"edge": "http://127.0.0.1:8080/v1"}
+    http_urls: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def path(self) -> pathlib.Path:

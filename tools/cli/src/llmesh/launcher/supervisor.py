@@ -1,4 +1,4 @@
-"""The local mesh supervisor behind `llmesh up`: starts NATS and the five services, waits until
+"""The local mesh supervisor behind `llmesh up`: starts NATS and the services (the edge last), waits until
 every one is SERVING, then watches them like a process manager until SIGTERM / Ctrl-C, when it
 stops everything in order (router, the other services, NATS last).
 
@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from llmesh.kit.defaults import EDGE_HTTP_PORT
 from llmesh.launcher import backends
 from llmesh.launcher import state as mesh_state
 from llmesh.launcher.backoff import RestartPolicy
@@ -39,6 +40,9 @@ from llmesh.launcher.processes import (
 )
 
 UPSTREAMS = ("tenancy", "classifier", "cache", "inference")
+# What clients call: stopped first.
+FRONT_DOORS = ("router", "edge")
+EDGE_HTTP_PORT_VARIABLE = "LLMESH_EDGE_HTTP_PORT"
 # The model servers the supervisor runs (launcher/backends.py); stopped after the services, before NATS.
 BACKENDS = ("triton", "openai")
 DEFAULT_TIMEOUT_S = 180.0
@@ -123,6 +127,8 @@ def endpoints_table(current: mesh_state.MeshState) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.append(f"NATS: {current.nats_url}")
+    if current.http_urls.get("edge"):
+        lines.append(f"OpenAI-compatible API (edge): {current.http_urls['edge']}")
     return "\n".join(lines)
 
 
@@ -262,6 +268,14 @@ class Supervisor:
         self._save()
         self._wait_serving([self.units["router"]], deadline, started)
 
+        edge_env = dict(base_env)
+        for name in ("router", "tenancy", "inference"):
+            edge_env[f"LLMESH_{name.upper()}_ADDR"] = self.units[name].process.address
+        edge_env[EDGE_HTTP_PORT_VARIABLE] = str(self._http_port())
+        self._spawn("edge", ports["edge"], edge_env, http_port_variable=EDGE_HTTP_PORT_VARIABLE)
+        self._save()
+        self._wait_serving([self.units["edge"]], deadline, started)
+
         self.phase = mesh_state.PHASE_UP
         self._save()
         self._progress(f"llmesh up: all services SERVING after {time.monotonic() - started:.1f} s")
@@ -353,8 +367,21 @@ class Supervisor:
             raise LaunchError(f"{name}'s port {port} ({variable}) is taken; free it or set {variable}=0 (any port)")
         return port
 
-    def _spawn(self, name: str, port: int, env: dict[str, str]) -> None:
-        process = ServiceProcess(name, port=port, home=self.home, env=env)
+    def _http_port(self) -> int:
+        """LLMESH_EDGE_HTTP_PORT (0: any free port); unset: 8080 when free, else any free port."""
+        raw = os.environ.get(EDGE_HTTP_PORT_VARIABLE, "")
+        if not raw:
+            return EDGE_HTTP_PORT if port_is_free(EDGE_HTTP_PORT) else 0
+        try:
+            port = int(raw)
+        except ValueError:
+            raise LaunchError(f"{EDGE_HTTP_PORT_VARIABLE}={raw!r} is not a port number") from None
+        if not 0 <= port <= 65535 or (port and not port_is_free(port)):
+            raise LaunchError(f"{EDGE_HTTP_PORT_VARIABLE}={raw!r}: not a free port; set it to 0 (any port)")
+        return port
+
+    def _spawn(self, name: str, port: int, env: dict[str, str], *, http_port_variable: str | None = None) -> None:
+        process = ServiceProcess(name, port=port, home=self.home, env=env, http_port_variable=http_port_variable)
         unit = Supervised(process)
         self.units[name] = unit
         process.start()
@@ -508,6 +535,11 @@ class Supervisor:
             phase=self.phase,
             processes={name: unit.record() for name, unit in self.units.items()},
             health_urls=dict(self.health_urls),
+            http_urls={
+                name: f"http://127.0.0.1:{u.process.http_port}/v1"
+                for name, u in services.items()
+                if getattr(u.process, "http_port", None)
+            },
         )
         mesh_state.save_state(self.state)
 
@@ -517,10 +549,10 @@ class Supervisor:
         if self.units:
             self.phase = mesh_state.PHASE_STOPPING
             self._save()
-        # The front door first, so no new work reaches services that are going away; NATS last.
+        # The front doors first, so no new work reaches services that are going away; NATS last.
         stages = [
-            [u for n, u in self.units.items() if n == "router"],
-            [u for n, u in self.units.items() if n not in ("router", "nats", *BACKENDS)],
+            [u for n, u in self.units.items() if n in FRONT_DOORS],
+            [u for n, u in self.units.items() if n not in (*FRONT_DOORS, "nats", *BACKENDS)],
             [u for n, u in self.units.items() if n in BACKENDS],
             [u for n, u in self.units.items() if n == "nats"],
         ]
