@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file llmesh/events/v1/events.proto.
  */
 export const file_llmesh_events_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Ch1sbG1lc2gvZXZlbnRzL3YxL2V2ZW50cy5wcm90bxIQbGxtZXNoLmV2ZW50cy52MSLPAQoQQ2FjaGVJbnZhbGlkYXRlZBIQCghldmVudF9pZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSLQoJaXNzdWVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgNhbGwYBCABKAhIABISCgh1c2VfY2FzZRgFIAEoCUgAEjsKD2NvbnRlbnRfdmVyc2lvbhgGIAEoCzIgLmxsbWVzaC5jb21tb24udjEuQ29udGVudFZlcnNpb25IAEIHCgVzY29wZSJ0Cg1BcGlLZXlSZXZva2VkEhAKCGV2ZW50X2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSLgoKcmV2b2tlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi6gIKCU1vZGVsTG9hZBIQCghldmVudF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIOCgZyZWdpb24YAyABKAkSDwoHYmFja2VuZBgEIAEoCRITCgt1dGlsaXphdGlvbhgFIAEoARIOCgZhY3RpdmUYBiABKAUSDgoGcXVldWVkGAcgASgFEhAKCGNhcGFjaXR5GAggASgFEhEKCW1heF9xdWV1ZRgJIAEoBRIiChp0aW1lX3RvX2ZpcnN0X3Rva2VuX3A1MF9tcxgKIAEoARIiChp0aW1lX3RvX2ZpcnN0X3Rva2VuX3A5NV9tcxgLIAEoARIdChV0b2tlbnNfcGVyX3NlY29uZF9wNTAYDCABKAESEAoId2luZG93X3MYDSABKAESLwoLb2JzZXJ2ZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2Nyb3NzZWRfcGVyY2VudBgPIAEoBSLUAwoTQnJlYWtlclN0YXRlQ2hhbmdlZBIQCghldmVudF9pZBgBIAEoCRIWCg5yb3V0ZXJfcmVwbGljYRgCIAEoCRIOCgZyZWdpb24YAyABKAkSDQoFbW9kZWwYBCABKAkSEAoIZW5kcG9pbnQYBSABKAkSOgoFc3RhdGUYBiABKA4yKy5sbG1lc2guZXZlbnRzLnYxLkJyZWFrZXJTdGF0ZUNoYW5nZWQuU3RhdGUSQwoOcHJldmlvdXNfc3RhdGUYByABKA4yKy5sbG1lc2guZXZlbnRzLnYxLkJyZWFrZXJTdGF0ZUNoYW5nZWQuU3RhdGUSDgoGcmVhc29uGAggASgJEhYKDmVqZWN0aW9uX2NvdW50GAkgASgFEjEKDWVqZWN0ZWRfdW50aWwYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC29ic2VydmVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJVCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhAKDFNUQVRFX0NMT1NFRBABEg4KClNUQVRFX09QRU4QAhITCg9TVEFURV9IQUxGX09QRU4QAyKfAwoNVXNhZ2VSZWNvcmRlZBISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIVCg1idXNpbmVzc191bml0GAMgASgJEhAKCHVzZV9jYXNlGAQgASgJEg4KBmtleV9pZBgFIAEoCRINCgVtb2RlbBgGIAEoCRIkCgR0aWVyGAcgASgOMhYubGxtZXNoLmNvbW1vbi52MS5UaWVyEg8KB2JhY2tlbmQYCCABKAkSDgoGcmVnaW9uGAkgASgJEhUKDWNhY2hlX291dGNvbWUYCiABKAkSJgoFdXNhZ2UYCyABKAsyFy5sbG1lc2guY29tbW9uLnYxLlVzYWdlEhAKCGNvc3RfdXNkGAwgASgBEhgKEGNvc3RfYXZvaWRlZF91c2QYDSABKAESLwoLb2NjdXJyZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHByaW9yaXR5GA8gASgJEhYKDnBvbGljeV92YXJpYW50GBAgASgJEhIKCmVycm9yX2NvZGUYESABKAkirgIKC0J1ZGdldEFsZXJ0EhAKCGV2ZW50X2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIOCgZidWRnZXQYAyABKAkSDQoFc2NvcGUYBCABKAkSEwoLc2NvcGVfdmFsdWUYBSABKAkSDgoGcGVyaW9kGAYgASgJEjAKDHBlcmlvZF9zdGFydBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEdW5pdBgIIAEoCRINCgVsaW1pdBgJIAEoARINCgVzcGVudBgKIAEoARIZChF0aHJlc2hvbGRfcGVyY2VudBgLIAEoBRIMCgRoYXJkGAwgASgIEi8KC29ic2VydmVkX2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKWAQoMUmVnaW9uSGVhbHRoEg4KBnJlZ2lvbhgBIAEoCRIWCg5yb3V0ZXJfcmVwbGljYRgCIAEoCRItCgZtb2RlbHMYAyADKAsyHS5sbG1lc2guZXZlbnRzLnYxLk1vZGVsSGVhbHRoEi8KC29ic2VydmVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLvAQoLTW9kZWxIZWFsdGgSDQoFbW9kZWwYASABKAkSJAoEdGllchgCIAEoDjIWLmxsbWVzaC5jb21tb24udjEuVGllchISCgplcnJvcl9yYXRlGAMgASgBEiIKGnRpbWVfdG9fZmlyc3RfdG9rZW5fcDk1X21zGAQgASgBEhMKC3V0aWxpemF0aW9uGAUgASgBEkIKDWJyZWFrZXJfc3RhdGUYBiABKA4yKy5sbG1lc2guZXZlbnRzLnYxLkJyZWFrZXJTdGF0ZUNoYW5nZWQuU3RhdGUSGgoScmVxdWVzdHNfaW5fd2luZG93GAcgASgDYgZwcm90bzM", [file_google_protobuf_timestamp, file_llmesh_common_v1_common]);
+  fileDesc("Ch1sbG1lc2gvZXZlbnRzL3YxL2V2ZW50cy5wcm90bxIQbGxtZXNoLmV2ZW50cy52MSLPAQoQQ2FjaGVJbnZhbGlkYXRlZBIQCghldmVudF9pZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSLQoJaXNzdWVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgNhbGwYBCABKAhIABISCgh1c2VfY2FzZRgFIAEoCUgAEjsKD2NvbnRlbnRfdmVyc2lvbhgGIAEoCzIgLmxsbWVzaC5jb21tb24udjEuQ29udGVudFZlcnNpb25IAEIHCgVzY29wZSJ0Cg1BcGlLZXlSZXZva2VkEhAKCGV2ZW50X2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSLgoKcmV2b2tlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi6gIKCU1vZGVsTG9hZBIQCghldmVudF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIOCgZyZWdpb24YAyABKAkSDwoHYmFja2VuZBgEIAEoCRITCgt1dGlsaXphdGlvbhgFIAEoARIOCgZhY3RpdmUYBiABKAUSDgoGcXVldWVkGAcgASgFEhAKCGNhcGFjaXR5GAggASgFEhEKCW1heF9xdWV1ZRgJIAEoBRIiChp0aW1lX3RvX2ZpcnN0X3Rva2VuX3A1MF9tcxgKIAEoARIiChp0aW1lX3RvX2ZpcnN0X3Rva2VuX3A5NV9tcxgLIAEoARIdChV0b2tlbnNfcGVyX3NlY29uZF9wNTAYDCABKAESEAoId2luZG93X3MYDSABKAESLwoLb2JzZXJ2ZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2Nyb3NzZWRfcGVyY2VudBgPIAEoBSLUAwoTQnJlYWtlclN0YXRlQ2hhbmdlZBIQCghldmVudF9pZBgBIAEoCRIWCg5yb3V0ZXJfcmVwbGljYRgCIAEoCRIOCgZyZWdpb24YAyABKAkSDQoFbW9kZWwYBCABKAkSEAoIZW5kcG9pbnQYBSABKAkSOgoFc3RhdGUYBiABKA4yKy5sbG1lc2guZXZlbnRzLnYxLkJyZWFrZXJTdGF0ZUNoYW5nZWQuU3RhdGUSQwoOcHJldmlvdXNfc3RhdGUYByABKA4yKy5sbG1lc2guZXZlbnRzLnYxLkJyZWFrZXJTdGF0ZUNoYW5nZWQuU3RhdGUSDgoGcmVhc29uGAggASgJEhYKDmVqZWN0aW9uX2NvdW50GAkgASgFEjEKDWVqZWN0ZWRfdW50aWwYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC29ic2VydmVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJVCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhAKDFNUQVRFX0NMT1NFRBABEg4KClNUQVRFX09QRU4QAhITCg9TVEFURV9IQUxGX09QRU4QAyLpAwoNVXNhZ2VSZWNvcmRlZBISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIVCg1idXNpbmVzc191bml0GAMgASgJEhAKCHVzZV9jYXNlGAQgASgJEg4KBmtleV9pZBgFIAEoCRINCgVtb2RlbBgGIAEoCRIkCgR0aWVyGAcgASgOMhYubGxtZXNoLmNvbW1vbi52MS5UaWVyEg8KB2JhY2tlbmQYCCABKAkSDgoGcmVnaW9uGAkgASgJEhUKDWNhY2hlX291dGNvbWUYCiABKAkSJgoFdXNhZ2UYCyABKAsyFy5sbG1lc2guY29tbW9uLnYxLlVzYWdlEhAKCGNvc3RfdXNkGAwgASgBEhgKEGNvc3RfYXZvaWRlZF91c2QYDSABKAESLwoLb2NjdXJyZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHByaW9yaXR5GA8gASgJEhYKDnBvbGljeV92YXJpYW50GBAgASgJEhIKCmVycm9yX2NvZGUYESABKAkSHgoWdGltZV90b19maXJzdF90b2tlbl9tcxgSIAEoARIVCg10b3RhbF90aW1lX21zGBMgASgBEhEKCWVzY2FsYXRlZBgUIAEoCCKuAgoLQnVkZ2V0QWxlcnQSEAoIZXZlbnRfaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEg4KBmJ1ZGdldBgDIAEoCRINCgVzY29wZRgEIAEoCRITCgtzY29wZV92YWx1ZRgFIAEoCRIOCgZwZXJpb2QYBiABKAkSMAoMcGVyaW9kX3N0YXJ0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR1bml0GAggASgJEg0KBWxpbWl0GAkgASgBEg0KBXNwZW50GAogASgBEhkKEXRocmVzaG9sZF9wZXJjZW50GAsgASgFEgwKBGhhcmQYDCABKAgSLwoLb2JzZXJ2ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpYBCgxSZWdpb25IZWFsdGgSDgoGcmVnaW9uGAEgASgJEhYKDnJvdXRlcl9yZXBsaWNhGAIgASgJEi0KBm1vZGVscxgDIAMoCzIdLmxsbWVzaC5ldmVudHMudjEuTW9kZWxIZWFsdGgSLwoLb2JzZXJ2ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIu8BCgtNb2RlbEhlYWx0aBINCgVtb2RlbBgBIAEoCRIkCgR0aWVyGAIgASgOMhYubGxtZXNoLmNvbW1vbi52MS5UaWVyEhIKCmVycm9yX3JhdGUYAyABKAESIgoadGltZV90b19maXJzdF90b2tlbl9wOTVfbXMYBCABKAESEwoLdXRpbGl6YXRpb24YBSABKAESQgoNYnJlYWtlcl9zdGF0ZRgGIAEoDjIrLmxsbWVzaC5ldmVudHMudjEuQnJlYWtlclN0YXRlQ2hhbmdlZC5TdGF0ZRIaChJyZXF1ZXN0c19pbl93aW5kb3cYByABKAMiswIKGENsYXNzaWZpZXJSb2xsb3V0Q2hhbmdlZBIQCghldmVudF9pZBgBIAEoCRIXCg9jdXJyZW50X3ZlcnNpb24YAiABKAkSGQoRY2FuZGlkYXRlX3ZlcnNpb24YAyABKAkSEAoIZGVjaXNpb24YBCABKAkSDQoFc2hhcmUYBSABKAESFAoMY3VycmVudF9hcGdyGAYgASgBEhYKDmNhbmRpZGF0ZV9hcGdyGAcgASgBEhYKDmRpZmZlcmVuY2VfbG93GAggASgBEhcKD2RpZmZlcmVuY2VfaGlnaBgJIAEoARIQCghsYWJlbGxlZBgKIAEoBRIOCgZyZWFzb24YCyABKAkSLwoLb2NjdXJyZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqoBCg1BdWRpdFJlY29yZGVkEhAKCGV2ZW50X2lkGAEgASgJEg4KBnNvdXJjZRgCIAEoCRIOCgZhY3Rpb24YAyABKAkSEQoJdGVuYW50X2lkGAQgASgJEg4KBnRhcmdldBgFIAEoCRITCgtkZXRhaWxfanNvbhgGIAEoCRIvCgtvY2N1cnJlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBiBnByb3RvMw", [file_google_protobuf_timestamp, file_llmesh_common_v1_common]);
 
 /**
  * Published on llmesh.cache.invalidate.<tenant_id> (stream LLMESH_CACHE_INVALIDATE).
@@ -408,6 +408,25 @@ export type UsageRecorded = Message<"llmesh.events.v1.UsageRecorded"> & {
    * @generated from field: string error_code = 17;
    */
   errorCode: string;
+
+  /**
+   * As in GenerateSummary: what policy experiments compare per variant.
+   *
+   * @generated from field: double time_to_first_token_ms = 18;
+   */
+  timeToFirstTokenMs: number;
+
+  /**
+   * @generated from field: double total_time_ms = 19;
+   */
+  totalTimeMs: number;
+
+  /**
+   * A tier-1 answer scored below the escalation line was answered again by a stronger tier.
+   *
+   * @generated from field: bool escalated = 20;
+   */
+  escalated: boolean;
 };
 
 /**
@@ -585,4 +604,142 @@ export type ModelHealth = Message<"llmesh.events.v1.ModelHealth"> & {
  */
 export const ModelHealthSchema: GenMessage<ModelHealth> = /*@__PURE__*/
   messageDesc(file_llmesh_events_v1_events, 7);
+
+/**
+ * The classifier's gradual rollout of a model version changed: started, rolled back or promoted
+ * (by its evaluator or by `llmesh classifier rollout`). Published on core NATS,
+ * llmesh.classifier.rollout; the policy document keeps the state itself.
+ *
+ * @generated from message llmesh.events.v1.ClassifierRolloutChanged
+ */
+export type ClassifierRolloutChanged = Message<"llmesh.events.v1.ClassifierRolloutChanged"> & {
+  /**
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * @generated from field: string current_version = 2;
+   */
+  currentVersion: string;
+
+  /**
+   * @generated from field: string candidate_version = 3;
+   */
+  candidateVersion: string;
+
+  /**
+   * "started", "rolled_back", "promoted".
+   *
+   * @generated from field: string decision = 4;
+   */
+  decision: string;
+
+  /**
+   * @generated from field: double share = 5;
+   */
+  share: number;
+
+  /**
+   * The APGR of each version on the same labelled requests, and the 90 % confidence interval of
+   * candidate minus current (bootstrap); 0 when the decision was not measured.
+   *
+   * @generated from field: double current_apgr = 6;
+   */
+  currentApgr: number;
+
+  /**
+   * @generated from field: double candidate_apgr = 7;
+   */
+  candidateApgr: number;
+
+  /**
+   * @generated from field: double difference_low = 8;
+   */
+  differenceLow: number;
+
+  /**
+   * @generated from field: double difference_high = 9;
+   */
+  differenceHigh: number;
+
+  /**
+   * @generated from field: int32 labelled = 10;
+   */
+  labelled: number;
+
+  /**
+   * @generated from field: string reason = 11;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp occurred_at = 12;
+   */
+  occurredAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message llmesh.events.v1.ClassifierRolloutChanged.
+ * Use `create(ClassifierRolloutChangedSchema)` to create a new message.
+ */
+export const ClassifierRolloutChangedSchema: GenMessage<ClassifierRolloutChanged> = /*@__PURE__*/
+  messageDesc(file_llmesh_events_v1_events, 8);
+
+/**
+ * An entry for tenancy's audit log, published by any service on llmesh.audit.<tenant_id> (or
+ * llmesh.audit.platform; stream LLMESH_AUDIT, Nats-Msg-Id = event_id). Tenancy appends each
+ * event_id once to its hash chain. Facts only: never prompt or answer text.
+ *
+ * @generated from message llmesh.events.v1.AuditRecorded
+ */
+export type AuditRecorded = Message<"llmesh.events.v1.AuditRecorded"> & {
+  /**
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * The publishing service, e.g. "router"; recorded as the actor "nats:<source>".
+   *
+   * @generated from field: string source = 2;
+   */
+  source: string;
+
+  /**
+   * [a-z0-9._-], 1-64 characters: "policy.changed", "budget.rejected", "route.decided", ...
+   *
+   * @generated from field: string action = 3;
+   */
+  action: string;
+
+  /**
+   * @generated from field: string tenant_id = 4;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string target = 5;
+   */
+  target: string;
+
+  /**
+   * A JSON object.
+   *
+   * @generated from field: string detail_json = 6;
+   */
+  detailJson: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp occurred_at = 7;
+   */
+  occurredAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message llmesh.events.v1.AuditRecorded.
+ * Use `create(AuditRecordedSchema)` to create a new message.
+ */
+export const AuditRecordedSchema: GenMessage<AuditRecorded> = /*@__PURE__*/
+  messageDesc(file_llmesh_events_v1_events, 9);
 

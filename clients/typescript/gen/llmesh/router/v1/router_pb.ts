@@ -385,6 +385,8 @@ export const GenerateResponseSchema: GenMessage<GenerateResponse> = /*@__PURE__*
  */
 export enum Priority {
   /**
+   * Treated as PRIORITY_STANDARD: the interactive class is opted into.
+   *
    * @generated from enum value: PRIORITY_UNSPECIFIED = 0;
    */
   UNSPECIFIED = 0,

@@ -2,10 +2,10 @@
 // @generated from file llmesh/tenancy/v1/tenancy.proto (package llmesh.tenancy.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Principal, Sensitivity } from "../../common/v1/common_pb.js";
 import { file_llmesh_common_v1_common } from "../../common/v1/common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file llmesh/tenancy/v1/tenancy.proto.
  */
 export const file_llmesh_tenancy_v1_tenancy: GenFile = /*@__PURE__*/
-  fileDesc("Ch9sbG1lc2gvdGVuYW5jeS92MS90ZW5hbmN5LnByb3RvEhFsbG1lc2gudGVuYW5jeS52MSKiAQoGVGVuYW50EhEKCXRlbmFudF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhUKDWJ1c2luZXNzX3VuaXQYAyABKAkSMAoJY2xlYXJhbmNlGAQgASgOMh0ubGxtZXNoLmNvbW1vbi52MS5TZW5zaXRpdml0eRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKaAQoGQXBpS2V5Eg4KBmtleV9pZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSDQoFbGFiZWwYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiJgoTQXV0aGVudGljYXRlUmVxdWVzdBIPCgdhcGlfa2V5GAEgASgJIkYKFEF1dGhlbnRpY2F0ZVJlc3BvbnNlEi4KCXByaW5jaXBhbBgBIAEoCzIbLmxsbWVzaC5jb21tb24udjEuUHJpbmNpcGFsImwKE0NyZWF0ZVRlbmFudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIVCg1idXNpbmVzc191bml0GAIgASgJEjAKCWNsZWFyYW5jZRgDIAEoDjIdLmxsbWVzaC5jb21tb24udjEuU2Vuc2l0aXZpdHkiQQoUQ3JlYXRlVGVuYW50UmVzcG9uc2USKQoGdGVuYW50GAEgASgLMhkubGxtZXNoLnRlbmFuY3kudjEuVGVuYW50IkMKEEdldFRlbmFudFJlcXVlc3QSEwoJdGVuYW50X2lkGAEgASgJSAASDgoEbmFtZRgCIAEoCUgAQgoKCHNlbGVjdG9yIj4KEUdldFRlbmFudFJlc3BvbnNlEikKBnRlbmFudBgBIAEoCzIZLmxsbWVzaC50ZW5hbmN5LnYxLlRlbmFudCIUChJMaXN0VGVuYW50c1JlcXVlc3QiQQoTTGlzdFRlbmFudHNSZXNwb25zZRIqCgd0ZW5hbnRzGAEgAygLMhkubGxtZXNoLnRlbmFuY3kudjEuVGVuYW50IjcKE0NyZWF0ZUFwaUtleVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg0KBWxhYmVsGAIgASgJIk8KFENyZWF0ZUFwaUtleVJlc3BvbnNlEiYKA2tleRgBIAEoCzIZLmxsbWVzaC50ZW5hbmN5LnYxLkFwaUtleRIPCgdhcGlfa2V5GAIgASgJIiUKE1Jldm9rZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIj4KFFJldm9rZUFwaUtleVJlc3BvbnNlEiYKA2tleRgBIAEoCzIZLmxsbWVzaC50ZW5hbmN5LnYxLkFwaUtleTLKBAoOVGVuYW5jeVNlcnZpY2USXwoMQXV0aGVudGljYXRlEiYubGxtZXNoLnRlbmFuY3kudjEuQXV0aGVudGljYXRlUmVxdWVzdBonLmxsbWVzaC50ZW5hbmN5LnYxLkF1dGhlbnRpY2F0ZVJlc3BvbnNlEl8KDENyZWF0ZVRlbmFudBImLmxsbWVzaC50ZW5hbmN5LnYxLkNyZWF0ZVRlbmFudFJlcXVlc3QaJy5sbG1lc2gudGVuYW5jeS52MS5DcmVhdGVUZW5hbnRSZXNwb25zZRJWCglHZXRUZW5hbnQSIy5sbG1lc2gudGVuYW5jeS52MS5HZXRUZW5hbnRSZXF1ZXN0GiQubGxtZXNoLnRlbmFuY3kudjEuR2V0VGVuYW50UmVzcG9uc2USXAoLTGlzdFRlbmFudHMSJS5sbG1lc2gudGVuYW5jeS52MS5MaXN0VGVuYW50c1JlcXVlc3QaJi5sbG1lc2gudGVuYW5jeS52MS5MaXN0VGVuYW50c1Jlc3BvbnNlEl8KDENyZWF0ZUFwaUtleRImLmxsbWVzaC50ZW5hbmN5LnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaJy5sbG1lc2gudGVuYW5jeS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJfCgxSZXZva2VBcGlLZXkSJi5sbG1lc2gudGVuYW5jeS52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GicubGxtZXNoLnRlbmFuY3kudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_llmesh_common_v1_common]);
+  fileDesc("Ch9sbG1lc2gvdGVuYW5jeS92MS90ZW5hbmN5LnByb3RvEhFsbG1lc2gudGVuYW5jeS52MSKiAQoGVGVuYW50EhEKCXRlbmFudF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhUKDWJ1c2luZXNzX3VuaXQYAyABKAkSMAoJY2xlYXJhbmNlGAQgASgOMh0ubGxtZXNoLmNvbW1vbi52MS5TZW5zaXRpdml0eRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL2AQoGQXBpS2V5Eg4KBmtleV9pZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSDQoFbGFiZWwYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoEcm9sZRgGIAEoDjIcLmxsbWVzaC50ZW5hbmN5LnYxLkFkbWluUm9sZRIuCgpleHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCImChNBdXRoZW50aWNhdGVSZXF1ZXN0Eg8KB2FwaV9rZXkYASABKAkiRgoUQXV0aGVudGljYXRlUmVzcG9uc2USLgoJcHJpbmNpcGFsGAEgASgLMhsubGxtZXNoLmNvbW1vbi52MS5QcmluY2lwYWwibAoTQ3JlYXRlVGVuYW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEhUKDWJ1c2luZXNzX3VuaXQYAiABKAkSMAoJY2xlYXJhbmNlGAMgASgOMh0ubGxtZXNoLmNvbW1vbi52MS5TZW5zaXRpdml0eSJBChRDcmVhdGVUZW5hbnRSZXNwb25zZRIpCgZ0ZW5hbnQYASABKAsyGS5sbG1lc2gudGVuYW5jeS52MS5UZW5hbnQiQwoQR2V0VGVuYW50UmVxdWVzdBITCgl0ZW5hbnRfaWQYASABKAlIABIOCgRuYW1lGAIgASgJSABCCgoIc2VsZWN0b3IiPgoRR2V0VGVuYW50UmVzcG9uc2USKQoGdGVuYW50GAEgASgLMhkubGxtZXNoLnRlbmFuY3kudjEuVGVuYW50IhQKEkxpc3RUZW5hbnRzUmVxdWVzdCJBChNMaXN0VGVuYW50c1Jlc3BvbnNlEioKB3RlbmFudHMYASADKAsyGS5sbG1lc2gudGVuYW5jeS52MS5UZW5hbnQikwEKE0NyZWF0ZUFwaUtleVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg0KBWxhYmVsGAIgASgJEioKBHJvbGUYAyABKA4yHC5sbG1lc2gudGVuYW5jeS52MS5BZG1pblJvbGUSLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTwoUQ3JlYXRlQXBpS2V5UmVzcG9uc2USJgoDa2V5GAEgASgLMhkubGxtZXNoLnRlbmFuY3kudjEuQXBpS2V5Eg8KB2FwaV9rZXkYAiABKAkiJQoTUmV2b2tlQXBpS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkiPgoUUmV2b2tlQXBpS2V5UmVzcG9uc2USJgoDa2V5GAEgASgLMhkubGxtZXNoLnRlbmFuY3kudjEuQXBpS2V5IkAKEkxpc3RBcGlLZXlzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSFwoPaW5jbHVkZV9yZXZva2VkGAIgASgIIj4KE0xpc3RBcGlLZXlzUmVzcG9uc2USJwoEa2V5cxgBIAMoCzIZLmxsbWVzaC50ZW5hbmN5LnYxLkFwaUtleSJRChNSb3RhdGVBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIqCgdvdmVybGFwGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIn8KFFJvdGF0ZUFwaUtleVJlc3BvbnNlEioKB29sZF9rZXkYASABKAsyGS5sbG1lc2gudGVuYW5jeS52MS5BcGlLZXkSKgoHbmV3X2tleRgCIAEoCzIZLmxsbWVzaC50ZW5hbmN5LnYxLkFwaUtleRIPCgdhcGlfa2V5GAMgASgJIqYBChJVc2FnZVJlcG9ydFJlcXVlc3QSEAoIZ3JvdXBfYnkYASADKAkSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBXVudGlsGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgl0ZW5hbnRfaWQYBCABKAkSFQoNdG9wX3VzZV9jYXNlcxgFIAEoBSLfAQoIVXNhZ2VSb3cSNQoFZ3JvdXAYASADKAsyJi5sbG1lc2gudGVuYW5jeS52MS5Vc2FnZVJvdy5Hcm91cEVudHJ5EhAKCHJlcXVlc3RzGAIgASgDEhUKDXByb21wdF90b2tlbnMYAyABKAMSGQoRY29tcGxldGlvbl90b2tlbnMYBCABKAMSEAoIY29zdF91c2QYBSABKAESGAoQY29zdF9hdm9pZGVkX3VzZBgGIAEoARosCgpHcm91cEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiigEKDVVzYWdlRm9yZWNhc3QSLwoLbW9udGhfc3RhcnQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEW1vbnRoX3RvX2RhdGVfdXNkGAIgASgBEhYKDmRhaWx5X3JhdGVfdXNkGAMgASgBEhUKDW1vbnRoX2VuZF91c2QYBCABKAEi1QEKE1VzYWdlUmVwb3J0UmVzcG9uc2USKQoEcm93cxgBIAMoCzIbLmxsbWVzaC50ZW5hbmN5LnYxLlVzYWdlUm93EisKBnRvdGFscxgCIAEoCzIbLmxsbWVzaC50ZW5hbmN5LnYxLlVzYWdlUm93EjIKCGZvcmVjYXN0GAMgASgLMiAubGxtZXNoLnRlbmFuY3kudjEuVXNhZ2VGb3JlY2FzdBIyCg10b3BfdXNlX2Nhc2VzGAQgAygLMhsubGxtZXNoLnRlbmFuY3kudjEuVXNhZ2VSb3civwEKCkF1ZGl0RW50cnkSCwoDc2VxGAEgASgDEiYKAmF0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgDIAEoCRIOCgZhY3Rpb24YBCABKAkSEQoJdGVuYW50X2lkGAUgASgJEg4KBnRhcmdldBgGIAEoCRITCgtkZXRhaWxfanNvbhgHIAEoCRIRCglwcmV2X2hhc2gYCCABKAkSEgoKZW50cnlfaGFzaBgJIAEoCSJsChJBcHBlbmRBdWRpdFJlcXVlc3QSDgoGYWN0aW9uGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIOCgZ0YXJnZXQYAyABKAkSEwoLZGV0YWlsX2pzb24YBCABKAkSDgoGc291cmNlGAUgASgJIkMKE0FwcGVuZEF1ZGl0UmVzcG9uc2USLAoFZW50cnkYASABKAsyHS5sbG1lc2gudGVuYW5jeS52MS5BdWRpdEVudHJ5IkcKEExpc3RBdWRpdFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhEKCWFmdGVyX3NlcRgCIAEoAxINCgVsaW1pdBgDIAEoBSJDChFMaXN0QXVkaXRSZXNwb25zZRIuCgdlbnRyaWVzGAEgAygLMh0ubGxtZXNoLnRlbmFuY3kudjEuQXVkaXRFbnRyeSIUChJWZXJpZnlBdWRpdFJlcXVlc3QibwoTVmVyaWZ5QXVkaXRSZXNwb25zZRIKCgJvaxgBIAEoCBIPCgdlbnRyaWVzGAIgASgDEhMKC2NoZWNrcG9pbnRzGAMgASgDEhUKDWZpcnN0X2JhZF9zZXEYBCABKAMSDwoHcHJvYmxlbRgFIAEoCSp7CglBZG1pblJvbGUSGgoWQURNSU5fUk9MRV9VTlNQRUNJRklFRBAAEh0KGUFETUlOX1JPTEVfUExBVEZPUk1fQURNSU4QARIbChdBRE1JTl9ST0xFX1RFTkFOVF9BRE1JThACEhYKEkFETUlOX1JPTEVfQVVESVRPUhADMvsICg5UZW5hbmN5U2VydmljZRJfCgxBdXRoZW50aWNhdGUSJi5sbG1lc2gudGVuYW5jeS52MS5BdXRoZW50aWNhdGVSZXF1ZXN0GicubGxtZXNoLnRlbmFuY3kudjEuQXV0aGVudGljYXRlUmVzcG9uc2USXwoMQ3JlYXRlVGVuYW50EiYubGxtZXNoLnRlbmFuY3kudjEuQ3JlYXRlVGVuYW50UmVxdWVzdBonLmxsbWVzaC50ZW5hbmN5LnYxLkNyZWF0ZVRlbmFudFJlc3BvbnNlElYKCUdldFRlbmFudBIjLmxsbWVzaC50ZW5hbmN5LnYxLkdldFRlbmFudFJlcXVlc3QaJC5sbG1lc2gudGVuYW5jeS52MS5HZXRUZW5hbnRSZXNwb25zZRJcCgtMaXN0VGVuYW50cxIlLmxsbWVzaC50ZW5hbmN5LnYxLkxpc3RUZW5hbnRzUmVxdWVzdBomLmxsbWVzaC50ZW5hbmN5LnYxLkxpc3RUZW5hbnRzUmVzcG9uc2USXwoMQ3JlYXRlQXBpS2V5EiYubGxtZXNoLnRlbmFuY3kudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBonLmxsbWVzaC50ZW5hbmN5LnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlEl8KDFJldm9rZUFwaUtleRImLmxsbWVzaC50ZW5hbmN5LnYxLlJldm9rZUFwaUtleVJlcXVlc3QaJy5sbG1lc2gudGVuYW5jeS52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJcCgtMaXN0QXBpS2V5cxIlLmxsbWVzaC50ZW5hbmN5LnYxLkxpc3RBcGlLZXlzUmVxdWVzdBomLmxsbWVzaC50ZW5hbmN5LnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USXwoMUm90YXRlQXBpS2V5EiYubGxtZXNoLnRlbmFuY3kudjEuUm90YXRlQXBpS2V5UmVxdWVzdBonLmxsbWVzaC50ZW5hbmN5LnYxLlJvdGF0ZUFwaUtleVJlc3BvbnNlElwKC1VzYWdlUmVwb3J0EiUubGxtZXNoLnRlbmFuY3kudjEuVXNhZ2VSZXBvcnRSZXF1ZXN0GiYubGxtZXNoLnRlbmFuY3kudjEuVXNhZ2VSZXBvcnRSZXNwb25zZRJcCgtBcHBlbmRBdWRpdBIlLmxsbWVzaC50ZW5hbmN5LnYxLkFwcGVuZEF1ZGl0UmVxdWVzdBomLmxsbWVzaC50ZW5hbmN5LnYxLkFwcGVuZEF1ZGl0UmVzcG9uc2USVgoJTGlzdEF1ZGl0EiMubGxtZXNoLnRlbmFuY3kudjEuTGlzdEF1ZGl0UmVxdWVzdBokLmxsbWVzaC50ZW5hbmN5LnYxLkxpc3RBdWRpdFJlc3BvbnNlElwKC1ZlcmlmeUF1ZGl0EiUubGxtZXNoLnRlbmFuY3kudjEuVmVyaWZ5QXVkaXRSZXF1ZXN0GiYubGxtZXNoLnRlbmFuY3kudjEuVmVyaWZ5QXVkaXRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_llmesh_common_v1_common]);
 
 /**
  * @generated from message llmesh.tenancy.v1.Tenant
@@ -85,6 +85,18 @@ export type ApiKey = Message<"llmesh.tenancy.v1.ApiKey"> & {
    * @generated from field: google.protobuf.Timestamp revoked_at = 5;
    */
   revokedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: llmesh.tenancy.v1.AdminRole role = 6;
+   */
+  role: AdminRole;
+
+  /**
+   * Unset: the key does not expire.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 7;
+   */
+  expiresAt?: Timestamp | undefined;
 };
 
 /**
@@ -263,6 +275,18 @@ export type CreateApiKeyRequest = Message<"llmesh.tenancy.v1.CreateApiKeyRequest
    * @generated from field: string label = 2;
    */
   label: string;
+
+  /**
+   * @generated from field: llmesh.tenancy.v1.AdminRole role = 3;
+   */
+  role: AdminRole;
+
+  /**
+   * Unset: never expires. Must be in the future.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 4;
+   */
+  expiresAt?: Timestamp | undefined;
 };
 
 /**
@@ -331,10 +355,512 @@ export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@_
   messageDesc(file_llmesh_tenancy_v1_tenancy, 13);
 
 /**
+ * @generated from message llmesh.tenancy.v1.ListApiKeysRequest
+ */
+export type ListApiKeysRequest = Message<"llmesh.tenancy.v1.ListApiKeysRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: bool include_revoked = 2;
+   */
+  includeRevoked: boolean;
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.ListApiKeysRequest.
+ * Use `create(ListApiKeysRequestSchema)` to create a new message.
+ */
+export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 14);
+
+/**
+ * @generated from message llmesh.tenancy.v1.ListApiKeysResponse
+ */
+export type ListApiKeysResponse = Message<"llmesh.tenancy.v1.ListApiKeysResponse"> & {
+  /**
+   * @generated from field: repeated llmesh.tenancy.v1.ApiKey keys = 1;
+   */
+  keys: ApiKey[];
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.ListApiKeysResponse.
+ * Use `create(ListApiKeysResponseSchema)` to create a new message.
+ */
+export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 15);
+
+/**
+ * @generated from message llmesh.tenancy.v1.RotateApiKeyRequest
+ */
+export type RotateApiKeyRequest = Message<"llmesh.tenancy.v1.RotateApiKeyRequest"> & {
+  /**
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+
+  /**
+   * How long the old key stays valid (0 to 30 days; unset: 24 hours).
+   *
+   * @generated from field: google.protobuf.Duration overlap = 2;
+   */
+  overlap?: Duration | undefined;
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.RotateApiKeyRequest.
+ * Use `create(RotateApiKeyRequestSchema)` to create a new message.
+ */
+export const RotateApiKeyRequestSchema: GenMessage<RotateApiKeyRequest> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 16);
+
+/**
+ * @generated from message llmesh.tenancy.v1.RotateApiKeyResponse
+ */
+export type RotateApiKeyResponse = Message<"llmesh.tenancy.v1.RotateApiKeyResponse"> & {
+  /**
+   * @generated from field: llmesh.tenancy.v1.ApiKey old_key = 1;
+   */
+  oldKey?: ApiKey | undefined;
+
+  /**
+   * @generated from field: llmesh.tenancy.v1.ApiKey new_key = 2;
+   */
+  newKey?: ApiKey | undefined;
+
+  /**
+   * The new key's secret, shown once.
+   *
+   * @generated from field: string api_key = 3;
+   */
+  apiKey: string;
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.RotateApiKeyResponse.
+ * Use `create(RotateApiKeyResponseSchema)` to create a new message.
+ */
+export const RotateApiKeyResponseSchema: GenMessage<RotateApiKeyResponse> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 17);
+
+/**
+ * @generated from message llmesh.tenancy.v1.UsageReportRequest
+ */
+export type UsageReportRequest = Message<"llmesh.tenancy.v1.UsageReportRequest"> & {
+  /**
+   * Any of: tenant, business_unit, use_case, model, tier, backend, region, api_key, cache_outcome.
+   *
+   * @generated from field: repeated string group_by = 1;
+   */
+  groupBy: string[];
+
+  /**
+   * Half-open [since, until) on the request's time; unset: from the start / until now.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 2;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp until = 3;
+   */
+  until?: Timestamp | undefined;
+
+  /**
+   * Only this tenant's usage (tenant admins: always their own).
+   *
+   * @generated from field: string tenant_id = 4;
+   */
+  tenantId: string;
+
+  /**
+   * How many top use cases by cost (default 5, at most 100).
+   *
+   * @generated from field: int32 top_use_cases = 5;
+   */
+  topUseCases: number;
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.UsageReportRequest.
+ * Use `create(UsageReportRequestSchema)` to create a new message.
+ */
+export const UsageReportRequestSchema: GenMessage<UsageReportRequest> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 18);
+
+/**
+ * @generated from message llmesh.tenancy.v1.UsageRow
+ */
+export type UsageRow = Message<"llmesh.tenancy.v1.UsageRow"> & {
+  /**
+   * group_by name -> value.
+   *
+   * @generated from field: map<string, string> group = 1;
+   */
+  group: { [key: string]: string };
+
+  /**
+   * @generated from field: int64 requests = 2;
+   */
+  requests: bigint;
+
+  /**
+   * @generated from field: int64 prompt_tokens = 3;
+   */
+  promptTokens: bigint;
+
+  /**
+   * @generated from field: int64 completion_tokens = 4;
+   */
+  completionTokens: bigint;
+
+  /**
+   * @generated from field: double cost_usd = 5;
+   */
+  costUsd: number;
+
+  /**
+   * @generated from field: double cost_avoided_usd = 6;
+   */
+  costAvoidedUsd: number;
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.UsageRow.
+ * Use `create(UsageRowSchema)` to create a new message.
+ */
+export const UsageRowSchema: GenMessage<UsageRow> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 19);
+
+/**
+ * @generated from message llmesh.tenancy.v1.UsageForecast
+ */
+export type UsageForecast = Message<"llmesh.tenancy.v1.UsageForecast"> & {
+  /**
+   * @generated from field: google.protobuf.Timestamp month_start = 1;
+   */
+  monthStart?: Timestamp | undefined;
+
+  /**
+   * @generated from field: double month_to_date_usd = 2;
+   */
+  monthToDateUsd: number;
+
+  /**
+   * Mean daily spend over the last 7 days (fewer early in the month).
+   *
+   * @generated from field: double daily_rate_usd = 3;
+   */
+  dailyRateUsd: number;
+
+  /**
+   * @generated from field: double month_end_usd = 4;
+   */
+  monthEndUsd: number;
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.UsageForecast.
+ * Use `create(UsageForecastSchema)` to create a new message.
+ */
+export const UsageForecastSchema: GenMessage<UsageForecast> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 20);
+
+/**
+ * @generated from message llmesh.tenancy.v1.UsageReportResponse
+ */
+export type UsageReportResponse = Message<"llmesh.tenancy.v1.UsageReportResponse"> & {
+  /**
+   * @generated from field: repeated llmesh.tenancy.v1.UsageRow rows = 1;
+   */
+  rows: UsageRow[];
+
+  /**
+   * @generated from field: llmesh.tenancy.v1.UsageRow totals = 2;
+   */
+  totals?: UsageRow | undefined;
+
+  /**
+   * For the current UTC month, same tenant filter, not limited by since/until.
+   *
+   * @generated from field: llmesh.tenancy.v1.UsageForecast forecast = 3;
+   */
+  forecast?: UsageForecast | undefined;
+
+  /**
+   * @generated from field: repeated llmesh.tenancy.v1.UsageRow top_use_cases = 4;
+   */
+  topUseCases: UsageRow[];
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.UsageReportResponse.
+ * Use `create(UsageReportResponseSchema)` to create a new message.
+ */
+export const UsageReportResponseSchema: GenMessage<UsageReportResponse> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 21);
+
+/**
+ * @generated from message llmesh.tenancy.v1.AuditEntry
+ */
+export type AuditEntry = Message<"llmesh.tenancy.v1.AuditEntry"> & {
+  /**
+   * @generated from field: int64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp at = 2;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * Who: "admin-token", "key:<key_id>", a service name after it when given.
+   *
+   * @generated from field: string actor = 3;
+   */
+  actor: string;
+
+  /**
+   * @generated from field: string action = 4;
+   */
+  action: string;
+
+  /**
+   * @generated from field: string tenant_id = 5;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string target = 6;
+   */
+  target: string;
+
+  /**
+   * A JSON object: the facts of the action (never prompt text).
+   *
+   * @generated from field: string detail_json = 7;
+   */
+  detailJson: string;
+
+  /**
+   * @generated from field: string prev_hash = 8;
+   */
+  prevHash: string;
+
+  /**
+   * @generated from field: string entry_hash = 9;
+   */
+  entryHash: string;
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.AuditEntry.
+ * Use `create(AuditEntrySchema)` to create a new message.
+ */
+export const AuditEntrySchema: GenMessage<AuditEntry> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 22);
+
+/**
+ * @generated from message llmesh.tenancy.v1.AppendAuditRequest
+ */
+export type AppendAuditRequest = Message<"llmesh.tenancy.v1.AppendAuditRequest"> & {
+  /**
+   * e.g. "policy.changed", "budget.rejected", "route.decided"; [a-z0-9._-], 1-64 characters.
+   *
+   * @generated from field: string action = 1;
+   */
+  action: string;
+
+  /**
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string target = 3;
+   */
+  target: string;
+
+  /**
+   * @generated from field: string detail_json = 4;
+   */
+  detailJson: string;
+
+  /**
+   * The calling service, recorded with the credential's identity.
+   *
+   * @generated from field: string source = 5;
+   */
+  source: string;
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.AppendAuditRequest.
+ * Use `create(AppendAuditRequestSchema)` to create a new message.
+ */
+export const AppendAuditRequestSchema: GenMessage<AppendAuditRequest> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 23);
+
+/**
+ * @generated from message llmesh.tenancy.v1.AppendAuditResponse
+ */
+export type AppendAuditResponse = Message<"llmesh.tenancy.v1.AppendAuditResponse"> & {
+  /**
+   * @generated from field: llmesh.tenancy.v1.AuditEntry entry = 1;
+   */
+  entry?: AuditEntry | undefined;
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.AppendAuditResponse.
+ * Use `create(AppendAuditResponseSchema)` to create a new message.
+ */
+export const AppendAuditResponseSchema: GenMessage<AppendAuditResponse> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 24);
+
+/**
+ * @generated from message llmesh.tenancy.v1.ListAuditRequest
+ */
+export type ListAuditRequest = Message<"llmesh.tenancy.v1.ListAuditRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: int64 after_seq = 2;
+   */
+  afterSeq: bigint;
+
+  /**
+   * Default 100, at most 1000.
+   *
+   * @generated from field: int32 limit = 3;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.ListAuditRequest.
+ * Use `create(ListAuditRequestSchema)` to create a new message.
+ */
+export const ListAuditRequestSchema: GenMessage<ListAuditRequest> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 25);
+
+/**
+ * @generated from message llmesh.tenancy.v1.ListAuditResponse
+ */
+export type ListAuditResponse = Message<"llmesh.tenancy.v1.ListAuditResponse"> & {
+  /**
+   * @generated from field: repeated llmesh.tenancy.v1.AuditEntry entries = 1;
+   */
+  entries: AuditEntry[];
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.ListAuditResponse.
+ * Use `create(ListAuditResponseSchema)` to create a new message.
+ */
+export const ListAuditResponseSchema: GenMessage<ListAuditResponse> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 26);
+
+/**
+ * @generated from message llmesh.tenancy.v1.VerifyAuditRequest
+ */
+export type VerifyAuditRequest = Message<"llmesh.tenancy.v1.VerifyAuditRequest"> & {
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.VerifyAuditRequest.
+ * Use `create(VerifyAuditRequestSchema)` to create a new message.
+ */
+export const VerifyAuditRequestSchema: GenMessage<VerifyAuditRequest> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 27);
+
+/**
+ * @generated from message llmesh.tenancy.v1.VerifyAuditResponse
+ */
+export type VerifyAuditResponse = Message<"llmesh.tenancy.v1.VerifyAuditResponse"> & {
+  /**
+   * @generated from field: bool ok = 1;
+   */
+  ok: boolean;
+
+  /**
+   * @generated from field: int64 entries = 2;
+   */
+  entries: bigint;
+
+  /**
+   * @generated from field: int64 checkpoints = 3;
+   */
+  checkpoints: bigint;
+
+  /**
+   * The first entry that is changed, missing or out of order (0 when ok).
+   *
+   * @generated from field: int64 first_bad_seq = 4;
+   */
+  firstBadSeq: bigint;
+
+  /**
+   * @generated from field: string problem = 5;
+   */
+  problem: string;
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.VerifyAuditResponse.
+ * Use `create(VerifyAuditResponseSchema)` to create a new message.
+ */
+export const VerifyAuditResponseSchema: GenMessage<VerifyAuditResponse> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 28);
+
+/**
+ * What an API key may do on the admin RPCs. Unspecified: an ordinary key of the mesh, no admin
+ * rights. A key with a role is for the admin RPCs only: Authenticate refuses it.
+ *
+ * @generated from enum llmesh.tenancy.v1.AdminRole
+ */
+export enum AdminRole {
+  /**
+   * @generated from enum value: ADMIN_ROLE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: ADMIN_ROLE_PLATFORM_ADMIN = 1;
+   */
+  PLATFORM_ADMIN = 1,
+
+  /**
+   * @generated from enum value: ADMIN_ROLE_TENANT_ADMIN = 2;
+   */
+  TENANT_ADMIN = 2,
+
+  /**
+   * @generated from enum value: ADMIN_ROLE_AUDITOR = 3;
+   */
+  AUDITOR = 3,
+}
+
+/**
+ * Describes the enum llmesh.tenancy.v1.AdminRole.
+ */
+export const AdminRoleSchema: GenEnum<AdminRole> = /*@__PURE__*/
+  enumDesc(file_llmesh_tenancy_v1_tenancy, 0);
+
+/**
  * Tenants, API keys and authentication.
  *
- * Admin RPCs (CreateTenant, GetTenant, ListTenants, CreateApiKey, RevokeApiKey) require the
- * metadata `authorization: Bearer <admin token>`; the admin token comes from the service's config.
+ * Admin RPCs (all but Authenticate) require the metadata `authorization: Bearer <credential>`:
+ * the bootstrap admin token of the service's config (a platform admin), or an API key created
+ * with an AdminRole. Platform admins may do everything; tenant admins manage their own tenant
+ * only; auditors may only read (tenants, keys, usage, the audit log).
  *
  * @generated from service llmesh.tenancy.v1.TenancyService
  */
@@ -392,6 +918,65 @@ export const TenancyService: GenService<{
     methodKind: "unary";
     input: typeof RevokeApiKeyRequestSchema;
     output: typeof RevokeApiKeyResponseSchema;
+  },
+  /**
+   * A tenant's keys (never their secrets).
+   *
+   * @generated from rpc llmesh.tenancy.v1.TenancyService.ListApiKeys
+   */
+  listApiKeys: {
+    methodKind: "unary";
+    input: typeof ListApiKeysRequestSchema;
+    output: typeof ListApiKeysResponseSchema;
+  },
+  /**
+   * A new key with the old one's tenant, label and role; the old key stays valid for `overlap`.
+   *
+   * @generated from rpc llmesh.tenancy.v1.TenancyService.RotateApiKey
+   */
+  rotateApiKey: {
+    methodKind: "unary";
+    input: typeof RotateApiKeyRequestSchema;
+    output: typeof RotateApiKeyResponseSchema;
+  },
+  /**
+   * The usage ledger grouped and totalled, with a month-end forecast and the top use cases by cost.
+   *
+   * @generated from rpc llmesh.tenancy.v1.TenancyService.UsageReport
+   */
+  usageReport: {
+    methodKind: "unary";
+    input: typeof UsageReportRequestSchema;
+    output: typeof UsageReportResponseSchema;
+  },
+  /**
+   * Appends an entry to the hash-chained audit log (platform admins: services recording policy
+   * changes, budget and rate-limit decisions, routing digests; never prompt text).
+   *
+   * @generated from rpc llmesh.tenancy.v1.TenancyService.AppendAudit
+   */
+  appendAudit: {
+    methodKind: "unary";
+    input: typeof AppendAuditRequestSchema;
+    output: typeof AppendAuditResponseSchema;
+  },
+  /**
+   * @generated from rpc llmesh.tenancy.v1.TenancyService.ListAudit
+   */
+  listAudit: {
+    methodKind: "unary";
+    input: typeof ListAuditRequestSchema;
+    output: typeof ListAuditResponseSchema;
+  },
+  /**
+   * Recomputes the chain and checks the signed checkpoints; names the first bad entry.
+   *
+   * @generated from rpc llmesh.tenancy.v1.TenancyService.VerifyAudit
+   */
+  verifyAudit: {
+    methodKind: "unary";
+    input: typeof VerifyAuditRequestSchema;
+    output: typeof VerifyAuditResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_llmesh_tenancy_v1_tenancy, 0);
