@@ -6,7 +6,15 @@ from __future__ import annotations
 import math
 
 import pytest
+from llmesh.kit.bus import Bus
 from llmesh.kit.errors import PermissionDenied
+from llmesh.kit.testing import assert_eventually, unique
+from llmesh.services.router.region_health import (
+    RegionHealthLink,
+    parse_region_addrs,
+    report_from_proto,
+    report_to_proto,
+)
 from llmesh.services.router.regions import (
     Failover,
     HealthRules,
@@ -155,6 +163,12 @@ def test_residency_refuses_a_foreign_region_naming_the_rule():
     assert world.failover.choose(1, allowed_regions=frozenset({"a"})).region == "a"
 
 
+def test_region_addresses_are_checked():
+    assert parse_region_addrs("b=127.0.0.1:1, c = h:2") == {"b": "127.0.0.1:1", "c": "h:2"}
+    with pytest.raises(ValueError, match="region=host:port"):
+        parse_region_addrs("127.0.0.1:1")
+
+
 def test_window_statistics():
     clock = Clock()
     window = OutcomeWindow(window_s=5.0, clock=clock)
@@ -167,3 +181,37 @@ def test_window_statistics():
     clock.now += 6
     assert window.health("m").requests == 0
     assert math.isnan(percentile([], 0.95))
+
+
+async def test_routers_hear_every_region_over_nats(nats_url):
+    report = RegionHealthReport("a", "r1", (healthy("m", utilization=math.nan),), 1_700_000_000.25)
+    back = report_from_proto(report_to_proto(report))
+    assert back.models[0].model == "m" and math.isnan(back.models[0].utilization)
+    assert back.observed_at == report.observed_at
+
+    regions = [unique("ra"), unique("rb")]
+    links, buses = [], []
+    try:
+        for region in regions:
+            bus = await Bus.connect(nats_url, f"test-{region}")
+            buses.append(bus)
+            window = OutcomeWindow()
+            window.record("small", 1, ok=False)
+            board = RegionBoard()
+            failover = Failover(region, [r for r in regions if r != region], board, lambda tier: [])
+            link = RegionHealthLink(bus, region, "r", window, board, failover, lambda m: 0.5)
+            await link.start()
+            links.append(link)
+
+        async def both_heard():
+            for link in links:
+                await link.tick()
+            other = links[0].board.current(regions[1])
+            assert other is not None and other.models[0].error_rate == 1.0
+            assert links[1].board.current(regions[0]) is not None
+            assert links[0].board.current(regions[0]) is None  # its own health is what it saw itself
+
+        await assert_eventually(both_heard, timeout_s=10)
+    finally:
+        for bus in buses:
+            await bus.close()

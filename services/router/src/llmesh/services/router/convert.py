@@ -105,6 +105,7 @@ def event_to_proto(event: Delta | Summary) -> router_pb2.GenerateResponse:
             time_to_first_token_ms=event.time_to_first_token_ms,
             total_time_ms=event.total_time_ms,
             finish_reason=event.finish_reason.to_proto(),
+            region=event.region,  # regions12
         )
     )
 

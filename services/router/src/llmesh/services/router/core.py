@@ -70,6 +70,7 @@ class GeneratePipeline:
         policies: CachedPolicy[RoutingPolicy],
         config: PipelineConfig,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task],
+        regions: Any = None,  # regions12: RegionRouting (multi-region failover, ADR 0012)
     ):
         self._tenancy = tenancy
         self._classifier = classifier
@@ -82,6 +83,7 @@ class GeneratePipeline:
         self._config = config
         # Starts work that outlives the response (cache stores); the app awaits it on shutdown.
         self._spawn = spawn
+        self._regions = regions  # regions12
 
     async def authenticate(self, authorization: str | None, *, deadline: float | None = None) -> Principal:
         api_key = bearer_token(authorization)
@@ -156,26 +158,36 @@ class GeneratePipeline:
         parts: list[str] = []
         first_delta_at: float | None = None
         completion: Completion | None = None
-        stream = self._inference.generate(
+        # regions12: the tier's traffic goes to another region while this one cannot serve it.
+        inference, region = self._regions.route(classification.tier, model.name) if self._regions else (self._inference, "")
+        stream = inference.generate(
             model.name,
             command,
             request_id=request_id,
             timeout_s=_remaining(self._config.generate_timeout_s, deadline),
         )
-        async with aclosing(stream):
-            async for event in stream:
-                if isinstance(event, Completion):
-                    completion = event
-                    continue
-                if not event.text:
-                    continue
-                if first_delta_at is None:
-                    first_delta_at = time.perf_counter()
-                    metrics.TIME_TO_FIRST_TOKEN.labels(outcome.value).observe(first_delta_at - started)
-                parts.append(event.text)
-                yield event
-        if completion is None:
-            raise Unavailable(f"inference ended the stream for {model.name} without a completion")
+        try:
+            async with aclosing(stream):
+                async for event in stream:
+                    if isinstance(event, Completion):
+                        completion = event
+                        continue
+                    if not event.text:
+                        continue
+                    if first_delta_at is None:
+                        first_delta_at = time.perf_counter()
+                        metrics.TIME_TO_FIRST_TOKEN.labels(outcome.value).observe(first_delta_at - started)
+                    parts.append(event.text)
+                    yield event
+            if completion is None:
+                raise Unavailable(f"inference ended the stream for {model.name} without a completion")
+        except (Unavailable, DeadlineExceeded):  # regions12: failures count against the region's health
+            if self._regions:
+                self._regions.record(region, model.name, classification.tier, ok=False)
+            raise
+        if self._regions:  # regions12
+            ttft_ms = ((first_delta_at or time.perf_counter()) - started) * 1000.0
+            self._regions.record(region, model.name, classification.tier, ok=True, ttft_ms=ttft_ms)
 
         served_model = completion.model or model.name
         cost = self._router.price(served_model, policy, self._catalog.get(served_model)).cost(completion.usage)
@@ -204,6 +216,7 @@ class GeneratePipeline:
             time_to_first_token_ms=((first_delta_at or finished) - started) * 1000.0,
             total_time_ms=(finished - started) * 1000.0,
             finish_reason=completion.finish_reason,
+            region=region,  # regions12
         )
         log.info(
             "generated",

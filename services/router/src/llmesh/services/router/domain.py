@@ -132,3 +132,4 @@ class Summary:
     time_to_first_token_ms: float
     total_time_ms: float
     finish_reason: FinishReason
+    region: str = ""  # regions12: the region whose inference answered ("" when single-region)

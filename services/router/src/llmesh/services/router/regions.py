@@ -187,7 +187,8 @@ class Failover:
 
     def local_healthy(self, tier: int) -> bool:
         models = self.local_health(tier)
-        return any(self.rules.healthy(m) for m in models)
+        # No model known for the tier yet: no evidence of a fault.
+        return not models or any(self.rules.healthy(m) for m in models)
 
     def observe(self, tiers: Iterable[int]) -> None:
         """Notes the local region's health of `tiers` now (the router calls it every second, so
