@@ -159,7 +159,9 @@ class GeneratePipeline:
         first_delta_at: float | None = None
         completion: Completion | None = None
         # regions12: the tier's traffic goes to another region while this one cannot serve it.
-        inference, region = self._regions.route(classification.tier, model.name) if self._regions else (self._inference, "")
+        inference, region = (
+            self._regions.route(classification.tier, model.name) if self._regions else (self._inference, "")
+        )
         stream = inference.generate(
             model.name,
             command,

@@ -6,8 +6,8 @@ import dataclasses
 import json
 
 from llmesh.kit.config import ServerSettings, non_negative, parses, port_check, positive, setting
-from llmesh.services.router.region_health import parse_region_addrs
 from llmesh.kit.defaults import DEFAULT_PORTS
+from llmesh.services.router.region_health import parse_region_addrs
 
 
 def _loopback(service: str) -> str:
@@ -132,7 +132,10 @@ class RouterSettings(ServerSettings):
         parses(parse_region_addrs),
     )
     failback_after_s: float = setting(
-        "LLMESH_ROUTER_FAILBACK_S", 10.0, "seconds the local region must stay healthy before traffic comes back", positive
+        "LLMESH_ROUTER_FAILBACK_S",
+        10.0,
+        "seconds the local region must stay healthy before traffic comes back",
+        positive,
     )
     region_health_max_age_s: float = setting(
         "LLMESH_ROUTER_REGION_HEALTH_MAX_AGE_S",
@@ -141,7 +144,10 @@ class RouterSettings(ServerSettings):
         positive,
     )
     ttft_sla_ms: float = setting(
-        "LLMESH_ROUTER_TTFT_SLA_MS", 5000.0, "p95 time to first token over which a region's model counts as down", positive
+        "LLMESH_ROUTER_TTFT_SLA_MS",
+        5000.0,
+        "p95 time to first token over which a region's model counts as down",
+        positive,
     )
     hit_chunk_chars: int = setting(
         "LLMESH_ROUTER_HIT_CHUNK_CHARS",
