@@ -168,28 +168,22 @@ class GeneratePipeline:
             request_id=request_id,
             timeout_s=_remaining(self._config.generate_timeout_s, deadline),
         )
-        try:
-            async with aclosing(stream):
-                async for event in stream:
-                    if isinstance(event, Completion):
-                        completion = event
-                        continue
-                    if not event.text:
-                        continue
-                    if first_delta_at is None:
-                        first_delta_at = time.perf_counter()
-                        metrics.TIME_TO_FIRST_TOKEN.labels(outcome.value).observe(first_delta_at - started)
-                    parts.append(event.text)
-                    yield event
-            if completion is None:
-                raise Unavailable(f"inference ended the stream for {model.name} without a completion")
-        except (Unavailable, DeadlineExceeded):  # regions12: failures count against the region's health
-            if self._regions:
-                self._regions.record(region, model.name, classification.tier, ok=False)
-            raise
-        if self._regions:  # regions12
-            ttft_ms = ((first_delta_at or time.perf_counter()) - started) * 1000.0
-            self._regions.record(region, model.name, classification.tier, ok=True, ttft_ms=ttft_ms)
+        if self._regions:  # regions12: what the region's inference did feeds its health
+            stream = self._regions.observed(stream, region, model.name, classification.tier, started)
+        async with aclosing(stream):
+            async for event in stream:
+                if isinstance(event, Completion):
+                    completion = event
+                    continue
+                if not event.text:
+                    continue
+                if first_delta_at is None:
+                    first_delta_at = time.perf_counter()
+                    metrics.TIME_TO_FIRST_TOKEN.labels(outcome.value).observe(first_delta_at - started)
+                parts.append(event.text)
+                yield event
+        if completion is None:
+            raise Unavailable(f"inference ended the stream for {model.name} without a completion")
 
         served_model = completion.model or model.name
         cost = self._router.price(served_model, policy, self._catalog.get(served_model)).cost(completion.usage)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.bus import Bus
+from llmesh.kit.errors import DeadlineExceeded, Unavailable
 from llmesh.kit.logging import get_logger
 from llmesh.kit.streams import REGION_HEALTH_SUBJECT_PREFIX, region_health_subject
+from llmesh.services.router.domain import Completion
 from llmesh.services.router.regions import (
     Failover,
     ModelHealth,
@@ -137,3 +140,27 @@ class RegionRouting:
         """Only what the local region served feeds the local health."""
         if region == self.failover.local_region:
             self.window.record(model, tier, ok=ok, ttft_ms=ttft_ms)
+
+    async def observed(
+        self, stream: AsyncIterator, region: str, model: str, tier: int, started: float
+    ) -> AsyncIterator:
+        """`stream` as it is, recording its outcome: failed (UNAVAILABLE, DEADLINE_EXCEEDED, or
+        no completion), or answered with its time to first token (`started`: time.perf_counter)."""
+        first_at: float | None = None
+        completed = False
+        try:
+            async with aclosing(stream):
+                async for event in stream:
+                    if isinstance(event, Completion):
+                        completed = True
+                    elif first_at is None and event.text:
+                        first_at = time.perf_counter()
+                    yield event
+        except (Unavailable, DeadlineExceeded):
+            self.record(region, model, tier, ok=False)
+            raise
+        if completed:
+            ttft_ms = ((first_at or time.perf_counter()) - started) * 1000.0
+            self.record(region, model, tier, ok=True, ttft_ms=ttft_ms)
+        else:
+            self.record(region, model, tier, ok=False)
