@@ -1,6 +1,6 @@
 """`llmesh up --regions 2` as a user runs it (ADR 0012): two whole meshes on one machine, one
 nats-server each joined by a leaf node link; `llmesh status` shows both regions; an invalidation
-issued in region b removes region a's answer. Slow: two meshes start on a small machine."""
+issued in region b removes region a's answer. About 25 s here (services only, no model servers)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from llmesh.kit.testing import assert_eventually, unique
 
 from tests.e2e.test_launcher import cli_env, llmesh
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 
 def _key(tenant: str) -> cache_pb2.CacheKey:
