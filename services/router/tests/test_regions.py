@@ -175,11 +175,11 @@ def test_window_statistics():
     for ttft in range(1, 21):
         window.record("m", 1, ok=True, ttft_ms=float(ttft))
     window.record("m", 1, ok=False)
-    health = window.health("m", utilization=0.5)
+    health = window.health("m", 1, utilization=0.5)
     assert health.requests == 21 and health.error_rate == pytest.approx(1 / 21)
     assert health.ttft_p95_ms == 19.0
     clock.now += 6
-    assert window.health("m").requests == 0
+    assert window.health("m", 1).requests == 0
     assert math.isnan(percentile([], 0.95))
 
 

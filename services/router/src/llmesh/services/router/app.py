@@ -75,6 +75,7 @@ class RouterApp(ServiceApp):
         self.regions = await self._start_regions(inference, channel)  # regions12
         catalog = ModelCatalog(lambda: inference.list_models(timeout_s=s.upstream_timeout_s), s.models_refresh_s)
         await self._wait_for_models(catalog)
+        self.regions.know(catalog.models)  # regions12: reported before any request reaches them
 
         defaults = RoutingPolicy(
             tier_models=parse_tier_models(s.tier_models),
@@ -109,6 +110,7 @@ class RouterApp(ServiceApp):
         window = OutcomeWindow()
         board = RegionBoard(s.region_health_max_age_s)
         remote = parse_region_addrs(s.region_inference)
+        model_regions: dict[str, str] = {}  # the catalog's region of each model (inference labels its loads so)
         failover = Failover(
             s.region,
             list(remote),
@@ -117,7 +119,7 @@ class RouterApp(ServiceApp):
             rules=HealthRules(ttft_sla_ms=s.ttft_sla_ms),
             failback_after_s=s.failback_after_s,
         )
-        utilization = load_utilization(self.load.current, s.region)
+        utilization = load_utilization(self.load.current, s.region, model_regions)
         assert self.bus is not None
         link = RegionHealthLink(
             self.bus, s.region, f"{socket.gethostname()}-{os.getpid()}", window, board, failover, utilization
@@ -125,7 +127,11 @@ class RouterApp(ServiceApp):
         await link.start()
         self.every(1.0, link.tick, name="region_health")
         return RegionRouting(
-            inference, {r: InferenceClient(channel(addr)) for r, addr in remote.items()}, window, failover
+            inference,
+            {r: InferenceClient(channel(addr)) for r, addr in remote.items()},
+            window,
+            failover,
+            model_regions,
         )
 
     async def _wait_for_models(self, catalog: ModelCatalog) -> None:

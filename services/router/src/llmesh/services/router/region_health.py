@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing
 
 from llmesh.events.v1 import events_pb2
@@ -97,11 +97,14 @@ class RegionHealthLink:
             self.board.record(report)
 
 
-def load_utilization(current: Callable[[str, str], object], region: str) -> Callable[[str], float]:
-    """Utilisation of a model of `region` from the ModelLoad board (NaN: unknown)."""
+def load_utilization(
+    current: Callable[[str, str], object], region: str, model_regions: dict[str, str]
+) -> Callable[[str], float]:
+    """Utilisation of a local model from the ModelLoad board (NaN: unknown). Inference labels a
+    model's loads with its catalog region, else its LLMESH_REGION: `model_regions` holds the former."""
 
     def utilization(model: str) -> float:
-        snapshot = current(model, region)
+        snapshot = current(model, model_regions.get(model) or region)
         return snapshot.utilization if snapshot is not None else math.nan
 
     return utilization
@@ -122,11 +125,27 @@ class RegionRouting:
     """The pipeline's one hook: which inference serves a tier now (this region's, or a healthy
     other region's while the local one is down), and what each generation's outcome was."""
 
-    def __init__(self, local: object, remote: dict[str, object], window: OutcomeWindow, failover: Failover):
+    def __init__(
+        self,
+        local: object,
+        remote: dict[str, object],
+        window: OutcomeWindow,
+        failover: Failover,
+        model_regions: dict[str, str] | None = None,
+    ):
+        self._model_regions = model_regions if model_regions is not None else {}
         self._local = local
         self._remote = remote
         self.window = window
         self.failover = failover
+
+    def know(self, models: Iterable) -> None:
+        """The local catalog's models (domain Model: name, tiers, region)."""
+        for model in models:
+            if model.region:
+                self._model_regions[model.name] = model.region
+            for tier in model.tiers:
+                self.window.know(model.name, tier)
 
     def route(self, tier: int, model: str, *, allowed_regions: frozenset[str] | None = None) -> tuple[object, str]:
         self.window.know(model, tier)

@@ -67,20 +67,21 @@ class OutcomeWindow:
     def __init__(self, window_s: float = 10.0, *, clock: Callable[[], float] = time.monotonic):
         self.window_s = window_s
         self._clock = clock
-        self._seen: dict[str, deque[tuple[float, bool, float]]] = {}
-        self._tiers: dict[str, int] = {}
+        # (model, tier) → (time, ok, ttft ms) of each request: a model serving two tiers is
+        # reported once per tier, so each tier's health is its own.
+        self._seen: dict[tuple[str, int], deque[tuple[float, bool, float]]] = {}
 
     def record(self, model: str, tier: int, *, ok: bool, ttft_ms: float = math.nan) -> None:
-        self._tiers[model] = tier
-        self._seen.setdefault(model, deque()).append((self._clock(), ok, ttft_ms))
+        self._seen.setdefault((model, tier), deque()).append((self._clock(), ok, ttft_ms))
 
     def know(self, model: str, tier: int) -> None:
         """A model of the catalog: reported even before any request reached it."""
-        self._tiers.setdefault(model, tier)
-        self._seen.setdefault(model, deque())
+        self._seen.setdefault((model, tier), deque())
 
-    def health(self, model: str, *, utilization: float = math.nan, breaker_open: bool = False) -> ModelHealth:
-        seen = self._seen.setdefault(model, deque())
+    def health(
+        self, model: str, tier: int, *, utilization: float = math.nan, breaker_open: bool = False
+    ) -> ModelHealth:
+        seen = self._seen.setdefault((model, tier), deque())
         cutoff = self._clock() - self.window_s
         while seen and seen[0][0] < cutoff:
             seen.popleft()
@@ -88,7 +89,7 @@ class OutcomeWindow:
         ttfts = sorted(t for _, ok, t in seen if ok and not math.isnan(t))
         return ModelHealth(
             model=model,
-            tier=self._tiers.get(model, 0),
+            tier=tier,
             error_rate=failed / len(seen) if seen else 0.0,
             ttft_p95_ms=percentile(ttfts, 0.95),
             utilization=utilization,
@@ -104,7 +105,7 @@ class OutcomeWindow:
         utilization: Callable[[str], float] = lambda model: math.nan,
         now: float | None = None,
     ) -> RegionHealthReport:
-        models = tuple(self.health(m, utilization=utilization(m)) for m in sorted(self._tiers))
+        models = tuple(self.health(m, t, utilization=utilization(m)) for m, t in sorted(self._seen))
         return RegionHealthReport(region, replica, models, time.time() if now is None else now)
 
 
