@@ -4,7 +4,9 @@ issued in region b removes region a's answer. About 25 s here (services only, no
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,8 +17,9 @@ import pytest
 from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.testing import assert_eventually, unique
+from llmesh.router.v1 import router_pb2, router_pb2_grpc
 
-from tests.e2e.test_launcher import cli_env, llmesh
+from tests.e2e.test_launcher import cli_env, llmesh, new_key
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -79,6 +82,41 @@ async def test_two_regions_an_invalidation_in_b_reaches_a(tmp_path):
         await assert_eventually(gone_in_a, timeout_s=30, message="region b's invalidation reached region a")
         for channel in caches.values():
             await channel.close()
+
+        # Region a's model goes away (its inference is killed; the supervisor starts it again):
+        # region a's router sends the tier to region b's inference, then comes back.
+        state_a = json.loads((tmp_path / "regions" / "a" / "mesh.json").read_text())
+        api_key, _ = await new_key(state_a)
+        metadata = [("authorization", f"Bearer {api_key}")]
+        async with grpc.aio.insecure_channel(state_a["endpoints"]["router"]) as channel:
+            router = router_pb2_grpc.RouterServiceStub(channel)
+
+            async def region_of_answer() -> str | None:
+                request = router_pb2.GenerateRequest(
+                    messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=unique("Say hi"))],
+                    max_tokens=4,
+                )
+                try:
+                    async for response in router.Generate(request, metadata=metadata, timeout=60):
+                        if response.HasField("summary"):
+                            return response.summary.region
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                return None
+
+            assert await region_of_answer() == "a"
+            os.kill(state_a["processes"]["inference"]["pid"], signal.SIGKILL)
+            killed = time.monotonic()
+            regions = []
+            while "b" not in regions:
+                assert time.monotonic() - killed < 5, f"no failover within 5 s: {regions}"
+                regions.append(await region_of_answer())
+                await asyncio.sleep(0.1)
+            back = []
+            while back[-1:] != ["a"]:
+                assert time.monotonic() - killed < 120, f"never came back to region a: {back}"
+                await asyncio.sleep(1)
+                back.append(await region_of_answer())
     finally:
         up.send_signal(signal.SIGINT)
         try:
