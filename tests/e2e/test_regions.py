@@ -92,9 +92,11 @@ async def test_two_regions_an_invalidation_in_b_reaches_a(tmp_path):
             router = router_pb2_grpc.RouterServiceStub(channel)
 
             async def region_of_answer() -> str | None:
+                # One prompt, so one tier throughout; past the cache, so each one is generated.
                 request = router_pb2.GenerateRequest(
-                    messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=unique("Say hi"))],
+                    messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="Say hi")],
                     max_tokens=4,
+                    cache_policy=router_pb2.CACHE_POLICY_BYPASS,
                 )
                 try:
                     async for response in router.Generate(request, metadata=metadata, timeout=60):
@@ -112,11 +114,16 @@ async def test_two_regions_an_invalidation_in_b_reaches_a(tmp_path):
                 assert time.monotonic() - killed < 5, f"no failover within 5 s: {regions}"
                 regions.append(await region_of_answer())
                 await asyncio.sleep(0.1)
+            failed_over = time.monotonic()
             back = []
             while back[-1:] != ["a"]:
                 assert time.monotonic() - killed < 120, f"never came back to region a: {back}"
                 await asyncio.sleep(1)
                 back.append(await region_of_answer())
+            assert None not in back, f"a request failed after the failover: {back}"
+            # Back only after region a (its inference restarted at once) was healthy for 10 s.
+            assert time.monotonic() - failed_over >= 10, back
+
     finally:
         up.send_signal(signal.SIGINT)
         try:

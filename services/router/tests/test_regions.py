@@ -104,6 +104,14 @@ def test_a_failing_tier_moves_to_the_healthy_region_within_5_s_and_back_after_hy
     assert world.failover.choose(1).region == "a"
 
 
+def test_a_failing_model_fails_every_tier_it_serves():
+    world = World()
+    world.window.know("small-a", 2)
+    world.tick(5, a_ok=False)
+    assert world.failover.choose(1).region == "b"
+    assert world.window.health("small-a", 2).error_rate == 1.0
+
+
 def test_other_tiers_stay_local():
     world = World()
     world.window.know("big-a", 2)

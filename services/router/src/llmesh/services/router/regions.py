@@ -72,7 +72,12 @@ class OutcomeWindow:
         self._seen: dict[tuple[str, int], deque[tuple[float, bool, float]]] = {}
 
     def record(self, model: str, tier: int, *, ok: bool, ttft_ms: float = math.nan) -> None:
-        self._seen.setdefault((model, tier), deque()).append((self._clock(), ok, ttft_ms))
+        """One request's outcome; it counts for every tier the model serves (a model that is
+        down is down for all of them)."""
+        self._seen.setdefault((model, tier), deque())
+        for key, seen in self._seen.items():
+            if key[0] == model:
+                seen.append((self._clock(), ok, ttft_ms))
 
     def know(self, model: str, tier: int) -> None:
         """A model of the catalog: reported even before any request reached it."""
