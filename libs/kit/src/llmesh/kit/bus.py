@@ -76,6 +76,13 @@ class Bus:
             max_age=spec.max_age_s,
             duplicate_window=min(spec.duplicate_window_s, spec.max_age_s),
             retention=js_api.RetentionPolicy.WORK_QUEUE if spec.work_queue else js_api.RetentionPolicy.LIMITS,
+            # Another region's stream of the same name, read through its domain's API prefix; the
+            # server remembers how far it copied, so a region cut off catches up when it returns.
+            sources=[
+                js_api.StreamSource(name=spec.name, external=js_api.ExternalStream(api=f"$JS.{domain}.API", deliver=""))
+                for domain in spec.source_domains
+            ]
+            or None,
         )
         try:
             await self.js.add_stream(config)

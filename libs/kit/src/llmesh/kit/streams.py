@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -19,6 +20,15 @@ class StreamSpec:
     duplicate_window_s: float = 120.0
     # Work-queue retention: a message leaves the stream once a consumer acknowledged it.
     work_queue: bool = False
+    #: JetStream domains of other regions whose stream of the same name this one copies (ADR 0012)
+    source_domains: tuple[str, ...] = ()
+
+    def sourcing(self, domains: tuple[str, ...] | list[str]) -> "StreamSpec":
+        """This stream, also copying the same stream of each region's JetStream domain in `domains`."""
+        for domain in domains:
+            if not SUBJECT_TOKEN.match(domain):
+                raise ValueError(f"JetStream domain {domain!r} is not a valid subject token")
+        return dataclasses.replace(self, source_domains=tuple(domains))
 
 
 CACHE_INVALIDATE = StreamSpec("LLMESH_CACHE_INVALIDATE", ("llmesh.cache.invalidate.>",), max_age_s=7 * DAY_S)
@@ -42,6 +52,25 @@ BREAKER_SUBJECT_PREFIX = "llmesh.router.breaker"
 def breaker_subject(region: str, model: str) -> str:
     """The subject of a breaker change; characters a subject token may not hold become '_'."""
     return f"{BREAKER_SUBJECT_PREFIX}.{re.sub(r'[^A-Za-z0-9_-]', '_', region) or '_'}.{re.sub(r'[^A-Za-z0-9_-]', '_', model)}"
+
+
+# Core NATS: llmesh.region.health.<region>, each router's view of its region once a second (ADR 0012).
+REGION_HEALTH_SUBJECT_PREFIX = "llmesh.region.health"
+
+
+def parse_domains(value: str) -> tuple[str, ...]:
+    """`b,c` → ("b", "c"): the JetStream domains of the other regions (LLMESH_NATS_PEER_DOMAINS)."""
+    domains = tuple(d.strip() for d in value.split(",") if d.strip())
+    for domain in domains:
+        if not SUBJECT_TOKEN.match(domain):
+            raise ValueError(f"JetStream domain {domain!r} is not a valid subject token")
+    return domains
+
+
+def region_health_subject(region: str) -> str:
+    if not SUBJECT_TOKEN.match(region):
+        raise ValueError(f"region {region!r} is not a valid subject token")
+    return f"{REGION_HEALTH_SUBJECT_PREFIX}.{region}"
 
 
 def cache_invalidate_subject(tenant_id: str) -> str:

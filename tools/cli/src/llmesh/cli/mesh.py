@@ -11,6 +11,7 @@ import time
 from llmesh.launcher import state as mesh_state
 from llmesh.launcher.health import SERVING, UNREACHABLE, health_of_all
 from llmesh.launcher.processes import same_process
+from llmesh.launcher.regions import region_homes, run_regions
 from llmesh.launcher.supervisor import (
     DEFAULT_TIMEOUT_S,
     Supervisor,
@@ -39,6 +40,12 @@ def register(subparsers) -> None:
         help="do not start Triton and the OpenAI-compatible stand-in (as LLMESH_UP_BACKENDS=0): "
         "inference serves the in-process llama.cpp model",
     )
+    up.add_argument(
+        "--regions",
+        type=int,
+        default=1,
+        help="run this many regions on this machine (ADR 0012; region a on the usual ports), in the foreground",
+    )
     up.set_defaults(func=up_command)
 
     down = subparsers.add_parser("down", help="stop the mesh started with `llmesh up --detach`")
@@ -56,6 +63,14 @@ def _err(line: str) -> None:
 
 
 def up_command(args) -> int:
+    if getattr(args, "regions", 1) > 1:  # regions12
+        if args.detach:
+            _err("llmesh up: --regions runs in the foreground (no --detach yet)")
+            return 2
+        if running_mesh() is not None or region_homes():
+            _err("llmesh up: a mesh is already running; `llmesh down` (or Ctrl-C in its terminal) first")
+            return 1
+        return run_regions(args.regions, args.timeout, _err)
     running = running_mesh()
     if running is not None:
         _err(
@@ -199,6 +214,25 @@ def _exit_text(code: int | None) -> str:
 
 
 def status_command(args) -> int:
+    regions = region_homes()  # regions12: `llmesh up --regions N` shows every region
+    if regions:
+        codes = []
+        for region, region_home in regions.items():
+            print(f"== region {region} ({region_home})")
+            saved = os.environ.get("LLMESH_HOME")
+            os.environ["LLMESH_HOME"] = str(region_home)
+            try:
+                codes.append(_status_of_one_mesh(args))
+            finally:
+                if saved is None:
+                    os.environ.pop("LLMESH_HOME", None)
+                else:
+                    os.environ["LLMESH_HOME"] = saved
+        return max(codes)
+    return _status_of_one_mesh(args)
+
+
+def _status_of_one_mesh(args) -> int:
     current = mesh_state.load_state()
     endpoints = {name: mesh_state.endpoint(name) for name in mesh_state.SERVICES}
     nats_url = (current.nats_url if current else "") or os.environ.get("LLMESH_NATS_URL") or DEFAULT_NATS_URL

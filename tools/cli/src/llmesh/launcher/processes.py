@@ -236,7 +236,13 @@ class NatsProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as log:
             log.write(f"--- llmesh up: starting nats-server at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
-        self.server = NatsServerProcess(str(self.store_dir), port=self.port or -1, log_path=str(self.log_path))
+        self.server = NatsServerProcess(
+            str(self.store_dir),
+            port=self.port or -1,
+            log_path=str(self.log_path),
+            # regions12: a region's JetStream domain and leaf node link (`llmesh up --regions`, ADR 0012)
+            config_file=os.environ.get("LLMESH_NATS_CONFIG") or None,
+        )
         self.server.start()
         self.port = self.server.port
 

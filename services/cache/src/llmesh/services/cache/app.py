@@ -19,6 +19,7 @@ from llmesh.kit.errors import Unavailable
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
+from llmesh.kit.streams import parse_domains
 from llmesh.services.cache.analytics import Analytics
 from llmesh.services.cache.core import Cache
 from llmesh.services.cache.exact import ExactStore
@@ -114,7 +115,7 @@ class CacheApp(ServiceApp):
     async def _start(self) -> None:
         s = self.settings
         self.bus = await Bus.connect(s.nats_url, f"llmesh-cache-{s.replica}")
-        self.channel = InvalidationChannel(self.bus, s.replica)
+        self.channel = InvalidationChannel(self.bus, s.replica, peer_domains=parse_domains(s.peer_domains))
         await self.channel.ensure_stream()
         self._policies = PolicyStore(self.bus)
         await self._policies.start()

@@ -100,13 +100,15 @@ def durable_name(replica_id: str) -> str:
 
 
 class InvalidationChannel:
-    def __init__(self, bus: Bus, replica_id: str):
+    def __init__(self, bus: Bus, replica_id: str, *, peer_domains: tuple[str, ...] = ()):
         self._bus = bus
+        # Other regions' JetStream domains whose invalidations this region's stream copies (ADR 0012).
+        self._stream = CACHE_INVALIDATE.sourcing(peer_domains)
         self.replica_id = replica_id
         self.durable = durable_name(replica_id)
 
     async def ensure_stream(self) -> None:
-        await self._bus.ensure_stream(CACHE_INVALIDATE)
+        await self._bus.ensure_stream(self._stream)
 
     async def publish(self, inv: Invalidation, *, budget_s: float | None = None) -> str:
         await self._bus.publish(

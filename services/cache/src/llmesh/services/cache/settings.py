@@ -6,8 +6,9 @@ import dataclasses
 import socket
 
 from llmesh.kit.auth import admin_token_setting
-from llmesh.kit.config import ServerSettings, non_negative, port_check, positive, redis_url_check, setting
+from llmesh.kit.config import ServerSettings, non_negative, parses, port_check, positive, redis_url_check, setting
 from llmesh.kit.defaults import DEFAULT_PORTS
+from llmesh.kit.streams import parse_domains
 
 MAX_TTL_S = 30 * 24 * 3600
 
@@ -49,6 +50,13 @@ class CacheSettings(ServerSettings):
         30.0,
         "seconds a starting replica waits to apply the invalidations it missed before serving anyway",
         non_negative,
+    )
+    peer_domains: str = setting(
+        "LLMESH_NATS_PEER_DOMAINS",
+        "",
+        "JetStream domains of the other regions, comma-separated: this region's invalidation stream copies "
+        "theirs (ADR 0012; empty: one region)",
+        parses(parse_domains),
     )
     admin_token: str = admin_token_setting(
         "bearer token of the admin RPCs (PinEntry, DeleteEntry, Warm); empty disables them"

@@ -4,6 +4,8 @@ and the Generate pipeline."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 import uuid
 
@@ -32,6 +34,13 @@ from llmesh.services.router.overflow import OverflowGate, OverflowPolicy
 from llmesh.services.router.principals import PrincipalCache
 from llmesh.services.router.quality import EscalationPolicy, StreamMode
 from llmesh.services.router.queueing import FairQueues, parse_queue_classes, queue_policy_from_document
+from llmesh.services.router.region_health import (
+    RegionHealthLink,
+    RegionRouting,
+    load_utilization,
+    parse_region_addrs,
+)
+from llmesh.services.router.regions import Failover, HealthRules, OutcomeWindow, RegionBoard
 from llmesh.services.router.routing import ModelCatalog, Price, Router, RoutingPolicy, policy_from_document
 from llmesh.services.router.servicer import SERVICE_NAME, RouterServicer
 from llmesh.services.router.settings import RouterSettings, parse_prices, parse_tier_models
@@ -73,6 +82,7 @@ class RouterApp(ServiceApp):
             ),
             on_change=self._on_breaker_change,
         )
+        self.regions: RegionRouting | None = None  # regions12
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(lambda: self.pipeline), server)
@@ -97,8 +107,10 @@ class RouterApp(ServiceApp):
             return opened
 
         inference = InferenceClient(channel(s.inference_addr))
+        self.regions = await self._start_regions(inference, channel)  # regions12
         catalog = ModelCatalog(lambda: inference.list_models(timeout_s=s.upstream_timeout_s), s.models_refresh_s)
         await self._wait_for_models(catalog)
+        self.regions.know(catalog.models)  # regions12: reported before any request reaches them
 
         defaults = RoutingPolicy(
             tier_models=parse_tier_models(s.tier_models),
@@ -140,8 +152,39 @@ class RouterApp(ServiceApp):
                 initial_service_s=s.queue_initial_service_s,
             ),
             accounting=accounting,
+            regions=self.regions,  # regions12
         )
         await self._start_batch()
+
+    async def _start_regions(self, inference: InferenceClient, channel) -> RegionRouting:
+        """regions12 (ADR 0012): health reports every second, every region's view, failover."""
+        s = self.settings
+        window = OutcomeWindow()
+        board = RegionBoard(s.region_health_max_age_s)
+        remote = parse_region_addrs(s.region_inference)
+        model_regions: dict[str, str] = {}  # the catalog's region of each model (inference labels its loads so)
+        failover = Failover(
+            s.region,
+            list(remote),
+            board,
+            lambda tier: [m for m in window.report(s.region, "", utilization=utilization).models if m.tier == tier],
+            rules=HealthRules(ttft_sla_ms=s.ttft_sla_ms),
+            failback_after_s=s.failback_after_s,
+        )
+        utilization = load_utilization(self.load.current, s.region, model_regions)
+        assert self.bus is not None
+        link = RegionHealthLink(
+            self.bus, s.region, f"{socket.gethostname()}-{os.getpid()}", window, board, failover, utilization
+        )
+        await link.start()
+        self.every(1.0, link.tick, name="region_health")
+        return RegionRouting(
+            inference,
+            {r: InferenceClient(channel(addr)) for r, addr in remote.items()},
+            window,
+            failover,
+            model_regions,
+        )
 
     async def _start_accounting(self) -> Accounting:
         """quota11: the quota store (Redis or in-process), the usage stream and the event outbox."""

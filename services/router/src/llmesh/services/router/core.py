@@ -107,6 +107,8 @@ class _Progress:
     first_delta_at: float | None = None
     # Time spent in the router's fair queues, over every attempt.
     queue_wait_ms: float = 0.0
+    # The region whose inference served the last attempt (regions12; "" single-region).
+    region: str = ""
 
     def release(self, text: str) -> Delta:
         if self.first_delta_at is None:
@@ -155,6 +157,7 @@ class GeneratePipeline:
         extra_cost_allowed: ExtraCostAllowed = allow_any_cost,
         queues: FairQueues,
         accounting: Accounting | None = None,
+        regions: Any = None,  # regions12: RegionRouting (multi-region failover, ADR 0012)
     ):
         self._tenancy = tenancy
         self._classifier = classifier
@@ -174,6 +177,7 @@ class GeneratePipeline:
         self._queues = queues
         # quota11: budgets, global rate limits and usage records (None: none of them).
         self._accounting = accounting
+        self._regions = regions  # regions12
 
     @traced("router.auth")
     async def authenticate(self, authorization: str | None, *, deadline: float | None = None) -> Principal:
@@ -469,7 +473,7 @@ class GeneratePipeline:
             attempts=tuple(attempts),
             overflow=overflow,
             escalation=escalated,
-            region=model.region,
+            region=progress.region or model.region,
             queue_wait_ms=progress.queue_wait_ms,
             priority=command.priority,
         )
@@ -594,14 +598,24 @@ class GeneratePipeline:
                 model, tenant_id, command, deadline, time.perf_counter() - progress.started
             )
             try:
+                # regions12: a tier this region cannot serve goes to another region's inference.
+                inference, progress.region = (
+                    self._regions.route(candidate.tier, model.name, allowed_regions=policy.data_access.regions)
+                    if self._regions
+                    else (self._inference, "")
+                )
                 stream = ticket.stream(
-                    lambda model=model, timeout_s=timeout_s: self._inference.generate(
+                    lambda model=model, timeout_s=timeout_s, inference=inference: inference.generate(
                         model.name,
                         command,
                         request_id=request_id,
                         timeout_s=timeout_s,
                     )
                 )
+                if self._regions:  # regions12: what the region's inference did feeds its health
+                    stream = self._regions.observed(
+                        stream, progress.region, model.name, candidate.tier, progress.started
+                    )
                 async with aclosing(stream):
                     async for event in stream:
                         if isinstance(event, Completion):

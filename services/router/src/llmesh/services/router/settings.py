@@ -17,6 +17,7 @@ from llmesh.kit.config import (
 )
 from llmesh.kit.defaults import DEFAULT_PORTS
 from llmesh.services.router.queueing import DEFAULT_QUEUE_CLASSES, parse_queue_classes
+from llmesh.services.router.region_health import parse_region_addrs
 
 
 def _loopback(service: str) -> str:
@@ -140,6 +141,32 @@ class RouterSettings(ServerSettings):
         positive,
     )
     policy_bucket: str = setting("LLMESH_ROUTER_POLICY_BUCKET", "llmesh-policy", "NATS KV bucket of the routing policy")
+    # regions12: multi-region failover (ADR 0012)
+    region_inference: str = setting(
+        "LLMESH_ROUTER_REGION_INFERENCE",
+        "",
+        "other regions' inference, `b=host:port,...`: a tier whose local models are down goes to a healthy one "
+        "(empty: no failover)",
+        parses(parse_region_addrs),
+    )
+    failback_after_s: float = setting(
+        "LLMESH_ROUTER_FAILBACK_S",
+        10.0,
+        "seconds the local region must stay healthy before traffic comes back",
+        positive,
+    )
+    region_health_max_age_s: float = setting(
+        "LLMESH_ROUTER_REGION_HEALTH_MAX_AGE_S",
+        3.0,
+        "a region whose last health report is older than this is unknown and takes no failover traffic",
+        positive,
+    )
+    ttft_sla_ms: float = setting(
+        "LLMESH_ROUTER_TTFT_SLA_MS",
+        5000.0,
+        "p95 time to first token over which a region's model counts as down",
+        positive,
+    )
     hit_chunk_chars: int = setting(
         "LLMESH_ROUTER_HIT_CHUNK_CHARS",
         64,

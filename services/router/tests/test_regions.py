@@ -1,0 +1,225 @@
+"""Failover decisions on a fake clock (ADR 0012): within 5 s of a fault, back with hysteresis,
+residency kept."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from llmesh.kit.bus import Bus
+from llmesh.kit.errors import PermissionDenied
+from llmesh.kit.testing import assert_eventually, unique
+from llmesh.services.router.region_health import (
+    RegionHealthLink,
+    parse_region_addrs,
+    report_from_proto,
+    report_to_proto,
+)
+from llmesh.services.router.regions import (
+    Failover,
+    HealthRules,
+    ModelHealth,
+    OutcomeWindow,
+    RegionBoard,
+    RegionHealthReport,
+    percentile,
+)
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def healthy(model: str, tier: int = 1, **kw) -> ModelHealth:
+    values = dict(model=model, tier=tier, error_rate=0.0, ttft_p95_ms=80.0, utilization=0.3, requests=10)
+    values.update(kw)
+    return ModelHealth(**values)
+
+
+class World:
+    """Region a (local, its own window) and region b (heard over NATS once a second)."""
+
+    def __init__(self, **kw):
+        self.clock = Clock()
+        self.window = OutcomeWindow(window_s=5.0, clock=self.clock)
+        self.window.know("small-a", 1)
+        self.load = {"small-a": 0.2}
+        self.board = RegionBoard(max_age_s=3.0, clock=self.clock)
+        self.b_models = (healthy("small-b"),)
+        self.failover = Failover(
+            "a",
+            ["b"],
+            self.board,
+            lambda tier: [
+                m
+                for m in self.window.report("a", "r1", utilization=lambda m: self.load.get(m, math.nan)).models
+                if m.tier == tier
+            ],
+            failback_after_s=10.0,
+            clock=self.clock,
+            **kw,
+        )
+
+    def tick(self, seconds: float = 1.0, *, a_ok: bool | None = True, ttft_ms: float = 90.0) -> None:
+        """`seconds` pass; each second region a's router serves two requests (ok or failed; None:
+        none reach it) and region b's health report arrives."""
+        for _ in range(int(seconds)):
+            self.clock.now += 1.0
+            if a_ok is not None:
+                for _ in range(2):
+                    self.window.record("small-a", 1, ok=a_ok, ttft_ms=ttft_ms if a_ok else math.nan)
+            self.board.record(RegionHealthReport("b", "rb", self.b_models, self.clock.now))
+            self.failover.observe([1, 2])
+
+
+def test_a_failing_tier_moves_to_the_healthy_region_within_5_s_and_back_after_hysteresis():
+    world = World()
+    world.tick(3)
+    assert world.failover.choose(1).region == "a"
+
+    fault = world.clock.now
+    moved_at = None
+    for _ in range(5):
+        world.tick(1, a_ok=False)
+        if world.failover.choose(1).region == "b":
+            moved_at = world.clock.now
+            break
+    assert moved_at is not None and moved_at - fault <= 5
+    decision = world.failover.choose(1)
+    assert decision.failed_over and "down in region a" in decision.reason
+
+    # Recovered, but not for long enough: stays in b (no flapping).
+    world.tick(6, a_ok=True)
+    assert world.failover.choose(1).region == "b"
+    world.tick(1, a_ok=False)  # a relapse restarts the hysteresis
+    world.tick(6, a_ok=True)
+    assert world.failover.choose(1).region == "b"
+    world.tick(5, a_ok=True)
+    assert world.failover.choose(1).region == "a"
+
+
+def test_a_failing_model_fails_every_tier_it_serves():
+    world = World()
+    world.window.know("small-a", 2)
+    world.tick(5, a_ok=False)
+    assert world.failover.choose(1).region == "b"
+    assert world.window.health("small-a", 2).error_rate == 1.0
+
+
+def test_other_tiers_stay_local():
+    world = World()
+    world.window.know("big-a", 2)
+    world.tick(2)
+    for _ in range(5):
+        world.tick(1, a_ok=False)
+        world.window.record("big-a", 2, ok=True, ttft_ms=100)
+    assert world.failover.choose(1).region == "b"
+    assert world.failover.choose(2).region == "a"
+
+
+def test_latency_over_the_sla_and_silent_inference_count_as_down():
+    world = World(rules=HealthRules(ttft_sla_ms=1000))
+    world.tick(3, ttft_ms=2500)
+    assert world.failover.choose(1).region == "b"
+
+    world = World()
+    del world.load["small-a"]  # no fresh load snapshot: inference is gone
+    world.tick(6, a_ok=None)
+    assert world.failover.choose(1).region == "b"
+
+
+def test_no_failover_to_a_region_that_is_down_or_unheard():
+    world = World()
+    world.b_models = (healthy("small-b", error_rate=0.9),)
+    world.tick(5, a_ok=False)
+    decision = world.failover.choose(1)
+    assert decision.region == "a" and not decision.failed_over
+
+    world = World()
+    world.tick(2)
+    world.clock.now += 4  # region b's reports stopped: unknown, never assumed healthy
+    for _ in range(3):
+        world.clock.now += 1
+        world.window.record("small-a", 1, ok=False)
+        world.window.record("small-a", 1, ok=False)
+    assert world.board.current("b") is None
+    assert world.failover.choose(1).region == "a"
+
+
+def test_a_failed_over_tier_comes_back_when_the_peer_fails_too():
+    world = World()
+    world.tick(5, a_ok=False)
+    assert world.failover.choose(1).region == "b"
+    world.b_models = (healthy("small-b", breaker_open=True),)
+    world.tick(1, a_ok=False)
+    assert world.failover.choose(1).region == "a"
+
+
+def test_residency_refuses_a_foreign_region_naming_the_rule():
+    world = World()
+    world.tick(5, a_ok=False)
+    with pytest.raises(PermissionDenied, match=r"failed over to region b.*data_access\.regions"):
+        world.failover.choose(1, allowed_regions=frozenset({"a"}))
+    assert world.failover.choose(1, allowed_regions=frozenset({"a", "b"})).region == "b"
+    world.tick(15, a_ok=True)
+    assert world.failover.choose(1, allowed_regions=frozenset({"a"})).region == "a"
+
+
+def test_region_addresses_are_checked():
+    assert parse_region_addrs("b=127.0.0.1:1, c = h:2") == {"b": "127.0.0.1:1", "c": "h:2"}
+    with pytest.raises(ValueError, match="region=host:port"):
+        parse_region_addrs("127.0.0.1:1")
+
+
+def test_window_statistics():
+    clock = Clock()
+    window = OutcomeWindow(window_s=5.0, clock=clock)
+    for ttft in range(1, 21):
+        window.record("m", 1, ok=True, ttft_ms=float(ttft))
+    window.record("m", 1, ok=False)
+    health = window.health("m", 1, utilization=0.5)
+    assert health.requests == 21 and health.error_rate == pytest.approx(1 / 21)
+    assert health.ttft_p95_ms == 19.0
+    clock.now += 6
+    assert window.health("m", 1).requests == 0
+    assert math.isnan(percentile([], 0.95))
+
+
+async def test_routers_hear_every_region_over_nats(nats_url):
+    report = RegionHealthReport("a", "r1", (healthy("m", utilization=math.nan),), 1_700_000_000.25)
+    back = report_from_proto(report_to_proto(report))
+    assert back.models[0].model == "m" and math.isnan(back.models[0].utilization)
+    assert back.observed_at == report.observed_at
+
+    regions = [unique("ra"), unique("rb")]
+    links, buses = [], []
+    try:
+        for region in regions:
+            bus = await Bus.connect(nats_url, f"test-{region}")
+            buses.append(bus)
+            window = OutcomeWindow()
+            window.record("small", 1, ok=False)
+            board = RegionBoard()
+            failover = Failover(region, [r for r in regions if r != region], board, lambda tier: [])
+            link = RegionHealthLink(bus, region, "r", window, board, failover, lambda m: 0.5)
+            await link.start()
+            links.append(link)
+
+        async def both_heard():
+            for link in links:
+                await link.tick()
+            other = links[0].board.current(regions[1])
+            assert other is not None and other.models[0].error_rate == 1.0
+            assert links[1].board.current(regions[0]) is not None
+            assert links[0].board.current(regions[0]) is None  # its own health is what it saw itself
+
+        await assert_eventually(both_heard, timeout_s=10)
+    finally:
+        for bus in buses:
+            await bus.close()
