@@ -191,7 +191,7 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
         self.sent: collections.Counter[str] = collections.Counter()
         self.releases: dict[str, asyncio.Event] = {}
         self.cancelled: set[str] = set()
-        self.down = False  # every Generate fails with UNAVAILABLE (a region's backends gone)
+        self.region_down = False  # every Generate fails with UNAVAILABLE (a region's backends gone)
 
     async def ListModels(self, request, context):
         return inference_pb2.ListModelsResponse(models=self.models)
@@ -200,7 +200,7 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
         rid = request.request_id
         self.requests[rid] = request
         text = last_user_text(request.messages)
-        if self.down:
+        if self.region_down:
             raise errors.Unavailable("every backend of this region is down")
         if "[exhausted]" in text:
             raise errors.ResourceExhausted("all 2 slots of the model are busy", retry_after_s=1.5)

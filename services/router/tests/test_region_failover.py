@@ -58,7 +58,7 @@ async def test_a_down_region_fails_over_within_5_s_and_back_after_recovery(nats_
                 _, summary = await client.generate(api_key, unique("hello"))
                 assert summary.region == region_a
 
-                upstreams.inference.down = True
+                upstreams.inference.region_down = True
                 fault = time.monotonic()
                 while True:
                     try:
@@ -73,7 +73,7 @@ async def test_a_down_region_fails_over_within_5_s_and_back_after_recovery(nats_
                 assert time.monotonic() - fault < 5
                 assert any(r.model == summary.model for r in fakes_b.inference.requests.values())
 
-                upstreams.inference.down = False
+                upstreams.inference.region_down = False
                 recovered = time.monotonic()
                 while summary.region != region_a:
                     assert time.monotonic() - recovered < 15, "never failed back"
@@ -81,6 +81,6 @@ async def test_a_down_region_fails_over_within_5_s_and_back_after_recovery(nats_
                     _, summary = await client.generate(api_key, unique("hello"))
                 assert time.monotonic() - recovered >= 2.0, "failed back before the hysteresis"
     finally:
-        upstreams.inference.down = False
+        upstreams.inference.region_down = False
         announcer.cancel()
         await bus.close()
