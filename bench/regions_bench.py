@@ -1,4 +1,4 @@
-"""Regions benchmark (ADR 0012): how long an invalidation takes to reach the other region's
+"""Regions benchmark (ADR 0017): how long an invalidation takes to reach the other region's
 stream, against the same publish reaching its own region's stream (baseline, same run).
 
     .venv/bin/python bench/regions_bench.py [--events 300] [--out bench/results/regions.md]
@@ -79,7 +79,7 @@ def report(results: dict[str, list[float]], events: int) -> str:
         "# Regions: invalidation delivery",
         "",
         f"`bench/regions_bench.py --events {events}` on {platform.node()} ({platform.processor() or platform.machine()}), "
-        f"{datetime.date.today()}; nats-server per region, leaf node link, stream sourcing (ADR 0012).",
+        f"{datetime.date.today()}; nats-server per region, leaf node link, stream sourcing (ADR 0017).",
         "Time from the publish call in region b to the event's delivery to a durable consumer, one event at a time.",
         "",
         "| path | events | p50 ms | p95 ms | p99 ms | max ms |",

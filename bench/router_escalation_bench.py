@@ -1,4 +1,4 @@
-"""What quality-scored escalation costs a stream's first token: `release` vs `hold` (ADR 0011-router10).
+"""What quality-scored escalation costs a stream's first token: `release` vs `hold` (ADR 0012).
 
     .venv/bin/python bench/router_escalation_bench.py [--calls 20] [--token-ms 10] [--out bench/results/router_escalation.md]
 

@@ -1,4 +1,4 @@
-"""`llmesh up --regions 2` as a user runs it (ADR 0012): two whole meshes on one machine, one
+"""`llmesh up --regions 2` as a user runs it (ADR 0017): two whole meshes on one machine, one
 nats-server each joined by a leaf node link; `llmesh status` shows both regions; an invalidation
 issued in region b removes region a's answer. About 25 s here (services only, no model servers)."""
 

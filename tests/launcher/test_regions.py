@@ -1,4 +1,4 @@
-"""`llmesh up --regions N`'s plan (ADR 0012): each region's environment, and its NATS joined to the
+"""`llmesh up --regions N`'s plan (ADR 0017): each region's environment, and its NATS joined to the
 others as designed (real nats-servers started the way the supervisor starts them)."""
 
 from __future__ import annotations

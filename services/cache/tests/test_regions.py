@@ -1,4 +1,4 @@
-"""Two regions (ADR 0012): one nats-server each, own JetStream domain, joined by a leaf node link;
+"""Two regions (ADR 0017): one nats-server each, own JetStream domain, joined by a leaf node link;
 each region's invalidation stream sources the other's. Caches stay regional, invalidations reach
 every region, also one whose NATS was down when the invalidation was issued."""
 

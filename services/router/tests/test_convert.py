@@ -17,7 +17,7 @@ USER = common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="hi")
 def test_unset_fields_take_their_defaults():
     command = command_from_proto(router_pb2.GenerateRequest(messages=[USER]))
     assert command.max_tokens == 256 and command.use_case == "default" and command.pinned_model == ""
-    # PRIORITY_UNSPECIFIED is the standard class (ADR 0011-queue10).
+    # PRIORITY_UNSPECIFIED is the standard class (ADR 0013).
     assert command.priority is Priority.STANDARD and command.use_cache
 
 

@@ -1,4 +1,4 @@
-"""The router's failover hook with real servers (ADR 0012): region a's inference fails, its tier
+"""The router's failover hook with real servers (ADR 0017): region a's inference fails, its tier
 moves to region b's inference within 5 s (the summary names the region), and comes back after the
 hysteresis once region a recovers."""
 

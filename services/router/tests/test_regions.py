@@ -1,4 +1,4 @@
-"""Failover decisions on a fake clock (ADR 0012): within 5 s of a fault, back with hysteresis,
+"""Failover decisions on a fake clock (ADR 0017): within 5 s of a fault, back with hysteresis,
 residency kept."""
 
 from __future__ import annotations

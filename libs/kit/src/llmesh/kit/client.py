@@ -29,7 +29,7 @@ IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
 
 
 def service_config() -> dict:
-    """The gRPC service config of every channel (docs/adr/0011): round robin over all the
+    """The gRPC service config of every channel (docs/adr/0020): round robin over all the
     addresses the name resolves to (a headless Service's pods), up to 3 attempts on UNAVAILABLE for
     the idempotent RPCs, with retry throttling: once more than half of a channel's 10 tokens are
     spent (each failure costs 1, each success gives 0.1 back), no call is retried."""

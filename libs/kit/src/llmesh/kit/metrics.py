@@ -4,7 +4,7 @@ helper that bounds label values a caller chooses (tenant, business unit, use cas
 Naming follows Prometheus: base units (seconds, bytes, ratios 0..1), `_total` on counters,
 `_seconds`/`_bytes`/`_ratio` suffixes. A label whose values come from a request (a use case, a
 business unit) takes at most `limit` distinct values per process; later ones are counted under
-`other`, so no caller can create unbounded series (docs/adr/0011)."""
+`other`, so no caller can create unbounded series (docs/adr/0020)."""
 
 from __future__ import annotations
 

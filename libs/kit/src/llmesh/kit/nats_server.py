@@ -94,7 +94,7 @@ def region_config(
     hub_leaf_urls: tuple[str, ...] = (),
     host: str = "127.0.0.1",
 ) -> str:
-    """nats-server configuration of one region (ADR 0012): JetStream in the region's own domain;
+    """nats-server configuration of one region (ADR 0017): JetStream in the region's own domain;
     the hub region listens for leaf nodes on `leaf_listen_port`, the others dial `hub_leaf_urls`
     (nats-leaf://host:port). Cache invalidations do not cross the leaf link as plain messages:
     each region's stream sources the others' (`StreamSpec.sourcing`)."""

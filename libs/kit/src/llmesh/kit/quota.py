@@ -1,4 +1,4 @@
-"""Budgets and global rate limits: counters shared by every router replica (docs/adr/0011).
+"""Budgets and global rate limits: counters shared by every router replica (docs/adr/0014).
 
 Two stores with one interface and the same semantics:
 

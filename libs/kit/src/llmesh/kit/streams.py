@@ -20,7 +20,7 @@ class StreamSpec:
     duplicate_window_s: float = 120.0
     # Work-queue retention: a message leaves the stream once a consumer acknowledged it.
     work_queue: bool = False
-    #: JetStream domains of other regions whose stream of the same name this one copies (ADR 0012)
+    #: JetStream domains of other regions whose stream of the same name this one copies (ADR 0017)
     source_domains: tuple[str, ...] = ()
 
     def sourcing(self, domains: tuple[str, ...] | list[str]) -> "StreamSpec":
@@ -54,7 +54,7 @@ def breaker_subject(region: str, model: str) -> str:
     return f"{BREAKER_SUBJECT_PREFIX}.{re.sub(r'[^A-Za-z0-9_-]', '_', region) or '_'}.{re.sub(r'[^A-Za-z0-9_-]', '_', model)}"
 
 
-# Core NATS: llmesh.region.health.<region>, each router's view of its region once a second (ADR 0012).
+# Core NATS: llmesh.region.health.<region>, each router's view of its region once a second (ADR 0017).
 REGION_HEALTH_SUBJECT_PREFIX = "llmesh.region.health"
 
 

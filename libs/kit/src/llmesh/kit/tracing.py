@@ -6,7 +6,7 @@ Off by default: without OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) or OTE
 no SDK is installed and the API's no-op tracer costs next to nothing (trace context is still
 passed on, so a caller's trace continues through a service that does not export). With them,
 spans go through a batch processor to the OTLP/gRPC exporter (or `console`), configured by the
-standard OTEL_* variables (service name, resource attributes, sampler, headers; docs/adr/0011)."""
+standard OTEL_* variables (service name, resource attributes, sampler, headers; docs/adr/0020)."""
 
 from __future__ import annotations
 

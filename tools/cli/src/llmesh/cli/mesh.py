@@ -44,7 +44,7 @@ def register(subparsers) -> None:
         "--regions",
         type=int,
         default=1,
-        help="run this many regions on this machine (ADR 0012; region a on the usual ports), in the foreground",
+        help="run this many regions on this machine (ADR 0017; region a on the usual ports), in the foreground",
     )
     up.set_defaults(func=up_command)
 
@@ -63,7 +63,7 @@ def _err(line: str) -> None:
 
 
 def up_command(args) -> int:
-    if getattr(args, "regions", 1) > 1:  # regions12
+    if getattr(args, "regions", 1) > 1:
         if args.detach:
             _err("llmesh up: --regions runs in the foreground (no --detach yet)")
             return 2
@@ -214,7 +214,7 @@ def _exit_text(code: int | None) -> str:
 
 
 def status_command(args) -> int:
-    regions = region_homes()  # regions12: `llmesh up --regions N` shows every region
+    regions = region_homes()  # `llmesh up --regions N` shows every region
     if regions:
         codes = []
         for region, region_home in regions.items():

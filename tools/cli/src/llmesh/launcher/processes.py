@@ -240,7 +240,7 @@ class NatsProcess:
             str(self.store_dir),
             port=self.port or -1,
             log_path=str(self.log_path),
-            # regions12: a region's JetStream domain and leaf node link (`llmesh up --regions`, ADR 0012)
+            # a region's JetStream domain and leaf node link (`llmesh up --regions`, ADR 0017)
             config_file=os.environ.get("LLMESH_NATS_CONFIG") or None,
         )
         self.server.start()

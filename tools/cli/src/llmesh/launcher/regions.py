@@ -1,4 +1,4 @@
-"""`llmesh up --regions N`: N regions on one machine (ADR 0012). Each region is a whole local mesh
+"""`llmesh up --regions N`: N regions on one machine (ADR 0017). Each region is a whole local mesh
 (its own supervisor, `$LLMESH_HOME/regions/<region>`, NATS, five services, LLMESH_REGION=<region>);
 region a keeps the well-known ports, the others take free ones. The regions' nats-servers have
 their own JetStream domains and are joined by leaf nodes (region a listens, the others dial it);

@@ -102,7 +102,7 @@ def durable_name(replica_id: str) -> str:
 class InvalidationChannel:
     def __init__(self, bus: Bus, replica_id: str, *, peer_domains: tuple[str, ...] = ()):
         self._bus = bus
-        # Other regions' JetStream domains whose invalidations this region's stream copies (ADR 0012).
+        # Other regions' JetStream domains whose invalidations this region's stream copies (ADR 0017).
         self._stream = CACHE_INVALIDATE.sourcing(peer_domains)
         self.replica_id = replica_id
         self.durable = durable_name(replica_id)

@@ -55,7 +55,7 @@ class CacheSettings(ServerSettings):
         "LLMESH_NATS_PEER_DOMAINS",
         "",
         "JetStream domains of the other regions, comma-separated: this region's invalidation stream copies "
-        "theirs (ADR 0012; empty: one region)",
+        "theirs (ADR 0017; empty: one region)",
         parses(parse_domains),
     )
     admin_token: str = admin_token_setting(

@@ -1,4 +1,4 @@
-"""Budgets, global rate limits and usage records of the Generate pipeline (docs/adr/0011).
+"""Budgets, global rate limits and usage records of the Generate pipeline (docs/adr/0014).
 
 - `admit`: the request-per-minute limits, for every request (cache hits too).
 - `reserve`: before generation, the tokens-per-minute limits and a hold of the request's worst
@@ -252,7 +252,7 @@ class Accounting:
         return hold
 
     async def rehold(self, hold: Hold, *, model: str, backend: str, region: str, price: Price) -> bool:
-        """For a fallback or an overflow to another model (router10's hook: may this request go
+        """For a fallback or an overflow to another model (the router's hook: may this request go
         there given its cost?): holds the worst case at `price` instead, under the same
         reservation. False (and the hold unchanged) when a hard budget cannot take it."""
         worst = Usage(hold.prompt_tokens, hold.command.max_tokens)

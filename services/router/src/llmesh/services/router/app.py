@@ -82,7 +82,7 @@ class RouterApp(ServiceApp):
             ),
             on_change=self._on_breaker_change,
         )
-        self.regions: RegionRouting | None = None  # regions12
+        self.regions: RegionRouting | None = None
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(lambda: self.pipeline), server)
@@ -107,10 +107,10 @@ class RouterApp(ServiceApp):
             return opened
 
         inference = InferenceClient(channel(s.inference_addr))
-        self.regions = await self._start_regions(inference, channel)  # regions12
+        self.regions = await self._start_regions(inference, channel)
         catalog = ModelCatalog(lambda: inference.list_models(timeout_s=s.upstream_timeout_s), s.models_refresh_s)
         await self._wait_for_models(catalog)
-        self.regions.know(catalog.models)  # regions12: reported before any request reaches them
+        self.regions.know(catalog.models)  # reported before any request reaches them
 
         defaults = RoutingPolicy(
             tier_models=parse_tier_models(s.tier_models),
@@ -152,12 +152,12 @@ class RouterApp(ServiceApp):
                 initial_service_s=s.queue_initial_service_s,
             ),
             accounting=accounting,
-            regions=self.regions,  # regions12
+            regions=self.regions,
         )
         await self._start_batch()
 
     async def _start_regions(self, inference: InferenceClient, channel) -> RegionRouting:
-        """regions12 (ADR 0012): health reports every second, every region's view, failover."""
+        """health reports every second, every region's view, failover."""
         s = self.settings
         window = OutcomeWindow()
         board = RegionBoard(s.region_health_max_age_s)
@@ -187,7 +187,7 @@ class RouterApp(ServiceApp):
         )
 
     async def _start_accounting(self) -> Accounting:
-        """quota11: the quota store (Redis or in-process), the usage stream and the event outbox."""
+        """the quota store (Redis or in-process), the usage stream and the event outbox."""
         s = self.settings
         assert self.bus is not None and self.policy is not None
         await self.bus.ensure_stream(USAGE)
@@ -292,7 +292,7 @@ class RouterApp(ServiceApp):
         if self.batch is not None:
             await self.batch.close(self._batch_task)
         if self.outbox is not None and self.bus is not None and not self.bus.nc.is_closed:
-            await self.outbox.flush(timeout_s=2.0)  # quota11: usage records still queued
+            await self.outbox.flush(timeout_s=2.0)  # usage records still queued
         if self.quota_store is not None:
             await self.quota_store.close()
         for opened in self._channels:

@@ -39,7 +39,7 @@ DEFAULT_MAX_TOKENS = 256
 MAX_MODEL_CHARS = 128
 
 PRIORITIES = {
-    # Unlabelled traffic is standard: the interactive class is opted into (ADR 0011-queue10).
+    # Unlabelled traffic is standard: the interactive class is opted into (ADR 0013).
     router_pb2.PRIORITY_UNSPECIFIED: Priority.STANDARD,
     router_pb2.PRIORITY_INTERACTIVE: Priority.INTERACTIVE,
     router_pb2.PRIORITY_STANDARD: Priority.STANDARD,

@@ -107,7 +107,7 @@ class _Progress:
     first_delta_at: float | None = None
     # Time spent in the router's fair queues, over every attempt.
     queue_wait_ms: float = 0.0
-    # The region whose inference served the last attempt (regions12; "" single-region).
+    # The region whose inference served the last attempt ("" single-region).
     region: str = ""
 
     def release(self, text: str) -> Delta:
@@ -157,7 +157,7 @@ class GeneratePipeline:
         extra_cost_allowed: ExtraCostAllowed = allow_any_cost,
         queues: FairQueues,
         accounting: Accounting | None = None,
-        regions: Any = None,  # regions12: RegionRouting (multi-region failover, ADR 0012)
+        regions: Any = None,  # RegionRouting (multi-region failover, ADR 0017)
     ):
         self._tenancy = tenancy
         self._classifier = classifier
@@ -175,9 +175,9 @@ class GeneratePipeline:
         # The budget's say on an overflow's extra cost (the quota work plugs in here).
         self._extra_cost_allowed = extra_cost_allowed
         self._queues = queues
-        # quota11: budgets, global rate limits and usage records (None: none of them).
+        # budgets, global rate limits and usage records (None: none of them).
         self._accounting = accounting
-        self._regions = regions  # regions12
+        self._regions = regions
 
     @traced("router.auth")
     async def authenticate(self, authorization: str | None, *, deadline: float | None = None) -> Principal:
@@ -212,7 +212,7 @@ class GeneratePipeline:
         (time.perf_counter) so the reported times cover authentication too."""
         bind_contextvars(tenant=principal.tenant_id)
         annotate(tenant=principal.tenant_id, business_unit=principal.business_unit, use_case=command.use_case)
-        if self._accounting is not None:  # quota11: requests per minute, cache hits included
+        if self._accounting is not None:  # requests per minute, cache hits included
             await self._accounting.admit(principal, command)
         pinned = await self._catalog.require(command.pinned_model) if command.pinned_model else None
         key = CacheKey(
@@ -244,7 +244,7 @@ class GeneratePipeline:
                 if isinstance(event, Summary):
                     event = dataclasses.replace(event, policy_variant=variant)
                     if self._accounting is not None:
-                        # quota11: a hit costs nothing and holds no budget; its record says what it saved.
+                        # a hit costs nothing and holds no budget; its record says what it saved.
                         self._accounting.record_hit(principal, command, event, cost_avoided_usd=cached.cost_usd)
                 yield event
             return
@@ -310,7 +310,7 @@ class GeneratePipeline:
         budget_hold = None
         affordable = None
         if self._accounting is not None:
-            # quota11: tokens per minute, and the worst case held on every hard budget before any
+            # tokens per minute, and the worst case held on every hard budget before any
             # token, at the first candidate's price; a dearer fallback, overflow or escalation
             # target holds more first (rehold) or is skipped, so none can overspend.
             worst = Usage(prompt_tokens_bound(command), command.max_tokens)
@@ -436,7 +436,7 @@ class GeneratePipeline:
             )
             store = self._spawn(self._store(key, stored, principal, sensitivity))
         settled = None
-        if budget_hold is not None:  # quota11: the actual cost replaces the hold; the usage record goes out
+        if budget_hold is not None:  # the actual cost replaces the hold; the usage record goes out
             settled = self._accounting.settle(
                 budget_hold,
                 completion.usage,
@@ -489,7 +489,7 @@ class GeneratePipeline:
         )
         yield summary
         if settled is not None:
-            await asyncio.shield(settled)  # quota11: the call ends once its budgets are settled
+            await asyncio.shield(settled)  # the call ends once its budgets are settled
         if store is not None:
             # The summary is already on its way; the call ends once the answer is stored, so a
             # client that repeats the request after this call completed finds it in the cache.
@@ -578,7 +578,7 @@ class GeneratePipeline:
             # Raises DeadlineExceeded once the request's deadline has passed: no further tries.
             timeout_s = _remaining(self._config.generate_timeout_s, deadline)
             if affordable is not None and not await affordable(model):
-                # quota11: a hard budget cannot take this model's worst case.
+                # a hard budget cannot take this model's worst case.
                 attempts.append(_attempt(candidate, "BUDGET_EXHAUSTED", time.perf_counter()))
                 last_error = ResourceExhausted(
                     f"a hard budget cannot take the worst case of {model.name}", reason="BUDGET_EXHAUSTED"
@@ -598,7 +598,7 @@ class GeneratePipeline:
                 model, tenant_id, command, deadline, time.perf_counter() - progress.started
             )
             try:
-                # regions12: a tier this region cannot serve goes to another region's inference.
+                # a tier this region cannot serve goes to another region's inference.
                 inference, progress.region = (
                     self._regions.route(candidate.tier, model.name, allowed_regions=policy.data_access.regions)
                     if self._regions
@@ -612,7 +612,7 @@ class GeneratePipeline:
                         timeout_s=timeout_s,
                     )
                 )
-                if self._regions:  # regions12: what the region's inference did feeds its health
+                if self._regions:  # what the region's inference did feeds its health
                     stream = self._regions.observed(
                         stream, progress.region, model.name, candidate.tier, progress.started
                     )

@@ -1,4 +1,4 @@
-"""Quality score of a tier-1 answer (0..1) and the escalation policy (ADR 0011-router10).
+"""Quality score of a tier-1 answer (0..1) and the escalation policy (ADR 0012).
 
 Inference exposes no token log-probabilities, so the score is built from what the router sees:
 

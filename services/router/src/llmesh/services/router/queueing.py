@@ -19,7 +19,7 @@ Admission control: before a request joins a queue its wait is estimated from the
 scheduler would dispatch ahead of it and the pool's recent service times; a request that would
 miss its class's SLA (interactive/standard `ttft_slo_ms`, batch `deadline_s`) or the caller's
 deadline, or whose class queue is full, is rejected at once with RESOURCE_EXHAUSTED and a RetryInfo.
-Domain code: no gRPC here (ADR 0011-queue10 explains the design)."""
+Domain code: no gRPC here (ADR 0013 explains the design)."""
 
 from __future__ import annotations
 

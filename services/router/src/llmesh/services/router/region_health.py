@@ -1,4 +1,4 @@
-"""Region health on NATS (ADR 0012): every router publishes what it saw of its region's models on
+"""Region health on NATS (ADR 0017): every router publishes what it saw of its region's models on
 llmesh.region.health.<region> once a second (core NATS: only the latest report matters) and
 records every region's reports in a RegionBoard. Wire form ↔ domain, and the periodic glue."""
 

@@ -1,4 +1,4 @@
-"""Multi-region failover (ADR 0012): what this router saw of its own region's models, every
+"""Multi-region failover (ADR 0017): what this router saw of its own region's models, every
 region's health as heard on llmesh.region.health.<region>, and the failover decision.
 
 Pure domain code: no gRPC, no NATS; every clock is injected, so the decisions are tested on a

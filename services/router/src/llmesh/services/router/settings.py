@@ -141,7 +141,7 @@ class RouterSettings(ServerSettings):
         positive,
     )
     policy_bucket: str = setting("LLMESH_ROUTER_POLICY_BUCKET", "llmesh-policy", "NATS KV bucket of the routing policy")
-    # regions12: multi-region failover (ADR 0012)
+    # Multi-region failover (ADR 0017)
     region_inference: str = setting(
         "LLMESH_ROUTER_REGION_INFERENCE",
         "",
@@ -249,7 +249,7 @@ class RouterSettings(ServerSettings):
         "LLMESH_ROUTER_ESCALATION_STREAM_MODE",
         "release",
         "`release`: stream at once, escalate only answers with nothing released; `hold`: hold the first "
-        "LLMESH_ROUTER_ESCALATION_HOLD_TOKENS deltas until scored (policy `escalation`, ADR 0011)",
+        "LLMESH_ROUTER_ESCALATION_HOLD_TOKENS deltas until scored (policy `escalation`, ADR 0012)",
         one_of("release", "hold"),
     )
     escalation_hold_tokens: int = setting(
@@ -273,7 +273,7 @@ class RouterSettings(ServerSettings):
         1.0,
         "estimated duration of one generation of a model until the router has measured some (admission control)",
     )
-    # quota11: budgets, global rate limits and usage records (docs/adr/0011).
+    # Budgets, global rate limits and usage records (docs/adr/0014).
     quota_redis_url: str = setting(
         "LLMESH_ROUTER_QUOTA_REDIS_URL",
         "",

@@ -2,7 +2,7 @@
 PostgreSQL (production, asyncpg with a connection pool). The repository writes each statement
 once, with `?` placeholders and portable SQL; this module runs it on either store.
 
-Migrations are yoyo-migrations scripts in `migrations/` (docs/adr/0011-tenancy11-stores.md), run
+Migrations are yoyo-migrations scripts in `migrations/` (docs/adr/0015-tenancy-stores-and-migrations.md), run
 by `migrate()` before the service opens its connections. yoyo takes a lock table, so two replicas
 starting at once apply each migration once.
 
