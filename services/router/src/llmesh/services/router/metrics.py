@@ -102,7 +102,7 @@ ESCALATION_COST = Counter(
     ["tenant", "use_case", "part"],
 )
 QUALITY_SCORE = Histogram(
-    "llmesh_router_quality_score",
+    "llmesh_router_quality_score_ratio",
     "Quality score of tier-1 answers (0..1)",
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
