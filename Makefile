@@ -28,7 +28,7 @@ export UV_LINK_MODE ?= copy
 APT_PACKAGES := nats-server redis-server kubectl
 APT_COMMANDS := nats-server redis-server kubectl
 
-.PHONY: setup triton-env up test gen lint format breaking bench fuzz docs images-report image-context images clean
+.PHONY: setup triton-env up test gen lint format breaking bench fuzz chaos soak docs images-report image-context images clean
 
 setup: $(STAMP) $(TRITON_STAMP)
 
@@ -94,6 +94,16 @@ bench: setup
 # Every RPC of every service with generated requests (tests/fuzz); the table goes to bench/results/fuzz.md.
 fuzz: setup
 	LLMESH_FUZZ_EXAMPLES=$${LLMESH_FUZZ_EXAMPLES:-10000} LLMESH_FUZZ_REPORT=bench/results/fuzz.md $(PY) -m pytest -q tests/fuzz
+
+# Faults under load against a private `llmesh up` (bench/chaos.py): the table goes to bench/results/chaos.md
+# and docs/reports/reliability.md. CHAOS_ARGS="--only kill-cache,nats" runs a subset.
+chaos: setup
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
+
+# A steady mixed load for SOAK_MINUTES (30) with RSS/fd/p99 verdicts (bench/soak.py, bench/results/soak.md).
+SOAK_MINUTES ?= 30
+soak: setup
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 docs: setup
 	$(PY) scripts/config_tables.py
