@@ -6,7 +6,7 @@ model), three tenants, a steady mixed load through the router, and one fault at 
   during the freeze and checked afterwards;
 - added latency, then severed and refused connections, on the router→inference path, through this
   harness's TCP proxy (the launcher's LLMESH_ROUTER_INFERENCE_ADDR points the router at it);
-- disk full for the semantic store's folder (a 64 MiB tmpfs mounted over $LLMESH_HOME/cache/semantic
+- disk full for the semantic store's folder (a 512 MiB tmpfs mounted over $LLMESH_HOME/cache/semantic
   before `up`, filled during the fault; skipped with the reason when mounting is not allowed).
 
 Per fault: the error rate in the fault window, the first success after the part is back, the last
@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,7 +46,10 @@ from bench.mesh_load import (  # noqa: E402
 )
 
 RESULTS = ROOT / "bench" / "results" / "chaos.json"
+LOGS = pathlib.Path(tempfile.gettempdir()) / "llmesh-chaos-logs"
 BASELINE_S, AFTER_S = 10.0, 20.0
+# A 64 MiB tmpfs is too small: the restarted cache dies of SIGBUS at start (docs/reports/reliability.md).
+TMPFS_MIB = 512
 
 
 def serving(address: str) -> bool:
@@ -209,10 +213,14 @@ async def disk_full(mesh: PrivateMesh, load: Load, mounted: str) -> dict:
     folder = mesh.home / "cache" / "semantic"
     filler = folder / "filler"
     t0 = time.monotonic()
-    with open(filler, "wb") as out, contextlib.suppress(OSError):
-        while True:
-            out.write(b"\0" * (1 << 20))
-            out.flush()
+
+    def fill() -> None:
+        with open(filler, "wb") as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * (1 << 20))
+                out.flush()
+
+    await asyncio.to_thread(fill)
     await asyncio.sleep(15)
     filler.unlink()
     back = time.monotonic()
@@ -221,7 +229,7 @@ async def disk_full(mesh: PrivateMesh, load: Load, mounted: str) -> dict:
     no_space = log.count("No space left") + log.count("ENOSPC")
     return summarize(
         load,
-        "semantic store disk full, 15 s (64 MiB tmpfs filled)",
+        f"semantic store disk full, 15 s ({TMPFS_MIB} MiB tmpfs filled)",
         t0,
         back,
         f"cache log lines naming ENOSPC: {no_space}; cache pid unchanged: {mesh.restarts('cache') == 0}",
@@ -232,7 +240,7 @@ async def disk_full(mesh: PrivateMesh, load: Load, mounted: str) -> dict:
 def mount_tmpfs(folder: pathlib.Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MIB}m", "tmpfs", str(folder)], capture_output=True, text=True
     )
     return "ok" if result.returncode == 0 else f"skipped: mount -t tmpfs failed ({result.stderr.strip()})"
 
@@ -310,6 +318,9 @@ async def main(only: list[str], rate: float) -> list[dict]:
         finally:
             await asyncio.to_thread(mesh.down)
             await proxy.stop()
+            # The services' logs outlive the private home, for what a fault left behind.
+            shutil.rmtree(LOGS, ignore_errors=True)
+            shutil.copytree(home / "logs", LOGS, dirs_exist_ok=True)
             if mounted == "ok":
                 subprocess.run(["umount", "-l", str(home / "cache" / "semantic")], check=False)
     return rows
