@@ -283,3 +283,20 @@ def proc_sample(pid: int) -> dict[str, float]:
     except OSError:
         fds = -1
     return {"rss_mib": rss_kib / 1024, "fds": fds}
+
+
+REPORT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "reports" / "reliability.md"
+
+
+def write_report_section(name: str, text: str, report: pathlib.Path = REPORT) -> None:
+    """Puts `text` between `<!-- name:begin -->` and `<!-- name:end -->` in the reliability report
+    (appended when the markers are missing); the rest of the page is left as it is."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    page = report.read_text() if report.exists() else "# Reliability (issue 16)\n"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in page and end in page:
+        head, rest = page.split(begin, 1)
+        page = head + block + rest.split(end, 1)[1]
+    else:
+        page = page.rstrip() + "\n\n" + block + "\n"
+    report.write_text(page)

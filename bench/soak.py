@@ -22,7 +22,15 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.mesh_load import SERVICES, Load, PrivateMesh, error_rate, percentile, proc_sample  # noqa: E402
+from bench.mesh_load import (  # noqa: E402
+    SERVICES,
+    Load,
+    PrivateMesh,
+    error_rate,
+    percentile,
+    proc_sample,
+    write_report_section,
+)
 
 SAMPLE_S = 10.0
 
@@ -148,6 +156,7 @@ if __name__ == "__main__":
     _, facts = verdicts(result, args.minutes, args.rss_growth_mib)
     report = render(result, facts, args.minutes, args.rate, args.rss_growth_mib)
     (ROOT / "bench" / "results" / "soak.md").write_text(report)
+    write_report_section("soak", report)
     (ROOT / "bench" / "results" / "soak.json").write_text(
         json.dumps(
             {
