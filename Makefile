@@ -95,10 +95,10 @@ bench: setup
 fuzz: setup
 	LLMESH_FUZZ_EXAMPLES=$${LLMESH_FUZZ_EXAMPLES:-10000} LLMESH_FUZZ_REPORT=bench/results/fuzz.md $(PY) -m pytest -q tests/fuzz
 
-# The CI-sized kill test (tests/chaos, slow), then faults under load against a private `llmesh up` (bench/chaos.py): the table goes to bench/results/chaos.md
+# The CI-sized kill test (tests/chaos, also in make test), then faults under load against a private `llmesh up` (bench/chaos.py): the table goes to bench/results/chaos.md
 # and docs/reports/reliability.md. CHAOS_ARGS="--only kill-cache,nats" runs a subset.
 chaos: setup
-	$(PY) -m pytest -q -m slow tests/chaos
+	$(PY) -m pytest -q tests/chaos
 	$(PY) bench/chaos.py $(CHAOS_ARGS)
 
 # A steady mixed load for SOAK_MINUTES (30) with RSS/fd/p99 verdicts (bench/soak.py, bench/results/soak.md).

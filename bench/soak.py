@@ -116,6 +116,14 @@ def verdicts(result: dict, minutes: float, rss_bound_mib: float) -> tuple[list[s
     }
 
 
+def codes(answers) -> dict[str, int]:
+    counted: dict[str, int] = {}
+    for a in answers:
+        if not a.ok:
+            counted[a.code] = counted.get(a.code, 0) + 1
+    return counted
+
+
 def render(result: dict, facts: dict, minutes: float, rate: float, rss_bound: float) -> str:
     answers = result["answers"]
     out = [
@@ -124,7 +132,7 @@ def render(result: dict, facts: dict, minutes: float, rate: float, rss_bound: fl
         f"{minutes:g}-minute run, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.uname().nodename} "
         f"(2 shared cores), `.venv/bin/python bench/soak.py --minutes {minutes:g} --rate {rate:g}`: "
         f"{len(answers)} requests, error rate {error_rate(answers):.2%}, {result['skipped']} not sent "
-        f"(in-flight cap), restarts during the run {result['restarts']}. Samples every {SAMPLE_S:.0f} s; warm-up "
+        f"(in-flight cap), failures by code {codes(answers) or '-'}, restarts during the run {result['restarts']}. Samples every {SAMPLE_S:.0f} s; warm-up "
         f"{facts['warm_s']:.0f} s. Asyncio task counts: not exposed by the services, not sampled.",
         "",
         f"Verdict: **{'FAIL' if facts['failed'] else 'PASS'}**. p99 of the first {facts['window_s'] / 60:.0f} min "

@@ -1,8 +1,9 @@
 """CI-sized chaos (issue 16): a private `llmesh up --detach`, a light mixed load through the router,
 then the cache and the classifier each SIGKILLed once. The router keeps answering on its degraded
 paths (no cache, the fallback tier): at most 1 % errors over the run, and within 5 s of the
-supervisor's restart (the new process SERVING) answers succeed again and errors stop. About 90 s
-with the mesh's start: `slow`, run by `make chaos`."""
+supervisor's restart (the new process SERVING) answers succeed again and errors stop. About 40 s
+with the mesh's start (42 s measured on the shared 2-core machine): under the 60 s the issue allows in
+`make test`, so not `slow`; `make chaos` runs it too."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ from llmesh.kit.testing import assert_eventually
 
 from bench.mesh_load import Load, PrivateMesh, error_rate
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = pytest.mark.timeout(240)
 
 
 def serving(address: str) -> None:
-    with grpc.insecure_channel(address) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+    try:
+        with grpc.insecure_channel(address) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+    except grpc.RpcError as exc:
+        raise AssertionError(f"{address}: {exc.code().name}") from None
     assert status == health_pb2.HealthCheckResponse.SERVING
 
 
