@@ -34,7 +34,7 @@ export UV_LINK_MODE ?= copy
 APT_PACKAGES := nats-server redis-server kubectl prometheus prometheus-alertmanager
 APT_COMMANDS := nats-server redis-server kubectl promtool amtool
 
-.PHONY: setup triton-env ts-env bench-env up test e2e-backends gen lint format breaking bench fuzz docs dashboards images-report image-context images clean
+.PHONY: setup triton-env ts-env bench-env up test e2e-backends gen lint format breaking bench fuzz chaos soak docs dashboards images-report image-context images clean
 
 setup: $(STAMP) $(TRITON_STAMP) $(TS_STAMP)
 
@@ -127,6 +127,17 @@ bench: setup bench-env
 # Every RPC of every service with generated requests (tests/fuzz); the table goes to bench/results/fuzz.md.
 fuzz: setup
 	LLMESH_FUZZ_EXAMPLES=$${LLMESH_FUZZ_EXAMPLES:-10000} LLMESH_FUZZ_REPORT=bench/results/fuzz.md $(PY) -m pytest -q tests/fuzz
+
+# The CI-sized kill test (tests/chaos, also in make test), then faults under load against a private `llmesh up` (bench/chaos.py): the table goes to bench/results/chaos.md
+# and docs/reports/reliability.md. CHAOS_ARGS="--only kill-cache,nats" runs a subset.
+chaos: setup
+	$(PY) -m pytest -q tests/chaos
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
+
+# A steady mixed load for SOAK_MINUTES (30) with RSS/fd/p99 verdicts (bench/soak.py, bench/results/soak.md).
+SOAK_MINUTES ?= 30
+soak: setup
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES)
 
 docs: setup
 	$(PY) scripts/config_tables.py

@@ -263,7 +263,11 @@ class Supervisor:
 
         router_env = dict(base_env)
         for name in UPSTREAMS:
-            router_env[f"LLMESH_{name.upper()}_ADDR"] = self.units[name].process.address
+            # LLMESH_ROUTER_<UPSTREAM>_ADDR puts something between the router and that service (the
+            # chaos harness's fault proxy, bench/chaos.py); unset: the router dials the service.
+            router_env[f"LLMESH_{name.upper()}_ADDR"] = (
+                os.environ.get(f"LLMESH_ROUTER_{name.upper()}_ADDR") or self.units[name].process.address
+            )
         self._spawn("router", ports["router"], router_env)
         self._save()
         self._wait_serving([self.units["router"]], deadline, started)

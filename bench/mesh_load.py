@@ -1,0 +1,302 @@
+"""What bench/chaos.py, bench/soak.py and tests/chaos share: a private mesh started the way a user
+starts it (`llmesh up --detach`, a private LLMESH_HOME, free ports), tenants made through the tenancy
+service, a steady mixed load through the router's public gRPC API that records every answer, a TCP
+fault proxy, and /proc samples of the mesh's processes. Nothing here imports a service's code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+import grpc
+from llmesh.common.v1 import common_pb2
+from llmesh.kit.testing import free_port, unique
+from llmesh.router.v1 import router_pb2, router_pb2_grpc
+from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
+
+SERVICES = ("tenancy", "classifier", "cache", "inference", "router")
+REPEATED_PROMPTS = [f"In one word, what colour is a {thing}?" for thing in ("lemon", "cherry", "leaf", "sky")]
+
+
+def cli(env: dict[str, str], *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "llmesh.cli.main", *argv], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@dataclasses.dataclass
+class PrivateMesh:
+    """One `llmesh up --detach` under `home`, every port free; `extra` environment for the launcher."""
+
+    home: pathlib.Path
+    extra: dict[str, str] = dataclasses.field(default_factory=dict)
+    inference_port: int = 0
+
+    def __post_init__(self) -> None:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not (k.startswith("LLMESH_") and (k.endswith("_ADDR") or k in ("LLMESH_NATS_URL", "LLMESH_ADMIN_TOKEN")))
+        }
+        env.update({f"LLMESH_{name.upper()}_PORT": "0" for name in SERVICES})
+        if self.inference_port:
+            env["LLMESH_INFERENCE_PORT"] = str(self.inference_port)
+        env.update(LLMESH_HOME=str(self.home), LLMESH_UP_BACKENDS="0", OMP_NUM_THREADS="1")
+        env.update(self.extra)
+        self.env = env
+
+    def up(self) -> float:
+        started = time.monotonic()
+        result = cli(self.env, "up", "--detach", "--timeout", "300", timeout=360)
+        if result.returncode != 0:
+            raise RuntimeError(f"llmesh up failed:\n{result.stdout}\n{result.stderr}")
+        return time.monotonic() - started
+
+    def down(self) -> None:
+        cli(self.env, "down", timeout=150)
+
+    def state(self) -> dict:
+        return json.loads((self.home / "mesh.json").read_text())
+
+    def pid(self, name: str) -> int:
+        return int(self.state()["processes"][name]["pid"])
+
+    def restarts(self, name: str) -> int:
+        return int(self.state()["processes"][name].get("restarts", 0))
+
+    def admin(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.state()['admin_token']}")]
+
+    async def new_tenant(self, label: str) -> tuple[str, str]:
+        """(api_key, key_id) of a fresh tenant."""
+        async with grpc.aio.insecure_channel(self.state()["endpoints"]["tenancy"]) as channel:
+            stub = tenancy_pb2_grpc.TenancyServiceStub(channel)
+            tenant = (
+                await stub.CreateTenant(
+                    tenancy_pb2.CreateTenantRequest(
+                        name=unique(label), business_unit="chaos", clearance=common_pb2.SENSITIVITY_CONFIDENTIAL
+                    ),
+                    metadata=self.admin(),
+                    timeout=10,
+                )
+            ).tenant
+            key = await stub.CreateApiKey(
+                tenancy_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id, label=label),
+                metadata=self.admin(),
+                timeout=10,
+            )
+        return key.api_key, key.key.key_id
+
+    async def revoke(self, key_id: str) -> None:
+        async with grpc.aio.insecure_channel(self.state()["endpoints"]["tenancy"]) as channel:
+            await tenancy_pb2_grpc.TenancyServiceStub(channel).RevokeApiKey(
+                tenancy_pb2.RevokeApiKeyRequest(key_id=key_id), metadata=self.admin(), timeout=10
+            )
+
+
+@dataclasses.dataclass
+class Answer:
+    start: float  # monotonic
+    end: float
+    code: str  # "OK" or the gRPC status name
+    priority: str
+    cache: str = ""
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "OK"
+
+    @property
+    def latency_ms(self) -> float:
+        return (self.end - self.start) * 1000
+
+
+async def generate_once(stub, api_key: str, prompt: str, priority: int, timeout: float = 30) -> Answer:
+    start = time.monotonic()
+    request = router_pb2.GenerateRequest(
+        messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=prompt)], max_tokens=4, priority=priority
+    )
+    cache = ""
+    try:
+        summary = None
+        async for event in stub.Generate(request, metadata=[("authorization", f"Bearer {api_key}")], timeout=timeout):
+            if event.HasField("summary"):
+                summary = event.summary
+        if summary is None:
+            return Answer(start, time.monotonic(), "NO_SUMMARY", router_pb2.Priority.Name(priority))
+        cache = router_pb2.CacheOutcome.Name(summary.cache_outcome)
+        return Answer(start, time.monotonic(), "OK", router_pb2.Priority.Name(priority), cache)
+    except grpc.aio.AioRpcError as exc:
+        return Answer(
+            start, time.monotonic(), exc.code().name, router_pb2.Priority.Name(priority), detail=exc.details() or ""
+        )
+
+
+class Load:
+    """`rate` requests a second, open loop (a request starts on schedule whether or not the last one
+    ended, up to `max_in_flight`), spread over the keys, half interactive and half batch, a third of
+    the prompts repeated (cache hits), the rest unique. Every answer lands in `answers`."""
+
+    def __init__(self, router_addr: str, keys: list[str], rate: float = 4.0, max_in_flight: int = 32):
+        self.router_addr, self.keys, self.rate, self.max_in_flight = router_addr, keys, rate, max_in_flight
+        self.answers: list[Answer] = []
+        self.skipped = 0
+        self._task: asyncio.Task | None = None
+        self._rng = random.Random(16)
+
+    async def _run(self) -> None:
+        async with grpc.aio.insecure_channel(self.router_addr) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            in_flight: set[asyncio.Task] = set()
+            period, next_at = 1.0 / self.rate, time.monotonic()
+            try:
+                while True:
+                    next_at += period
+                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                    if len(in_flight) >= self.max_in_flight:
+                        self.skipped += 1
+                        continue
+                    key = self._rng.choice(self.keys)
+                    if self._rng.random() < 0.34:
+                        prompt = self._rng.choice(REPEATED_PROMPTS)
+                    else:
+                        prompt = f"Say one word about {unique('topic')}."
+                    priority = (
+                        router_pb2.PRIORITY_INTERACTIVE if self._rng.random() < 0.5 else router_pb2.PRIORITY_BATCH
+                    )
+                    task = asyncio.create_task(generate_once(stub, key, prompt, priority))
+                    task.add_done_callback(self._done(in_flight))
+                    in_flight.add(task)
+            finally:
+                for task in in_flight:
+                    task.cancel()
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def _done(self, in_flight: set[asyncio.Task]):
+        def done(task: asyncio.Task) -> None:
+            in_flight.discard(task)
+            if not task.cancelled():
+                self.answers.append(task.result())
+
+        return done
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def between(self, a: float, b: float) -> list[Answer]:
+        """Answers to requests started in [a, b)."""
+        return [x for x in self.answers if a <= x.start < b]
+
+
+def error_rate(answers: list[Answer]) -> float:
+    return sum(not a.ok for a in answers) / len(answers) if answers else 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+class FaultProxy:
+    """A TCP proxy of the harness's own between the router and a service: `delay_s` added to every
+    chunk each way; `severed` closes every open connection and refuses new ones (accepted, then
+    closed at once) until cleared."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.port = free_port()
+        self.delay_s = 0.0
+        self.severed = False
+        self._conns: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+        self.sever()
+        self.severed = False
+
+    def sever(self) -> None:
+        self.severed = True
+        for writer in list(self._conns):
+            writer.transport.abort()
+        self._conns.clear()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.severed:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._conns.update((writer, up_writer))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        self._conns.discard(writer)
+        self._conns.discard(up_writer)
+
+
+def proc_sample(pid: int) -> dict[str, float]:
+    """RSS (MiB) and open file descriptors of a process, from /proc."""
+    rss_kib = 0
+    with contextlib.suppress(OSError):
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss_kib = int(line.split()[1])
+    try:
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        fds = -1
+    return {"rss_mib": rss_kib / 1024, "fds": fds}
+
+
+REPORT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "reports" / "reliability.md"
+
+
+def write_report_section(name: str, text: str, report: pathlib.Path = REPORT) -> None:
+    """Puts `text` between `<!-- name:begin -->` and `<!-- name:end -->` in the reliability report
+    (appended when the markers are missing); the rest of the page is left as it is."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    page = report.read_text() if report.exists() else "# Reliability (issue 16)\n"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in page and end in page:
+        head, rest = page.split(begin, 1)
+        page = head + block + rest.split(end, 1)[1]
+    else:
+        page = page.rstrip() + "\n\n" + block + "\n"
+    report.write_text(page)
