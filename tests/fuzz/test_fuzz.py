@@ -12,6 +12,7 @@ import collections
 import importlib
 import os
 import pathlib
+import pkgutil
 import string
 import time
 
@@ -40,11 +41,17 @@ PRINTABLE = string.ascii_letters + string.digits + string.punctuation + " "
 
 
 def _methods():
+    """Every method of every gRPC service in each service's stubs package (router: RouterService
+    and BatchService, ...)."""
     for service in SERVICES:
-        module = importlib.import_module(f"llmesh.{service}.v1.{service}_pb2")
-        for svc in module.DESCRIPTOR.services_by_name.values():
-            for method in svc.methods:
-                yield service, method
+        package = importlib.import_module(f"llmesh.{service}.v1")
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            if not info.name.endswith("_pb2"):
+                continue
+            module = importlib.import_module(f"llmesh.{service}.v1.{info.name}")
+            for svc in module.DESCRIPTOR.services_by_name.values():
+                for method in svc.methods:
+                    yield service, method
 
 
 METHODS = list(_methods())
