@@ -238,7 +238,6 @@ class Totals:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
-    generated: int = 0
 
     def add(self, line: dict) -> None:
         if line.get("error"):
@@ -250,5 +249,3 @@ class Totals:
         self.prompt_tokens += usage["prompt_tokens"]
         self.completion_tokens += usage["completion_tokens"]
         self.cost_usd += line["llmesh"]["cost_usd"]
-        if line["llmesh"]["cache_outcome"] in ("miss", "bypassed"):
-            self.generated += 1

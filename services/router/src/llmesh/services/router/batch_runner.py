@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 import nats.errors
 from llmesh.kit.bus import Bus
 from llmesh.kit.errors import LlmeshError, NotFound, Unavailable
+from llmesh.kit.interceptors import status_code_for
 from llmesh.kit.logging import bind_contextvars, clear_contextvars, get_logger
 from llmesh.kit.streams import StreamSpec
 from llmesh.kit.vocabulary import Principal
@@ -319,7 +320,7 @@ class BatchRunner:
                 await msg.nak(delay=min(job.start_after - now, 3600.0))
                 return
             else:
-                line = await self._answer(job, index, custom_id, msg)
+                line = await self._answer(job, index, custom_id, msg.data)
                 if line is None:  # retry later
                     await msg.nak(delay=self._config.retry_delay_s)
                     return
@@ -338,8 +339,8 @@ class BatchRunner:
             except Exception:
                 pass  # not acknowledged: it comes back after ack_wait
 
-    async def _answer(self, job: Job, index: int, custom_id: str, msg) -> dict | None:
-        request = router_pb2.GenerateRequest.FromString(msg.data)
+    async def _answer(self, job: Job, index: int, custom_id: str, data: bytes) -> dict | None:
+        request = router_pb2.GenerateRequest.FromString(data)
         command = command_from_proto(request)
         parts: list[str] = []
         summary: Summary | None = None
@@ -350,7 +351,7 @@ class BatchRunner:
                 else:
                     summary = event
         except LlmeshError as exc:
-            code = _code_name(exc)
+            code = status_code_for(exc).name
             if code in FINAL:
                 return error_line(job.job_id, index, custom_id, code.lower(), exc.message)
             log.info("batch_item_retry", code=code, message=exc.message)
@@ -358,9 +359,3 @@ class BatchRunner:
         if summary is None:
             raise Unavailable("the pipeline ended without a summary")
         return answer_line(job.job_id, index, custom_id, "".join(parts), summary)
-
-
-def _code_name(exc: LlmeshError) -> str:
-    from llmesh.kit.interceptors import status_code_for
-
-    return status_code_for(exc).name
