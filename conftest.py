@@ -7,13 +7,26 @@ import os
 import pathlib
 
 import pytest
+from llmesh.kit import identity
 from llmesh.kit.nats_server import NatsServerProcess
-from llmesh.kit.testing import redis_server
+from llmesh.kit.testing import ensure_identity, redis_server
 
 # LLMESH_SHARED_DATA points elsewhere (a missing folder runs the suite as on a clean clone).
 SHARED_DATA = pathlib.Path(
     os.environ.get("LLMESH_SHARED_DATA") or pathlib.Path(__file__).resolve().parent.parent / "shared" / "data"
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mesh_identity_dir(tmp_path_factory) -> pathlib.Path:
+    """The session's own mesh keys and credentials (docs/adr/0023). Tests call as the operator,
+    and services hosted in this process without identity files of their own verify with these
+    keys; fixtures that want each service to be itself pass it its own credential file."""
+    identity.set_default(None)
+    # Tenancy hosted without a key file of its own signs tenant tokens with the session's key.
+    directory = ensure_identity()
+    yield directory
+    identity.set_default(None)
 
 
 @pytest.fixture(scope="session")

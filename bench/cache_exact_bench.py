@@ -32,7 +32,7 @@ from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.client import open_channel
 from llmesh.kit.nats_server import NatsServerProcess
-from llmesh.kit.testing import free_port
+from llmesh.kit.testing import ensure_identity, free_port, identity_env
 from llmesh.launcher.processes import ServiceProcess
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -69,13 +69,15 @@ def _rss_bytes(pid: int) -> int:
 
 
 def start_cache(workdir: pathlib.Path, nats_url: str, **env: str) -> ServiceProcess:
-    """The cache service as its own process on a free port, as `llmesh up` runs it."""
+    """The cache service as its own process on a free port, as `llmesh up` runs it, with its own
+    credential (this process calls it as the operator)."""
     service = ServiceProcess(
         "cache",
         port=0,
         home=workdir,
         env={
             **os.environ,
+            **identity_env(ensure_identity(), "cache"),
             "LLMESH_HOME": str(workdir),
             "LLMESH_NATS_URL": nats_url,
             "LLMESH_CACHE_SEMANTIC": "false",

@@ -40,7 +40,7 @@ import aiohttp  # noqa: E402
 from litellm_baseline import FAKE_MODEL, FakeUpstream, LiteLLMProxy  # noqa: E402
 from llmesh.common.v1 import common_pb2  # noqa: E402
 from llmesh.kit.client import open_channel  # noqa: E402
-from llmesh.kit.testing import free_port  # noqa: E402
+from llmesh.kit.testing import ensure_identity, free_port, identity_env  # noqa: E402
 from llmesh.router.v1 import router_pb2, router_pb2_grpc  # noqa: E402
 
 PROMPT = "What is the capital of France?"
@@ -252,6 +252,7 @@ def main() -> None:
             edge_ready = pathlib.Path(tmp) / "edge.json"
             env = {
                 **os.environ,
+                **identity_env(ensure_identity(), "edge"),
                 "LLMESH_PORT": "0",
                 "LLMESH_METRICS_PORT": "0",
                 "LLMESH_EDGE_HTTP_PORT": str(free_port()),

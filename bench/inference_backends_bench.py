@@ -49,7 +49,7 @@ from llmesh.common.v1 import common_pb2  # noqa: E402
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
 from llmesh.kit.chat import Message  # noqa: E402
 from llmesh.kit.client import open_channel  # noqa: E402
-from llmesh.kit.testing import free_port  # noqa: E402
+from llmesh.kit.testing import ensure_identity, free_port, identity_env  # noqa: E402
 from llmesh.launcher.openai_server import LlamaCppServerProcess  # noqa: E402
 from llmesh.launcher.triton import TritonServerProcess  # noqa: E402
 from llmesh.services.inference.chat_prompt import GemmaTurns  # noqa: E402
@@ -217,6 +217,8 @@ class ServiceProcess:
         env = {
             **os.environ,
             **THREADS,
+            # Its own credential; this process calls it as the operator (docs/adr/0023).
+            **identity_env(ensure_identity(), "inference"),
             "LLMESH_PORT": str(self.port),
             "LLMESH_METRICS_PORT": "0",
             "LLMESH_INFERENCE_CATALOG": json.dumps(self.catalog),

@@ -139,13 +139,17 @@ async def bench_embedding(questions: list[str], runtimes: list[str]) -> dict:
 
 
 def start_cache(workdir: pathlib.Path, nats_url: str, runtime: str | None = None) -> ServiceProcess:
-    """The cache service as its own process on a free port, as `llmesh up` runs it."""
+    """The cache service as its own process on a free port, as `llmesh up` runs it, with its own
+    credential (this process calls it as the operator)."""
+    from llmesh.kit.testing import ensure_identity, identity_env
+
     service = ServiceProcess(
         "cache",
         port=0,
         home=workdir,
         env={
             **os.environ,
+            **identity_env(ensure_identity(), "cache"),
             **({"LLMESH_CACHE_EMBED_RUNTIME": runtime} if runtime else {}),
             "LLMESH_HOME": str(workdir),
             "LLMESH_NATS_URL": nats_url,

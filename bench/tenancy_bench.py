@@ -29,6 +29,7 @@ from llmesh.kit.config import load_settings
 from llmesh.kit.logging import configure_logging
 from llmesh.kit.nats_server import NatsServerProcess
 from llmesh.kit.server import ServiceHost
+from llmesh.kit.testing import ensure_identity
 from llmesh.services.tenancy import keys
 from llmesh.services.tenancy.app import TenancyApp
 from llmesh.services.tenancy.models import new_key_id
@@ -119,6 +120,7 @@ async def run(args) -> str:
         admin_token=ADMIN_TOKEN,
         log_level="warning",
     )
+    ensure_identity()  # the benchmark calls as the operator; tenancy verifies with the same keys
     host = ServiceHost(TenancyApp(settings), settings, serve_metrics=False)
     await host.start()
     lines = []

@@ -133,11 +133,14 @@ def start_and_check_health(env: ServiceEnv, nats_url: str, extra_env: dict[str, 
     """Starts `python -m llmesh.services.<svc>` from the env on free ports and returns the status its
     gRPC health service reports for the whole server (SERVING, or NOT_SERVING while it waits for
     a dependency), then stops it with SIGTERM."""
-    from llmesh.kit.testing import free_port
+    from llmesh.kit import identity
+    from llmesh.kit.testing import free_port, identity_env
 
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
+        keys = identity.provision(pathlib.Path(tmp) / "identity", [env.service])
         run_env = {
+            **identity_env(keys, env.service),
             "PATH": os.environ.get("PATH", ""),
             "HOME": os.environ.get("HOME", tmp),
             "LLMESH_HOME": tmp,

@@ -12,7 +12,7 @@ from llmesh.common.v1 import common_pb2
 from llmesh.kit.client import open_channel
 from llmesh.kit.config import load_settings
 from llmesh.kit.server import ServiceHost
-from llmesh.kit.testing import hosted, unique
+from llmesh.kit.testing import hosted, identity_settings, unique
 from llmesh.router.v1 import router_pb2_grpc
 from llmesh.services.cache.app import CacheApp
 from llmesh.services.cache.settings import CacheSettings
@@ -53,10 +53,15 @@ class Mesh:
 
 
 @pytest.fixture(scope="module")
-async def mesh(nats_url, tmp_path_factory):
+async def mesh(nats_url, tmp_path_factory, mesh_identity_dir):
     home = tmp_path_factory.mktemp("llmesh-home")
     admin_token = secrets.token_urlsafe(24)
     common = dict(port=0, metrics_port=0, nats_url=nats_url)
+
+    def own(service: str) -> dict[str, str]:
+        # Each service is itself, as under `llmesh up` (docs/adr/0023); the tests call as the operator.
+        return identity_settings(mesh_identity_dir, service)
+
     with pytest.MonkeyPatch.context() as env:
         # Services that keep files resolve them under LLMESH_HOME when they start.
         env.setenv("LLMESH_HOME", str(home))
@@ -73,14 +78,23 @@ async def mesh(nats_url, tmp_path_factory):
                     TenancySettings,
                     environ={},
                     **common,
+                    **own("tenancy"),
                     db_path=str(home / "tenancy.db"),
                     admin_token=admin_token,
                     outbox_retry_s=0.2,
                 ),
             )
-            await start("classifier", ClassifierApp, load_settings(ClassifierSettings, environ={}, **common))
+            await start(
+                "classifier",
+                ClassifierApp,
+                load_settings(ClassifierSettings, environ={}, **common, **own("classifier")),
+            )
             # The admin token too, as `llmesh up` gives it: warming is an admin RPC.
-            await start("cache", CacheApp, load_settings(CacheSettings, environ={}, **common, admin_token=admin_token))
+            await start(
+                "cache",
+                CacheApp,
+                load_settings(CacheSettings, environ={}, **common, **own("cache"), admin_token=admin_token),
+            )
             await start(
                 "inference",
                 InferenceApp,
@@ -88,6 +102,7 @@ async def mesh(nats_url, tmp_path_factory):
                     InferenceSettings,
                     environ={},
                     **common,
+                    **own("inference"),
                     context_length=1024,
                     max_concurrency=2,
                 ),
@@ -99,6 +114,7 @@ async def mesh(nats_url, tmp_path_factory):
                     RouterSettings,
                     environ={},
                     **common,
+                    **own("router"),
                     tenancy_addr=hosts["tenancy"].address,
                     classifier_addr=hosts["classifier"].address,
                     cache_addr=hosts["cache"].address,
@@ -116,11 +132,12 @@ async def mesh(nats_url, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-async def edge(mesh):
+async def edge(mesh, mesh_identity_dir):
     """The edge in front of `mesh`: the base URL of its OpenAI-compatible API (…/v1)."""
     settings = load_settings(
         EdgeSettings,
         environ={},
+        **identity_settings(mesh_identity_dir, "edge"),
         port=0,
         metrics_port=0,
         http_port=0,

@@ -23,6 +23,7 @@ import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.testing import assert_eventually, unique
 from llmesh.launcher.processes import pid_alive
@@ -225,6 +226,26 @@ def test_up_detached_serves_and_records_every_process(mesh):
 
     again = llmesh(mesh.env, "up", "--detach")
     assert again.returncode != 0 and "already running" in again.stderr
+
+
+def test_up_gives_each_service_its_own_credential_and_the_cli_the_operators(mesh):
+    """docs/adr/0023: the keys under $LLMESH_HOME/identity, private; a caller without credentials
+    is refused by the internal services; the CLI calls them with the operator credential."""
+    directory = pathlib.Path(mesh.state()["identity_dir"])
+    assert directory == mesh.home / "identity" and stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for name in (
+        "mesh-key.json",
+        "tenancy-token-key.json",
+        "operator.credential",
+        *(f"{s}.credential" for s in SERVICES),
+    ):
+        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
+    with grpc.insecure_channel(mesh.state()["endpoints"]["cache"]) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            cache_pb2_grpc.CacheServiceStub(channel).Stats(cache_pb2.StatsRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    stats = llmesh(mesh.env, "cache", "stats")
+    assert stats.returncode == 0, stats.stdout + stats.stderr
 
 
 async def test_a_killed_service_is_restarted_on_its_port_while_the_others_serve(mesh):

@@ -26,6 +26,7 @@ from google.protobuf import descriptor_pool, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from llmesh.common.v1 import common_pb2
 from llmesh.events.v1 import events_pb2
+from llmesh.kit import identity
 from llmesh.kit.testing import assert_eventually, unique
 from llmesh.launcher.backends import triton_unavailable_reason
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
@@ -182,7 +183,9 @@ def test_list_models_through_server_reflection(mesh):
             request_serializer=request_cls.SerializeToString,
             response_deserializer=response_cls.FromString,
         )
-        response = call(request_cls(), timeout=10)
+        # The operator's credential, as the CLI sends it (docs/adr/0023).
+        credential = identity.credential_file(mesh_state(home)["identity_dir"], identity.OPERATOR).read_text().strip()
+        response = call(request_cls(), timeout=10, metadata=((identity.SERVICE_METADATA_KEY, credential),))
     listed = {m.name: m.backend for m in response.models}
     assert listed == {name: entry["backend"] for name, entry in catalog(home).items()}
 

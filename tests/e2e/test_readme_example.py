@@ -36,7 +36,7 @@ async def test_the_readme_python_example_streams_an_answer_and_its_summary(mesh,
     assert 'model: "gemma-3-270m"' in summary and "cache_outcome: CACHE_OUTCOME_MISS" in summary
 
 
-async def test_the_readme_warm_example_then_chat_is_an_exact_hit(mesh, tmp_path):
+async def test_the_readme_warm_example_then_chat_is_an_exact_hit(mesh, tmp_path, mesh_identity_dir):
     """The README's "Warming the cache": `llmesh cache warm examples/cache_warm.jsonl` for the tenant
     acme, then the first conversation's question is answered from the cache."""
     from llmesh.common.v1 import common_pb2
@@ -55,6 +55,8 @@ async def test_the_readme_warm_example_then_chat_is_an_exact_hit(mesh, tmp_path)
         LLMESH_CACHE_ADDR=mesh.hosts["cache"].address,
         LLMESH_TENANCY_ADDR=mesh.hosts["tenancy"].address,
         LLMESH_ADMIN_TOKEN=dict(mesh.admin)["authorization"].removeprefix("Bearer "),
+        # The mesh's keys: the CLI calls the cache with the operator credential (docs/adr/0023).
+        LLMESH_IDENTITY_DIR=str(mesh_identity_dir),
     )
     root = pathlib.Path(__file__).resolve().parents[2]
     process = await asyncio.create_subprocess_exec(

@@ -16,6 +16,8 @@ import grpc
 import pytest
 from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.common.v1 import common_pb2
+from llmesh.kit import identity
+from llmesh.kit.client import open_channel
 from llmesh.kit.testing import assert_eventually, unique
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 
@@ -52,7 +54,10 @@ async def test_two_regions_an_invalidation_in_b_reaches_a(tmp_path):
         caches = {}
         for region in ("a", "b"):
             state = json.loads((tmp_path / "regions" / region / "mesh.json").read_text())
-            caches[region] = grpc.aio.insecure_channel(state["endpoints"]["cache"])
+            # One set of keys for both regions (docs/adr/0023); the test calls as the operator.
+            assert state["identity_dir"] == str(tmp_path / "identity")
+            operator = identity.load_provisioned(state["identity_dir"], identity.OPERATOR)
+            caches[region] = open_channel(state["endpoints"]["cache"], identity=operator)
         a = cache_pb2_grpc.CacheServiceStub(caches["a"])
         b = cache_pb2_grpc.CacheServiceStub(caches["b"])
         tenant = unique("acme")

@@ -21,6 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from llmesh.kit import identity
 
 from tests.fuzz.proto_strategies import request_bytes
 
@@ -68,8 +69,15 @@ def _metadata(credentials: dict[str, str]):
         }[kind]
     )
     request_id = st.one_of(st.none(), st.text(PRINTABLE, max_size=20), st.just("r" * 5_000))
-    return st.tuples(auth, request_id).map(
-        lambda pair: tuple((k, v) for k, v in (("authorization", pair[0]), ("x-request-id", pair[1])) if v is not None)
+    # The caller's service credential (docs/adr/0023): mostly the operator's, so the requests
+    # reach the servicers, else none or garbage, which the gate must refuse cleanly.
+    service = st.sampled_from([credentials["service"]] * 3 + [None, "garbage.token", ""])
+    return st.tuples(auth, request_id, service).map(
+        lambda items: tuple(
+            (k, v)
+            for k, v in (("authorization", items[0]), ("x-request-id", items[1]), ("x-llmesh-service", items[2]))
+            if v is not None
+        )
     )
 
 
@@ -152,7 +160,11 @@ async def test_every_rpc_survives_generated_requests(mesh):
         "entry_id": ["0" * 64],
         "document_id": ["handbook"],
     }
-    credentials = {"key": api_key, "admin": mesh.admin[0][1].removeprefix("Bearer ")}
+    credentials = {
+        "key": api_key,
+        "admin": mesh.admin[0][1].removeprefix("Bearer "),
+        "service": identity.default().credential,
+    }
     stats = collections.defaultdict(lambda: {"calls": 0, "codes": collections.Counter(), "max_s": 0.0})
     started = time.monotonic()
     for service, method in METHODS:
@@ -184,7 +196,7 @@ async def test_the_fuzzer_catches_a_service_that_crashes_on_an_empty_field():
         stats = collections.defaultdict(lambda: {"calls": 0, "codes": collections.Counter(), "max_s": 0.0})
         with pytest.raises(AssertionError, match="answered INTERNAL"):
             await asyncio.to_thread(
-                _fuzz, f"127.0.0.1:{port}", "classifier", method, {"key": "k", "admin": "a"}, {}, stats
+                _fuzz, f"127.0.0.1:{port}", "classifier", method, {"key": "k", "admin": "a", "service": "s"}, {}, stats
             )
     finally:
         await server.stop(None)

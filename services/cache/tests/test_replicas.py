@@ -14,7 +14,7 @@ import pytest
 from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.client import open_channel
-from llmesh.kit.testing import assert_eventually, unique
+from llmesh.kit.testing import assert_eventually, ensure_identity, identity_env, unique
 
 from services.cache.tests.builders import lookup, store
 from services.cache.tests.hosting import drop_durable
@@ -33,6 +33,7 @@ class Replica:
         self.replica_id = replica_id
         self.env = {
             **os.environ,
+            **identity_env(ensure_identity(), "cache"),
             "LLMESH_HOME": str(tmp),
             "LLMESH_PORT": "0",
             "LLMESH_METRICS_PORT": "0",

@@ -12,6 +12,7 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from llmesh.cache.v1 import cache_pb2
 from llmesh.common.v1 import common_pb2
+from llmesh.kit import identity
 from llmesh.kit.bus import Bus
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.testing import assert_eventually, unique
@@ -167,7 +168,9 @@ async def test_an_answer_of_unknown_tier_is_indexed_as_the_weakest(service):
 
 def _reflection_client_round(address: str, tenant: str, other: str) -> list[str]:
     """What a client that has no generated code sees: descriptors from server reflection, messages
-    built from them, Store then Lookup by the method's full name, one tenant per stored question."""
+    built from them, Store then Lookup by the method's full name, one tenant per stored question.
+    Like every caller it presents a credential (the operator's, docs/adr/0023)."""
+    credential = ((identity.SERVICE_METADATA_KEY, identity.default().credential),)
     with grpc.insecure_channel(address) as channel:
         pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
         service = pool.FindServiceByName("llmesh.cache.v1.CacheService")
@@ -181,7 +184,7 @@ def _reflection_client_round(address: str, tenant: str, other: str) -> list[str]
                 request_serializer=request_class.SerializeToString,
                 response_deserializer=response_class.FromString,
             )
-            reply = rpc(json_format.ParseDict(body, request_class()), timeout=10)
+            reply = rpc(json_format.ParseDict(body, request_class()), timeout=10, metadata=credential)
             return json_format.MessageToDict(reply, preserving_proto_field_name=True)
 
         def key(tenant_id: str, text: str) -> dict:

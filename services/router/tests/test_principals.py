@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from llmesh.kit.auth import bearer_token
 from llmesh.kit.errors import Unauthenticated
 from llmesh.kit.vocabulary import Principal, Sensitivity
-from llmesh.services.router.principals import PrincipalCache
+from llmesh.services.router.principals import TOKEN_RENEW_MARGIN_S, PrincipalCache, TokenRenewer
 
 
 class Clock:
@@ -89,3 +91,41 @@ def test_bad_authorization_values(value, needle):
 def test_bearer_token():
     assert bearer_token("Bearer sk-abc") == "sk-abc"
     assert bearer_token("bearer  sk-abc ") == "sk-abc"
+
+
+def with_token(p: Principal, expires_at: float) -> Principal:
+    return dataclasses.replace(p, tenant_token=f"token-{expires_at}", tenant_token_expires_at=expires_at)
+
+
+def test_a_principal_whose_tenant_token_nears_expiry_is_fetched_again():
+    clock, wall = Clock(), Clock()
+    wall.now = 1_000.0
+    cache = PrincipalCache(ttl_s=600, max_entries=10, clock=clock, wall_clock=wall)
+    cache.put("sk-1", with_token(principal("k1"), expires_at=1_300.0), epoch=cache.epoch)
+    wall.now = 1_300.0 - TOKEN_RENEW_MARGIN_S - 1
+    assert cache.get("sk-1") is not None
+    wall.now += 2  # less than the margin left: the next call must not go out with it
+    assert cache.get("sk-1") is None
+
+
+async def test_the_token_renewer_asks_tenancy_once_per_key_while_the_token_is_good():
+    wall = Clock()
+    wall.now = 1_000.0
+    asked: list[str] = []
+
+    async def renew(key_id: str) -> Principal:
+        asked.append(key_id)
+        return with_token(principal(key_id), expires_at=wall.now + 300)
+
+    renewer = TokenRenewer(renew, wall_clock=wall)
+    stale = principal("k1")  # a batch job's principal: stored without a token
+    first = await renewer.fresh(stale)
+    assert first.tenant_token and asked == ["k1"]
+    assert await renewer.fresh(stale) is first and asked == ["k1"]
+    assert await renewer.fresh(first) is first  # a good token is used as it is
+    wall.now += 300 - TOKEN_RENEW_MARGIN_S + 1
+    assert (await renewer.fresh(stale)).tenant_token_expires_at > first.tenant_token_expires_at
+    assert asked == ["k1", "k1"]
+    renewer.revoke("k1")
+    await renewer.fresh(stale)
+    assert asked == ["k1", "k1", "k1"]

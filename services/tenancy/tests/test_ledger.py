@@ -15,7 +15,7 @@ from llmesh.common.v1 import common_pb2
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.streams import USAGE, usage_subject
-from llmesh.kit.testing import assert_eventually, unique
+from llmesh.kit.testing import assert_eventually, ensure_identity, identity_env, unique
 from llmesh.services.tenancy.ledger import DAY_US, Ledger, UsageEntry, forecast, month_start_us
 from llmesh.services.tenancy.repository import Repository, now_us
 from llmesh.tenancy.v1 import tenancy_pb2 as pb
@@ -262,6 +262,7 @@ async def test_a_killed_tenancy_process_loses_no_entry(store_url, nats_url, admi
     total = 80
     env = {
         **os.environ,
+        **identity_env(ensure_identity(), "tenancy"),
         "LLMESH_HOME": str(tmp_path / "home"),
         "LLMESH_PORT": "0",
         "LLMESH_METRICS_PORT": "0",

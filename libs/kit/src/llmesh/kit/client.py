@@ -9,6 +9,7 @@ import json
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from llmesh.kit import identity as ident
 from llmesh.kit import tracing
 from llmesh.kit.interceptors import REQUEST_ID_KEY
 from llmesh.kit.logging import get_contextvars
@@ -20,7 +21,13 @@ DEFAULT_TIMEOUT_S = 5.0
 # that did not is still a model's work. Nor the creations (CreateTenant, CreateApiKey), Feedback
 # (it would count twice) or Warm (a client stream).
 IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
-    "llmesh.tenancy.v1.TenancyService": ("Authenticate", "GetTenant", "ListTenants", "RevokeApiKey"),
+    "llmesh.tenancy.v1.TenancyService": (
+        "Authenticate",
+        "RenewTenantToken",
+        "GetTenant",
+        "ListTenants",
+        "RevokeApiKey",
+    ),
     "llmesh.classifier.v1.ClassifierService": ("Classify",),
     "llmesh.cache.v1.CacheService": ("Lookup", "Store", "Invalidate", "PinEntry", "DeleteEntry", "Stats"),
     "llmesh.inference.v1.InferenceService": ("ListModels",),
@@ -63,8 +70,18 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-def _with_defaults(details: grpc.aio.ClientCallDetails, default_timeout_s: float | None) -> grpc.aio.ClientCallDetails:
+def _with_defaults(
+    details: grpc.aio.ClientCallDetails, default_timeout_s: float | None, identity: ident.Identity | None = None
+) -> grpc.aio.ClientCallDetails:
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    # Who calls (docs/adr/0023): the channel's service credential, and the tenant token of the
+    # tenant the call is made for, if any (identity.act_for).
+    identity = identity or ident.default()
+    if identity is not None and ident.SERVICE_METADATA_KEY not in metadata:
+        metadata.add(ident.SERVICE_METADATA_KEY, identity.credential)
+    tenant_token = ident.acting_for()
+    if tenant_token and ident.TENANT_TOKEN_METADATA_KEY not in metadata:
+        metadata.add(ident.TENANT_TOKEN_METADATA_KEY, tenant_token)
     if REQUEST_ID_KEY not in metadata:
         request_id = get_contextvars().get("request_id")
         if request_id:
@@ -85,31 +102,50 @@ def _with_defaults(details: grpc.aio.ClientCallDetails, default_timeout_s: float
 # grpc.aio files an interceptor under the first of its kinds only (if/elif on the class), so
 # each kind has its own class: one deriving from both would never see streaming calls.
 class _UnaryDefaults(grpc.aio.UnaryUnaryClientInterceptor):
-    def __init__(self, default_timeout_s: float):
+    def __init__(self, default_timeout_s: float, identity: ident.Identity | None = None):
         self._timeout = default_timeout_s
+        self._identity = identity
 
     async def intercept_unary_unary(self, continuation, client_call_details, request):
-        return await continuation(_with_defaults(client_call_details, self._timeout), request)
+        return await continuation(_with_defaults(client_call_details, self._timeout, self._identity), request)
 
 
 class _StreamDefaults(grpc.aio.UnaryStreamClientInterceptor):
-    """Request id and trace context only: a streaming call sets its own deadline."""
+    """Request id, trace context and credentials only: a streaming call sets its own deadline."""
+
+    def __init__(self, identity: ident.Identity | None = None):
+        self._identity = identity
 
     async def intercept_unary_stream(self, continuation, client_call_details, request):
-        return await continuation(_with_defaults(client_call_details, None), request)
+        return await continuation(_with_defaults(client_call_details, None, self._identity), request)
 
 
-def open_channel(target: str, *, default_timeout_s: float = DEFAULT_TIMEOUT_S) -> grpc.aio.Channel:
+class _StreamStreamDefaults(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, identity: ident.Identity | None = None):
+        self._identity = identity
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return await continuation(_with_defaults(client_call_details, None, self._identity), request_iterator)
+
+
+def open_channel(
+    target: str, *, default_timeout_s: float = DEFAULT_TIMEOUT_S, identity: ident.Identity | None = None
+) -> grpc.aio.Channel:
     """An insecure channel to a mesh service (loopback or inside the cluster network), with the
     kit's service config: round robin over every address of `target` (a DNS name with several
     records, or `ipv4:host:port,host:port`), retries of idempotent RPCs, keepalive.
 
     Calls that set no timeout get `default_timeout_s`; streaming calls should set their own.
+    Every call carries `identity`'s service credential (the process default where None).
     """
     return grpc.aio.insecure_channel(
         target,
         options=_CHANNEL_OPTIONS,
-        interceptors=[_UnaryDefaults(default_timeout_s), _StreamDefaults()],
+        interceptors=[
+            _UnaryDefaults(default_timeout_s, identity),
+            _StreamDefaults(identity),
+            _StreamStreamDefaults(identity),
+        ],
     )
 
 

@@ -217,3 +217,19 @@ class ServerSettings:
     region: str = setting(
         "LLMESH_REGION", "local", "region this instance runs in (NATS subjects, model catalog)", parses(_region)
     )
+    # Service identity (docs/adr/0023): who this service is, and whom it believes.
+    identity_credential_file: str = setting(
+        "LLMESH_IDENTITY_CREDENTIAL_FILE",
+        "",
+        "this service's signed credential, sent on every call it makes (`llmesh up` writes one per service)",
+    )
+    identity_trust_file: str = setting(
+        "LLMESH_IDENTITY_TRUST_FILE",
+        "",
+        "the issuers' public keys (JSON) that callers' credentials and tenant tokens are checked against",
+    )
+    identity_insecure_anonymous: bool = setting(
+        "LLMESH_IDENTITY_INSECURE_ANONYMOUS",
+        False,
+        "development only: without credential and trust files, answer every caller (no identity checks)",
+    )

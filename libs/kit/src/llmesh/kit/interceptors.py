@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from llmesh.kit import errors, tracing
+from llmesh.kit import errors, identity, tracing
 from llmesh.kit.logging import bind_contextvars, clear_contextvars, get_logger
 from llmesh.kit.metrics import RPC_ERRORS, RPC_LATENCY, RPC_REQUESTS
 from llmesh.kit.vocabulary import MAX_REQUEST_ID_CHARS
@@ -128,34 +128,38 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str):
+    def __init__(self, service: str, gate: identity.Gate | None = None):
         self._service = service
+        # Checks each call's service credential and tenant token (docs/adr/0023) and puts the
+        # verified caller where the servicers read it (identity.current_caller()).
+        self._gate = gate
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        full_method = handler_call_details.method
+        method = full_method.rsplit("/", 1)[-1]
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
+                self._wrap_unary(handler.unary_unary, method, full_method),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
+                self._wrap_stream(handler.unary_stream, method, full_method),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, method),
+                self._wrap_unary(handler.stream_unary, method, full_method),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(handler.stream_stream, method),
+            self._wrap_stream(handler.stream_stream, method, full_method),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
@@ -189,12 +193,23 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         await context.abort_with_status(rpc_status.to_status(status))
         raise AssertionError("unreachable")
 
-    def _wrap_unary(self, behavior, method: str):
+    def _admit(self, context, full_method: str) -> None:
+        identity.set_caller(None)
+        if self._gate is not None:
+            caller = self._gate.admit(full_method, context.invocation_metadata())
+            identity.set_caller(caller)
+            if caller.tenant is not None:
+                bind_contextvars(caller=caller.service, tenant=caller.tenant.subject)
+            elif caller.service:
+                bind_contextvars(caller=caller.service)
+
+    def _wrap_unary(self, behavior, method: str, full_method: str):
         async def wrapped(request, context):
             request_id, traced = self._begin(context, method)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                self._admit(context, full_method)
                 return await behavior(_check(request), context)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -210,12 +225,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapped
 
-    def _wrap_stream(self, behavior, method: str):
+    def _wrap_stream(self, behavior, method: str, full_method: str):
         async def wrapped(request, context):
             request_id, traced = self._begin(context, method)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                self._admit(context, full_method)
                 result = behavior(_check(request), context)
                 if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
                     async for item in result:

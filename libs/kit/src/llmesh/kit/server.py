@@ -13,12 +13,13 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from llmesh.kit import identity as ident
 from llmesh.kit.config import ConfigError, ServerSettings, load_settings
 from llmesh.kit.interceptors import ServerInterceptor
 from llmesh.kit.logging import configure_logging, get_logger
@@ -39,6 +40,11 @@ class ServiceApp(abc.ABC):
     name: str
     #: seconds the tasks started with `spawn` get to finish on stop before they are cancelled
     task_grace_s: float = 0.0
+    #: who may call which RPC ("package.Service/Method" → service names, or identity.PUBLIC);
+    #: an RPC not listed is the operator's only (docs/adr/0023)
+    callers: ClassVar[Mapping[str, frozenset[str]]] = {}
+    #: this service's identity, set by ServiceHost before `start()`: channels it opens carry it
+    identity: ident.Identity | None = None
 
     @property
     def tasks(self) -> BackgroundTasks:
@@ -95,8 +101,10 @@ class ServiceHost:
 
     async def start(self) -> None:
         configure_tracing(self.app.name)
+        self.app.identity = identity = resolve_identity(self.app.name, self.settings)
+        gate = ident.Gate(identity, self.app.callers) if identity is not None else None
         server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.app.name)],
+            interceptors=[ServerInterceptor(self.app.name, gate)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -158,6 +166,29 @@ class ServiceHost:
             log.info("stopped")
 
 
+def resolve_identity(service: str, settings: ServerSettings) -> ident.Identity | None:
+    """The service's identity from its credential and trust files; else the process default (the
+    identity tests install for the services they host in-process); else, only where
+    LLMESH_IDENTITY_INSECURE_ANONYMOUS says so, none (no checks). Anything else stops the start."""
+    if settings.identity_credential_file or settings.identity_trust_file:
+        if not (settings.identity_credential_file and settings.identity_trust_file):
+            raise ConfigError("LLMESH_IDENTITY_CREDENTIAL_FILE and LLMESH_IDENTITY_TRUST_FILE go together")
+        try:
+            return ident.Identity.from_files(service, settings.identity_credential_file, settings.identity_trust_file)
+        except (ValueError, ident.Unauthenticated) as exc:
+            raise ConfigError(f"service identity: {exc}") from None
+    if ident.default() is not None:
+        return ident.default()
+    if settings.identity_insecure_anonymous:
+        log.warning("identity_checks_off", reason="LLMESH_IDENTITY_INSECURE_ANONYMOUS is set")
+        return None
+    raise ConfigError(
+        "service identity: set LLMESH_IDENTITY_CREDENTIAL_FILE and LLMESH_IDENTITY_TRUST_FILE "
+        "(`llmesh up` writes them under $LLMESH_HOME/identity), or LLMESH_IDENTITY_INSECURE_ANONYMOUS=true "
+        "for a development mesh without identity checks"
+    )
+
+
 S = TypeVar("S", bound=ServerSettings)
 
 
@@ -189,6 +220,7 @@ def run_service(make_app: Callable[[S], ServiceApp], settings_cls: type[S]) -> N
         settings = load_settings(settings_cls)
         # Apps validate what settings cannot check alone (e.g. a file they name) as they are built.
         app = make_app(settings)
+        resolve_identity(app.name, settings)  # a missing or bad identity stops here, exit code 2
     except ConfigError as exc:
         print(f"llmesh: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import pathlib
 import shutil
 import socket
 import subprocess
@@ -49,9 +50,58 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+_identity_dir: pathlib.Path | None = None
+
+
+def ensure_identity() -> pathlib.Path | None:
+    """Gives this process (a bench script, a test run without the root conftest) an identity of
+    its own, the operator's, when it has none: the services it hosts verify with its keys and its
+    calls carry the operator credential (docs/adr/0023). Returns the folder of the keys it made
+    (for identity_env of the service processes it starts); None if the identity came from elsewhere."""
+    import tempfile
+
+    from llmesh.kit import identity
+
+    global _identity_dir
+    if identity.default() is not None:
+        return _identity_dir
+    _identity_dir = directory = identity.provision(tempfile.mkdtemp(prefix="llmesh-identity-"))
+    operator = identity.load_provisioned(directory, identity.OPERATOR)
+    signer = identity.Signer.from_file(directory / identity.TENANCY_KEY)
+    identity.set_default(identity.Identity(operator.service, operator.credential, operator.verifier, signer))
+    return directory
+
+
+def identity_env(directory, service: str) -> dict[str, str]:
+    """The environment that makes a service process `service` itself (see identity_settings)."""
+    values = identity_settings(directory, service)
+    env = {
+        "LLMESH_IDENTITY_CREDENTIAL_FILE": values["identity_credential_file"],
+        "LLMESH_IDENTITY_TRUST_FILE": values["identity_trust_file"],
+    }
+    if "token_key_file" in values:
+        env["LLMESH_TENANCY_TOKEN_KEY_FILE"] = values["token_key_file"]
+    return env
+
+
+def identity_settings(directory, service: str) -> dict[str, str]:
+    """The settings that make a hosted service `service` itself (its credential, the trust file,
+    tenancy's token key) from a folder identity.provision made, for load_settings(...)."""
+    from llmesh.kit import identity
+
+    values = {
+        "identity_credential_file": str(identity.credential_file(directory, service)),
+        "identity_trust_file": str(pathlib.Path(directory) / identity.TRUST),
+    }
+    if service == "tenancy":
+        values["token_key_file"] = str(pathlib.Path(directory) / identity.TENANCY_KEY)
+    return values
+
+
 @contextlib.asynccontextmanager
 async def hosted(app: ServiceApp, settings, *, serve_metrics: bool = True) -> AsyncIterator[ServiceHost]:
     """Runs `app` on a real grpc.aio server in this event loop for the duration of the block."""
+    ensure_identity()
     host = ServiceHost(app, settings, serve_metrics=serve_metrics)
     try:
         await host.start()
@@ -71,6 +121,7 @@ async def starting(
 ) -> AsyncIterator[tuple[ServiceHost, asyncio.Task]]:
     """A host whose start runs in the background, for tests of what happens before SERVING:
     yields (host, the start task) once the port is bound; stops the host on exit."""
+    ensure_identity()
     host = ServiceHost(app, settings, serve_metrics=serve_metrics)
     start = asyncio.create_task(host.start())
     try:

@@ -4,6 +4,7 @@ here and nowhere else, so domain modules use these types and never the generated
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from dataclasses import dataclass
@@ -90,6 +91,10 @@ class Principal:
     business_unit: str
     clearance: Sensitivity
     key_id: str
+    # The tenant token tenancy signed for this principal (docs/adr/0023), forwarded on the calls
+    # made for the tenant, and when it expires (unix seconds); not part of the proto message.
+    tenant_token: str = dataclasses.field(default="", repr=False, compare=False)
+    tenant_token_expires_at: float = dataclasses.field(default=0.0, compare=False)
 
     @classmethod
     def from_proto(cls, p: common_pb2.Principal) -> Principal:

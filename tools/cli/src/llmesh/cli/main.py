@@ -7,6 +7,9 @@ import argparse
 import importlib
 import sys
 
+from llmesh.kit import identity
+from llmesh.launcher.state import operator_identity
+
 # Modules under llmesh.cli, each owning one command group.
 COMMAND_MODULES = (
     "mesh",
@@ -41,10 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The services take internal calls from known callers only (docs/adr/0023): the CLI calls
+    # as the operator, with the local mesh's credential (`llmesh up` writes it).
+    previous = identity.default()
+    operator = operator_identity()
+    if operator is not None:
+        identity.set_default(operator)
     try:
         code = args.func(args)
     except KeyboardInterrupt:
         code = 130
+    finally:
+        identity.set_default(previous)
     return int(code or 0)
 
 

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Callable
 
+from llmesh.kit import identity
 from llmesh.kit.defaults import home
 from llmesh.kit.nats_server import region_config
 from llmesh.kit.testing import free_port
@@ -78,7 +79,11 @@ def region_envs(count: int, root: pathlib.Path, base: dict[str, str]) -> dict[st
 def run_regions(count: int, timeout_s: float, progress: Callable[[str], None]) -> int:
     """Runs one supervisor per region until SIGINT/SIGTERM; the exit code (0: stopped cleanly)."""
     root = home()
-    envs = region_envs(count, root, dict(os.environ))
+    # One set of keys for every region: a router calls the other regions' inference.
+    base = dict(os.environ)
+    base.setdefault("LLMESH_IDENTITY_DIR", str(root / "identity"))
+    identity.provision(base["LLMESH_IDENTITY_DIR"])
+    envs = region_envs(count, root, base)
     regions_path().write_text(json.dumps({r: env["LLMESH_HOME"] for r, env in envs.items()}))
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}

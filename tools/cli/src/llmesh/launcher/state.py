@@ -52,6 +52,8 @@ class MeshState:
     pids: dict[str, int] = dataclasses.field(default_factory=dict)
     nats_url: str = ""
     admin_token: str = ""
+    #: the mesh's keys and credentials (docs/adr/0023); the CLI calls as `operator.credential`
+    identity_dir: str = ""
     supervisor_pid: int | None = None
     supervisor_start_ticks: int | None = None
     phase: str = PHASE_UP
@@ -110,6 +112,24 @@ def endpoint(service: str) -> str:
     if state and service in state.endpoints:
         return state.endpoints[service]
     return f"127.0.0.1:{DEFAULT_PORTS[service]}"
+
+
+def identity_dir() -> pathlib.Path:
+    """Where the mesh's keys and service credentials live: LLMESH_IDENTITY_DIR (one folder that
+    `llmesh up --regions` shares between its regions), else $LLMESH_HOME/identity."""
+    override = os.environ.get("LLMESH_IDENTITY_DIR")
+    return pathlib.Path(override) if override else home() / "identity"
+
+
+def operator_identity():
+    """The CLI's identity (the operator credential) from the local mesh's identity folder, if any."""
+    from llmesh.kit import identity
+
+    state = load_state()
+    directory = pathlib.Path(state.identity_dir) if state and state.identity_dir else identity_dir()
+    if not identity.credential_file(directory, identity.OPERATOR).exists():
+        return None
+    return identity.load_provisioned(directory, identity.OPERATOR)
 
 
 def admin_token() -> str:

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from llmesh.kit import identity
 from llmesh.kit.defaults import EDGE_HTTP_PORT
 from llmesh.launcher import backends
 from llmesh.launcher import state as mesh_state
@@ -190,6 +191,7 @@ class Supervisor:
         self.units: dict[str, Supervised] = {}
         self.nats_url = ""
         self.admin_token = ""
+        self.identity_dir = mesh_state.identity_dir()
         self.phase = mesh_state.PHASE_STARTING
         self.state: mesh_state.MeshState | None = None
         #: how `llmesh status` checks each backend server (HTTP URL)
@@ -244,6 +246,8 @@ class Supervisor:
             self.nats_url = nats.url
             self._progress(f"  nats        running on {self.nats_url}")
         self.admin_token = os.environ.get("LLMESH_ADMIN_TOKEN") or secrets.token_urlsafe(32)
+        # Keys made once per home (kept across restarts), credentials signed afresh (docs/adr/0023).
+        self.identity_dir = identity.provision(mesh_state.identity_dir())
         base_env = dict(os.environ)
         base_env.update(
             {
@@ -385,6 +389,13 @@ class Supervisor:
         return port
 
     def _spawn(self, name: str, port: int, env: dict[str, str], *, http_port_variable: str | None = None) -> None:
+        env = {
+            **env,
+            "LLMESH_IDENTITY_CREDENTIAL_FILE": str(identity.credential_file(self.identity_dir, name)),
+            "LLMESH_IDENTITY_TRUST_FILE": str(self.identity_dir / identity.TRUST),
+        }
+        if name == "tenancy":
+            env["LLMESH_TENANCY_TOKEN_KEY_FILE"] = str(self.identity_dir / identity.TENANCY_KEY)
         process = ServiceProcess(name, port=port, home=self.home, env=env, http_port_variable=http_port_variable)
         unit = Supervised(process)
         self.units[name] = unit
@@ -534,6 +545,7 @@ class Supervisor:
             pids={name: u.process.pid for name, u in services.items() if u.process.pid},
             nats_url=self.nats_url,
             admin_token=self.admin_token,
+            identity_dir=str(self.identity_dir),
             supervisor_pid=os.getpid(),
             supervisor_start_ticks=process_start_ticks(os.getpid()),
             phase=self.phase,

@@ -62,10 +62,30 @@ class AuthenticateRequest(_message.Message):
     def __init__(self, api_key: _Optional[str] = ...) -> None: ...
 
 class AuthenticateResponse(_message.Message):
-    __slots__ = ("principal",)
+    __slots__ = ("principal", "tenant_token", "tenant_token_expires_at")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    TENANT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TENANT_TOKEN_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     principal: _common_pb2.Principal
-    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ...) -> None: ...
+    tenant_token: str
+    tenant_token_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., tenant_token: _Optional[str] = ..., tenant_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RenewTenantTokenRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class RenewTenantTokenResponse(_message.Message):
+    __slots__ = ("principal", "tenant_token", "tenant_token_expires_at")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    TENANT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TENANT_TOKEN_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    principal: _common_pb2.Principal
+    tenant_token: str
+    tenant_token_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., tenant_token: _Optional[str] = ..., tenant_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
     __slots__ = ("name", "business_unit", "clearance")

@@ -28,7 +28,7 @@ if _version_not_supported:
 class TenancyServiceStub:
     """Tenants, API keys and authentication.
 
-    Admin RPCs (all but Authenticate) require the metadata `authorization: Bearer <credential>`:
+    Admin RPCs (all but Authenticate and RenewTenantToken) require the metadata `authorization: Bearer <credential>`:
     the bootstrap admin token of the service's config (a platform admin), or an API key created
     with an AdminRole. Platform admins may do everything; tenant admins manage their own tenant
     only; auditors may only read (tenants, keys, usage, the audit log).
@@ -44,6 +44,11 @@ class TenancyServiceStub:
                 '/llmesh.tenancy.v1.TenancyService/Authenticate',
                 request_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.AuthenticateRequest.SerializeToString,
                 response_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.AuthenticateResponse.FromString,
+                _registered_method=True)
+        self.RenewTenantToken = channel.unary_unary(
+                '/llmesh.tenancy.v1.TenancyService/RenewTenantToken',
+                request_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RenewTenantTokenRequest.SerializeToString,
+                response_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RenewTenantTokenResponse.FromString,
                 _registered_method=True)
         self.CreateTenant = channel.unary_unary(
                 '/llmesh.tenancy.v1.TenancyService/CreateTenant',
@@ -105,7 +110,7 @@ class TenancyServiceStub:
 class TenancyServiceServicer:
     """Tenants, API keys and authentication.
 
-    Admin RPCs (all but Authenticate) require the metadata `authorization: Bearer <credential>`:
+    Admin RPCs (all but Authenticate and RenewTenantToken) require the metadata `authorization: Bearer <credential>`:
     the bootstrap admin token of the service's config (a platform admin), or an API key created
     with an AdminRole. Platform admins may do everything; tenant admins manage their own tenant
     only; auditors may only read (tenants, keys, usage, the audit log).
@@ -113,6 +118,15 @@ class TenancyServiceServicer:
 
     def Authenticate(self, request, context):
         """Resolves an API key to its principal. Unknown or revoked keys: UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewTenantToken(self, request, context):
+        """A fresh tenant token for an API key the router authenticated before (a batch job's items
+        run after the job's token expired). The router's service credential only; a revoked,
+        expired or admin key: UNAUTHENTICATED / PERMISSION_DENIED as for Authenticate.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -200,6 +214,11 @@ def add_TenancyServiceServicer_to_server(servicer, server):
                     request_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.AuthenticateRequest.FromString,
                     response_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.AuthenticateResponse.SerializeToString,
             ),
+            'RenewTenantToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewTenantToken,
+                    request_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RenewTenantTokenRequest.FromString,
+                    response_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RenewTenantTokenResponse.SerializeToString,
+            ),
             'CreateTenant': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTenant,
                     request_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateTenantRequest.FromString,
@@ -266,7 +285,7 @@ def add_TenancyServiceServicer_to_server(servicer, server):
 class TenancyService:
     """Tenants, API keys and authentication.
 
-    Admin RPCs (all but Authenticate) require the metadata `authorization: Bearer <credential>`:
+    Admin RPCs (all but Authenticate and RenewTenantToken) require the metadata `authorization: Bearer <credential>`:
     the bootstrap admin token of the service's config (a platform admin), or an API key created
     with an AdminRole. Platform admins may do everything; tenant admins manage their own tenant
     only; auditors may only read (tenants, keys, usage, the audit log).
@@ -289,6 +308,33 @@ class TenancyService:
             '/llmesh.tenancy.v1.TenancyService/Authenticate',
             llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.AuthenticateRequest.SerializeToString,
             llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.AuthenticateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewTenantToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.tenancy.v1.TenancyService/RenewTenantToken',
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RenewTenantTokenRequest.SerializeToString,
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RenewTenantTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,6 +16,7 @@ from llmesh.kit.bus import Bus
 from llmesh.kit.config import load_settings
 from llmesh.kit.defaults import home
 from llmesh.kit.errors import Unavailable
+from llmesh.kit.identity import SERVICES
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
@@ -65,6 +66,15 @@ async def open_semantic_index(replica: str) -> SemanticIndex:
 
 class CacheApp(ServiceApp):
     name = "cache"
+    # docs/adr/0023. Each call for a tenant also carries that tenant's token (servicer.py); Stats
+    # shows a token's tenant its own rows and the operator all of them. Invalidate, PinEntry,
+    # DeleteEntry and Warm are the operator's (the last three want the admin token as well).
+    callers = {
+        f"{SERVICE_NAME}/Lookup": frozenset({"router"}),
+        f"{SERVICE_NAME}/Store": frozenset({"router"}),
+        f"{SERVICE_NAME}/Feedback": frozenset({"router"}),
+        f"{SERVICE_NAME}/Stats": frozenset(SERVICES),
+    }
 
     def __init__(
         self,

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator, Callable
 
 from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.kit.auth import AdminGuard
-from llmesh.kit.errors import InvalidArgument, Unavailable
+from llmesh.kit.errors import InvalidArgument, PermissionDenied, Unavailable
+from llmesh.kit.identity import require_tenant, tenant_scope
 from llmesh.kit.logging import bind_contextvars
 from llmesh.kit.vocabulary import tenant_id_from, use_case_from
 from llmesh.services.cache import convert
@@ -44,11 +45,13 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     async def Lookup(self, request, context):
         query = convert.lookup_from(request)
         bind_contextvars(tenant=query.key.tenant_id)
+        require_tenant(query.key.tenant_id, what="the key")
         return convert.lookup_to_proto(await self._ready().lookup(query))
 
     async def Store(self, request, context):
         command = convert.store_from(request)
         bind_contextvars(tenant=command.key.tenant_id)
+        require_tenant(command.key.tenant_id, what="the key")
         return convert.store_to_proto(await self._ready().store(command))
 
     async def Invalidate(self, request, context):
@@ -69,6 +72,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         served_as = convert.served_as_from(request.served_as)
         use_case, business_unit = convert.feedback_scope_from(request)
         bind_contextvars(tenant=tenant_id)
+        require_tenant(tenant_id, what="the entry")
         result = await self._ready().feedback(
             tenant_id,
             entry_id,
@@ -128,6 +132,12 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
 
     async def Stats(self, request, context):
         tenant_id = tenant_id_from(request.tenant_id) if request.tenant_id else ""
+        # A tenant's token sees that tenant's rows only; the operator sees them all.
+        scope = tenant_scope()
+        if scope is not None:
+            if tenant_id and tenant_id != scope:
+                raise PermissionDenied("the tenant token is for another tenant than the statistics asked for")
+            tenant_id = scope
         use_case = use_case_from(request.use_case) if request.use_case else ""
         rows, total = self._ready().analytics.report(
             tenant_id=tenant_id, business_unit=request.business_unit, use_case=use_case

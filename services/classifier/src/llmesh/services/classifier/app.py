@@ -55,6 +55,8 @@ def _threads() -> None:
 
 class ClassifierApp(ServiceApp):
     name = "classifier"
+    # docs/adr/0023: the router, for a tenant whose token it forwards (servicer.py).
+    callers = {f"{SERVICE_NAME}/Classify": frozenset({"router"}), f"{SERVICE_NAME}/Feedback": frozenset({"router"})}
 
     def __init__(self, settings: ClassifierSettings):
         self.settings = settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from llmesh.classifier.v1 import classifier_pb2, classifier_pb2_grpc
+from llmesh.kit.identity import require_some_tenant, require_tenant
 from llmesh.kit.logging import bind_contextvars
 from llmesh.services.classifier.convert import classification_to_proto, classify_from_proto, feedback_from_proto
 from llmesh.services.classifier.core import ClassifierService
@@ -20,6 +21,9 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
         call = classify_from_proto(request)
         if call.tenant_id:
             bind_contextvars(tenant=call.tenant_id)
+            require_tenant(call.tenant_id, what="the request")
+        else:
+            require_some_tenant()
         result = self._service().classify(
             call.messages, tenant_id=call.tenant_id, use_case=call.use_case, request_id=call.request_id
         )
@@ -29,5 +33,8 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServiceServicer):
         call = feedback_from_proto(request)
         if call.tenant_id:
             bind_contextvars(tenant=call.tenant_id)
+            require_tenant(call.tenant_id, what="the request")
+        else:
+            require_some_tenant()
         self._service().feedback(call.request_id, tenant_id=call.tenant_id, rating=call.rating, comment=call.comment)
         return classifier_pb2.FeedbackResponse()

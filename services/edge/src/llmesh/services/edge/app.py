@@ -36,11 +36,13 @@ class EdgeApp(ServiceApp):
 
     async def start(self) -> None:
         s = self.settings
-        self._pool = ChannelPool(s.router_addr, s.router_channels, default_timeout_s=s.generate_timeout_s)
+        self._pool = ChannelPool(
+            s.router_addr, s.router_channels, default_timeout_s=s.generate_timeout_s, identity=self.identity
+        )
         self.router = RouterClient(self._pool)
         self._channels = [
-            open_channel(s.tenancy_addr, default_timeout_s=s.upstream_timeout_s),
-            open_channel(s.inference_addr, default_timeout_s=s.upstream_timeout_s),
+            open_channel(s.tenancy_addr, default_timeout_s=s.upstream_timeout_s, identity=self.identity),
+            open_channel(s.inference_addr, default_timeout_s=s.upstream_timeout_s, identity=self.identity),
         ]
         self.catalog = CatalogClient(*self._channels, timeout_s=s.upstream_timeout_s)
         handlers = Handlers(

@@ -12,6 +12,7 @@ import grpc
 from google.rpc import error_details_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.kit.client import open_channel, retry_after_s, rich_status
+from llmesh.kit.identity import Identity
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 from llmesh.services.edge.convert import router_param
 from llmesh.services.edge.core import EdgeError, error_for_status
@@ -36,8 +37,10 @@ def edge_error(exc: grpc.RpcError, *, service: str = "router") -> EdgeError:
 class ChannelPool:
     """A few channels (HTTP/2 connections) to one service, used in turn."""
 
-    def __init__(self, target: str, size: int, *, default_timeout_s: float):
-        self.channels = [open_channel(target, default_timeout_s=default_timeout_s) for _ in range(size)]
+    def __init__(self, target: str, size: int, *, default_timeout_s: float, identity: Identity | None = None):
+        self.channels = [
+            open_channel(target, default_timeout_s=default_timeout_s, identity=identity) for _ in range(size)
+        ]
         self._next = itertools.cycle(self.channels)
 
     def next(self) -> grpc.aio.Channel:

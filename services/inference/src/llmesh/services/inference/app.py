@@ -27,6 +27,11 @@ BUS_RETRY_MAX_S = 10.0
 
 class InferenceApp(ServiceApp):
     name = "inference"
+    # docs/adr/0023: the router generates (with the tenant's token); the edge lists the models.
+    callers = {
+        f"{SERVICE_NAME}/Generate": frozenset({"router"}),
+        f"{SERVICE_NAME}/ListModels": frozenset({"router", "edge"}),
+    }
 
     def __init__(self, settings: InferenceSettings):
         self.settings = settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
+from llmesh.kit.identity import require_some_tenant
 from llmesh.kit.logging import bind_contextvars
 from llmesh.services.inference.backend import TextDelta
 from llmesh.services.inference.convert import completion_to_proto, generation_request_from_proto, model_info_to_proto
@@ -17,6 +18,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def Generate(self, request, context):
         generation = generation_request_from_proto(request)
+        require_some_tenant()  # the router generates for a tenant, whose token it forwards
         bind_contextvars(model=generation.model, request_id=generation.request_id)
         async for event in self._engine.generate(generation):
             if isinstance(event, TextDelta):

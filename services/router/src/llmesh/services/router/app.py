@@ -8,6 +8,7 @@ import os
 import socket
 import time
 import uuid
+from contextlib import aclosing
 
 import grpc
 from llmesh.events.v1 import events_pb2
@@ -15,6 +16,7 @@ from llmesh.kit.bus import Bus
 from llmesh.kit.client import open_channel
 from llmesh.kit.errors import Unavailable
 from llmesh.kit.experiments import VariantPolicies
+from llmesh.kit.identity import PUBLIC
 from llmesh.kit.logging import get_logger
 from llmesh.kit.outbox import Outbox
 from llmesh.kit.policy import PolicyStore
@@ -31,7 +33,7 @@ from llmesh.services.router.breakers import BreakerChange, BreakerConfig, Breake
 from llmesh.services.router.core import GeneratePipeline, PipelineConfig
 from llmesh.services.router.load import LoadBoard
 from llmesh.services.router.overflow import OverflowGate, OverflowPolicy
-from llmesh.services.router.principals import PrincipalCache
+from llmesh.services.router.principals import PrincipalCache, TokenRenewer
 from llmesh.services.router.quality import EscalationPolicy, StreamMode
 from llmesh.services.router.queueing import FairQueues, parse_queue_classes, queue_policy_from_document
 from llmesh.services.router.region_health import (
@@ -51,6 +53,11 @@ log = get_logger("llmesh.router")
 
 class RouterApp(ServiceApp):
     name = "router"
+    # The front door: callers present an API key (tenants), checked by the pipeline itself.
+    callers = {f"{SERVICE_NAME}/Generate": PUBLIC} | {
+        f"{BATCH_SERVICE_NAME}/{m}": PUBLIC
+        for m in ("SubmitBatch", "GetBatch", "ListBatches", "CancelBatch", "GetBatchResults")
+    }
 
     def __init__(self, settings: RouterSettings):
         self.settings = settings
@@ -63,6 +70,8 @@ class RouterApp(ServiceApp):
         self.bus: Bus | None = None
         self.policy: PolicyStore | None = None
         self._channels: list[grpc.aio.Channel] = []
+        self._tenancy: TenancyClient | None = None
+        self.tokens: TokenRenewer | None = None
         self.quota_store: QuotaStore | None = None
         self.accounting: Accounting | None = None
         self.outbox: Outbox | None = None
@@ -102,7 +111,7 @@ class RouterApp(ServiceApp):
         self.accounting = accounting = await self._start_accounting()
 
         def channel(target: str) -> grpc.aio.Channel:
-            opened = open_channel(target, default_timeout_s=s.upstream_timeout_s)
+            opened = open_channel(target, default_timeout_s=s.upstream_timeout_s, identity=self.identity)
             self._channels.append(opened)
             return opened
 
@@ -124,7 +133,7 @@ class RouterApp(ServiceApp):
         )
         queue_defaults = parse_queue_classes(s.queue_classes)
         self.pipeline = GeneratePipeline(
-            tenancy=TenancyClient(channel(s.tenancy_addr)),
+            tenancy=self._tenancy_client(channel),
             classifier=ClassifierClient(channel(s.classifier_addr)),
             cache=CacheClient(channel(s.cache_addr)),
             inference=inference,
@@ -219,19 +228,35 @@ class RouterApp(ServiceApp):
             reservation_ttl_s=s.reservation_ttl_s,
         )
 
+    def _tenancy_client(self, channel) -> TenancyClient:
+        self._tenancy = TenancyClient(channel(self.settings.tenancy_addr))
+        return self._tenancy
+
     async def _start_batch(self) -> None:
         s = self.settings
         pipeline = self.pipeline
         assert pipeline is not None and self.bus is not None
 
-        def generate(principal, command, request_id: str):
-            return pipeline.run(
-                principal,
-                command,
-                request_id=request_id,
-                started=time.perf_counter(),
-                deadline=time.monotonic() + s.generate_timeout_s,
-            )
+        tenancy = self._tenancy
+        assert tenancy is not None
+        tokens = self.tokens = TokenRenewer(lambda key_id: tenancy.renew(key_id, timeout_s=s.upstream_timeout_s))
+
+        async def generate(principal, command, request_id: str):
+            # The job's principal was authenticated when it was submitted: its items carry a
+            # tenant token renewed for its key (a revoked key fails them).
+            if self.identity is not None:
+                principal = await tokens.fresh(principal)
+            async with aclosing(
+                pipeline.run(
+                    principal,
+                    command,
+                    request_id=request_id,
+                    started=time.perf_counter(),
+                    deadline=time.monotonic() + s.generate_timeout_s,
+                )
+            ) as events:
+                async for event in events:
+                    yield event
 
         runner = BatchRunner(
             self.bus,
@@ -272,6 +297,8 @@ class RouterApp(ServiceApp):
     async def _on_key_revoked(self, data: bytes) -> None:
         event = events_pb2.ApiKeyRevoked.FromString(data)
         dropped = self.principals.revoke(event.key_id, event.tenant_id)
+        if self.tokens is not None:
+            self.tokens.revoke(event.key_id)
         log.info("api_key_revoked", key_id=event.key_id, tenant=event.tenant_id, dropped=dropped)
 
     async def _on_model_load(self, data: bytes) -> None:

@@ -171,6 +171,9 @@ class Job:
     def to_json(self) -> bytes:
         record = dataclasses.asdict(self)
         record["principal"]["clearance"] = self.principal.clearance.name
+        # Tenant tokens are not stored: the runner renews one per key as the items run.
+        record["principal"].pop("tenant_token", None)
+        record["principal"].pop("tenant_token_expires_at", None)
         return json.dumps(record).encode()
 
     @classmethod

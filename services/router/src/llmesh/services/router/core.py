@@ -12,6 +12,7 @@ from typing import Any
 from llmesh.kit.auth import bearer_token
 from llmesh.kit.errors import DeadlineExceeded, LlmeshError, ResourceExhausted, Unauthenticated, Unavailable
 from llmesh.kit.experiments import VariantPolicies
+from llmesh.kit.identity import act_for
 from llmesh.kit.logging import bind_contextvars, get_logger
 from llmesh.kit.metrics import TENANT, USE_CASE
 from llmesh.kit.policy import CachedPolicy
@@ -211,6 +212,8 @@ class GeneratePipeline:
         """Streams the answer's deltas, then one Summary. `started` is the request's arrival
         (time.perf_counter) so the reported times cover authentication too."""
         bind_contextvars(tenant=principal.tenant_id)
+        # The upstream calls made for this request carry the tenant's token (docs/adr/0023).
+        act_for(principal.tenant_token)
         annotate(tenant=principal.tenant_id, business_unit=principal.business_unit, use_case=command.use_case)
         if self._accounting is not None:  # requests per minute, cache hits included
             await self._accounting.admit(principal, command)

@@ -8,16 +8,63 @@ import hmac
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from llmesh.kit.vocabulary import Principal
 
+# A principal whose tenant token expires within this many seconds is fetched again (its token
+# renewed) rather than served from the cache: a call made with it must not outlive the token.
+TOKEN_RENEW_MARGIN_S = 60.0
+
+
+class TokenRenewer:
+    """Fresh tenant tokens for principals kept longer than a token lives (a batch job's), one
+    tenancy call per key and token lifetime. `renew(key_id)` asks tenancy."""
+
+    def __init__(
+        self,
+        renew: Callable[[str], Awaitable[Principal]],
+        *,
+        max_entries: int = 1024,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self._renew = renew
+        self._max_entries = max_entries
+        self._wall_clock = wall_clock
+        self._fresh: OrderedDict[str, Principal] = OrderedDict()
+
+    def _usable(self, principal: Principal) -> bool:
+        return principal.tenant_token_expires_at - self._wall_clock() >= TOKEN_RENEW_MARGIN_S
+
+    async def fresh(self, principal: Principal) -> Principal:
+        if self._usable(principal):
+            return principal
+        known = self._fresh.get(principal.key_id)
+        if known is None or not self._usable(known):
+            known = await self._renew(principal.key_id)
+            self._fresh[principal.key_id] = known
+            while len(self._fresh) > self._max_entries:
+                self._fresh.popitem(last=False)
+        self._fresh.move_to_end(principal.key_id)
+        return known
+
+    def revoke(self, key_id: str) -> None:
+        self._fresh.pop(key_id, None)
+
 
 class PrincipalCache:
-    def __init__(self, ttl_s: float, max_entries: int, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        ttl_s: float,
+        max_entries: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ):
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._clock = clock
+        self._wall_clock = wall_clock
         self._secret = os.urandom(32)
         self._entries: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
         # Bumped by every revocation or flush: a lookup that started before it must not re-insert
@@ -40,7 +87,10 @@ class PrincipalCache:
         if found is None:
             return None
         principal, expires_at = found
-        if self._clock() >= expires_at:
+        token_renewal_due = (
+            principal.tenant_token and principal.tenant_token_expires_at - self._wall_clock() < TOKEN_RENEW_MARGIN_S
+        )
+        if self._clock() >= expires_at or token_renewal_due:
             del self._entries[fingerprint]
             return None
         self._entries.move_to_end(fingerprint)

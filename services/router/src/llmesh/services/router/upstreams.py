@@ -4,6 +4,7 @@ router answers with a clear status of its own)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
@@ -57,9 +58,32 @@ class TenancyClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise upstream_error("tenancy", exc) from None
-        if not response.principal.tenant_id:
-            raise errors.Unavailable("tenancy answered without a principal")
-        return Principal.from_proto(response.principal)
+        return _principal_with_token(response)
+
+    async def renew(self, key_id: str, *, timeout_s: float) -> Principal:
+        """The principal of a key authenticated before, with a fresh tenant token."""
+        try:
+            response = await self._stub.RenewTenantToken(
+                tenancy_pb2.RenewTenantTokenRequest(key_id=key_id), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise upstream_error("tenancy", exc) from None
+        return _principal_with_token(response)
+
+
+def _principal_with_token(
+    response: tenancy_pb2.AuthenticateResponse | tenancy_pb2.RenewTenantTokenResponse,
+) -> Principal:
+    if not response.principal.tenant_id:
+        raise errors.Unavailable("tenancy answered without a principal")
+    principal = Principal.from_proto(response.principal)
+    if not response.tenant_token:
+        return principal
+    return dataclasses.replace(
+        principal,
+        tenant_token=response.tenant_token,
+        tenant_token_expires_at=response.tenant_token_expires_at.ToSeconds(),
+    )
 
 
 class ClassifierClient:

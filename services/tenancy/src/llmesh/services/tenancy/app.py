@@ -5,6 +5,8 @@ from __future__ import annotations
 import grpc
 from llmesh.kit.auth import AdminGuard
 from llmesh.kit.bus import Bus
+from llmesh.kit.config import ConfigError
+from llmesh.kit.identity import PUBLIC, Signer
 from llmesh.kit.logging import get_logger
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import AUDIT, AUDIT_SUBJECTS, TENANCY, USAGE, USAGE_SUBJECTS
@@ -15,7 +17,8 @@ from llmesh.services.tenancy.outbox import OutboxRelay
 from llmesh.services.tenancy.repository import Repository
 from llmesh.services.tenancy.servicer import SERVICE_NAME, TenancyServicer
 from llmesh.services.tenancy.settings import TenancySettings
-from llmesh.tenancy.v1 import tenancy_pb2_grpc
+from llmesh.services.tenancy.tokens import TenantTokens
+from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
 log = get_logger("llmesh.tenancy")
 
@@ -25,6 +28,15 @@ AUDIT_CONSUMER = "tenancy-audit"
 
 class TenancyApp(ServiceApp):
     name = "tenancy"
+    # Authenticate: the router and the edge (GET /v1/models); the admin RPCs check their own
+    # bearer credential (an admin key or the admin token), so any caller may present one.
+    callers = {
+        f"{SERVICE_NAME}/{method}": PUBLIC
+        for method in tenancy_pb2.DESCRIPTOR.services_by_name["TenancyService"].methods_by_name
+    } | {
+        f"{SERVICE_NAME}/Authenticate": frozenset({"router", "edge"}),
+        f"{SERVICE_NAME}/RenewTenantToken": frozenset({"router"}),
+    }
 
     def __init__(self, settings: TenancySettings):
         self.settings = settings
@@ -42,9 +54,23 @@ class TenancyApp(ServiceApp):
         await self.bus.publish(subject, message, msg_id=msg_id, timeout_s=1.0, attempts=1)
 
     def register(self, server: grpc.aio.Server) -> list[str]:
-        servicer = TenancyServicer(self.tenancy, self.ledger, self.audit)
+        servicer = TenancyServicer(
+            self.tenancy, self.ledger, self.audit, TenantTokens(self._signer(), self.settings.token_ttl_s)
+        )
         tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
+
+    def _signer(self) -> Signer | None:
+        """The tenant-token key: its file, or the one of an identity installed in this process
+        (tests); none only where identity checks are off."""
+        if self.settings.token_key_file:
+            try:
+                return Signer.from_file(self.settings.token_key_file)
+            except ValueError as exc:
+                raise ConfigError(f"LLMESH_TENANCY_TOKEN_KEY_FILE: {exc}") from None
+        if self.identity is not None and self.identity.tenant_signer is None:
+            raise ConfigError("LLMESH_TENANCY_TOKEN_KEY_FILE is required where identity checks are on")
+        return self.identity.tenant_signer if self.identity is not None else None
 
     async def start(self) -> None:
         applied = await self.repository.open()

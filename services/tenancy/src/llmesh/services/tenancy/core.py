@@ -204,7 +204,21 @@ class Tenancy:
         return updated, new, keys.format_key(new.key_id, secret)
 
     async def authenticate(self, api_key: str) -> Principal:
-        found = await self._verified(api_key)
+        return self._principal(await self._verified(api_key))
+
+    async def principal_of_key(self, key_id: str) -> Principal:
+        """The principal of an active traffic key, by id (for a tenant token's renewal: the caller,
+        the router, authenticated the key itself before)."""
+        found = await self._repository.credentials(validate_id(key_id, "key_id", "key"))
+        if found is None:
+            raise Unauthenticated(f"no API key with id {key_id}", field="key_id")
+        if found.key.revoked:
+            raise Unauthenticated(f"API key {key_id} has been revoked", field="key_id")
+        if found.key.expired(now_us()):
+            raise Unauthenticated(f"API key {key_id} has expired", field="key_id")
+        return self._principal(found)
+
+    def _principal(self, found: Credentials) -> Principal:
         if found.key.role is not Role.NONE:
             raise PermissionDenied(
                 f"API key {found.key.key_id} is an admin key ({found.key.role.value}): it calls the admin RPCs only"

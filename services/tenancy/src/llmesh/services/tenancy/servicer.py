@@ -20,6 +20,7 @@ from llmesh.services.tenancy.convert import (
 from llmesh.services.tenancy.core import Tenancy
 from llmesh.services.tenancy.ledger import Ledger
 from llmesh.services.tenancy.models import Role, validate_id
+from llmesh.services.tenancy.tokens import TenantTokens
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
 SERVICE_NAME = tenancy_pb2.DESCRIPTOR.services_by_name["TenancyService"].full_name
@@ -30,10 +31,11 @@ def _optional_tenant(tenant_id: str) -> str | None:
 
 
 class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
-    def __init__(self, tenancy: Tenancy, ledger: Ledger, audit: AuditLog):
+    def __init__(self, tenancy: Tenancy, ledger: Ledger, audit: AuditLog, tokens: TenantTokens):
         self._tenancy = tenancy
         self._ledger = ledger
         self._audit = audit
+        self._tokens = tokens
 
     async def _caller(self, context) -> Caller:
         token = bearer_token(
@@ -43,7 +45,21 @@ class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
 
     async def Authenticate(self, request, context):
         principal = await self._tenancy.authenticate(request.api_key)
-        return tenancy_pb2.AuthenticateResponse(principal=principal.to_proto())
+        response = tenancy_pb2.AuthenticateResponse(principal=principal.to_proto())
+        issued = self._tokens.issue(principal)
+        if issued is not None:
+            response.tenant_token = issued.token
+            response.tenant_token_expires_at.FromSeconds(int(issued.expires_at))
+        return response
+
+    async def RenewTenantToken(self, request, context):
+        principal = await self._tenancy.principal_of_key(request.key_id)
+        response = tenancy_pb2.RenewTenantTokenResponse(principal=principal.to_proto())
+        issued = self._tokens.issue(principal)
+        if issued is not None:
+            response.tenant_token = issued.token
+            response.tenant_token_expires_at.FromSeconds(int(issued.expires_at))
+        return response
 
     async def CreateTenant(self, request, context):
         caller = await self._caller(context)

@@ -57,6 +57,17 @@ class TenancySettings(ServerSettings):
     outbox_retry_s: float = setting(
         "LLMESH_TENANCY_OUTBOX_RETRY_S", 5.0, "seconds between retries of events NATS did not take", positive
     )
+    token_key_file: str = setting(
+        "LLMESH_TENANCY_TOKEN_KEY_FILE",
+        "",
+        "the Ed25519 key (JSON, `llmesh up` writes it) that signs the tenant tokens Authenticate hands out",
+    )
+    token_ttl_s: float = setting(
+        "LLMESH_TENANCY_TOKEN_TTL_S",
+        300.0,
+        "seconds a tenant token stays valid (the router renews it before)",
+        positive,
+    )
 
     @property
     def store_url(self) -> str:
