@@ -29,6 +29,9 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
 PUBLIC = {"router", "edge"}
 MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
 NATS_GATEWAY_PORT = 7222
+# Services scaled on their load and its forecast (docs/adr/0026); tenancy and edge on CPU only.
+PREDICTIVE = ("router", "cache", "classifier", "inference")
+ADAPTER_RULES = ROOT / "deploy" / "prometheus" / "adapter-rules.yaml"
 
 
 def render(overlay: str | pathlib.Path) -> list[dict]:
@@ -198,6 +201,48 @@ def availability_problems(docs: list[dict]) -> list[str]:
     return problems
 
 
+def _external_metrics() -> set[str]:
+    """The External metric names prometheus-adapter serves (deploy/prometheus/adapter-rules.yaml)."""
+    rules = yaml.safe_load(ADAPTER_RULES.read_text())["externalRules"]
+    return {rule["name"]["as"] for rule in rules}
+
+
+def scaling_problems(docs: list[dict]) -> list[str]:
+    """Each predictive service's autoscaler scales on its current requests/s and on the forecast
+    of them, both for its own service, at the same requests/s per replica, with metrics the
+    adapter serves."""
+    problems = []
+    served = _external_metrics()
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in docs if h["kind"] == "HorizontalPodAutoscaler"}
+    for service in PREDICTIVE:
+        hpa = hpas.get(service)
+        if hpa is None:
+            problems.append(f"{service}: no HorizontalPodAutoscaler")
+            continue
+        external = {}
+        for metric in hpa["spec"].get("metrics", []):
+            if metric["type"] != "External":
+                continue
+            m = metric["external"]
+            name, labels = m["metric"]["name"], m["metric"].get("selector", {}).get("matchLabels", {})
+            if name not in served:
+                problems.append(f"{service}: External metric {name} is not served by the adapter rules")
+            if labels.get("service") != service:
+                problems.append(f"{service}: {name} selects service {labels.get('service')!r}")
+            if m["target"]["type"] != "AverageValue":
+                problems.append(f"{service}: {name} is not an AverageValue target")
+            external[name] = (labels, str(m["target"].get("averageValue")))
+        for wanted in ("llmesh_requests_per_second", "llmesh_forecast_requests_per_second"):
+            if wanted not in external:
+                problems.append(f"{service}: does not scale on {wanted}")
+        if len(external) == 2 and len({value for _, value in external.values()}) != 1:
+            problems.append(f"{service}: the current load and its forecast have different targets per replica")
+        forecast = external.get("llmesh_forecast_requests_per_second")
+        if forecast is not None and "horizon" not in forecast[0]:
+            problems.append(f"{service}: the forecast metric names no horizon")
+    return problems
+
+
 def _secret_variables() -> set[str]:
     from scripts.config_tables import service_settings
 
@@ -260,6 +305,37 @@ def test_overlay_network_policies(overlay):
 def test_overlay_every_service_has_a_disruption_budget_and_an_autoscaler(overlay):
     name, docs = overlay
     assert availability_problems(docs) == []
+
+
+def test_overlay_scales_on_the_load_and_its_forecast(overlay):
+    _, docs = overlay
+    assert scaling_problems(docs) == []
+
+
+def test_the_adapter_serves_the_metrics_the_services_export():
+    from llmesh.kit import metrics  # noqa: F401  (registers the gauges)
+    from llmesh.kit.forecast import horizon_label
+    from prometheus_client import REGISTRY
+
+    exported = {family.name for family in REGISTRY.collect()} | {
+        f"{family.name}_total" for family in REGISTRY.collect() if family.type == "counter"
+    }
+    rules = yaml.safe_load(ADAPTER_RULES.read_text())["externalRules"]
+    for rule in rules:
+        series = rule["seriesQuery"].split("{", 1)[0].strip("'")
+        assert series in exported, series
+    # The HPAs ask for the horizon the services export by default (LLMESH_FORECAST_LEAD_S).
+    from llmesh.kit.forecast import ForecastSettings
+
+    lead = next(f.default for f in dataclasses.fields(ForecastSettings) if f.name == "forecast_lead_s")
+    for service in PREDICTIVE:
+        hpa = yaml.safe_load((ROOT / "deploy" / "base" / service / "hpa.yaml").read_text())
+        horizons = {
+            m["external"]["metric"]["selector"]["matchLabels"].get("horizon")
+            for m in hpa["spec"]["metrics"]
+            if m["type"] == "External" and m["external"]["metric"]["name"] == "llmesh_forecast_requests_per_second"
+        }
+        assert horizons == {horizon_label(lead)}, (service, horizons)
 
 
 def test_overlay_secrets_are_files(overlay):
@@ -403,6 +479,31 @@ def test_checkers_report_missing_budgets_autoscalers_plain_secrets_and_schema_er
     ]
     docs = [d for d in docs if not (d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "router")]
     assert availability_problems(docs) == ["cache: no HorizontalPodAutoscaler", "router: no PodDisruptionBudget"]
+    assert scaling_problems(docs) == ["cache: no HorizontalPodAutoscaler"]
+    reactive = copy.deepcopy(
+        next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler" and d["metadata"]["name"] == "router")
+    )
+    forecast = next(
+        m
+        for m in reactive["spec"]["metrics"]
+        if m.get("external", {}).get("metric", {}).get("name") == "llmesh_forecast_requests_per_second"
+    )
+    forecast["external"]["target"]["averageValue"] = "1000"
+    current = next(
+        m
+        for m in reactive["spec"]["metrics"]
+        if m.get("external", {}).get("metric", {}).get("name") == "llmesh_requests_per_second"
+    )
+    current["external"]["metric"]["selector"]["matchLabels"]["service"] = "cache"
+    assert scaling_problems([reactive]) == [
+        "router: llmesh_requests_per_second selects service 'cache'",
+        "router: the current load and its forecast have different targets per replica",
+        "cache: no HorizontalPodAutoscaler",
+        "classifier: no HorizontalPodAutoscaler",
+        "inference: no HorizontalPodAutoscaler",
+    ]
+    reactive["spec"]["metrics"] = [m for m in reactive["spec"]["metrics"] if m is not forecast]
+    assert scaling_problems([reactive])[1] == "router: does not scale on llmesh_forecast_requests_per_second"
     leaky = {"kind": "ConfigMap", "metadata": {"name": "tenancy-config"}, "data": {"LLMESH_ADMIN_TOKEN": "x" * 20}}
     assert secret_problems([leaky]) == ["ConfigMap/tenancy-config: LLMESH_ADMIN_TOKEN"]
     bad = _tenancy(rendered["dev"])

@@ -11,6 +11,7 @@ import re
 import pytest
 from llmesh.cli import top
 from llmesh.cli.main import main
+from llmesh.kit.testing import assert_eventually
 
 from tests.e2e.test_mesh import generate, request
 
@@ -28,7 +29,17 @@ def test_bad_endpoints_are_refused(capsys):
     assert "SERVICE=HOST:PORT" in capsys.readouterr().err
 
 
-async def test_top_shows_live_figures_while_requests_run(mesh):
+async def test_top_shows_live_figures_while_requests_run(mesh, monkeypatch):
+    # The frame counts what happens after its first scrape: the requests start once it is taken.
+    scraped = []
+    real_scrape = top.scrape
+
+    def scrape(*args, **kwargs):
+        result = real_scrape(*args, **kwargs)
+        scraped.append(result)
+        return result
+
+    monkeypatch.setattr(top, "scrape", scrape)
     endpoints = [f"{name}=127.0.0.1:{host.metrics_port}" for name, host in mesh.hosts.items()]
     api_key, _, _ = await mesh.new_tenant()
     out = io.StringIO()
@@ -38,7 +49,7 @@ async def test_top_shows_live_figures_while_requests_run(mesh):
             return main(["top", "--once", "--interval", "6", *sum((["--metrics", e] for e in endpoints), [])])
 
     frame = asyncio.create_task(asyncio.to_thread(run_top))
-    await asyncio.sleep(0.5)  # the first scrape is taken
+    await assert_eventually(lambda: len(scraped) >= 1, timeout_s=10, message="top's first scrape")
     await generate(mesh, api_key, request("Name two oceans."))
     await generate(mesh, api_key, request("Name two oceans."))
     assert await frame == 0

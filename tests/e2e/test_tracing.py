@@ -1,7 +1,7 @@
 """One Generate call gives one trace across the services: the router's server span (continuing
-the client's W3C trace context), its steps (auth, classify, cache lookup, attempt, store) with
-tenant, tier, model, cache outcome and tokens, and the server spans of tenancy, classifier, cache
-and inference as its descendants."""
+the client's W3C trace context), its steps (auth, classify, cache lookup, queue wait, attempt,
+store) with tenant, tier, model, cache outcome and tokens, and the server spans of tenancy,
+classifier, cache and inference as its descendants."""
 
 from __future__ import annotations
 
@@ -50,7 +50,14 @@ async def test_one_generate_is_one_trace_across_the_services(mesh, spans):
     assert root.attributes["llmesh.cache_outcome"] == "miss"
     assert root.attributes["llmesh.completion_tokens"] == summary.usage.completion_tokens > 0
 
-    steps = {"router.auth", "router.classify", "router.cache_lookup", "router.attempt", "router.store"}
+    steps = {
+        "router.auth",
+        "router.classify",
+        "router.cache_lookup",
+        "router.queue_wait",
+        "router.attempt",
+        "router.store",
+    }
     assert steps <= set(by_name), set(by_name)
     ids = {s.context.span_id: s for s in found}
 
@@ -66,3 +73,12 @@ async def test_one_generate_is_one_trace_across_the_services(mesh, spans):
     assert "router.attempt" in ancestors(by_name["inference/Generate"])
     assert "router.store" in ancestors(by_name["cache/Store"])
     assert by_name["router.attempt"].attributes["llmesh.model"] == summary.model
+    # The wait for a slot in the model's fair queue, before the attempt reaches inference.
+    queued = by_name["router.queue_wait"]
+    assert queued.attributes["llmesh.tenant"] == tenant_id
+    assert queued.attributes["llmesh.priority"] == "standard"
+    assert queued.attributes["llmesh.model"] == summary.model
+    assert queued.attributes["llmesh.queue_outcome"] == "admitted"
+    assert queued.attributes["llmesh.waited_ms"] >= 0
+    assert "router/Generate" in ancestors(queued)
+    assert queued.end_time <= by_name["inference/Generate"].start_time

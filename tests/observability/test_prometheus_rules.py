@@ -96,7 +96,8 @@ def test_every_alert_has_severity_summary_and_an_existing_runbook():
 
 
 def test_operations_have_runbooks():
-    for name in ("rotate-keys", "change-a-policy", "roll-a-model", "drain-a-region", "restore-tenancy-from-backup"):
+    operations = ("rotate-keys", "change-a-policy", "roll-a-model", "drain-a-region", "restore-tenancy-from-backup")
+    for name in (*operations, "scaling"):
         text = (RUNBOOKS / f"{name}.md").read_text()
         assert "## Check first" in text and "```bash" in text, name
 
@@ -135,4 +136,4 @@ def test_kustomization_renders_the_config_maps():
     done = run(kubectl, "kustomize", str(PROM))
     assert done.returncode == 0, done.stderr
     names = set(re.findall(r"^  name: (\S+)-[a-z0-9]{10}$", done.stdout, re.M))
-    assert names == {"prometheus-config", "prometheus-rules", "alertmanager-config"}
+    assert names == {"prometheus-config", "prometheus-rules", "alertmanager-config", "prometheus-adapter-config"}

@@ -1,13 +1,18 @@
-"""How the service opens its semantic engine (the engine itself is tested in its own package)."""
+"""How the service opens its semantic engine (the engine itself is tested in its own package), and
+forecasts its load (llmesh.kit.forecast)."""
 
 from __future__ import annotations
+
+import json
 
 import llmesh.services.cache.semantic as engine
 import pytest
 from llmesh.cache.v1 import cache_pb2
+from llmesh.kit.bus import Bus
 from llmesh.kit.errors import Unavailable
-from llmesh.kit.testing import unique
+from llmesh.kit.testing import assert_eventually, unique
 from llmesh.services.cache.app import open_semantic_index, semantic_config
+from prometheus_client import REGISTRY
 
 from services.cache.tests.builders import lookup, store
 from services.cache.tests.hosting import cache_service
@@ -52,3 +57,29 @@ async def test_the_configured_engine_serves_lookups_and_is_closed_on_stop(monkey
         assert hit.outcome == cache_pb2.LOOKUP_OUTCOME_SEMANTIC_HIT
     ((config, index),) = opened
     assert config.store_path.endswith(f"cache-{replica}") and index.closed
+
+
+async def test_the_service_learns_its_load_exports_the_forecast_and_keeps_the_history(nats_url):
+    bucket = unique("forecast")
+    async with cache_service(nats_url, forecast_step_s=1.0, forecast_bucket=bucket) as (app, stub, _):
+        tenant = unique("acme")
+
+        async def learned():
+            for _ in range(20):
+                await stub.Lookup(lookup(tenant, "what is the capital of France"))
+            assert app.forecast.forecaster.recent and app.forecast.forecaster.recent > 0
+
+        await assert_eventually(learned, timeout_s=15, interval_s=0.2)
+        assert REGISTRY.get_sample_value("llmesh_service_requests_per_second", {"service": "cache"}) > 0
+        forecast = REGISTRY.get_sample_value(
+            "llmesh_forecast_requests_per_second", {"service": "cache", "horizon": "15m"}
+        )
+        assert forecast is not None and forecast > 0
+    # Saved on stop, for the next replica to start from.
+    bus = await Bus.connect(nats_url, "test-forecast")
+    try:
+        kv = await bus.js.key_value(bucket)
+        state = json.loads((await kv.get("local.cache")).value)
+        assert state["recent"] > 0 and len(state["season"]) == 168
+    finally:
+        await bus.close()

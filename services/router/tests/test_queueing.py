@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 from llmesh.kit.errors import ResourceExhausted
-from llmesh.kit.testing import assert_eventually
+from llmesh.kit.testing import assert_eventually, recording_spans
 from llmesh.kit.vocabulary import FinishReason
 from llmesh.services.router.domain import Completion, Delta, ModelInfo, Priority, Usage
 from llmesh.services.router.queueing import (
@@ -287,6 +287,34 @@ async def test_a_full_class_queue_rejects_new_requests():
     h.submit("v", S)  # another class has its own cap
     await h.queued(3)
     await h.drain()
+
+
+async def test_each_wait_for_a_slot_is_a_span_with_its_class_tenant_and_wait():
+    spans = recording_spans()
+    try:
+        capped = QueuePolicy({**WEIGHTS_ONLY.classes, B: ClassPolicy(1.0, max_queue=1)})
+        h = Harness(capped)
+        blocker = await h.block()
+        waiting = h.submit("acme", B, tokens=5)
+        await h.queued(1)
+        with pytest.raises(ResourceExhausted):
+            await h.request("other", B)
+        h.gate.set()
+        await blocker
+        ticket = await waiting
+    finally:
+        spans.shutdown()
+    by_tenant = {s.attributes["llmesh.tenant"]: s for s in spans.get_finished_spans() if s.name == "router.queue_wait"}
+    assert set(by_tenant) == {"blocker", "acme", "other"}, by_tenant
+    # The blocker found a free slot; acme waited while the blocker generated 10 tokens of fake time.
+    assert by_tenant["blocker"].attributes["llmesh.waited_ms"] == 0
+    waited = by_tenant["acme"].attributes
+    assert waited["llmesh.priority"] == "batch" and waited["llmesh.model"] == "pool-a"
+    assert waited["llmesh.queue_outcome"] == "admitted"
+    assert waited["llmesh.waited_ms"] == pytest.approx(ticket.wait_ms) == pytest.approx(100.0)
+    refused = by_tenant["other"]
+    assert refused.attributes["llmesh.queue_outcome"] == "rejected" and refused.status.status_code.name == "ERROR"
+    assert "llmesh.waited_ms" not in refused.attributes
 
 
 async def test_cancelling_a_waiting_request_frees_its_place_and_charges_nothing():

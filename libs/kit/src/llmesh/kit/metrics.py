@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 OTHER = "other"
 UNSET = "none"
@@ -26,6 +26,19 @@ RPC_LATENCY = Histogram(
     "gRPC call duration in seconds (whole stream for streaming calls)",
     ["service", "method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+# Predictive scaling (llmesh.kit.forecast): the whole service's load (every replica's requests
+# summed) and the load forecast `horizon` ahead, which the autoscalers read (docs/adr/0026).
+SERVICE_LOAD = Gauge(
+    "llmesh_service_requests_per_second",
+    "Requests per second handled by every replica of the service together, over the last step",
+    ["service"],
+)
+FORECAST = Gauge(
+    "llmesh_forecast_requests_per_second",
+    "The service's requests per second (all replicas) forecast `horizon` ahead from its hour-of-week history",
+    ["service", "horizon"],
 )
 
 

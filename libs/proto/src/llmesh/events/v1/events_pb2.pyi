@@ -258,3 +258,19 @@ class AuditRecorded(_message.Message):
     detail_json: str
     occurred_at: _timestamp_pb2.Timestamp
     def __init__(self, event_id: _Optional[str] = ..., source: _Optional[str] = ..., action: _Optional[str] = ..., tenant_id: _Optional[str] = ..., target: _Optional[str] = ..., detail_json: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class LoadSample(_message.Message):
+    __slots__ = ("event_id", "service", "instance", "window_start", "window_s", "requests_per_second")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_START_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    service: str
+    instance: str
+    window_start: _timestamp_pb2.Timestamp
+    window_s: float
+    requests_per_second: float
+    def __init__(self, event_id: _Optional[str] = ..., service: _Optional[str] = ..., instance: _Optional[str] = ..., window_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., window_s: _Optional[float] = ..., requests_per_second: _Optional[float] = ...) -> None: ...

@@ -17,6 +17,7 @@ from llmesh.kit.config import load_settings
 from llmesh.kit.defaults import home
 from llmesh.kit.errors import Unavailable
 from llmesh.kit.identity import SERVICES
+from llmesh.kit.forecast import LoadForecast, start_forecast
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
@@ -93,6 +94,7 @@ class CacheApp(ServiceApp):
         self._opened_index: SemanticIndex | None = None
         self._policies: PolicyStore | None = None
         self._exact: ExactStore | None = None
+        self.forecast: LoadForecast | None = None
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         servicer = CacheServicer(lambda: self.cache, self._publish, AdminGuard(self.settings.admin_token), self.clock)
@@ -129,6 +131,7 @@ class CacheApp(ServiceApp):
         await self.channel.ensure_stream()
         self._policies = PolicyStore(self.bus)
         await self._policies.start()
+        self.forecast = await start_forecast(self, s, self.bus)
         self._exact = await self._open_exact()
         semantic = self._given_index
         if semantic is None and s.semantic:
@@ -171,8 +174,11 @@ class CacheApp(ServiceApp):
         bus, self.bus = self.bus, None
         index, self._opened_index = self._opened_index, None
         exact, self._exact = self._exact, None
+        forecast, self.forecast = self.forecast, None
         if policies is not None:
             await policies.stop()
+        if forecast is not None and bus is not None:
+            await forecast.save()
         if bus is not None:
             await bus.close()
         if index is not None:

@@ -6,8 +6,9 @@ import dataclasses
 import socket
 
 from llmesh.kit.auth import admin_token_setting
-from llmesh.kit.config import ServerSettings, non_negative, parses, port_check, positive, redis_url_check, setting
+from llmesh.kit.config import non_negative, parses, port_check, positive, redis_url_check, setting
 from llmesh.kit.defaults import DEFAULT_PORTS
+from llmesh.kit.forecast import ForecastSettings
 from llmesh.kit.streams import parse_domains
 
 MAX_TTL_S = 30 * 24 * 3600
@@ -18,7 +19,7 @@ def _ttl_check(value: float) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class CacheSettings(ServerSettings):
+class CacheSettings(ForecastSettings):
     port: int = setting("LLMESH_PORT", DEFAULT_PORTS["cache"], "gRPC port (0 picks a free one)", port_check)
     default_ttl_s: float = setting(
         "LLMESH_CACHE_DEFAULT_TTL_S", 3600.0, "TTL of an answer whose request and policy set none", _ttl_check

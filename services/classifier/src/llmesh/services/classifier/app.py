@@ -13,6 +13,7 @@ from llmesh.kit.bus import Bus
 from llmesh.kit.defaults import home
 from llmesh.kit.errors import Unavailable
 from llmesh.kit.experiments import VariantPolicies
+from llmesh.kit.forecast import LoadForecast, start_forecast
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
@@ -64,6 +65,7 @@ class ClassifierApp(ServiceApp):
         self.service: ClassifierService | None = None
         self.bus: Bus | None = None
         self.policies: PolicyStore | None = None
+        self.forecast: LoadForecast | None = None
         self.feedback: FeedbackStore | None = None
         self._shown_version: str | None = None
         self.models = ModelSelector(self.registry, self.rollout_plan)
@@ -185,6 +187,7 @@ class ClassifierApp(ServiceApp):
         self.bus = await Bus.connect(s.nats_url, "llmesh-classifier")
         self.policies = PolicyStore(self.bus, bucket=s.policy_bucket)
         await self.policies.start()
+        self.forecast = await start_forecast(self, s, self.bus)
         self.feedback = FeedbackStore(self._feedback_path())
         defaults = ClassifierPolicy(
             TierThresholds.parse(s.tier_thresholds),
@@ -227,5 +230,7 @@ class ClassifierApp(ServiceApp):
             self.feedback = None
         if self.policies is not None:
             await self.policies.stop()
+        if self.forecast is not None:
+            await self.forecast.save()
         if self.bus is not None:
             await self.bus.close()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from llmesh.kit.config import ServerSettings, non_negative, parses, port_check, positive, setting
+from llmesh.kit.config import non_negative, parses, port_check, positive, setting
 from llmesh.kit.defaults import DEFAULT_PORTS
+from llmesh.kit.forecast import ForecastSettings
 from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier.tiers import TierThresholds
 
@@ -27,7 +28,7 @@ def _share_check(value: float) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierSettings(ServerSettings):
+class ClassifierSettings(ForecastSettings):
     port: int = setting("LLMESH_PORT", DEFAULT_PORTS["classifier"], "gRPC port (0 picks a free one)", port_check)
     model_dir: str = setting(
         "LLMESH_CLASSIFIER_MODEL_DIR",

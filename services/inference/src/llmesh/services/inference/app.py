@@ -9,6 +9,7 @@ import grpc
 from llmesh.inference.v1 import inference_pb2_grpc
 from llmesh.kit.bus import Bus
 from llmesh.kit.errors import Unavailable
+from llmesh.kit.forecast import LoadForecast, start_forecast
 from llmesh.kit.logging import get_logger
 from llmesh.kit.server import ServiceApp
 from llmesh.services.inference import convert
@@ -55,6 +56,7 @@ class InferenceApp(ServiceApp):
             load_window_s=settings.load_window_s,
         )
         self.bus: Bus | None = None
+        self.forecast: LoadForecast | None = None
         self.reporter = LoadReporter(
             self.engine.models, self.engine.status, self.engine.utilization, self._publish_load, self.spawn
         )
@@ -76,6 +78,7 @@ class InferenceApp(ServiceApp):
             try:
                 self.bus = await Bus.connect(self.settings.nats_url, "llmesh-inference")
                 log.info("load_events_connected", nats_url=self.settings.nats_url)
+                self.forecast = await start_forecast(self, self.settings, self.bus)
             except Unavailable as exc:
                 log.warning("load_events_unavailable", error=exc.message, retry_s=delay)
                 await asyncio.sleep(delay)
@@ -90,6 +93,8 @@ class InferenceApp(ServiceApp):
 
     async def stop(self) -> None:
         await self.engine.close()
+        if self.forecast is not None and self.bus is not None:
+            await self.forecast.save()
         if self.bus is not None:
             await self.bus.close()
             self.bus = None

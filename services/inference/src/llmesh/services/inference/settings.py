@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from llmesh.kit.config import ServerSettings, non_negative, one_of, port_check, positive, setting
+from llmesh.kit.config import non_negative, one_of, port_check, positive, setting
 from llmesh.kit.defaults import DEFAULT_PORTS
+from llmesh.kit.forecast import ForecastSettings
 
 # Below this a chat prompt and a useful answer do not fit together.
 MIN_CONTEXT_LENGTH = 256
@@ -28,7 +29,7 @@ def _repeated_line_check(value: int) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class InferenceSettings(ServerSettings):
+class InferenceSettings(ForecastSettings):
     port: int = setting("LLMESH_PORT", DEFAULT_PORTS["inference"], "gRPC port (0 picks a free one)", port_check)
     model_name: str = setting(
         "LLMESH_INFERENCE_MODEL_NAME", "gemma-3-270m", "name the local llama.cpp model is served under"

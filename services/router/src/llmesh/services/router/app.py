@@ -17,6 +17,7 @@ from llmesh.kit.client import open_channel
 from llmesh.kit.errors import Unavailable
 from llmesh.kit.experiments import VariantPolicies
 from llmesh.kit.identity import PUBLIC
+from llmesh.kit.forecast import LoadForecast, start_forecast
 from llmesh.kit.logging import get_logger
 from llmesh.kit.outbox import Outbox
 from llmesh.kit.policy import PolicyStore
@@ -68,6 +69,7 @@ class RouterApp(ServiceApp):
         self.batch: BatchRunner | None = None
         self._batch_task = None
         self.bus: Bus | None = None
+        self.forecast: LoadForecast | None = None
         self.policy: PolicyStore | None = None
         self._channels: list[grpc.aio.Channel] = []
         self._tenancy: TenancyClient | None = None
@@ -108,6 +110,7 @@ class RouterApp(ServiceApp):
         await self.bus.subscribe(f"{MODEL_LOAD_SUBJECT_PREFIX}.>", self._on_model_load)
         self.policy = PolicyStore(self.bus, bucket=s.policy_bucket)
         await self.policy.start()
+        self.forecast = await start_forecast(self, s, self.bus)
         self.accounting = accounting = await self._start_accounting()
 
         def channel(target: str) -> grpc.aio.Channel:
@@ -327,5 +330,7 @@ class RouterApp(ServiceApp):
         self._channels.clear()
         if self.policy is not None:
             await self.policy.stop()
+        if self.forecast is not None:
+            await self.forecast.save()
         if self.bus is not None:
             await self.bus.close()

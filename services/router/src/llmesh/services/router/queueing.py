@@ -36,6 +36,7 @@ from typing import Any
 
 from llmesh.kit.errors import ResourceExhausted
 from llmesh.kit.logging import get_logger
+from llmesh.kit.tracing import span
 from llmesh.services.router import metrics
 from llmesh.services.router.domain import Completion, Delta, GenerateCommand, ModelInfo, Priority, Usage
 
@@ -543,29 +544,34 @@ class _Slot:
             service_s=pool.stats.expected_service(output),
             future=asyncio.get_running_loop().create_future(),
         )
-        arrived = self._queues._clock()
-        if pool.running < pool.capacity and pool.depth() == 0:
-            pool.start_now(waiter)
-            estimated = 0.0
-        else:
-            try:
-                estimated = self._admit(pool, flow, cls, waiter, arrived)
-            except ResourceExhausted:
-                pool.forget_if_idle(flow)
-                raise
-            pool.enqueue(waiter)
-            try:
-                await waiter.future
-            except asyncio.CancelledError:
-                if waiter.future.done() and not waiter.future.cancelled():
-                    pool.release(waiter, 0.0)  # dispatched as the caller left: give the slot back
-                else:
-                    pool.withdraw(waiter)
-                metrics.QUEUE_ADMISSIONS.labels(t.priority.value, "cancelled").inc()
-                raise
-        self._pool, self._waiter = pool, waiter
-        self._started = self._queues._clock()
-        t.wait_s = self._started - arrived
+        # The wait for a slot (0 ms when one is free) is its own step of the request's trace.
+        with span("router.queue_wait", tenant=t.tenant, priority=t.priority.value, model=pool.name) as current:
+            arrived = self._queues._clock()
+            if pool.running < pool.capacity and pool.depth() == 0:
+                pool.start_now(waiter)
+                estimated = 0.0
+            else:
+                try:
+                    estimated = self._admit(pool, flow, cls, waiter, arrived)
+                except ResourceExhausted:
+                    pool.forget_if_idle(flow)
+                    current.set_attribute("llmesh.queue_outcome", "rejected")
+                    raise
+                pool.enqueue(waiter)
+                try:
+                    await waiter.future
+                except asyncio.CancelledError:
+                    if waiter.future.done() and not waiter.future.cancelled():
+                        pool.release(waiter, 0.0)  # dispatched as the caller left: give the slot back
+                    else:
+                        pool.withdraw(waiter)
+                    metrics.QUEUE_ADMISSIONS.labels(t.priority.value, "cancelled").inc()
+                    current.set_attribute("llmesh.queue_outcome", "cancelled")
+                    raise
+            self._pool, self._waiter = pool, waiter
+            self._started = self._queues._clock()
+            t.wait_s = self._started - arrived
+            current.set_attributes({"llmesh.queue_outcome": "admitted", "llmesh.waited_ms": round(t.wait_ms, 3)})
         pool.learn_wait(flow, estimated, t.wait_s)
         metrics.QUEUE_WAIT.labels(t.priority.value).observe(t.wait_s)
         metrics.QUEUE_ADMISSIONS.labels(t.priority.value, "admitted").inc()

@@ -6,7 +6,6 @@ import dataclasses
 import json
 
 from llmesh.kit.config import (
-    ServerSettings,
     non_negative,
     one_of,
     parses,
@@ -16,6 +15,7 @@ from llmesh.kit.config import (
     setting,
 )
 from llmesh.kit.defaults import DEFAULT_PORTS
+from llmesh.kit.forecast import ForecastSettings
 from llmesh.services.router.queueing import DEFAULT_QUEUE_CLASSES, parse_queue_classes
 from llmesh.services.router.region_health import parse_region_addrs
 
@@ -70,7 +70,7 @@ def parse_prices(value: str) -> dict[str, tuple[float, float]]:
 
 
 @dataclasses.dataclass(frozen=True)
-class RouterSettings(ServerSettings):
+class RouterSettings(ForecastSettings):
     port: int = setting("LLMESH_PORT", DEFAULT_PORTS["router"], "gRPC port (0 picks a free one)", port_check)
 
     tenancy_addr: str = setting("LLMESH_TENANCY_ADDR", _loopback("tenancy"), "tenancy service host:port")
