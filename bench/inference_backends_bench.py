@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/inference_backends_bench.py [--requests 20] [--rounds 3] [--max-tokens 32]
                                                        [--out bench/results/inference_backends.md]
+                                                       [--baseline-src DIR]
 
 In one run, on the same prompts, greedy (temperature 0), fixed max_tokens, concurrency 1:
 
@@ -16,6 +17,11 @@ of `requests` sequential requests. TTFT: request start to the first non-empty te
 (tokens − 1) / (time after the first text). Every server is started here on free ports and stopped
 on exit (Ctrl-C included). Targets (the inference issue): the service adds ≤ 3 ms to TTFT at p50
 and passes ≥ 98 % of the direct tokens/s at p50.
+
+--baseline-src DIR runs a second inference service from another copy of the service's source (DIR
+holds its `llmesh/services/inference`, e.g. `git archive HEAD~1 services/inference/src | tar -x
+--strip-components=3 -C DIR`) as a third path, "baseline", interleaved with the others: a before /
+after comparison of the service's own cost in one run.
 """
 
 from __future__ import annotations
@@ -206,11 +212,12 @@ async def via_service(stub, model: str, prompt: str, max_tokens: int) -> Sample:
 class ServiceProcess:
     """`python -m llmesh.services.inference` on a free port with the given catalog."""
 
-    def __init__(self, catalog: dict, log_path: pathlib.Path):
+    def __init__(self, catalog: dict, log_path: pathlib.Path, source: str | None = None):
         self.port = free_port("127.0.0.1")
         self.address = f"127.0.0.1:{self.port}"
         self.catalog = catalog
         self.log_path = log_path
+        self.source = source  # a directory put first on PYTHONPATH: another copy of the service's code
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -226,6 +233,8 @@ class ServiceProcess:
             "LLMESH_INFERENCE_THREADS": "1",
             "LLMESH_LOG_LEVEL": "warning",
         }
+        if self.source:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.source, env.get("PYTHONPATH")]))
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "llmesh.services.inference"],
@@ -335,13 +344,18 @@ def report(results: dict, args, load_before, load_after, mismatches: int) -> str
         "| --- | --- | --- | --- | --- |",
     ]
     for backend, paths in results.items():
-        d, s = paths["direct"], paths["service"]
-        added = s["ttft50"] - d["ttft50"]
-        passed = s["tps50"] / d["tps50"]
-        lines.append(
-            f"| {backend} | {added:+.1f} ms | {'met' if added <= TARGET_TTFT_MS else 'NOT met'} | "
-            f"{passed * 100:.1f} % | {'met' if passed >= TARGET_SPEED else 'NOT met'} |"
-        )
+        d = paths["direct"]
+        for path in ("service", "baseline"):
+            if path not in paths:
+                continue
+            s = paths[path]
+            added = s["ttft50"] - d["ttft50"]
+            passed = s["tps50"] / d["tps50"]
+            name = backend if path == "service" else f"{backend} (baseline)"
+            lines.append(
+                f"| {name} | {added:+.1f} ms | {'met' if added <= TARGET_TTFT_MS else 'NOT met'} | "
+                f"{passed * 100:.1f} % | {'met' if passed >= TARGET_SPEED else 'NOT met'} |"
+            )
     lines += [
         "",
         "The service's own CPU time (user + system of its process, /proc, during the service rounds): what it adds "
@@ -352,10 +366,22 @@ def report(results: dict, args, load_before, load_after, mismatches: int) -> str
         "| --- | --- | --- |",
     ]
     for backend, paths in results.items():
-        s = paths["service"]
-        lines.append(f"| {backend} | {s['cpu_ms_per_request']:.2f} | {s['cpu_ms_per_token']:.3f} |")
+        for path in ("service", "baseline"):
+            if path in paths:
+                s = paths[path]
+                name = backend if path == "service" else f"{backend} (baseline)"
+                lines.append(f"| {name} | {s['cpu_ms_per_request']:.2f} | {s['cpu_ms_per_token']:.3f} |")
     lines += [
         "",
+        *(
+            [
+                f"Baseline: a second service process running the source in `{args.baseline_src}` (the code before "
+                "the change measured), its requests interleaved with the others' in every round.",
+                "",
+            ]
+            if args.baseline_src
+            else []
+        ),
         "Medians of per-request values over all rounds; p95 of tokens/s is the faster tail. On a 2-core machine "
         "the client, the service and the model server contend for the same cores (the service's own CPU time per "
         "token competes with llama.cpp's): read the ratios with the load average above.",
@@ -397,26 +423,36 @@ async def run(args, stack: contextlib.ExitStack, logs: pathlib.Path) -> dict:
     service = ServiceProcess(catalog, logs / "service.log")
     stack.callback(service.stop)
     service.start()
+    baseline = None
+    if args.baseline_src:
+        baseline = ServiceProcess(catalog, logs / "baseline.log", source=args.baseline_src)
+        stack.callback(baseline.stop)
+        baseline.start()
 
     mt = args.max_tokens
     results: dict = {}
     mismatches = 0
-    async with (
-        open_channel(service.address) as channel,
-        httpx.AsyncClient() as http,
-    ):
+    processes = {"service": service, **({"baseline": baseline} if baseline is not None else {})}
+    async with contextlib.AsyncExitStack() as channels, httpx.AsyncClient() as http:
         tclient = triton_grpc.InferenceServerClient(triton.grpc_url)
         try:
-            stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            await service.wait_ready(stub, ["triton-gemma", "openai-gemma"])
+            stubs = {}
+            for path, process in processes.items():
+                channel = await channels.enter_async_context(open_channel(process.address))
+                stubs[path] = inference_pb2_grpc.InferenceServiceStub(channel)
+                await process.wait_ready(stubs[path], ["triton-gemma", "openai-gemma"])
+
+            def through(path: str, model: str):
+                return lambda p: via_service(stubs[path], model, p, mt)
+
             backends = {
                 "triton": {
                     "direct": lambda p: triton_direct(tclient, p, mt),
-                    "service": lambda p: via_service(stub, "triton-gemma", p, mt),
+                    **{path: through(path, "triton-gemma") for path in processes},
                 },
                 "openai": {
                     "direct": lambda p: openai_direct(http, openai.base_url, p, mt),
-                    "service": lambda p: via_service(stub, "openai-gemma", p, mt),
+                    **{path: through(path, "openai-gemma") for path in processes},
                 },
             }
             for backend, paths in backends.items():
@@ -424,23 +460,25 @@ async def run(args, stack: contextlib.ExitStack, logs: pathlib.Path) -> dict:
                 expected: dict[int, int] = {}
                 for call in paths.values():  # warm-up, discarded
                     await call(PROMPTS[0])
-                service_cpu_s = 0.0
+                cpu_s = dict.fromkeys(processes, 0.0)
                 for r in range(args.rounds):
                     for path, call in paths.items():
                         started = time.perf_counter()
-                        cpu_before = cpu_seconds(service.process.pid)
+                        process = processes.get(path)
+                        cpu_before = cpu_seconds(process.process.pid) if process else 0.0
                         await measure(f"{backend} {path}", call, args.requests, samples[path], expected)
-                        if path == "service":
-                            service_cpu_s += cpu_seconds(service.process.pid) - cpu_before
+                        if process:
+                            cpu_s[path] += cpu_seconds(process.process.pid) - cpu_before
                         print(f"{backend} round {r + 1} {path}: {time.perf_counter() - started:.1f}s", file=sys.stderr)
                 for path, got in samples.items():
                     mismatches += sum(
                         1 for i, s in enumerate(got) if s.tokens != expected[i % args.requests % len(PROMPTS)]
                     )
                 results[backend] = {path: summary(got) for path, got in samples.items()}
-                served = samples["service"]
-                results[backend]["service"]["cpu_ms_per_request"] = service_cpu_s * 1000 / len(served)
-                results[backend]["service"]["cpu_ms_per_token"] = service_cpu_s * 1000 / sum(x.tokens for x in served)
+                for path, seconds in cpu_s.items():
+                    served = samples[path]
+                    results[backend][path]["cpu_ms_per_request"] = seconds * 1000 / len(served)
+                    results[backend][path]["cpu_ms_per_token"] = seconds * 1000 / sum(x.tokens for x in served)
         finally:
             await tclient.close()
     return results, mismatches
@@ -452,6 +490,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "inference_backends.md"))
+    parser.add_argument(
+        "--baseline-src", default="", help="another copy of the service's source, run as a third path (see above)"
+    )
     args = parser.parse_args()
     logs = ROOT / "bench" / "results" / "tmp"
     logs.mkdir(parents=True, exist_ok=True)

@@ -166,7 +166,7 @@ class InferenceEngine:
                             if first_delta_at is None:
                                 first_delta_at = time.perf_counter()
                                 metrics.TIME_TO_FIRST_TOKEN.labels(*labels).observe(first_delta_at - started)
-                            yield TextDelta(text)
+                            yield event if text is event.text else TextDelta(text)
                         if guard.stopped:
                             break
                     elif isinstance(event, BackendCompletion):

@@ -414,7 +414,7 @@ class OpenAIBackend(Backend):
         finish: FinishReason | None = None
         usage: dict | None = None
         done = False
-        lines = response.aiter_lines()
+        lines = sse_lines(response.aiter_bytes())
         async for line in lines:
             if time.monotonic() >= deadline:
                 raise self._deadline_exceeded(request)
@@ -479,6 +479,26 @@ class OpenAIBackend(Backend):
             completion_tokens=completion_tokens,
         )
         yield BackendCompletion(prompt_tokens, completion_tokens, finish or FinishReason.UNSPECIFIED)
+
+
+async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The lines of an event stream's body (UTF-8; a line ends with CR, LF or CRLF), as httpx's
+    aiter_lines gives them, split from the bytes in one step instead of two generators (text, then
+    lines) per network chunk."""
+    pending = b""
+    after_cr = False  # the previous chunk ended with CR: an LF opening this one ends no new line
+    async for chunk in chunks:
+        if after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        after_cr = chunk.endswith(b"\r")
+        if pending:
+            chunk = pending + chunk
+        lines = chunk.splitlines()
+        pending = b"" if chunk.endswith((b"\n", b"\r")) or not lines else lines.pop()
+        for line in lines:
+            yield line.decode("utf-8", "replace")
+    if pending:
+        yield pending.decode("utf-8", "replace")
 
 
 @dataclass

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import re
+import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,7 @@ class TritonModel:
 
 
 class _Model:
-    def __init__(self, spec: TritonModel, retry_after_s: float, on_change: Callable[[], None]):
+    def __init__(self, spec: TritonModel, backend: str, retry_after_s: float, on_change: Callable[[], None]):
         self.spec = spec
         self.pool: SlotPool[int] = SlotPool(
             range(spec.max_concurrency),
@@ -96,6 +97,11 @@ class _Model:
             label=f"model {spec.name}",
             on_change=on_change,
         )
+        # The token counters of this model, looked up once (labels() takes a lock and a dict
+        # lookup; the generated tokens are counted on every streamed response).
+        self.labels = (spec.name, backend)
+        self.prompt_tokens = metrics.PROMPT_TOKENS.labels(*self.labels)
+        self.generated_tokens = metrics.GENERATED_TOKENS.labels(*self.labels)
 
 
 def _tensor(name: str, value: Any, dtype, batched: bool) -> triton_grpc.InferInput:
@@ -114,6 +120,51 @@ def _scalar(result, name: str):
         return None
     value = array.reshape(-1)[0]
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value.item()
+
+
+# Little-endian element formats of Triton's raw output contents.
+_RAW_FORMATS = {
+    "BOOL": struct.Struct("<?"),
+    "INT8": struct.Struct("<b"),
+    "UINT8": struct.Struct("<B"),
+    "INT16": struct.Struct("<h"),
+    "UINT16": struct.Struct("<H"),
+    "INT32": struct.Struct("<i"),
+    "UINT32": struct.Struct("<I"),
+    "INT64": struct.Struct("<q"),
+    "UINT64": struct.Struct("<Q"),
+    "FP32": struct.Struct("<f"),
+    "FP64": struct.Struct("<d"),
+}
+_LENGTH = struct.Struct("<I")
+
+
+def _scalars(result) -> dict[str, Any]:
+    """The first element of every output of a streamed response, read once from the response's
+    raw contents (what `_scalar` gives for each name, without an array and a scan of the outputs
+    per name); an output that is empty is left out. Triton sends raw contents; an output without
+    them (or of a type not listed) is read the general way."""
+    response = result.get_response()
+    raw = response.raw_output_contents
+    values: dict[str, Any] = {}
+    for index, output in enumerate(response.outputs):
+        name = output.name
+        if index >= len(raw):
+            value = _scalar(result, name)
+        else:
+            data = raw[index]
+            if not data:
+                continue
+            if output.datatype == "BYTES":
+                (length,) = _LENGTH.unpack_from(data)
+                value = data[4 : 4 + length].decode("utf-8", errors="replace")
+            elif (form := _RAW_FORMATS.get(output.datatype)) is not None:
+                (value,) = form.unpack_from(data)
+            else:
+                value = _scalar(result, name)
+        if value is not None:
+            values.setdefault(name, value)
+    return values
 
 
 class TritonBackend(Backend):
@@ -138,7 +189,9 @@ class TritonBackend(Backend):
         if len({m.name for m in models}) != len(models):
             raise ValueError("model names must be unique")
         self.url = url
-        self._models = {m.name: _Model(m, retry_after_s, functools.partial(self._load_changed, m.name)) for m in models}
+        self._models = {
+            m.name: _Model(m, self.name, retry_after_s, functools.partial(self._load_changed, m.name)) for m in models
+        }
         self._rpc_timeout_s = rpc_timeout_s
         self._first_token_timeout_s = first_token_timeout_s
         self._token_timeout_s = token_timeout_s
@@ -251,7 +304,6 @@ class TritonBackend(Backend):
         triton_model = spec.batch_triton_model if request.batch and spec.batch_triton_model else spec.triton_model
         batched = triton_model in self._batched
         inputs = self._inputs(request, batched)
-        labels = (spec.name, self.name)
         finished = asyncio.Event()
         slot = await model.pool.acquire()
         client = self._connection()
@@ -275,7 +327,9 @@ class TritonBackend(Backend):
             while True:
                 timeout = self._token_timeout_s if responses else self._first_token_timeout_s
                 try:
-                    result, error = await asyncio.wait_for(anext(stream), timeout)
+                    # A timeout scope, not wait_for: no task per response (nothing yields inside).
+                    async with asyncio.timeout(timeout):
+                        result, error = await anext(stream)
                 except StopAsyncIteration:
                     raise Unavailable(f"Triton ended the stream of {triton_model} before its final response") from None
                 except TimeoutError:
@@ -292,31 +346,32 @@ class TritonBackend(Backend):
                         raise InvalidArgument(message.split("INVALID_ARGUMENT:", 1)[-1].strip(), field="max_tokens")
                     raise Unavailable(f"model {triton_model} failed in Triton: {message}")
                 responses += 1
-                text = _scalar(result, "text_output")
+                outputs = _scalars(result)
+                text = outputs.get("text_output")
                 parameters = result.get_response().parameters
                 final = "triton_final_response" in parameters and parameters["triton_final_response"].bool_param
-                reason = _scalar(result, "finish_reason")
+                reason = outputs.get("finish_reason")
                 last = final or reason is not None
                 if text is not None and (text or not last):  # an empty last response ends, it decoded nothing
                     steps += 1
-                prompt_tokens = _scalar(result, "num_input_tokens")
-                completion_tokens = _scalar(result, "num_output_tokens")
+                prompt_tokens = outputs.get("num_input_tokens")
+                completion_tokens = outputs.get("num_output_tokens")
                 if prompt_tokens is not None:
                     model_prompt = int(prompt_tokens)
                 if completion_tokens is not None:  # the tokens of this response (vLLM's meaning)
                     model_completion = (model_completion or 0) + int(completion_tokens)
                 if responses == 1:
-                    metrics.PROMPT_TOKENS.labels(*labels).inc(model_prompt if model_prompt is not None else estimate)
+                    model.prompt_tokens.inc(model_prompt if model_prompt is not None else estimate)
                 completion = model_completion if model_completion is not None else steps
                 if completion > reported:
-                    metrics.GENERATED_TOKENS.labels(*labels).inc(completion - reported)
+                    model.generated_tokens.inc(completion - reported)
                     reported = completion
                 if text:
                     yield TextDelta(text)
                 if last:
                     finished.set()
                     from_model = model_completion is not None
-                    metrics.USAGE_SOURCE.labels(*labels, "provider" if from_model else "estimated").inc()
+                    metrics.USAGE_SOURCE.labels(*model.labels, "provider" if from_model else "estimated").inc()
                     yield BackendCompletion(
                         model_prompt if model_prompt is not None else estimate,
                         completion,
