@@ -7,7 +7,14 @@ model), three tenants, a steady mixed load through the router, and one fault at 
 - added latency, then severed and refused connections, on the router→inference path, through this
   harness's TCP proxy (the launcher's LLMESH_ROUTER_INFERENCE_ADDR points the router at it);
 - disk full for the semantic store's folder (a 512 MiB tmpfs mounted over $LLMESH_HOME/cache/semantic
-  before `up`, filled during the fault; skipped with the reason when mounting is not allowed).
+  before `up`, filled during the fault; skipped with the reason when mounting is not allowed);
+- Redis stopped 10 s (SIGTERM, append-only file kept) and started again on its port, and PostgreSQL
+  stopped 10 s (`pg_ctl stop -m fast`) and started again: with `redis`, `postgres` or `--stores` the
+  harness starts both and the mesh uses them (LLMESH_REDIS_URL for the exact cache,
+  LLMESH_ROUTER_QUOTA_REDIS_URL for budgets and rate limits, LLMESH_TENANCY_DATABASE_URL).
+
+After the faults, the usage ledger is compared with the answers, per tenant (none missing, none
+billed twice).
 
 Per fault: the error rate in the fault window, the first success after the part is back, the last
 error after it is back, what was lost. Writes docs/reports/reliability.md (the chaos part) and
@@ -27,9 +34,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from llmesh.kit.postgres_server import PostgresServerProcess
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -40,9 +50,11 @@ from bench.mesh_load import (  # noqa: E402
     FaultProxy,
     Load,
     PrivateMesh,
+    RedisProcess,
     error_rate,
     free_port,
     generate_once,
+    model_busy,
     percentile,
     write_report_section,
 )
@@ -82,7 +94,8 @@ def summarize(load: Load, name: str, t0: float, back: float, lost: str, command:
     codes: dict[str, int] = {}
     for a in during + errors_after:
         if not a.ok:
-            codes[a.code] = codes.get(a.code, 0) + 1
+            code = f"{a.code} (model busy: TTFT SLO)" if model_busy(a) else a.code
+            codes[code] = codes.get(code, 0) + 1
     ok_during = [a.latency_ms for a in during if a.ok]
     return {
         "fault": name,
@@ -91,6 +104,9 @@ def summarize(load: Load, name: str, t0: float, back: float, lost: str, command:
         "fault_s": back - t0,
         "fault_requests": len(during),
         "fault_error_rate": error_rate(during),
+        # Without the interactive requests the router shed because the one local model was busy (the
+        # machine's load, not the fault).
+        "fault_error_rate_not_busy": error_rate([a for a in during if not model_busy(a)]),
         "baseline_p50_ms": percentile([a.latency_ms for a in base if a.ok], 50),
         "fault_p50_ms": percentile(ok_during, 50),
         "after_requests": len(after),
@@ -112,14 +128,22 @@ def cache_hits(answers) -> str:
 
 async def kill_service(mesh: PrivateMesh, load: Load, name: str) -> dict:
     await asyncio.sleep(BASELINE_S)
-    address = mesh.state()["endpoints"][name]
+    address = mesh.state()["endpoints"].get(name, "")
     old_pid, restarts = mesh.pid(name), mesh.restarts(name)
     t0 = time.monotonic()
     os.kill(old_pid, signal.SIGKILL)
 
     def back_up() -> bool:
         with contextlib.suppress(OSError, ValueError, KeyError):
-            return mesh.pid(name) != old_pid and serving(address)
+            if mesh.pid(name) == old_pid:
+                return False
+            if name in BACKENDS:  # no gRPC health service: their own HTTP readiness
+                try:
+                    with urllib.request.urlopen(mesh.state()["health_urls"][name], timeout=1) as response:
+                        return response.status == 200
+                except urllib.error.HTTPError as exc:  # the stand-in wants its API key: it answers
+                    return exc.code in (401, 403)
+            return serving(address)
         return False
 
     back = await wait_for(back_up)
@@ -236,15 +260,69 @@ async def disk_full(mesh: PrivateMesh, load: Load, mounted: str) -> dict:
     back = time.monotonic()
     await asyncio.sleep(AFTER_S)
     log = (mesh.home / "logs" / "cache.log").read_text(errors="replace")
-    no_space = log.count("No space left") + log.count("ENOSPC")
+    supervisor = (mesh.home / "logs" / "supervisor.log").read_text(errors="replace")
     return summarize(
         load,
         f"semantic store disk full, 15 s ({TMPFS_MIB} MiB tmpfs filled)",
         t0,
         back,
-        f"cache log lines naming ENOSPC: {no_space}; cache restarts during the fault and after: "
-        f"{mesh.restarts('cache') - restarts} (SIGBUS: see the supervisor log)",
+        f"cache restarts during the fault and after: {mesh.restarts('cache') - restarts} (SIGBUS lines in the "
+        f"supervisor log: {supervisor.count('SIGBUS')}); cache log: {log.count('semantic_store_disk_full')} "
+        f"disk-full warnings, {log.count('semantic_add_refused')} semantic stores refused, "
+        f"{log.count('semantic_store_writable_again')} back to writable, "
+        f"{log.count('semantic_refused_delete_applied')} refused deletes applied later",
         ".venv/bin/python bench/chaos.py --only disk",
+    )
+
+
+async def store_outage(load: Load, fault: str, name: str, stop, start, before, after) -> dict:
+    """`stop` the store (a thread), wait so that it is down 10 s, `start` it; 'back' = `start` returned
+    (the server accepts connections again). `before()` right before the stop, `after(seen)` right
+    after the start, then the after-window: what survived."""
+    await asyncio.sleep(BASELINE_S)
+    seen = await before()
+    t0 = time.monotonic()
+    await asyncio.to_thread(stop)
+    await asyncio.sleep(max(0.0, t0 + 10 - time.monotonic()))
+    await asyncio.to_thread(start)
+    back = time.monotonic()
+    survived = await after(seen)
+    await asyncio.sleep(AFTER_S)
+    return summarize(
+        load,
+        f"{name} stopped 10 s, then started",
+        t0,
+        back,
+        survived,
+        f".venv/bin/python bench/chaos.py --only {fault}",
+    )
+
+
+async def settled_ledger(mesh: PrivateMesh, load: Load, timeout_s: float = 60) -> str:
+    """Each answered request must be in the usage ledger once (usage travels over JetStream to
+    tenancy): waits until the ledger stops growing, then compares, per tenant."""
+    tenants = sorted({mesh.tenants[a.key] for a in load.answers if a.key in mesh.tenants})
+    deadline, last, stable_since = time.monotonic() + timeout_s, None, time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            counts = await mesh.usage_requests(tenants)
+        except grpc.aio.AioRpcError:
+            counts = None
+        if counts is not None and counts != last:
+            last, stable_since = counts, time.monotonic()
+        elif counts is not None and time.monotonic() - stable_since >= 5:
+            break
+        await asyncio.sleep(1)
+    if last is None:
+        return "usage ledger: not readable"
+    ok = {t: sum(1 for a in load.answers if a.ok and mesh.tenants.get(a.key) == t) for t in tenants}
+    failed = {t: sum(1 for a in load.answers if not a.ok and mesh.tenants.get(a.key) == t) for t in tenants}
+    rows = [f"{ok[t]} answered / {failed[t]} failed → {last[t]} in the ledger" for t in tenants]
+    missing = sum(max(0, ok[t] - last[t]) for t in tenants)
+    extra = sum(max(0, last[t] - ok[t]) for t in tenants)
+    return (
+        f"usage ledger per tenant: {'; '.join(rows)}; answered but not in the ledger: {missing}; in the ledger "
+        f"beyond the answered: {extra} (requests cut when the load stopped: {load.cut_at_stop})"
     )
 
 
@@ -264,48 +342,71 @@ def render(rows: list[dict], meta: dict) -> str:
     lines = [
         "## Faults under load (`make chaos`)",
         "",
-        f"Run {meta['when']} on {meta['host']} (2 shared cores, 8 engineers on the machine), mesh from "
-        f"`llmesh up --detach` (backends off: the local model), {meta['rate']} requests/s open loop through the "
+        f"Run {meta['when']} on {meta['host']} (2 shared cores, 8 engineers on the machine, load average "
+        f"{meta.get('load', '-')} at the end), mesh from `llmesh up --detach` (backends: {meta.get('backends', 'off (the local model)')}; "
+        f"stores: {meta.get('stores', 'embedded')}), {meta['rate']} requests/s open loop through the "
         "router, three tenants, half PRIORITY_INTERACTIVE and half PRIORITY_BATCH, a third repeated prompts, "
         f"max_tokens 4. Windows: {BASELINE_S:.0f} s baseline before each fault, the fault, {AFTER_S:.0f} s after "
         "the part is back. 'back' = the restarted process answers health SERVING (kills), SIGCONT (NATS), the "
-        "proxy cleared (network), the filler removed (disk). Requests are not retried by the harness.",
+        "proxy cleared (network), the filler removed (disk), the server accepts connections again (Redis, "
+        "PostgreSQL). Requests are not retried by the harness. 'model busy': interactive requests the router "
+        "refused because the one local model's queue would miss the TTFT SLO (the shared machine's load).",
         "",
-        "| fault | baseline err | fault window | requests in it | err in fault | p50 ok baseline → fault | 1st ok after back | "
+        "| fault | baseline err | fault window | requests in it | err in fault (without 'model busy') | p50 ok baseline → fault | 1st ok after back | "
         "last err after back | err in 20 s after | error codes | what was lost / counted | reproduce |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    notes = []
     for r in rows:
+        if "ledger" in r:
+            notes.append(f"Whole run: {r['ledger']}.")
+            continue
         if "skipped" in r:
             lines.append(f"| {r['fault']} | | | | | | | | | | {r['skipped']} | |")
             continue
         codes = ", ".join(f"{k} {v}" for k, v in sorted(r["codes"].items())) or "-"
         lines.append(
             f"| {r['fault']} | {r['baseline_error_rate']:.1%} | {r['fault_s']:.1f} s | {r['fault_requests']} | "
-            f"{r['fault_error_rate']:.1%} | {fmt(r['baseline_p50_ms'], '.0f')} → {fmt(r['fault_p50_ms'], '.0f')} ms | "
+            f"{r['fault_error_rate']:.1%} ({r.get('fault_error_rate_not_busy', r['fault_error_rate']):.1%}) | {fmt(r['baseline_p50_ms'], '.0f')} → {fmt(r['fault_p50_ms'], '.0f')} ms | "
             f"{fmt(r['first_ok_after_back_s'])} s | "
             f"{r['last_error_after_back_s']:.2f} s | {r['after_error_rate']:.1%} | {codes} | {r['lost']} | "
             f"`{r['command']}` |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *notes]) + "\n"
 
 
 FAULTS = ["kill-tenancy", "kill-classifier", "kill-cache", "kill-inference", "kill-router", "nats", "latency", "drop"]
-FAULTS.append("disk")
+FAULTS += ["disk", "redis", "postgres"]
+STORE_FAULTS = {"redis", "postgres"}
+# Triton and the OpenAI-compatible stand-in, with `--backends` (`llmesh up` starts them).
+BACKENDS = ("triton", "openai")
+BACKEND_FAULTS = [f"kill-{name}" for name in BACKENDS]
 
 
-async def main(only: list[str], rate: float) -> list[dict]:
+async def main(only: list[str], rate: float, stores: bool, backends: bool) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="llmesh-chaos-") as tmp:
-        home = pathlib.Path(tmp)
+        home = pathlib.Path(tmp) / "home"
         mounted = mount_tmpfs(home / "cache" / "semantic") if "disk" in only else "not asked"
         inference_port = free_port()
         proxy = FaultProxy(inference_port)
         await proxy.start()
-        mesh = PrivateMesh(
-            home,
-            extra={"LLMESH_ROUTER_INFERENCE_ADDR": f"127.0.0.1:{proxy.port}"},
-            inference_port=inference_port,
-        )
+        extra = {"LLMESH_ROUTER_INFERENCE_ADDR": f"127.0.0.1:{proxy.port}"}
+        if backends:
+            extra["LLMESH_UP_BACKENDS"] = "1"
+        redis = postgres = None
+        if stores:
+            # The production stores: Redis for the exact cache and the router's budget and rate-limit
+            # counters, PostgreSQL for tenancy.
+            redis = RedisProcess(pathlib.Path(tmp) / "redis")
+            await asyncio.to_thread(redis.start)
+            postgres = PostgresServerProcess(str(pathlib.Path(tmp) / "postgres"))
+            await asyncio.to_thread(postgres.start)
+            extra.update(
+                LLMESH_REDIS_URL=redis.url,
+                LLMESH_ROUTER_QUOTA_REDIS_URL=redis.url,
+                LLMESH_TENANCY_DATABASE_URL=postgres.url,
+            )
+        mesh = PrivateMesh(home, extra=extra, inference_port=inference_port)
         rows: list[dict] = []
         try:
             up_s = await asyncio.to_thread(mesh.up)
@@ -321,13 +422,47 @@ async def main(only: list[str], rate: float) -> list[dict]:
                     row = await nats_freeze(mesh, load, victims)
                 elif fault in ("latency", "drop"):
                     row = await proxy_fault(load, proxy, fault)
+                elif fault == "redis":
+
+                    async def redis_before() -> list[str]:
+                        return await asyncio.to_thread(redis.keys)
+
+                    async def redis_after(keys: list[str]) -> str:
+                        kept = await asyncio.to_thread(redis.existing, keys)
+                        return f"Redis keys before the stop: {len(keys)}; of these, there after the start: {kept}"
+
+                    row = await store_outage(
+                        load, fault, "Redis (exact cache, quotas)", redis.stop, redis.start, redis_before, redis_after
+                    )
+                elif fault == "postgres":
+                    tenants = sorted(set(mesh.tenants.values()))
+
+                    async def pg_before() -> int:
+                        return sum((await mesh.usage_requests(tenants)).values())
+
+                    async def pg_after(ledger: int) -> str:
+                        return (
+                            f"ledger requests of the load's tenants before the stop: {ledger}; the ledger over the "
+                            "whole run is checked against the answers below"
+                        )
+
+                    row = await store_outage(
+                        load, fault, "PostgreSQL (tenancy)", postgres.stop, postgres.resume, pg_before, pg_after
+                    )
                 else:
                     row = await disk_full(mesh, load, mounted)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
             await load.stop()
+            ledger = await settled_ledger(mesh, load)
+            print(ledger, flush=True)
+            rows.append({"fault": "whole run", "ledger": ledger})
         finally:
             await asyncio.to_thread(mesh.down)
+            if redis is not None:
+                await asyncio.to_thread(redis.stop)
+            if postgres is not None:
+                await asyncio.to_thread(postgres.stop)
             await proxy.stop()
             # The services' logs outlive the private home, for what a fault left behind.
             shutil.rmtree(LOGS, ignore_errors=True)
@@ -339,17 +474,39 @@ async def main(only: list[str], rate: float) -> list[dict]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default=",".join(FAULTS), help=f"comma-separated subset of {FAULTS}")
+    parser.add_argument("--only", default=",".join(FAULTS), help=f"comma-separated subset of {FAULTS + BACKEND_FAULTS}")
+    parser.add_argument(
+        "--backends",
+        action="store_true",
+        help="`llmesh up` with Triton and the OpenAI-compatible stand-in (implied by kill-triton, kill-openai)",
+    )
     parser.add_argument("--rate", type=float, default=3.0, help="requests per second")
+    parser.add_argument(
+        "--stores",
+        action="store_true",
+        help="run the mesh on Redis and PostgreSQL (implied by the redis and postgres faults)",
+    )
     args = parser.parse_args()
     only = [f for f in args.only.split(",") if f]
-    unknown = set(only) - set(FAULTS)
-    if unknown or not all(f in FAULTS for f in only):
+    unknown = set(only) - set(FAULTS) - set(BACKEND_FAULTS)
+    if unknown:
         parser.error(f"unknown faults {sorted(unknown)}")
-    rows = asyncio.run(main(only, args.rate))
-    meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": os.uname().nodename, "rate": args.rate}
-    RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (ROOT / "bench" / "results" / "chaos.md").write_text(render(rows, meta))
-    if set(only) == set(FAULTS):  # a subset does not replace the full table
+    stores = args.stores or bool(STORE_FAULTS & set(only))
+    backends = args.backends or bool(set(BACKEND_FAULTS) & set(only))
+    rows = asyncio.run(main(only, args.rate, stores, backends))
+    meta = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "host": os.uname().nodename,
+        "rate": args.rate,
+        "stores": "Redis (exact cache, quotas) and PostgreSQL (tenancy)" if stores else "embedded (LRU, SQLite)",
+        "backends": "Triton and the OpenAI-compatible stand-in" if backends else "off (the local model)",
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    # A subset does not replace the full run's table: it goes to chaos-<faults>.{json,md}.
+    full = set(only) == set(FAULTS)
+    name = "chaos" if full else "chaos-" + "-".join(only)
+    (RESULTS.parent / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (RESULTS.parent / f"{name}.md").write_text(render(rows, meta))
+    if full:
         write_report_section("chaos", render(rows, meta))
     print(render(rows, meta))

@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import random
+import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,7 @@ class PrivateMesh:
     home: pathlib.Path
     extra: dict[str, str] = dataclasses.field(default_factory=dict)
     inference_port: int = 0
+    tenants: dict[str, str] = dataclasses.field(default_factory=dict)  # API key -> tenant id (new_tenant)
 
     def __post_init__(self) -> None:
         env = {
@@ -94,7 +96,22 @@ class PrivateMesh:
                 metadata=self.admin(),
                 timeout=10,
             )
+        self.tenants[key.api_key] = tenant.tenant_id
         return key.api_key, key.key.key_id
+
+    async def usage_requests(self, tenant_ids: list[str]) -> dict[str, int]:
+        """Requests in the usage ledger, per tenant."""
+        async with grpc.aio.insecure_channel(self.state()["endpoints"]["tenancy"]) as channel:
+            stub = tenancy_pb2_grpc.TenancyServiceStub(channel)
+            counts = {}
+            for tenant_id in tenant_ids:
+                report = await stub.UsageReport(
+                    tenancy_pb2.UsageReportRequest(tenant_id=tenant_id, group_by=["tenant"]),
+                    metadata=self.admin(),
+                    timeout=10,
+                )
+                counts[tenant_id] = report.totals.requests
+        return counts
 
     async def revoke(self, key_id: str) -> None:
         async with grpc.aio.insecure_channel(self.state()["endpoints"]["tenancy"]) as channel:
@@ -111,6 +128,7 @@ class Answer:
     priority: str
     cache: str = ""
     detail: str = ""
+    key: str = ""  # the API key it was sent with
 
     @property
     def ok(self) -> bool:
@@ -135,10 +153,15 @@ async def generate_once(stub, api_key: str, prompt: str, priority: int, timeout:
         if summary is None:
             return Answer(start, time.monotonic(), "NO_SUMMARY", router_pb2.Priority.Name(priority))
         cache = router_pb2.CacheOutcome.Name(summary.cache_outcome)
-        return Answer(start, time.monotonic(), "OK", router_pb2.Priority.Name(priority), cache)
+        return Answer(start, time.monotonic(), "OK", router_pb2.Priority.Name(priority), cache, key=api_key)
     except grpc.aio.AioRpcError as exc:
         return Answer(
-            start, time.monotonic(), exc.code().name, router_pb2.Priority.Name(priority), detail=exc.details() or ""
+            start,
+            time.monotonic(),
+            exc.code().name,
+            router_pb2.Priority.Name(priority),
+            detail=exc.details() or "",
+            key=api_key,
         )
 
 
@@ -151,6 +174,7 @@ class Load:
         self.router_addr, self.keys, self.rate, self.max_in_flight = router_addr, keys, rate, max_in_flight
         self.answers: list[Answer] = []
         self.skipped = 0
+        self.cut_at_stop = 0  # requests still in flight when the load stopped (answers unknown)
         self._task: asyncio.Task | None = None
         self._rng = random.Random(16)
 
@@ -178,6 +202,7 @@ class Load:
                     task.add_done_callback(self._done(in_flight))
                     in_flight.add(task)
             finally:
+                self.cut_at_stop = len(in_flight)
                 for task in in_flight:
                     task.cancel()
                 await asyncio.gather(*in_flight, return_exceptions=True)
@@ -202,6 +227,12 @@ class Load:
     def between(self, a: float, b: float) -> list[Answer]:
         """Answers to requests started in [a, b)."""
         return [x for x in self.answers if a <= x.start < b]
+
+
+def model_busy(answer: Answer) -> bool:
+    """An interactive request the router refused up front because the model's queue would miss the
+    TTFT SLO: load shedding (on the shared machine, its load), not the outcome of a fault."""
+    return answer.code == "RESOURCE_EXHAUSTED" and "is busy" in answer.detail
 
 
 def error_rate(answers: list[Answer]) -> float:
@@ -300,3 +331,58 @@ def write_report_section(name: str, text: str, report: pathlib.Path = REPORT) ->
     else:
         page = page.rstrip() + "\n\n" + block + "\n"
     report.write_text(page)
+
+
+class RedisProcess:
+    """A private redis-server that can be stopped and started again on the same port and folder,
+    with an append-only file (a production Redis keeps its data across a restart)."""
+
+    def __init__(self, workdir: pathlib.Path):
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _ask(self, *words: str) -> bytes:
+        command = "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+            conn.sendall(f"*{len(words)}\r\n{command}".encode())
+            return conn.recv(256)
+
+    def keys(self) -> list[str]:
+        import redis  # a dependency of the workspace (the cache's exact layer, the router's quotas)
+
+        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2) as client:
+            return [k.decode() for k in client.keys("*")]
+
+    def existing(self, keys: list[str]) -> int:
+        import redis
+
+        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2) as client:
+            return sum(client.exists(k) for k in keys)
+
+    def start(self, timeout_s: float = 10) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
+            + ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if self._ask("PING").startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        """SIGTERM: Redis writes its append-only file and exits."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)

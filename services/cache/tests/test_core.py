@@ -15,6 +15,7 @@ from llmesh.services.cache.keys import RequestKey
 from llmesh.services.cache.lru import LruStore
 from llmesh.services.cache.policy import CachePolicy, parse_cache_policy
 from llmesh.services.cache.semantic.api import Decision
+from llmesh.services.cache.semantic.disk import DiskFull
 
 from services.cache.tests.toy_semantic import ToySemanticIndex
 
@@ -148,6 +149,22 @@ async def test_semantic_policy_off_and_semantic_failure_fall_back_to_exact():
     assert failed.entry is not None and not failed.semantic_indexed
     assert (await cache.lookup(LookupQuery(key(QUESTION)))).outcome is Outcome.EXACT_HIT
     assert (await cache.lookup(LookupQuery(key(QUESTION + " please")))).outcome is Outcome.MISS
+
+
+async def test_a_refusal_of_the_semantic_index_is_the_store_s_reason_and_the_exact_layer_keeps_the_answer():
+    cache, _, index = make()
+
+    async def disk_full(entries):
+        raise DiskFull("the semantic store's disk is full: 3 MiB free")
+
+    index.add_many = disk_full
+    results = await cache.store_many([StoreCommand(key(QUESTION), answer()), StoreCommand(key("other"), answer())])
+    for result in results:
+        assert result.entry is not None and not result.semantic_indexed
+        assert result.reason == "stored for exact matches only: the semantic store's disk is full: 3 MiB free"
+    assert (await cache.lookup(LookupQuery(key(QUESTION)))).outcome is Outcome.EXACT_HIT
+    exact_only = await cache.store(StoreCommand(key("third"), answer(), exact_only=True))
+    assert exact_only.entry is not None and exact_only.reason == "", "nothing was asked of the index"
 
 
 async def test_a_semantic_match_outside_the_request_scope_is_refused():

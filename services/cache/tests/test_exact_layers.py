@@ -152,3 +152,48 @@ async def test_lru_evicts_the_least_recently_used_but_keeps_pinned():
 async def test_lru_rejects_a_zero_bound():
     with pytest.raises(ValueError):
         LruStore(max_entries=0)
+
+
+async def test_redis_out_of_reach_is_unavailable_and_the_store_reconnects_when_it_is_back(tmp_path):
+    from llmesh.kit import errors
+    from llmesh.kit.testing import redis_server
+
+    now = time.time()
+    with redis_server(str(tmp_path)) as url:
+        store = await RedisStore.connect(url, prefix=f"{unique('t')}:")
+        await store.put(entry("acme", "e1", created=now))
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        # The server is gone: every call is UNAVAILABLE, not an unexpected error.
+        with pytest.raises(errors.Unavailable, match="exact layer's Redis is unreachable"):
+            await store.get("acme", "e1", now)
+        with pytest.raises(errors.Unavailable):
+            await store.put(entry("acme", "e2", created=now))
+        with pytest.raises(errors.Unavailable):
+            await store.delete_matching("acme", created_before=now + 1)
+        # A server on the same address again: the same client works without reconnecting by hand.
+        import shutil
+        import subprocess
+
+        server = subprocess.Popen(
+            [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port), "--save", ""],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+
+            async def answers() -> None:
+                try:
+                    found = await store.get("acme", "e1", now)
+                except errors.Unavailable as exc:
+                    raise AssertionError(str(exc)) from None
+                assert found is None  # no persistence: a new, empty server
+
+            await assert_eventually(answers, timeout_s=10, message="the store answers again")
+            await store.put(entry("acme", "e3", created=now))
+            assert (await store.get("acme", "e3", now)) is not None
+        finally:
+            server.terminate()
+            server.wait(10)
+    finally:
+        await store.close()

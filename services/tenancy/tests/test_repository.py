@@ -108,3 +108,43 @@ async def test_relay_keeps_events_nats_did_not_take_and_publishes_them_later(rep
     assert published == [("llmesh.tenancy.key.revoked", key.key_id, "e1")]
     assert await repo.pending_events() == []
     assert await relay.flush() == 0 and len(published) == 1
+
+
+async def test_postgresql_out_of_reach_is_unavailable_and_the_pool_reconnects_when_it_is_back():
+    """Its own server: this test stops it."""
+    import shutil
+    import tempfile
+
+    from llmesh.kit import errors
+    from llmesh.kit.postgres_server import PostgresServerProcess
+    from llmesh.kit.testing import assert_eventually
+    from llmesh.services.tenancy.db import PostgresDatabase
+
+    folder = tempfile.mkdtemp(prefix="llmesh-postgres-")
+    server = PostgresServerProcess(folder)
+    try:
+        server.start()
+        db = PostgresDatabase(server.url, pool_size=2)
+        await db.open()
+        try:
+            assert await db.fetchrow("SELECT 1") == (1,)
+            server.stop()
+            with pytest.raises(errors.Unavailable, match="tenancy database is unreachable"):
+                await db.fetchrow("SELECT 1")
+            with pytest.raises(errors.Unavailable):
+                async with db.transaction() as session:
+                    await session.execute("SELECT 1")
+            server.resume()
+
+            async def answers() -> None:
+                try:
+                    assert await db.fetchrow("SELECT 2") == (2,)
+                except errors.Unavailable as exc:  # a pooled connection from before the restart
+                    raise AssertionError(str(exc)) from None
+
+            await assert_eventually(answers, timeout_s=15, message="the pool serves again")
+        finally:
+            await db.close()
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -85,6 +85,13 @@ class PostgresServerProcess:
             "UTF8",
             timeout_s=timeout_s,
         )
+        self.resume(timeout_s)
+        self.create_database(self.database)
+        return self
+
+    def resume(self, timeout_s: float = 60.0) -> None:
+        """Starts the server again on its data folder and port, after `stop()`."""
+        assert self._bin is not None, "start() first"
         options = (
             f"-h {self.host} -p {self.port} -k {self.base_dir} -c fsync=off -c synchronous_commit=off "
             "-c full_page_writes=off -c max_connections=100 -c shared_buffers=16MB"
@@ -103,8 +110,6 @@ class PostgresServerProcess:
             "start",
             timeout_s=timeout_s + 5,
         )
-        self.create_database(self.database)
-        return self
 
     def create_database(self, name: str) -> str:
         """Creates database `name`; returns its URL."""

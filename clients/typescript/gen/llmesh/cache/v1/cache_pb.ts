@@ -333,7 +333,8 @@ export type StoreResponse = Message<"llmesh.cache.v1.StoreResponse"> & {
   stored: boolean;
 
   /**
-   * Why the answer was not stored (uncacheable sensitivity, built from an outdated document).
+   * Why the answer was not stored (uncacheable sensitivity, built from an outdated document),
+   * or, when stored but not semantic_indexed, why the semantic index refused it (its disk is full).
    *
    * @generated from field: string reason = 3;
    */

@@ -7,7 +7,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 
-from llmesh.kit.errors import NotFound
+from llmesh.kit.errors import LlmeshError, NotFound
 from llmesh.kit.logging import get_logger
 from llmesh.kit.vocabulary import DEFAULT_USE_CASE
 from llmesh.services.cache import metrics
@@ -256,7 +256,7 @@ class Cache:
             await self.exact.put(entry)
         metrics.STORES.labels("stored").inc(len(entries))
         semantic_entries = [to_semantic(e) for e in entries if e.semantic]
-        indexed = False
+        indexed, refusal = False, ""
         if semantic_entries:
             assert self.semantic is not None
             try:
@@ -265,11 +265,19 @@ class Cache:
                 else:
                     await self.semantic.add_many(semantic_entries)
                 indexed = True
+            except LlmeshError as exc:
+                # Refused with a reason (e.g. the semantic store's disk is full): the exact layer
+                # keeps the answer, the caller is told why it was not indexed by meaning.
+                log.warning("semantic_add_refused", entries=len(semantic_entries), reason=exc.reason, error=exc.message)
+                metrics.SEMANTIC_ERRORS.labels("add").inc()
+                refusal = f"stored for exact matches only: {exc.message}"
             except Exception:
                 log.exception("semantic_add_failed", entries=len(semantic_entries))
                 metrics.SEMANTIC_ERRORS.labels("add").inc()
         return [
-            p if isinstance(p, StoreResult) else StoreResult(p, semantic_indexed=indexed and p.semantic)
+            p
+            if isinstance(p, StoreResult)
+            else StoreResult(p, reason=refusal if p.semantic else "", semantic_indexed=indexed and p.semantic)
             for p in prepared
         ]
 

@@ -15,15 +15,38 @@ when an invalidation or the background purge meets them. Size is bounded by Redi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
+import redis.exceptions
+from llmesh.kit import errors
 from llmesh.services.cache import metrics
 from llmesh.services.cache.entries import CacheEntry
 from llmesh.services.cache.exact import matches
 
 BATCH = 500
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _reachable(call: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Redis down or cut off is UNAVAILABLE to the caller (the router then goes on without the
+    cache; an invalidation is redelivered), not an unexpected error. redis-py reconnects by itself
+    on the next call once Redis is back."""
+
+    @functools.wraps(call)
+    async def reachable(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await call(*args, **kwargs)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise errors.Unavailable(f"the exact layer's Redis is unreachable: {exc}", retry_after_s=1.0) from exc
+
+    return reachable
 
 
 class RedisStore:
@@ -62,6 +85,7 @@ class RedisStore:
     def _expiry_member(entry: CacheEntry) -> str:
         return json.dumps([entry.tenant_id, entry.entry_id, entry.use_case, sorted(entry.content_versions)])
 
+    @_reachable
     async def get(self, tenant_id: str, entry_id: str, now: float) -> CacheEntry | None:
         raw = await self._r.get(self._entry_key(tenant_id, entry_id))
         if raw is None:
@@ -74,6 +98,7 @@ class RedisStore:
             return None
         return entry
 
+    @_reachable
     async def put(self, entry: CacheEntry) -> None:
         key = self._entry_key(entry.tenant_id, entry.entry_id)
         async with self._r.pipeline(transaction=True) as pipe:
@@ -115,6 +140,7 @@ class RedisStore:
                     found.append(CacheEntry.from_bytes(raw))
         return found, gone
 
+    @_reachable
     async def delete(self, tenant_id: str, entry_ids: list[str]) -> int:
         found, gone = await self._load(tenant_id, list(entry_ids))
         await self._remove(found)
@@ -122,6 +148,7 @@ class RedisStore:
             await self._r.zrem(self._tenant_index(tenant_id), *gone)
         return len(found)
 
+    @_reachable
     async def delete_matching(
         self,
         tenant_id: str,
@@ -159,6 +186,7 @@ class RedisStore:
             await self._r.zrem(index, *gone)
         return len(doomed)
 
+    @_reachable
     async def purge_expired(self, now: float) -> int:
         """Drops index members of entries Redis expired; returns how many entries were gone."""
         purged = 0
@@ -188,13 +216,16 @@ class RedisStore:
             if len(members) < BATCH:
                 return purged
 
+    @_reachable
     async def count(self) -> int:
         return int(await self._r.zcard(self._expiry_index))
 
+    @_reachable
     async def note_document_version(self, tenant_id: str, document_id: str, version: int) -> None:
         # GT: concurrent replicas applying events in any order keep the newest version.
         await self._r.zadd(self._versions_key(tenant_id), {document_id: version}, gt=True)
 
+    @_reachable
     async def document_versions(self, tenant_id: str, document_ids: list[str]) -> dict[str, int]:
         if not document_ids:
             return {}

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import asyncpg
+from llmesh.kit import errors
 
 MIGRATIONS_DIR = pathlib.Path(__file__).resolve().parent / "migrations"
 
@@ -221,21 +222,40 @@ def _rowcount(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
+# The server down, restarting or cut off (refused, reset, timed out, shutting down, not accepting
+# connections yet): the caller is told UNAVAILABLE, an event handler's message is redelivered, and the
+# pool opens new connections once the server is back.
+_UNREACHABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+
+
+@contextlib.contextmanager
+def _reachable():
+    try:
+        yield
+    except _UNREACHABLE as exc:
+        raise errors.Unavailable(
+            f"the tenancy database is unreachable ({type(exc).__name__}: {exc})", retry_after_s=1.0
+        ) from exc
+
+
 class _PostgresSession:
     def __init__(self, conn: asyncpg.Connection | asyncpg.Pool):
         self._conn = conn
 
     async def execute(self, sql: str, *args: Any) -> int:
         try:
-            return _rowcount(await self._conn.execute(postgres_sql(sql), *args))
+            with _reachable():
+                return _rowcount(await self._conn.execute(postgres_sql(sql), *args))
         except asyncpg.UniqueViolationError as exc:
             raise UniqueViolation(f"{exc.constraint_name}: {exc}") from None
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return [tuple(r) for r in await self._conn.fetch(postgres_sql(sql), *args)]
+        with _reachable():
+            return [tuple(r) for r in await self._conn.fetch(postgres_sql(sql), *args)]
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        row = await self._conn.fetchrow(postgres_sql(sql), *args)
+        with _reachable():
+            row = await self._conn.fetchrow(postgres_sql(sql), *args)
         return None if row is None else tuple(row)
 
 
@@ -268,8 +288,9 @@ class PostgresDatabase:
     async def transaction(self) -> AsyncIterator[Session]:
         if self._pool is None:
             raise RuntimeError("the database is not open")
-        async with self._pool.acquire() as conn, conn.transaction():
-            yield _PostgresSession(conn)
+        with _reachable():
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield _PostgresSession(conn)
 
     async def lock(self, session: Session, name: str) -> None:
         """A transaction-scoped advisory lock on `name`: held until the transaction ends."""

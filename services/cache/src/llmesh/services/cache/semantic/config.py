@@ -32,6 +32,20 @@ class SemanticConfig:
         "",
         "directory of the embedded store; empty: $LLMESH_HOME/cache/semantic",
     )
+    min_free_mb: int = setting(
+        "LLMESH_CACHE_SEMANTIC_MIN_FREE_MB",
+        256,
+        "free space (MiB) the embedded store's file system must keep: below it the store refuses writes (answers "
+        "are cached for exact matches only) and resumes by itself when space returns; its memory-mapped files "
+        "make a full disk a SIGBUS, not an error (0: no guard)",
+        non_negative,
+    )
+    disk_check_s: float = setting(
+        "LLMESH_CACHE_SEMANTIC_DISK_CHECK_S",
+        1.0,
+        "seconds between free-space checks of the embedded store's file system (writes check it too)",
+        positive,
+    )
     embedder: str = setting(
         "LLMESH_CACHE_EMBEDDER",
         "minilm",

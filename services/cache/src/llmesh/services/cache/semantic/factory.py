@@ -72,7 +72,14 @@ async def open_store(config: SemanticConfig, collection: str, dim: int):
     from .edge_store import EdgeStore
 
     root = pathlib.Path(config.store_path) if config.store_path else default_store_path()
-    return await EdgeStore.open(root / collection, dim)
+    path = root / collection
+    if config.min_free_mb <= 0:
+        return await EdgeStore.open(path, dim)
+    from .disk import MIB, DiskGuard, GuardedStore
+
+    return await GuardedStore.open(
+        lambda: EdgeStore.open(path, dim), DiskGuard(path, config.min_free_mb * MIB), config.disk_check_s
+    )
 
 
 async def build_index(
