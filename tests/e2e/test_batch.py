@@ -145,6 +145,7 @@ async def test_a_job_in_its_start_window_waits_and_a_cancelled_job_ends_its_item
     # Every item not answered yet ends at once; nothing was generated for them.
     lines = await results(batch, api_key, job.job_id)
     assert [line["index"] for line in lines] == [0, 1, 2]
+    assert [line["custom_id"] for line in lines] == ["item-0", "item-1", "item-2"]
     assert all(line["error"]["code"] == "cancelled" and line["response"] is None for line in lines)
     assert cancelled.failed == 3 and cancelled.completed == 0
 

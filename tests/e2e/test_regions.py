@@ -19,6 +19,7 @@ from llmesh.common.v1 import common_pb2
 from llmesh.kit import identity
 from llmesh.kit.client import open_channel
 from llmesh.kit.testing import assert_eventually, unique
+from llmesh.launcher.processes import pid_alive
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 
 from tests.e2e.test_launcher import cli_env, llmesh, new_key
@@ -136,3 +137,27 @@ async def test_two_regions_an_invalidation_in_b_reaches_a(tmp_path):
         except subprocess.TimeoutExpired:
             up.kill()
             up.wait()
+
+
+def test_two_regions_detached_then_status_shows_both_and_down_stops_both(tmp_path):
+    env = cli_env(tmp_path)
+    up = llmesh(env, "up", "--regions", "2", "--detach", "--timeout", "400", timeout=500)
+    regions_file = tmp_path / "regions.json"
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "every region serves" in up.stderr
+        supervisors = {
+            region: json.loads((tmp_path / "regions" / region / "mesh.json").read_text())["supervisor_pid"]
+            for region in ("a", "b")
+        }
+        status = llmesh(env, "status", "--timeout", "5")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "== region a" in status.stdout and "== region b" in status.stdout
+        again = llmesh(env, "up", "--regions", "2", "--detach")
+        assert again.returncode == 1 and "already running" in again.stderr
+    finally:
+        down = llmesh(env, "down", timeout=300)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert down.stdout.count("mesh stopped") == 2, down.stdout
+    assert not regions_file.exists()
+    assert not any(pid_alive(pid) for pid in supervisors.values())

@@ -4,11 +4,13 @@ others as designed (real nats-servers started the way the supervisor starts them
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.bus import Bus
 from llmesh.kit.streams import region_health_subject
+from llmesh.launcher import regions
 from llmesh.launcher.processes import NatsProcess
 from llmesh.launcher.regions import region_envs
 
@@ -61,3 +63,13 @@ async def test_the_regions_nats_servers_are_joined(tmp_path, monkeypatch):
         for server in servers.values():
             server.terminate()
             server.wait(10)
+
+
+def test_detached_regions_stop_every_supervisor_when_one_ends_before_serving(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMESH_HOME", str(tmp_path))
+    # A supervisor that exits at once, as one that cannot start its region would.
+    monkeypatch.setattr(regions, "_supervisor_command", lambda timeout_s: [sys.executable, "-c", "raise SystemExit(3)"])
+    said: list[str] = []
+    assert regions.start_regions_detached(2, 30, said.append) == 1
+    assert any("ended" in line and "stopping them" in line for line in said), said
+    assert not (tmp_path / "regions.json").exists()

@@ -1,4 +1,4 @@
-"""`llmesh batch submit|status|results|cancel|list`: batch jobs through the router's BatchService,
+"""`llmesh batch submit|status|results|cancel|list|refresh`: batch jobs through the router's BatchService,
 with the caller's API key (LLMESH_API_KEY)."""
 
 from __future__ import annotations
@@ -48,8 +48,18 @@ def register(subparsers) -> None:
     cancel.add_argument("job_id")
     cancel.set_defaults(func=lambda args: _run(_cancel, args))
 
-    listing = commands.add_parser("list", help="this tenant's jobs")
+    listing = commands.add_parser("list", help="this tenant's jobs (cache refresh jobs included)")
     listing.set_defaults(func=lambda args: _run(_list, args))
+
+    refresh = commands.add_parser(
+        "refresh",
+        help="turn the cache refresh of a use case on or off: answers hit often that expire before the next "
+        "peak are generated again in the quiet hours before it, as batch jobs within the tenant's budget",
+    )
+    refresh.add_argument("--use-case", default="")
+    refresh.add_argument("--off", action="store_true", help="turn it off")
+    refresh.add_argument("--min-hits", type=int, default=0, help="refresh answers served at least this often (3)")
+    refresh.set_defaults(func=lambda args: _run(_refresh, args))
 
 
 class UsageError(Exception):
@@ -83,11 +93,15 @@ def _run(command, args) -> int:
 
 
 def _line(job: batch_pb2.BatchJob) -> str:
-    return (
-        f"{job.job_id}  {STATES.get(job.state, job.state)}  {job.completed + job.failed}/{job.total} done "
+    state = STATES.get(job.state, job.state)
+    if job.stopped_reason:
+        state = f"{state} ({job.stopped_reason})"
+    line = (
+        f"{job.job_id}  {state}  {job.completed + job.failed}/{job.total} done "
         f"({job.failed} failed)  tokens {job.usage.prompt_tokens}+{job.usage.completion_tokens}  "
         f"${job.cost_usd:.6f}"
     )
+    return f"{line}  {job.display_name}" if job.display_name else line
 
 
 def _follow(stub, metadata, job: batch_pb2.BatchJob) -> batch_pb2.BatchJob:
@@ -156,4 +170,11 @@ def _cancel(stub, metadata, args) -> int:
 def _list(stub, metadata, args) -> int:
     for job in stub.ListBatches(batch_pb2.ListBatchesRequest(), metadata=metadata, timeout=30).jobs:
         print(_line(job))
+    return 0
+
+
+def _refresh(stub, metadata, args) -> int:
+    request = batch_pb2.SetCacheRefreshRequest(use_case=args.use_case, enabled=not args.off, min_hits=args.min_hits)
+    stub.SetCacheRefresh(request, metadata=metadata, timeout=10)
+    print(f"cache refresh {'off' if args.off else 'on'} for use case {args.use_case or 'default'}")
     return 0

@@ -11,7 +11,7 @@ import time
 from llmesh.launcher import state as mesh_state
 from llmesh.launcher.health import SERVING, UNREACHABLE, health_of_all
 from llmesh.launcher.processes import same_process
-from llmesh.launcher.regions import region_homes, run_regions
+from llmesh.launcher.regions import in_region, region_homes, regions_path, run_regions, start_regions_detached
 from llmesh.launcher.supervisor import (
     DEFAULT_TIMEOUT_S,
     Supervisor,
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
         "--regions",
         type=int,
         default=1,
-        help="run this many regions on this machine (ADR 0017; region a on the usual ports), in the foreground",
+        help="run this many regions on this machine (ADR 0017; region a on the usual ports); --detach: in the background",
     )
     up.set_defaults(func=up_command)
 
@@ -64,12 +64,11 @@ def _err(line: str) -> None:
 
 def up_command(args) -> int:
     if getattr(args, "regions", 1) > 1:
-        if args.detach:
-            _err("llmesh up: --regions runs in the foreground (no --detach yet)")
-            return 2
         if running_mesh() is not None or region_homes():
             _err("llmesh up: a mesh is already running; `llmesh down` (or Ctrl-C in its terminal) first")
             return 1
+        if args.detach:
+            return start_regions_detached(args.regions, args.timeout, _err)
         return run_regions(args.regions, args.timeout, _err)
     running = running_mesh()
     if running is not None:
@@ -137,6 +136,19 @@ def _up_detached(timeout_s: float) -> int:
 
 
 def down_command(args) -> int:
+    regions = region_homes()  # `llmesh up --regions N`: every region stops
+    if regions:
+        codes = []
+        for region, region_home in regions.items():
+            print(f"== region {region} ({region_home})")
+            with in_region(region_home):
+                codes.append(_down_one_mesh())
+        regions_path().unlink(missing_ok=True)
+        return max(codes)
+    return _down_one_mesh()
+
+
+def _down_one_mesh() -> int:
     current = mesh_state.load_state()
     if current is None:
         print("no mesh is running")
@@ -219,15 +231,8 @@ def status_command(args) -> int:
         codes = []
         for region, region_home in regions.items():
             print(f"== region {region} ({region_home})")
-            saved = os.environ.get("LLMESH_HOME")
-            os.environ["LLMESH_HOME"] = str(region_home)
-            try:
+            with in_region(region_home):
                 codes.append(_status_of_one_mesh(args))
-            finally:
-                if saved is None:
-                    os.environ.pop("LLMESH_HOME", None)
-                else:
-                    os.environ["LLMESH_HOME"] = saved
         return max(codes)
     return _status_of_one_mesh(args)
 

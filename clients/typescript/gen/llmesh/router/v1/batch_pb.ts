@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file llmesh/router/v1/batch.proto.
  */
 export const file_llmesh_router_v1_batch: GenFile = /*@__PURE__*/
-  fileDesc("ChxsbG1lc2gvcm91dGVyL3YxL2JhdGNoLnByb3RvEhBsbG1lc2gucm91dGVyLnYxIv8CCghCYXRjaEpvYhIOCgZqb2JfaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEhAKCHVzZV9jYXNlGAMgASgJEisKBXN0YXRlGAQgASgOMhwubGxtZXNoLnJvdXRlci52MS5CYXRjaFN0YXRlEg0KBXRvdGFsGAUgASgFEhEKCWNvbXBsZXRlZBgGIAEoBRIOCgZmYWlsZWQYByABKAUSJgoFdXNhZ2UYCCABKAsyFy5sbG1lc2guY29tbW9uLnYxLlVzYWdlEhAKCGNvc3RfdXNkGAkgASgBEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3N0YXJ0X2FmdGVyGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxkaXNwbGF5X25hbWUYDSABKAkimQEKElN1Ym1pdEJhdGNoUmVxdWVzdBINCgVqc29ubBgBIAEoDBIQCgh1c2VfY2FzZRgCIAEoCRIbChNjb21wbGV0aW9uX3dpbmRvd19zGAMgASgDEi8KC3N0YXJ0X2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxkaXNwbGF5X25hbWUYBSABKAkiPgoTU3VibWl0QmF0Y2hSZXNwb25zZRInCgNqb2IYASABKAsyGi5sbG1lc2gucm91dGVyLnYxLkJhdGNoSm9iIiEKD0dldEJhdGNoUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiOwoQR2V0QmF0Y2hSZXNwb25zZRInCgNqb2IYASABKAsyGi5sbG1lc2gucm91dGVyLnYxLkJhdGNoSm9iIhQKEkxpc3RCYXRjaGVzUmVxdWVzdCI/ChNMaXN0QmF0Y2hlc1Jlc3BvbnNlEigKBGpvYnMYASADKAsyGi5sbG1lc2gucm91dGVyLnYxLkJhdGNoSm9iIiQKEkNhbmNlbEJhdGNoUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiPgoTQ2FuY2VsQmF0Y2hSZXNwb25zZRInCgNqb2IYASABKAsyGi5sbG1lc2gucm91dGVyLnYxLkJhdGNoSm9iIigKFkdldEJhdGNoUmVzdWx0c1JlcXVlc3QSDgoGam9iX2lkGAEgASgJIicKF0dldEJhdGNoUmVzdWx0c1Jlc3BvbnNlEgwKBGxpbmUYASABKAkqsAEKCkJhdGNoU3RhdGUSGwoXQkFUQ0hfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVCQVRDSF9TVEFURV9TQ0hFRFVMRUQQARIbChdCQVRDSF9TVEFURV9JTl9QUk9HUkVTUxACEhkKFUJBVENIX1NUQVRFX0NPTVBMRVRFRBADEhkKFUJBVENIX1NUQVRFX0NBTkNFTExFRBAEEhcKE0JBVENIX1NUQVRFX0VYUElSRUQQBTLfAwoMQmF0Y2hTZXJ2aWNlEloKC1N1Ym1pdEJhdGNoEiQubGxtZXNoLnJvdXRlci52MS5TdWJtaXRCYXRjaFJlcXVlc3QaJS5sbG1lc2gucm91dGVyLnYxLlN1Ym1pdEJhdGNoUmVzcG9uc2USUQoIR2V0QmF0Y2gSIS5sbG1lc2gucm91dGVyLnYxLkdldEJhdGNoUmVxdWVzdBoiLmxsbWVzaC5yb3V0ZXIudjEuR2V0QmF0Y2hSZXNwb25zZRJaCgtMaXN0QmF0Y2hlcxIkLmxsbWVzaC5yb3V0ZXIudjEuTGlzdEJhdGNoZXNSZXF1ZXN0GiUubGxtZXNoLnJvdXRlci52MS5MaXN0QmF0Y2hlc1Jlc3BvbnNlEloKC0NhbmNlbEJhdGNoEiQubGxtZXNoLnJvdXRlci52MS5DYW5jZWxCYXRjaFJlcXVlc3QaJS5sbG1lc2gucm91dGVyLnYxLkNhbmNlbEJhdGNoUmVzcG9uc2USaAoPR2V0QmF0Y2hSZXN1bHRzEigubGxtZXNoLnJvdXRlci52MS5HZXRCYXRjaFJlc3VsdHNSZXF1ZXN0GikubGxtZXNoLnJvdXRlci52MS5HZXRCYXRjaFJlc3VsdHNSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_timestamp, file_llmesh_common_v1_common]);
+  fileDesc("ChxsbG1lc2gvcm91dGVyL3YxL2JhdGNoLnByb3RvEhBsbG1lc2gucm91dGVyLnYxIpcDCghCYXRjaEpvYhIOCgZqb2JfaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEhAKCHVzZV9jYXNlGAMgASgJEisKBXN0YXRlGAQgASgOMhwubGxtZXNoLnJvdXRlci52MS5CYXRjaFN0YXRlEg0KBXRvdGFsGAUgASgFEhEKCWNvbXBsZXRlZBgGIAEoBRIOCgZmYWlsZWQYByABKAUSJgoFdXNhZ2UYCCABKAsyFy5sbG1lc2guY29tbW9uLnYxLlVzYWdlEhAKCGNvc3RfdXNkGAkgASgBEi4KCmNyZWF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3N0YXJ0X2FmdGVyGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxkaXNwbGF5X25hbWUYDSABKAkSFgoOc3RvcHBlZF9yZWFzb24YDiABKAkimQEKElN1Ym1pdEJhdGNoUmVxdWVzdBINCgVqc29ubBgBIAEoDBIQCgh1c2VfY2FzZRgCIAEoCRIbChNjb21wbGV0aW9uX3dpbmRvd19zGAMgASgDEi8KC3N0YXJ0X2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxkaXNwbGF5X25hbWUYBSABKAkiPgoTU3VibWl0QmF0Y2hSZXNwb25zZRInCgNqb2IYASABKAsyGi5sbG1lc2gucm91dGVyLnYxLkJhdGNoSm9iIiEKD0dldEJhdGNoUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiOwoQR2V0QmF0Y2hSZXNwb25zZRInCgNqb2IYASABKAsyGi5sbG1lc2gucm91dGVyLnYxLkJhdGNoSm9iIhQKEkxpc3RCYXRjaGVzUmVxdWVzdCI/ChNMaXN0QmF0Y2hlc1Jlc3BvbnNlEigKBGpvYnMYASADKAsyGi5sbG1lc2gucm91dGVyLnYxLkJhdGNoSm9iIiQKEkNhbmNlbEJhdGNoUmVxdWVzdBIOCgZqb2JfaWQYASABKAkiPgoTQ2FuY2VsQmF0Y2hSZXNwb25zZRInCgNqb2IYASABKAsyGi5sbG1lc2gucm91dGVyLnYxLkJhdGNoSm9iIigKFkdldEJhdGNoUmVzdWx0c1JlcXVlc3QSDgoGam9iX2lkGAEgASgJIicKF0dldEJhdGNoUmVzdWx0c1Jlc3BvbnNlEgwKBGxpbmUYASABKAkiTQoWU2V0Q2FjaGVSZWZyZXNoUmVxdWVzdBIQCgh1c2VfY2FzZRgBIAEoCRIPCgdlbmFibGVkGAIgASgIEhAKCG1pbl9oaXRzGAMgASgDIhkKF1NldENhY2hlUmVmcmVzaFJlc3BvbnNlKrABCgpCYXRjaFN0YXRlEhsKF0JBVENIX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVQkFUQ0hfU1RBVEVfU0NIRURVTEVEEAESGwoXQkFUQ0hfU1RBVEVfSU5fUFJPR1JFU1MQAhIZChVCQVRDSF9TVEFURV9DT01QTEVURUQQAxIZChVCQVRDSF9TVEFURV9DQU5DRUxMRUQQBBIXChNCQVRDSF9TVEFURV9FWFBJUkVEEAUyxwQKDEJhdGNoU2VydmljZRJaCgtTdWJtaXRCYXRjaBIkLmxsbWVzaC5yb3V0ZXIudjEuU3VibWl0QmF0Y2hSZXF1ZXN0GiUubGxtZXNoLnJvdXRlci52MS5TdWJtaXRCYXRjaFJlc3BvbnNlElEKCEdldEJhdGNoEiEubGxtZXNoLnJvdXRlci52MS5HZXRCYXRjaFJlcXVlc3QaIi5sbG1lc2gucm91dGVyLnYxLkdldEJhdGNoUmVzcG9uc2USWgoLTGlzdEJhdGNoZXMSJC5sbG1lc2gucm91dGVyLnYxLkxpc3RCYXRjaGVzUmVxdWVzdBolLmxsbWVzaC5yb3V0ZXIudjEuTGlzdEJhdGNoZXNSZXNwb25zZRJaCgtDYW5jZWxCYXRjaBIkLmxsbWVzaC5yb3V0ZXIudjEuQ2FuY2VsQmF0Y2hSZXF1ZXN0GiUubGxtZXNoLnJvdXRlci52MS5DYW5jZWxCYXRjaFJlc3BvbnNlEmgKD0dldEJhdGNoUmVzdWx0cxIoLmxsbWVzaC5yb3V0ZXIudjEuR2V0QmF0Y2hSZXN1bHRzUmVxdWVzdBopLmxsbWVzaC5yb3V0ZXIudjEuR2V0QmF0Y2hSZXN1bHRzUmVzcG9uc2UwARJmCg9TZXRDYWNoZVJlZnJlc2gSKC5sbG1lc2gucm91dGVyLnYxLlNldENhY2hlUmVmcmVzaFJlcXVlc3QaKS5sbG1lc2gucm91dGVyLnYxLlNldENhY2hlUmVmcmVzaFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_llmesh_common_v1_common]);
 
 /**
  * @generated from message llmesh.router.v1.BatchJob
@@ -88,6 +88,14 @@ export type BatchJob = Message<"llmesh.router.v1.BatchJob"> & {
    * @generated from field: string display_name = 13;
    */
   displayName: string;
+
+  /**
+   * Set when the job stopped before its items ran, e.g. "budget_exhausted" (a cache refresh
+   * stops at the first item its tenant's budget refuses).
+   *
+   * @generated from field: string stopped_reason = 14;
+   */
+  stoppedReason: string;
 };
 
 /**
@@ -293,6 +301,48 @@ export const GetBatchResultsResponseSchema: GenMessage<GetBatchResultsResponse> 
   messageDesc(file_llmesh_router_v1_batch, 10);
 
 /**
+ * @generated from message llmesh.router.v1.SetCacheRefreshRequest
+ */
+export type SetCacheRefreshRequest = Message<"llmesh.router.v1.SetCacheRefreshRequest"> & {
+  /**
+   * @generated from field: string use_case = 1;
+   */
+  useCase: string;
+
+  /**
+   * @generated from field: bool enabled = 2;
+   */
+  enabled: boolean;
+
+  /**
+   * Entries served at least this often are refreshed; 0 takes 3.
+   *
+   * @generated from field: int64 min_hits = 3;
+   */
+  minHits: bigint;
+};
+
+/**
+ * Describes the message llmesh.router.v1.SetCacheRefreshRequest.
+ * Use `create(SetCacheRefreshRequestSchema)` to create a new message.
+ */
+export const SetCacheRefreshRequestSchema: GenMessage<SetCacheRefreshRequest> = /*@__PURE__*/
+  messageDesc(file_llmesh_router_v1_batch, 11);
+
+/**
+ * @generated from message llmesh.router.v1.SetCacheRefreshResponse
+ */
+export type SetCacheRefreshResponse = Message<"llmesh.router.v1.SetCacheRefreshResponse"> & {
+};
+
+/**
+ * Describes the message llmesh.router.v1.SetCacheRefreshResponse.
+ * Use `create(SetCacheRefreshResponseSchema)` to create a new message.
+ */
+export const SetCacheRefreshResponseSchema: GenMessage<SetCacheRefreshResponse> = /*@__PURE__*/
+  messageDesc(file_llmesh_router_v1_batch, 12);
+
+/**
  * @generated from enum llmesh.router.v1.BatchState
  */
 export enum BatchState {
@@ -390,6 +440,18 @@ export const BatchService: GenService<{
     methodKind: "server_streaming";
     input: typeof GetBatchResultsRequestSchema;
     output: typeof GetBatchResultsResponseSchema;
+  },
+  /**
+   * Turns the cache refresh of one of the caller's use cases on or off: answers hit often that
+   * expire before the next predicted peak are generated again in the quietest hours before it,
+   * as a batch job of the caller's (display name "cache refresh <use case>") within its budgets.
+   *
+   * @generated from rpc llmesh.router.v1.BatchService.SetCacheRefresh
+   */
+  setCacheRefresh: {
+    methodKind: "unary";
+    input: typeof SetCacheRefreshRequestSchema;
+    output: typeof SetCacheRefreshResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_llmesh_router_v1_batch, 0);

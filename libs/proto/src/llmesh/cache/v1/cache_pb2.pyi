@@ -307,3 +307,37 @@ class StatsResponse(_message.Message):
     rows: _containers.RepeatedCompositeFieldContainer[CacheStats]
     total: CacheStats
     def __init__(self, rows: _Optional[_Iterable[_Union[CacheStats, _Mapping]]] = ..., total: _Optional[_Union[CacheStats, _Mapping]] = ...) -> None: ...
+
+class ListHotEntriesRequest(_message.Message):
+    __slots__ = ("tenant_id", "use_case", "min_hits", "expiring_within_seconds", "limit")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USE_CASE_FIELD_NUMBER: _ClassVar[int]
+    MIN_HITS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRING_WITHIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    use_case: str
+    min_hits: int
+    expiring_within_seconds: float
+    limit: int
+    def __init__(self, tenant_id: _Optional[str] = ..., use_case: _Optional[str] = ..., min_hits: _Optional[int] = ..., expiring_within_seconds: _Optional[float] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class HotEntry(_message.Message):
+    __slots__ = ("key", "answer", "hits", "last_hit_at")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    LAST_HIT_AT_FIELD_NUMBER: _ClassVar[int]
+    key: CacheKey
+    answer: CachedAnswer
+    hits: int
+    last_hit_at: _timestamp_pb2.Timestamp
+    def __init__(self, key: _Optional[_Union[CacheKey, _Mapping]] = ..., answer: _Optional[_Union[CachedAnswer, _Mapping]] = ..., hits: _Optional[int] = ..., last_hit_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListHotEntriesResponse(_message.Message):
+    __slots__ = ("entries", "hits_by_hour")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    HITS_BY_HOUR_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[HotEntry]
+    hits_by_hour: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, entries: _Optional[_Iterable[_Union[HotEntry, _Mapping]]] = ..., hits_by_hour: _Optional[_Iterable[int]] = ...) -> None: ...

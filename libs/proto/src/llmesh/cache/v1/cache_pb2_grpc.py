@@ -78,6 +78,11 @@ class CacheServiceStub:
                 request_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.StatsRequest.SerializeToString,
                 response_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.ListHotEntries = channel.unary_unary(
+                '/llmesh.cache.v1.CacheService/ListHotEntries',
+                request_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.ListHotEntriesRequest.SerializeToString,
+                response_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.ListHotEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class CacheServiceServicer:
@@ -145,6 +150,15 @@ class CacheServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListHotEntries(self, request, context):
+        """A tenant's entries hit often that expire soon, each with the request it answers, and the
+        hours of day of the tenant's hits, as counted by this replica: what a cache refresh
+        regenerates, and when.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CacheServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -187,6 +201,11 @@ def add_CacheServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.StatsRequest.FromString,
                     response_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.StatsResponse.SerializeToString,
+            ),
+            'ListHotEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHotEntries,
+                    request_deserializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.ListHotEntriesRequest.FromString,
+                    response_serializer=llmesh_dot_cache_dot_v1_dot_cache__pb2.ListHotEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -409,6 +428,33 @@ class CacheService:
             '/llmesh.cache.v1.CacheService/Stats',
             llmesh_dot_cache_dot_v1_dot_cache__pb2.StatsRequest.SerializeToString,
             llmesh_dot_cache_dot_v1_dot_cache__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHotEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.cache.v1.CacheService/ListHotEntries',
+            llmesh_dot_cache_dot_v1_dot_cache__pb2.ListHotEntriesRequest.SerializeToString,
+            llmesh_dot_cache_dot_v1_dot_cache__pb2.ListHotEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

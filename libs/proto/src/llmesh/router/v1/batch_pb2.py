@@ -26,37 +26,41 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from llmesh.common.v1 import common_pb2 as llmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cllmesh/router/v1/batch.proto\x12\x10llmesh.router.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dllmesh/common/v1/common.proto\"\xff\x02\n\x08\x42\x61tchJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x10\n\x08use_case\x18\x03 \x01(\t\x12+\n\x05state\x18\x04 \x01(\x0e\x32\x1c.llmesh.router.v1.BatchState\x12\r\n\x05total\x18\x05 \x01(\x05\x12\x11\n\tcompleted\x18\x06 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x05\x12&\n\x05usage\x18\x08 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\t \x01(\x01\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bstart_after\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x64isplay_name\x18\r \x01(\t\"\x99\x01\n\x12SubmitBatchRequest\x12\r\n\x05jsonl\x18\x01 \x01(\x0c\x12\x10\n\x08use_case\x18\x02 \x01(\t\x12\x1b\n\x13\x63ompletion_window_s\x18\x03 \x01(\x03\x12/\n\x0bstart_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x64isplay_name\x18\x05 \x01(\t\">\n\x13SubmitBatchResponse\x12\'\n\x03job\x18\x01 \x01(\x0b\x32\x1a.llmesh.router.v1.BatchJob\"!\n\x0fGetBatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\";\n\x10GetBatchResponse\x12\'\n\x03job\x18\x01 \x01(\x0b\x32\x1a.llmesh.router.v1.BatchJob\"\x14\n\x12ListBatchesRequest\"?\n\x13ListBatchesResponse\x12(\n\x04jobs\x18\x01 \x03(\x0b\x32\x1a.llmesh.router.v1.BatchJob\"$\n\x12\x43\x61ncelBatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x13\x43\x61ncelBatchResponse\x12\'\n\x03job\x18\x01 \x01(\x0b\x32\x1a.llmesh.router.v1.BatchJob\"(\n\x16GetBatchResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\'\n\x17GetBatchResultsResponse\x12\x0c\n\x04line\x18\x01 \x01(\t*\xb0\x01\n\nBatchState\x12\x1b\n\x17\x42\x41TCH_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x41TCH_STATE_SCHEDULED\x10\x01\x12\x1b\n\x17\x42\x41TCH_STATE_IN_PROGRESS\x10\x02\x12\x19\n\x15\x42\x41TCH_STATE_COMPLETED\x10\x03\x12\x19\n\x15\x42\x41TCH_STATE_CANCELLED\x10\x04\x12\x17\n\x13\x42\x41TCH_STATE_EXPIRED\x10\x05\x32\xdf\x03\n\x0c\x42\x61tchService\x12Z\n\x0bSubmitBatch\x12$.llmesh.router.v1.SubmitBatchRequest\x1a%.llmesh.router.v1.SubmitBatchResponse\x12Q\n\x08GetBatch\x12!.llmesh.router.v1.GetBatchRequest\x1a\".llmesh.router.v1.GetBatchResponse\x12Z\n\x0bListBatches\x12$.llmesh.router.v1.ListBatchesRequest\x1a%.llmesh.router.v1.ListBatchesResponse\x12Z\n\x0b\x43\x61ncelBatch\x12$.llmesh.router.v1.CancelBatchRequest\x1a%.llmesh.router.v1.CancelBatchResponse\x12h\n\x0fGetBatchResults\x12(.llmesh.router.v1.GetBatchResultsRequest\x1a).llmesh.router.v1.GetBatchResultsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cllmesh/router/v1/batch.proto\x12\x10llmesh.router.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dllmesh/common/v1/common.proto\"\x97\x03\n\x08\x42\x61tchJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x10\n\x08use_case\x18\x03 \x01(\t\x12+\n\x05state\x18\x04 \x01(\x0e\x32\x1c.llmesh.router.v1.BatchState\x12\r\n\x05total\x18\x05 \x01(\x05\x12\x11\n\tcompleted\x18\x06 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x07 \x01(\x05\x12&\n\x05usage\x18\x08 \x01(\x0b\x32\x17.llmesh.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\t \x01(\x01\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bstart_after\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x64isplay_name\x18\r \x01(\t\x12\x16\n\x0estopped_reason\x18\x0e \x01(\t\"\x99\x01\n\x12SubmitBatchRequest\x12\r\n\x05jsonl\x18\x01 \x01(\x0c\x12\x10\n\x08use_case\x18\x02 \x01(\t\x12\x1b\n\x13\x63ompletion_window_s\x18\x03 \x01(\x03\x12/\n\x0bstart_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x64isplay_name\x18\x05 \x01(\t\">\n\x13SubmitBatchResponse\x12\'\n\x03job\x18\x01 \x01(\x0b\x32\x1a.llmesh.router.v1.BatchJob\"!\n\x0fGetBatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\";\n\x10GetBatchResponse\x12\'\n\x03job\x18\x01 \x01(\x0b\x32\x1a.llmesh.router.v1.BatchJob\"\x14\n\x12ListBatchesRequest\"?\n\x13ListBatchesResponse\x12(\n\x04jobs\x18\x01 \x03(\x0b\x32\x1a.llmesh.router.v1.BatchJob\"$\n\x12\x43\x61ncelBatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x13\x43\x61ncelBatchResponse\x12\'\n\x03job\x18\x01 \x01(\x0b\x32\x1a.llmesh.router.v1.BatchJob\"(\n\x16GetBatchResultsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\'\n\x17GetBatchResultsResponse\x12\x0c\n\x04line\x18\x01 \x01(\t\"M\n\x16SetCacheRefreshRequest\x12\x10\n\x08use_case\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12\x10\n\x08min_hits\x18\x03 \x01(\x03\"\x19\n\x17SetCacheRefreshResponse*\xb0\x01\n\nBatchState\x12\x1b\n\x17\x42\x41TCH_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x42\x41TCH_STATE_SCHEDULED\x10\x01\x12\x1b\n\x17\x42\x41TCH_STATE_IN_PROGRESS\x10\x02\x12\x19\n\x15\x42\x41TCH_STATE_COMPLETED\x10\x03\x12\x19\n\x15\x42\x41TCH_STATE_CANCELLED\x10\x04\x12\x17\n\x13\x42\x41TCH_STATE_EXPIRED\x10\x05\x32\xc7\x04\n\x0c\x42\x61tchService\x12Z\n\x0bSubmitBatch\x12$.llmesh.router.v1.SubmitBatchRequest\x1a%.llmesh.router.v1.SubmitBatchResponse\x12Q\n\x08GetBatch\x12!.llmesh.router.v1.GetBatchRequest\x1a\".llmesh.router.v1.GetBatchResponse\x12Z\n\x0bListBatches\x12$.llmesh.router.v1.ListBatchesRequest\x1a%.llmesh.router.v1.ListBatchesResponse\x12Z\n\x0b\x43\x61ncelBatch\x12$.llmesh.router.v1.CancelBatchRequest\x1a%.llmesh.router.v1.CancelBatchResponse\x12h\n\x0fGetBatchResults\x12(.llmesh.router.v1.GetBatchResultsRequest\x1a).llmesh.router.v1.GetBatchResultsResponse0\x01\x12\x66\n\x0fSetCacheRefresh\x12(.llmesh.router.v1.SetCacheRefreshRequest\x1a).llmesh.router.v1.SetCacheRefreshResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmesh.router.v1.batch_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BATCHSTATE']._serialized_start=1089
-  _globals['_BATCHSTATE']._serialized_end=1265
+  _globals['_BATCHSTATE']._serialized_start=1219
+  _globals['_BATCHSTATE']._serialized_end=1395
   _globals['_BATCHJOB']._serialized_start=115
-  _globals['_BATCHJOB']._serialized_end=498
-  _globals['_SUBMITBATCHREQUEST']._serialized_start=501
-  _globals['_SUBMITBATCHREQUEST']._serialized_end=654
-  _globals['_SUBMITBATCHRESPONSE']._serialized_start=656
-  _globals['_SUBMITBATCHRESPONSE']._serialized_end=718
-  _globals['_GETBATCHREQUEST']._serialized_start=720
-  _globals['_GETBATCHREQUEST']._serialized_end=753
-  _globals['_GETBATCHRESPONSE']._serialized_start=755
-  _globals['_GETBATCHRESPONSE']._serialized_end=814
-  _globals['_LISTBATCHESREQUEST']._serialized_start=816
-  _globals['_LISTBATCHESREQUEST']._serialized_end=836
-  _globals['_LISTBATCHESRESPONSE']._serialized_start=838
-  _globals['_LISTBATCHESRESPONSE']._serialized_end=901
-  _globals['_CANCELBATCHREQUEST']._serialized_start=903
-  _globals['_CANCELBATCHREQUEST']._serialized_end=939
-  _globals['_CANCELBATCHRESPONSE']._serialized_start=941
-  _globals['_CANCELBATCHRESPONSE']._serialized_end=1003
-  _globals['_GETBATCHRESULTSREQUEST']._serialized_start=1005
-  _globals['_GETBATCHRESULTSREQUEST']._serialized_end=1045
-  _globals['_GETBATCHRESULTSRESPONSE']._serialized_start=1047
-  _globals['_GETBATCHRESULTSRESPONSE']._serialized_end=1086
-  _globals['_BATCHSERVICE']._serialized_start=1268
-  _globals['_BATCHSERVICE']._serialized_end=1747
+  _globals['_BATCHJOB']._serialized_end=522
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=525
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=678
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=680
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=742
+  _globals['_GETBATCHREQUEST']._serialized_start=744
+  _globals['_GETBATCHREQUEST']._serialized_end=777
+  _globals['_GETBATCHRESPONSE']._serialized_start=779
+  _globals['_GETBATCHRESPONSE']._serialized_end=838
+  _globals['_LISTBATCHESREQUEST']._serialized_start=840
+  _globals['_LISTBATCHESREQUEST']._serialized_end=860
+  _globals['_LISTBATCHESRESPONSE']._serialized_start=862
+  _globals['_LISTBATCHESRESPONSE']._serialized_end=925
+  _globals['_CANCELBATCHREQUEST']._serialized_start=927
+  _globals['_CANCELBATCHREQUEST']._serialized_end=963
+  _globals['_CANCELBATCHRESPONSE']._serialized_start=965
+  _globals['_CANCELBATCHRESPONSE']._serialized_end=1027
+  _globals['_GETBATCHRESULTSREQUEST']._serialized_start=1029
+  _globals['_GETBATCHRESULTSREQUEST']._serialized_end=1069
+  _globals['_GETBATCHRESULTSRESPONSE']._serialized_start=1071
+  _globals['_GETBATCHRESULTSRESPONSE']._serialized_end=1110
+  _globals['_SETCACHEREFRESHREQUEST']._serialized_start=1112
+  _globals['_SETCACHEREFRESHREQUEST']._serialized_end=1189
+  _globals['_SETCACHEREFRESHRESPONSE']._serialized_start=1191
+  _globals['_SETCACHEREFRESHRESPONSE']._serialized_end=1216
+  _globals['_BATCHSERVICE']._serialized_start=1398
+  _globals['_BATCHSERVICE']._serialized_end=1981
 # @@protoc_insertion_point(module_scope)

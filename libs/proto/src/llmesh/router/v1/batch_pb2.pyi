@@ -27,7 +27,7 @@ BATCH_STATE_CANCELLED: BatchState
 BATCH_STATE_EXPIRED: BatchState
 
 class BatchJob(_message.Message):
-    __slots__ = ("job_id", "tenant_id", "use_case", "state", "total", "completed", "failed", "usage", "cost_usd", "created_at", "start_after", "expires_at", "display_name")
+    __slots__ = ("job_id", "tenant_id", "use_case", "state", "total", "completed", "failed", "usage", "cost_usd", "created_at", "start_after", "expires_at", "display_name", "stopped_reason")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     USE_CASE_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class BatchJob(_message.Message):
     START_AFTER_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_REASON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     tenant_id: str
     use_case: str
@@ -54,7 +55,8 @@ class BatchJob(_message.Message):
     start_after: _timestamp_pb2.Timestamp
     expires_at: _timestamp_pb2.Timestamp
     display_name: str
-    def __init__(self, job_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., use_case: _Optional[str] = ..., state: _Optional[_Union[BatchState, str]] = ..., total: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., display_name: _Optional[str] = ...) -> None: ...
+    stopped_reason: str
+    def __init__(self, job_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., use_case: _Optional[str] = ..., state: _Optional[_Union[BatchState, str]] = ..., total: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., display_name: _Optional[str] = ..., stopped_reason: _Optional[str] = ...) -> None: ...
 
 class SubmitBatchRequest(_message.Message):
     __slots__ = ("jsonl", "use_case", "completion_window_s", "start_after", "display_name")
@@ -121,3 +123,17 @@ class GetBatchResultsResponse(_message.Message):
     LINE_FIELD_NUMBER: _ClassVar[int]
     line: str
     def __init__(self, line: _Optional[str] = ...) -> None: ...
+
+class SetCacheRefreshRequest(_message.Message):
+    __slots__ = ("use_case", "enabled", "min_hits")
+    USE_CASE_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    MIN_HITS_FIELD_NUMBER: _ClassVar[int]
+    use_case: str
+    enabled: bool
+    min_hits: int
+    def __init__(self, use_case: _Optional[str] = ..., enabled: _Optional[bool] = ..., min_hits: _Optional[int] = ...) -> None: ...
+
+class SetCacheRefreshResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -62,6 +62,11 @@ class BatchServiceStub:
                 request_serializer=llmesh_dot_router_dot_v1_dot_batch__pb2.GetBatchResultsRequest.SerializeToString,
                 response_deserializer=llmesh_dot_router_dot_v1_dot_batch__pb2.GetBatchResultsResponse.FromString,
                 _registered_method=True)
+        self.SetCacheRefresh = channel.unary_unary(
+                '/llmesh.router.v1.BatchService/SetCacheRefresh',
+                request_serializer=llmesh_dot_router_dot_v1_dot_batch__pb2.SetCacheRefreshRequest.SerializeToString,
+                response_deserializer=llmesh_dot_router_dot_v1_dot_batch__pb2.SetCacheRefreshResponse.FromString,
+                _registered_method=True)
 
 
 class BatchServiceServicer:
@@ -102,6 +107,15 @@ class BatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetCacheRefresh(self, request, context):
+        """Turns the cache refresh of one of the caller's use cases on or off: answers hit often that
+        expire before the next predicted peak are generated again in the quietest hours before it,
+        as a batch job of the caller's (display name "cache refresh <use case>") within its budgets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +143,11 @@ def add_BatchServiceServicer_to_server(servicer, server):
                     servicer.GetBatchResults,
                     request_deserializer=llmesh_dot_router_dot_v1_dot_batch__pb2.GetBatchResultsRequest.FromString,
                     response_serializer=llmesh_dot_router_dot_v1_dot_batch__pb2.GetBatchResultsResponse.SerializeToString,
+            ),
+            'SetCacheRefresh': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCacheRefresh,
+                    request_deserializer=llmesh_dot_router_dot_v1_dot_batch__pb2.SetCacheRefreshRequest.FromString,
+                    response_serializer=llmesh_dot_router_dot_v1_dot_batch__pb2.SetCacheRefreshResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +288,33 @@ class BatchService:
             '/llmesh.router.v1.BatchService/GetBatchResults',
             llmesh_dot_router_dot_v1_dot_batch__pb2.GetBatchResultsRequest.SerializeToString,
             llmesh_dot_router_dot_v1_dot_batch__pb2.GetBatchResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCacheRefresh(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.router.v1.BatchService/SetCacheRefresh',
+            llmesh_dot_router_dot_v1_dot_batch__pb2.SetCacheRefreshRequest.SerializeToString,
+            llmesh_dot_router_dot_v1_dot_batch__pb2.SetCacheRefreshResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,6 +20,7 @@ class CachePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CACHE_POLICY_UNSPECIFIED: _ClassVar[CachePolicy]
     CACHE_POLICY_ALLOW: _ClassVar[CachePolicy]
     CACHE_POLICY_BYPASS: _ClassVar[CachePolicy]
+    CACHE_POLICY_REFRESH: _ClassVar[CachePolicy]
 
 class CacheOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -35,6 +36,7 @@ PRIORITY_STANDARD: Priority
 CACHE_POLICY_UNSPECIFIED: CachePolicy
 CACHE_POLICY_ALLOW: CachePolicy
 CACHE_POLICY_BYPASS: CachePolicy
+CACHE_POLICY_REFRESH: CachePolicy
 CACHE_OUTCOME_UNSPECIFIED: CacheOutcome
 CACHE_OUTCOME_MISS: CacheOutcome
 CACHE_OUTCOME_EXACT_HIT: CacheOutcome

@@ -74,6 +74,8 @@ class CacheApp(ServiceApp):
         f"{SERVICE_NAME}/Lookup": frozenset({"router"}),
         f"{SERVICE_NAME}/Store": frozenset({"router"}),
         f"{SERVICE_NAME}/Feedback": frozenset({"router"}),
+        # The router's cache refresh planner, acting for the tenant that turned it on.
+        f"{SERVICE_NAME}/ListHotEntries": frozenset({"router"}),
         f"{SERVICE_NAME}/Stats": frozenset(SERVICES),
     }
 

@@ -8,7 +8,7 @@ import re
 from google.protobuf.timestamp_pb2 import Timestamp
 from llmesh.cache.v1 import cache_pb2
 from llmesh.common.v1 import common_pb2
-from llmesh.kit.chat import messages_from_proto, sampling_from_proto
+from llmesh.kit.chat import messages_from_proto, messages_to_proto, sampling_from_proto, sampling_to_proto
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.vocabulary import (
     MAX_ANSWER_COST_USD,
@@ -21,8 +21,9 @@ from llmesh.kit.vocabulary import (
 from llmesh.services.cache.analytics import Counts, Outcome, Scope
 from llmesh.services.cache.core import LookupQuery, LookupResult, StoreCommand, StoreResult
 from llmesh.services.cache.entries import Answer, CacheEntry
+from llmesh.services.cache.hits import EntryHits
 from llmesh.services.cache.invalidation import Invalidation
-from llmesh.services.cache.keys import RequestKey
+from llmesh.services.cache.keys import RequestKey, key_from_doc
 from llmesh.services.cache.semantic.api import Decision
 
 CONTENT_CLASS = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -287,3 +288,47 @@ def stats_response_to_proto(rows: list[tuple[Scope, Counts]], total: Counts) -> 
     return cache_pb2.StatsResponse(
         rows=[stats_to_proto(scope, counts) for scope, counts in rows], total=stats_to_proto(None, total)
     )
+
+
+MAX_HOT_ENTRIES = 1000
+
+
+def hot_entries_from(request: cache_pb2.ListHotEntriesRequest) -> tuple[str, str, int, float, int]:
+    """(tenant_id, use_case, min_hits, expiring_within_s, limit), checked."""
+    tenant_id = tenant_id_from(request.tenant_id)
+    use_case = use_case_from(request.use_case) if request.use_case else ""
+    if request.min_hits < 1:
+        raise InvalidArgument(f"min_hits must be >= 1 (got {request.min_hits})", field="min_hits")
+    within = request.expiring_within_seconds
+    if not (math.isfinite(within) and 0 < within <= MAX_TTL_S):
+        raise InvalidArgument(
+            f"expiring_within_seconds must be in (0, {MAX_TTL_S}] (got {within})", field="expiring_within_seconds"
+        )
+    if not 0 <= request.limit <= MAX_HOT_ENTRIES:
+        raise InvalidArgument(f"limit must be in 0..{MAX_HOT_ENTRIES} (got {request.limit})", field="limit")
+    return tenant_id, use_case, request.min_hits, within, request.limit or 100
+
+
+def key_to_proto(key: RequestKey) -> cache_pb2.CacheKey:
+    return cache_pb2.CacheKey(
+        tenant_id=key.tenant_id,
+        use_case=key.use_case,
+        messages=messages_to_proto(key.messages),
+        model=key.model,
+        sampling=sampling_to_proto(key.sampling),
+        max_tokens=key.max_tokens,
+    )
+
+
+def hot_entries_to_proto(
+    found: list[tuple[CacheEntry, EntryHits]], hours: list[int]
+) -> cache_pb2.ListHotEntriesResponse:
+    response = cache_pb2.ListHotEntriesResponse(hits_by_hour=hours)
+    for entry, hits in found:
+        response.entries.add(
+            key=key_to_proto(key_from_doc(entry.tenant_id, entry.use_case, entry.request)),
+            answer=answer_to_proto(entry),
+            hits=hits.hits,
+            last_hit_at=_timestamp(hits.last_hit_at),
+        )
+    return response

@@ -14,8 +14,16 @@ from llmesh.services.cache import metrics
 from llmesh.services.cache.analytics import Analytics, Outcome, Scope
 from llmesh.services.cache.entries import Answer, CacheEntry
 from llmesh.services.cache.exact import ExactStore
+from llmesh.services.cache.hits import EntryHits, HitHistory
 from llmesh.services.cache.invalidation import Invalidation
-from llmesh.services.cache.keys import RequestKey, context_hash, exact_key, params_hash, semantic_text
+from llmesh.services.cache.keys import (
+    RequestKey,
+    context_hash,
+    exact_key,
+    params_hash,
+    request_doc,
+    semantic_text,
+)
 from llmesh.services.cache.policy import CachePolicy, PolicyResolver
 from llmesh.services.cache.semantic.api import Decision, SemanticEntry, SemanticIndex, SemanticMatch, SemanticQuery
 
@@ -110,6 +118,7 @@ class Cache:
         # The policy's false-hit rate last given to the index, per (tenant, use case): set again
         # only when the policy changes, so a thumbs-down's tightening is not undone on every lookup.
         self._targets: dict[tuple[str, str], float] = {}
+        self.hits = HitHistory()
 
     def policy(self, tenant_id: str, use_case: str) -> CachePolicy:
         return self._policy(tenant_id, use_case)
@@ -152,6 +161,7 @@ class Cache:
         self.analytics.record_lookup(
             scope, outcome, gray_zone=gray, tokens=entry.answer.tokens, cost_usd=entry.answer.cost_usd
         )
+        self.hits.record(entry.tenant_id, entry.use_case, entry.entry_id, self._clock())
         return LookupResult(
             outcome,
             entry,
@@ -212,6 +222,23 @@ class Cache:
             return None
         return dataclasses.replace(entry, pinned=candidate.pinned)
 
+    async def hot_entries(
+        self, tenant_id: str, use_case: str, *, min_hits: int, expiring_within_s: float, limit: int
+    ) -> list[tuple[CacheEntry, EntryHits]]:
+        """The tenant's live entries hit at least `min_hits` times that expire within
+        `expiring_within_s`, the most hit first; pinned entries (they do not expire) and entries
+        stored before requests were kept with them (nothing to generate again) are left out."""
+        now = self._clock()
+        found = []
+        for row in self.hits.often_hit(tenant_id, use_case, min_hits):
+            entry = await self.exact.get(tenant_id, row.entry_id, now)
+            if entry is None or entry.pinned or not entry.request or entry.expires_at > now + expiring_within_s:
+                continue
+            found.append((entry, row))
+            if len(found) >= limit:
+                break
+        return found
+
     # -- stores ----------------------------------------------------------------------------------
 
     async def _prepare(self, command: StoreCommand, now: float) -> CacheEntry | StoreResult:
@@ -242,6 +269,7 @@ class Cache:
             context_hash=context_hash(key),
             params_hash=params_hash(key),
             semantic=self.semantic is not None and not command.exact_only and policy.semantic,
+            request=request_doc(key),
         )
 
     async def store(self, command: StoreCommand) -> StoreResult:

@@ -41,6 +41,8 @@ class CacheEntry:
     context_hash: str = ""
     params_hash: str = ""
     semantic: bool = True
+    # The request as it came (keys.request_doc): what a cache refresh generates again.
+    request: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def expired(self, now: float) -> bool:
         return not self.pinned and self.expires_at <= now

@@ -71,6 +71,42 @@ def _params(key: RequestKey) -> dict:
     }
 
 
+def request_doc(key: RequestKey) -> dict:
+    """The request as it came (not normalised), JSON-able: kept with the entry so that the answer
+    can be generated again for the same key (a cache refresh)."""
+    s = key.sampling
+    return {
+        "messages": [[m.role, m.content] for m in key.messages],
+        "model": key.model,
+        "max_tokens": key.max_tokens,
+        "sampling": {
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "top_k": s.top_k,
+            "seed": s.seed,
+            "stop": list(s.stop),
+        },
+    }
+
+
+def key_from_doc(tenant_id: str, use_case: str, doc: dict) -> RequestKey:
+    sampling = doc["sampling"]
+    return RequestKey(
+        tenant_id=tenant_id,
+        use_case=use_case,
+        messages=tuple(Message(role, content) for role, content in doc["messages"]),
+        model=doc["model"],
+        sampling=Sampling(
+            temperature=sampling["temperature"],
+            top_p=sampling["top_p"],
+            top_k=sampling["top_k"],
+            seed=sampling["seed"],
+            stop=tuple(sampling["stop"]),
+        ),
+        max_tokens=doc["max_tokens"],
+    )
+
+
 def _messages(messages: tuple[Message, ...]) -> list[list[str]]:
     return [[m.role, normalize_text(m.content)] for m in messages]
 

@@ -130,6 +130,14 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         progress.done = True
         yield progress
 
+    async def ListHotEntries(self, request, context):
+        tenant_id, use_case, min_hits, within_s, limit = convert.hot_entries_from(request)
+        bind_contextvars(tenant=tenant_id)
+        require_tenant(tenant_id, what="the listed entries")
+        cache = self._ready()
+        found = await cache.hot_entries(tenant_id, use_case, min_hits=min_hits, expiring_within_s=within_s, limit=limit)
+        return convert.hot_entries_to_proto(found, cache.hits.hits_by_hour(tenant_id, use_case))
+
     async def Stats(self, request, context):
         tenant_id = tenant_id_from(request.tenant_id) if request.tenant_id else ""
         # A tenant's token sees that tenant's rows only; the operator sees them all.

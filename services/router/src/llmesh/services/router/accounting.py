@@ -246,7 +246,8 @@ class Accounting:
                 f"budget {budget.name!r} ({budget.scope.value} {refusal.counter.scope_value}, per {budget.period.value}) "
                 f"would be exceeded: limit {unit.from_int(refusal.counter.limit):g} {unit.value}, spent "
                 f"{unit.from_int(refusal.spent):g}, held by requests in flight {unit.from_int(refusal.reserved):g}, "
-                f"this request needs up to {unit.from_int(refusal.amount):g}"
+                f"this request needs up to {unit.from_int(refusal.amount):g}",
+                reason="BUDGET_EXHAUSTED",
             )
         hold.held = True
         return hold

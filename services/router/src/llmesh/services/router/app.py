@@ -16,7 +16,7 @@ from llmesh.kit.bus import Bus
 from llmesh.kit.client import open_channel
 from llmesh.kit.errors import Unavailable
 from llmesh.kit.experiments import VariantPolicies
-from llmesh.kit.identity import PUBLIC
+from llmesh.kit.identity import PUBLIC, act_for
 from llmesh.kit.forecast import LoadForecast, start_forecast
 from llmesh.kit.logging import get_logger
 from llmesh.kit.outbox import Outbox
@@ -27,6 +27,7 @@ from llmesh.kit.streams import KEY_REVOKED_SUBJECT, MODEL_LOAD_SUBJECT_PREFIX, T
 from llmesh.router.v1 import batch_pb2_grpc, router_pb2_grpc
 from llmesh.services.router import convert
 from llmesh.services.router.accounting import Accounting, quota_policy_from_document
+from llmesh.services.router.batch_refresh import RefreshPlanner
 from llmesh.services.router.batch_runner import BatchRunner, RunnerConfig
 from llmesh.services.router.batch_servicer import SERVICE_NAME as BATCH_SERVICE_NAME
 from llmesh.services.router.batch_servicer import BatchServicer
@@ -67,6 +68,7 @@ class RouterApp(ServiceApp):
         self.task_grace_s = settings.upstream_timeout_s + 1.0
         self.pipeline: GeneratePipeline | None = None
         self.batch: BatchRunner | None = None
+        self.refresh: RefreshPlanner | None = None
         self._batch_task = None
         self.bus: Bus | None = None
         self.forecast: LoadForecast | None = None
@@ -98,7 +100,7 @@ class RouterApp(ServiceApp):
     def register(self, server: grpc.aio.Server) -> list[str]:
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(lambda: self.pipeline), server)
         batch_pb2_grpc.add_BatchServiceServicer_to_server(
-            BatchServicer(lambda: self.pipeline, lambda: self.batch), server
+            BatchServicer(lambda: self.pipeline, lambda: self.batch, lambda: self.refresh), server
         )
         return [SERVICE_NAME, BATCH_SERVICE_NAME]
 
@@ -135,10 +137,11 @@ class RouterApp(ServiceApp):
             ),
         )
         queue_defaults = parse_queue_classes(s.queue_classes)
+        cache = CacheClient(channel(s.cache_addr))
         self.pipeline = GeneratePipeline(
             tenancy=self._tenancy_client(channel),
             classifier=ClassifierClient(channel(s.classifier_addr)),
-            cache=CacheClient(channel(s.cache_addr)),
+            cache=cache,
             inference=inference,
             principals=self.principals,
             catalog=catalog,
@@ -166,7 +169,7 @@ class RouterApp(ServiceApp):
             accounting=accounting,
             regions=self.regions,
         )
-        await self._start_batch()
+        await self._start_batch(cache)
 
     async def _start_regions(self, inference: InferenceClient, channel) -> RegionRouting:
         """health reports every second, every region's view, failover."""
@@ -235,7 +238,7 @@ class RouterApp(ServiceApp):
         self._tenancy = TenancyClient(channel(self.settings.tenancy_addr))
         return self._tenancy
 
-    async def _start_batch(self) -> None:
+    async def _start_batch(self, cache: CacheClient) -> None:
         s = self.settings
         pipeline = self.pipeline
         assert pipeline is not None and self.bus is not None
@@ -275,6 +278,21 @@ class RouterApp(ServiceApp):
         self.batch = runner
         if s.batch_workers:
             self._batch_task = self.spawn(runner.run(), name="batch-workers")
+
+        async def list_hot(principal, use_case: str, min_hits: int, within_s: float, limit: int):
+            # Like a batch item, the planner acts for the tenant that turned the refresh on: the
+            # cache checks the tenant token against the tenant whose entries it lists.
+            if self.identity is not None:
+                principal = await tokens.fresh(principal)
+                act_for(principal.tenant_token)
+            return await cache.hot_entries(
+                principal.tenant_id, use_case, min_hits, within_s, limit, timeout_s=s.upstream_timeout_s
+            )
+
+        self.refresh = RefreshPlanner(self.bus, runner, list_hot)
+        await self.refresh.start()
+        if s.cache_refresh_interval_s > 0:
+            self.every(s.cache_refresh_interval_s, self.refresh.plan, name="cache-refresh")
 
     async def _wait_for_models(self, catalog: ModelCatalog) -> None:
         """Inference may still be loading its model: retry until it lists one, or give up."""

@@ -167,6 +167,10 @@ class Job:
     expires_at: float
     display_name: str = ""
     cancelled: bool = False
+    # "" for a submitted file; "cache_refresh" for a job the cache refresh planned.
+    kind: str = ""
+    # Why the job stopped before its items ran (e.g. "budget_exhausted"); "" otherwise.
+    stopped_reason: str = ""
 
     def to_json(self) -> bytes:
         record = dataclasses.asdict(self)

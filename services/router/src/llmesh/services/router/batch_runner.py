@@ -7,9 +7,15 @@ Exactly one result per item, whatever is killed when:
   delivered again (after `ack_wait`) to a worker of any replica;
 - a result is written with KV `create`, which fails when the key exists: the first result stands,
   and a redelivered item whose result exists is acknowledged without running;
+- an attempt first claims its item: a KV key `claim.<job>.<index>` created (or taken over once its
+  lease ran out) with a lease of twice `ack_wait` that the heartbeat renews; a delivery that finds a
+  live claim of another attempt is put back until the lease ends, so an item redelivered while
+  its first attempt still runs (a stalled heartbeat on a loaded machine, another replica) is not
+  generated a second time;
 - every attempt of an item carries the same request id, and a completed answer is stored in the
   cache before the pipeline ends, so an item that was answered but not yet recorded when its
-  worker died is served from the cache on its next attempt, not generated again.
+  worker died is served from the cache on its next attempt, not generated again. Only a kill
+  between the backend's last token and the cache store (one hop) can cost a second generation.
 The workers take items in a window that grows from `window_min_s` while items keep coming to
 `window_max_s` when idle (fewer, larger fetches under load; at most one wait of the window at rest).
 """
@@ -20,6 +26,7 @@ import asyncio
 import dataclasses
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import nats.errors
@@ -43,7 +50,7 @@ from llmesh.services.router.batch import (
 from llmesh.services.router.convert import command_from_proto
 from llmesh.services.router.domain import Delta, Summary
 from nats.js import api as js_api
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 
 log = get_logger("llmesh.router.batch")
 
@@ -54,6 +61,11 @@ ITEMS = StreamSpec("LLMESH_BATCH_ITEMS", ("llmesh.batch.item.>",), max_age_s=8 *
 JOBS_BUCKET = "llmesh-batch-jobs"
 RESULTS_BUCKET = "llmesh-batch-results"
 DURABLE = "batch-workers"
+# The custom ids of a job, kept in chunks (a KV value stays far below NATS's 1 MB payload) so that
+# a cancellation can name every item it ends.
+IDS_PER_CHUNK = 1000
+KIND_CACHE_REFRESH = "cache_refresh"
+BUDGET_EXHAUSTED = "budget_exhausted"
 # Errors an item ends with (others are retried: the backend may come back).
 FINAL = {"INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED", "FAILED_PRECONDITION", "UNAUTHENTICATED"}
 
@@ -65,6 +77,14 @@ class RunnerConfig:
     window_min_s: float = 0.05
     window_max_s: float = 0.5
     retry_delay_s: float = 2.0
+
+
+@dataclasses.dataclass
+class Claim:
+    """An attempt's hold on an item: the KV key and the revision it last wrote (None: not held)."""
+
+    key: str
+    revision: int | None = None
 
 
 class BatchRunner:
@@ -83,6 +103,8 @@ class BatchRunner:
         self._running: set[str] = set()
         self._subscription = None
         self.window_s = config.window_max_s
+        # Names this runner's claims (a restarted process is another owner).
+        self._owner = uuid.uuid4().hex[:12]
 
     async def start(self) -> None:
         await self._bus.ensure_stream(ITEMS)
@@ -106,6 +128,7 @@ class BatchRunner:
         window_s: int,
         start_after: float,
         display_name: str,
+        kind: str = "",
     ) -> Job:
         now = self._clock()
         begin = max(now, start_after)
@@ -118,8 +141,12 @@ class BatchRunner:
             start_after=start_after,
             expires_at=begin + window_s,
             display_name=display_name,
+            kind=kind,
         )
         await self._jobs_kv.create(f"job.{job.job_id}", job.to_json())
+        for start in range(0, len(items), IDS_PER_CHUNK):
+            ids = [item.custom_id for item in items[start : start + IDS_PER_CHUNK]]
+            await self._kv.put(f"ids.{job.job_id}.{start // IDS_PER_CHUNK}", json.dumps(ids).encode())
         for item in items:
             headers = {"llmesh-custom-id": item.custom_id}
             await self._bus.js.publish(
@@ -159,19 +186,42 @@ class BatchRunner:
 
     async def cancel(self, job_id: str, tenant_id: str) -> Job:
         job = await self.job(job_id, tenant_id)
+        await self._end(job, "cancelled", "the batch job was cancelled")
+        return job
+
+    async def _end(self, job: Job, code: str, message: str, *, stopped_reason: str = "") -> None:
+        """Cancels the job: items not answered yet end now with `code` (an item running now keeps
+        the result it writes first)."""
+        await self._mark_cancelled(job, stopped_reason)
+        await self._end_items(job, code, message)
+
+    async def _mark_cancelled(self, job: Job, stopped_reason: str = "") -> None:
         job.cancelled = True
-        await self._jobs_kv.put(f"job.{job_id}", job.to_json())
-        # Items not answered yet end now (an item running now keeps the result it writes first).
+        job.stopped_reason = stopped_reason
+        self._jobs[job.job_id] = job
+        await self._jobs_kv.put(f"job.{job.job_id}", job.to_json())
+
+    async def _end_items(self, job: Job, code: str, message: str) -> None:
+        job_id = job.job_id
         ended = 0
+        ids: list[str] = []
         for index in range(job.total):
-            line = error_line(job_id, index, "", "cancelled", "the batch job was cancelled")
+            if index % IDS_PER_CHUNK == 0:
+                ids = await self._custom_ids(job_id, index // IDS_PER_CHUNK)
+            custom_id = ids[index % IDS_PER_CHUNK] if index % IDS_PER_CHUNK < len(ids) else ""
+            line = error_line(job_id, index, custom_id, code, message)
             try:
                 await self._kv.create(f"result.{job_id}.{index}", json.dumps(line).encode())
                 ended += 1
             except KeyWrongLastSequenceError:
                 pass
-        log.info("batch_cancelled", job_id=job_id, items_ended=ended)
-        return job
+        log.info("batch_cancelled", job_id=job_id, items_ended=ended, code=code)
+
+    async def _custom_ids(self, job_id: str, chunk: int) -> list[str]:
+        try:
+            return json.loads((await self._kv.get(f"ids.{job_id}.{chunk}")).value)
+        except KeyNotFoundError:  # a job submitted before the ids were kept
+            return []
 
     async def results(self, job_id: str) -> AsyncIterator[dict]:
         """The job's result lines, in any order (the caller sorts)."""
@@ -280,23 +330,70 @@ class BatchRunner:
         if key in self._running:
             return
         self._running.add(key)
+        claim = Claim(f"claim.{job_id}.{index}")
         # The item stays this worker's while it runs, however long the first token takes.
-        heartbeat = asyncio.create_task(self._keep(msg))
+        heartbeat = asyncio.create_task(self._keep(msg, claim))
         try:
-            await self._run_item_once(msg, job_id, index, key)
+            await self._run_item_once(msg, job_id, index, key, claim)
         finally:
             heartbeat.cancel()
             self._running.discard(key)
 
-    async def _keep(self, msg) -> None:
+    async def _keep(self, msg, claim: Claim) -> None:
         while True:
             await asyncio.sleep(self._config.ack_wait_s / 3)
             try:
                 await msg.in_progress()
             except Exception as exc:
                 log.debug("batch_heartbeat_failed", error=repr(exc))
+            if claim.revision is not None:
+                try:
+                    await self._renew(claim)
+                except Exception as exc:
+                    log.debug("batch_claim_renew_failed", error=repr(exc))
 
-    async def _run_item_once(self, msg, job_id: str, index: int, key: str) -> None:
+    def _lease(self) -> bytes:
+        # Twice the ack wait: a redelivery after a missed heartbeat (a stalled loop, a heartbeat
+        # lost in a reconnect) still finds the running attempt's claim.
+        until = self._clock() + 2 * self._config.ack_wait_s
+        return json.dumps({"owner": self._owner, "until": until}).encode()
+
+    async def _take(self, claim: Claim) -> float:
+        """Claims the item: 0.0 when this attempt holds it now, else the seconds until the live
+        claim of another attempt runs out."""
+        try:
+            claim.revision = await self._kv.create(claim.key, self._lease())
+            return 0.0
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await self._kv.get(claim.key)
+        except (KeyNotFoundError, KeyDeletedError):  # released meanwhile: tried again on the next delivery
+            return 0.1
+        held = json.loads(entry.value)
+        left = held["until"] - self._clock()
+        if held["owner"] != self._owner and left > 0:
+            return left
+        # Its lease ran out (its worker died) or this runner held it: taken over, if no one else was quicker.
+        try:
+            claim.revision = await self._kv.update(claim.key, self._lease(), last=entry.revision)
+            return 0.0
+        except KeyWrongLastSequenceError:
+            return 0.1
+
+    async def _renew(self, claim: Claim) -> None:
+        claim.revision = await self._kv.update(claim.key, self._lease(), last=claim.revision)
+
+    async def _release(self, claim: Claim) -> None:
+        if claim.revision is None:
+            return
+        try:
+            await self._kv.delete(claim.key, last=claim.revision)
+        except Exception as exc:  # taken over meanwhile: the other attempt releases it
+            log.debug("batch_claim_release_failed", error=repr(exc))
+        claim.revision = None
+
+    async def _run_item_once(self, msg, job_id: str, index: int, key: str, claim: Claim) -> None:
         custom_id = (msg.headers or {}).get("llmesh-custom-id", "")
         clear_contextvars()
         bind_contextvars(service="router", request_id=item_request_id(job_id, index), batch=job_id)
@@ -313,27 +410,45 @@ class BatchRunner:
                 self._jobs[job_id] = job
             now = self._clock()
             if job.cancelled:
-                line = error_line(job_id, index, custom_id, "cancelled", "the batch job was cancelled")
+                code = job.stopped_reason or "cancelled"
+                why = f"the batch job stopped ({code})" if job.stopped_reason else "the batch job was cancelled"
+                line = error_line(job_id, index, custom_id, code, why)
             elif now > job.expires_at:
                 line = error_line(job_id, index, custom_id, "expired", "the job's completion window passed")
             elif now < job.start_after:
                 await msg.nak(delay=min(job.start_after - now, 3600.0))
                 return
             else:
+                wait = await self._take(claim)
+                if wait > 0:  # another attempt runs it now; back when its lease would end
+                    metrics.BATCH_ITEMS.labels("claimed_elsewhere").inc()
+                    await msg.nak(delay=min(wait + 0.1, self._config.ack_wait_s))
+                    return
                 line = await self._answer(job, index, custom_id, msg.data)
                 if line is None:  # retry later
+                    await self._release(claim)
                     await msg.nak(delay=self._config.retry_delay_s)
                     return
+            stop = (line.get("error") or {}).get("code") == BUDGET_EXHAUSTED and not job.cancelled
+            if stop:
+                # A cache refresh stays within the tenant's budget: the first refusal stops it. The
+                # job is marked first, so that it never reads as completed on the way.
+                log.info("batch_stopped", job_id=job_id, reason=BUDGET_EXHAUSTED)
+                await self._mark_cancelled(job, BUDGET_EXHAUSTED)
             try:
                 await self._kv.create(key, json.dumps(line).encode())
                 metrics.BATCH_ITEMS.labels("error" if line.get("error") else "ok").inc()
             except KeyWrongLastSequenceError:
                 metrics.BATCH_ITEMS.labels("duplicate_dropped").inc()
             await msg.ack()
+            await self._release(claim)
+            if stop:
+                await self._end_items(job, BUDGET_EXHAUSTED, "the batch job stopped: the tenant's budget is exhausted")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("batch_item_failed", job_id=job_id, index=index, error=repr(exc))
+            await self._release(claim)
             try:
                 await msg.nak(delay=self._config.retry_delay_s)
             except Exception:
@@ -352,6 +467,8 @@ class BatchRunner:
                     summary = event
         except LlmeshError as exc:
             code = status_code_for(exc).name
+            if job.kind == KIND_CACHE_REFRESH and exc.reason == "BUDGET_EXHAUSTED":
+                return error_line(job.job_id, index, custom_id, BUDGET_EXHAUSTED, exc.message)
             if code in FINAL:
                 return error_line(job.job_id, index, custom_id, code.lower(), exc.message)
             log.info("batch_item_retry", code=code, message=exc.message)

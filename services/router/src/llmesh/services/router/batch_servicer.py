@@ -13,6 +13,7 @@ from llmesh.kit.logging import bind_contextvars
 from llmesh.kit.vocabulary import use_case_from
 from llmesh.router.v1 import batch_pb2, batch_pb2_grpc
 from llmesh.services.router.batch import Job, Totals, parse_jsonl, window_from
+from llmesh.services.router.batch_refresh import RefreshPlanner, min_hits_from
 from llmesh.services.router.batch_runner import BatchRunner
 from llmesh.services.router.core import GeneratePipeline
 
@@ -39,6 +40,7 @@ def job_to_proto(job: Job, totals: Totals, state: int) -> batch_pb2.BatchJob:
         created_at=_timestamp(job.created_at),
         expires_at=_timestamp(job.expires_at),
         display_name=job.display_name,
+        stopped_reason=job.stopped_reason,
     )
     message.usage.prompt_tokens = totals.prompt_tokens
     message.usage.completion_tokens = totals.completion_tokens
@@ -48,9 +50,15 @@ def job_to_proto(job: Job, totals: Totals, state: int) -> batch_pb2.BatchJob:
 
 
 class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
-    def __init__(self, pipeline: Callable[[], GeneratePipeline | None], runner: Callable[[], BatchRunner | None]):
+    def __init__(
+        self,
+        pipeline: Callable[[], GeneratePipeline | None],
+        runner: Callable[[], BatchRunner | None],
+        refresh: Callable[[], RefreshPlanner | None] = lambda: None,
+    ):
         self._pipeline = pipeline
         self._runner = runner
+        self._refresh = refresh
 
     async def _caller(self, context):
         pipeline, runner = self._pipeline(), self._runner()
@@ -104,6 +112,15 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
         principal, runner = await self._caller(context)
         job = await runner.cancel(request.job_id, principal.tenant_id)
         return batch_pb2.CancelBatchResponse(job=await self._job_proto(runner, job))
+
+    async def SetCacheRefresh(self, request, context):
+        principal, _ = await self._caller(context)
+        planner = self._refresh()
+        if planner is None:
+            raise Unavailable("the router is still starting", retry_after_s=1.0)
+        use_case = use_case_from(request.use_case)
+        await planner.set_policy(principal, use_case, enabled=request.enabled, min_hits=min_hits_from(request.min_hits))
+        return batch_pb2.SetCacheRefreshResponse()
 
     async def GetBatchResults(self, request, context):
         principal, runner = await self._caller(context)

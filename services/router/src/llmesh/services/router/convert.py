@@ -26,6 +26,8 @@ from llmesh.services.router.domain import (
     Completion,
     Delta,
     GenerateCommand,
+    HotEntries,
+    HotEntry,
     ModelInfo,
     Priority,
     StreamInterruptedError,
@@ -54,6 +56,7 @@ USE_CACHE = {
     router_pb2.CACHE_POLICY_UNSPECIFIED: True,
     router_pb2.CACHE_POLICY_ALLOW: True,
     router_pb2.CACHE_POLICY_BYPASS: False,
+    router_pb2.CACHE_POLICY_REFRESH: True,
 }
 CACHE_OUTCOMES = {
     CacheOutcome.MISS: router_pb2.CACHE_OUTCOME_MISS,
@@ -81,7 +84,8 @@ def command_from_proto(request: router_pb2.GenerateRequest) -> GenerateCommand:
         )
     if request.cache_policy not in USE_CACHE:
         raise InvalidArgument(
-            f"cache_policy must be CACHE_POLICY_ALLOW or CACHE_POLICY_BYPASS (got {request.cache_policy})",
+            "cache_policy must be CACHE_POLICY_ALLOW, CACHE_POLICY_BYPASS or CACHE_POLICY_REFRESH "
+            f"(got {request.cache_policy})",
             field="cache_policy",
         )
     model = request.model
@@ -97,6 +101,7 @@ def command_from_proto(request: router_pb2.GenerateRequest) -> GenerateCommand:
         priority=PRIORITIES[request.priority],
         use_cache=USE_CACHE[request.cache_policy],
         pinned_model=model,
+        refresh_cache=request.cache_policy == router_pb2.CACHE_POLICY_REFRESH,
     )
 
 
@@ -324,3 +329,19 @@ def breaker_event_to_proto(change: BreakerChange, *, replica: str) -> events_pb2
         event.ejected_until.FromNanoseconds(int(change.ejected_until_wall * 1e9))
     event.observed_at.GetCurrentTime()
     return event
+
+
+def hot_entries_from_proto(response: cache_pb2.ListHotEntriesResponse) -> HotEntries:
+    """The cache's hot entries as requests a cache refresh generates again."""
+    entries = [
+        HotEntry(
+            messages=messages_from_proto(hot.key.messages),
+            model=hot.key.model,
+            sampling=sampling_from_proto(hot.key.sampling),
+            max_tokens=hot.key.max_tokens,
+            hits=hot.hits,
+            expires_at=hot.answer.expires_at.ToNanoseconds() / 1e9,
+        )
+        for hot in response.entries
+    ]
+    return HotEntries(entries, list(response.hits_by_hour))

@@ -745,7 +745,7 @@ class GeneratePipeline:
                 log.warning("cache_degraded", operation="lookup", error=repr(exc))
                 return None
 
-        if not command.use_cache:
+        if not command.use_cache or command.refresh_cache:
             return await classify(), None
         classification, cached = await asyncio.gather(classify(), lookup())
         return classification, cached

@@ -37,6 +37,8 @@ class GenerateCommand:
     priority: Priority
     use_cache: bool
     pinned_model: str
+    # Generate and store a new answer without reading the cache (a cache refresh).
+    refresh_cache: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -190,3 +192,21 @@ class StreamInterruptedError(Unavailable):
         self.usage = usage
         self.cost_usd = cost_usd
         self.delivered_chars = delivered_chars
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HotEntry:
+    """A cached answer hit often: the request that generates it again, and when it expires."""
+
+    messages: tuple[Message, ...]
+    model: str
+    sampling: Sampling
+    max_tokens: int
+    hits: int
+    expires_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HotEntries:
+    entries: list[HotEntry]
+    hits_by_hour: list[int]  # 24 counts, UTC hour 0 first

@@ -15,6 +15,7 @@ from llmesh.services.router.domain import (
     Completion,
     Delta,
     GenerateCommand,
+    HotEntries,
     ModelInfo,
 )
 
@@ -36,6 +37,11 @@ class Cache(Protocol):
         self, key: CacheKey, answer: AnswerToStore, *, business_unit: str, sensitivity: Sensitivity, timeout_s: float
     ) -> str | None:
         """Stores the answer; returns why the cache declined it, or None once stored."""
+
+    async def hot_entries(
+        self, tenant_id: str, use_case: str, min_hits: int, expiring_within_s: float, limit: int, *, timeout_s: float
+    ) -> HotEntries:
+        """The tenant's entries hit at least `min_hits` times that expire soon, and its hits by hour."""
 
 
 class Inference(Protocol):

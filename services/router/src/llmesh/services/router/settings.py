@@ -194,6 +194,12 @@ class RouterSettings(ForecastSettings):
     batch_window_max_s: float = setting(
         "LLMESH_ROUTER_BATCH_WINDOW_MAX_S", 0.5, "longest wait to gather batch items, when idle", positive
     )
+    cache_refresh_interval_s: float = setting(
+        "LLMESH_ROUTER_CACHE_REFRESH_INTERVAL_S",
+        600.0,
+        "how often this replica plans the cache refresh jobs of the use cases that turned it on (0: never)",
+        non_negative,
+    )
     breaker_consecutive_failures: int = setting(
         "LLMESH_ROUTER_BREAKER_CONSECUTIVE_FAILURES",
         5,

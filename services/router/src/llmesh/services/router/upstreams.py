@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
-from llmesh.cache.v1 import cache_pb2_grpc
+from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.classifier.v1 import classifier_pb2_grpc
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.kit import errors
@@ -24,6 +24,7 @@ from llmesh.services.router.domain import (
     Completion,
     Delta,
     GenerateCommand,
+    HotEntries,
     ModelInfo,
 )
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
@@ -126,6 +127,22 @@ class CacheClient:
         if response.stored:
             return None
         return response.reason or "the cache declined the answer"
+
+    async def hot_entries(
+        self, tenant_id: str, use_case: str, min_hits: int, expiring_within_s: float, limit: int, *, timeout_s: float
+    ) -> HotEntries:
+        request = cache_pb2.ListHotEntriesRequest(
+            tenant_id=tenant_id,
+            use_case=use_case,
+            min_hits=min_hits,
+            expiring_within_seconds=expiring_within_s,
+            limit=limit,
+        )
+        try:
+            response = await self._stub.ListHotEntries(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise upstream_error("cache", exc) from None
+        return convert.hot_entries_from_proto(response)
 
 
 class InferenceClient:
