@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file llmesh/events/v1/events.proto.
  */
 export const file_llmesh_events_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Ch1sbG1lc2gvZXZlbnRzL3YxL2V2ZW50cy5wcm90bxIQbGxtZXNoLmV2ZW50cy52MSLPAQoQQ2FjaGVJbnZhbGlkYXRlZBIQCghldmVudF9pZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSLQoJaXNzdWVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgNhbGwYBCABKAhIABISCgh1c2VfY2FzZRgFIAEoCUgAEjsKD2NvbnRlbnRfdmVyc2lvbhgGIAEoCzIgLmxsbWVzaC5jb21tb24udjEuQ29udGVudFZlcnNpb25IAEIHCgVzY29wZSJ0Cg1BcGlLZXlSZXZva2VkEhAKCGV2ZW50X2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSLgoKcmV2b2tlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi6gIKCU1vZGVsTG9hZBIQCghldmVudF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIOCgZyZWdpb24YAyABKAkSDwoHYmFja2VuZBgEIAEoCRITCgt1dGlsaXphdGlvbhgFIAEoARIOCgZhY3RpdmUYBiABKAUSDgoGcXVldWVkGAcgASgFEhAKCGNhcGFjaXR5GAggASgFEhEKCW1heF9xdWV1ZRgJIAEoBRIiChp0aW1lX3RvX2ZpcnN0X3Rva2VuX3A1MF9tcxgKIAEoARIiChp0aW1lX3RvX2ZpcnN0X3Rva2VuX3A5NV9tcxgLIAEoARIdChV0b2tlbnNfcGVyX3NlY29uZF9wNTAYDCABKAESEAoId2luZG93X3MYDSABKAESLwoLb2JzZXJ2ZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2Nyb3NzZWRfcGVyY2VudBgPIAEoBSLUAwoTQnJlYWtlclN0YXRlQ2hhbmdlZBIQCghldmVudF9pZBgBIAEoCRIWCg5yb3V0ZXJfcmVwbGljYRgCIAEoCRIOCgZyZWdpb24YAyABKAkSDQoFbW9kZWwYBCABKAkSEAoIZW5kcG9pbnQYBSABKAkSOgoFc3RhdGUYBiABKA4yKy5sbG1lc2guZXZlbnRzLnYxLkJyZWFrZXJTdGF0ZUNoYW5nZWQuU3RhdGUSQwoOcHJldmlvdXNfc3RhdGUYByABKA4yKy5sbG1lc2guZXZlbnRzLnYxLkJyZWFrZXJTdGF0ZUNoYW5nZWQuU3RhdGUSDgoGcmVhc29uGAggASgJEhYKDmVqZWN0aW9uX2NvdW50GAkgASgFEjEKDWVqZWN0ZWRfdW50aWwYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC29ic2VydmVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJVCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhAKDFNUQVRFX0NMT1NFRBABEg4KClNUQVRFX09QRU4QAhITCg9TVEFURV9IQUxGX09QRU4QAyLpAwoNVXNhZ2VSZWNvcmRlZBISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIVCg1idXNpbmVzc191bml0GAMgASgJEhAKCHVzZV9jYXNlGAQgASgJEg4KBmtleV9pZBgFIAEoCRINCgVtb2RlbBgGIAEoCRIkCgR0aWVyGAcgASgOMhYubGxtZXNoLmNvbW1vbi52MS5UaWVyEg8KB2JhY2tlbmQYCCABKAkSDgoGcmVnaW9uGAkgASgJEhUKDWNhY2hlX291dGNvbWUYCiABKAkSJgoFdXNhZ2UYCyABKAsyFy5sbG1lc2guY29tbW9uLnYxLlVzYWdlEhAKCGNvc3RfdXNkGAwgASgBEhgKEGNvc3RfYXZvaWRlZF91c2QYDSABKAESLwoLb2NjdXJyZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHByaW9yaXR5GA8gASgJEhYKDnBvbGljeV92YXJpYW50GBAgASgJEhIKCmVycm9yX2NvZGUYESABKAkSHgoWdGltZV90b19maXJzdF90b2tlbl9tcxgSIAEoARIVCg10b3RhbF90aW1lX21zGBMgASgBEhEKCWVzY2FsYXRlZBgUIAEoCCKuAgoLQnVkZ2V0QWxlcnQSEAoIZXZlbnRfaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEg4KBmJ1ZGdldBgDIAEoCRINCgVzY29wZRgEIAEoCRITCgtzY29wZV92YWx1ZRgFIAEoCRIOCgZwZXJpb2QYBiABKAkSMAoMcGVyaW9kX3N0YXJ0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR1bml0GAggASgJEg0KBWxpbWl0GAkgASgBEg0KBXNwZW50GAogASgBEhkKEXRocmVzaG9sZF9wZXJjZW50GAsgASgFEgwKBGhhcmQYDCABKAgSLwoLb2JzZXJ2ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpYBCgxSZWdpb25IZWFsdGgSDgoGcmVnaW9uGAEgASgJEhYKDnJvdXRlcl9yZXBsaWNhGAIgASgJEi0KBm1vZGVscxgDIAMoCzIdLmxsbWVzaC5ldmVudHMudjEuTW9kZWxIZWFsdGgSLwoLb2JzZXJ2ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIu8BCgtNb2RlbEhlYWx0aBINCgVtb2RlbBgBIAEoCRIkCgR0aWVyGAIgASgOMhYubGxtZXNoLmNvbW1vbi52MS5UaWVyEhIKCmVycm9yX3JhdGUYAyABKAESIgoadGltZV90b19maXJzdF90b2tlbl9wOTVfbXMYBCABKAESEwoLdXRpbGl6YXRpb24YBSABKAESQgoNYnJlYWtlcl9zdGF0ZRgGIAEoDjIrLmxsbWVzaC5ldmVudHMudjEuQnJlYWtlclN0YXRlQ2hhbmdlZC5TdGF0ZRIaChJyZXF1ZXN0c19pbl93aW5kb3cYByABKAMiswIKGENsYXNzaWZpZXJSb2xsb3V0Q2hhbmdlZBIQCghldmVudF9pZBgBIAEoCRIXCg9jdXJyZW50X3ZlcnNpb24YAiABKAkSGQoRY2FuZGlkYXRlX3ZlcnNpb24YAyABKAkSEAoIZGVjaXNpb24YBCABKAkSDQoFc2hhcmUYBSABKAESFAoMY3VycmVudF9hcGdyGAYgASgBEhYKDmNhbmRpZGF0ZV9hcGdyGAcgASgBEhYKDmRpZmZlcmVuY2VfbG93GAggASgBEhcKD2RpZmZlcmVuY2VfaGlnaBgJIAEoARIQCghsYWJlbGxlZBgKIAEoBRIOCgZyZWFzb24YCyABKAkSLwoLb2NjdXJyZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqoBCg1BdWRpdFJlY29yZGVkEhAKCGV2ZW50X2lkGAEgASgJEg4KBnNvdXJjZRgCIAEoCRIOCgZhY3Rpb24YAyABKAkSEQoJdGVuYW50X2lkGAQgASgJEg4KBnRhcmdldBgFIAEoCRITCgtkZXRhaWxfanNvbhgGIAEoCRIvCgtvY2N1cnJlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBiBnByb3RvMw", [file_google_protobuf_timestamp, file_llmesh_common_v1_common]);
+  fileDesc("Ch1sbG1lc2gvZXZlbnRzL3YxL2V2ZW50cy5wcm90bxIQbGxtZXNoLmV2ZW50cy52MSLPAQoQQ2FjaGVJbnZhbGlkYXRlZBIQCghldmVudF9pZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSLQoJaXNzdWVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgNhbGwYBCABKAhIABISCgh1c2VfY2FzZRgFIAEoCUgAEjsKD2NvbnRlbnRfdmVyc2lvbhgGIAEoCzIgLmxsbWVzaC5jb21tb24udjEuQ29udGVudFZlcnNpb25IAEIHCgVzY29wZSJ0Cg1BcGlLZXlSZXZva2VkEhAKCGV2ZW50X2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSLgoKcmV2b2tlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi6gIKCU1vZGVsTG9hZBIQCghldmVudF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIOCgZyZWdpb24YAyABKAkSDwoHYmFja2VuZBgEIAEoCRITCgt1dGlsaXphdGlvbhgFIAEoARIOCgZhY3RpdmUYBiABKAUSDgoGcXVldWVkGAcgASgFEhAKCGNhcGFjaXR5GAggASgFEhEKCW1heF9xdWV1ZRgJIAEoBRIiChp0aW1lX3RvX2ZpcnN0X3Rva2VuX3A1MF9tcxgKIAEoARIiChp0aW1lX3RvX2ZpcnN0X3Rva2VuX3A5NV9tcxgLIAEoARIdChV0b2tlbnNfcGVyX3NlY29uZF9wNTAYDCABKAESEAoId2luZG93X3MYDSABKAESLwoLb2JzZXJ2ZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2Nyb3NzZWRfcGVyY2VudBgPIAEoBSLUAwoTQnJlYWtlclN0YXRlQ2hhbmdlZBIQCghldmVudF9pZBgBIAEoCRIWCg5yb3V0ZXJfcmVwbGljYRgCIAEoCRIOCgZyZWdpb24YAyABKAkSDQoFbW9kZWwYBCABKAkSEAoIZW5kcG9pbnQYBSABKAkSOgoFc3RhdGUYBiABKA4yKy5sbG1lc2guZXZlbnRzLnYxLkJyZWFrZXJTdGF0ZUNoYW5nZWQuU3RhdGUSQwoOcHJldmlvdXNfc3RhdGUYByABKA4yKy5sbG1lc2guZXZlbnRzLnYxLkJyZWFrZXJTdGF0ZUNoYW5nZWQuU3RhdGUSDgoGcmVhc29uGAggASgJEhYKDmVqZWN0aW9uX2NvdW50GAkgASgFEjEKDWVqZWN0ZWRfdW50aWwYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC29ic2VydmVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJVCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhAKDFNUQVRFX0NMT1NFRBABEg4KClNUQVRFX09QRU4QAhITCg9TVEFURV9IQUxGX09QRU4QAyLpAwoNVXNhZ2VSZWNvcmRlZBISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIVCg1idXNpbmVzc191bml0GAMgASgJEhAKCHVzZV9jYXNlGAQgASgJEg4KBmtleV9pZBgFIAEoCRINCgVtb2RlbBgGIAEoCRIkCgR0aWVyGAcgASgOMhYubGxtZXNoLmNvbW1vbi52MS5UaWVyEg8KB2JhY2tlbmQYCCABKAkSDgoGcmVnaW9uGAkgASgJEhUKDWNhY2hlX291dGNvbWUYCiABKAkSJgoFdXNhZ2UYCyABKAsyFy5sbG1lc2guY29tbW9uLnYxLlVzYWdlEhAKCGNvc3RfdXNkGAwgASgBEhgKEGNvc3RfYXZvaWRlZF91c2QYDSABKAESLwoLb2NjdXJyZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHByaW9yaXR5GA8gASgJEhYKDnBvbGljeV92YXJpYW50GBAgASgJEhIKCmVycm9yX2NvZGUYESABKAkSHgoWdGltZV90b19maXJzdF90b2tlbl9tcxgSIAEoARIVCg10b3RhbF90aW1lX21zGBMgASgBEhEKCWVzY2FsYXRlZBgUIAEoCCKuAgoLQnVkZ2V0QWxlcnQSEAoIZXZlbnRfaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEg4KBmJ1ZGdldBgDIAEoCRINCgVzY29wZRgEIAEoCRITCgtzY29wZV92YWx1ZRgFIAEoCRIOCgZwZXJpb2QYBiABKAkSMAoMcGVyaW9kX3N0YXJ0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR1bml0GAggASgJEg0KBWxpbWl0GAkgASgBEg0KBXNwZW50GAogASgBEhkKEXRocmVzaG9sZF9wZXJjZW50GAsgASgFEgwKBGhhcmQYDCABKAgSLwoLb2JzZXJ2ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpYBCgxSZWdpb25IZWFsdGgSDgoGcmVnaW9uGAEgASgJEhYKDnJvdXRlcl9yZXBsaWNhGAIgASgJEi0KBm1vZGVscxgDIAMoCzIdLmxsbWVzaC5ldmVudHMudjEuTW9kZWxIZWFsdGgSLwoLb2JzZXJ2ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIu8BCgtNb2RlbEhlYWx0aBINCgVtb2RlbBgBIAEoCRIkCgR0aWVyGAIgASgOMhYubGxtZXNoLmNvbW1vbi52MS5UaWVyEhIKCmVycm9yX3JhdGUYAyABKAESIgoadGltZV90b19maXJzdF90b2tlbl9wOTVfbXMYBCABKAESEwoLdXRpbGl6YXRpb24YBSABKAESQgoNYnJlYWtlcl9zdGF0ZRgGIAEoDjIrLmxsbWVzaC5ldmVudHMudjEuQnJlYWtlclN0YXRlQ2hhbmdlZC5TdGF0ZRIaChJyZXF1ZXN0c19pbl93aW5kb3cYByABKAMiswIKGENsYXNzaWZpZXJSb2xsb3V0Q2hhbmdlZBIQCghldmVudF9pZBgBIAEoCRIXCg9jdXJyZW50X3ZlcnNpb24YAiABKAkSGQoRY2FuZGlkYXRlX3ZlcnNpb24YAyABKAkSEAoIZGVjaXNpb24YBCABKAkSDQoFc2hhcmUYBSABKAESFAoMY3VycmVudF9hcGdyGAYgASgBEhYKDmNhbmRpZGF0ZV9hcGdyGAcgASgBEhYKDmRpZmZlcmVuY2VfbG93GAggASgBEhcKD2RpZmZlcmVuY2VfaGlnaBgJIAEoARIQCghsYWJlbGxlZBgKIAEoBRIOCgZyZWFzb24YCyABKAkSLwoLb2NjdXJyZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvkDCg5Sb3V0aW5nT3V0Y29tZRISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIQCgh1c2VfY2FzZRgDIAEoCRIOCgZyZWdpb24YBCABKAkSOQoHdmVyZGljdBgFIAEoDjIoLmxsbWVzaC5ldmVudHMudjEuUm91dGluZ091dGNvbWUuVmVyZGljdBIvCg9jbGFzc2lmaWVkX3RpZXIYBiABKA4yFi5sbG1lc2guY29tbW9uLnYxLlRpZXISLQoNYW5zd2VyZWRfdGllchgHIAEoDjIWLmxsbWVzaC5jb21tb24udjEuVGllchITCgtmaXJzdF9tb2RlbBgIIAEoCRIWCg5hbnN3ZXJlZF9tb2RlbBgJIAEoCRIVCg1xdWFsaXR5X3Njb3JlGAogASgBEhEKCXRocmVzaG9sZBgLIAEoARITCgtzYW1wbGVfcmF0ZRgMIAEoARIvCgtvY2N1cnJlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZgoHVmVyZGljdBIXChNWRVJESUNUX1VOU1BFQ0lGSUVEEAASFQoRVkVSRElDVF9FU0NBTEFURUQQARISCg5WRVJESUNUX1BBU1NFRBACEhcKE1ZFUkRJQ1RfRkFJTEVEX0tFUFQQAyKqAQoNQXVkaXRSZWNvcmRlZBIQCghldmVudF9pZBgBIAEoCRIOCgZzb3VyY2UYAiABKAkSDgoGYWN0aW9uGAMgASgJEhEKCXRlbmFudF9pZBgEIAEoCRIOCgZ0YXJnZXQYBSABKAkSEwoLZGV0YWlsX2pzb24YBiABKAkSLwoLb2NjdXJyZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wYgZwcm90bzM", [file_google_protobuf_timestamp, file_llmesh_common_v1_common]);
 
 /**
  * Published on llmesh.cache.invalidate.<tenant_id> (stream LLMESH_CACHE_INVALIDATE).
@@ -687,6 +687,130 @@ export const ClassifierRolloutChangedSchema: GenMessage<ClassifierRolloutChanged
   messageDesc(file_llmesh_events_v1_events, 8);
 
 /**
+ * What the router's quality check said of a tier-1 answer, as a label for the classifier's
+ * complexity model (ADR 0028). Published by the router on llmesh.classifier.outcome.<region>
+ * (stream LLMESH_CLASSIFIER_OUTCOME, Nats-Msg-Id = "outcome-" + request_id) off the response path;
+ * the classifier stores it against the features it recorded for the same request_id.
+ *
+ * @generated from message llmesh.events.v1.RoutingOutcome
+ */
+export type RoutingOutcome = Message<"llmesh.events.v1.RoutingOutcome"> & {
+  /**
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string use_case = 3;
+   */
+  useCase: string;
+
+  /**
+   * @generated from field: string region = 4;
+   */
+  region: string;
+
+  /**
+   * @generated from field: llmesh.events.v1.RoutingOutcome.Verdict verdict = 5;
+   */
+  verdict: RoutingOutcome_Verdict;
+
+  /**
+   * The tier the classification chose, and the tier of the model whose answer the caller got.
+   *
+   * @generated from field: llmesh.common.v1.Tier classified_tier = 6;
+   */
+  classifiedTier: Tier;
+
+  /**
+   * @generated from field: llmesh.common.v1.Tier answered_tier = 7;
+   */
+  answeredTier: Tier;
+
+  /**
+   * @generated from field: string first_model = 8;
+   */
+  firstModel: string;
+
+  /**
+   * @generated from field: string answered_model = 9;
+   */
+  answeredModel: string;
+
+  /**
+   * @generated from field: double quality_score = 10;
+   */
+  qualityScore: number;
+
+  /**
+   * @generated from field: double threshold = 11;
+   */
+  threshold: number;
+
+  /**
+   * Share of outcomes of this verdict that are reported (passes may be sampled); a label stands
+   * for 1 / sample_rate requests.
+   *
+   * @generated from field: double sample_rate = 12;
+   */
+  sampleRate: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp occurred_at = 13;
+   */
+  occurredAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message llmesh.events.v1.RoutingOutcome.
+ * Use `create(RoutingOutcomeSchema)` to create a new message.
+ */
+export const RoutingOutcomeSchema: GenMessage<RoutingOutcome> = /*@__PURE__*/
+  messageDesc(file_llmesh_events_v1_events, 9);
+
+/**
+ * @generated from enum llmesh.events.v1.RoutingOutcome.Verdict
+ */
+export enum RoutingOutcome_Verdict {
+  /**
+   * @generated from enum value: VERDICT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Scored below the escalation line and answered again by a stronger tier: a strong call paid off.
+   *
+   * @generated from enum value: VERDICT_ESCALATED = 1;
+   */
+  ESCALATED = 1,
+
+  /**
+   * Scored at or above the line and kept: the weak model sufficed.
+   *
+   * @generated from enum value: VERDICT_PASSED = 2;
+   */
+  PASSED = 2,
+
+  /**
+   * Scored below the line but already streamed to the caller (stream mode "release"), so kept.
+   *
+   * @generated from enum value: VERDICT_FAILED_KEPT = 3;
+   */
+  FAILED_KEPT = 3,
+}
+
+/**
+ * Describes the enum llmesh.events.v1.RoutingOutcome.Verdict.
+ */
+export const RoutingOutcome_VerdictSchema: GenEnum<RoutingOutcome_Verdict> = /*@__PURE__*/
+  enumDesc(file_llmesh_events_v1_events, 9, 0);
+
+/**
  * An entry for tenancy's audit log, published by any service on llmesh.audit.<tenant_id> (or
  * llmesh.audit.platform; stream LLMESH_AUDIT, Nats-Msg-Id = event_id). Tenancy appends each
  * event_id once to its hash chain. Facts only: never prompt or answer text.
@@ -741,5 +865,5 @@ export type AuditRecorded = Message<"llmesh.events.v1.AuditRecorded"> & {
  * Use `create(AuditRecordedSchema)` to create a new message.
  */
 export const AuditRecordedSchema: GenMessage<AuditRecorded> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 9);
+  messageDesc(file_llmesh_events_v1_events, 10);
 
