@@ -96,7 +96,7 @@ class ClassifierSettings(ServerSettings):
     rollout_min_labels: int = setting(
         "LLMESH_CLASSIFIER_ROLLOUT_MIN_LABELS",
         30,
-        "labelled requests (rated answers of tier 1 or 2) before a rollout may be rolled back",
+        "labelled requests (rated answers of tier 1 or 2, routing outcomes of tier 1) before a rollout may be rolled back",
         positive,
     )
     rollout_promote_after: int = setting(
