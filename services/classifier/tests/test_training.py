@@ -108,6 +108,7 @@ def test_training_writes_a_loadable_version_and_a_report(sample, tmp_path):
     report = (tmp_path / "report" / "classifier.md").read_text()
     assert "APGR" in report and NOISY_SUBJECT in report
     assert "unseen task families" in report and "## Confidence" in report and "## Score drift" in report
+    assert "## Learning from routing outcomes" in report and "This version:" not in report, "no outcomes given"
     assert (tmp_path / "report" / "classifier_routing_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "report" / "classifier_metrics.json").read_text())["all_subjects"]["n"] == len(sample)
 

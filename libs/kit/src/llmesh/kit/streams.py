@@ -42,6 +42,12 @@ USAGE_SUBJECTS = "llmesh.usage.>"
 AUDIT = StreamSpec("LLMESH_AUDIT", ("llmesh.audit.>",), max_age_s=7 * DAY_S)
 AUDIT_SUBJECTS = "llmesh.audit.>"
 
+# RoutingOutcome on llmesh.classifier.outcome.<region>, Nats-Msg-Id = "outcome-<request id>": the
+# router's quality-check verdicts on tier-1 answers, labels for the classifier (ADR 0028). A week
+# covers a classifier that was down for a while; labels older than that are not worth the replay.
+CLASSIFIER_OUTCOME = StreamSpec("LLMESH_CLASSIFIER_OUTCOME", ("llmesh.classifier.outcome.>",), max_age_s=7 * DAY_S)
+CLASSIFIER_OUTCOME_SUBJECTS = "llmesh.classifier.outcome.>"
+
 KEY_REVOKED_SUBJECT = "llmesh.tenancy.key.revoked"
 # Core NATS (not a stream): llmesh.inference.load.<region>.<model>, model load snapshots.
 MODEL_LOAD_SUBJECT_PREFIX = "llmesh.inference.load"
@@ -98,3 +104,10 @@ def budget_alert_subject(tenant_id: str) -> str:
     if not SUBJECT_TOKEN.match(tenant_id):
         raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
     return f"llmesh.tenancy.budget.{tenant_id}"
+
+
+def classifier_outcome_subject(region: str) -> str:
+    """llmesh.classifier.outcome.<region>: one RoutingOutcome per judged tier-1 answer."""
+    if not SUBJECT_TOKEN.match(region):
+        raise ValueError(f"region {region!r} is not a valid subject token")
+    return f"llmesh.classifier.outcome.{region}"

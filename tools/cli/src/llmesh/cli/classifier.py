@@ -53,7 +53,20 @@ def register(subparsers) -> None:
         default=str(DEFAULT_REPORT_DIR) if (_REPO / "docs").is_dir() else "",
         help="where classifier.md and its PNG go (empty: no report)",
     )
-    train.add_argument("--with-feedback", action="store_true", help="fold in rated requests from the feedback store")
+    train.add_argument(
+        "--with-feedback",
+        action="store_true",
+        help="fold in rated requests and the router's routing outcomes (escalations, quality-check passes) "
+        "from the feedback store",
+    )
+    train.add_argument(
+        "--outcome-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="training weight of one routing-outcome label against one dev-data row (default 0.5; "
+        "times 1 / the label's sample rate)",
+    )
     train.add_argument(
         "--feedback-db",
         default="",
@@ -117,7 +130,13 @@ def _train(args: argparse.Namespace) -> int:
     try:
         import numpy as np
         from llmesh.services.classifier.complexity.trainer import train
-        from llmesh.services.classifier.complexity.training import TrainConfig, feedback_examples, load_routing_data
+        from llmesh.services.classifier.complexity.training import (
+            DEFAULT_OUTCOME_WEIGHT,
+            TrainConfig,
+            feedback_examples,
+            load_routing_data,
+            outcome_examples,
+        )
         from llmesh.services.classifier.feedback import FeedbackStore
         from llmesh.services.classifier.settings import PACKAGED_MODELS_DIR
     except ModuleNotFoundError as exc:
@@ -132,7 +151,11 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as exc:  # UnicodeDecodeError included
         print(f"llmesh classifier train: {exc} (expected the header {TRAIN_COLUMNS})", file=sys.stderr)
         return 2
-    feedback = recent = None
+    outcome_weight = DEFAULT_OUTCOME_WEIGHT if args.outcome_weight is None else args.outcome_weight
+    if not (outcome_weight >= 0.0 and np.isfinite(outcome_weight)):
+        print(f"llmesh classifier train: --outcome-weight must be 0 or more (got {outcome_weight})", file=sys.stderr)
+        return 2
+    feedback = recent = outcomes = None
     if args.with_feedback:
         db = (
             args.feedback_db
@@ -147,6 +170,7 @@ def _train(args: argparse.Namespace) -> int:
         store = FeedbackStore(db)
         try:
             feedback = feedback_examples(store.rated())
+            outcomes = outcome_examples(store.outcome_labelled()) if outcome_weight > 0 else None
             rows = [r for r in store.recent_features(FEATURE_SET) if len(r) == len(FEATURE_NAMES)]
             recent = np.array(rows, dtype=float).reshape(-1, len(FEATURE_NAMES))
         finally:
@@ -155,9 +179,10 @@ def _train(args: argparse.Namespace) -> int:
         data,
         models_dir=pathlib.Path(args.out) if args.out else PACKAGED_MODELS_DIR,
         report_dir=pathlib.Path(args.report_dir) if args.report_dir and not args.no_cv else None,
-        config=TrainConfig(),
+        config=TrainConfig(outcome_weight=outcome_weight),
         feedback=feedback,
         recent=recent,
+        outcomes=outcomes,
         cross_validation=not args.no_cv,
     )
     print(result.version)
@@ -246,9 +271,11 @@ def _rollout_status(plan, current: str, versions: list[str], db: str, ro) -> Non
         store = FeedbackStore(db)
         try:
             rows = store.labelled((current, plan.candidate), since=plan.started_at)
+            outcomes = store.outcome_counts()
         finally:
             store.close()
         out["labelled"] = len(rows)
+        out["routing_outcomes_stored"] = outcomes  # by source, all time (ADR 0028)
         if rows:
             c = ro.compare(rows, current, plan.candidate)
             out.update(

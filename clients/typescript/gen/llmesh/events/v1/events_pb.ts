@@ -687,6 +687,130 @@ export const ClassifierRolloutChangedSchema: GenMessage<ClassifierRolloutChanged
   messageDesc(file_llmesh_events_v1_events, 8);
 
 /**
+ * What the router's quality check said of a tier-1 answer, as a label for the classifier's
+ * complexity model (ADR 0028). Published by the router on llmesh.classifier.outcome.<region>
+ * (stream LLMESH_CLASSIFIER_OUTCOME, Nats-Msg-Id = "outcome-" + request_id) off the response path;
+ * the classifier stores it against the features it recorded for the same request_id.
+ *
+ * @generated from message llmesh.events.v1.RoutingOutcome
+ */
+export type RoutingOutcome = Message<"llmesh.events.v1.RoutingOutcome"> & {
+  /**
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string use_case = 3;
+   */
+  useCase: string;
+
+  /**
+   * @generated from field: string region = 4;
+   */
+  region: string;
+
+  /**
+   * @generated from field: llmesh.events.v1.RoutingOutcome.Verdict verdict = 5;
+   */
+  verdict: RoutingOutcome_Verdict;
+
+  /**
+   * The tier the classification chose, and the tier of the model whose answer the caller got.
+   *
+   * @generated from field: llmesh.common.v1.Tier classified_tier = 6;
+   */
+  classifiedTier: Tier;
+
+  /**
+   * @generated from field: llmesh.common.v1.Tier answered_tier = 7;
+   */
+  answeredTier: Tier;
+
+  /**
+   * @generated from field: string first_model = 8;
+   */
+  firstModel: string;
+
+  /**
+   * @generated from field: string answered_model = 9;
+   */
+  answeredModel: string;
+
+  /**
+   * @generated from field: double quality_score = 10;
+   */
+  qualityScore: number;
+
+  /**
+   * @generated from field: double threshold = 11;
+   */
+  threshold: number;
+
+  /**
+   * Share of outcomes of this verdict that are reported (passes may be sampled); a label stands
+   * for 1 / sample_rate requests.
+   *
+   * @generated from field: double sample_rate = 12;
+   */
+  sampleRate: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp occurred_at = 13;
+   */
+  occurredAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message llmesh.events.v1.RoutingOutcome.
+ * Use `create(RoutingOutcomeSchema)` to create a new message.
+ */
+export const RoutingOutcomeSchema: GenMessage<RoutingOutcome> = /*@__PURE__*/
+  messageDesc(file_llmesh_events_v1_events, 9);
+
+/**
+ * @generated from enum llmesh.events.v1.RoutingOutcome.Verdict
+ */
+export enum RoutingOutcome_Verdict {
+  /**
+   * @generated from enum value: VERDICT_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Scored below the escalation line and answered again by a stronger tier: a strong call paid off.
+   *
+   * @generated from enum value: VERDICT_ESCALATED = 1;
+   */
+  ESCALATED = 1,
+
+  /**
+   * Scored at or above the line and kept: the weak model sufficed.
+   *
+   * @generated from enum value: VERDICT_PASSED = 2;
+   */
+  PASSED = 2,
+
+  /**
+   * Scored below the line but already streamed to the caller (stream mode "release"), so kept.
+   *
+   * @generated from enum value: VERDICT_FAILED_KEPT = 3;
+   */
+  FAILED_KEPT = 3,
+}
+
+/**
+ * Describes the enum llmesh.events.v1.RoutingOutcome.Verdict.
+ */
+export const RoutingOutcome_VerdictSchema: GenEnum<RoutingOutcome_Verdict> = /*@__PURE__*/
+  enumDesc(file_llmesh_events_v1_events, 9, 0);
+
+/**
  * An entry for tenancy's audit log, published by any service on llmesh.audit.<tenant_id> (or
  * llmesh.audit.platform; stream LLMESH_AUDIT, Nats-Msg-Id = event_id). Tenancy appends each
  * event_id once to its hash chain. Facts only: never prompt or answer text.
@@ -741,7 +865,7 @@ export type AuditRecorded = Message<"llmesh.events.v1.AuditRecorded"> & {
  * Use `create(AuditRecordedSchema)` to create a new message.
  */
 export const AuditRecordedSchema: GenMessage<AuditRecorded> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 9);
+  messageDesc(file_llmesh_events_v1_events, 10);
 
 /**
  * One replica's request rate over a window, published every window on

@@ -241,6 +241,46 @@ class ClassifierRolloutChanged(_message.Message):
     occurred_at: _timestamp_pb2.Timestamp
     def __init__(self, event_id: _Optional[str] = ..., current_version: _Optional[str] = ..., candidate_version: _Optional[str] = ..., decision: _Optional[str] = ..., share: _Optional[float] = ..., current_apgr: _Optional[float] = ..., candidate_apgr: _Optional[float] = ..., difference_low: _Optional[float] = ..., difference_high: _Optional[float] = ..., labelled: _Optional[int] = ..., reason: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class RoutingOutcome(_message.Message):
+    __slots__ = ("request_id", "tenant_id", "use_case", "region", "verdict", "classified_tier", "answered_tier", "first_model", "answered_model", "quality_score", "threshold", "sample_rate", "occurred_at")
+    class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        VERDICT_UNSPECIFIED: _ClassVar[RoutingOutcome.Verdict]
+        VERDICT_ESCALATED: _ClassVar[RoutingOutcome.Verdict]
+        VERDICT_PASSED: _ClassVar[RoutingOutcome.Verdict]
+        VERDICT_FAILED_KEPT: _ClassVar[RoutingOutcome.Verdict]
+    VERDICT_UNSPECIFIED: RoutingOutcome.Verdict
+    VERDICT_ESCALATED: RoutingOutcome.Verdict
+    VERDICT_PASSED: RoutingOutcome.Verdict
+    VERDICT_FAILED_KEPT: RoutingOutcome.Verdict
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USE_CASE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFIED_TIER_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_TIER_FIELD_NUMBER: _ClassVar[int]
+    FIRST_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    tenant_id: str
+    use_case: str
+    region: str
+    verdict: RoutingOutcome.Verdict
+    classified_tier: _common_pb2.Tier
+    answered_tier: _common_pb2.Tier
+    first_model: str
+    answered_model: str
+    quality_score: float
+    threshold: float
+    sample_rate: float
+    occurred_at: _timestamp_pb2.Timestamp
+    def __init__(self, request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., use_case: _Optional[str] = ..., region: _Optional[str] = ..., verdict: _Optional[_Union[RoutingOutcome.Verdict, str]] = ..., classified_tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., answered_tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., first_model: _Optional[str] = ..., answered_model: _Optional[str] = ..., quality_score: _Optional[float] = ..., threshold: _Optional[float] = ..., sample_rate: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class AuditRecorded(_message.Message):
     __slots__ = ("event_id", "source", "action", "tenant_id", "target", "detail_json", "occurred_at")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -1,5 +1,6 @@
 """Wires the classifier service: complexity model (hot-swapped from the models folder), policy from
-NATS KV, the sensitivity scanner, and the feedback store."""
+NATS KV, the sensitivity scanner, the feedback store, and the router's routing outcomes (labels)
+from JetStream."""
 
 from __future__ import annotations
 
@@ -8,21 +9,24 @@ import pathlib
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 from llmesh.classifier.v1 import classifier_pb2_grpc
+from llmesh.events.v1 import events_pb2
 from llmesh.kit.bus import Bus
 from llmesh.kit.defaults import home
-from llmesh.kit.errors import Unavailable
+from llmesh.kit.errors import AlreadyExists, FailedPrecondition, Unavailable
 from llmesh.kit.experiments import VariantPolicies
 from llmesh.kit.forecast import LoadForecast, start_forecast
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
+from llmesh.kit.streams import CLASSIFIER_OUTCOME, CLASSIFIER_OUTCOME_SUBJECTS
 from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier import metrics
 from llmesh.services.classifier.classify import Classifier
 from llmesh.services.classifier.complexity.model import ComplexityModel, ModelFileError
 from llmesh.services.classifier.complexity.registry import ModelRegistry
-from llmesh.services.classifier.convert import ROLLOUT_SUBJECT, rollout_event
+from llmesh.services.classifier.convert import ROLLOUT_SUBJECT, outcome_from_event, rollout_event
 from llmesh.services.classifier.core import ClassifierService
 from llmesh.services.classifier.drift import DriftMonitor
 from llmesh.services.classifier.feedback import FeedbackStore
@@ -206,6 +210,18 @@ class ClassifierApp(ServiceApp):
         self.every(s.drift_eval_s, self.export_drift, name="classifier-drift")
         if s.feedback_retention_days:
             self.every(_PRUNE_EVERY_S, self._prune_feedback, name="classifier-feedback-prune")
+        # The router's quality-check verdicts, also those published while this process was down.
+        await self.bus.ensure_stream(CLASSIFIER_OUTCOME)
+        try:
+            await self.bus.consume_durable(
+                CLASSIFIER_OUTCOME, CLASSIFIER_OUTCOME_SUBJECTS, s.outcome_consumer, self._on_outcome
+            )
+        except AlreadyExists as exc:
+            # Two replicas sharing the consumer would each store only part of the outcomes.
+            raise FailedPrecondition(
+                f"a running classifier replica already uses the consumer {s.outcome_consumer!r}; give each "
+                "replica its own LLMESH_CLASSIFIER_REPLICA_ID"
+            ) from exc
         serving = self.models.serving()
         log.info(
             "classifier_ready",
@@ -213,6 +229,17 @@ class ClassifierApp(ServiceApp):
             candidate=serving.candidate.version if serving.candidate else None,
             feedback_db=self._feedback_path(),
         )
+
+    async def _on_outcome(self, data: bytes) -> None:
+        """One RoutingOutcome into the feedback store. A malformed one is counted and acknowledged
+        (a redelivery would not mend it); one the store fails to write raises, so it comes again."""
+        try:
+            outcome = outcome_from_event(events_pb2.RoutingOutcome.FromString(data))
+        except (ValueError, DecodeError) as exc:
+            metrics.OUTCOMES.labels("unknown", "invalid").inc()
+            log.warning("outcome_ignored", error=str(exc))
+            return
+        self._service().outcome(outcome)  # Unavailable while stopping: redelivered later
 
     def export_drift(self) -> dict[str, float]:
         drift = self.drift.psi(self.registry.get)

@@ -15,6 +15,7 @@ from llmesh.kit.chat import Message, messages_from_proto
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.vocabulary import request_id_from, tenant_id_from, use_case_from
 from llmesh.services.classifier.classify import Classification
+from llmesh.services.classifier.feedback import Outcome
 from llmesh.services.classifier.rollout import Comparison
 from llmesh.services.classifier.sensitivity.findings import PiiKind
 
@@ -129,3 +130,24 @@ def rollout_event(
         event.labelled = comparison.labelled
     event.occurred_at.FromNanoseconds(time.time_ns())
     return event
+
+
+_OUTCOME_SOURCE = {
+    events_pb2.RoutingOutcome.VERDICT_ESCALATED: "escalation",
+    events_pb2.RoutingOutcome.VERDICT_FAILED_KEPT: "quality_fail",
+    events_pb2.RoutingOutcome.VERDICT_PASSED: "quality_pass",
+}
+
+
+def outcome_from_event(event: events_pb2.RoutingOutcome) -> Outcome:
+    """The label a RoutingOutcome carries; ValueError when it carries none (no request id, an
+    unknown verdict, a sample rate outside (0, 1])."""
+    if not event.request_id:
+        raise ValueError("routing outcome without a request_id")
+    source = _OUTCOME_SOURCE.get(event.verdict)
+    if source is None:
+        raise ValueError(f"routing outcome with verdict {event.verdict}")
+    rate = event.sample_rate or 1.0  # an event from a router that does not sample
+    if not 0.0 < rate <= 1.0 or not math.isfinite(event.quality_score):
+        raise ValueError(f"routing outcome with sample_rate {event.sample_rate} or quality_score {event.quality_score}")
+    return Outcome(event.request_id, event.tenant_id, source, event.quality_score, weight=1.0 / rate)

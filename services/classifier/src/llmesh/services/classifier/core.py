@@ -1,5 +1,5 @@
-"""The classifier's use cases as the servicer calls them: classify (and record the request for
-feedback), take feedback. No transport types here."""
+"""The classifier's use cases as the servicer and the event consumer call them: classify (and record
+the request for feedback), take feedback, take a routing outcome. No transport types here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from llmesh.kit.chat import Message
 from llmesh.kit.experiments import VariantPolicies
 from llmesh.services.classifier import metrics
 from llmesh.services.classifier.classify import Classification, Classifier
-from llmesh.services.classifier.feedback import ClassificationRecord, FeedbackStore
+from llmesh.services.classifier.feedback import ClassificationRecord, FeedbackStore, Outcome
 
 
 class ClassifierService:
@@ -56,3 +56,10 @@ class ClassifierService:
     def feedback(self, request_id: str, *, tenant_id: str, rating: int, comment: str) -> None:
         self._feedback.add_feedback(request_id, tenant_id, rating, comment)
         metrics.FEEDBACK.labels(str(rating)).inc()
+
+    def outcome(self, outcome: Outcome) -> bool:
+        """Stores the router's verdict on a request as its label; False (counted) when this store
+        did not classify the request."""
+        stored = self._feedback.add_outcome(outcome)
+        metrics.OUTCOMES.labels(outcome.source, "stored" if stored else "unknown_request").inc()
+        return stored

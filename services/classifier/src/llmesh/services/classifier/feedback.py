@@ -1,7 +1,9 @@
 """Feedback capture in SQLite: every classified request that carries a request_id is recorded with
 its features, score, tier and model version (not its text: the features are what retraining
 needs, and the prompt itself stays out of this store); a later Feedback(request_id, rating,
-comment) is stored against that record.
+comment) is stored against that record, and so is a routing outcome from the router (ADR 0028): the
+quality check's verdict on the tier-1 answer, a label of its own kind (source "escalation",
+"quality_fail" or "quality_pass"; a user's rating is source "user" and wins where both exist).
 
 Records are buffered and written in batches, so a Classify call never waits on the disk; a
 Feedback call writes the buffer first, so it always finds its request.
@@ -40,7 +42,53 @@ CREATE TABLE IF NOT EXISTS feedback (
     comment     TEXT NOT NULL,
     created_at  REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outcomes (
+    request_id    TEXT PRIMARY KEY REFERENCES classifications (request_id),
+    tenant_id     TEXT NOT NULL,
+    source        TEXT NOT NULL CHECK (source IN ('escalation', 'quality_fail', 'quality_pass')),
+    quality_score REAL NOT NULL,
+    weight        REAL NOT NULL CHECK (weight > 0),
+    created_at    REAL NOT NULL
+);
 """
+
+#: What each kind of routing outcome says: would a strong call pay off (1) or not (0)?
+OUTCOME_LABELS = {"escalation": 1, "quality_fail": 1, "quality_pass": 0}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The router's quality-check verdict on a tier-1 answer, as a label for its request."""
+
+    request_id: str
+    tenant_id: str
+    source: str  # a key of OUTCOME_LABELS
+    quality_score: float
+    # Requests this label stands for: 1 / the share of such outcomes the router reports.
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if self.source not in OUTCOME_LABELS:
+            raise ValueError(f"unknown outcome source {self.source!r}")
+        if not self.weight > 0:
+            raise ValueError(f"outcome weight must be positive (got {self.weight})")
+
+    @property
+    def pays_off(self) -> int:
+        return OUTCOME_LABELS[self.source]
+
+
+@dataclass(frozen=True)
+class OutcomeRow:
+    """A request labelled by a routing outcome, as training reads it."""
+
+    request_id: str
+    feature_set: str
+    features: tuple[float, ...]
+    source: str
+    pays_off: int
+    weight: float
+    model_version: str
 
 
 @dataclass(frozen=True)
@@ -166,6 +214,53 @@ class FeedbackStore:
             row[0], row[1], row[2], row[3], row[4], tuple(json.loads(row[5])), row[6], row[7], row[8]
         )
 
+    def add_outcome(self, outcome: Outcome) -> bool:
+        """Stores (or replaces) the routing outcome of a classified request. False when this store
+        has no classification of it (classified elsewhere, pruned, or another tenant's id)."""
+        self.flush()
+        row = self._db.execute(
+            "SELECT tenant_id FROM classifications WHERE request_id = ?", (outcome.request_id,)
+        ).fetchone()
+        if row is None or row[0] != outcome.tenant_id:
+            return False
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    outcome.request_id,
+                    outcome.tenant_id,
+                    outcome.source,
+                    outcome.quality_score,
+                    outcome.weight,
+                    self._clock(),
+                ),
+            )
+        return True
+
+    def outcome(self, request_id: str) -> Outcome | None:
+        row = self._db.execute(
+            "SELECT request_id, tenant_id, source, quality_score, weight FROM outcomes WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+        return Outcome(*row) if row else None
+
+    def outcome_counts(self) -> dict[str, int]:
+        """Stored routing outcomes by source."""
+        return dict(self._db.execute("SELECT source, COUNT(*) FROM outcomes GROUP BY source").fetchall())
+
+    def outcome_labelled(self) -> Iterator[OutcomeRow]:
+        """Requests labelled by a routing outcome and not rated by a user (the rating wins)."""
+        self.flush()
+        cursor = self._db.execute(
+            "SELECT c.request_id, c.feature_set, c.features, o.source, o.weight, c.model_version "
+            "FROM outcomes o JOIN classifications c USING (request_id) "
+            "WHERE o.request_id NOT IN (SELECT request_id FROM feedback) ORDER BY o.created_at"
+        )
+        for request_id, feature_set, features, source, weight, version in cursor:
+            yield OutcomeRow(
+                request_id, feature_set, tuple(json.loads(features)), source, OUTCOME_LABELS[source], weight, version
+            )
+
     def feedback(self, request_id: str) -> tuple[int, str] | None:
         row = self._db.execute("SELECT rating, comment FROM feedback WHERE request_id = ?", (request_id,)).fetchone()
         return (row[0], row[1]) if row else None
@@ -180,8 +275,9 @@ class FeedbackStore:
             yield FeedbackRow(request_id, feature_set, tuple(json.loads(features)), tier, rating, version)
 
     def labelled(self, versions: tuple[str, ...], *, since: float = 0.0) -> list[LabelledRow]:
-        """Rated requests classified at or after `since` that every one of `versions` scored, with
-        their label (rows whose rating says nothing about the decision are left out)."""
+        """Labelled requests classified at or after `since` that every one of `versions` scored:
+        rated ones with their rating's label (rows whose rating says nothing about the decision
+        are left out), then those the router's routing outcomes labelled and no user rated."""
         self.flush()
         cursor = self._db.execute(
             "SELECT c.request_id, c.scores, c.tier, f.rating FROM feedback f JOIN classifications c USING (request_id) "
@@ -194,6 +290,16 @@ class FeedbackStore:
             pays_off = label(tier, rating)
             if pays_off is not None and all(v in scores for v in versions):
                 rows.append(LabelledRow(request_id, scores, pays_off))
+        cursor = self._db.execute(
+            "SELECT c.request_id, c.scores, o.source FROM outcomes o JOIN classifications c USING (request_id) "
+            "WHERE c.created_at >= ? AND o.request_id NOT IN (SELECT request_id FROM feedback) "
+            "ORDER BY c.created_at",
+            (since,),
+        )
+        for request_id, scores_json, source in cursor:
+            scores = json.loads(scores_json)
+            if all(v in scores for v in versions):
+                rows.append(LabelledRow(request_id, scores, OUTCOME_LABELS[source]))
         return rows
 
     def ratings_by_variant(self, experiment: str) -> dict[str, list[int]]:
@@ -225,13 +331,15 @@ class FeedbackStore:
         return [tuple(json.loads(features)) for (features,) in cursor]
 
     def prune(self, older_than_s: float) -> int:
-        """Drops unrated classifications older than the retention; rated ones are kept for training."""
+        """Drops unlabelled classifications older than the retention; those with a rating or a
+        routing outcome are kept for training."""
         self.flush()
         cutoff = self._clock() - older_than_s
         with self._transaction():
             cursor = self._db.execute(
                 "DELETE FROM classifications WHERE created_at < ? "
-                "AND request_id NOT IN (SELECT request_id FROM feedback)",
+                "AND request_id NOT IN (SELECT request_id FROM feedback) "
+                "AND request_id NOT IN (SELECT request_id FROM outcomes)",
                 (cutoff,),
             )
         return cursor.rowcount

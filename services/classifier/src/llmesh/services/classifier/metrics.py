@@ -20,6 +20,12 @@ MODEL_INFO = Gauge(
 )
 MODEL_LOADS = Counter("llmesh_classifier_model_loads_total", "complexity model versions loaded (start and hot swaps)")
 FEEDBACK = Counter("llmesh_classifier_feedback_total", "feedback received, by rating", ["rating"])
+OUTCOMES = Counter(
+    "llmesh_classifier_outcomes_total",
+    "routing outcomes from the router (labels, ADR 0028), by source and result (stored; unknown_request: "
+    "not classified by this replica's store; invalid)",
+    ["source", "result"],
+)
 ROLLOUT_SHARE = Gauge(
     "llmesh_classifier_rollout_share",
     "share of requests served by the candidate model version of a rollout (0: none in progress)",

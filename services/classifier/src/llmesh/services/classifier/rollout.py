@@ -12,8 +12,10 @@ computed once) and both scores are recorded in the feedback store, so the evalua
 two versions on the same labelled requests: paired, which needs far fewer labels than comparing
 two disjoint traffic slices.
 
-The evaluator takes the rated requests since the rollout started (a bad answer from a cheap tier:
-a strong call would have paid off; a good one: it would not) and computes each version's APGR on
+The evaluator takes the labelled requests since the rollout started (a rated answer from a cheap
+tier: bad, a strong call would have paid off; good, it would not; and the router's routing
+outcomes of tier-1 answers: escalated or failed the quality check, it would have; passed, it would
+not; ADR 0028; a rating wins over an outcome) and computes each version's APGR on
 them (RouteLLM's area under the performance-gap-recovered curve, with the label as the gain of a
 strong call), and a bootstrap 90 % confidence interval of candidate minus current:
 

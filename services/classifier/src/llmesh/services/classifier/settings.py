@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
+import socket
 
 from llmesh.kit.config import non_negative, parses, port_check, positive, setting
 from llmesh.kit.defaults import DEFAULT_PORTS
@@ -70,6 +72,12 @@ class ClassifierSettings(ForecastSettings):
         "days an unrated classification record is kept for a late Feedback (0: forever)",
         non_negative,
     )
+    replica_id: str = setting(
+        "LLMESH_CLASSIFIER_REPLICA_ID",
+        "",
+        "names this replica's durable consumer of the router's routing outcomes (labels, ADR 0028), "
+        "`classifier-<id>`; distinct per replica, since each keeps its own feedback store (empty: the hostname)",
+    )
     policy_bucket: str = setting(
         "LLMESH_CLASSIFIER_POLICY_BUCKET", "llmesh-policy", "NATS KV bucket of the policy (the router's is the same)"
     )
@@ -89,7 +97,7 @@ class ClassifierSettings(ForecastSettings):
     rollout_min_labels: int = setting(
         "LLMESH_CLASSIFIER_ROLLOUT_MIN_LABELS",
         30,
-        "labelled requests (rated answers of tier 1 or 2) before a rollout may be rolled back",
+        "labelled requests (rated answers of tier 1 or 2, routing outcomes of tier 1) before a rollout may be rolled back",
         positive,
     )
     rollout_promote_after: int = setting(
@@ -116,3 +124,9 @@ class ClassifierSettings(ForecastSettings):
     drift_eval_s: float = setting(
         "LLMESH_CLASSIFIER_DRIFT_EVAL_S", 30.0, "seconds between updates of llmesh_classifier_score_drift_psi", positive
     )
+
+    @property
+    def outcome_consumer(self) -> str:
+        """The durable consumer name of this replica (resolved late: a documented default must not
+        depend on the machine that renders the docs)."""
+        return "classifier-" + re.sub(r"[^A-Za-z0-9_-]", "_", self.replica_id or socket.gethostname())[:200]

@@ -23,8 +23,15 @@ from llmesh.kit.outbox import Outbox
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.quota import QuotaStore, RedisQuotaStore, open_store
 from llmesh.kit.server import ServiceApp
-from llmesh.kit.streams import KEY_REVOKED_SUBJECT, MODEL_LOAD_SUBJECT_PREFIX, TENANCY, USAGE, breaker_subject
-from llmesh.router.v1 import batch_pb2_grpc, router_pb2_grpc
+from llmesh.kit.streams import (
+    CLASSIFIER_OUTCOME,
+    KEY_REVOKED_SUBJECT,
+    MODEL_LOAD_SUBJECT_PREFIX,
+    TENANCY,
+    USAGE,
+    breaker_subject,
+)
+from llmesh.router.v1 import batch_pb2, batch_pb2_grpc, router_pb2_grpc
 from llmesh.services.router import convert
 from llmesh.services.router.accounting import Accounting, quota_policy_from_document
 from llmesh.services.router.batch_refresh import RefreshPlanner
@@ -34,6 +41,7 @@ from llmesh.services.router.batch_servicer import BatchServicer
 from llmesh.services.router.breakers import BreakerChange, BreakerConfig, Breakers
 from llmesh.services.router.core import GeneratePipeline, PipelineConfig
 from llmesh.services.router.load import LoadBoard
+from llmesh.services.router.outcomes import OutcomeReporter
 from llmesh.services.router.overflow import OverflowGate, OverflowPolicy
 from llmesh.services.router.principals import PrincipalCache, TokenRenewer
 from llmesh.services.router.quality import EscalationPolicy, StreamMode
@@ -58,7 +66,7 @@ class RouterApp(ServiceApp):
     # The front door: callers present an API key (tenants), checked by the pipeline itself.
     callers = {f"{SERVICE_NAME}/Generate": PUBLIC} | {
         f"{BATCH_SERVICE_NAME}/{m}": PUBLIC
-        for m in ("SubmitBatch", "GetBatch", "ListBatches", "CancelBatch", "GetBatchResults")
+        for m in batch_pb2.DESCRIPTOR.services_by_name["BatchService"].methods_by_name
     }
 
     def __init__(self, settings: RouterSettings):
@@ -79,6 +87,8 @@ class RouterApp(ServiceApp):
         self.quota_store: QuotaStore | None = None
         self.accounting: Accounting | None = None
         self.outbox: Outbox | None = None
+        #: routing outcomes for the classifier (ADR 0028), apart from usage so they never crowd it out
+        self.outcome_outbox: Outbox | None = None
         #: latest load snapshot per model (for overflow decisions; shown in metrics)
         self.load = LoadBoard(settings.load_max_age_s)
         self.replica = f"router-{uuid.uuid4().hex[:8]}"
@@ -114,6 +124,7 @@ class RouterApp(ServiceApp):
         await self.policy.start()
         self.forecast = await start_forecast(self, s, self.bus)
         self.accounting = accounting = await self._start_accounting()
+        outcomes = await self._start_outcomes()
 
         def channel(target: str) -> grpc.aio.Channel:
             opened = open_channel(target, default_timeout_s=s.upstream_timeout_s, identity=self.identity)
@@ -168,6 +179,7 @@ class RouterApp(ServiceApp):
             ),
             accounting=accounting,
             regions=self.regions,
+            outcomes=outcomes,
         )
         await self._start_batch(cache)
 
@@ -200,6 +212,15 @@ class RouterApp(ServiceApp):
             failover,
             model_regions,
         )
+
+    async def _start_outcomes(self) -> OutcomeReporter:
+        """the classifier's label stream and its own outbox (ADR 0028)."""
+        s = self.settings
+        assert self.bus is not None
+        await self.bus.ensure_stream(CLASSIFIER_OUTCOME)
+        self.outcome_outbox = Outbox(self.bus, self.spawn, name="router-outcomes", max_events=s.outcome_outbox_size)
+        self.every(1.0, self.outcome_outbox.drain, name="outcome-outbox-retry")
+        return OutcomeReporter(self.outcome_outbox, region=s.region, pass_sample=s.outcome_pass_sample)
 
     async def _start_accounting(self) -> Accounting:
         """the quota store (Redis or in-process), the usage stream and the event outbox."""
@@ -341,6 +362,8 @@ class RouterApp(ServiceApp):
             await self.batch.close(self._batch_task)
         if self.outbox is not None and self.bus is not None and not self.bus.nc.is_closed:
             await self.outbox.flush(timeout_s=2.0)  # usage records still queued
+        if self.outcome_outbox is not None and self.bus is not None and not self.bus.nc.is_closed:
+            await self.outcome_outbox.flush(timeout_s=1.0)
         if self.quota_store is not None:
             await self.quota_store.close()
         for opened in self._channels:

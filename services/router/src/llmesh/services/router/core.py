@@ -41,6 +41,7 @@ from llmesh.services.router.domain import (
     Summary,
     Usage,
 )
+from llmesh.services.router.outcomes import OutcomeReporter
 from llmesh.services.router.overflow import ExtraCostAllowed, OverflowGate, allow_any_cost
 from llmesh.services.router.ports import Cache, Classifier, Inference, Tenancy
 from llmesh.services.router.principals import PrincipalCache
@@ -126,6 +127,8 @@ class _Progress:
 class _Answer:
     candidate: Candidate
     completion: Completion
+    # The quality check's score of a judged tier-1 answer (None: not judged).
+    quality: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -159,6 +162,7 @@ class GeneratePipeline:
         queues: FairQueues,
         accounting: Accounting | None = None,
         regions: Any = None,  # RegionRouting (multi-region failover, ADR 0017)
+        outcomes: OutcomeReporter | None = None,
     ):
         self._tenancy = tenancy
         self._classifier = classifier
@@ -179,6 +183,8 @@ class GeneratePipeline:
         # budgets, global rate limits and usage records (None: none of them).
         self._accounting = accounting
         self._regions = regions
+        # quality-check verdicts on tier-1 answers, labels for the classifier (ADR 0028).
+        self._outcomes = outcomes
 
     @traced("router.auth")
     async def authenticate(self, authorization: str | None, *, deadline: float | None = None) -> Principal:
@@ -427,6 +433,20 @@ class GeneratePipeline:
                 cost
             )
         answered_tier = max(tier, answer.candidate.tier) if escalated is not None else tier
+        judged_score = rejected.score.score if rejected is not None else answer.quality
+        if self._outcomes is not None and judged_score is not None and not classification.degraded:
+            self._outcomes.report(
+                request_id=request_id,
+                tenant_id=principal.tenant_id,
+                use_case=command.use_case,
+                classified_tier=tier,
+                first_model=rejected.model.name if rejected is not None else model.name,
+                answered_tier=answered_tier,
+                answered_model=served_model,
+                quality_score=judged_score,
+                threshold=escalation.threshold,
+                escalated=escalated is not None,
+            )
         store = None
         if use_cache and completion.finish_reason.complete:
             stored = AnswerToStore(
@@ -662,10 +682,12 @@ class GeneratePipeline:
             finally:
                 progress.queue_wait_ms += ticket.wait_ms
             self._breakers.record(model.region, model.name, ok=True)
+            quality_score = None
             if judged and verdict is None:
                 # The whole answer is here: scored for the metrics always, escalated only when none
                 # of it reached the client yet (held, or an empty answer).
                 scored = judge("".join(progress.parts) + "".join(held), completion.finish_reason)
+                quality_score = scored.score
                 metrics.QUALITY_SCORE.observe(scored.score)
                 if not progress.released_chars and scored.score < threshold:
                     verdict = scored
@@ -679,7 +701,7 @@ class GeneratePipeline:
             for piece in held:
                 yield progress.release(piece)
             attempts.append(_attempt(candidate, "ok", tried_at))
-            yield _Answer(candidate, completion)
+            yield _Answer(candidate, completion, quality_score)
             return
         tried = ", ".join(f"{a.model} {a.outcome}" for a in attempts) or "none: every breaker is open"
         if last_error is None:

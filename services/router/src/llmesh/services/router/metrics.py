@@ -91,6 +91,12 @@ OVERFLOW_REFUSED = Counter(
     "Requests that would have overflowed but were not eligible (sensitivity, policy, budget, no external model)",
     ["reason"],
 )
+OUTCOMES_REPORTED = Counter(
+    "llmesh_router_outcomes_reported_total",
+    "quality-check verdicts on tier-1 answers for the classifier's labels (ADR 0028), by verdict and result "
+    "(queued, sampled_out, error)",
+    ["verdict", "result"],
+)
 ESCALATIONS = Counter(
     "llmesh_router_escalations_total",
     "Tier-1 answers scored below the quality threshold and answered again by a stronger tier",

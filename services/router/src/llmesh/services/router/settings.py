@@ -261,6 +261,19 @@ class RouterSettings(ForecastSettings):
     escalation_hold_tokens: int = setting(
         "LLMESH_ROUTER_ESCALATION_HOLD_TOKENS", 32, "deltas held for scoring in `hold` mode", positive
     )
+    outcome_pass_sample: float = setting(
+        "LLMESH_ROUTER_OUTCOME_PASS_SAMPLE",
+        1.0,
+        "share of tier-1 answers that passed the quality check reported to the classifier as labels "
+        "(escalations are always reported; ADR 0028); 0: none",
+        lambda v: None if 0.0 <= v <= 1.0 else "must be in [0, 1]",
+    )
+    outcome_outbox_size: int = setting(
+        "LLMESH_ROUTER_OUTCOME_OUTBOX_SIZE",
+        5_000,
+        "routing outcomes for the classifier kept in memory while NATS cannot take them (the oldest is dropped beyond)",
+        positive,
+    )
     queue_classes: str = setting(
         "LLMESH_ROUTER_QUEUE_CLASSES",
         DEFAULT_QUEUE_CLASSES,

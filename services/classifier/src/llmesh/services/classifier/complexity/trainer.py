@@ -30,6 +30,7 @@ from llmesh.services.classifier.complexity.report import (
     plot_routing_curves,
 )
 from llmesh.services.classifier.complexity.training import (
+    DEFAULT_OUTCOME_WEIGHT,
     REASONING_LOAD_FEATURES,
     SUSPECT_STRONG_FAILURE_RATE,
     UNUSABLE_STRONG_FAILURE_RATE,
@@ -242,11 +243,14 @@ def train(
     cross_validation: bool = True,
     candidates: tuple[TrainConfig, ...] | None = CANDIDATE_CONFIGS,
     recent: np.ndarray | None = None,
+    outcomes: tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int], int] | None = None,
     log=print,
 ) -> TrainResult:
     """Trains `config`; with cross-validation and `candidates`, the candidate with the best
-    leave-one-family-out APGR instead."""
+    leave-one-family-out APGR instead (with `config`'s weight of feedback and routing outcomes:
+    the selection runs on the dev data alone). `outcomes` is training.outcome_examples(...)."""
     started = time.perf_counter()
+    requested = config
     stats = subject_stats(data)
     unusable = {s.subject for s in stats if s.unusable}
     suspect = {s.subject for s in stats if s.suspect and not s.unusable}
@@ -344,12 +348,29 @@ def train(
             f"fold spread {evaluation['fold_apgr']['min']:.3f}..{evaluation['fold_apgr']['max']:.3f}"
         )
 
+    config = dataclasses.replace(
+        config, feedback_weight=requested.feedback_weight, outcome_weight=requested.outcome_weight
+    )
     fb_X = fb_y = None
     fb_used = fb_skipped = 0
     if feedback is not None:
         fb_X, fb_y, fb_skipped = feedback
         fb_used = len(fb_y)
         log(f"feedback: {fb_used} rated requests used, {fb_skipped} skipped")
+    outcome_meta = {"used": 0, "skipped": 0, "by_source": {}, "weight": config.outcome_weight}
+    if outcomes is not None:
+        out_X, out_y, out_w, by_source, out_skipped = outcomes
+        outcome_meta.update(
+            used=len(out_y),
+            skipped=out_skipped,
+            by_source=by_source,
+            strong_needed=int(out_y.sum()),
+            requests_represented=float(out_w.sum()),
+        )
+        log(
+            f"routing outcomes: {len(out_y)} labels used ({', '.join(f'{k} {v}' for k, v in by_source.items()) or 'none'}), "
+            f"{out_skipped} skipped, weight {config.outcome_weight} each x 1/sample rate"
+        )
     trainable = ~np.isin(data.subjects, sorted(unusable))
     training = build_training_set(
         data.subset(trainable),
@@ -358,6 +379,7 @@ def train(
         X_stem=X_stem[trainable],
         feedback=(fb_X, fb_y) if fb_used else None,
         suspect=suspect,
+        outcomes=outcomes[:3] if outcomes is not None and len(outcomes[1]) else None,
     )
     scorer = fit_scorer(training, config)
     if cv is not None:
@@ -396,6 +418,7 @@ def train(
         "word_problem_check": word_problems,
         "config": asdict(config),
         "feedback": {"used": fb_used, "skipped": fb_skipped},
+        "routing_outcomes": outcome_meta,
         "cross_validation": evaluation,
     }
     folder = save_model(pathlib.Path(models_dir) / version, scorer, metadata)
@@ -473,6 +496,52 @@ def _drift_lines(drift: dict | None) -> list[str]:
     for name, row in sorted(drift["per_family_psi"].items(), key=lambda kv: -kv[1]["psi"]):
         lines.append(f"| {name} | {row['n']} | {row['psi']:.3f} |")
     return [*lines, ""]
+
+
+def _outcome_lines(metadata: dict) -> list[str]:
+    """What the router's routing outcomes are and how training uses them (ADR 0028); the counts of
+    this version's own outcome labels when it was trained with them."""
+    used = metadata.get("routing_outcomes") or {}
+    lines = [
+        "## Learning from routing outcomes",
+        "",
+        "The router's quality check (ADR 0012) judges every tier-1 answer that has a stronger model to "
+        "escalate to, and reports its verdict to the classifier as a label for the request id the "
+        "classification was made with (a RoutingOutcome on `llmesh.classifier.outcome.<region>`, JetStream, "
+        "published off the response path; ADR 0028). The classifier stores it beside the request's recorded "
+        "features, apart from user ratings, by source:",
+        "",
+        "| source | what happened | label |",
+        "| --- | --- | --- |",
+        "| escalation | tier 1 answered, scored below the escalation line, tier 2 answered again | a strong call paid off |",
+        "| quality_fail | scored below the line, but already streamed (stream mode release), so kept | a strong call paid off |",
+        "| quality_pass | scored at or above the line and kept (may be sampled: `LLMESH_ROUTER_OUTCOME_PASS_SAMPLE`) | the weak model sufficed |",
+        "| user | a Feedback rating of a tier-1 or tier-2 answer (bad / good) | paid off / did not |",
+        "",
+        "`llmesh classifier train --with-feedback` adds each outcome label as a training row with weight "
+        f"{used.get('weight', DEFAULT_OUTCOME_WEIGHT)} x 1 / its sample rate (`--outcome-weight`), against 1 for a "
+        "dev-data row (most dev prompts are trained on twice: with and without their options) and 1 for a user "
+        "rating; a user rating wins where a request has both. The quality check sees surface failures only "
+        "(empty answers, refusals, loops, truncation) and never compares the tier-1 answer with a stronger "
+        "one, so its labels count half a recorded answer pair. The rollout evaluator's APGR on recent feedback "
+        "(`classifier.rollout`, ADR 0021) counts them too, so a new version is kept or rolled back on them. "
+        "Only tier-1 decisions get such labels: the quality check judges tier-1 answers only.",
+        "",
+        "Math word problems stay unmeasured here: they are not in the dev data, and no weak/strong answers to "
+        "any exist in this checkout. Once the mesh serves them, their outcome labels reach the training set "
+        "like any other request's, but a quality-check pass is not a correct answer, so an APGR on them still "
+        "needs recorded answers of both models.",
+        "",
+    ]
+    if used.get("used"):
+        by_source = ", ".join(f"{k} {v}" for k, v in used["by_source"].items())
+        lines += [
+            f"This version: {used['used']} outcome labels ({by_source}; {used['strong_needed']} say a strong call "
+            f"paid off), standing for {used['requests_represented']:.0f} requests; {used['skipped']} skipped "
+            "(another feature set).",
+            "",
+        ]
+    return lines
 
 
 def _size_and_latency(model_bytes: int) -> list[str]:
@@ -726,6 +795,7 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, scorer) -> p
             f"{_pct(s.strong_wrong_when_weak_right)} | {_pct(s.label_rate)} | {flag} |"
         )
     lines += ["", *_drift_lines(ev.get("score_drift"))]
+    lines += _outcome_lines(metadata)
     lines += [
         "## Model",
         "",
@@ -751,7 +821,8 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, scorer) -> p
         "",
         "    .venv/bin/python bench/classifier_transfer.py",
         "",
-        "(`--with-feedback` folds in rated requests from the feedback store; `--out DIR` writes the version "
+        "(`--with-feedback` folds in rated requests and routing outcomes from the feedback store; "
+        "`--out DIR` writes the version "
         "elsewhere.)",
         "",
     ]

@@ -42,7 +42,7 @@ import numpy as np
 from llmesh.services.classifier.complexity.evaluation import RoutingMetrics, routing_metrics
 from llmesh.services.classifier.complexity.features import FEATURE_NAMES, FEATURE_SET, prompt_features, strip_options
 from llmesh.services.classifier.complexity.model import LinearScorer, ScoreMap
-from llmesh.services.classifier.feedback import FeedbackRow, label
+from llmesh.services.classifier.feedback import FeedbackRow, OutcomeRow, label
 from scipy.optimize import lsq_linear
 
 # Share of the weak model's right answers that the strong model got wrong: below 0.10 in clean
@@ -192,6 +192,31 @@ def feedback_examples(rows: Iterable[FeedbackRow]) -> tuple[np.ndarray, np.ndarr
     return X, np.array(ys, dtype=float), skipped
 
 
+def outcome_examples(rows: Iterable[OutcomeRow]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int], int]:
+    """Feature rows, targets and weights from the router's routing outcomes (ADR 0028): an
+    escalation or a kept answer that failed the quality check says a strong call paid off (1), a
+    pass that it did not (0); the weight is the requests a label stands for (1 / the sample rate of
+    its kind). Rows of other feature sets are skipped. Returns (X, y, weight, used by source, skipped)."""
+    xs, ys, ws, skipped = [], [], [], 0
+    by_source: dict[str, int] = {}
+    for row in rows:
+        if row.feature_set != FEATURE_SET or len(row.features) != len(FEATURE_NAMES):
+            skipped += 1
+            continue
+        xs.append(row.features)
+        ys.append(row.pays_off)
+        ws.append(row.weight)
+        by_source[row.source] = by_source.get(row.source, 0) + 1
+    X = np.array(xs, dtype=float).reshape(-1, len(FEATURE_NAMES))
+    return X, np.array(ys, dtype=float), np.array(ws, dtype=float), dict(sorted(by_source.items())), skipped
+
+
+# Weight of one routing-outcome label against one dev-data row (each dev prompt is a row, plus an
+# option-free copy). The quality check sees surface failures only (empty answers, refusals, loops):
+# a pass does not say the answer was right, so a label counts half a recorded answer pair.
+DEFAULT_OUTCOME_WEIGHT = 0.5
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # Ridge penalty on the standardised weights (in units of training rows).
@@ -201,6 +226,8 @@ class TrainConfig:
     # math word problems) are scored by what they ask rather than by a missing option block.
     augment_without_options: bool = True
     feedback_weight: float = 1.0
+    # Multiplies each routing-outcome label's own weight (1 / its sample rate).
+    outcome_weight: float = DEFAULT_OUTCOME_WEIGHT
 
 
 def feature_matrix(prompts: Iterable[str]) -> np.ndarray:
@@ -224,8 +251,10 @@ def build_training_set(
     X_stem: np.ndarray | None = None,
     feedback: tuple[np.ndarray, np.ndarray] | None = None,
     suspect: set[str] = frozenset(),
+    outcomes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> TrainingSet:
-    """Rows of `data` (callers leave unusable subjects out), their option-free copies, feedback.
+    """Rows of `data` (callers leave unusable subjects out), their option-free copies, feedback,
+    routing outcomes (X, y, per-label weight; times config.outcome_weight).
 
     Suspect subjects give no option-free copies: their labels hold an artifact of the recorded
     multiple-choice format (one output token), which an open question does not have."""
@@ -244,6 +273,11 @@ def build_training_set(
         parts_y.append(feedback[1])
         parts_w.append(np.full(len(feedback[1]), config.feedback_weight))
         parts_o.append(np.zeros(len(feedback[1]), dtype=bool))
+    if outcomes is not None and len(outcomes[1]):
+        parts_X.append(outcomes[0])
+        parts_y.append(outcomes[1])
+        parts_w.append(config.outcome_weight * np.asarray(outcomes[2], dtype=float))
+        parts_o.append(np.zeros(len(outcomes[1]), dtype=bool))
     return TrainingSet(np.vstack(parts_X), np.concatenate(parts_y), np.concatenate(parts_w), np.concatenate(parts_o))
 
 
