@@ -9,7 +9,8 @@ import json
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from llmesh.kit import tracing
+from llmesh.kit import tls, tracing
+from llmesh.kit.config import TLSSettings
 from llmesh.kit.interceptors import REQUEST_ID_KEY
 from llmesh.kit.logging import get_contextvars
 
@@ -99,18 +100,24 @@ class _StreamDefaults(grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(_with_defaults(client_call_details, None), request)
 
 
-def open_channel(target: str, *, default_timeout_s: float = DEFAULT_TIMEOUT_S) -> grpc.aio.Channel:
-    """An insecure channel to a mesh service (loopback or inside the cluster network), with the
-    kit's service config: round robin over every address of `target` (a DNS name with several
-    records, or `ipv4:host:port,host:port`), retries of idempotent RPCs, keepalive.
+def open_channel(
+    target: str, *, default_timeout_s: float = DEFAULT_TIMEOUT_S, tls_settings: TLSSettings | None = None
+) -> grpc.aio.Channel:
+    """A channel to a mesh service (loopback or inside the cluster network), with the kit's service
+    config: round robin over every address of `target` (a DNS name with several records, or
+    `ipv4:host:port,host:port`), retries of idempotent RPCs, keepalive.
+
+    TLS (docs/adr/0025) when `tls_settings`, else the process's LLMESH_TLS_* variables, name a CA
+    file: the channel trusts that CA, presents the process's certificate (mutual TLS) and re-opens
+    when the files change. Otherwise the channel is plaintext.
 
     Calls that set no timeout get `default_timeout_s`; streaming calls should set their own.
     """
-    return grpc.aio.insecure_channel(
-        target,
-        options=_CHANNEL_OPTIONS,
-        interceptors=[_UnaryDefaults(default_timeout_s), _StreamDefaults()],
-    )
+    interceptors = [_UnaryDefaults(default_timeout_s), _StreamDefaults()]
+    tls_settings = tls_settings if tls_settings is not None else tls.client_settings()
+    if tls_settings is not None and tls_settings.tls_ca_file:
+        return tls.open_tls_channel(target, tls_settings, options=_CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS, interceptors=interceptors)
 
 
 def rich_status(error: grpc.RpcError) -> status_pb2.Status | None:
