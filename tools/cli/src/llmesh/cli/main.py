@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from llmesh.launcher import state as mesh_state
+
 # Modules under llmesh.cli, each owning one command group.
 COMMAND_MODULES = (
     "mesh",
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "up":  # `up` makes its own (or none): a stopped mesh's must not leak into it
+        mesh_state.use_mesh_tls()
     try:
         code = args.func(args)
     except KeyboardInterrupt:
