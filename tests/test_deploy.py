@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import subprocess
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -56,9 +57,74 @@ def rendered() -> dict[str, list[dict]]:
 # ---- checkers -------------------------------------------------------------------------------
 
 
+# cert-manager's resources (deploy/components/mtls): kubernetes-validate has no schema for
+# custom resources, so the fields the component uses are checked against this minimal one.
+_ISSUER_REF = {
+    "type": "object",
+    "required": ["name", "kind"],
+    "properties": {"name": {"type": "string"}, "kind": {"enum": ["Issuer", "ClusterIssuer"]}},
+}
+CERT_MANAGER_SCHEMAS = {
+    "Certificate": {
+        "type": "object",
+        "required": ["secretName", "issuerRef"],
+        "additionalProperties": False,
+        "properties": {
+            "secretName": {"type": "string"},
+            "commonName": {"type": "string"},
+            "isCA": {"type": "boolean"},
+            "duration": {"type": "string", "pattern": "^[0-9]+h$"},
+            "renewBefore": {"type": "string", "pattern": "^[0-9]+h$"},
+            "dnsNames": {"type": "array", "items": {"type": "string"}},
+            "ipAddresses": {"type": "array", "items": {"type": "string"}},
+            "usages": {
+                "type": "array",
+                "items": {"enum": ["digital signature", "key encipherment", "server auth", "client auth"]},
+            },
+            "privateKey": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                    "size": {"type": "integer"},
+                    "rotationPolicy": {"enum": ["Always", "Never"]},
+                },
+            },
+            "issuerRef": _ISSUER_REF,
+        },
+    },
+    "Issuer": {
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            "selfSigned": {"type": "object"},
+            "ca": {"type": "object", "required": ["secretName"], "properties": {"secretName": {"type": "string"}}},
+        },
+    },
+}
+
+
+def _cert_manager_problem(doc: dict) -> str | None:
+    schema = CERT_MANAGER_SCHEMAS.get(doc["kind"])
+    if schema is None or doc["apiVersion"] != "cert-manager.io/v1":
+        return f"no schema for {doc['apiVersion']} {doc['kind']}"
+    try:
+        jsonschema.validate(doc.get("spec"), schema)
+    except jsonschema.ValidationError as exc:
+        return exc.message
+    return None
+
+
 def schema_problems(docs: list[dict]) -> list[str]:
     problems = []
     for doc in docs:
+        if doc["apiVersion"].startswith("cert-manager.io/"):
+            problem = _cert_manager_problem(doc)
+            if problem:
+                problems.append(f"{doc['kind']}/{doc['metadata']['name']}: {problem}")
+            continue
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
@@ -266,6 +332,13 @@ def secret_problems(docs: list[dict]) -> list[str]:
     return problems
 
 
+TLS_HEALTH_PROBE = ["python", "-m", "llmesh.kit.health_probe", "--timeout", "2"]
+
+
+def uses_mtls(docs: list[dict]) -> bool:
+    return any(d["kind"] == "Certificate" for d in docs)
+
+
 def config(docs: list[dict], prefix: str) -> dict[str, str]:
     """The data of the (hash-suffixed) ConfigMap generated as `prefix`."""
     found = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].rsplit("-", 1)[0] == prefix]
@@ -353,7 +426,11 @@ def test_services_use_grpc_health_probes_on_their_port_and_expose_metrics(overla
         expected_ports = {"grpc": port, "metrics": 9090} | ({"http": EDGE_HTTP_PORT} if service == "edge" else {})
         assert {p["name"]: p["containerPort"] for p in container["ports"]} == expected_ports
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"] == {"port": port}, (service, probe)
+            if uses_mtls(docs):  # native gRPC probes cannot speak TLS: the kit's probe can
+                assert container[probe]["exec"] == {"command": TLS_HEALTH_PROBE}, (service, probe)
+                assert "grpc" not in container[probe]
+            else:
+                assert container[probe]["grpc"] == {"port": port}, (service, probe)
         assert template["metadata"]["annotations"]["prometheus.io/port"] == "9090"
         settings = config(docs, f"{service}-config")
         assert settings["LLMESH_PORT"] == str(port)
@@ -511,3 +588,51 @@ def test_checkers_report_missing_budgets_autoscalers_plain_secrets_and_schema_er
     bad["spec"]["template"]["spec"]["containers"][0]["unknownField"] = True
     problems = schema_problems([bad])
     assert len(problems) == 1 and problems[0].startswith("Deployment/tenancy:")
+
+
+def test_production_runs_mutual_tls_with_a_cert_manager_certificate_per_service(rendered):
+    for name in ("prod", "region-a", "region-b"):
+        docs = rendered[name]
+        certificates = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Certificate"}
+        issuers = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Issuer"}
+        assert certificates["llmesh-ca"]["isCA"] and certificates["llmesh-ca"]["issuerRef"]["name"] in issuers
+        assert issuers["llmesh-ca"] == {"ca": {"secretName": certificates["llmesh-ca"]["secretName"]}}
+        common = config(docs, "llmesh-common")
+        cert_dir = pathlib.PurePosixPath(common["LLMESH_TLS_CERT_FILE"]).parent
+        assert {common["LLMESH_TLS_KEY_FILE"], common["LLMESH_TLS_CA_FILE"]} == {
+            f"{cert_dir}/tls.key",
+            f"{cert_dir}/ca.crt",
+        }
+        assert common["LLMESH_TLS_CLIENT_AUTH"] == "require"
+        # The router's callers authenticate with API keys, not certificates.
+        assert config(docs, "router-config")["LLMESH_TLS_CLIENT_AUTH"] == "none"
+        router = config(docs, "router-config")
+        for service in SERVICES:
+            spec = certificates[f"{service}-tls"]
+            assert spec["issuerRef"] == {"name": "llmesh-ca", "kind": "Issuer"}
+            assert {"server auth", "client auth"} <= set(spec["usages"]), service
+            # the name its callers dial, and the address the in-pod health probe dials
+            assert service in spec["dnsNames"] and spec["ipAddresses"] == ["127.0.0.1"], service
+            dialed = router.get(f"LLMESH_{service.upper()}_ADDR")
+            if dialed:
+                assert dialed.rsplit(":", 1)[0] in spec["dnsNames"], service
+            pod = workload(docs, service)["spec"]["template"]["spec"]
+            volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+            assert volume["secret"]["secretName"] == spec["secretName"]
+            mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "tls")
+            # a directory, never subPath: the kubelet updates it when cert-manager renews
+            assert mount["mountPath"] == str(cert_dir) and "subPath" not in mount, service
+    assert not uses_mtls(rendered["dev"])
+
+
+def test_checkers_report_a_bad_cert_manager_resource(rendered):
+    certificate = next(d for d in rendered["prod"] if d["kind"] == "Certificate")
+    broken = copy.deepcopy(certificate)
+    del broken["spec"]["secretName"]
+    broken["spec"]["usages"] = ["server auth", "serverauth"]
+    problems = schema_problems([broken])
+    assert len(problems) == 1 and problems[0].startswith(f"Certificate/{certificate['metadata']['name']}: ")
+    unknown = copy.deepcopy(certificate) | {"kind": "ClusterIssuer"}
+    assert schema_problems([unknown]) == [
+        f"ClusterIssuer/{certificate['metadata']['name']}: no schema for cert-manager.io/v1 ClusterIssuer"
+    ]

@@ -5,13 +5,14 @@ after the handler succeeded."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 import nats
 from google.protobuf.message import Message
-from llmesh.kit import tracing
+from llmesh.kit import tls, tracing
 from llmesh.kit.errors import AlreadyExists, Unavailable
 from llmesh.kit.logging import get_logger
 from llmesh.kit.streams import StreamSpec
@@ -22,6 +23,15 @@ from nats.js.errors import Error as JetStreamError
 log = get_logger("llmesh.bus")
 
 Handler = Callable[[bytes], Awaitable[None]]
+
+
+def nats_tls_context(servers: list[str]) -> ssl.SSLContext | None:
+    """For `tls://` servers: a context trusting LLMESH_TLS_CA_FILE and presenting the process's
+    certificate (docs/adr/0025); None for plaintext `nats://` (or when no CA is set: the system's)."""
+    if not any(server.startswith("tls://") for server in servers):
+        return None
+    settings = tls.client_settings()
+    return tls.ssl_context(settings) if settings is not None else None
 
 
 class Bus:
@@ -41,9 +51,11 @@ class Bus:
         async def on_reconnected() -> None:
             log.info("nats_reconnected")
 
+        servers = [u.strip() for u in url.split(",") if u.strip()]
         try:
             nc = await nats.connect(
-                servers=[u.strip() for u in url.split(",") if u.strip()],
+                servers=servers,
+                tls=nats_tls_context(servers),
                 name=name,
                 connect_timeout=connect_timeout_s,
                 allow_reconnect=True,

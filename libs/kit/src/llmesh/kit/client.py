@@ -10,7 +10,8 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from llmesh.kit import identity as ident
-from llmesh.kit import tracing
+from llmesh.kit import tls, tracing
+from llmesh.kit.config import TLSSettings
 from llmesh.kit.interceptors import REQUEST_ID_KEY
 from llmesh.kit.logging import get_contextvars
 
@@ -129,24 +130,32 @@ class _StreamStreamDefaults(grpc.aio.StreamStreamClientInterceptor):
 
 
 def open_channel(
-    target: str, *, default_timeout_s: float = DEFAULT_TIMEOUT_S, identity: ident.Identity | None = None
+    target: str,
+    *,
+    default_timeout_s: float = DEFAULT_TIMEOUT_S,
+    identity: ident.Identity | None = None,
+    tls_settings: TLSSettings | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure channel to a mesh service (loopback or inside the cluster network), with the
-    kit's service config: round robin over every address of `target` (a DNS name with several
-    records, or `ipv4:host:port,host:port`), retries of idempotent RPCs, keepalive.
+    """A channel to a mesh service (loopback or inside the cluster network), with the kit's service
+    config: round robin over every address of `target` (a DNS name with several records, or
+    `ipv4:host:port,host:port`), retries of idempotent RPCs, keepalive.
+
+    TLS (docs/adr/0025) when `tls_settings`, else the process's LLMESH_TLS_* variables, name a CA
+    file: the channel trusts that CA, presents the process's certificate (mutual TLS) and re-opens
+    when the files change. Otherwise the channel is plaintext.
 
     Calls that set no timeout get `default_timeout_s`; streaming calls should set their own.
     Every call carries `identity`'s service credential (the process default where None).
     """
-    return grpc.aio.insecure_channel(
-        target,
-        options=_CHANNEL_OPTIONS,
-        interceptors=[
-            _UnaryDefaults(default_timeout_s, identity),
-            _StreamDefaults(identity),
-            _StreamStreamDefaults(identity),
-        ],
-    )
+    interceptors = [
+        _UnaryDefaults(default_timeout_s, identity),
+        _StreamDefaults(identity),
+        _StreamStreamDefaults(identity),
+    ]
+    tls_settings = tls_settings if tls_settings is not None else tls.client_settings()
+    if tls_settings is not None and tls_settings.tls_ca_file:
+        return tls.open_tls_channel(target, tls_settings, options=_CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS, interceptors=interceptors)
 
 
 def rich_status(error: grpc.RpcError) -> status_pb2.Status | None:

@@ -199,9 +199,58 @@ def _region(value: str) -> str:
     return value
 
 
+TLS_CLIENT_AUTH = ("none", "require")
+
+
 @dataclasses.dataclass(frozen=True)
-class ServerSettings:
-    """What every service reads. Subclasses add their own fields (all with defaults)."""
+class TLSSettings:
+    """TLS between services (docs/adr/0025), read by every service and by every client process
+    (the CLI): one certificate per process, served to callers and presented to the services it
+    calls. Unset files: plaintext, as on loopback."""
+
+    tls_cert_file: str | None = setting(
+        "LLMESH_TLS_CERT_FILE",
+        None,
+        "PEM certificate (chain) this process serves and presents to the services it calls (mutual TLS); "
+        "with LLMESH_TLS_KEY_FILE it turns TLS on for the gRPC port. Reloaded when the file changes",
+    )
+    tls_key_file: str | None = setting(
+        "LLMESH_TLS_KEY_FILE", None, "PEM private key of LLMESH_TLS_CERT_FILE (reloaded with it)"
+    )
+    tls_ca_file: str | None = setting(
+        "LLMESH_TLS_CA_FILE",
+        None,
+        "PEM CA bundle: the servers this process's channels (and a tls:// NATS connection) trust, and the "
+        "client certificates the server accepts; when set, calls to other services use TLS",
+    )
+    tls_client_auth: str = setting(
+        "LLMESH_TLS_CLIENT_AUTH",
+        "require",
+        "`require`: callers must present a certificate from LLMESH_TLS_CA_FILE (mutual TLS); `none`: server TLS only",
+        one_of(*TLS_CLIENT_AUTH),
+    )
+    tls_server_name: str | None = setting(
+        "LLMESH_TLS_SERVER_NAME",
+        None,
+        "name the servers' certificates are checked against instead of the target's host "
+        "(for `ipv4:` targets or addresses not in the certificate)",
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            problems.append("LLMESH_TLS_CERT_FILE and LLMESH_TLS_KEY_FILE: set both or neither")
+        if self.tls_cert_file and self.tls_client_auth == "require" and not self.tls_ca_file:
+            problems.append(
+                "LLMESH_TLS_CLIENT_AUTH=require: needs LLMESH_TLS_CA_FILE (the CA of the callers' certificates)"
+            )
+        if problems:
+            raise ConfigError(f"invalid configuration for {type(self).__name__}:\n  " + "\n  ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class _CoreSettings:
+    """What every service reads besides TLS."""
 
     host: str = setting("LLMESH_HOST", "127.0.0.1", "address the gRPC server binds")
     port: int = setting("LLMESH_PORT", 0, "gRPC port (0 picks a free one)", port_check)
@@ -213,7 +262,11 @@ class ServerSettings:
     ready_file: str | None = setting(
         "LLMESH_READY_FILE", None, "when set, the service writes its bound ports here (JSON) once SERVING"
     )
-    nats_url: str = setting("LLMESH_NATS_URL", "nats://127.0.0.1:4222", "NATS server(s), comma-separated")
+    nats_url: str = setting(
+        "LLMESH_NATS_URL",
+        "nats://127.0.0.1:4222",
+        "NATS server(s), comma-separated; `tls://` ones over TLS with LLMESH_TLS_CA_FILE and the process's certificate",
+    )
     region: str = setting(
         "LLMESH_REGION", "local", "region this instance runs in (NATS subjects, model catalog)", parses(_region)
     )
@@ -233,3 +286,9 @@ class ServerSettings:
         False,
         "development only: without credential and trust files, answer every caller (no identity checks)",
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings(TLSSettings, _CoreSettings):
+    """What every service reads (its own settings, then TLS). Subclasses add their own fields (all
+    with defaults)."""

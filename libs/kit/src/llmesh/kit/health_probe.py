@@ -6,7 +6,8 @@ Kubernetes asks the same service itself with its native `grpc` probes).
 ADDRESS defaults to 127.0.0.1:$LLMESH_PORT. Exits 0 only when the server (or the named service)
 answers SERVING; 1 when it answers anything else (NOT_SERVING while its dependencies are not ready,
 or while it drains) or cannot be reached in time; 2 on bad arguments. One line on stdout says what
-it saw, which `docker inspect` keeps as the check's output.
+it saw, which `docker inspect` keeps as the check's output. Over (mutual) TLS when LLMESH_TLS_CA_FILE
+is set (Kubernetes' native probes cannot: deploy/components/mtls runs this one instead).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from llmesh.kit import tls
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -27,7 +29,7 @@ def default_address() -> str:
 
 def check(address: str, service: str = "", timeout_s: float = 3.0) -> tuple[bool, str]:
     """(whether `address` reports `service` SERVING, what it reported)."""
-    with grpc.insecure_channel(address) as channel:
+    with tls.blocking_channel(address) as channel:  # TLS when LLMESH_TLS_CA_FILE is set
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout_s

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from llmesh.kit import identity as ident
+from llmesh.kit import tls
 from llmesh.kit.config import ConfigError, ServerSettings, load_settings
 from llmesh.kit.interceptors import ServerInterceptor
 from llmesh.kit.logging import configure_logging, get_logger
@@ -117,7 +118,12 @@ class ServiceHost:
         reflection.enable_server_reflection(
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        self.port = server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address = f"{self.settings.host}:{self.settings.port}"
+        credentials = tls.server_credentials(self.settings, self.app.name)  # None: plaintext (docs/adr/0025)
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"could not bind {self.settings.host}:{self.settings.port}")
         await self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -11,6 +11,7 @@ import time
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from llmesh.kit import tls
 from llmesh.launcher.state import endpoint
 from llmesh.router.v1 import batch_pb2, batch_pb2_grpc
 from tqdm import tqdm
@@ -81,7 +82,7 @@ def _run(command, args) -> int:
         return 2
     target = endpoint("router")
     try:
-        with grpc.insecure_channel(target) as channel:
+        with tls.blocking_channel(target) as channel:
             stub = batch_pb2_grpc.BatchServiceStub(channel)
             return command(stub, [("authorization", f"Bearer {api_key}")], args) or 0
     except UsageError as exc:

@@ -11,6 +11,7 @@ import sys
 
 import grpc
 from google.protobuf import descriptor, descriptor_pool, json_format, message_factory
+from llmesh.kit import tls
 from llmesh.kit.defaults import SERVICES
 from llmesh.launcher.state import admin_token, endpoint
 
@@ -251,7 +252,7 @@ def call_command(args, *, out=None, err=None) -> int:
     target = _target(args.target)
     try:
         metadata = _metadata(args)
-        with grpc.insecure_channel(target) as channel:
+        with tls.blocking_channel(target) as channel:
             try:
                 grpc.channel_ready_future(channel).result(timeout=min(args.timeout, CONNECT_TIMEOUT_S))
             except grpc.FutureTimeoutError:

@@ -7,6 +7,7 @@ import sys
 
 import grpc
 from llmesh.common.v1 import common_pb2
+from llmesh.kit import tls
 from llmesh.launcher.state import endpoint
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 
@@ -62,7 +63,7 @@ def chat_command(args, *, out=None, err=None) -> int:
         return 2
     target = endpoint("router")
     mid_line = False
-    with grpc.insecure_channel(target) as channel:
+    with tls.blocking_channel(target) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         call = stub.Generate(
             build_request(args), metadata=[("authorization", f"Bearer {api_key}")], timeout=args.timeout

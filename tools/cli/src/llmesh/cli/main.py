@@ -9,6 +9,7 @@ import sys
 
 from llmesh.kit import identity
 from llmesh.launcher.state import operator_identity
+from llmesh.launcher import state as mesh_state
 
 # Modules under llmesh.cli, each owning one command group.
 COMMAND_MODULES = (
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     operator = operator_identity()
     if operator is not None:
         identity.set_default(operator)
+    if args.command != "up":  # `up` makes its own (or none): a stopped mesh's must not leak into it
+        mesh_state.use_mesh_tls()
     try:
         code = args.func(args)
     except KeyboardInterrupt:

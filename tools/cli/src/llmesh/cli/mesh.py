@@ -9,6 +9,7 @@ import sys
 import time
 
 from llmesh.launcher import state as mesh_state
+from llmesh.launcher.certificates import TLS_VARIABLE
 from llmesh.launcher.health import SERVING, UNREACHABLE, health_of_all
 from llmesh.launcher.processes import same_process
 from llmesh.launcher.regions import in_region, region_homes, regions_path, run_regions, start_regions_detached
@@ -46,6 +47,12 @@ def register(subparsers) -> None:
         default=1,
         help="run this many regions on this machine (ADR 0017; region a on the usual ports); --detach: in the background",
     )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="mutual TLS between the services (as LLMESH_UP_TLS=1): a private CA and certificates under "
+        "$LLMESH_HOME/tls, which the llmesh commands use",
+    )
     up.set_defaults(func=up_command)
 
     down = subparsers.add_parser("down", help="stop the mesh started with `llmesh up --detach`")
@@ -64,6 +71,9 @@ def _err(line: str) -> None:
 
 def up_command(args) -> int:
     if getattr(args, "regions", 1) > 1:
+        if getattr(args, "tls", False):
+            _err("llmesh up: --regions runs without TLS (no --tls yet)")
+            return 2
         if running_mesh() is not None or region_homes():
             _err("llmesh up: a mesh is already running; `llmesh down` (or Ctrl-C in its terminal) first")
             return 1
@@ -79,6 +89,8 @@ def up_command(args) -> int:
         return 1
     if args.no_backends:
         os.environ["LLMESH_UP_BACKENDS"] = "0"  # the detached supervisor inherits it
+    if getattr(args, "tls", False):
+        os.environ[TLS_VARIABLE] = "1"
     if not args.detach:
         return Supervisor(timeout_s=args.timeout).run()
     return _up_detached(args.timeout)

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from llmesh.kit import tls
 
 SERVING = "SERVING"
 UNREACHABLE = "UNREACHABLE"
@@ -18,7 +19,7 @@ UNREACHABLE = "UNREACHABLE"
 
 def health_status(address: str, *, timeout_s: float = 1.0) -> str:
     """SERVING, NOT_SERVING (or another status name), or UNREACHABLE."""
-    with grpc.insecure_channel(address) as channel:
+    with tls.blocking_channel(address) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout_s

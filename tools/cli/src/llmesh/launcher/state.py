@@ -63,6 +63,9 @@ class MeshState:
     health_urls: dict[str, str] = dataclasses.field(default_factory=dict)
     #: services with an HTTP API (the edge) and its base URL, e.g. {"edge": "http://127.0.0.1:8080/v1"}
     http_urls: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: under `llmesh up --tls`: the CA the services' certificates come from and the CLI's own
+    #: certificate ({"ca_file", "cert_file", "key_file"}); empty: plaintext
+    tls: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def path(self) -> pathlib.Path:
@@ -139,3 +142,17 @@ def admin_token() -> str:
         return token
     state = load_state()
     return state.admin_token if state else ""
+
+
+def use_mesh_tls() -> bool:
+    """Points this process's LLMESH_TLS_* variables at the local mesh's CA and the CLI's
+    certificate when the mesh runs with mutual TLS and they are not set already; whether it did."""
+    if os.environ.get("LLMESH_TLS_CA_FILE"):
+        return False
+    state = load_state()
+    if state is None or not state.tls:
+        return False
+    os.environ["LLMESH_TLS_CA_FILE"] = state.tls["ca_file"]
+    os.environ["LLMESH_TLS_CERT_FILE"] = state.tls["cert_file"]
+    os.environ["LLMESH_TLS_KEY_FILE"] = state.tls["key_file"]
+    return True

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from llmesh.kit import identity
 from llmesh.kit.defaults import EDGE_HTTP_PORT
-from llmesh.launcher import backends
+from llmesh.launcher import backends, certificates
 from llmesh.launcher import state as mesh_state
 from llmesh.launcher.backoff import RestartPolicy
 from llmesh.launcher.health import SERVING, health_status
@@ -196,6 +196,8 @@ class Supervisor:
         self.state: mesh_state.MeshState | None = None
         #: how `llmesh status` checks each backend server (HTTP URL)
         self.health_urls: dict[str, str] = {}
+        #: the mesh's CA and certificates under `llmesh up --tls`
+        self.tls: certificates.MeshTLS | None = None
 
     # -- entry point -------------------------------------------------------------------------------
 
@@ -230,6 +232,11 @@ class Supervisor:
         deadline = started + self.timeout_s
         self._take_over_home()
         ports = {name: self._port(name) for name in mesh_state.SERVICES}
+        if certificates.tls_requested():
+            self.tls = certificates.prepare(self.home)
+            # The supervisor's own health checks (and the services' channels) use the CLI's certificate.
+            os.environ.update(self.tls.files(certificates.CLIENT))
+            self._progress(f"  tls         mutual TLS, CA and certificates in {self.tls.folder}")
         (self.home / "logs").mkdir(parents=True, exist_ok=True)
 
         self.nats_url = os.environ.get("LLMESH_NATS_URL", "")
@@ -396,6 +403,8 @@ class Supervisor:
         }
         if name == "tenancy":
             env["LLMESH_TENANCY_TOKEN_KEY_FILE"] = str(self.identity_dir / identity.TENANCY_KEY)
+        if self.tls is not None:
+            env = {**env, **self.tls.files(name)}
         process = ServiceProcess(name, port=port, home=self.home, env=env, http_port_variable=http_port_variable)
         unit = Supervised(process)
         self.units[name] = unit
@@ -551,6 +560,7 @@ class Supervisor:
             phase=self.phase,
             processes={name: unit.record() for name, unit in self.units.items()},
             health_urls=dict(self.health_urls),
+            tls=self.tls.record() if self.tls is not None else {},
             http_urls={
                 name: f"http://127.0.0.1:{u.process.http_port}/v1"
                 for name, u in services.items()
