@@ -119,6 +119,8 @@ async def mesh(nats_url, tmp_path_factory, mesh_identity_dir):
                     classifier_addr=hosts["classifier"].address,
                     cache_addr=hosts["cache"].address,
                     inference_addr=hosts["inference"].address,
+                    # a log line per request, so the log tests see what a request logs
+                    request_log_level="info",
                 ),
             )
             router_channel = await stack.enter_async_context(open_channel(hosts["router"].address))

@@ -223,3 +223,31 @@ async def test_routers_hear_every_region_over_nats(nats_url):
     finally:
         for bus in buses:
             await bus.close()
+
+
+def test_window_health_matches_a_recount_of_the_window_as_requests_come_and_expire():
+    """The window keeps running counts (failures, sorted TTFTs) so a check does not rescan it: they
+    must agree with counting the requests still in the window, however they arrive and expire."""
+    import random
+
+    rng = random.Random(7)
+    clock = Clock()
+    window = OutcomeWindow(window_s=10.0, clock=clock)
+    seen: list[tuple[float, bool, float]] = []
+    for _ in range(3000):
+        clock.now += rng.choice((0.0, 0.001, 0.01, 0.5))
+        ok = rng.random() > 0.2
+        ttft = math.nan if rng.random() < 0.1 else float(rng.choice((5, 7, 7, 20, 300, 2500)))
+        window.record("m", 1, ok=ok, ttft_ms=ttft)
+        seen.append((clock.now, ok, ttft))
+        if rng.random() < 0.3:
+            live = [s for s in seen if s[0] >= clock.now - 10.0]
+            ttfts = sorted(t for _, good, t in live if good and not math.isnan(t))
+            health = window.health("m", 1)
+            assert health.requests == len(live)
+            assert health.error_rate == pytest.approx(sum(1 for s in live if not s[1]) / len(live))
+            expected = ttfts[min(len(ttfts) - 1, math.ceil(0.95 * len(ttfts)) - 1)] if ttfts else math.nan
+            assert health.ttft_p95_ms == expected or (math.isnan(expected) and math.isnan(health.ttft_p95_ms))
+    clock.now += 11.0
+    empty = window.health("m", 1)
+    assert (empty.requests, empty.error_rate, math.isnan(empty.ttft_p95_ms)) == (0, 0.0, True)

@@ -8,6 +8,7 @@ import asyncio
 import inspect
 import time
 import uuid
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
@@ -133,12 +134,24 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # Checks each call's service credential and tenant token (docs/adr/0023) and puts the
         # verified caller where the servicers read it (identity.current_caller()).
         self._gate = gate
+        # Built once per method, not on every call: the wrapped handler (keyed by the method's
+        # path, valid while the server hands out the same handler) and the metric children.
+        self._handlers: dict[str, tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        full_method = handler_call_details.method
+        path = handler_call_details.method
+        cached = self._handlers.get(path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, path)
+        self._handlers[path] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler, full_method: str):
         method = full_method.rsplit("/", 1)[-1]
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -175,10 +188,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _finish(self, method: str, code: grpc.StatusCode, started: float, traced: tuple) -> None:
         name = code.name
         tracing.end_span(*traced, name)
-        RPC_REQUESTS.labels(self._service, method, name).inc()
+        children = self._children.get((method, code))
+        if children is None:
+            children = (RPC_REQUESTS.labels(self._service, method, name), RPC_LATENCY.labels(self._service, method))
+            self._children[(method, code)] = children
+        children[0].inc()
         if code is not grpc.StatusCode.OK:
             RPC_ERRORS.labels(self._service, method, name).inc()
-        RPC_LATENCY.labels(self._service, method).observe(time.perf_counter() - started)
+        children[1].observe(time.perf_counter() - started)
 
     async def _on_error(self, exc: BaseException, context, method: str, request_id: str) -> grpc.StatusCode:
         """Turns an exception into an abort (raising AbortError) and returns the status code."""

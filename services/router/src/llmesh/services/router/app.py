@@ -167,6 +167,7 @@ class RouterApp(ServiceApp):
                 upstream_timeout_s=s.upstream_timeout_s,
                 generate_timeout_s=s.generate_timeout_s,
                 fallback_tier=s.fallback_tier,
+                request_log_level=s.request_log_level,
                 hit_chunk_chars=s.hit_chunk_chars,
             ),
             spawn=self.spawn,

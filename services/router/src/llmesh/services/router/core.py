@@ -58,6 +58,8 @@ class PipelineConfig:
     generate_timeout_s: float
     fallback_tier: int
     hit_chunk_chars: int
+    # the level of the one log line per answered request ("debug": off at the default level)
+    request_log_level: str = "debug"
 
 
 def _remaining(limit_s: float, deadline: float | None) -> float:
@@ -115,9 +117,7 @@ class _Progress:
     def release(self, text: str) -> Delta:
         if self.first_delta_at is None:
             self.first_delta_at = time.perf_counter()
-            metrics.TIME_TO_FIRST_TOKEN.labels(str(self.tier), self.outcome.value).observe(
-                self.first_delta_at - self.started
-            )
+            metrics.time_to_first_token(self.tier, self.outcome.value).observe(self.first_delta_at - self.started)
         self.parts.append(text)
         self.released_chars += len(text)
         return Delta(text)
@@ -191,9 +191,9 @@ class GeneratePipeline:
         api_key = bearer_token(authorization)
         principal = self._principals.get(api_key)
         if principal is not None:
-            metrics.PRINCIPAL_CACHE.labels("hit").inc()
+            metrics.PRINCIPAL_CACHE_HIT.inc()
             return principal
-        metrics.PRINCIPAL_CACHE.labels("miss").inc()
+        metrics.PRINCIPAL_CACHE_MISS.inc()
         epoch = self._principals.epoch
         try:
             principal = await self._tenancy.authenticate(
@@ -470,8 +470,8 @@ class GeneratePipeline:
             )
         finished = time.perf_counter()
         total_cost = cost + first_cost
-        metrics.REQUESTS.labels(str(tier), served_model, outcome.value).inc()
-        metrics.REQUEST_DURATION.labels(str(tier), outcome.value).observe(finished - started)
+        metrics.requests(tier, served_model, outcome.value).inc()
+        metrics.request_duration(tier, outcome.value).observe(finished - started)
         metrics.COST.labels(TENANT(principal.tenant_id), served_model).inc(total_cost)
         annotate(
             tier=tier,
@@ -500,7 +500,7 @@ class GeneratePipeline:
             queue_wait_ms=progress.queue_wait_ms,
             priority=command.priority,
         )
-        log.info(
+        getattr(log, self._config.request_log_level)(
             "generated",
             cache_outcome=outcome.value,
             finish_reason=completion.finish_reason.value,
@@ -780,12 +780,14 @@ class GeneratePipeline:
         for piece in chunks(cached.content, self._config.hit_chunk_chars):
             if first_delta_at is None:
                 first_delta_at = time.perf_counter()
-                metrics.TIME_TO_FIRST_TOKEN.labels(str(cached.tier), outcome.value).observe(first_delta_at - started)
+                metrics.time_to_first_token(cached.tier, outcome.value).observe(first_delta_at - started)
             yield Delta(piece)
         finished = time.perf_counter()
-        metrics.REQUESTS.labels(str(cached.tier), cached.model, outcome.value).inc()
-        metrics.REQUEST_DURATION.labels(str(cached.tier), outcome.value).observe(finished - started)
-        log.info("served_from_cache", cache_outcome=outcome.value, tier=cached.tier, model=cached.model)
+        metrics.requests(cached.tier, cached.model, outcome.value).inc()
+        metrics.request_duration(cached.tier, outcome.value).observe(finished - started)
+        getattr(log, self._config.request_log_level)(
+            "served_from_cache", cache_outcome=outcome.value, tier=cached.tier, model=cached.model
+        )
         annotate(tier=cached.tier, model=cached.model, cache_outcome=outcome.value)
         yield Summary(
             request_id=request_id,

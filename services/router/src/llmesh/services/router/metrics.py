@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
@@ -32,6 +34,8 @@ DEGRADED = Counter(
     ["dependency", "operation"],
 )
 PRINCIPAL_CACHE = Counter("llmesh_router_principal_cache_total", "principal cache lookups", ["result"])
+PRINCIPAL_CACHE_HIT = PRINCIPAL_CACHE.labels("hit")
+PRINCIPAL_CACHE_MISS = PRINCIPAL_CACHE.labels("miss")
 CACHE_TIER_REJECTED = Counter(
     "llmesh_router_cache_tier_rejected_total",
     "cache hits not served because the answer came from a lower tier than the request needs",
@@ -129,3 +133,23 @@ QUEUE_ADMISSIONS = Counter(
     "rejected_deadline (the estimated wait misses the SLA or deadline), cancelled (the caller left while queued)",
     ["priority", "outcome"],
 )
+
+
+# The children every request records, kept once looked up: .labels() builds and hashes the label
+# tuple under a lock on each call, a cost on every request. Label values are bounded (tiers, cache
+# outcomes, the catalog's models); the caches are bounded too.
+
+
+@functools.lru_cache(maxsize=256)
+def time_to_first_token(tier: int, cache_outcome: str) -> Histogram:
+    return TIME_TO_FIRST_TOKEN.labels(str(tier), cache_outcome)
+
+
+@functools.lru_cache(maxsize=256)
+def request_duration(tier: int, cache_outcome: str) -> Histogram:
+    return REQUEST_DURATION.labels(str(tier), cache_outcome)
+
+
+@functools.lru_cache(maxsize=1024)
+def requests(tier: int, model: str, cache_outcome: str) -> Counter:
+    return REQUESTS.labels(str(tier), model, cache_outcome)

@@ -7,6 +7,7 @@ second and feeds what it hears into `RegionBoard`; `Failover.choose` picks the r
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import time
@@ -60,6 +61,36 @@ class HealthRules:
         return True
 
 
+class _Outcomes:
+    """One (model, tier)'s requests in the window, in arrival order, with the running counts a
+    health check reads: how many failed, and the answered ones' TTFTs kept sorted. A check then
+    costs the requests that expired since the last one, not the whole window (it runs on every
+    routed request)."""
+
+    __slots__ = ("events", "failed", "ttfts")
+
+    def __init__(self):
+        self.events: deque[tuple[float, bool, float]] = deque()
+        self.failed = 0
+        self.ttfts: list[float] = []
+
+    def add(self, at: float, ok: bool, ttft_ms: float) -> None:
+        self.events.append((at, ok, ttft_ms))
+        if not ok:
+            self.failed += 1
+        elif not math.isnan(ttft_ms):
+            bisect.insort(self.ttfts, ttft_ms)
+
+    def expire(self, cutoff: float) -> None:
+        events = self.events
+        while events and events[0][0] < cutoff:
+            _, ok, ttft_ms = events.popleft()
+            if not ok:
+                self.failed -= 1
+            elif not math.isnan(ttft_ms):
+                del self.ttfts[bisect.bisect_left(self.ttfts, ttft_ms)]
+
+
 class OutcomeWindow:
     """What this router saw of each model over the last `window_s` seconds: successes, failures,
     time to first token."""
@@ -67,38 +98,39 @@ class OutcomeWindow:
     def __init__(self, window_s: float = 10.0, *, clock: Callable[[], float] = time.monotonic):
         self.window_s = window_s
         self._clock = clock
-        # (model, tier) → (time, ok, ttft ms) of each request: a model serving two tiers is
-        # reported once per tier, so each tier's health is its own.
-        self._seen: dict[tuple[str, int], deque[tuple[float, bool, float]]] = {}
+        # (model, tier) → the outcome of each request: a model serving two tiers is reported once
+        # per tier, so each tier's health is its own.
+        self._seen: dict[tuple[str, int], _Outcomes] = {}
 
     def record(self, model: str, tier: int, *, ok: bool, ttft_ms: float = math.nan) -> None:
         """One request's outcome; it counts for every tier the model serves (a model that is
         down is down for all of them)."""
-        self._seen.setdefault((model, tier), deque())
+        if (model, tier) not in self._seen:
+            self._seen[(model, tier)] = _Outcomes()
+        now = self._clock()
         for key, seen in self._seen.items():
             if key[0] == model:
-                seen.append((self._clock(), ok, ttft_ms))
+                seen.add(now, ok, ttft_ms)
 
     def know(self, model: str, tier: int) -> None:
         """A model of the catalog: reported even before any request reached it."""
-        self._seen.setdefault((model, tier), deque())
+        if (model, tier) not in self._seen:
+            self._seen[(model, tier)] = _Outcomes()
 
     def health(
         self, model: str, tier: int, *, utilization: float = math.nan, breaker_open: bool = False
     ) -> ModelHealth:
-        seen = self._seen.setdefault((model, tier), deque())
-        cutoff = self._clock() - self.window_s
-        while seen and seen[0][0] < cutoff:
-            seen.popleft()
-        failed = sum(1 for _, ok, _ in seen if not ok)
-        ttfts = sorted(t for _, ok, t in seen if ok and not math.isnan(t))
+        self.know(model, tier)
+        seen = self._seen[(model, tier)]
+        seen.expire(self._clock() - self.window_s)
+        requests = len(seen.events)
         return ModelHealth(
             model=model,
             tier=tier,
-            error_rate=failed / len(seen) if seen else 0.0,
-            ttft_p95_ms=percentile(ttfts, 0.95),
+            error_rate=seen.failed / requests if requests else 0.0,
+            ttft_p95_ms=percentile(seen.ttfts, 0.95),
             utilization=utilization,
-            requests=len(seen),
+            requests=requests,
             breaker_open=breaker_open,
         )
 

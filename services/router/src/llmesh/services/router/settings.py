@@ -173,6 +173,14 @@ class RouterSettings(ForecastSettings):
         "a cached answer is streamed in deltas of at most this many characters",
         positive,
     )
+    request_log_level: str = setting(
+        "LLMESH_ROUTER_REQUEST_LOG_LEVEL",
+        "debug",
+        "level of the one line logged per answered request (served_from_cache, generated): at debug it is "
+        "not formatted under the default LLMESH_LOG_LEVEL=info (metrics, traces and usage events still cover "
+        "every request); info logs each one",
+        one_of("debug", "info"),
+    )
     batch_workers: int = setting(
         "LLMESH_ROUTER_BATCH_WORKERS",
         1,
