@@ -8,8 +8,8 @@ import importlib
 import sys
 
 from llmesh.kit import identity
-from llmesh.launcher.state import operator_identity
 from llmesh.launcher import state as mesh_state
+from llmesh.launcher.state import operator_identity
 
 # Modules under llmesh.cli, each owning one command group.
 COMMAND_MODULES = (

@@ -16,8 +16,8 @@ from llmesh.kit.bus import Bus
 from llmesh.kit.config import load_settings
 from llmesh.kit.defaults import home
 from llmesh.kit.errors import Unavailable
-from llmesh.kit.identity import SERVICES
 from llmesh.kit.forecast import LoadForecast, start_forecast
+from llmesh.kit.identity import SERVICES
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp

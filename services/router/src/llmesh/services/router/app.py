@@ -16,8 +16,8 @@ from llmesh.kit.bus import Bus
 from llmesh.kit.client import open_channel
 from llmesh.kit.errors import Unavailable
 from llmesh.kit.experiments import VariantPolicies
-from llmesh.kit.identity import PUBLIC, act_for
 from llmesh.kit.forecast import LoadForecast, start_forecast
+from llmesh.kit.identity import PUBLIC, act_for
 from llmesh.kit.logging import get_logger
 from llmesh.kit.outbox import Outbox
 from llmesh.kit.policy import PolicyStore
