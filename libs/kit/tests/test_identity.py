@@ -171,6 +171,80 @@ def test_tenant_checks_follow_the_caller():
         identity._caller.reset(token)
 
 
+def test_an_admin_token_is_its_own_kind_from_an_issuer_that_may_issue_it(keys):
+    clock, mesh, tenancy, _ = keys
+    verifier = Verifier([_issuer(mesh, SERVICE), _issuer(tenancy, TENANT, identity.ADMIN)], clock=clock)
+    token = tenancy.admin_token(identity.TENANT_ADMIN, tenant_id="t-1", key_id="key:k-1", ttl_s=300)
+    claims = verifier.verify(token, identity.ADMIN)
+    assert (claims.kind, claims.role, claims.subject, claims.key_id) == ("admin", "tenant_admin", "t-1", "key:k-1")
+    # Never taken for a tenant token or a credential, nor the other way round.
+    with pytest.raises(Unauthenticated, match="not a tenant one"):
+        verifier.verify(token, TENANT)
+    with pytest.raises(Unauthenticated, match="not a svc one"):
+        verifier.verify(token, SERVICE)
+    with pytest.raises(Unauthenticated, match="is a tenant token"):
+        verifier.verify(tenancy.tenant_token("t-1", key_id="k", ttl_s=60), identity.ADMIN)
+    # The mesh key may not issue one; nor may tenancy's key where the trust file does not say so.
+    with pytest.raises(Unauthenticated, match="may not issue admin"):
+        verifier.verify(mesh.admin_token(identity.PLATFORM_ADMIN, ttl_s=60), identity.ADMIN)
+    with pytest.raises(Unauthenticated, match="may not issue admin"):
+        keys[3].verify(token, identity.ADMIN)
+    # A role is part of the signed claims.
+    with pytest.raises(Unauthenticated, match="signature"):
+        verifier.verify(_reclaim(token, role=identity.PLATFORM_ADMIN), identity.ADMIN)
+    with pytest.raises(ValueError):
+        tenancy.admin_token("", ttl_s=60)
+
+
+def test_the_gate_takes_admin_tokens_on_the_methods_that_list_them(keys):
+    clock, mesh, tenancy, _ = keys
+    verifier = Verifier([_issuer(mesh, SERVICE), _issuer(tenancy, TENANT, identity.ADMIN)], clock=clock)
+    me = identity.Identity("cache", mesh.service_credential("cache"), verifier)
+    admins = frozenset({identity.OPERATOR, identity.ADMIN_TOKEN_HOLDERS})
+    gate = Gate(me, {"pkg.Cache/Delete": admins})
+    token = tenancy.admin_token(identity.TENANT_ADMIN, tenant_id="t-1", ttl_s=300)
+    admin = ((identity.ADMIN_TOKEN_METADATA_KEY, token),)
+    caller = gate.admit("/pkg.Cache/Delete", admin)
+    assert caller.service is None and caller.admin.role == identity.TENANT_ADMIN
+    # The admin token decides, also next to the operator's credential.
+    operator = ((identity.SERVICE_METADATA_KEY, mesh.service_credential("operator")),)
+    assert gate.admit("/pkg.Cache/Delete", (*operator, *admin)).admin.subject == "t-1"
+    assert gate.admit("/pkg.Cache/Delete", operator) == Caller("operator")
+    with pytest.raises(Unauthenticated, match="needs a service credential"):  # not listed: not taken
+        gate.admit("/pkg.Cache/Wipe", admin)
+    with pytest.raises(PermissionDenied, match=r"only to operator\)"):
+        gate.admit("/pkg.Cache/Delete", ((identity.SERVICE_METADATA_KEY, mesh.service_credential("router")),))
+    clock.now += 3600
+    with pytest.raises(Unauthenticated, match="expired"):
+        gate.admit("/pkg.Cache/Delete", admin)
+
+
+def test_admin_checks_follow_the_tokens_role():
+    def claims(role: str, tenant: str = "") -> identity.Claims:
+        return identity.Claims(identity.ADMIN, tenant, "k", 0, 1, role=role)
+
+    token = identity.set_caller(Caller(None, admin=claims(identity.TENANT_ADMIN, "t-1")))
+    try:
+        assert identity.require_admin("t-1")
+        with pytest.raises(PermissionDenied, match="tenant_admin.*'t-2'"):
+            identity.require_admin("t-2")
+        identity.set_caller(Caller(None, admin=claims(identity.TENANT_ADMIN)))
+        with pytest.raises(PermissionDenied):  # a tenant admin without a tenant reaches none
+            identity.require_admin("")
+        identity.set_caller(Caller(None, admin=claims(identity.PLATFORM_ADMIN)))
+        assert identity.require_admin("t-2")
+        identity.set_caller(Caller(None, admin=claims(identity.AUDITOR, "t-1")))
+        with pytest.raises(PermissionDenied, match="auditor"):
+            identity.require_admin("t-1")
+        # No admin token: the caller's older checks apply.
+        identity.set_caller(Caller(identity.OPERATOR))
+        assert identity.require_admin("t-1") is False
+        identity.set_caller(None)
+        assert identity.require_admin("t-1") is False
+    finally:
+        identity._caller.reset(token)
+
+
 def test_provision_writes_private_keys_once_and_credentials_that_verify(tmp_path):
     directory = identity.provision(tmp_path / "id")
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700

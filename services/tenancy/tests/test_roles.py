@@ -6,8 +6,14 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
+from llmesh.kit import identity
+from llmesh.kit.errors import FailedPrecondition
+from llmesh.kit.identity import Signer, Verifier
 from llmesh.kit.testing import assert_eventually, unique
+from llmesh.services.tenancy.access import BOOTSTRAP, Caller
+from llmesh.services.tenancy.models import Role
 from llmesh.services.tenancy.repository import now_us
+from llmesh.services.tenancy.tokens import TenantTokens
 from llmesh.tenancy.v1 import tenancy_pb2 as pb
 
 pytestmark = pytest.mark.timeout(90)
@@ -192,3 +198,40 @@ async def test_new_rpcs_refuse_bad_input(service, admin):
         stub.RotateApiKey(pb.RotateApiKeyRequest(key_id="k_0000000000000000"), metadata=admin),
     )
     await _expect(grpc.StatusCode.UNAUTHENTICATED, stub.ListApiKeys(pb.ListApiKeysRequest(tenant_id=tenant.tenant_id)))
+
+
+def test_admin_tokens_carry_the_callers_role_and_tenant():
+    signer = Signer.generate("tenancy-1")
+    trust = {"issuers": [{"key_id": "tenancy-1", "public_key": signer.public_key_b64, "issues": [identity.ADMIN]}]}
+    verifier = Verifier.from_trust(trust)
+    tokens = TenantTokens(signer, 300.0)
+    # The roles the cache checks are tenancy's own.
+    assert (identity.PLATFORM_ADMIN, identity.TENANT_ADMIN, identity.AUDITOR) == (
+        Role.PLATFORM_ADMIN.value,
+        Role.TENANT_ADMIN.value,
+        Role.AUDITOR.value,
+    )
+    issued = tokens.issue_admin(Caller("key:k-1", Role.TENANT_ADMIN, "t-1"))
+    claims = verifier.verify(issued.token, identity.ADMIN)
+    assert (claims.role, claims.subject, claims.key_id) == ("tenant_admin", "t-1", "key:k-1")
+    assert claims.expires_at == pytest.approx(issued.expires_at, abs=1)
+    claims = verifier.verify(tokens.issue_admin(BOOTSTRAP).token, identity.ADMIN)
+    assert (claims.role, claims.subject) == ("platform_admin", "")
+    with pytest.raises(FailedPrecondition, match="without identity checks"):
+        TenantTokens(None, 300.0).issue_admin(BOOTSTRAP)
+
+
+async def test_issue_admin_token_wants_an_admin_credential(service, admin):
+    _, stub = service
+    tenant = await _tenant(stub, admin)
+    plain = await _key(stub, admin, tenant.tenant_id)
+    await _expect(
+        DENIED, stub.IssueAdminToken(pb.IssueAdminTokenRequest(), metadata=_bearer(plain.api_key)), "no admin role"
+    )
+    await _expect(grpc.StatusCode.UNAUTHENTICATED, stub.IssueAdminToken(pb.IssueAdminTokenRequest()), "admin token")
+    role = await _key(stub, admin, tenant.tenant_id, pb.ADMIN_ROLE_TENANT_ADMIN)
+    issued = await stub.IssueAdminToken(pb.IssueAdminTokenRequest(), metadata=_bearer(role.api_key))
+    assert (issued.role, issued.tenant_id) == (pb.ADMIN_ROLE_TENANT_ADMIN, tenant.tenant_id)
+    assert issued.admin_token and issued.expires_at.seconds > 0
+    bootstrap = await stub.IssueAdminToken(pb.IssueAdminTokenRequest(), metadata=admin)
+    assert (bootstrap.role, bootstrap.tenant_id) == (pb.ADMIN_ROLE_PLATFORM_ADMIN, "")

@@ -25,6 +25,7 @@ IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
     "llmesh.tenancy.v1.TenancyService": (
         "Authenticate",
         "RenewTenantToken",
+        "IssueAdminToken",
         "GetTenant",
         "ListTenants",
         "RevokeApiKey",

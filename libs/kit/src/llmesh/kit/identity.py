@@ -8,8 +8,12 @@ locally by every service with public keys only (a verifier cannot mint).
 - A tenant token says a call acts for one tenant (`tenant`, `key`, `bu`, `clr`). Tenancy signs it
   with its own key when it authenticates an API key; the router forwards it
   (`x-llmesh-tenant-token`) on the calls it makes for that tenant.
+- An admin token says its holder has an admin role (`role`: platform_admin, tenant_admin,
+  auditor; `tenant` for a tenant admin). Tenancy signs it (IssueAdminToken) for an API key with
+  that role; the CLI sends it (`x-llmesh-admin-token`) to other services' admin RPCs, the cache's.
+  It is a kind of its own: no verifier takes it for a tenant token or a credential.
 - The trust file lists the issuers' public keys and what each may issue: the mesh key issues
-  service credentials, tenancy's key issues tenant tokens, so neither can mint the other's kind.
+  service credentials, tenancy's key tenant and admin tokens, so neither can mint the other's kinds.
 
 Token: `<base64url(canonical JSON claims)>.<base64url(Ed25519 signature of the first part)>`.
 Verified tokens are kept in a small bounded LRU (the signature check costs ~50 µs, a hit ~1 µs);
@@ -36,16 +40,23 @@ from llmesh.kit.errors import PermissionDenied, Unauthenticated
 
 SERVICE_METADATA_KEY = "x-llmesh-service"
 TENANT_TOKEN_METADATA_KEY = "x-llmesh-tenant-token"
+ADMIN_TOKEN_METADATA_KEY = "x-llmesh-admin-token"
 AUDIENCE = "llmesh"
 SERVICE = "svc"
 TENANT = "tenant"
-KINDS = (SERVICE, TENANT)
+ADMIN = "admin"
+KINDS = (SERVICE, TENANT, ADMIN)
+# The roles an admin token carries (tenancy's Role values, docs/adr/0016).
+PLATFORM_ADMIN = "platform_admin"
+TENANT_ADMIN = "tenant_admin"
+AUDITOR = "auditor"
 OPERATOR = "operator"
 SERVICES = ("tenancy", "classifier", "cache", "inference", "router", "edge", OPERATOR)
 # Clocks of two machines disagree a little: a token is good this long before `iat` and after `exp`.
 CLOCK_SKEW_S = 30.0
 MAX_TOKEN_CHARS = 2048
 DEFAULT_TENANT_TOKEN_TTL_S = 300.0
+DEFAULT_ADMIN_TOKEN_TTL_S = 300.0
 DEFAULT_SERVICE_CREDENTIAL_TTL_S = 365 * 86400.0
 
 
@@ -61,14 +72,15 @@ def _unb64(text: str) -> bytes:
 class Claims:
     """What a verified token says."""
 
-    kind: str  # SERVICE or TENANT
-    subject: str  # the service name, or the tenant id
+    kind: str  # SERVICE, TENANT or ADMIN
+    subject: str  # the service name, or the tenant id ("" in a platform-wide admin token)
     issuer: str  # the key id that signed it
     issued_at: float
     expires_at: float
     key_id: str = ""  # TENANT: the API key the router authenticated
     business_unit: str = ""
     clearance: str = ""
+    role: str = ""  # ADMIN: the holder's role
 
 
 class Signer:
@@ -129,6 +141,12 @@ class Signer:
     ) -> str:
         return self.sign(TENANT, tenant_id, ttl_s, key=key_id, bu=business_unit, clr=clearance)
 
+    def admin_token(self, role: str, *, tenant_id: str = "", key_id: str = "", ttl_s: float) -> str:
+        """`tenant_id`: the tenant of a tenant admin ("" for the platform-wide roles)."""
+        if not role:
+            raise ValueError("an admin token needs a role")
+        return self.sign(ADMIN, tenant_id, ttl_s, key=key_id, role=role)
+
 
 @dataclasses.dataclass(frozen=True)
 class Issuer:
@@ -172,7 +190,7 @@ class Verifier:
 
     def verify(self, token: str, kind: str, *, what: str | None = None) -> Claims:
         """The claims of a good token of `kind`; raises Unauthenticated naming what is wrong."""
-        what = what or ("service credential" if kind == SERVICE else "tenant token")
+        what = what or {SERVICE: "service credential", TENANT: "tenant token"}.get(kind, f"{kind} token")
         now = self._clock()
         claims = self._cache.get(token)
         if claims is None:
@@ -223,6 +241,7 @@ class Verifier:
                 key_id=str(raw.get("key", "")),
                 business_unit=str(raw.get("bu", "")),
                 clearance=str(raw.get("clr", "")),
+                role=str(raw.get("role", "")),
             )
         except (KeyError, TypeError, ValueError):
             raise Unauthenticated(f"malformed {what}: claims missing") from None
@@ -317,7 +336,7 @@ def provision(
             {
                 "key_id": signers[TENANCY_KEY].key_id,
                 "public_key": signers[TENANCY_KEY].public_key_b64,
-                "issues": [TENANT],
+                "issues": [TENANT, ADMIN],
             },
         ]
     }
@@ -352,8 +371,9 @@ def load_provisioned(directory: str | os.PathLike, service: str) -> Identity:
 
 @dataclasses.dataclass(frozen=True)
 class Caller:
-    service: str | None  # None: no credential (a public RPC)
+    service: str | None  # None: no credential (a public RPC, or an admin token's holder)
     tenant: Claims | None = None
+    admin: Claims | None = None  # a verified admin token (the methods that take one)
 
     @property
     def operator(self) -> bool:
@@ -415,9 +435,38 @@ def tenant_scope() -> str | None:
     return caller.tenant.subject
 
 
+def admin_token_claims() -> Claims | None:
+    """The verified admin token of the call being served, if it carries one."""
+    caller = _caller.get()
+    return caller.admin if caller is not None else None
+
+
+def require_admin(tenant_id: str, *, what: str = "this entry") -> bool:
+    """For the admin RPCs that take admin tokens: raises unless an admin token's holder may change
+    `tenant_id`'s data (a platform admin any tenant's, a tenant admin its own, an auditor none).
+    True when the call carries an admin token (so passed), False when it carries none (the
+    operator's credential: the caller applies its older checks)."""
+    caller = _caller.get()
+    if caller is None or caller.admin is None:
+        return False
+    role, own = caller.admin.role, caller.admin.subject
+    if role == PLATFORM_ADMIN:
+        return True
+    if role == TENANT_ADMIN:
+        if own and own == tenant_id:
+            return True
+        raise PermissionDenied(
+            f"the admin token's role {role!r} (of tenant {own!r}) does not reach tenant {tenant_id!r} ({what})"
+        )
+    raise PermissionDenied(f"the admin token's role {role or 'none'!r} may not change {what}")
+
+
 # --- the server side: who may call what -------------------------------------------------------
 
 PUBLIC = frozenset({"*"})
+# In a method's callers: it also takes an admin token (x-llmesh-admin-token) in place of a service
+# credential; the servicer checks the token's role (require_admin).
+ADMIN_TOKEN_HOLDERS = "@admin-token"
 PUBLIC_SERVICES = (
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -438,22 +487,30 @@ class Gate:
         name = method.lstrip("/")
         service_name = name.split("/", 1)[0]
         allowed = PUBLIC if service_name in PUBLIC_SERVICES else self._callers.get(name, frozenset({OPERATOR}))
-        credential = tenant_token = None
+        credential = tenant_token = admin_token = None
         for key, value in metadata or ():
             if key == SERVICE_METADATA_KEY:
                 credential = value
             elif key == TENANT_TOKEN_METADATA_KEY:
                 tenant_token = value
+            elif key == ADMIN_TOKEN_METADATA_KEY:
+                admin_token = value
         verifier = self.identity.verifier
         if allowed is PUBLIC:
             # Open to anyone: what a caller presents is neither checked nor used (the router's
             # Generate checks the tenant's API key itself).
             return Caller(None)
+        if admin_token is not None and ADMIN_TOKEN_HOLDERS in allowed:
+            # The admin token decides, also next to a service credential: its holder asked to act
+            # with its role (the operator's tools send their credential on every call).
+            return Caller(None, admin=verifier.verify(_text(admin_token), ADMIN))
         if credential is None:
             raise Unauthenticated(f"{name} needs a service credential: send the metadata '{SERVICE_METADATA_KEY}'")
         claims = verifier.verify(_text(credential), SERVICE)
         if claims.subject not in allowed and claims.subject != OPERATOR:
-            raise PermissionDenied(f"{name} is not open to {claims.subject} (only to {', '.join(sorted(allowed))})")
+            raise PermissionDenied(
+                f"{name} is not open to {claims.subject} (only to {', '.join(sorted(a for a in allowed if a != ADMIN_TOKEN_HOLDERS))})"
+            )
         tenant = verifier.verify(_text(tenant_token), TENANT) if tenant_token is not None else None
         return Caller(claims.subject, tenant)
 

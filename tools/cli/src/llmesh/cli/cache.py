@@ -13,6 +13,7 @@ import grpc
 from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.client import open_channel
+from llmesh.kit.identity import ADMIN_TOKEN_METADATA_KEY
 from llmesh.launcher.state import admin_token, endpoint
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
@@ -76,14 +77,38 @@ def _tenant_arguments(parser: argparse.ArgumentParser, *, required: bool, help_s
     group.add_argument("--tenant-id", help=f"tenant id, used as given{help_suffix}")
 
 
+# How tenancy's API keys begin: LLMESH_ADMIN_TOKEN may be an admin API key rather than the
+# bootstrap admin token.
+API_KEY_PREFIX = "llmesh_"
+
+
 class Session:
-    """What a command talks to: the cache, and tenancy to resolve tenant names."""
+    """What a command talks to: the cache, and tenancy to resolve tenant names (and, for an admin
+    API key, to trade it for an admin token the cache checks on its own: docs/adr/0023)."""
 
     def __init__(self, cache: cache_pb2_grpc.CacheServiceStub, tenancy_target: str, token: str):
         self.cache = cache
         self._tenancy_target = tenancy_target
+        self._role_key = token.startswith(API_KEY_PREFIX)
+        # Tenancy's admin RPCs: the admin token or the admin API key.
         self.metadata = grpc.aio.Metadata(("authorization", f"Bearer {token}")) if token else None
         self._ids: dict[str, str] = {}
+        self._issued: tenancy_pb2.IssueAdminTokenResponse | None = None
+
+    async def _admin_token(self) -> tenancy_pb2.IssueAdminTokenResponse:
+        if self._issued is None:
+            async with open_channel(self._tenancy_target) as channel:
+                stub = tenancy_pb2_grpc.TenancyServiceStub(channel)
+                self._issued = await stub.IssueAdminToken(tenancy_pb2.IssueAdminTokenRequest(), metadata=self.metadata)
+        return self._issued
+
+    async def cache_metadata(self, *, bearer: bool = True) -> grpc.aio.Metadata | None:
+        """The cache's admin RPCs: an admin token from tenancy for an admin API key; else the
+        admin token itself (`bearer`: the RPCs that check it) or nothing (the operator's
+        credential alone)."""
+        if self._role_key:
+            return grpc.aio.Metadata((ADMIN_TOKEN_METADATA_KEY, (await self._admin_token()).admin_token))
+        return self.metadata if bearer else None
 
     async def tenant_id(self, name: str) -> str:
         if name not in self._ids:
@@ -100,6 +125,9 @@ class Session:
             return args.tenant_id
         if getattr(args, "tenant", None):
             return await self.tenant_id(args.tenant)
+        if self._role_key:
+            # A tenant admin's key: its own tenant.
+            return (await self._admin_token()).tenant_id
         return ""
 
 
@@ -138,7 +166,8 @@ async def _invalidate(session: Session, args) -> None:
         request.use_case = args.use_case
     else:
         request.all = True
-    print((await session.cache.Invalidate(request)).event_id)
+    metadata = await session.cache_metadata(bearer=False)
+    print((await session.cache.Invalidate(request, metadata=metadata)).event_id)
 
 
 async def _admin(session: Session, args, call) -> cache_pb2.CachedAnswer | bool:
@@ -150,7 +179,7 @@ async def _admin(session: Session, args, call) -> cache_pb2.CachedAnswer | bool:
 async def _pin(session: Session, args, pinned: bool = True) -> None:
     async def call(tenant_id: str):
         request = cache_pb2.PinEntryRequest(tenant_id=tenant_id, entry_id=args.entry_id, pinned=pinned)
-        return (await session.cache.PinEntry(request, metadata=session.metadata)).answer
+        return (await session.cache.PinEntry(request, metadata=await session.cache_metadata())).answer
 
     answer = await _admin(session, args, call)
     expires = "never" if answer.pinned else answer.expires_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ")
@@ -164,7 +193,7 @@ async def _unpin(session: Session, args) -> None:
 async def _delete(session: Session, args) -> None:
     async def call(tenant_id: str):
         request = cache_pb2.DeleteEntryRequest(tenant_id=tenant_id, entry_id=args.entry_id)
-        return (await session.cache.DeleteEntry(request, metadata=session.metadata)).deleted
+        return (await session.cache.DeleteEntry(request, metadata=await session.cache_metadata())).deleted
 
     deleted = await _admin(session, args, call)
     print(f"{args.entry_id}  {'deleted' if deleted else 'not found'}")
@@ -297,7 +326,8 @@ async def _warm(session: Session, args) -> None:
     timeout = WARM_TIMEOUT_BASE_S + WARM_TIMEOUT_PER_PAIR_S * len(requests)
     last = cache_pb2.WarmResponse()
     with tqdm(total=len(requests), unit="pair", desc="warming", file=sys.stderr) as bar:
-        async for progress in session.cache.Warm(stream(), metadata=session.metadata, timeout=timeout):
+        metadata = await session.cache_metadata()
+        async for progress in session.cache.Warm(stream(), metadata=metadata, timeout=timeout):
             bar.update(progress.received - bar.n)
             bar.set_postfix(stored=progress.stored, skipped=progress.skipped, failed=progress.failed)
             last = progress

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file llmesh/tenancy/v1/tenancy.proto.
  */
 export const file_llmesh_tenancy_v1_tenancy: GenFile = /*@__PURE__*/
-  fileDesc("Ch9sbG1lc2gvdGVuYW5jeS92MS90ZW5hbmN5LnByb3RvEhFsbG1lc2gudGVuYW5jeS52MSKiAQoGVGVuYW50EhEKCXRlbmFudF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhUKDWJ1c2luZXNzX3VuaXQYAyABKAkSMAoJY2xlYXJhbmNlGAQgASgOMh0ubGxtZXNoLmNvbW1vbi52MS5TZW5zaXRpdml0eRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL2AQoGQXBpS2V5Eg4KBmtleV9pZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSDQoFbGFiZWwYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoEcm9sZRgGIAEoDjIcLmxsbWVzaC50ZW5hbmN5LnYxLkFkbWluUm9sZRIuCgpleHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCImChNBdXRoZW50aWNhdGVSZXF1ZXN0Eg8KB2FwaV9rZXkYASABKAkimQEKFEF1dGhlbnRpY2F0ZVJlc3BvbnNlEi4KCXByaW5jaXBhbBgBIAEoCzIbLmxsbWVzaC5jb21tb24udjEuUHJpbmNpcGFsEhQKDHRlbmFudF90b2tlbhgCIAEoCRI7Chd0ZW5hbnRfdG9rZW5fZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKQoXUmVuZXdUZW5hbnRUb2tlblJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIp0BChhSZW5ld1RlbmFudFRva2VuUmVzcG9uc2USLgoJcHJpbmNpcGFsGAEgASgLMhsubGxtZXNoLmNvbW1vbi52MS5QcmluY2lwYWwSFAoMdGVuYW50X3Rva2VuGAIgASgJEjsKF3RlbmFudF90b2tlbl9leHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJsChNDcmVhdGVUZW5hbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSFQoNYnVzaW5lc3NfdW5pdBgCIAEoCRIwCgljbGVhcmFuY2UYAyABKA4yHS5sbG1lc2guY29tbW9uLnYxLlNlbnNpdGl2aXR5IkEKFENyZWF0ZVRlbmFudFJlc3BvbnNlEikKBnRlbmFudBgBIAEoCzIZLmxsbWVzaC50ZW5hbmN5LnYxLlRlbmFudCJDChBHZXRUZW5hbnRSZXF1ZXN0EhMKCXRlbmFudF9pZBgBIAEoCUgAEg4KBG5hbWUYAiABKAlIAEIKCghzZWxlY3RvciI+ChFHZXRUZW5hbnRSZXNwb25zZRIpCgZ0ZW5hbnQYASABKAsyGS5sbG1lc2gudGVuYW5jeS52MS5UZW5hbnQiFAoSTGlzdFRlbmFudHNSZXF1ZXN0IkEKE0xpc3RUZW5hbnRzUmVzcG9uc2USKgoHdGVuYW50cxgBIAMoCzIZLmxsbWVzaC50ZW5hbmN5LnYxLlRlbmFudCKTAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDQoFbGFiZWwYAiABKAkSKgoEcm9sZRgDIAEoDjIcLmxsbWVzaC50ZW5hbmN5LnYxLkFkbWluUm9sZRIuCgpleHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJPChRDcmVhdGVBcGlLZXlSZXNwb25zZRImCgNrZXkYASABKAsyGS5sbG1lc2gudGVuYW5jeS52MS5BcGlLZXkSDwoHYXBpX2tleRgCIAEoCSIlChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSI+ChRSZXZva2VBcGlLZXlSZXNwb25zZRImCgNrZXkYASABKAsyGS5sbG1lc2gudGVuYW5jeS52MS5BcGlLZXkiQAoSTGlzdEFwaUtleXNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYAiABKAgiPgoTTGlzdEFwaUtleXNSZXNwb25zZRInCgRrZXlzGAEgAygLMhkubGxtZXNoLnRlbmFuY3kudjEuQXBpS2V5IlEKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ifwoUUm90YXRlQXBpS2V5UmVzcG9uc2USKgoHb2xkX2tleRgBIAEoCzIZLmxsbWVzaC50ZW5hbmN5LnYxLkFwaUtleRIqCgduZXdfa2V5GAIgASgLMhkubGxtZXNoLnRlbmFuY3kudjEuQXBpS2V5Eg8KB2FwaV9rZXkYAyABKAkipgEKElVzYWdlUmVwb3J0UmVxdWVzdBIQCghncm91cF9ieRgBIAMoCRIpCgVzaW5jZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXRlbmFudF9pZBgEIAEoCRIVCg10b3BfdXNlX2Nhc2VzGAUgASgFIt8BCghVc2FnZVJvdxI1CgVncm91cBgBIAMoCzImLmxsbWVzaC50ZW5hbmN5LnYxLlVzYWdlUm93Lkdyb3VwRW50cnkSEAoIcmVxdWVzdHMYAiABKAMSFQoNcHJvbXB0X3Rva2VucxgDIAEoAxIZChFjb21wbGV0aW9uX3Rva2VucxgEIAEoAxIQCghjb3N0X3VzZBgFIAEoARIYChBjb3N0X2F2b2lkZWRfdXNkGAYgASgBGiwKCkdyb3VwRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKKAQoNVXNhZ2VGb3JlY2FzdBIvCgttb250aF9zdGFydBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRbW9udGhfdG9fZGF0ZV91c2QYAiABKAESFgoOZGFpbHlfcmF0ZV91c2QYAyABKAESFQoNbW9udGhfZW5kX3VzZBgEIAEoASLVAQoTVXNhZ2VSZXBvcnRSZXNwb25zZRIpCgRyb3dzGAEgAygLMhsubGxtZXNoLnRlbmFuY3kudjEuVXNhZ2VSb3cSKwoGdG90YWxzGAIgASgLMhsubGxtZXNoLnRlbmFuY3kudjEuVXNhZ2VSb3cSMgoIZm9yZWNhc3QYAyABKAsyIC5sbG1lc2gudGVuYW5jeS52MS5Vc2FnZUZvcmVjYXN0EjIKDXRvcF91c2VfY2FzZXMYBCADKAsyGy5sbG1lc2gudGVuYW5jeS52MS5Vc2FnZVJvdyK/AQoKQXVkaXRFbnRyeRILCgNzZXEYASABKAMSJgoCYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIRCgl0ZW5hbnRfaWQYBSABKAkSDgoGdGFyZ2V0GAYgASgJEhMKC2RldGFpbF9qc29uGAcgASgJEhEKCXByZXZfaGFzaBgIIAEoCRISCgplbnRyeV9oYXNoGAkgASgJImwKEkFwcGVuZEF1ZGl0UmVxdWVzdBIOCgZhY3Rpb24YASABKAkSEQoJdGVuYW50X2lkGAIgASgJEg4KBnRhcmdldBgDIAEoCRITCgtkZXRhaWxfanNvbhgEIAEoCRIOCgZzb3VyY2UYBSABKAkiQwoTQXBwZW5kQXVkaXRSZXNwb25zZRIsCgVlbnRyeRgBIAEoCzIdLmxsbWVzaC50ZW5hbmN5LnYxLkF1ZGl0RW50cnkiRwoQTGlzdEF1ZGl0UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgDEg0KBWxpbWl0GAMgASgFIkMKEUxpc3RBdWRpdFJlc3BvbnNlEi4KB2VudHJpZXMYASADKAsyHS5sbG1lc2gudGVuYW5jeS52MS5BdWRpdEVudHJ5IhQKElZlcmlmeUF1ZGl0UmVxdWVzdCJvChNWZXJpZnlBdWRpdFJlc3BvbnNlEgoKAm9rGAEgASgIEg8KB2VudHJpZXMYAiABKAMSEwoLY2hlY2twb2ludHMYAyABKAMSFQoNZmlyc3RfYmFkX3NlcRgEIAEoAxIPCgdwcm9ibGVtGAUgASgJKnsKCUFkbWluUm9sZRIaChZBRE1JTl9ST0xFX1VOU1BFQ0lGSUVEEAASHQoZQURNSU5fUk9MRV9QTEFURk9STV9BRE1JThABEhsKF0FETUlOX1JPTEVfVEVOQU5UX0FETUlOEAISFgoSQURNSU5fUk9MRV9BVURJVE9SEAMy6AkKDlRlbmFuY3lTZXJ2aWNlEl8KDEF1dGhlbnRpY2F0ZRImLmxsbWVzaC50ZW5hbmN5LnYxLkF1dGhlbnRpY2F0ZVJlcXVlc3QaJy5sbG1lc2gudGVuYW5jeS52MS5BdXRoZW50aWNhdGVSZXNwb25zZRJrChBSZW5ld1RlbmFudFRva2VuEioubGxtZXNoLnRlbmFuY3kudjEuUmVuZXdUZW5hbnRUb2tlblJlcXVlc3QaKy5sbG1lc2gudGVuYW5jeS52MS5SZW5ld1RlbmFudFRva2VuUmVzcG9uc2USXwoMQ3JlYXRlVGVuYW50EiYubGxtZXNoLnRlbmFuY3kudjEuQ3JlYXRlVGVuYW50UmVxdWVzdBonLmxsbWVzaC50ZW5hbmN5LnYxLkNyZWF0ZVRlbmFudFJlc3BvbnNlElYKCUdldFRlbmFudBIjLmxsbWVzaC50ZW5hbmN5LnYxLkdldFRlbmFudFJlcXVlc3QaJC5sbG1lc2gudGVuYW5jeS52MS5HZXRUZW5hbnRSZXNwb25zZRJcCgtMaXN0VGVuYW50cxIlLmxsbWVzaC50ZW5hbmN5LnYxLkxpc3RUZW5hbnRzUmVxdWVzdBomLmxsbWVzaC50ZW5hbmN5LnYxLkxpc3RUZW5hbnRzUmVzcG9uc2USXwoMQ3JlYXRlQXBpS2V5EiYubGxtZXNoLnRlbmFuY3kudjEuQ3JlYXRlQXBpS2V5UmVxdWVzdBonLmxsbWVzaC50ZW5hbmN5LnYxLkNyZWF0ZUFwaUtleVJlc3BvbnNlEl8KDFJldm9rZUFwaUtleRImLmxsbWVzaC50ZW5hbmN5LnYxLlJldm9rZUFwaUtleVJlcXVlc3QaJy5sbG1lc2gudGVuYW5jeS52MS5SZXZva2VBcGlLZXlSZXNwb25zZRJcCgtMaXN0QXBpS2V5cxIlLmxsbWVzaC50ZW5hbmN5LnYxLkxpc3RBcGlLZXlzUmVxdWVzdBomLmxsbWVzaC50ZW5hbmN5LnYxLkxpc3RBcGlLZXlzUmVzcG9uc2USXwoMUm90YXRlQXBpS2V5EiYubGxtZXNoLnRlbmFuY3kudjEuUm90YXRlQXBpS2V5UmVxdWVzdBonLmxsbWVzaC50ZW5hbmN5LnYxLlJvdGF0ZUFwaUtleVJlc3BvbnNlElwKC1VzYWdlUmVwb3J0EiUubGxtZXNoLnRlbmFuY3kudjEuVXNhZ2VSZXBvcnRSZXF1ZXN0GiYubGxtZXNoLnRlbmFuY3kudjEuVXNhZ2VSZXBvcnRSZXNwb25zZRJcCgtBcHBlbmRBdWRpdBIlLmxsbWVzaC50ZW5hbmN5LnYxLkFwcGVuZEF1ZGl0UmVxdWVzdBomLmxsbWVzaC50ZW5hbmN5LnYxLkFwcGVuZEF1ZGl0UmVzcG9uc2USVgoJTGlzdEF1ZGl0EiMubGxtZXNoLnRlbmFuY3kudjEuTGlzdEF1ZGl0UmVxdWVzdBokLmxsbWVzaC50ZW5hbmN5LnYxLkxpc3RBdWRpdFJlc3BvbnNlElwKC1ZlcmlmeUF1ZGl0EiUubGxtZXNoLnRlbmFuY3kudjEuVmVyaWZ5QXVkaXRSZXF1ZXN0GiYubGxtZXNoLnRlbmFuY3kudjEuVmVyaWZ5QXVkaXRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_llmesh_common_v1_common]);
+  fileDesc("Ch9sbG1lc2gvdGVuYW5jeS92MS90ZW5hbmN5LnByb3RvEhFsbG1lc2gudGVuYW5jeS52MSKiAQoGVGVuYW50EhEKCXRlbmFudF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhUKDWJ1c2luZXNzX3VuaXQYAyABKAkSMAoJY2xlYXJhbmNlGAQgASgOMh0ubGxtZXNoLmNvbW1vbi52MS5TZW5zaXRpdml0eRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL2AQoGQXBpS2V5Eg4KBmtleV9pZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSDQoFbGFiZWwYAyABKAkSLgoKY3JlYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcmV2b2tlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoEcm9sZRgGIAEoDjIcLmxsbWVzaC50ZW5hbmN5LnYxLkFkbWluUm9sZRIuCgpleHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCImChNBdXRoZW50aWNhdGVSZXF1ZXN0Eg8KB2FwaV9rZXkYASABKAkimQEKFEF1dGhlbnRpY2F0ZVJlc3BvbnNlEi4KCXByaW5jaXBhbBgBIAEoCzIbLmxsbWVzaC5jb21tb24udjEuUHJpbmNpcGFsEhQKDHRlbmFudF90b2tlbhgCIAEoCRI7Chd0ZW5hbnRfdG9rZW5fZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiKQoXUmVuZXdUZW5hbnRUb2tlblJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIp0BChhSZW5ld1RlbmFudFRva2VuUmVzcG9uc2USLgoJcHJpbmNpcGFsGAEgASgLMhsubGxtZXNoLmNvbW1vbi52MS5QcmluY2lwYWwSFAoMdGVuYW50X3Rva2VuGAIgASgJEjsKF3RlbmFudF90b2tlbl9leHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIYChZJc3N1ZUFkbWluVG9rZW5SZXF1ZXN0Ip0BChdJc3N1ZUFkbWluVG9rZW5SZXNwb25zZRITCgthZG1pbl90b2tlbhgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIqCgRyb2xlGAMgASgOMhwubGxtZXNoLnRlbmFuY3kudjEuQWRtaW5Sb2xlEhEKCXRlbmFudF9pZBgEIAEoCSJsChNDcmVhdGVUZW5hbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSFQoNYnVzaW5lc3NfdW5pdBgCIAEoCRIwCgljbGVhcmFuY2UYAyABKA4yHS5sbG1lc2guY29tbW9uLnYxLlNlbnNpdGl2aXR5IkEKFENyZWF0ZVRlbmFudFJlc3BvbnNlEikKBnRlbmFudBgBIAEoCzIZLmxsbWVzaC50ZW5hbmN5LnYxLlRlbmFudCJDChBHZXRUZW5hbnRSZXF1ZXN0EhMKCXRlbmFudF9pZBgBIAEoCUgAEg4KBG5hbWUYAiABKAlIAEIKCghzZWxlY3RvciI+ChFHZXRUZW5hbnRSZXNwb25zZRIpCgZ0ZW5hbnQYASABKAsyGS5sbG1lc2gudGVuYW5jeS52MS5UZW5hbnQiFAoSTGlzdFRlbmFudHNSZXF1ZXN0IkEKE0xpc3RUZW5hbnRzUmVzcG9uc2USKgoHdGVuYW50cxgBIAMoCzIZLmxsbWVzaC50ZW5hbmN5LnYxLlRlbmFudCKTAQoTQ3JlYXRlQXBpS2V5UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDQoFbGFiZWwYAiABKAkSKgoEcm9sZRgDIAEoDjIcLmxsbWVzaC50ZW5hbmN5LnYxLkFkbWluUm9sZRIuCgpleHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJPChRDcmVhdGVBcGlLZXlSZXNwb25zZRImCgNrZXkYASABKAsyGS5sbG1lc2gudGVuYW5jeS52MS5BcGlLZXkSDwoHYXBpX2tleRgCIAEoCSIlChNSZXZva2VBcGlLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSI+ChRSZXZva2VBcGlLZXlSZXNwb25zZRImCgNrZXkYASABKAsyGS5sbG1lc2gudGVuYW5jeS52MS5BcGlLZXkiQAoSTGlzdEFwaUtleXNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIXCg9pbmNsdWRlX3Jldm9rZWQYAiABKAgiPgoTTGlzdEFwaUtleXNSZXNwb25zZRInCgRrZXlzGAEgAygLMhkubGxtZXNoLnRlbmFuY3kudjEuQXBpS2V5IlEKE1JvdGF0ZUFwaUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEioKB292ZXJsYXAYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ifwoUUm90YXRlQXBpS2V5UmVzcG9uc2USKgoHb2xkX2tleRgBIAEoCzIZLmxsbWVzaC50ZW5hbmN5LnYxLkFwaUtleRIqCgduZXdfa2V5GAIgASgLMhkubGxtZXNoLnRlbmFuY3kudjEuQXBpS2V5Eg8KB2FwaV9rZXkYAyABKAkipgEKElVzYWdlUmVwb3J0UmVxdWVzdBIQCghncm91cF9ieRgBIAMoCRIpCgVzaW5jZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXRlbmFudF9pZBgEIAEoCRIVCg10b3BfdXNlX2Nhc2VzGAUgASgFIt8BCghVc2FnZVJvdxI1CgVncm91cBgBIAMoCzImLmxsbWVzaC50ZW5hbmN5LnYxLlVzYWdlUm93Lkdyb3VwRW50cnkSEAoIcmVxdWVzdHMYAiABKAMSFQoNcHJvbXB0X3Rva2VucxgDIAEoAxIZChFjb21wbGV0aW9uX3Rva2VucxgEIAEoAxIQCghjb3N0X3VzZBgFIAEoARIYChBjb3N0X2F2b2lkZWRfdXNkGAYgASgBGiwKCkdyb3VwRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKKAQoNVXNhZ2VGb3JlY2FzdBIvCgttb250aF9zdGFydBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRbW9udGhfdG9fZGF0ZV91c2QYAiABKAESFgoOZGFpbHlfcmF0ZV91c2QYAyABKAESFQoNbW9udGhfZW5kX3VzZBgEIAEoASLVAQoTVXNhZ2VSZXBvcnRSZXNwb25zZRIpCgRyb3dzGAEgAygLMhsubGxtZXNoLnRlbmFuY3kudjEuVXNhZ2VSb3cSKwoGdG90YWxzGAIgASgLMhsubGxtZXNoLnRlbmFuY3kudjEuVXNhZ2VSb3cSMgoIZm9yZWNhc3QYAyABKAsyIC5sbG1lc2gudGVuYW5jeS52MS5Vc2FnZUZvcmVjYXN0EjIKDXRvcF91c2VfY2FzZXMYBCADKAsyGy5sbG1lc2gudGVuYW5jeS52MS5Vc2FnZVJvdyK/AQoKQXVkaXRFbnRyeRILCgNzZXEYASABKAMSJgoCYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEg4KBmFjdGlvbhgEIAEoCRIRCgl0ZW5hbnRfaWQYBSABKAkSDgoGdGFyZ2V0GAYgASgJEhMKC2RldGFpbF9qc29uGAcgASgJEhEKCXByZXZfaGFzaBgIIAEoCRISCgplbnRyeV9oYXNoGAkgASgJImwKEkFwcGVuZEF1ZGl0UmVxdWVzdBIOCgZhY3Rpb24YASABKAkSEQoJdGVuYW50X2lkGAIgASgJEg4KBnRhcmdldBgDIAEoCRITCgtkZXRhaWxfanNvbhgEIAEoCRIOCgZzb3VyY2UYBSABKAkiQwoTQXBwZW5kQXVkaXRSZXNwb25zZRIsCgVlbnRyeRgBIAEoCzIdLmxsbWVzaC50ZW5hbmN5LnYxLkF1ZGl0RW50cnkiRwoQTGlzdEF1ZGl0UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgDEg0KBWxpbWl0GAMgASgFIkMKEUxpc3RBdWRpdFJlc3BvbnNlEi4KB2VudHJpZXMYASADKAsyHS5sbG1lc2gudGVuYW5jeS52MS5BdWRpdEVudHJ5IhQKElZlcmlmeUF1ZGl0UmVxdWVzdCJvChNWZXJpZnlBdWRpdFJlc3BvbnNlEgoKAm9rGAEgASgIEg8KB2VudHJpZXMYAiABKAMSEwoLY2hlY2twb2ludHMYAyABKAMSFQoNZmlyc3RfYmFkX3NlcRgEIAEoAxIPCgdwcm9ibGVtGAUgASgJKnsKCUFkbWluUm9sZRIaChZBRE1JTl9ST0xFX1VOU1BFQ0lGSUVEEAASHQoZQURNSU5fUk9MRV9QTEFURk9STV9BRE1JThABEhsKF0FETUlOX1JPTEVfVEVOQU5UX0FETUlOEAISFgoSQURNSU5fUk9MRV9BVURJVE9SEAMy0goKDlRlbmFuY3lTZXJ2aWNlEl8KDEF1dGhlbnRpY2F0ZRImLmxsbWVzaC50ZW5hbmN5LnYxLkF1dGhlbnRpY2F0ZVJlcXVlc3QaJy5sbG1lc2gudGVuYW5jeS52MS5BdXRoZW50aWNhdGVSZXNwb25zZRJrChBSZW5ld1RlbmFudFRva2VuEioubGxtZXNoLnRlbmFuY3kudjEuUmVuZXdUZW5hbnRUb2tlblJlcXVlc3QaKy5sbG1lc2gudGVuYW5jeS52MS5SZW5ld1RlbmFudFRva2VuUmVzcG9uc2USaAoPSXNzdWVBZG1pblRva2VuEikubGxtZXNoLnRlbmFuY3kudjEuSXNzdWVBZG1pblRva2VuUmVxdWVzdBoqLmxsbWVzaC50ZW5hbmN5LnYxLklzc3VlQWRtaW5Ub2tlblJlc3BvbnNlEl8KDENyZWF0ZVRlbmFudBImLmxsbWVzaC50ZW5hbmN5LnYxLkNyZWF0ZVRlbmFudFJlcXVlc3QaJy5sbG1lc2gudGVuYW5jeS52MS5DcmVhdGVUZW5hbnRSZXNwb25zZRJWCglHZXRUZW5hbnQSIy5sbG1lc2gudGVuYW5jeS52MS5HZXRUZW5hbnRSZXF1ZXN0GiQubGxtZXNoLnRlbmFuY3kudjEuR2V0VGVuYW50UmVzcG9uc2USXAoLTGlzdFRlbmFudHMSJS5sbG1lc2gudGVuYW5jeS52MS5MaXN0VGVuYW50c1JlcXVlc3QaJi5sbG1lc2gudGVuYW5jeS52MS5MaXN0VGVuYW50c1Jlc3BvbnNlEl8KDENyZWF0ZUFwaUtleRImLmxsbWVzaC50ZW5hbmN5LnYxLkNyZWF0ZUFwaUtleVJlcXVlc3QaJy5sbG1lc2gudGVuYW5jeS52MS5DcmVhdGVBcGlLZXlSZXNwb25zZRJfCgxSZXZva2VBcGlLZXkSJi5sbG1lc2gudGVuYW5jeS52MS5SZXZva2VBcGlLZXlSZXF1ZXN0GicubGxtZXNoLnRlbmFuY3kudjEuUmV2b2tlQXBpS2V5UmVzcG9uc2USXAoLTGlzdEFwaUtleXMSJS5sbG1lc2gudGVuYW5jeS52MS5MaXN0QXBpS2V5c1JlcXVlc3QaJi5sbG1lc2gudGVuYW5jeS52MS5MaXN0QXBpS2V5c1Jlc3BvbnNlEl8KDFJvdGF0ZUFwaUtleRImLmxsbWVzaC50ZW5hbmN5LnYxLlJvdGF0ZUFwaUtleVJlcXVlc3QaJy5sbG1lc2gudGVuYW5jeS52MS5Sb3RhdGVBcGlLZXlSZXNwb25zZRJcCgtVc2FnZVJlcG9ydBIlLmxsbWVzaC50ZW5hbmN5LnYxLlVzYWdlUmVwb3J0UmVxdWVzdBomLmxsbWVzaC50ZW5hbmN5LnYxLlVzYWdlUmVwb3J0UmVzcG9uc2USXAoLQXBwZW5kQXVkaXQSJS5sbG1lc2gudGVuYW5jeS52MS5BcHBlbmRBdWRpdFJlcXVlc3QaJi5sbG1lc2gudGVuYW5jeS52MS5BcHBlbmRBdWRpdFJlc3BvbnNlElYKCUxpc3RBdWRpdBIjLmxsbWVzaC50ZW5hbmN5LnYxLkxpc3RBdWRpdFJlcXVlc3QaJC5sbG1lc2gudGVuYW5jeS52MS5MaXN0QXVkaXRSZXNwb25zZRJcCgtWZXJpZnlBdWRpdBIlLmxsbWVzaC50ZW5hbmN5LnYxLlZlcmlmeUF1ZGl0UmVxdWVzdBomLmxsbWVzaC50ZW5hbmN5LnYxLlZlcmlmeUF1ZGl0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_llmesh_common_v1_common]);
 
 /**
  * @generated from message llmesh.tenancy.v1.Tenant
@@ -200,6 +200,53 @@ export const RenewTenantTokenResponseSchema: GenMessage<RenewTenantTokenResponse
   messageDesc(file_llmesh_tenancy_v1_tenancy, 5);
 
 /**
+ * @generated from message llmesh.tenancy.v1.IssueAdminTokenRequest
+ */
+export type IssueAdminTokenRequest = Message<"llmesh.tenancy.v1.IssueAdminTokenRequest"> & {
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.IssueAdminTokenRequest.
+ * Use `create(IssueAdminTokenRequestSchema)` to create a new message.
+ */
+export const IssueAdminTokenRequestSchema: GenMessage<IssueAdminTokenRequest> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 6);
+
+/**
+ * @generated from message llmesh.tenancy.v1.IssueAdminTokenResponse
+ */
+export type IssueAdminTokenResponse = Message<"llmesh.tenancy.v1.IssueAdminTokenResponse"> & {
+  /**
+   * @generated from field: string admin_token = 1;
+   */
+  adminToken: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expires_at = 2;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: llmesh.tenancy.v1.AdminRole role = 3;
+   */
+  role: AdminRole;
+
+  /**
+   * The tenant a tenant admin acts on; empty for the platform-wide roles.
+   *
+   * @generated from field: string tenant_id = 4;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message llmesh.tenancy.v1.IssueAdminTokenResponse.
+ * Use `create(IssueAdminTokenResponseSchema)` to create a new message.
+ */
+export const IssueAdminTokenResponseSchema: GenMessage<IssueAdminTokenResponse> = /*@__PURE__*/
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 7);
+
+/**
  * @generated from message llmesh.tenancy.v1.CreateTenantRequest
  */
 export type CreateTenantRequest = Message<"llmesh.tenancy.v1.CreateTenantRequest"> & {
@@ -226,7 +273,7 @@ export type CreateTenantRequest = Message<"llmesh.tenancy.v1.CreateTenantRequest
  * Use `create(CreateTenantRequestSchema)` to create a new message.
  */
 export const CreateTenantRequestSchema: GenMessage<CreateTenantRequest> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 6);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 8);
 
 /**
  * @generated from message llmesh.tenancy.v1.CreateTenantResponse
@@ -243,7 +290,7 @@ export type CreateTenantResponse = Message<"llmesh.tenancy.v1.CreateTenantRespon
  * Use `create(CreateTenantResponseSchema)` to create a new message.
  */
 export const CreateTenantResponseSchema: GenMessage<CreateTenantResponse> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 7);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 9);
 
 /**
  * @generated from message llmesh.tenancy.v1.GetTenantRequest
@@ -272,7 +319,7 @@ export type GetTenantRequest = Message<"llmesh.tenancy.v1.GetTenantRequest"> & {
  * Use `create(GetTenantRequestSchema)` to create a new message.
  */
 export const GetTenantRequestSchema: GenMessage<GetTenantRequest> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 8);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 10);
 
 /**
  * @generated from message llmesh.tenancy.v1.GetTenantResponse
@@ -289,7 +336,7 @@ export type GetTenantResponse = Message<"llmesh.tenancy.v1.GetTenantResponse"> &
  * Use `create(GetTenantResponseSchema)` to create a new message.
  */
 export const GetTenantResponseSchema: GenMessage<GetTenantResponse> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 9);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 11);
 
 /**
  * @generated from message llmesh.tenancy.v1.ListTenantsRequest
@@ -302,7 +349,7 @@ export type ListTenantsRequest = Message<"llmesh.tenancy.v1.ListTenantsRequest">
  * Use `create(ListTenantsRequestSchema)` to create a new message.
  */
 export const ListTenantsRequestSchema: GenMessage<ListTenantsRequest> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 10);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 12);
 
 /**
  * @generated from message llmesh.tenancy.v1.ListTenantsResponse
@@ -319,7 +366,7 @@ export type ListTenantsResponse = Message<"llmesh.tenancy.v1.ListTenantsResponse
  * Use `create(ListTenantsResponseSchema)` to create a new message.
  */
 export const ListTenantsResponseSchema: GenMessage<ListTenantsResponse> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 11);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 13);
 
 /**
  * @generated from message llmesh.tenancy.v1.CreateApiKeyRequest
@@ -353,7 +400,7 @@ export type CreateApiKeyRequest = Message<"llmesh.tenancy.v1.CreateApiKeyRequest
  * Use `create(CreateApiKeyRequestSchema)` to create a new message.
  */
 export const CreateApiKeyRequestSchema: GenMessage<CreateApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 12);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 14);
 
 /**
  * @generated from message llmesh.tenancy.v1.CreateApiKeyResponse
@@ -377,7 +424,7 @@ export type CreateApiKeyResponse = Message<"llmesh.tenancy.v1.CreateApiKeyRespon
  * Use `create(CreateApiKeyResponseSchema)` to create a new message.
  */
 export const CreateApiKeyResponseSchema: GenMessage<CreateApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 13);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 15);
 
 /**
  * @generated from message llmesh.tenancy.v1.RevokeApiKeyRequest
@@ -394,7 +441,7 @@ export type RevokeApiKeyRequest = Message<"llmesh.tenancy.v1.RevokeApiKeyRequest
  * Use `create(RevokeApiKeyRequestSchema)` to create a new message.
  */
 export const RevokeApiKeyRequestSchema: GenMessage<RevokeApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 14);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 16);
 
 /**
  * @generated from message llmesh.tenancy.v1.RevokeApiKeyResponse
@@ -411,7 +458,7 @@ export type RevokeApiKeyResponse = Message<"llmesh.tenancy.v1.RevokeApiKeyRespon
  * Use `create(RevokeApiKeyResponseSchema)` to create a new message.
  */
 export const RevokeApiKeyResponseSchema: GenMessage<RevokeApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 15);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 17);
 
 /**
  * @generated from message llmesh.tenancy.v1.ListApiKeysRequest
@@ -433,7 +480,7 @@ export type ListApiKeysRequest = Message<"llmesh.tenancy.v1.ListApiKeysRequest">
  * Use `create(ListApiKeysRequestSchema)` to create a new message.
  */
 export const ListApiKeysRequestSchema: GenMessage<ListApiKeysRequest> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 16);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 18);
 
 /**
  * @generated from message llmesh.tenancy.v1.ListApiKeysResponse
@@ -450,7 +497,7 @@ export type ListApiKeysResponse = Message<"llmesh.tenancy.v1.ListApiKeysResponse
  * Use `create(ListApiKeysResponseSchema)` to create a new message.
  */
 export const ListApiKeysResponseSchema: GenMessage<ListApiKeysResponse> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 17);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 19);
 
 /**
  * @generated from message llmesh.tenancy.v1.RotateApiKeyRequest
@@ -474,7 +521,7 @@ export type RotateApiKeyRequest = Message<"llmesh.tenancy.v1.RotateApiKeyRequest
  * Use `create(RotateApiKeyRequestSchema)` to create a new message.
  */
 export const RotateApiKeyRequestSchema: GenMessage<RotateApiKeyRequest> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 18);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 20);
 
 /**
  * @generated from message llmesh.tenancy.v1.RotateApiKeyResponse
@@ -503,7 +550,7 @@ export type RotateApiKeyResponse = Message<"llmesh.tenancy.v1.RotateApiKeyRespon
  * Use `create(RotateApiKeyResponseSchema)` to create a new message.
  */
 export const RotateApiKeyResponseSchema: GenMessage<RotateApiKeyResponse> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 19);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 21);
 
 /**
  * @generated from message llmesh.tenancy.v1.UsageReportRequest
@@ -548,7 +595,7 @@ export type UsageReportRequest = Message<"llmesh.tenancy.v1.UsageReportRequest">
  * Use `create(UsageReportRequestSchema)` to create a new message.
  */
 export const UsageReportRequestSchema: GenMessage<UsageReportRequest> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 20);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 22);
 
 /**
  * @generated from message llmesh.tenancy.v1.UsageRow
@@ -592,7 +639,7 @@ export type UsageRow = Message<"llmesh.tenancy.v1.UsageRow"> & {
  * Use `create(UsageRowSchema)` to create a new message.
  */
 export const UsageRowSchema: GenMessage<UsageRow> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 21);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 23);
 
 /**
  * @generated from message llmesh.tenancy.v1.UsageForecast
@@ -626,7 +673,7 @@ export type UsageForecast = Message<"llmesh.tenancy.v1.UsageForecast"> & {
  * Use `create(UsageForecastSchema)` to create a new message.
  */
 export const UsageForecastSchema: GenMessage<UsageForecast> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 22);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 24);
 
 /**
  * @generated from message llmesh.tenancy.v1.UsageReportResponse
@@ -660,7 +707,7 @@ export type UsageReportResponse = Message<"llmesh.tenancy.v1.UsageReportResponse
  * Use `create(UsageReportResponseSchema)` to create a new message.
  */
 export const UsageReportResponseSchema: GenMessage<UsageReportResponse> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 23);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 25);
 
 /**
  * @generated from message llmesh.tenancy.v1.AuditEntry
@@ -721,7 +768,7 @@ export type AuditEntry = Message<"llmesh.tenancy.v1.AuditEntry"> & {
  * Use `create(AuditEntrySchema)` to create a new message.
  */
 export const AuditEntrySchema: GenMessage<AuditEntry> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 24);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 26);
 
 /**
  * @generated from message llmesh.tenancy.v1.AppendAuditRequest
@@ -762,7 +809,7 @@ export type AppendAuditRequest = Message<"llmesh.tenancy.v1.AppendAuditRequest">
  * Use `create(AppendAuditRequestSchema)` to create a new message.
  */
 export const AppendAuditRequestSchema: GenMessage<AppendAuditRequest> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 25);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 27);
 
 /**
  * @generated from message llmesh.tenancy.v1.AppendAuditResponse
@@ -779,7 +826,7 @@ export type AppendAuditResponse = Message<"llmesh.tenancy.v1.AppendAuditResponse
  * Use `create(AppendAuditResponseSchema)` to create a new message.
  */
 export const AppendAuditResponseSchema: GenMessage<AppendAuditResponse> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 26);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 28);
 
 /**
  * @generated from message llmesh.tenancy.v1.ListAuditRequest
@@ -808,7 +855,7 @@ export type ListAuditRequest = Message<"llmesh.tenancy.v1.ListAuditRequest"> & {
  * Use `create(ListAuditRequestSchema)` to create a new message.
  */
 export const ListAuditRequestSchema: GenMessage<ListAuditRequest> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 27);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 29);
 
 /**
  * @generated from message llmesh.tenancy.v1.ListAuditResponse
@@ -825,7 +872,7 @@ export type ListAuditResponse = Message<"llmesh.tenancy.v1.ListAuditResponse"> &
  * Use `create(ListAuditResponseSchema)` to create a new message.
  */
 export const ListAuditResponseSchema: GenMessage<ListAuditResponse> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 28);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 30);
 
 /**
  * @generated from message llmesh.tenancy.v1.VerifyAuditRequest
@@ -838,7 +885,7 @@ export type VerifyAuditRequest = Message<"llmesh.tenancy.v1.VerifyAuditRequest">
  * Use `create(VerifyAuditRequestSchema)` to create a new message.
  */
 export const VerifyAuditRequestSchema: GenMessage<VerifyAuditRequest> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 29);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 31);
 
 /**
  * @generated from message llmesh.tenancy.v1.VerifyAuditResponse
@@ -877,7 +924,7 @@ export type VerifyAuditResponse = Message<"llmesh.tenancy.v1.VerifyAuditResponse
  * Use `create(VerifyAuditResponseSchema)` to create a new message.
  */
 export const VerifyAuditResponseSchema: GenMessage<VerifyAuditResponse> = /*@__PURE__*/
-  messageDesc(file_llmesh_tenancy_v1_tenancy, 30);
+  messageDesc(file_llmesh_tenancy_v1_tenancy, 32);
 
 /**
  * What an API key may do on the admin RPCs. Unspecified: an ordinary key of the mesh, no admin
@@ -945,6 +992,19 @@ export const TenancyService: GenService<{
     methodKind: "unary";
     input: typeof RenewTenantTokenRequestSchema;
     output: typeof RenewTenantTokenResponseSchema;
+  },
+  /**
+   * A short-lived signed admin token (docs/adr/0023) for the caller's admin credential (the
+   * metadata `authorization: Bearer <admin API key or bootstrap admin token>`): its role, and the
+   * tenant of a tenant admin. Other services' admin RPCs (the cache's) take it as the metadata
+   * `x-llmesh-admin-token`. A key without a role: PERMISSION_DENIED.
+   *
+   * @generated from rpc llmesh.tenancy.v1.TenancyService.IssueAdminToken
+   */
+  issueAdminToken: {
+    methodKind: "unary";
+    input: typeof IssueAdminTokenRequestSchema;
+    output: typeof IssueAdminTokenResponseSchema;
   },
   /**
    * @generated from rpc llmesh.tenancy.v1.TenancyService.CreateTenant

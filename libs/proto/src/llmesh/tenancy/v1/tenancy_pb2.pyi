@@ -87,6 +87,22 @@ class RenewTenantTokenResponse(_message.Message):
     tenant_token_expires_at: _timestamp_pb2.Timestamp
     def __init__(self, principal: _Optional[_Union[_common_pb2.Principal, _Mapping]] = ..., tenant_token: _Optional[str] = ..., tenant_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class IssueAdminTokenRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class IssueAdminTokenResponse(_message.Message):
+    __slots__ = ("admin_token", "expires_at", "role", "tenant_id")
+    ADMIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    admin_token: str
+    expires_at: _timestamp_pb2.Timestamp
+    role: AdminRole
+    tenant_id: str
+    def __init__(self, admin_token: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., role: _Optional[_Union[AdminRole, str]] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+
 class CreateTenantRequest(_message.Message):
     __slots__ = ("name", "business_unit", "clearance")
     NAME_FIELD_NUMBER: _ClassVar[int]

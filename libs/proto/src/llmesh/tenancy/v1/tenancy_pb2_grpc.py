@@ -50,6 +50,11 @@ class TenancyServiceStub:
                 request_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RenewTenantTokenRequest.SerializeToString,
                 response_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RenewTenantTokenResponse.FromString,
                 _registered_method=True)
+        self.IssueAdminToken = channel.unary_unary(
+                '/llmesh.tenancy.v1.TenancyService/IssueAdminToken',
+                request_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.IssueAdminTokenRequest.SerializeToString,
+                response_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.IssueAdminTokenResponse.FromString,
+                _registered_method=True)
         self.CreateTenant = channel.unary_unary(
                 '/llmesh.tenancy.v1.TenancyService/CreateTenant',
                 request_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.CreateTenantRequest.SerializeToString,
@@ -127,6 +132,16 @@ class TenancyServiceServicer:
         """A fresh tenant token for an API key the router authenticated before (a batch job's items
         run after the job's token expired). The router's service credential only; a revoked,
         expired or admin key: UNAUTHENTICATED / PERMISSION_DENIED as for Authenticate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueAdminToken(self, request, context):
+        """A short-lived signed admin token (docs/adr/0023) for the caller's admin credential (the
+        metadata `authorization: Bearer <admin API key or bootstrap admin token>`): its role, and the
+        tenant of a tenant admin. Other services' admin RPCs (the cache's) take it as the metadata
+        `x-llmesh-admin-token`. A key without a role: PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -218,6 +233,11 @@ def add_TenancyServiceServicer_to_server(servicer, server):
                     servicer.RenewTenantToken,
                     request_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RenewTenantTokenRequest.FromString,
                     response_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RenewTenantTokenResponse.SerializeToString,
+            ),
+            'IssueAdminToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueAdminToken,
+                    request_deserializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.IssueAdminTokenRequest.FromString,
+                    response_serializer=llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.IssueAdminTokenResponse.SerializeToString,
             ),
             'CreateTenant': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTenant,
@@ -335,6 +355,33 @@ class TenancyService:
             '/llmesh.tenancy.v1.TenancyService/RenewTenantToken',
             llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RenewTenantTokenRequest.SerializeToString,
             llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.RenewTenantTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueAdminToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.tenancy.v1.TenancyService/IssueAdminToken',
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.IssueAdminTokenRequest.SerializeToString,
+            llmesh_dot_tenancy_dot_v1_dot_tenancy__pb2.IssueAdminTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

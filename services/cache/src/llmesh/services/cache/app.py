@@ -17,7 +17,7 @@ from llmesh.kit.config import load_settings
 from llmesh.kit.defaults import home
 from llmesh.kit.errors import Unavailable
 from llmesh.kit.forecast import LoadForecast, start_forecast
-from llmesh.kit.identity import SERVICES
+from llmesh.kit.identity import ADMIN_TOKEN_HOLDERS, OPERATOR, SERVICES
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
@@ -31,7 +31,7 @@ from llmesh.services.cache.metrics import ENTRIES
 from llmesh.services.cache.policy import parse_cache_policy
 from llmesh.services.cache.redis_store import RedisStore
 from llmesh.services.cache.semantic.api import SemanticIndex
-from llmesh.services.cache.servicer import SERVICE_NAME, CacheServicer
+from llmesh.services.cache.servicer import ADMIN_METHODS, SERVICE_NAME, CacheServicer
 from llmesh.services.cache.settings import CacheSettings
 
 log = get_logger("llmesh.cache")
@@ -69,7 +69,8 @@ class CacheApp(ServiceApp):
     name = "cache"
     # docs/adr/0023. Each call for a tenant also carries that tenant's token (servicer.py); Stats
     # shows a token's tenant its own rows and the operator all of them. Invalidate, PinEntry,
-    # DeleteEntry and Warm are the operator's (the last three want the admin token as well).
+    # DeleteEntry and Warm are the operator's (the last three want the admin token as well), or
+    # take an admin token from tenancy: a platform admin's, or a tenant admin's for its own tenant.
     callers = {
         f"{SERVICE_NAME}/Lookup": frozenset({"router"}),
         f"{SERVICE_NAME}/Store": frozenset({"router"}),
@@ -77,7 +78,7 @@ class CacheApp(ServiceApp):
         # The router's cache refresh planner, acting for the tenant that turned it on.
         f"{SERVICE_NAME}/ListHotEntries": frozenset({"router"}),
         f"{SERVICE_NAME}/Stats": frozenset(SERVICES),
-    }
+    } | {f"{SERVICE_NAME}/{method}": frozenset({OPERATOR, ADMIN_TOKEN_HOLDERS}) for method in ADMIN_METHODS}
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.kit.auth import AdminGuard
 from llmesh.kit.errors import InvalidArgument, PermissionDenied, Unavailable
-from llmesh.kit.identity import require_tenant, tenant_scope
+from llmesh.kit.identity import admin_token_claims, require_admin, require_tenant, tenant_scope
 from llmesh.kit.logging import bind_contextvars
 from llmesh.kit.vocabulary import tenant_id_from, use_case_from
 from llmesh.services.cache import convert
@@ -15,6 +15,8 @@ from llmesh.services.cache.core import Cache, StoreCommand
 from llmesh.services.cache.invalidation import Invalidation
 
 SERVICE_NAME = cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name
+# The operator's RPCs that also take an admin token (docs/adr/0023): its role decides, per tenant.
+ADMIN_METHODS = ("Invalidate", "PinEntry", "DeleteEntry", "Warm")
 
 # Kept free of the caller's deadline so an Invalidate that cannot publish still answers in time.
 PUBLISH_MARGIN_S = 0.2
@@ -57,6 +59,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     async def Invalidate(self, request, context):
         inv = convert.invalidation_from(request, self._clock())
         bind_contextvars(tenant=inv.tenant_id)
+        require_admin(inv.tenant_id, what="the invalidation")
         self._ready()
         # Answered within the caller's deadline: UNAVAILABLE when NATS cannot take the event (and
         # then nothing is published later behind the caller's back), never DEADLINE_EXCEEDED.
@@ -84,22 +87,25 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         return cache_pb2.FeedbackResponse(evicted=result.evicted, tightened=result.tightened)
 
     async def PinEntry(self, request, context):
-        self._guard.check(context.invocation_metadata())
         tenant_id = tenant_id_from(request.tenant_id)
+        self._admin(context, tenant_id)
         entry_id = convert.entry_id_from(request.entry_id)
         bind_contextvars(tenant=tenant_id)
         entry = await self._ready().set_pinned(tenant_id, entry_id, request.pinned)
         return cache_pb2.PinEntryResponse(answer=convert.answer_to_proto(entry))
 
     async def DeleteEntry(self, request, context):
-        self._guard.check(context.invocation_metadata())
         tenant_id = tenant_id_from(request.tenant_id)
+        self._admin(context, tenant_id)
         entry_id = convert.entry_id_from(request.entry_id)
         bind_contextvars(tenant=tenant_id)
         return cache_pb2.DeleteEntryResponse(deleted=await self._ready().delete_entry(tenant_id, entry_id))
 
     async def Warm(self, request_iterator, context) -> AsyncIterator[cache_pb2.WarmResponse]:
-        self._guard.check(context.invocation_metadata())
+        # An admin token's holder: each pair's tenant is checked below; the admin token otherwise.
+        by_role = admin_token_claims() is not None
+        if not by_role:
+            self._guard.check(context.invocation_metadata())
         cache = self._ready()
         progress = cache_pb2.WarmResponse()
         batch: list[StoreCommand] = []
@@ -115,7 +121,11 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             try:
                 if not item.HasField("entry"):
                     raise InvalidArgument("entry is missing", field="entry")
-                batch.append(convert.store_from(item.entry))
+                command = convert.store_from(item.entry)
+                if by_role:
+                    # A pair of another tenant ends the call: a tenant admin warms its own only.
+                    require_admin(command.key.tenant_id, what=f"pair {progress.received}")
+                batch.append(command)
             except InvalidArgument as exc:
                 # One bad pair in a bulk load is reported, not fatal to the others.
                 progress.failed += 1
@@ -129,6 +139,12 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
             await flush()
         progress.done = True
         yield progress
+
+    def _admin(self, context, tenant_id: str) -> None:
+        """An admin token's role for `tenant_id`, or else the admin token (and the operator's
+        credential, which the gate checked)."""
+        if not require_admin(tenant_id, what="the entry"):
+            self._guard.check(context.invocation_metadata())
 
     async def ListHotEntries(self, request, context):
         tenant_id, use_case, min_hits, within_s, limit = convert.hot_entries_from(request)

@@ -8,6 +8,7 @@ from llmesh.kit.errors import InvalidArgument
 from llmesh.services.tenancy.access import Caller
 from llmesh.services.tenancy.audit import AuditLog
 from llmesh.services.tenancy.convert import (
+    ROLE_TO_PROTO,
     audit_entry_to_proto,
     clearance_from_proto,
     key_to_proto,
@@ -59,6 +60,15 @@ class TenancyServicer(tenancy_pb2_grpc.TenancyServiceServicer):
         if issued is not None:
             response.tenant_token = issued.token
             response.tenant_token_expires_at.FromSeconds(int(issued.expires_at))
+        return response
+
+    async def IssueAdminToken(self, request, context):
+        caller = await self._caller(context)
+        issued = self._tokens.issue_admin(caller)
+        response = tenancy_pb2.IssueAdminTokenResponse(
+            admin_token=issued.token, role=ROLE_TO_PROTO[caller.role], tenant_id=caller.tenant_id or ""
+        )
+        response.expires_at.FromSeconds(int(issued.expires_at))
         return response
 
     async def CreateTenant(self, request, context):
