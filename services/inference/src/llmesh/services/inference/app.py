@@ -17,6 +17,7 @@ from llmesh.services.inference.catalog import CatalogDefaults, load_catalog
 from llmesh.services.inference.core import InferenceEngine, ModelStatus
 from llmesh.services.inference.factory import build_backends
 from llmesh.services.inference.llama_cpp_backend import LlamaCppBackend
+from llmesh.services.inference.replay import ReplayStore
 from llmesh.services.inference.reporting import LoadReporter, load_subject
 from llmesh.services.inference.servicer import SERVICE_NAME, InferenceServicer
 from llmesh.services.inference.settings import InferenceSettings
@@ -54,6 +55,7 @@ class InferenceApp(ServiceApp):
             self.catalog,
             repeated_line_stop=settings.repeated_line_stop,
             load_window_s=settings.load_window_s,
+            replay=ReplayStore(settings.replay_entries, settings.replay_ttl_s, settings.replay_max_chars),
         )
         self.bus: Bus | None = None
         self.forecast: LoadForecast | None = None

@@ -24,6 +24,7 @@ from llmesh.services.inference.backend import (
 )
 from llmesh.services.inference.catalog import Catalog, CatalogEntry
 from llmesh.services.inference.load import LatencyStats, LatencyWindow, utilization
+from llmesh.services.inference.replay import ReplayStore, fingerprint
 from llmesh.services.inference.text_stream import RepeatedLineGuard
 
 log = get_logger("llmesh.inference")
@@ -71,8 +72,10 @@ class InferenceEngine:
         *,
         repeated_line_stop: int = 0,
         load_window_s: float = 60.0,
+        replay: ReplayStore[Completion] | None = None,
     ):
         self._backends = list(backends)
+        self._replay = replay
         self._catalog = catalog
         self._repeated_line_stop = repeated_line_stop
         self._load_window_s = load_window_s
@@ -141,9 +144,52 @@ class InferenceEngine:
                 f"model {name!r} is not served here; served: {', '.join(sorted(self._by_model)) or 'none'}"
             ) from None
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+    async def generate(
+        self, request: GenerationRequest, *, replayable: bool = False
+    ) -> AsyncIterator[TextDelta | Completion]:
         """Text deltas as the backend produces them, then one Completion. Closing the iterator
-        stops the generation upstream."""
+        stops the generation upstream.
+
+        `replayable`: the request id is the caller's own (not one made up for this call). A
+        generation of such a request that completes is recorded; the same request id with the same
+        request (replay.fingerprint) within the replay TTL is then answered with the recorded
+        deltas and completion, without the backend and without counting a new generation. The
+        same request id with another request (a fallback to another model) generates."""
+        replay = self._replay
+        if not replayable or replay is None or not replay.enabled or not request.request_id:
+            async with contextlib.aclosing(self._generate(request)) as events:
+                async for event in events:
+                    yield event
+            return
+        key = fingerprint(request)
+        recorded = replay.get(request.request_id, key)
+        if recorded is not None:
+            completion = recorded.completion
+            metrics.REPLAYS.labels(completion.model, completion.backend).inc()
+            log.info("generation_replayed", model=completion.model, request_id=request.request_id)
+            for piece in recorded.pieces:
+                yield TextDelta(piece)
+            yield completion
+            return
+        pieces: list[str] | None = []
+        chars = len(request.request_id)
+        async with contextlib.aclosing(self._generate(request)) as events:
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    if pieces is not None:
+                        chars += len(event.text)
+                        if replay.fits(chars):
+                            pieces.append(event.text)
+                        else:
+                            pieces = None  # too large to keep: it will not be replayed
+                else:
+                    # Only a generation that ended normally gets here (a failed or cancelled one
+                    # raises or is closed first); recorded before the caller sees its end.
+                    if pieces is not None:
+                        replay.put(request.request_id, key, tuple(pieces), event)
+                yield event
+
+    async def _generate(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
         started = time.perf_counter()
         backend, info = self._model(request.model)
         if not 1 <= request.max_tokens <= info.context_length:

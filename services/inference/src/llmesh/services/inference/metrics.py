@@ -25,6 +25,11 @@ PROMPT_TOKENS = Counter("llmesh_inference_prompt_tokens_total", "Prompt tokens o
 GENERATIONS = Counter(
     "llmesh_inference_generations_total", "Generations that ended, by finish reason", (*LABELS, "finish_reason")
 )
+REPLAYS = Counter(
+    "llmesh_inference_replays_total",
+    "Generate calls answered with a recorded generation of the same request id and request, without the backend",
+    LABELS,
+)
 ACTIVE_GENERATIONS = Gauge("llmesh_inference_active_generations", "Generations running now", LABELS)
 QUEUED_GENERATIONS = Gauge("llmesh_inference_queued_generations", "Generations waiting for a slot", LABELS)
 USAGE_SOURCE = Counter(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from llmesh.kit.identity import require_some_tenant
+from llmesh.kit.interceptors import REQUEST_ID_KEY
 from llmesh.kit.logging import bind_contextvars
 from llmesh.services.inference.backend import TextDelta
 from llmesh.services.inference.convert import completion_to_proto, generation_request_from_proto, model_info_to_proto
@@ -20,7 +21,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         generation = generation_request_from_proto(request)
         require_some_tenant()  # the router generates for a tenant, whose token it forwards
         bind_contextvars(model=generation.model, request_id=generation.request_id)
-        async for event in self._engine.generate(generation):
+        # Only a request id the caller chose (the field or x-request-id) names a request that may
+        # come again; the id the interceptor makes up for a call without one never does.
+        replayable = bool(request.request_id) or any(
+            key == REQUEST_ID_KEY and value for key, value in (context.invocation_metadata() or ())
+        )
+        async for event in self._engine.generate(generation, replayable=replayable):
             if isinstance(event, TextDelta):
                 yield inference_pb2.GenerateResponse(delta=event.text)
             else:

@@ -88,6 +88,22 @@ class InferenceSettings(ForecastSettings):
         "seconds between load snapshots on llmesh.inference.load.<region>.<model>",
         positive,
     )
+    replay_entries: int = setting(
+        "LLMESH_INFERENCE_REPLAY_ENTRIES",
+        1024,
+        "completed generations kept to answer a repeated Generate of the same caller request id and request "
+        "without generating again (docs/adr/0018; 0: off)",
+        non_negative,
+    )
+    replay_ttl_s: float = setting(
+        "LLMESH_INFERENCE_REPLAY_TTL_S", 900.0, "how long a completed generation may be replayed (0: off)", non_negative
+    )
+    replay_max_chars: int = setting(
+        "LLMESH_INFERENCE_REPLAY_MAX_CHARS",
+        4_000_000,
+        "characters of answer text kept for replays in all (the oldest go first; 0: off)",
+        non_negative,
+    )
     openai_api_key: str = setting(
         "LLMESH_INFERENCE_OPENAI_API_KEY",
         "",
