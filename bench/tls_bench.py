@@ -1,4 +1,4 @@
-"""What mutual TLS between services costs (docs/adr/0025): per call on an open channel, and per new
+"""What mutual TLS between services costs (docs/adr/0024): per call on an open channel, and per new
 connection (the TCP + TLS handshake, with the certificate fetcher's file check, and the first call).
 
     .venv/bin/python bench/tls_bench.py [--calls 2000] [--connects 100] [--rounds 3] [--out bench/results/tls.md]

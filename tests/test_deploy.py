@@ -30,7 +30,7 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
 PUBLIC = {"router", "edge"}
 MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
 NATS_GATEWAY_PORT = 7222
-# Services scaled on their load and its forecast (docs/adr/0026); tenancy and edge on CPU only.
+# Services scaled on their load and its forecast (docs/adr/0025); tenancy and edge on CPU only.
 PREDICTIVE = ("router", "cache", "classifier", "inference")
 ADAPTER_RULES = ROOT / "deploy" / "prometheus" / "adapter-rules.yaml"
 

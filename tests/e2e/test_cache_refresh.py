@@ -1,4 +1,4 @@
-"""Cache refresh as a built-in batch job (ADR 0027) on the in-process mesh: an answer hit often and
+"""Cache refresh as a built-in batch job (ADR 0026) on the in-process mesh: an answer hit often and
 close to expiry is generated again in the off-peak window (new created_at, later expiry) through
 the Generate pipeline; an answer hit once is not; a tenant whose budget is exhausted is not
 refreshed and its job stops, saying why. The cache's clock and the planner's are set by the test:

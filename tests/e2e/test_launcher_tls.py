@@ -1,4 +1,4 @@
-"""`llmesh up --tls`: the local mesh with mutual TLS between its services (docs/adr/0025). The
+"""`llmesh up --tls`: the local mesh with mutual TLS between its services (docs/adr/0024). The
 launcher makes a CA and the certificates under $LLMESH_HOME/tls (keys readable by the owner only),
 the services serve and call each other over mutual TLS, and the `llmesh` commands use the CLI's
 certificate that mesh.json names: a tenant is created and a Generate answered through the CLI,

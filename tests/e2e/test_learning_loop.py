@@ -1,4 +1,4 @@
-"""The classifier's learning loop end to end (ADR 0028): the real router and the real classifier
+"""The classifier's learning loop end to end (ADR 0027): the real router and the real classifier
 over a real nats-server. Tenancy, cache and inference are the router tests' in-process fakes (over
 real gRPC), because the test must make tier 1 answer badly: a refusal from the tier-1 model is held,
 scored low and escalated to tier 2, and the classifier receives the escalation as a label for the

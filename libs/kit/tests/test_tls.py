@@ -1,4 +1,4 @@
-"""TLS and mutual TLS between services (docs/adr/0025), with a CA each test makes: a client with a
+"""TLS and mutual TLS between services (docs/adr/0024), with a CA each test makes: a client with a
 certificate of the mesh's CA is served; one without a certificate, with another CA's, or in
 plaintext is refused at the handshake (UNAVAILABLE); the server's certificate files rotate under
 a running server (new handshakes see the new serial, a half-written rotation keeps the old one),

@@ -27,7 +27,7 @@ Handler = Callable[[bytes], Awaitable[None]]
 
 def nats_tls_context(servers: list[str]) -> ssl.SSLContext | None:
     """For `tls://` servers: a context trusting LLMESH_TLS_CA_FILE and presenting the process's
-    certificate (docs/adr/0025); None for plaintext `nats://` (or when no CA is set: the system's)."""
+    certificate (docs/adr/0024); None for plaintext `nats://` (or when no CA is set: the system's)."""
     if not any(server.startswith("tls://") for server in servers):
         return None
     settings = tls.client_settings()

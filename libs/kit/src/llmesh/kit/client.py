@@ -141,7 +141,7 @@ def open_channel(
     config: round robin over every address of `target` (a DNS name with several records, or
     `ipv4:host:port,host:port`), retries of idempotent RPCs, keepalive.
 
-    TLS (docs/adr/0025) when `tls_settings`, else the process's LLMESH_TLS_* variables, name a CA
+    TLS (docs/adr/0024) when `tls_settings`, else the process's LLMESH_TLS_* variables, name a CA
     file: the channel trusts that CA, presents the process's certificate (mutual TLS) and re-opens
     when the files change. Otherwise the channel is plaintext.
 

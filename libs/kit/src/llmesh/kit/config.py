@@ -204,7 +204,7 @@ TLS_CLIENT_AUTH = ("none", "require")
 
 @dataclasses.dataclass(frozen=True)
 class TLSSettings:
-    """TLS between services (docs/adr/0025), read by every service and by every client process
+    """TLS between services (docs/adr/0024), read by every service and by every client process
     (the CLI): one certificate per process, served to callers and presented to the services it
     calls. Unset files: plaintext, as on loopback."""
 

@@ -1,6 +1,6 @@
 """Predictive scaling: each service forecasts its own load `lead` seconds ahead (the time a new
 pod needs to start and warm up) from its history, and exports the forecast as a gauge that the
-autoscaler scales on next to the current load (docs/adr/0026).
+autoscaler scales on next to the current load (docs/adr/0025).
 
 `SeasonalForecaster` is the model, pure (no clock, no I/O; the bench replays weeks through it):
 

@@ -29,7 +29,7 @@ RPC_LATENCY = Histogram(
 )
 
 # Predictive scaling (llmesh.kit.forecast): the whole service's load (every replica's requests
-# summed) and the load forecast `horizon` ahead, which the autoscalers read (docs/adr/0026).
+# summed) and the load forecast `horizon` ahead, which the autoscalers read (docs/adr/0025).
 SERVICE_LOAD = Gauge(
     "llmesh_service_requests_per_second",
     "Requests per second handled by every replica of the service together, over the last step",

@@ -119,7 +119,7 @@ class ServiceHost:
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         address = f"{self.settings.host}:{self.settings.port}"
-        credentials = tls.server_credentials(self.settings, self.app.name)  # None: plaintext (docs/adr/0025)
+        credentials = tls.server_credentials(self.settings, self.app.name)  # None: plaintext (docs/adr/0024)
         if credentials is None:
             self.port = server.add_insecure_port(address)
         else:

@@ -43,7 +43,7 @@ AUDIT = StreamSpec("LLMESH_AUDIT", ("llmesh.audit.>",), max_age_s=7 * DAY_S)
 AUDIT_SUBJECTS = "llmesh.audit.>"
 
 # RoutingOutcome on llmesh.classifier.outcome.<region>, Nats-Msg-Id = "outcome-<request id>": the
-# router's quality-check verdicts on tier-1 answers, labels for the classifier (ADR 0028). A week
+# router's quality-check verdicts on tier-1 answers, labels for the classifier (ADR 0027). A week
 # covers a classifier that was down for a while; labels older than that are not worth the replay.
 CLASSIFIER_OUTCOME = StreamSpec("LLMESH_CLASSIFIER_OUTCOME", ("llmesh.classifier.outcome.>",), max_age_s=7 * DAY_S)
 CLASSIFIER_OUTCOME_SUBJECTS = "llmesh.classifier.outcome.>"

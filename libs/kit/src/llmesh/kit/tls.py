@@ -1,4 +1,4 @@
-"""TLS and mutual TLS between services (docs/adr/0025), from PEM files that are reloaded when they
+"""TLS and mutual TLS between services (docs/adr/0024), from PEM files that are reloaded when they
 change: what a cert-manager Secret mounted as a volume, or `llmesh up --tls`, provides.
 
 - Server: `server_credentials` gives grpc's dynamic SSL credentials; their fetcher runs at each new

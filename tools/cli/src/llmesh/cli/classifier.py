@@ -275,7 +275,7 @@ def _rollout_status(plan, current: str, versions: list[str], db: str, ro) -> Non
         finally:
             store.close()
         out["labelled"] = len(rows)
-        out["routing_outcomes_stored"] = outcomes  # by source, all time (ADR 0028)
+        out["routing_outcomes_stored"] = outcomes  # by source, all time (ADR 0027)
         if rows:
             c = ro.compare(rows, current, plan.candidate)
             out.update(

@@ -1,4 +1,4 @@
-"""`llmesh up --tls` (or LLMESH_UP_TLS=1): mutual TLS on the local mesh (docs/adr/0025). A private
+"""`llmesh up --tls` (or LLMESH_UP_TLS=1): mutual TLS on the local mesh (docs/adr/0024). A private
 CA and one certificate per service, and one for the CLI, under $LLMESH_HOME/tls (the folder and
 the keys readable by the owner only). The CA is kept from one `up` to the next while it has more
 than CA_RENEW_DAYS to live; the service certificates are issued anew at each `up`, for localhost

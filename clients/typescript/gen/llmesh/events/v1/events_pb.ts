@@ -688,7 +688,7 @@ export const ClassifierRolloutChangedSchema: GenMessage<ClassifierRolloutChanged
 
 /**
  * What the router's quality check said of a tier-1 answer, as a label for the classifier's
- * complexity model (ADR 0028). Published by the router on llmesh.classifier.outcome.<region>
+ * complexity model (ADR 0027). Published by the router on llmesh.classifier.outcome.<region>
  * (stream LLMESH_CLASSIFIER_OUTCOME, Nats-Msg-Id = "outcome-" + request_id) off the response path;
  * the classifier stores it against the features it recorded for the same request_id.
  *

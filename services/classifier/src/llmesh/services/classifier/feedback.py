@@ -1,7 +1,7 @@
 """Feedback capture in SQLite: every classified request that carries a request_id is recorded with
 its features, score, tier and model version (not its text: the features are what retraining
 needs, and the prompt itself stays out of this store); a later Feedback(request_id, rating,
-comment) is stored against that record, and so is a routing outcome from the router (ADR 0028): the
+comment) is stored against that record, and so is a routing outcome from the router (ADR 0027): the
 quality check's verdict on the tier-1 answer, a label of its own kind (source "escalation",
 "quality_fail" or "quality_pass"; a user's rating is source "user" and wins where both exist).
 

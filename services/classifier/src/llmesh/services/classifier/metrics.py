@@ -22,7 +22,7 @@ MODEL_LOADS = Counter("llmesh_classifier_model_loads_total", "complexity model v
 FEEDBACK = Counter("llmesh_classifier_feedback_total", "feedback received, by rating", ["rating"])
 OUTCOMES = Counter(
     "llmesh_classifier_outcomes_total",
-    "routing outcomes from the router (labels, ADR 0028), by source and result (stored; unknown_request: "
+    "routing outcomes from the router (labels, ADR 0027), by source and result (stored; unknown_request: "
     "not classified by this replica's store; invalid)",
     ["source", "result"],
 )

@@ -15,7 +15,7 @@ two disjoint traffic slices.
 The evaluator takes the labelled requests since the rollout started (a rated answer from a cheap
 tier: bad, a strong call would have paid off; good, it would not; and the router's routing
 outcomes of tier-1 answers: escalated or failed the quality check, it would have; passed, it would
-not; ADR 0028; a rating wins over an outcome) and computes each version's APGR on
+not; ADR 0027; a rating wins over an outcome) and computes each version's APGR on
 them (RouteLLM's area under the performance-gap-recovered curve, with the label as the gain of a
 strong call), and a bootstrap 90 % confidence interval of candidate minus current:
 

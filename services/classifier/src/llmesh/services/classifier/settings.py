@@ -75,7 +75,7 @@ class ClassifierSettings(ForecastSettings):
     replica_id: str = setting(
         "LLMESH_CLASSIFIER_REPLICA_ID",
         "",
-        "names this replica's durable consumer of the router's routing outcomes (labels, ADR 0028), "
+        "names this replica's durable consumer of the router's routing outcomes (labels, ADR 0027), "
         "`classifier-<id>`; distinct per replica, since each keeps its own feedback store (empty: the hostname)",
     )
     policy_bucket: str = setting(

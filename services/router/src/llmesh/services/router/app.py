@@ -87,7 +87,7 @@ class RouterApp(ServiceApp):
         self.quota_store: QuotaStore | None = None
         self.accounting: Accounting | None = None
         self.outbox: Outbox | None = None
-        #: routing outcomes for the classifier (ADR 0028), apart from usage so they never crowd it out
+        #: routing outcomes for the classifier (ADR 0027), apart from usage so they never crowd it out
         self.outcome_outbox: Outbox | None = None
         #: latest load snapshot per model (for overflow decisions; shown in metrics)
         self.load = LoadBoard(settings.load_max_age_s)
@@ -215,7 +215,7 @@ class RouterApp(ServiceApp):
         )
 
     async def _start_outcomes(self) -> OutcomeReporter:
-        """the classifier's label stream and its own outbox (ADR 0028)."""
+        """the classifier's label stream and its own outbox (ADR 0027)."""
         s = self.settings
         assert self.bus is not None
         await self.bus.ensure_stream(CLASSIFIER_OUTCOME)

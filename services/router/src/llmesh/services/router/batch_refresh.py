@@ -1,4 +1,4 @@
-"""Cache refresh as a built-in batch job (ADR 0027): answers hit often that expire before the next
+"""Cache refresh as a built-in batch job (ADR 0026): answers hit often that expire before the next
 predicted peak are generated again in the quietest hours before it, so the peak starts warm.
 
 - A tenant turns it on for a use case (BatchService.SetCacheRefresh with its own key): the policy

@@ -183,7 +183,7 @@ class GeneratePipeline:
         # budgets, global rate limits and usage records (None: none of them).
         self._accounting = accounting
         self._regions = regions
-        # quality-check verdicts on tier-1 answers, labels for the classifier (ADR 0028).
+        # quality-check verdicts on tier-1 answers, labels for the classifier (ADR 0027).
         self._outcomes = outcomes
 
     @traced("router.auth")

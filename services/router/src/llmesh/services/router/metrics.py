@@ -97,7 +97,7 @@ OVERFLOW_REFUSED = Counter(
 )
 OUTCOMES_REPORTED = Counter(
     "llmesh_router_outcomes_reported_total",
-    "quality-check verdicts on tier-1 answers for the classifier's labels (ADR 0028), by verdict and result "
+    "quality-check verdicts on tier-1 answers for the classifier's labels (ADR 0027), by verdict and result "
     "(queued, sampled_out, error)",
     ["verdict", "result"],
 )

@@ -1,4 +1,4 @@
-"""Routing outcomes as labels for the classifier (ADR 0028).
+"""Routing outcomes as labels for the classifier (ADR 0027).
 
 The quality check (quality.py, ADR 0012) judges every tier-1 answer that has a stronger model to
 escalate to. Its verdict is a label for the complexity model that chose tier 1:

@@ -273,7 +273,7 @@ class RouterSettings(ForecastSettings):
         "LLMESH_ROUTER_OUTCOME_PASS_SAMPLE",
         1.0,
         "share of tier-1 answers that passed the quality check reported to the classifier as labels "
-        "(escalations are always reported; ADR 0028); 0: none",
+        "(escalations are always reported; ADR 0027); 0: none",
         lambda v: None if 0.0 <= v <= 1.0 else "must be in [0, 1]",
     )
     outcome_outbox_size: int = setting(

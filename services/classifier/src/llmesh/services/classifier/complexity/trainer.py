@@ -499,7 +499,7 @@ def _drift_lines(drift: dict | None) -> list[str]:
 
 
 def _outcome_lines(metadata: dict) -> list[str]:
-    """What the router's routing outcomes are and how training uses them (ADR 0028); the counts of
+    """What the router's routing outcomes are and how training uses them (ADR 0027); the counts of
     this version's own outcome labels when it was trained with them."""
     used = metadata.get("routing_outcomes") or {}
     lines = [
@@ -508,7 +508,7 @@ def _outcome_lines(metadata: dict) -> list[str]:
         "The router's quality check (ADR 0012) judges every tier-1 answer that has a stronger model to "
         "escalate to, and reports its verdict to the classifier as a label for the request id the "
         "classification was made with (a RoutingOutcome on `llmesh.classifier.outcome.<region>`, JetStream, "
-        "published off the response path; ADR 0028). The classifier stores it beside the request's recorded "
+        "published off the response path; ADR 0027). The classifier stores it beside the request's recorded "
         "features, apart from user ratings, by source:",
         "",
         "| source | what happened | label |",

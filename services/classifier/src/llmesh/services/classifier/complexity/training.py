@@ -193,7 +193,7 @@ def feedback_examples(rows: Iterable[FeedbackRow]) -> tuple[np.ndarray, np.ndarr
 
 
 def outcome_examples(rows: Iterable[OutcomeRow]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int], int]:
-    """Feature rows, targets and weights from the router's routing outcomes (ADR 0028): an
+    """Feature rows, targets and weights from the router's routing outcomes (ADR 0027): an
     escalation or a kept answer that failed the quality check says a strong call paid off (1), a
     pass that it did not (0); the weight is the requests a label stands for (1 / the sample rate of
     its kind). Rows of other feature sets are skipped. Returns (X, y, weight, used by source, skipped)."""
