@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from llmesh.kit import server as server_module
 from llmesh.kit.config import ServerSettings, load_settings
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.tasks import BackgroundTasks
@@ -112,3 +113,22 @@ async def test_the_host_cancels_and_awaits_the_apps_tasks_before_app_stop():
     ticks = app.ticks
     await asyncio.sleep(0.05)
     assert app.ticks == ticks
+
+
+class _HangingApp(ServiceApp):
+    name = "hanging"
+
+    def register(self, server):
+        return []
+
+    async def stop(self):
+        await asyncio.Event().wait()  # a dependency that never answers
+
+
+async def test_an_app_stop_that_hangs_is_given_up_on_and_the_host_stops(monkeypatch, capsys):
+    monkeypatch.setattr(server_module, "APP_STOP_TIMEOUT_S", 0.2)
+    settings = load_settings(ServerSettings, environ={}, port=0, metrics_port=0)
+    async with hosted(_HangingApp(), settings) as host:
+        pass
+    assert host._stopped
+    assert "app_stop_timed_out" in capsys.readouterr().out

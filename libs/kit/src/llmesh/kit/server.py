@@ -31,6 +31,9 @@ from llmesh.kit.tracing import flush as flush_traces
 
 log = get_logger("llmesh.server")
 
+# How long an app's stop() may take before the host gives up on it and logs what still waits.
+APP_STOP_TIMEOUT_S = 30.0
+
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
@@ -164,12 +167,29 @@ class ServiceHost:
             await self._server.stop(grace)
         try:
             await self.app.tasks.stop(self.app.task_grace_s)
-            await self.app.stop()
+            try:
+                # A dependency that never answers must not keep the process from exiting.
+                await asyncio.wait_for(self.app.stop(), APP_STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.error("app_stop_timed_out", timeout_s=APP_STOP_TIMEOUT_S, pending=_pending_tasks())
         finally:
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
             flush_traces()
             log.info("stopped")
+
+
+def _pending_tasks() -> list[str]:
+    """Where each other task of the loop waits (for the log line of a stop that hung)."""
+    current = asyncio.current_task()
+    found = []
+    for task in asyncio.all_tasks():
+        if task is current:
+            continue
+        frames = task.get_stack(limit=1)
+        where = f"{frames[0].f_code.co_filename}:{frames[0].f_lineno}" if frames else "?"
+        found.append(f"{task.get_name()} at {where}")
+    return found[:50]
 
 
 def resolve_identity(service: str, settings: ServerSettings) -> ident.Identity | None:
