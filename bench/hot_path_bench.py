@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from litellm_baseline import FAKE_MODEL, FakeUpstream, LiteLLMProxy  # noqa: E402
+from llmesh.kit.testing import ensure_identity, identity_env  # noqa: E402
 
 PROMPT = "What is the capital of France?"
 FAKE_INFERENCE_MODEL = "tiny-1"  # services/router/tests/fakes.py: the catalog's tier 1-2 model
@@ -74,11 +75,13 @@ async def _serve_inference(ready: pathlib.Path) -> None:
     from llmesh.kit.config import ServerSettings, load_settings
     from llmesh.kit.server import ServiceApp
     from llmesh.kit.testing import hosted
+    from llmesh.services.inference.app import InferenceApp
 
     from services.router.tests.fakes import FakeInference
 
     class FakeInferenceApp(ServiceApp):
-        name = "fake-inference"
+        name = "inference"  # stands in for the inference service, with its identity
+        callers = InferenceApp.callers  # the router may call it, as it may the real one (ADR 0023)
 
         def __init__(self):
             self.inference = FakeInference()
@@ -92,7 +95,10 @@ async def _serve_inference(ready: pathlib.Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     app = FakeInferenceApp()
-    async with hosted(app, load_settings(ServerSettings, environ={}, port=0, metrics_port=0), serve_metrics=False) as h:
+    # Its identity files from the environment the bench gave it (the inference service's).
+    identity = {k: v for k, v in os.environ.items() if k.startswith("LLMESH_IDENTITY_")}
+    settings = load_settings(ServerSettings, environ=identity, port=0, metrics_port=0)
+    async with hosted(app, settings, serve_metrics=False) as h:
         tmp = ready.with_suffix(".tmp")
         tmp.write_text(json.dumps({"port": int(h.address.rsplit(":", 1)[1])}))
         tmp.replace(ready)
@@ -107,6 +113,8 @@ class Mesh:
         # another router on the same services (e.g. older code), for an interleaved A/B
         self.second_router_env = second_router_env
         self.admin_token = secrets.token_urlsafe(24)
+        # The services' keys, and this process's operator credential for its own calls.
+        self.identity_dir = ensure_identity()
         self.processes: dict[str, subprocess.Popen] = {}
         self.addresses: dict[str, str] = {}
         self.nats = None
@@ -121,6 +129,8 @@ class Mesh:
             "LLMESH_PORT": "0",
             "LLMESH_METRICS_PORT": "0",
             "LLMESH_READY_FILE": str(ready),
+            # Each process is the service it stands for (docs/adr/0023; router-b is a router).
+            **identity_env(self.identity_dir, "inference" if name == "inference" else name.split("-")[0]),
             **extra,
         }
         with open(self.home / f"{name}.log", "wb") as log:
@@ -344,10 +354,20 @@ def _client(spec: dict) -> dict:
     return asyncio.run(_phase(spec))
 
 
+def _client_identity(directory: str) -> None:
+    """A client process calls as the operator (its direct calls to inference need a credential)."""
+    from llmesh.kit import identity
+
+    operator = identity.load_provisioned(pathlib.Path(directory), identity.OPERATOR)
+    identity.set_default(operator)
+
+
 class Clients:
     def __init__(self, procs: int):
         self.procs = procs
-        self.pool = multiprocessing.get_context("spawn").Pool(procs)
+        self.pool = multiprocessing.get_context("spawn").Pool(
+            procs, initializer=_client_identity, initargs=(str(ensure_identity()),)
+        )
 
     def run(self, kind: str, target: str, key: str, calls: int, concurrency: int, tag: str) -> dict:
         procs = 1 if concurrency == 1 else min(self.procs, concurrency)
