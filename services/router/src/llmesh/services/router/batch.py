@@ -173,19 +173,29 @@ class Job:
     stopped_reason: str = ""
 
     def to_json(self) -> bytes:
-        record = dataclasses.asdict(self)
-        record["principal"]["clearance"] = self.principal.clearance.name
-        # Tenant tokens are not stored: the runner renews one per key as the items run.
-        record["principal"].pop("tenant_token", None)
-        record["principal"].pop("tenant_token_expires_at", None)
-        return json.dumps(record).encode()
+        return stored_json(self)
 
     @classmethod
     def from_json(cls, data: bytes) -> "Job":
-        record = json.loads(data)
-        p = record.pop("principal")
-        p["clearance"] = Sensitivity[p["clearance"]]
-        return cls(principal=Principal(**p), **record)
+        return from_stored_json(cls, data)
+
+
+def stored_json(record_of) -> bytes:
+    """A dataclass holding a `principal`, as JSON for KV. Tenant tokens are not stored: whoever
+    runs for that principal later (batch items, the cache refresh) renews one for its key."""
+    record = dataclasses.asdict(record_of)
+    record["principal"]["clearance"] = record_of.principal.clearance.name
+    record["principal"].pop("tenant_token", None)
+    record["principal"].pop("tenant_token_expires_at", None)
+    return json.dumps(record).encode()
+
+
+def from_stored_json(cls, data: bytes):
+    """The dataclass `cls` back from stored_json's bytes."""
+    record = json.loads(data)
+    p = record.pop("principal")
+    p["clearance"] = Sensitivity[p["clearance"]]
+    return cls(principal=Principal(**p), **record)
 
 
 def answer_line(job_id: str, index: int, custom_id: str, text: str, summary: Summary) -> dict:

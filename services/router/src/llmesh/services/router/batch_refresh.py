@@ -20,7 +20,6 @@ predicted peak are generated again in the quietest hours before it, so the peak 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Awaitable, Callable
 
@@ -29,9 +28,9 @@ from llmesh.kit.bus import Bus
 from llmesh.kit.chat import messages_to_proto, sampling_to_proto
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.logging import get_logger
-from llmesh.kit.vocabulary import Principal, Sensitivity
+from llmesh.kit.vocabulary import Principal
 from llmesh.router.v1 import router_pb2
-from llmesh.services.router.batch import MIN_WINDOW_S, BatchItem, Job
+from llmesh.services.router.batch import MIN_WINDOW_S, BatchItem, Job, from_stored_json, stored_json
 from llmesh.services.router.batch_runner import KIND_CACHE_REFRESH, BatchRunner
 from llmesh.services.router.domain import HotEntries
 from nats.js.errors import KeyWrongLastSequenceError
@@ -80,19 +79,11 @@ class RefreshPolicy:
     min_hits: int = DEFAULT_MIN_HITS
 
     def to_json(self) -> bytes:
-        record = dataclasses.asdict(self)
-        record["principal"]["clearance"] = self.principal.clearance.name
-        # Tenant tokens are not stored (as for a job): the planner renews one when it runs.
-        record["principal"].pop("tenant_token", None)
-        record["principal"].pop("tenant_token_expires_at", None)
-        return json.dumps(record).encode()
+        return stored_json(self)
 
     @classmethod
     def from_json(cls, data: bytes) -> RefreshPolicy:
-        record = json.loads(data)
-        p = record.pop("principal")
-        p["clearance"] = Sensitivity[p["clearance"]]
-        return cls(principal=Principal(**p), **record)
+        return from_stored_json(cls, data)
 
 
 def min_hits_from(value: int) -> int:
