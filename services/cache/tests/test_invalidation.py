@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 
 import grpc
@@ -122,5 +124,38 @@ async def test_an_invalidation_while_nats_is_down_fails_in_time_and_is_not_appli
             await assert_eventually(dropped_is_gone, timeout_s=10)
             kept = await stub.Lookup(lookup(tenant, "q", key_kw={"use_case": "kept"}))
             assert kept.outcome == cache_pb2.LOOKUP_OUTCOME_EXACT_HIT
+    finally:
+        nats.stop()
+
+
+@pytest.mark.timeout(90)
+async def test_an_invalidation_nats_did_not_confirm_is_accepted_as_pending_and_applied(tmp_path):
+    """NATS frozen (SIGSTOP): the event goes out on a connection that still looks open, and no ack
+    comes. It may be stored already, so it cannot be refused as 'not applied': the replica accepts
+    it as pending within the caller's deadline, publishes it again with the same id until the
+    stream confirms it, and it is applied once NATS runs again (docs/adr/0032)."""
+    nats = NatsServerProcess(str(tmp_path / "nats"), port=free_port()).start()
+    tenant = unique("tenant")
+    try:
+        async with cache_service(nats.url) as (app, stub, _):
+            await stub.Store(store(tenant, "q", "an answer"))
+            os.kill(nats.process.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                reply = await stub.Invalidate(cache_pb2.InvalidateRequest(tenant_id=tenant, all=True), timeout=3)
+                assert time.monotonic() - started < 3
+                assert reply.pending and reply.event_id
+                # Not applied while NATS is frozen: nothing reached the replicas' consumers.
+                still = await stub.Lookup(lookup(tenant, "q"))
+                assert still.outcome == cache_pb2.LOOKUP_OUTCOME_EXACT_HIT
+            finally:
+                os.kill(nats.process.pid, signal.SIGCONT)
+
+            async def applied():
+                reply = await stub.Lookup(lookup(tenant, "q"))
+                assert reply.outcome == cache_pb2.LOOKUP_OUTCOME_MISS
+                assert len(app.outbox) == 0
+
+            await assert_eventually(applied, timeout_s=20, message="the pending invalidation applied")
     finally:
         nats.stop()

@@ -22,6 +22,13 @@ from nats.js.errors import Error as JetStreamError
 
 log = get_logger("llmesh.bus")
 
+
+class NotConfirmed(Unavailable):
+    """A publish whose event went out but whose stream ack never came (NATS frozen, slow or cut
+    mid-call): the event may still be stored. Republishing it with the same Nats-Msg-Id is safe
+    (the stream drops the repeat within its duplicate window)."""
+
+
 Handler = Callable[[bytes], Awaitable[None]]
 
 
@@ -148,7 +155,7 @@ class Bus:
             await asyncio.sleep(pause)
         if not sent:
             raise Unavailable(f"NATS is unreachable: nothing was published to {subject}", retry_after_s=1.0)
-        raise Unavailable(
+        raise NotConfirmed(
             f"the event for {subject} was sent but NATS did not confirm it ({last!r}); it may still be "
             "applied, and repeating the call is safe",
             retry_after_s=1.0,

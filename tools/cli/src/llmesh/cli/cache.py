@@ -167,7 +167,14 @@ async def _invalidate(session: Session, args) -> None:
     else:
         request.all = True
     metadata = await session.cache_metadata(bearer=False)
-    print((await session.cache.Invalidate(request, metadata=metadata)).event_id)
+    response = await session.cache.Invalidate(request, metadata=metadata)
+    if response.pending:
+        print(
+            f"{response.event_id}  pending: NATS has not confirmed the event yet; the cache replica "
+            "publishes it again until it does, then every replica applies it"
+        )
+    else:
+        print(response.event_id)
 
 
 async def _admin(session: Session, args, call) -> cache_pb2.CachedAnswer | bool:

@@ -171,10 +171,12 @@ class InvalidateRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., all: _Optional[bool] = ..., use_case: _Optional[str] = ..., content_version: _Optional[_Union[_common_pb2.ContentVersion, _Mapping]] = ...) -> None: ...
 
 class InvalidateResponse(_message.Message):
-    __slots__ = ("event_id",)
+    __slots__ = ("event_id", "pending")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
     event_id: str
-    def __init__(self, event_id: _Optional[str] = ...) -> None: ...
+    pending: bool
+    def __init__(self, event_id: _Optional[str] = ..., pending: _Optional[bool] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("tenant_id", "entry_id", "rating", "served_as", "use_case", "business_unit")

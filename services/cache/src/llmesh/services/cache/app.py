@@ -19,6 +19,7 @@ from llmesh.kit.errors import Unavailable
 from llmesh.kit.forecast import LoadForecast, start_forecast
 from llmesh.kit.identity import ADMIN_TOKEN_HOLDERS, OPERATOR, SERVICES
 from llmesh.kit.logging import get_logger
+from llmesh.kit.outbox import Outbox
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import parse_domains
@@ -65,6 +66,10 @@ async def open_semantic_index(replica: str) -> SemanticIndex:
     return index
 
 
+# How long a stopping replica keeps publishing invalidations NATS has not confirmed yet.
+OUTBOX_FLUSH_S = 5.0
+
+
 class CacheApp(ServiceApp):
     name = "cache"
     # docs/adr/0023. Each call for a tenant also carries that tenant's token (servicer.py); Stats
@@ -93,6 +98,8 @@ class CacheApp(ServiceApp):
         self.cache: Cache | None = None
         self.bus: Bus | None = None
         self.channel: InvalidationChannel | None = None
+        #: invalidations sent while NATS did not confirm them, published again until it does
+        self.outbox: Outbox | None = None
         self._given_index = semantic_index
         self._opened_index: SemanticIndex | None = None
         self._policies: PolicyStore | None = None
@@ -104,10 +111,10 @@ class CacheApp(ServiceApp):
         cache_pb2_grpc.add_CacheServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    async def _publish(self, inv: Invalidation, budget_s: float | None = None) -> str:
-        if self.channel is None:
+    async def _publish(self, inv: Invalidation, budget_s: float | None = None) -> bool:
+        if self.channel is None or self.outbox is None:
             raise Unavailable("the cache is starting", retry_after_s=1.0)
-        return await self.channel.publish(inv, budget_s=budget_s)
+        return await self.channel.publish(inv, budget_s=budget_s, outbox=self.outbox)
 
     async def _open_exact(self) -> ExactStore:
         if not self.settings.redis_url:
@@ -132,6 +139,8 @@ class CacheApp(ServiceApp):
         self.bus = await Bus.connect(s.nats_url, f"llmesh-cache-{s.replica}")
         self.channel = InvalidationChannel(self.bus, s.replica, peer_domains=parse_domains(s.peer_domains))
         await self.channel.ensure_stream()
+        self.outbox = Outbox(self.bus, self.spawn, name="cache-invalidations")
+        self.every(1.0, self.outbox.drain, name="invalidation-outbox-retry")
         self._policies = PolicyStore(self.bus)
         await self._policies.start()
         self.forecast = await start_forecast(self, s, self.bus)
@@ -178,6 +187,10 @@ class CacheApp(ServiceApp):
         index, self._opened_index = self._opened_index, None
         exact, self._exact = self._exact, None
         forecast, self.forecast = self.forecast, None
+        outbox, self.outbox = self.outbox, None
+        if outbox is not None and len(outbox) and bus is not None and not bus.nc.is_closed:
+            if not await outbox.flush(timeout_s=OUTBOX_FLUSH_S):
+                log.error("invalidations_not_published", pending=len(outbox))
         if policies is not None:
             await policies.stop()
         if forecast is not None and bus is not None:

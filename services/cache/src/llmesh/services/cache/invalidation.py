@@ -14,9 +14,10 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from llmesh.common.v1 import common_pb2
 from llmesh.events.v1 import events_pb2
-from llmesh.kit.bus import Bus
+from llmesh.kit.bus import Bus, NotConfirmed
 from llmesh.kit.errors import AlreadyExists, FailedPrecondition
 from llmesh.kit.logging import get_logger
+from llmesh.kit.outbox import Outbox
 from llmesh.kit.streams import CACHE_INVALIDATE, cache_invalidate_subject
 
 ALL_TENANTS = "llmesh.cache.invalidate.>"
@@ -110,11 +111,22 @@ class InvalidationChannel:
     async def ensure_stream(self) -> None:
         await self._bus.ensure_stream(self._stream)
 
-    async def publish(self, inv: Invalidation, *, budget_s: float | None = None) -> str:
-        await self._bus.publish(
-            cache_invalidate_subject(inv.tenant_id), to_event(inv), msg_id=inv.event_id, budget_s=budget_s
-        )
-        return inv.event_id
+    async def publish(self, inv: Invalidation, *, budget_s: float | None = None, outbox: Outbox | None = None) -> bool:
+        """Publishes the event; True once the stream confirmed it. Raises Unavailable when NATS
+        certainly did not get it (nothing is applied later). An event that went out unconfirmed
+        (NATS frozen or slow: it may be stored already) is handed to `outbox`, which publishes it
+        again with the same Nats-Msg-Id until the stream confirms it, and False is returned: the
+        invalidation is accepted and will be applied, never left as a maybe (docs/adr/0032)."""
+        subject, event = cache_invalidate_subject(inv.tenant_id), to_event(inv)
+        try:
+            await self._bus.publish(subject, event, msg_id=inv.event_id, budget_s=budget_s)
+        except NotConfirmed:
+            if outbox is None:
+                raise
+            outbox.put(subject, event, msg_id=inv.event_id)
+            log.warning("invalidation_pending", event_id=inv.event_id, tenant=inv.tenant_id)
+            return False
+        return True
 
     async def consume(self, apply: Callable[[Invalidation], Awaitable[object]]) -> None:
         async def handle(data: bytes) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
 from llmesh.kit.auth import AdminGuard
@@ -28,7 +28,7 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
     def __init__(
         self,
         cache: Callable[[], Cache | None],
-        publish: Callable[[Invalidation, float | None], object],
+        publish: Callable[[Invalidation, float | None], Awaitable[bool]],
         guard: AdminGuard,
         clock: Callable[[], float],
     ):
@@ -61,12 +61,14 @@ class CacheServicer(cache_pb2_grpc.CacheServiceServicer):
         bind_contextvars(tenant=inv.tenant_id)
         require_admin(inv.tenant_id, what="the invalidation")
         self._ready()
-        # Answered within the caller's deadline: UNAVAILABLE when NATS cannot take the event (and
-        # then nothing is published later behind the caller's back), never DEADLINE_EXCEEDED.
+        # Answered within the caller's deadline, never DEADLINE_EXCEEDED: UNAVAILABLE when NATS
+        # certainly did not get the event (and then nothing is applied later behind the caller's
+        # back); an event sent but not confirmed is accepted as pending and published again by
+        # this replica until the stream confirms it (docs/adr/0032).
         remaining = context.time_remaining()
         budget_s = None if remaining is None else max(0.05, remaining - PUBLISH_MARGIN_S)
-        event_id = await self._publish(inv, budget_s)
-        return cache_pb2.InvalidateResponse(event_id=event_id)
+        confirmed = await self._publish(inv, budget_s)
+        return cache_pb2.InvalidateResponse(event_id=inv.event_id, pending=not confirmed)
 
     async def Feedback(self, request, context):
         tenant_id = tenant_id_from(request.tenant_id)
