@@ -328,6 +328,16 @@ async def test_a_failed_classification_is_not_kept(setup):
     assert len(setup.classifier.calls) == 2 and len(setup.memo) == 1
 
 
+async def test_a_lookup_that_never_reports_costs_at_most_the_timeout(setup):
+    c = command()
+    setup.cache.answer(key_of("t1", c))
+    await setup.run("t1", c)
+    assert len(setup.memo) == 1
+    # classify alone (no lookup beside it): the memo waits for the lookup until timeout_s, then asks
+    result = await asyncio.wait_for(setup.memoised.classify(c, tenant_id="t1", request_id="r", timeout_s=0.05), 5)
+    assert result.tier == 1 and len(setup.classifier.calls) == 2
+
+
 async def test_concurrent_identical_requests_all_get_an_answer(setup):
     c = command()
     setup.cache.answer(key_of("t1", c))

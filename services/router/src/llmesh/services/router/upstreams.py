@@ -178,10 +178,13 @@ class MemoClassifier:
 
 async def _hit_tier(outcome: asyncio.Future[int | None], timeout_s: float) -> int | None:
     """The tier of the exact hit the lookup found (None: no exact hit, or no answer in time)."""
-    try:
-        return await asyncio.wait_for(asyncio.shield(outcome), max(timeout_s, 0.0))
-    except TimeoutError:
-        return None
+    if not outcome.done():
+        try:
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                await asyncio.shield(outcome)  # a timeout leaves the outcome for a second wait
+        except TimeoutError:
+            return None
+    return outcome.result()
 
 
 def _servable(hit_tier: int | None, classification: Classification) -> bool:
