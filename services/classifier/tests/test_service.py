@@ -7,11 +7,13 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from llmesh.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from llmesh.common.v1 import common_pb2
+from llmesh.events.v1 import events_pb2
 from llmesh.kit.bus import Bus
 from llmesh.kit.client import open_channel
 from llmesh.kit.config import load_settings
 from llmesh.kit.experiments import resolve_variant
 from llmesh.kit.policy import PolicyStore
+from llmesh.kit.streams import CLASSIFIER_MODEL_SUBJECT
 from llmesh.kit.testing import assert_eventually, hosted, unique
 from llmesh.services.classifier.app import ClassifierApp
 from llmesh.services.classifier.feedback import FeedbackStore
@@ -203,8 +205,17 @@ async def test_policy_overrides_thresholds_per_tenant_and_use_case_and_adds_term
     await assert_eventually(back_to_defaults, message="policy removed")
 
 
-async def test_a_new_model_version_is_picked_up_without_a_restart(service, models_dir, packaged_model_dir):
+async def test_a_new_model_version_is_picked_up_without_a_restart(service, models_dir, packaged_model_dir, nats_url):
     app, stub, _ = service
+    # announced on NATS: the router's memo of classifications (docs/adr/0028) listens
+    bus = await Bus.connect(nats_url, "classifier-model-test")
+    loaded: list[events_pb2.ClassifierModelLoaded] = []
+
+    async def on_loaded(msg):
+        loaded.append(events_pb2.ClassifierModelLoaded.FromString(msg.data))
+
+    await bus.nc.subscribe(CLASSIFIER_MODEL_SUBJECT, cb=on_loaded)
+    await bus.nc.flush()
     before = await stub.Classify(request(WORD_PROBLEM))
     # A version that scores everything as hard: its intercept is far above the old outputs.
     version = "29991231T235959Z-hotswap"
@@ -216,6 +227,9 @@ async def test_a_new_model_version_is_picked_up_without_a_restart(service, model
         assert r.tier == common_pb2.TIER_3 and r.complexity_score > before.complexity_score
 
     await assert_eventually(swapped, message="hot swap")
+    await assert_eventually(lambda: [e.version for e in loaded] == [version], message="model-loaded event")
+    assert loaded[0].event_id and loaded[0].occurred_at.seconds > 0
+    await bus.close()
     assert REGISTRY.get_sample_value("llmesh_classifier_model_info", {"model_version": version}) == 1
     assert REGISTRY.get_sample_value("llmesh_classifier_model_info", {"model_version": before.model_version}) == 0
 

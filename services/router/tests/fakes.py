@@ -101,8 +101,13 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServiceServicer):
         # text → tier, for tests that change a request's classification between calls
         self.tier_overrides: dict[str, int] = {}
         self.restricted_texts: set[str] = set()
+        # answered as the complexity model version ("": none, the router memoises nothing)
+        self.model_version = ""
+        # classifications per tenant
+        self.classified: collections.Counter[str] = collections.Counter()
 
     async def Classify(self, request, context):
+        self.classified[request.tenant_id] += 1
         span = self.spans[request.request_id] = Span(time.monotonic())
         text = last_user_text(request.messages)
         try:
@@ -118,7 +123,12 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServiceServicer):
                 else common_pb2.SENSITIVITY_INTERNAL
             )
             return classifier_pb2.ClassifyResponse(
-                complexity_score=tier / 3, tier=tier, confidence=0.9, sensitivity=sensitivity, model_name="fake"
+                complexity_score=tier / 3,
+                tier=tier,
+                confidence=0.9,
+                sensitivity=sensitivity,
+                model_name="fake",
+                model_version=self.model_version,
             )
         finally:
             span.ended = time.monotonic()

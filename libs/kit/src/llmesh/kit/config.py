@@ -259,6 +259,12 @@ class _CoreSettings:
         "LLMESH_LOG_LEVEL", "info", "debug, info, warning or error", one_of("debug", "info", "warning", "error")
     )
     grace_s: float = setting("LLMESH_GRACE_S", 10.0, "seconds in-flight calls get to finish on SIGTERM", non_negative)
+    event_loop: str = setting(
+        "LLMESH_EVENT_LOOP",
+        "uvloop",
+        "the process's event loop: `uvloop` (less CPU per call; plain asyncio where uvloop is not installed) or `asyncio`",
+        one_of("uvloop", "asyncio"),
+    )
     ready_file: str | None = setting(
         "LLMESH_READY_FILE", None, "when set, the service writes its bound ports here (JSON) once SERVING"
     )

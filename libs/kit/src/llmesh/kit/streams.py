@@ -49,6 +49,10 @@ CLASSIFIER_OUTCOME = StreamSpec("LLMESH_CLASSIFIER_OUTCOME", ("llmesh.classifier
 CLASSIFIER_OUTCOME_SUBJECTS = "llmesh.classifier.outcome.>"
 
 KEY_REVOKED_SUBJECT = "llmesh.tenancy.key.revoked"
+# The classifier's complexity model (core NATS, not durable; a subscriber that reconnects assumes
+# it missed some): a version loaded or rewritten in place, and rollout decisions.
+CLASSIFIER_MODEL_SUBJECT = "llmesh.classifier.model"
+CLASSIFIER_ROLLOUT_SUBJECT = "llmesh.classifier.rollout"
 # Core NATS (not a stream): llmesh.inference.load.<region>.<model>, model load snapshots.
 MODEL_LOAD_SUBJECT_PREFIX = "llmesh.inference.load"
 # Core NATS: llmesh.router.breaker.<region>.<model>, a router replica's breaker state changes.

@@ -241,6 +241,16 @@ class ClassifierRolloutChanged(_message.Message):
     occurred_at: _timestamp_pb2.Timestamp
     def __init__(self, event_id: _Optional[str] = ..., current_version: _Optional[str] = ..., candidate_version: _Optional[str] = ..., decision: _Optional[str] = ..., share: _Optional[float] = ..., current_apgr: _Optional[float] = ..., candidate_apgr: _Optional[float] = ..., difference_low: _Optional[float] = ..., difference_high: _Optional[float] = ..., labelled: _Optional[int] = ..., reason: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class ClassifierModelLoaded(_message.Message):
+    __slots__ = ("event_id", "version", "occurred_at")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    version: str
+    occurred_at: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., version: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class RoutingOutcome(_message.Message):
     __slots__ = ("request_id", "tenant_id", "use_case", "region", "verdict", "classified_tier", "answered_tier", "first_model", "answered_model", "quality_score", "threshold", "sample_rate", "occurred_at")
     class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):

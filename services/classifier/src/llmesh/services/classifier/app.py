@@ -20,13 +20,13 @@ from llmesh.kit.forecast import LoadForecast, start_forecast
 from llmesh.kit.logging import get_logger
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
-from llmesh.kit.streams import CLASSIFIER_OUTCOME, CLASSIFIER_OUTCOME_SUBJECTS
+from llmesh.kit.streams import CLASSIFIER_MODEL_SUBJECT, CLASSIFIER_OUTCOME, CLASSIFIER_OUTCOME_SUBJECTS
 from llmesh.kit.vocabulary import Sensitivity
 from llmesh.services.classifier import metrics
 from llmesh.services.classifier.classify import Classifier
 from llmesh.services.classifier.complexity.model import ComplexityModel, ModelFileError
 from llmesh.services.classifier.complexity.registry import ModelRegistry
-from llmesh.services.classifier.convert import ROLLOUT_SUBJECT, outcome_from_event, rollout_event
+from llmesh.services.classifier.convert import ROLLOUT_SUBJECT, model_loaded_event, outcome_from_event, rollout_event
 from llmesh.services.classifier.core import ClassifierService
 from llmesh.services.classifier.drift import DriftMonitor
 from llmesh.services.classifier.feedback import FeedbackStore
@@ -98,6 +98,9 @@ class ClassifierApp(ServiceApp):
         metrics.MODEL_INFO.labels(model.version).set(1)
         metrics.MODEL_LOADS.inc()
         previous, self._shown_version = self._shown_version, model.version
+        if self.bus is not None:  # the router's memo of classifications is stale (docs/adr/0028)
+            event = model_loaded_event(model.version)
+            self.spawn(self.bus.publish_core(CLASSIFIER_MODEL_SUBJECT, event, msg_id=event.event_id))
         if self.service is None or previous is None or self.settings.rollout_share <= 0:
             return  # at start, or rollouts off: the newest version serves everything
         plan = self.rollout_plan()

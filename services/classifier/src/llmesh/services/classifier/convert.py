@@ -13,6 +13,7 @@ from llmesh.common.v1 import common_pb2
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.chat import Message, messages_from_proto
 from llmesh.kit.errors import InvalidArgument
+from llmesh.kit.streams import CLASSIFIER_ROLLOUT_SUBJECT
 from llmesh.kit.vocabulary import request_id_from, tenant_id_from, use_case_from
 from llmesh.services.classifier.classify import Classification
 from llmesh.services.classifier.feedback import Outcome
@@ -99,7 +100,13 @@ def classification_to_proto(result: Classification) -> classifier_pb2.ClassifyRe
     )
 
 
-ROLLOUT_SUBJECT = "llmesh.classifier.rollout"
+ROLLOUT_SUBJECT = CLASSIFIER_ROLLOUT_SUBJECT
+
+
+def model_loaded_event(version: str) -> events_pb2.ClassifierModelLoaded:
+    event = events_pb2.ClassifierModelLoaded(event_id=uuid.uuid4().hex, version=version)
+    event.occurred_at.GetCurrentTime()
+    return event
 
 
 def rollout_event(

@@ -24,7 +24,9 @@ from llmesh.kit.policy import PolicyStore
 from llmesh.kit.quota import QuotaStore, RedisQuotaStore, open_store
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import (
+    CLASSIFIER_MODEL_SUBJECT,
     CLASSIFIER_OUTCOME,
+    CLASSIFIER_ROLLOUT_SUBJECT,
     KEY_REVOKED_SUBJECT,
     MODEL_LOAD_SUBJECT_PREFIX,
     TENANCY,
@@ -41,6 +43,7 @@ from llmesh.services.router.batch_servicer import BatchServicer
 from llmesh.services.router.breakers import BreakerChange, BreakerConfig, Breakers
 from llmesh.services.router.core import GeneratePipeline, PipelineConfig
 from llmesh.services.router.load import LoadBoard
+from llmesh.services.router.memo import ClassificationMemo, LookupOutcomes, classifier_rollout_running
 from llmesh.services.router.outcomes import OutcomeReporter
 from llmesh.services.router.overflow import OverflowGate, OverflowPolicy
 from llmesh.services.router.principals import PrincipalCache, TokenRenewer
@@ -56,7 +59,14 @@ from llmesh.services.router.regions import Failover, HealthRules, OutcomeWindow,
 from llmesh.services.router.routing import ModelCatalog, Price, Router, RoutingPolicy, policy_from_document
 from llmesh.services.router.servicer import SERVICE_NAME, RouterServicer
 from llmesh.services.router.settings import RouterSettings, parse_prices, parse_tier_models
-from llmesh.services.router.upstreams import CacheClient, ClassifierClient, InferenceClient, TenancyClient
+from llmesh.services.router.upstreams import (
+    CacheClient,
+    ClassifierClient,
+    InferenceClient,
+    MemoClassifier,
+    OutcomeReportingCache,
+    TenancyClient,
+)
 
 log = get_logger("llmesh.router")
 
@@ -72,6 +82,10 @@ class RouterApp(ServiceApp):
     def __init__(self, settings: RouterSettings):
         self.settings = settings
         self.principals = PrincipalCache(settings.principal_ttl_s, settings.principal_cache_size)
+        #: classifications reused for exact hits (docs/adr/0028)
+        self.memo = ClassificationMemo(
+            max_entries=settings.classification_memo_size, ttl_s=settings.classification_memo_ttl_s
+        )
         # Cache stores still running at shutdown get this long to finish.
         self.task_grace_s = settings.upstream_timeout_s + 1.0
         self.pipeline: GeneratePipeline | None = None
@@ -118,6 +132,8 @@ class RouterApp(ServiceApp):
         s = self.settings
         self.bus = await Bus.connect(s.nats_url, "llmesh-router")
         await self.bus.subscribe(KEY_REVOKED_SUBJECT, self._on_key_revoked)
+        await self.bus.subscribe(CLASSIFIER_MODEL_SUBJECT, self._on_classifier_model)
+        await self.bus.subscribe(CLASSIFIER_ROLLOUT_SUBJECT, self._on_classifier_model)
         self.bus.on_reconnect(self._on_nats_reconnect)
         await self.bus.subscribe(f"{MODEL_LOAD_SUBJECT_PREFIX}.>", self._on_model_load)
         self.policy = PolicyStore(self.bus, bucket=s.policy_bucket)
@@ -149,10 +165,12 @@ class RouterApp(ServiceApp):
         )
         queue_defaults = parse_queue_classes(s.queue_classes)
         cache = CacheClient(channel(s.cache_addr))
+        policies = self.policy.parsed(lambda doc: VariantPolicies(doc, lambda d: policy_from_document(d, defaults)))
+        classifier, pipeline_cache = self._with_memo(ClassifierClient(channel(s.classifier_addr)), cache, policies)
         self.pipeline = GeneratePipeline(
             tenancy=self._tenancy_client(channel),
-            classifier=ClassifierClient(channel(s.classifier_addr)),
-            cache=cache,
+            classifier=classifier,
+            cache=pipeline_cache,
             inference=inference,
             principals=self.principals,
             catalog=catalog,
@@ -162,7 +180,7 @@ class RouterApp(ServiceApp):
                 default_price=Price(s.default_prompt_price_per_1k, s.default_completion_price_per_1k),
                 home_region=s.region,
             ),
-            policies=self.policy.parsed(lambda doc: VariantPolicies(doc, lambda d: policy_from_document(d, defaults))),
+            policies=policies,
             config=PipelineConfig(
                 upstream_timeout_s=s.upstream_timeout_s,
                 generate_timeout_s=s.generate_timeout_s,
@@ -183,6 +201,32 @@ class RouterApp(ServiceApp):
             outcomes=outcomes,
         )
         await self._start_batch(cache)
+
+    def _with_memo(self, classifier: ClassifierClient, cache: CacheClient, policies) -> tuple:
+        """The classifier and cache as the pipeline sees them: behind the memo of classifications
+        (docs/adr/0028) unless it is off."""
+        if not self.memo.enabled:
+            return classifier, cache
+        store = self.policy
+        assert store is not None
+
+        def allowed(tenant_id: str, use_case: str) -> bool:
+            # A rollout or a policy experiment picks per request id: the same content may be
+            # classified otherwise for the next request.
+            return not (
+                classifier_rollout_running(store.get("global")) or policies.get(tenant_id, use_case).experiments
+            )
+
+        outcomes = LookupOutcomes()
+        memoised = MemoClassifier(
+            classifier, self.memo, outcomes, policy_revision=lambda: store.revision, allowed=allowed
+        )
+        return memoised, OutcomeReportingCache(cache, outcomes)
+
+    async def _on_classifier_model(self, data: bytes) -> None:
+        # A model loaded (or rewritten in place) or a rollout decision: no memoised classification holds.
+        self.memo.clear()
+        log.info("classification_memo_flushed", reason="classifier_model", event_bytes=len(data))
 
     async def _start_regions(self, inference: InferenceClient, channel) -> RegionRouting:
         """health reports every second, every region's view, failover."""
@@ -356,6 +400,7 @@ class RouterApp(ServiceApp):
     async def _on_nats_reconnect(self) -> None:
         # Revocations published while disconnected were missed: trust no cached principal.
         self.principals.clear()
+        self.memo.clear()  # and model-loaded events
         log.info("principal_cache_flushed", reason="nats_reconnect")
 
     async def stop(self) -> None:

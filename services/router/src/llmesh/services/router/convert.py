@@ -193,7 +193,7 @@ def classification_from_proto(response: classifier_pb2.ClassifyResponse) -> Clas
     if sensitivity is Sensitivity.UNSPECIFIED:
         # An unlabeled answer is treated as the most sensitive.
         sensitivity = Sensitivity.RESTRICTED
-    return Classification(int(response.tier), sensitivity, response.confidence)
+    return Classification(int(response.tier), sensitivity, response.confidence, model_version=response.model_version)
 
 
 def cache_key_to_proto(key: CacheKey) -> cache_pb2.CacheKey:

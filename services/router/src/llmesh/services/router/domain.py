@@ -48,6 +48,8 @@ class Classification:
     confidence: float
     # True when the classifier could not answer and the router assumed a tier.
     degraded: bool = False
+    # The complexity model version that answered ("" when unknown or degraded).
+    model_version: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -36,6 +36,17 @@ DEGRADED = Counter(
 PRINCIPAL_CACHE = Counter("llmesh_router_principal_cache_total", "principal cache lookups", ["result"])
 PRINCIPAL_CACHE_HIT = PRINCIPAL_CACHE.labels("hit")
 PRINCIPAL_CACHE_MISS = PRINCIPAL_CACHE.labels("miss")
+CLASSIFICATION_MEMO = Counter(
+    "llmesh_router_classification_memo_total",
+    "classifications of requests that look the cache up: served from the router's memo (hit), asked of the "
+    "classifier with a memo entry that did not apply (the lookup missed: stale), or without one (miss); "
+    "off: memo not allowed for the request (rollout, policy experiment, unknown model version)",
+    ["result"],
+)
+MEMO_HIT = CLASSIFICATION_MEMO.labels("hit")
+MEMO_STALE = CLASSIFICATION_MEMO.labels("stale")
+MEMO_MISS = CLASSIFICATION_MEMO.labels("miss")
+MEMO_OFF = CLASSIFICATION_MEMO.labels("off")
 CACHE_TIER_REJECTED = Counter(
     "llmesh_router_cache_tier_rejected_total",
     "cache hits not served because the answer came from a lower tier than the request needs",

@@ -99,6 +99,18 @@ class RouterSettings(ForecastSettings):
     principal_cache_size: int = setting(
         "LLMESH_ROUTER_PRINCIPAL_CACHE_SIZE", 10_000, "most API keys whose principal is cached", positive
     )
+    classification_memo_ttl_s: float = setting(
+        "LLMESH_ROUTER_CLASSIFICATION_MEMO_TTL_S",
+        10.0,
+        "how long a classification is reused for exact hits of the same content (docs/adr/0028; 0: never)",
+        non_negative,
+    )
+    classification_memo_size: int = setting(
+        "LLMESH_ROUTER_CLASSIFICATION_MEMO_SIZE",
+        10_000,
+        "most classifications the router keeps for exact hits (0: none, every request asks the classifier)",
+        non_negative,
+    )
     models_refresh_s: float = setting(
         "LLMESH_ROUTER_MODELS_REFRESH_S", 30.0, "how often the list of inference models is refreshed", positive
     )

@@ -4,8 +4,10 @@ router answers with a clear status of its own)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from llmesh.cache.v1 import cache_pb2, cache_pb2_grpc
@@ -15,7 +17,7 @@ from llmesh.kit import errors
 from llmesh.kit.client import retry_after_s
 from llmesh.kit.tracing import annotate, traced
 from llmesh.kit.vocabulary import Principal, Sensitivity
-from llmesh.services.router import convert
+from llmesh.services.router import convert, metrics
 from llmesh.services.router.domain import (
     AnswerToStore,
     CachedAnswer,
@@ -27,6 +29,8 @@ from llmesh.services.router.domain import (
     HotEntries,
     ModelInfo,
 )
+from llmesh.services.router.memo import ClassificationMemo, LookupOutcomes, MemoKey, content_digest
+from llmesh.services.router.ports import Cache, Classifier
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
 
@@ -100,6 +104,126 @@ class ClassifierClient:
         except grpc.aio.AioRpcError as exc:
             raise upstream_error("classifier", exc) from None
         return convert.classification_from_proto(response)
+
+
+class MemoClassifier:
+    """The classifier behind the router's memo of classifications (memo.py, docs/adr/0028). A
+    request that looks the cache up gets the memoised classification of its content when its own
+    exact lookup (running beside, reported through `outcomes`) hits an answer it may be served;
+    every other request is classified by the classifier, and the answer is kept when the lookup
+    beside it hit (waiting for that lookup costs nothing: the pipeline waits for it anyway).
+
+    `policy_revision()` is the routing policy's KV revision (the classifier's policy lives in the
+    same documents); `allowed(tenant, use_case)` says no when the classification of a request may
+    depend on its request id (a classifier rollout, a policy experiment)."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        memo: ClassificationMemo,
+        outcomes: LookupOutcomes,
+        *,
+        policy_revision: Callable[[], int],
+        allowed: Callable[[str, str], bool],
+    ):
+        self._classifier = classifier
+        self._memo = memo
+        self._outcomes = outcomes
+        self._policy_revision = policy_revision
+        self._allowed = allowed
+
+    async def classify(
+        self, command: GenerateCommand, *, tenant_id: str, request_id: str, timeout_s: float
+    ) -> Classification:
+        memo = self._memo
+        if not (
+            memo.enabled
+            and command.use_cache
+            and not command.refresh_cache
+            and tenant_id
+            and self._allowed(tenant_id, command.use_case)
+        ):
+            metrics.MEMO_OFF.inc()
+            return await self._ask(command, tenant_id, request_id, timeout_s)
+        started = time.monotonic()
+        digest = content_digest(tenant_id, command)
+        key = MemoKey(tenant_id, command.use_case, self._policy_revision(), digest)
+        outcome = self._outcomes.expect(digest)
+        try:
+            known = memo.get(key)
+            if known is not None:
+                if _servable(await _hit_tier(outcome, timeout_s), known):
+                    metrics.MEMO_HIT.inc()
+                    return known
+                metrics.MEMO_STALE.inc()
+                memo.drop(key)
+            else:
+                metrics.MEMO_MISS.inc()
+            result = await self._ask(command, tenant_id, request_id, timeout_s - (time.monotonic() - started))
+            if key.policy_revision == self._policy_revision() and _servable(
+                await _hit_tier(outcome, timeout_s - (time.monotonic() - started)), result
+            ):
+                memo.put(key, result)
+            return result
+        finally:
+            self._outcomes.forget(digest, outcome)
+
+    async def _ask(self, command: GenerateCommand, tenant_id: str, request_id: str, timeout_s: float):
+        result = await self._classifier.classify(
+            command, tenant_id=tenant_id, request_id=request_id, timeout_s=max(timeout_s, 0.001)
+        )
+        self._memo.saw_version(result.model_version)
+        return result
+
+
+async def _hit_tier(outcome: asyncio.Future[int | None], timeout_s: float) -> int | None:
+    """The tier of the exact hit the lookup found (None: no exact hit, or no answer in time)."""
+    if not outcome.done():
+        try:
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                await asyncio.shield(outcome)  # a timeout leaves the outcome for a second wait
+        except TimeoutError:
+            return None
+    return outcome.result()
+
+
+def _servable(hit_tier: int | None, classification: Classification) -> bool:
+    """Whether the pipeline serves an exact hit of `hit_tier` to a request so classified: the tier
+    rule, and restricted requests (which a tenant's policy may keep out of the cache) left to the
+    classifier every time."""
+    return (
+        hit_tier is not None and hit_tier >= classification.tier and classification.sensitivity < Sensitivity.RESTRICTED
+    )
+
+
+class OutcomeReportingCache:
+    """The cache, telling `outcomes` the tier of each exact hit (None for anything else) for the
+    MemoClassifier beside it."""
+
+    def __init__(self, cache: Cache, outcomes: LookupOutcomes):
+        self._cache = cache
+        self._outcomes = outcomes
+
+    async def lookup(self, key: CacheKey, *, business_unit: str, timeout_s: float) -> CachedAnswer | None:
+        tier = None
+        try:
+            answer = await self._cache.lookup(key, business_unit=business_unit, timeout_s=timeout_s)
+            if answer is not None and not answer.semantic:
+                tier = answer.tier
+            return answer
+        finally:
+            if self._outcomes:  # someone waits: this request's classify call, or a concurrent one's
+                self._outcomes.report(content_digest(key.tenant_id, key), tier)
+
+    def store(
+        self, key: CacheKey, answer: AnswerToStore, *, business_unit: str, sensitivity: Sensitivity, timeout_s: float
+    ):
+        return self._cache.store(key, answer, business_unit=business_unit, sensitivity=sensitivity, timeout_s=timeout_s)
+
+    def hot_entries(
+        self, tenant_id: str, use_case: str, min_hits: int, expiring_within_s: float, limit: int, *, timeout_s: float
+    ):
+        return self._cache.hot_entries(tenant_id, use_case, min_hits, expiring_within_s, limit, timeout_s=timeout_s)
 
 
 class CacheClient:
