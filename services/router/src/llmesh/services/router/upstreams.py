@@ -106,10 +106,12 @@ class CacheClient:
     def __init__(self, channel: grpc.aio.Channel):
         self._stub = cache_pb2_grpc.CacheServiceStub(channel)
 
-    async def lookup(self, key: CacheKey, *, business_unit: str, timeout_s: float) -> CachedAnswer | None:
+    async def lookup(
+        self, key: CacheKey, *, business_unit: str, timeout_s: float, exact_only: bool = False
+    ) -> CachedAnswer | None:
         # Sent before the classifier answered: no tier or sensitivity yet, so the router applies
         # the tier rule and the restricted-data policy to whatever comes back.
-        request = convert.lookup_request_to_proto(key, business_unit=business_unit)
+        request = convert.lookup_request_to_proto(key, business_unit=business_unit, exact_only=exact_only)
         try:
             response = await self._stub.Lookup(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
