@@ -141,6 +141,31 @@ class _Rejected:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class _Trying:
+    """What every attempt of one request shares (the first answer's and an escalation's)."""
+
+    command: GenerateCommand
+    policy: RoutingPolicy
+    request_id: str
+    deadline: float | None
+    attempts: list[RouteAttempt]
+    progress: _Progress
+    tenant_id: str
+    # a hard budget's say on a model's worst case (None: no budgets)
+    affordable: Callable[[ModelInfo], Awaitable[bool]] | None
+    threshold: float
+
+
+@dataclasses.dataclass(slots=True)
+class _Ended:
+    """How a pass over the candidates ended, beside the deltas it released."""
+
+    answer: _Answer | None = None
+    rejected: _Rejected | None = None
+    cache_hit: _CacheHit | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class _CacheHit:
     """The semantic lookup answered in time: the speculative attempt was cancelled."""
 
@@ -392,33 +417,22 @@ class GeneratePipeline:
                     hold_, model=m.name, backend=m.backend, region=m.region, price=price
                 )
 
+        trying = _Trying(
+            command,
+            policy,
+            request_id,
+            deadline,
+            attempts,
+            progress,
+            principal.tenant_id,
+            affordable,
+            escalation.threshold,
+        )
+        ended = _Ended()
         try:
-            answer: _Answer | None = None
-            rejected: _Rejected | None = None
-            cache_hit: _CacheHit | None = None
-            async for event in self._try_candidates(
-                candidates,
-                command,
-                policy,
-                request_id,
-                deadline,
-                attempts,
-                progress,
-                principal.tenant_id,
-                affordable,
-                judge,
-                hold,
-                escalation.threshold,
-                speculation,
-            ):
-                if isinstance(event, _Answer):
-                    answer = event
-                elif isinstance(event, _Rejected):
-                    rejected = event
-                elif isinstance(event, _CacheHit):
-                    cache_hit = event
-                else:
-                    yield event
+            async for delta in self._relay(ended, candidates, trying, judge=judge, hold=hold, speculation=speculation):
+                yield delta
+            answer, rejected, cache_hit = ended.answer, ended.rejected, ended.cache_hit
             if cache_hit is not None and budget_hold is not None:
                 # Nothing reached the client: the hold is released; the hit is recorded as a hit.
                 self._accounting.abandon(budget_hold, deltas=0, error=asyncio.CancelledError(), outcome=outcome)
@@ -440,24 +454,9 @@ class GeneratePipeline:
                     signals=list(rejected.score.signals),
                 )
                 escalation_to = [c for c in escalation_to if c.model.name != rejected.model.name]
-                async for event in self._try_candidates(
-                    escalation_to,
-                    command,
-                    policy,
-                    request_id,
-                    deadline,
-                    attempts,
-                    progress,
-                    principal.tenant_id,
-                    affordable,
-                    None,
-                    0,
-                    escalation.threshold,
-                ):
-                    if isinstance(event, _Answer):
-                        answer = event
-                    else:
-                        yield event
+                async for delta in self._relay(ended, escalation_to, trying):
+                    yield delta
+                answer = ended.answer
         except BaseException as exc:
             if budget_hold is not None:
                 # Failed, interrupted or left by the client: the hold is released, or what streamed is billed.
@@ -645,20 +644,33 @@ class GeneratePipeline:
         rest = [c for c in candidates if c.model.name not in names]
         return eligible.candidates + rest, OverflowInfo(decision.reason, decision.utilization)
 
+    async def _relay(
+        self,
+        ended: _Ended,
+        candidates: list[Candidate],
+        trying: _Trying,
+        *,
+        judge: Callable[[str, FinishReason | None], QualityScore] | None = None,
+        hold: int = 0,
+        speculation: Speculation | None = None,
+    ) -> AsyncIterator[Delta]:
+        """The deltas of one pass over `candidates` (_try_candidates); how it ended goes to `ended`."""
+        async for event in self._try_candidates(candidates, trying, judge, hold, speculation):
+            if isinstance(event, _Answer):
+                ended.answer = event
+            elif isinstance(event, _Rejected):
+                ended.rejected = event
+            elif isinstance(event, _CacheHit):
+                ended.cache_hit = event
+            else:
+                yield event
+
     async def _try_candidates(
         self,
         candidates: list[Candidate],
-        command: GenerateCommand,
-        policy: RoutingPolicy,
-        request_id: str,
-        deadline: float | None,
-        attempts: list[RouteAttempt],
-        progress: _Progress,
-        tenant_id: str,
-        affordable: Callable[[ModelInfo], Awaitable[bool]] | None,
+        trying: _Trying,
         judge: Callable[[str, FinishReason | None], QualityScore] | None,
         hold: int,
-        threshold: float,
         speculation: Speculation | None = None,
     ) -> AsyncIterator[Delta | _Answer | _Rejected | _CacheHit]:
         """Tries the candidates in order until one answers: yields the deltas to release, then one
@@ -666,6 +678,14 @@ class GeneratePipeline:
         the client moves on to the next candidate; one after ends the request (interrupted).
         With a pending `speculation`, each attempt's events are held until the semantic lookup
         answered or its hold budget ran out; a hit in time ends with a _CacheHit instead."""
+        command, policy, request_id, deadline = trying.command, trying.policy, trying.request_id, trying.deadline
+        attempts, progress, affordable, threshold = (
+            trying.attempts,
+            trying.progress,
+            trying.affordable,
+            trying.threshold,
+        )
+        tenant_id = trying.tenant_id
         last_error: LlmeshError | None = None
         for candidate in candidates:
             model = candidate.model
