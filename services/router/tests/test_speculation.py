@@ -96,10 +96,15 @@ def semantic_entry(client, text: str, *, delay_s: float, tier: int = common_pb2.
     cache.semantic_delay_s[text] = delay_s
 
 
-async def with_policy(router_host, tenant: str, doc: dict) -> None:
-    policy = router_host.app.policy
-    await policy.put(f"tenant.{tenant}", doc)
-    await assert_eventually(lambda: policy.get(f"tenant.{tenant}") == doc, message="the policy arrived")
+class Policies:
+    """The router's policy bucket: `put` returns once the router has the document."""
+
+    def __init__(self, router_host):
+        self._store = router_host.app.policy
+
+    async def put(self, key: str, doc: dict) -> None:
+        await self._store.put(key, doc)
+        await assert_eventually(lambda: self._store.get(key) == doc, message="the policy arrived")
 
 
 def attempts(summary) -> list[tuple[str, str]]:
@@ -110,7 +115,7 @@ async def test_a_semantic_hit_before_the_first_token_cancels_the_attempt_and_is_
     client, router_host, nats_url
 ):
     api_key, tenant, _ = client.new_key()
-    await with_policy(router_host, tenant, {"budgets": [{"name": "monthly-usd", "limit": 5.0}]})
+    await Policies(router_host).put(f"tenant.{tenant}", {"budgets": [{"name": "monthly-usd", "limit": 5.0}]})
     app = router_host.app
     await assert_eventually(lambda: app.accounting.policy(tenant, "default").budgets, message="budget applied")
     text = "what does the mesh do? [ttft:5000]"
@@ -148,7 +153,7 @@ async def test_a_semantic_hit_before_the_first_token_cancels_the_attempt_and_is_
 
 async def test_tokens_that_arrive_while_the_lookup_runs_are_held_and_dropped_for_a_hit(client, router_host):
     api_key, tenant, _ = client.new_key()
-    await with_policy(router_host, tenant, {"speculation": {"hold_ms": 5000}})
+    await Policies(router_host).put(f"tenant.{tenant}", {"speculation": {"hold_ms": 5000}})
     text = "a fast model, a slow embedding"
     semantic_entry(client, text, delay_s=0.3)
     rid = unique("req")
@@ -182,7 +187,7 @@ async def test_a_semantic_miss_streams_the_model_answer_overlapped_with_the_look
 
 async def test_a_semantic_hit_after_the_hold_budget_is_ignored(client, router_host):
     api_key, tenant, _ = client.new_key()
-    await with_policy(router_host, tenant, {"speculation": {"hold_ms": 10}})
+    await Policies(router_host).put(f"tenant.{tenant}", {"speculation": {"hold_ms": 10}})
     text = "the cache is slow today"
     semantic_entry(client, text, delay_s=0.5)
     wasted = outcome_count("wasted")
@@ -199,7 +204,7 @@ async def test_a_semantic_hit_after_the_hold_budget_is_ignored(client, router_ho
 
 async def test_with_speculation_off_the_lookup_completes_before_any_dispatch(client, router_host):
     api_key, tenant, _ = client.new_key()
-    await with_policy(router_host, tenant, {"speculation": {"enabled": False}})
+    await Policies(router_host).put(f"tenant.{tenant}", {"speculation": {"enabled": False}})
     text = "sequential as before"
     semantic_entry(client, text, delay_s=0.05)
     rid = unique("req")
@@ -221,7 +226,7 @@ async def test_with_speculation_off_the_lookup_completes_before_any_dispatch(cli
 
 async def test_an_external_first_candidate_is_called_only_after_the_semantic_lookup(client, router_host):
     api_key, tenant, _ = client.new_key()
-    await with_policy(router_host, tenant, {"tiers": {"1": "cloud-x"}})
+    await Policies(router_host).put(f"tenant.{tenant}", {"tiers": {"1": "cloud-x"}})
     hit_text, miss_text = "ask the cloud", "ask the cloud something new"
     semantic_entry(client, hit_text, delay_s=0.05, tier=common_pb2.TIER_3)
     client.upstreams.cache.semantic_delay_s[miss_text] = 0.1
