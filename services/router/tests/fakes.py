@@ -146,6 +146,8 @@ class FakeCache(cache_pb2_grpc.CacheServiceServicer):
         self.semantic_delay_s: dict[str, float] = {}
         # when each request's full lookup (not exact_only) answered (time.monotonic)
         self.semantic_ended: dict[str, float] = {}
+        # when the caller cancelled a request's full lookup (time.monotonic)
+        self.cancelled: dict[str, float] = {}
 
     @staticmethod
     def _key(key: cache_pb2.CacheKey) -> bytes:
@@ -165,7 +167,11 @@ class FakeCache(cache_pb2_grpc.CacheServiceServicer):
                 raise errors.Unavailable("cache store unreachable")
             entry = self.entries.get(self._key(request.key))
             if entry is None and not request.exact_only and text in self.semantic_delay_s:
-                await asyncio.sleep(self.semantic_delay_s[text])
+                try:
+                    await asyncio.sleep(self.semantic_delay_s[text])
+                except asyncio.CancelledError:
+                    self.cancelled[rid] = time.monotonic()
+                    raise
             if entry is None and not request.exact_only and text in self.semantic:
                 return cache_pb2.LookupResponse(
                     outcome=cache_pb2.LOOKUP_OUTCOME_SEMANTIC_HIT, answer=self.semantic[text], similarity=0.95

@@ -245,3 +245,21 @@ async def test_an_external_first_candidate_is_called_only_after_the_semantic_loo
     _, miss = await client.generate(api_key, miss_text, request_id=miss_rid)
     assert miss.model == "cloud-x" and miss.cache_outcome == router_pb2.CACHE_OUTCOME_MISS
     assert client.upstreams.inference.started[miss_rid] >= client.upstreams.cache.semantic_ended[miss_rid]
+
+
+async def test_a_client_leaving_while_the_answer_is_held_cancels_the_attempt_and_the_lookup(client, router_host):
+    api_key, tenant, _ = client.new_key()
+    await Policies(router_host).put(f"tenant.{tenant}", {"speculation": {"hold_ms": 5000}})
+    text = "an embedding that takes its time [hang]"
+    client.upstreams.cache.semantic_delay_s[text] = 5.0
+    rid = unique("req")
+    call = client.call(api_key, client.request(text), request_id=rid)
+    inference = client.upstreams.inference
+    await assert_eventually(lambda: inference.sent[rid] == 1, message="the model sent its first delta (held)")
+    cancelled_at = time.monotonic()
+    call.cancel()
+    cache = client.upstreams.cache
+    await assert_eventually(lambda: rid in inference.cancelled, message="inference saw the cancel")
+    await assert_eventually(lambda: rid in cache.cancelled, message="the cache saw the cancel")
+    # at once, not when the lookup's own deadline (upstream_timeout_s, 1 s here) ran out
+    assert cache.cancelled[rid] - cancelled_at < 0.5

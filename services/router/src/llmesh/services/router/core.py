@@ -458,6 +458,8 @@ class GeneratePipeline:
                     yield delta
                 answer = ended.answer
         except BaseException as exc:
+            if speculation is not None and speculation.pending:
+                speculation.lookup.cancel()  # failed or left while held: nobody waits for the lookup now
             if budget_hold is not None:
                 # Failed, interrupted or left by the client: the hold is released, or what streamed is billed.
                 self._accounting.abandon(budget_hold, deltas=len(progress.parts), error=exc, outcome=outcome)
