@@ -280,9 +280,10 @@ class GeneratePipeline:
         )
         if variant:
             metrics.POLICY_VARIANT.labels(variant).inc()
-        # Speculation (ADR 0029): the exact layer alone now; the semantic one with the dispatch.
+        # Speculation (ADR 0029): the exact layer alone beside the classifier; on its miss the full
+        # lookup (semantic layer) starts at once, and runs on beside the dispatch.
         speculate = policy.speculation.enabled and command.use_cache and not command.refresh_cache
-        classification, cached, cache_answered = await self._classify_and_lookup(
+        classification, cached, full_lookup = await self._classify_and_lookup(
             command, key, principal, request_id, deadline, exact_only=speculate
         )
         # The cache's rule, applied here because the lookup ran before the sensitivity was known:
@@ -301,9 +302,11 @@ class GeneratePipeline:
         if cached is not None:
             metrics.CACHE_TIER_REJECTED.inc()
             log.info("cache_hit_tier_too_low", cached_tier=cached.tier, needed_tier=classification.tier)
-        # An exact miss while speculating: the semantic layer is still to be asked (unless the
-        # cache failed to answer the exact lookup: then the request goes on as a miss).
-        semantic_due = speculate and use_cache and cached is None and cache_answered
+        # An exact miss while speculating: the semantic layer's answer is still to come (none when
+        # the cache failed the exact lookup: then the request goes on as a miss).
+        semantic_due = full_lookup is not None and use_cache
+        if full_lookup is not None and not use_cache:
+            full_lookup.cancel()  # restricted: its answer could not be served
 
         await self._catalog.refresh_if_stale()
         available = self._catalog.models
@@ -323,7 +326,7 @@ class GeneratePipeline:
             plan.raise_if_empty(tier, sensitivity)
         except LlmeshError:
             # No model may take it, but a hit may still answer it (as without speculation).
-            late = await self._speculation(key, principal, deadline, tier).wait() if semantic_due else None
+            late = await Speculation(full_lookup, hold_s=0.0, needed_tier=tier).wait() if semantic_due else None
             if late is None:
                 raise
             async for event in self._serve_hit(late, principal, command, request_id, started, variant):
@@ -360,7 +363,8 @@ class GeneratePipeline:
 
         speculation = None
         if semantic_due:
-            speculation = self._speculation(key, principal, deadline, tier, policy.speculation.hold_ms)
+            hold_s = policy.speculation.hold_ms / 1000.0
+            speculation = Speculation(full_lookup, hold_s=hold_s, needed_tier=tier)
             if not policy.speculation.allows(candidates[0].model):
                 # e.g. an external API, which bills the prompt even when cancelled: look up first.
                 late = await speculation.wait()
@@ -861,8 +865,10 @@ class GeneratePipeline:
         deadline: float | None,
         *,
         exact_only: bool = False,
-    ) -> tuple[Classification, CachedAnswer | None, bool]:
-        """The classification, the cache's answer, and whether the cache answered (not degraded)."""
+    ) -> tuple[Classification, CachedAnswer | None, asyncio.Task[CachedAnswer | None] | None]:
+        """The classification and the cache's answer. `exact_only`: the exact layer alone, and on
+        its miss the full lookup (exact, then semantic layer) is started at once and returned as a
+        task (None after a hit, or when the cache failed: the request is then a degraded miss)."""
 
         @traced("router.classify")
         async def classify() -> Classification:
@@ -882,12 +888,19 @@ class GeneratePipeline:
                 # Unknown sensitivity is treated as the most sensitive: it stays on self-hosted models.
                 return Classification(self._config.fallback_tier, Sensitivity.RESTRICTED, 0.0, degraded=True)
 
+        async def exact_then_full() -> tuple[CachedAnswer | None, asyncio.Task[CachedAnswer | None] | None]:
+            cached, answered = await self._answered_lookup(key, principal, deadline, exact_only=True)
+            if cached is not None or not answered:
+                return cached, None
+            return None, self._spawn(self._lookup(key, principal, deadline))
+
         if not command.use_cache or command.refresh_cache:
-            return await classify(), None, False
-        classification, (cached, answered) = await asyncio.gather(
-            classify(), self._answered_lookup(key, principal, deadline, exact_only=exact_only)
-        )
-        return classification, cached, answered
+            return await classify(), None, None
+        if not exact_only:
+            classification, cached = await asyncio.gather(classify(), self._lookup(key, principal, deadline))
+            return classification, cached, None
+        classification, (cached, full) = await asyncio.gather(classify(), exact_then_full())
+        return classification, cached, full
 
     @traced("router.cache_lookup")
     async def _answered_lookup(
@@ -910,13 +923,6 @@ class GeneratePipeline:
     async def _lookup(self, key: CacheKey, principal: Principal, deadline: float | None) -> CachedAnswer | None:
         cached, _ = await self._answered_lookup(key, principal, deadline)
         return cached
-
-    def _speculation(
-        self, key: CacheKey, principal: Principal, deadline: float | None, tier: int, hold_ms: float = 0.0
-    ) -> Speculation:
-        """Starts the full lookup (exact, then semantic layer) of a request whose exact lookup missed."""
-        lookup = self._spawn(self._lookup(key, principal, deadline))
-        return Speculation(lookup, hold_s=hold_ms / 1000.0, needed_tier=tier)
 
     @staticmethod
     async def _gated(
