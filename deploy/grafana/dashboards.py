@@ -171,6 +171,7 @@ def routing() -> g.Dashboard:
                     "escalations": "sum(rate(llmesh_router_escalations_total[5m]))",
                     "overflow {{priority}}": "sum by (priority) (rate(llmesh_router_overflow_total[5m]))",
                     "cache hits refused (tier too low)": "sum(rate(llmesh_router_cache_tier_rejected_total[5m]))",
+                    "speculation {{outcome}}": "sum by (outcome) (rate(llmesh_router_speculation_total[5m]))",
                 },
                 unit="reqps",
             ),

@@ -7,6 +7,11 @@ a real server on port 0) whose behaviour a test steers with markers in the last 
   [hang]            inference sends one delta, then never finishes
   [exhausted] / [unavailable]   inference fails with that status
   [length]          inference stops with FINISH_REASON_LENGTH
+  [ttft:N]          inference waits N ms before its first delta
+
+The cache answers exact matches of stored answers; `semantic[text]` makes a full lookup (not
+exact_only) of that last user message a semantic hit, after `semantic_delay_s[text]` seconds
+(the delay applies to misses too: the embedding runs either way).
 
 and, per model (tests of fallback, breakers and escalation): `down` models fail UNAVAILABLE,
 `cut_after[model] = k` cuts the stream with UNAVAILABLE after k deltas, `answers[model]` replaces
@@ -142,8 +147,17 @@ class FakeCache(cache_pb2_grpc.CacheServiceServicer):
 
     def __init__(self):
         self.entries: dict[bytes, cache_pb2.StoreRequest] = {}
+        # the first lookup of each request (the one beside the classifier)
         self.lookups: dict[str, Span] = {}
+        # exact_only of each lookup of a request, in order
+        self.lookup_modes: dict[str, list[bool]] = collections.defaultdict(list)
         self.stores: dict[str, cache_pb2.StoreRequest] = {}
+        self.semantic: dict[str, cache_pb2.CachedAnswer] = {}
+        self.semantic_delay_s: dict[str, float] = {}
+        # when each request's full lookup (not exact_only) answered (time.monotonic)
+        self.semantic_ended: dict[str, float] = {}
+        # when the caller cancelled a request's full lookup (time.monotonic)
+        self.cancelled: dict[str, float] = {}
 
     @staticmethod
     def _key(key: cache_pb2.CacheKey) -> bytes:
@@ -152,7 +166,9 @@ class FakeCache(cache_pb2_grpc.CacheServiceServicer):
         return key.SerializeToString(deterministic=True)
 
     async def Lookup(self, request, context):
-        span = self.lookups[request_id_of(context)] = Span(time.monotonic())
+        rid = request_id_of(context)
+        span = self.lookups.setdefault(rid, Span(time.monotonic()))
+        self.lookup_modes[rid].append(request.exact_only)
         text = last_user_text(request.key.messages)
         try:
             if "[slow]" in text:
@@ -160,6 +176,16 @@ class FakeCache(cache_pb2_grpc.CacheServiceServicer):
             if "[cache:fail]" in text:
                 raise errors.Unavailable("cache store unreachable")
             entry = self.entries.get(self._key(request.key))
+            if entry is None and not request.exact_only and text in self.semantic_delay_s:
+                try:
+                    await asyncio.sleep(self.semantic_delay_s[text])
+                except asyncio.CancelledError:
+                    self.cancelled[rid] = time.monotonic()
+                    raise
+            if entry is None and not request.exact_only and text in self.semantic:
+                return cache_pb2.LookupResponse(
+                    outcome=cache_pb2.LOOKUP_OUTCOME_SEMANTIC_HIT, answer=self.semantic[text], similarity=0.95
+                )
             if entry is None:
                 return cache_pb2.LookupResponse(outcome=cache_pb2.LOOKUP_OUTCOME_MISS)
             return cache_pb2.LookupResponse(
@@ -176,6 +202,8 @@ class FakeCache(cache_pb2_grpc.CacheServiceServicer):
             )
         finally:
             span.ended = time.monotonic()
+            if not request.exact_only:
+                self.semantic_ended[rid] = time.monotonic()
 
     async def Store(self, request, context):
         if "[cache:fail]" in last_user_text(request.key.messages):
@@ -198,6 +226,8 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
         # model of each Generate call, in order
         self.calls: list[str] = []
         self.requests: dict[str, inference_pb2.GenerateRequest] = {}
+        # when each request's Generate call arrived (time.monotonic)
+        self.started: dict[str, float] = {}
         self.sent: collections.Counter[str] = collections.Counter()
         self.releases: dict[str, asyncio.Event] = {}
         self.cancelled: set[str] = set()
@@ -208,6 +238,7 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
 
     async def Generate(self, request, context):
         rid = request.request_id
+        self.started[rid] = time.monotonic()
         self.requests[rid] = request
         text = last_user_text(request.messages)
         if self.region_down:
@@ -218,7 +249,10 @@ class FakeInference(inference_pb2_grpc.InferenceServiceServicer):
         if "[unavailable]" in text or request.model in self.down:
             raise errors.Unavailable("the backend is down")
         words = self.answers.get(request.model, ["answer ", "to ", "the ", "question"])
+        ttft = re.search(r"\[ttft:(\d+)\]", text)
         try:
+            if ttft:
+                await asyncio.sleep(int(ttft.group(1)) / 1000.0)
             for i, word in enumerate(words):
                 if self.cut_after.get(request.model) == i:
                     raise errors.Unavailable("the backend died mid-answer")

@@ -59,6 +59,7 @@ from llmesh.services.router.regions import Failover, HealthRules, OutcomeWindow,
 from llmesh.services.router.routing import ModelCatalog, Price, Router, RoutingPolicy, policy_from_document
 from llmesh.services.router.servicer import SERVICE_NAME, RouterServicer
 from llmesh.services.router.settings import RouterSettings, parse_prices, parse_tier_models
+from llmesh.services.router.speculation import SpeculationPolicy
 from llmesh.services.router.upstreams import (
     CacheClient,
     ClassifierClient,
@@ -161,6 +162,9 @@ class RouterApp(ServiceApp):
                 threshold=s.escalation_threshold,
                 stream_mode=StreamMode(s.escalation_stream_mode),
                 hold_tokens=s.escalation_hold_tokens,
+            ),
+            speculation=SpeculationPolicy(
+                enabled=s.speculation_enabled, external=s.speculation_external, hold_ms=s.speculation_hold_ms
             ),
         )
         queue_defaults = parse_queue_classes(s.queue_classes)

@@ -207,8 +207,8 @@ def cache_key_to_proto(key: CacheKey) -> cache_pb2.CacheKey:
     )
 
 
-def lookup_request_to_proto(key: CacheKey, *, business_unit: str) -> cache_pb2.LookupRequest:
-    return cache_pb2.LookupRequest(key=cache_key_to_proto(key), business_unit=business_unit)
+def lookup_request_to_proto(key: CacheKey, *, business_unit: str, exact_only: bool = False) -> cache_pb2.LookupRequest:
+    return cache_pb2.LookupRequest(key=cache_key_to_proto(key), business_unit=business_unit, exact_only=exact_only)
 
 
 def cached_answer_from_proto(response: cache_pb2.LookupResponse) -> CachedAnswer | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -48,6 +49,7 @@ from llmesh.services.router.principals import PrincipalCache
 from llmesh.services.router.quality import QualityScore, StreamMode
 from llmesh.services.router.queueing import FairQueues
 from llmesh.services.router.routing import ModelCatalog, Router, RoutingPolicy
+from llmesh.services.router.speculation import Speculation
 
 log = get_logger("llmesh.router")
 
@@ -136,6 +138,46 @@ class _Rejected:
     model: ModelInfo
     score: QualityScore
     usage: Usage
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Trying:
+    """What every attempt of one request shares (the first answer's and an escalation's)."""
+
+    command: GenerateCommand
+    policy: RoutingPolicy
+    request_id: str
+    deadline: float | None
+    attempts: list[RouteAttempt]
+    progress: _Progress
+    tenant_id: str
+    # a hard budget's say on a model's worst case (None: no budgets)
+    affordable: Callable[[ModelInfo], Awaitable[bool]] | None
+    threshold: float
+
+
+@dataclasses.dataclass(slots=True)
+class _Ended:
+    """How a pass over the candidates ended, beside the deltas it released."""
+
+    answer: _Answer | None = None
+    rejected: _Rejected | None = None
+    cache_hit: _CacheHit | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _CacheHit:
+    """The semantic lookup answered in time: the speculative attempt was cancelled."""
+
+    cached: CachedAnswer
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _StreamFailed:
+    error: Exception
+
+
+_END = object()
 
 
 def chunks(text: str, size: int) -> list[str]:
@@ -232,13 +274,18 @@ class GeneratePipeline:
             sampling=command.sampling,
             max_tokens=command.max_tokens,
         )
-        classification, cached = await self._classify_and_lookup(command, key, principal, request_id, deadline)
         # Policy experiments (llmesh.kit.experiments): the request's variant, by tenant and request id.
         policy, variant = self._policies.get(principal.tenant_id, command.use_case).pick(
             principal.tenant_id, request_id
         )
         if variant:
             metrics.POLICY_VARIANT.labels(variant).inc()
+        # Speculation (ADR 0029): the exact layer alone beside the classifier; on its miss the full
+        # lookup (semantic layer) starts at once, and runs on beside the dispatch.
+        speculate = policy.speculation.enabled and command.use_cache and not command.refresh_cache
+        classification, cached, full_lookup = await self._classify_and_lookup(
+            command, key, principal, request_id, deadline, exact_only=speculate
+        )
         # The cache's rule, applied here because the lookup ran before the sensitivity was known:
         # restricted requests stay out of the cache unless the tenant's policy lets them in.
         use_cache = command.use_cache and (
@@ -249,33 +296,42 @@ class GeneratePipeline:
             cached = None
 
         if cached is not None and cached.tier >= classification.tier:
-            async for event in self._serve_cached(cached, principal, request_id, started, command.priority):
-                if isinstance(event, Summary):
-                    event = dataclasses.replace(event, policy_variant=variant)
-                    if self._accounting is not None:
-                        # a hit costs nothing and holds no budget; its record says what it saved.
-                        self._accounting.record_hit(principal, command, event, cost_avoided_usd=cached.cost_usd)
+            async for event in self._serve_hit(cached, principal, command, request_id, started, variant):
                 yield event
             return
         if cached is not None:
             metrics.CACHE_TIER_REJECTED.inc()
             log.info("cache_hit_tier_too_low", cached_tier=cached.tier, needed_tier=classification.tier)
+        # An exact miss while speculating: the semantic layer's answer is still to come (none when
+        # the cache failed the exact lookup: then the request goes on as a miss).
+        semantic_due = full_lookup is not None and use_cache
+        if full_lookup is not None and not use_cache:
+            full_lookup.cancel()  # restricted: its answer could not be served
 
         await self._catalog.refresh_if_stale()
         available = self._catalog.models
         self._breakers.endpoint_count = len(available)
         usable = self._usable
         tier, sensitivity = classification.tier, classification.sensitivity
-        plan = self._router.candidates(
-            tier=tier,
-            sensitivity=sensitivity,
-            pinned=pinned,
-            policy=policy,
-            available=available,
-            clearance=principal.clearance,
-            usable=usable,
-        )
-        plan.raise_if_empty(tier, sensitivity)
+        try:
+            plan = self._router.candidates(
+                tier=tier,
+                sensitivity=sensitivity,
+                pinned=pinned,
+                policy=policy,
+                available=available,
+                clearance=principal.clearance,
+                usable=usable,
+            )
+            plan.raise_if_empty(tier, sensitivity)
+        except LlmeshError:
+            # No model may take it, but a hit may still answer it (as without speculation).
+            late = await Speculation(full_lookup, hold_s=0.0, needed_tier=tier).wait() if semantic_due else None
+            if late is None:
+                raise
+            async for event in self._serve_hit(late, principal, command, request_id, started, variant):
+                yield event
+            return
         candidates = plan.candidates
         overflow = None
         if pinned is None:
@@ -305,6 +361,18 @@ class GeneratePipeline:
         outcome = CacheOutcome.MISS if use_cache else CacheOutcome.BYPASSED
         bind_contextvars(tier=tier)
 
+        speculation = None
+        if semantic_due:
+            hold_s = policy.speculation.hold_ms / 1000.0
+            speculation = Speculation(full_lookup, hold_s=hold_s, needed_tier=tier)
+            if not policy.speculation.allows(candidates[0].model):
+                # e.g. an external API, which bills the prompt even when cancelled: look up first.
+                late = await speculation.wait()
+                if late is not None:
+                    async for event in self._serve_hit(late, principal, command, request_id, started, variant):
+                        yield event
+                    return
+
         progress = _Progress(started=started, outcome=outcome, tier=tier)
         attempts: list[RouteAttempt] = []
         judge = None
@@ -324,16 +392,25 @@ class GeneratePipeline:
             # target holds more first (rehold) or is skipped, so none can overspend.
             worst = Usage(prompt_tokens_bound(command), command.max_tokens)
             first = candidates[0].model
-            budget_hold = await self._accounting.reserve(
-                principal,
-                command,
-                request_id=request_id,
-                tier=tier,
-                model=first.name,
-                backend=first.backend,
-                region=first.region,
-                price=self._router.price(first.name, policy, first),
-            )
+            try:
+                budget_hold = await self._accounting.reserve(
+                    principal,
+                    command,
+                    request_id=request_id,
+                    tier=tier,
+                    model=first.name,
+                    backend=first.backend,
+                    region=first.region,
+                    price=self._router.price(first.name, policy, first),
+                )
+            except LlmeshError:
+                # a hit costs nothing: a budget that cannot take the worst case does not refuse it.
+                late = await speculation.wait() if speculation is not None and speculation.pending else None
+                if late is None:
+                    raise
+                async for event in self._serve_hit(late, principal, command, request_id, started, variant):
+                    yield event
+                return
             hold_ = budget_hold
 
             async def affordable(m: ModelInfo) -> bool:
@@ -344,29 +421,25 @@ class GeneratePipeline:
                     hold_, model=m.name, backend=m.backend, region=m.region, price=price
                 )
 
+        trying = _Trying(
+            command,
+            policy,
+            request_id,
+            deadline,
+            attempts,
+            progress,
+            principal.tenant_id,
+            affordable,
+            escalation.threshold,
+        )
+        ended = _Ended()
         try:
-            answer: _Answer | None = None
-            rejected: _Rejected | None = None
-            async for event in self._try_candidates(
-                candidates,
-                command,
-                policy,
-                request_id,
-                deadline,
-                attempts,
-                progress,
-                principal.tenant_id,
-                affordable,
-                judge,
-                hold,
-                escalation.threshold,
-            ):
-                if isinstance(event, _Answer):
-                    answer = event
-                elif isinstance(event, _Rejected):
-                    rejected = event
-                else:
-                    yield event
+            async for delta in self._relay(ended, candidates, trying, judge=judge, hold=hold, speculation=speculation):
+                yield delta
+            answer, rejected, cache_hit = ended.answer, ended.rejected, ended.cache_hit
+            if cache_hit is not None and budget_hold is not None:
+                # Nothing reached the client: the hold is released; the hit is recorded as a hit.
+                self._accounting.abandon(budget_hold, deltas=0, error=asyncio.CancelledError(), outcome=outcome)
             escalated = None
             first_cost = 0.0
             if rejected is not None:
@@ -385,29 +458,29 @@ class GeneratePipeline:
                     signals=list(rejected.score.signals),
                 )
                 escalation_to = [c for c in escalation_to if c.model.name != rejected.model.name]
-                async for event in self._try_candidates(
-                    escalation_to,
-                    command,
-                    policy,
-                    request_id,
-                    deadline,
-                    attempts,
-                    progress,
-                    principal.tenant_id,
-                    affordable,
-                    None,
-                    0,
-                    escalation.threshold,
-                ):
-                    if isinstance(event, _Answer):
-                        answer = event
-                    else:
-                        yield event
+                async for delta in self._relay(ended, escalation_to, trying):
+                    yield delta
+                answer = ended.answer
         except BaseException as exc:
+            if speculation is not None and speculation.pending:
+                speculation.lookup.cancel()  # failed or left while held: nobody waits for the lookup now
             if budget_hold is not None:
                 # Failed, interrupted or left by the client: the hold is released, or what streamed is billed.
                 self._accounting.abandon(budget_hold, deltas=len(progress.parts), error=exc, outcome=outcome)
             raise
+        if cache_hit is not None:
+            async for event in self._serve_hit(
+                cache_hit.cached,
+                principal,
+                command,
+                request_id,
+                started,
+                variant,
+                attempts=tuple(attempts),
+                queue_wait_ms=progress.queue_wait_ms,
+            ):
+                yield event
+            return
         assert answer is not None  # _try_candidates raises when no candidate answered
         completion, model = answer.completion, answer.candidate.model
         bind_contextvars(model=model.name)
@@ -577,27 +650,57 @@ class GeneratePipeline:
         rest = [c for c in candidates if c.model.name not in names]
         return eligible.candidates + rest, OverflowInfo(decision.reason, decision.utilization)
 
+    async def _relay(
+        self,
+        ended: _Ended,
+        candidates: list[Candidate],
+        trying: _Trying,
+        *,
+        judge: Callable[[str, FinishReason | None], QualityScore] | None = None,
+        hold: int = 0,
+        speculation: Speculation | None = None,
+    ) -> AsyncIterator[Delta]:
+        """The deltas of one pass over `candidates` (_try_candidates); how it ended goes to `ended`."""
+        async for event in self._try_candidates(candidates, trying, judge, hold, speculation):
+            if isinstance(event, _Answer):
+                ended.answer = event
+            elif isinstance(event, _Rejected):
+                ended.rejected = event
+            elif isinstance(event, _CacheHit):
+                ended.cache_hit = event
+            else:
+                yield event
+
     async def _try_candidates(
         self,
         candidates: list[Candidate],
-        command: GenerateCommand,
-        policy: RoutingPolicy,
-        request_id: str,
-        deadline: float | None,
-        attempts: list[RouteAttempt],
-        progress: _Progress,
-        tenant_id: str,
-        affordable: Callable[[ModelInfo], Awaitable[bool]] | None,
+        trying: _Trying,
         judge: Callable[[str, FinishReason | None], QualityScore] | None,
         hold: int,
-        threshold: float,
-    ) -> AsyncIterator[Delta | _Answer | _Rejected]:
+        speculation: Speculation | None = None,
+    ) -> AsyncIterator[Delta | _Answer | _Rejected | _CacheHit]:
         """Tries the candidates in order until one answers: yields the deltas to release, then one
         _Answer (or a _Rejected tier-1 answer to escalate). A failure before any delta reached
-        the client moves on to the next candidate; one after ends the request (interrupted)."""
+        the client moves on to the next candidate; one after ends the request (interrupted).
+        With a pending `speculation`, each attempt's events are held until the semantic lookup
+        answered or its hold budget ran out; a hit in time ends with a _CacheHit instead."""
+        command, policy, request_id, deadline = trying.command, trying.policy, trying.request_id, trying.deadline
+        attempts, progress, affordable, threshold = (
+            trying.attempts,
+            trying.progress,
+            trying.affordable,
+            trying.threshold,
+        )
+        tenant_id = trying.tenant_id
         last_error: LlmeshError | None = None
         for candidate in candidates:
             model = candidate.model
+            if speculation is not None and speculation.pending:
+                if speculation.lookup.done() or not policy.speculation.allows(model):
+                    late = await speculation.wait()
+                    if late is not None:
+                        yield _CacheHit(late)
+                        return
             # Raises DeadlineExceeded once the request's deadline has passed: no further tries.
             timeout_s = _remaining(self._config.generate_timeout_s, deadline)
             if affordable is not None and not await affordable(model):
@@ -615,6 +718,7 @@ class GeneratePipeline:
             completion: Completion | None = None
             tried_at = time.perf_counter()
             verdict = None
+            cache_hit: _CacheHit | None = None
             # Each attempt waits its turn in its own model's fair queue (queueing.py); a refusal
             # there is a RESOURCE_EXHAUSTED before the first token: the next candidate is tried.
             ticket = self._queues.ticket_for(
@@ -639,8 +743,14 @@ class GeneratePipeline:
                     stream = self._regions.observed(
                         stream, progress.region, model.name, candidate.tier, progress.started
                     )
+                if speculation is not None and speculation.pending:
+                    speculation.dispatched = True
+                    stream = self._gated(stream, speculation, model.name)
                 async with aclosing(stream):
                     async for event in stream:
+                        if isinstance(event, _CacheHit):
+                            cache_hit = event
+                            break  # closing the stream cancels the attempt at inference
                         if isinstance(event, Completion):
                             completion = event
                             continue
@@ -659,7 +769,7 @@ class GeneratePipeline:
                             held = []
                             continue
                         yield progress.release(event.text)
-                if verdict is None and completion is None:
+                if cache_hit is None and verdict is None and completion is None:
                     raise Unavailable(f"inference ended the stream for {model.name} without a completion")
             except (Unavailable, ResourceExhausted, DeadlineExceeded) as exc:
                 code = _CODES[type(exc)] if type(exc) in _CODES else "UNAVAILABLE"
@@ -681,6 +791,13 @@ class GeneratePipeline:
                 raise
             finally:
                 progress.queue_wait_ms += ticket.wait_ms
+            if cache_hit is not None:
+                # Cancelled by the router, not failed: no word on the model's health.
+                self._breakers.release(model.region, model.name)
+                attempts.append(_attempt(candidate, "CANCELLED", tried_at))
+                log.info("speculation_lost", model=model.name)
+                yield cache_hit
+                return
             self._breakers.record(model.region, model.name, ok=True)
             quality_score = None
             if judged and verdict is None:
@@ -703,6 +820,12 @@ class GeneratePipeline:
             attempts.append(_attempt(candidate, "ok", tried_at))
             yield _Answer(candidate, completion, quality_score)
             return
+        if speculation is not None and speculation.pending:
+            # every candidate failed before its first token: a hit still answers (as without speculation)
+            late = await speculation.wait()
+            if late is not None:
+                yield _CacheHit(late)
+                return
         tried = ", ".join(f"{a.model} {a.outcome}" for a in attempts) or "none: every breaker is open"
         if last_error is None:
             raise Unavailable(f"no model could take the request (tried: {tried})")
@@ -734,8 +857,19 @@ class GeneratePipeline:
         )
 
     async def _classify_and_lookup(
-        self, command: GenerateCommand, key: CacheKey, principal: Principal, request_id: str, deadline: float | None
-    ) -> tuple[Classification, CachedAnswer | None]:
+        self,
+        command: GenerateCommand,
+        key: CacheKey,
+        principal: Principal,
+        request_id: str,
+        deadline: float | None,
+        *,
+        exact_only: bool = False,
+    ) -> tuple[Classification, CachedAnswer | None, asyncio.Task[CachedAnswer | None] | None]:
+        """The classification and the cache's answer. `exact_only`: the exact layer alone, and on
+        its miss the full lookup (exact, then semantic layer) is started at once and returned as a
+        task (None after a hit, or when the cache failed: the request is then a degraded miss)."""
+
         @traced("router.classify")
         async def classify() -> Classification:
             try:
@@ -754,26 +888,150 @@ class GeneratePipeline:
                 # Unknown sensitivity is treated as the most sensitive: it stays on self-hosted models.
                 return Classification(self._config.fallback_tier, Sensitivity.RESTRICTED, 0.0, degraded=True)
 
-        @traced("router.cache_lookup")
-        async def lookup() -> CachedAnswer | None:
-            try:
-                return await self._cache.lookup(
-                    key,
-                    business_unit=principal.business_unit,
-                    timeout_s=_remaining(self._config.upstream_timeout_s, deadline),
-                )
-            except Exception as exc:
-                metrics.DEGRADED.labels("cache", "lookup").inc()
-                log.warning("cache_degraded", operation="lookup", error=repr(exc))
-                return None
+        async def exact_then_full() -> tuple[CachedAnswer | None, asyncio.Task[CachedAnswer | None] | None]:
+            cached, answered = await self._answered_lookup(key, principal, deadline, exact_only=True)
+            if cached is not None or not answered:
+                return cached, None
+            return None, self._spawn(self._lookup(key, principal, deadline))
 
         if not command.use_cache or command.refresh_cache:
-            return await classify(), None
-        classification, cached = await asyncio.gather(classify(), lookup())
-        return classification, cached
+            return await classify(), None, None
+        if not exact_only:
+            classification, cached = await asyncio.gather(classify(), self._lookup(key, principal, deadline))
+            return classification, cached, None
+        classification, (cached, full) = await asyncio.gather(classify(), exact_then_full())
+        return classification, cached, full
+
+    @traced("router.cache_lookup")
+    async def _answered_lookup(
+        self, key: CacheKey, principal: Principal, deadline: float | None, *, exact_only: bool = False
+    ) -> tuple[CachedAnswer | None, bool]:
+        """The cache's answer (None: a miss), and False when the cache failed (a degraded miss)."""
+        try:
+            cached = await self._cache.lookup(
+                key,
+                business_unit=principal.business_unit,
+                timeout_s=_remaining(self._config.upstream_timeout_s, deadline),
+                exact_only=exact_only,
+            )
+        except Exception as exc:
+            metrics.DEGRADED.labels("cache", "lookup").inc()
+            log.warning("cache_degraded", operation="lookup", error=repr(exc))
+            return None, False
+        return cached, True
+
+    async def _lookup(self, key: CacheKey, principal: Principal, deadline: float | None) -> CachedAnswer | None:
+        cached, _ = await self._answered_lookup(key, principal, deadline)
+        return cached
+
+    @staticmethod
+    async def _gated(
+        stream: AsyncIterator[Delta | Completion], speculation: Speculation, model: str
+    ) -> AsyncIterator[Delta | Completion | _CacheHit]:
+        """`stream`, held while the semantic lookup is pending (for at most its hold budget after
+        the first event): a usable hit in that time yields one _CacheHit and cancels the stream
+        (inference's call with it); a miss, or the budget running out, releases what was held.
+        A failure while held is raised as it is (nothing reached the client: the next candidate)."""
+        events: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def pump() -> None:
+            # One task drives the whole stream, so the wait below can race it against the lookup.
+            try:
+                async with aclosing(stream):
+                    async for event in stream:
+                        events.put_nowait(event)
+            except Exception as exc:
+                events.put_nowait(_StreamFailed(exc))
+            else:
+                events.put_nowait(_END)
+
+        pumping = asyncio.ensure_future(pump())
+        loop = asyncio.get_running_loop()
+        held: collections.deque[Any] = collections.deque()
+        hold_until: float | None = None
+        getter: asyncio.Future[Any] | None = None
+        ended = False
+        try:
+            while speculation.pending:
+                waits: set[asyncio.Future[Any]] = {speculation.lookup}
+                if not ended:
+                    if getter is None:
+                        getter = asyncio.ensure_future(events.get())
+                    waits.add(getter)
+                timeout = None if hold_until is None else max(0.0, hold_until - loop.time())
+                done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if speculation.lookup in done:
+                    cached = speculation.settle()
+                    if cached is not None:
+                        generated = sum(1 for e in held if isinstance(e, Delta) and e.text)
+                        if getter is not None and getter.done() and isinstance(getter.result(), Delta):
+                            generated += 1
+                        metrics.SPECULATION_CANCELLED_TOKENS.labels(model).inc(generated)
+                        yield _CacheHit(cached)
+                        return
+                    break
+                if getter is not None and getter in done:
+                    item, getter = getter.result(), None
+                    if isinstance(item, _StreamFailed):
+                        raise item.error
+                    held.append(item)
+                    ended = item is _END
+                    if hold_until is None:
+                        hold_until = loop.time() + speculation.hold_s
+                    continue
+                if not done:  # the hold budget ran out: the model's answer goes ahead
+                    speculation.ignore()
+            while True:
+                if held:
+                    item = held.popleft()
+                elif getter is not None:
+                    item, getter = await getter, None
+                else:
+                    item = await events.get()
+                if item is _END:
+                    return
+                if isinstance(item, _StreamFailed):
+                    raise item.error
+                yield item
+        finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
+            if not pumping.done():
+                pumping.cancel()
+                await asyncio.wait({pumping})
+
+    async def _serve_hit(
+        self,
+        cached: CachedAnswer,
+        principal: Principal,
+        command: GenerateCommand,
+        request_id: str,
+        started: float,
+        variant: str,
+        *,
+        attempts: tuple[RouteAttempt, ...] = (),
+        queue_wait_ms: float = 0.0,
+    ) -> AsyncIterator[Delta | Summary]:
+        async for event in self._serve_cached(
+            cached, principal, request_id, started, command.priority, attempts=attempts, queue_wait_ms=queue_wait_ms
+        ):
+            if isinstance(event, Summary):
+                event = dataclasses.replace(event, policy_variant=variant)
+                if self._accounting is not None:
+                    # a hit costs nothing and holds no budget; its record says what it saved.
+                    self._accounting.record_hit(principal, command, event, cost_avoided_usd=cached.cost_usd)
+            yield event
 
     async def _serve_cached(
-        self, cached: CachedAnswer, principal: Principal, request_id: str, started: float, priority: Priority
+        self,
+        cached: CachedAnswer,
+        principal: Principal,
+        request_id: str,
+        started: float,
+        priority: Priority,
+        *,
+        attempts: tuple[RouteAttempt, ...] = (),
+        queue_wait_ms: float = 0.0,
     ) -> AsyncIterator[Delta | Summary]:
         outcome = CacheOutcome.SEMANTIC_HIT if cached.semantic else CacheOutcome.EXACT_HIT
         first_delta_at: float | None = None
@@ -802,6 +1060,9 @@ class GeneratePipeline:
             # The cache does not record why the original generation stopped.
             finish_reason=FinishReason.UNSPECIFIED,
             priority=priority,
+            # a speculative attempt the hit cancelled (ADR 0029)
+            attempts=attempts,
+            queue_wait_ms=queue_wait_ms,
         )
 
     @traced("router.store")

@@ -51,6 +51,17 @@ CACHE_TIER_REJECTED = Counter(
     "llmesh_router_cache_tier_rejected_total",
     "cache hits not served because the answer came from a lower tier than the request needs",
 )
+SPECULATION = Counter(
+    "llmesh_router_speculation_total",
+    "misses dispatched while the semantic lookup ran (ADR 0029), by outcome: won (the lookup missed), lost (a hit "
+    "in time cancelled the model's stream), wasted (a hit after the hold budget, ignored)",
+    ["outcome"],
+)
+SPECULATION_CANCELLED_TOKENS = Counter(
+    "llmesh_router_speculation_cancelled_tokens_total",
+    "deltas a cancelled speculative attempt had generated before a cache hit replaced it (not billed)",
+    ["model"],
+)
 MODEL_UTILIZATION = Gauge(
     "llmesh_router_model_utilization_ratio",
     "Latest utilization a model's inference reported (active / capacity); NaN while unknown (no fresh snapshot)",

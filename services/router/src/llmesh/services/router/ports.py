@@ -31,7 +31,10 @@ class Classifier(Protocol):
 
 
 class Cache(Protocol):
-    async def lookup(self, key: CacheKey, *, business_unit: str, timeout_s: float) -> CachedAnswer | None: ...
+    async def lookup(
+        self, key: CacheKey, *, business_unit: str, timeout_s: float, exact_only: bool = False
+    ) -> CachedAnswer | None:
+        """A cached answer for the request; `exact_only`: the exact layer alone (no embedding)."""
 
     async def store(
         self, key: CacheKey, answer: AnswerToStore, *, business_unit: str, sensitivity: Sensitivity, timeout_s: float

@@ -8,7 +8,8 @@ case) such as::
      "routing": {"fallbacks": {"1": ["tier:1@region-b", "tier:2"]}},
      "data_access": {"external": {"max_sensitivity": "internal", "providers": ["openai"]}},
      "overflow": {"enabled": true, "threshold": 0.8, "resume_below": 0.65},
-     "escalation": {"threshold": 0.7, "stream_mode": "hold", "hold_tokens": 32}}
+     "escalation": {"threshold": 0.7, "stream_mode": "hold", "hold_tokens": 32},
+     "speculation": {"enabled": true, "external": false, "hold_ms": 25}}
 
 Settings give the defaults the policy overrides, and inference's model catalog (ListModels) gives
 the defaults below those: the models serving each tier, each model's hosting and highest allowed
@@ -32,6 +33,7 @@ from llmesh.services.router.candidates import DEFAULT_FALLBACKS, Candidate, Cand
 from llmesh.services.router.domain import ModelInfo, Usage
 from llmesh.services.router.overflow import OverflowPolicy, parse_overflow
 from llmesh.services.router.quality import EscalationPolicy, parse_escalation
+from llmesh.services.router.speculation import SpeculationPolicy, parse_speculation
 
 log = get_logger("llmesh.router.routing")
 
@@ -56,6 +58,8 @@ class RoutingPolicy:
     data_access: DataAccess = DataAccess()
     overflow: OverflowPolicy = OverflowPolicy()
     escalation: EscalationPolicy = EscalationPolicy()
+    # dispatch on an exact miss while the semantic lookup runs (speculation.py, ADR 0029)
+    speculation: SpeculationPolicy = SpeculationPolicy()
 
 
 def policy_from_document(doc: Mapping[str, Any], defaults: RoutingPolicy) -> RoutingPolicy:
@@ -97,6 +101,7 @@ def policy_from_document(doc: Mapping[str, Any], defaults: RoutingPolicy) -> Rou
         else defaults.data_access,
         overflow=parse_overflow(doc.get("overflow"), defaults.overflow),
         escalation=parse_escalation(doc.get("escalation"), defaults.escalation),
+        speculation=parse_speculation(doc.get("speculation"), defaults.speculation),
     )
 
 

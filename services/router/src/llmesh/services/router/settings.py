@@ -281,6 +281,24 @@ class RouterSettings(ForecastSettings):
     escalation_hold_tokens: int = setting(
         "LLMESH_ROUTER_ESCALATION_HOLD_TOKENS", 32, "deltas held for scoring in `hold` mode", positive
     )
+    speculation_enabled: bool = setting(
+        "LLMESH_ROUTER_SPECULATION_ENABLED",
+        True,
+        "on an exact cache miss, dispatch to the first candidate while the semantic lookup runs "
+        "(policy `speculation`, ADR 0029)",
+    )
+    speculation_external: bool = setting(
+        "LLMESH_ROUTER_SPECULATION_EXTERNAL",
+        False,
+        "speculate on external candidates too (an external API bills the prompt even when cancelled)",
+    )
+    speculation_hold_ms: float = setting(
+        "LLMESH_ROUTER_SPECULATION_HOLD_MS",
+        25.0,
+        "longest time the model's first events are held while the semantic lookup is pending; a hit "
+        "after it is ignored",
+        lambda v: None if 0.0 <= v <= 10_000.0 else "must be in [0, 10000]",
+    )
     outcome_pass_sample: float = setting(
         "LLMESH_ROUTER_OUTCOME_PASS_SAMPLE",
         1.0,

@@ -204,10 +204,12 @@ class OutcomeReportingCache:
         self._cache = cache
         self._outcomes = outcomes
 
-    async def lookup(self, key: CacheKey, *, business_unit: str, timeout_s: float) -> CachedAnswer | None:
+    async def lookup(
+        self, key: CacheKey, *, business_unit: str, timeout_s: float, exact_only: bool = False
+    ) -> CachedAnswer | None:
         tier = None
         try:
-            answer = await self._cache.lookup(key, business_unit=business_unit, timeout_s=timeout_s)
+            answer = await self._cache.lookup(key, business_unit=business_unit, timeout_s=timeout_s, exact_only=exact_only)
             if answer is not None and not answer.semantic:
                 tier = answer.tier
             return answer
@@ -230,10 +232,12 @@ class CacheClient:
     def __init__(self, channel: grpc.aio.Channel):
         self._stub = cache_pb2_grpc.CacheServiceStub(channel)
 
-    async def lookup(self, key: CacheKey, *, business_unit: str, timeout_s: float) -> CachedAnswer | None:
+    async def lookup(
+        self, key: CacheKey, *, business_unit: str, timeout_s: float, exact_only: bool = False
+    ) -> CachedAnswer | None:
         # Sent before the classifier answered: no tier or sensitivity yet, so the router applies
         # the tier rule and the restricted-data policy to whatever comes back.
-        request = convert.lookup_request_to_proto(key, business_unit=business_unit)
+        request = convert.lookup_request_to_proto(key, business_unit=business_unit, exact_only=exact_only)
         try:
             response = await self._stub.Lookup(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
