@@ -154,9 +154,11 @@ def peer_ejects(breakers, clock, model="m", *, replica="peer-1", for_s=5.0, age_
 
 
 def probe(breakers, model="m", ok=True, region="r") -> bool:
-    """One request considering the endpoint: True when it was sent there (and recorded)."""
-    if not breakers.acquire(region, model):
+    """One request whose candidate list holds the endpoint: True when the endpoint kept its place
+    (and was sent the request, with result `ok`)."""
+    if breakers.demoted(region, model):
         return False
+    assert breakers.acquire(region, model)
     breakers.record(region, model, ok=ok)
     return True
 
@@ -167,9 +169,10 @@ def test_a_peers_ejection_puts_a_trusted_endpoint_on_probation_with_a_bounded_sh
     assert breakers.hinted("r", "m") and breakers.state("r", "m") is BreakerState.HALF_OPEN
     assert REGISTRY.get_sample_value("llmesh_router_breaker_state", {"region": "r", "model": "m"}) == 1.0
     assert changes == [], "a hint is not republished as this replica's change"
+    assert breakers.available("r", "m"), "never off the list on a hint alone"
     sent = [probe(breakers) for _ in range(20)]
     assert sent[0], "the first request after the hint is a probe"
-    assert sum(sent) == 5, "a quarter of the requests that considered it"
+    assert sum(sent) == 5, "a quarter of the lists keep it in its place"
     assert breakers.state("r", "m") is BreakerState.HALF_OPEN
     clock.now += 5.0
     assert not breakers.hinted("r", "m") and breakers.state("r", "m") is BreakerState.CLOSED
@@ -179,22 +182,25 @@ def test_a_peers_ejection_puts_a_trusted_endpoint_on_probation_with_a_bounded_sh
 def test_one_probe_at_a_time_while_on_probation():
     breakers, clock, _ = board(hint_probe_share=1.0)
     peer_ejects(breakers, clock)
-    assert breakers.acquire("r", "m")
-    assert not breakers.available("r", "m") and not breakers.acquire("r", "m"), "its probe is out"
+    assert not breakers.demoted("r", "m") and breakers.acquire("r", "m")
+    assert breakers.demoted("r", "m"), "its probe is out: last on the next list"
+    assert breakers.acquire("r", "m"), "still sent when every candidate before it failed"
     breakers.release("r", "m")
-    assert breakers.available("r", "m") and breakers.acquire("r", "m")
+    breakers.release("r", "m")
+    assert not breakers.demoted("r", "m")
 
 
-def test_a_failed_probe_on_probation_ejects_it_here():
+def test_a_failure_on_probation_ejects_it_here():
     breakers, clock, changes = board(consecutive_failures=5)
     peer_ejects(breakers, clock, replica="router-a")
     assert probe(breakers, ok=False)
     assert breakers.state("r", "m") is BreakerState.OPEN and not breakers.hinted("r", "m")
-    assert changes[-1].reason == "probe failed after router-a ejected it", "one failure, not five"
+    assert changes[-1].reason == "failed here too after router-a ejected it", "one failure, not five"
     assert changes[-1].ejected_until == clock.now + 5.0
+    assert not breakers.available("r", "m"), "ejected: off the list"
 
 
-def test_successful_probes_end_the_probation_early():
+def test_successes_end_the_probation_early():
     breakers, clock, _ = board(hint_probe_share=1.0, hint_successes=3)
     peer_ejects(breakers, clock, for_s=60.0)
     for _ in range(2):
@@ -208,8 +214,7 @@ def test_a_peers_recovery_ends_the_hint_but_not_an_own_ejection():
     breakers, clock, _ = board()
     peer_ejects(breakers, clock, replica="router-a")
     assert breakers.peer_recovered("r", "m", replica="router-b", observed_at_wall=5e8 + clock.now)
-    assert not breakers.hinted("r", "m") and breakers.acquire("r", "m")
-    breakers.release("r", "m")
+    assert not breakers.hinted("r", "m") and not breakers.demoted("r", "m")
     fail(breakers, "x", 3)
     assert not breakers.peer_recovered("r", "x", replica="router-a", observed_at_wall=5e8 + clock.now)
     assert breakers.state("r", "x") is BreakerState.OPEN, "its own ejection ends on its own probe"
@@ -220,7 +225,7 @@ def test_own_stale_and_out_of_order_events_are_ignored():
     breakers.replica = "me"
     assert peer_ejects(breakers, clock, replica="me") is HintDecision.OWN_EVENT
     assert peer_ejects(breakers, clock, for_s=0.0) is HintDecision.STALE, "an ejection already over"
-    assert peer_ejects(breakers, clock, age_s=11.0) is HintDecision.STALE, "older than hint_max_age_s"
+    assert peer_ejects(breakers, clock, replica="q", age_s=11.0) is HintDecision.STALE, "older than hint_max_age_s"
     assert not breakers.hinted("r", "m")
     assert peer_ejects(breakers, clock, replica="p", age_s=1.0) is HintDecision.HINTED
     # A recovery observed before that ejection (the same replica's clock) arrives late: ignored.

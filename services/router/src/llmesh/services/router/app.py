@@ -168,6 +168,7 @@ class RouterApp(ServiceApp):
                 default_model=s.default_model,
                 default_price=Price(s.default_prompt_price_per_1k, s.default_completion_price_per_1k),
                 home_region=s.region,
+                demoted=lambda model: self.breakers.demoted(model.region, model.name),
             ),
             policies=self.policy.parsed(lambda doc: VariantPolicies(doc, lambda d: policy_from_document(d, defaults))),
             config=PipelineConfig(

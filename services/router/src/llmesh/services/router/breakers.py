@@ -18,10 +18,12 @@ Peers' ejections are hints (docs/adr/0030-peer-breaker-hints.md): when another r
 that it ejected an endpoint this replica still trusts, `peer_ejected` puts the endpoint on
 probation for the ejection's duration, measured from receipt (the event's own ejected_until minus
 its observed_at, both on the sender's clock, so clock skew between replicas does not matter). On
-probation the endpoint gets at most `hint_probe_share` of the requests that would have gone to it,
-one at a time; a failed probe is this replica's own evidence and ejects it as usual (subject to
-max_ejection_percent), `hint_successes` successful probes in a row end the probation, and so does
-a peer's "recovered" event (`peer_recovered`). Hints never take more endpoints out of full trust
+probation the endpoint keeps its place in at most `hint_probe_share` of the candidate lists it is
+on, one such probe at a time (`demoted`); in the others it goes to the end, tried only when every
+other candidate failed, so a hint alone never fails a request that full trust would have served.
+A failed request there is this replica's own evidence and ejects it as usual (subject to
+max_ejection_percent), `hint_successes` successes in a row end the probation, and so does a
+peer's "recovered" event (`peer_recovered`). Hints never take more endpoints out of full trust
 than max_ejection_percent allows (own ejections and probations counted together), this replica's
 own events and stale ones are ignored, and a hint is not republished (no echo between replicas).
 """
@@ -58,8 +60,8 @@ class BreakerConfig:
     base_ejection_s: float = 5.0
     max_ejection_s: float = 120.0
     max_ejection_percent: float = 50.0
-    # Peers' ejections as hints: the share of requests a hinted endpoint still gets (0: hints off),
-    # the successful probes in a row that end a hint, and how old (by this replica's wall clock,
+    # Peers' ejections as hints: the share of candidate lists in which an endpoint on probation
+    # keeps its place (0: hints off; elsewhere it goes last), the successes in a row that end it, and how old (by this replica's wall clock,
     # so it allows for skew) a peer's event may be on arrival.
     hint_probe_share: float = 0.1
     hint_successes: int = 3
@@ -106,7 +108,7 @@ class _Endpoint:
     hinted_by: str = ""
     hint_seen: int = 0
     hint_sent: int = 0
-    hint_probing: bool = False
+    hint_inflight: int = 0
     hint_successes: int = 0
 
 
@@ -155,8 +157,7 @@ class Breakers:
         if ep is None:
             return True
         if ep.state is BreakerState.CLOSED:
-            # On probation it stays a candidate: `acquire` decides which requests it gets.
-            return not self._hinted(region, model, ep) or not ep.hint_probing
+            return True  # on probation too: `demoted` decides its place
         if ep.state is BreakerState.OPEN:
             return self._clock() >= ep.ejected_until
         return not ep.probing
@@ -168,15 +169,8 @@ class Breakers:
         if ep is None:
             return True
         if ep.state is BreakerState.CLOSED:
-            if not self._hinted(region, model, ep):
-                return True
-            # On probation: a bounded share of the requests, one probe at a time (the first
-            # request after the hint is a probe).
-            ep.hint_seen += 1
-            if ep.hint_probing or ep.hint_sent >= max(1.0, self.config.hint_probe_share * ep.hint_seen):
-                return False
-            ep.hint_sent += 1
-            ep.hint_probing = True
+            if self._hinted(region, model, ep):
+                ep.hint_inflight += 1  # its result is evidence of this replica's own
             return True
         if ep.state is BreakerState.OPEN:
             if self._clock() < ep.ejected_until:
@@ -192,7 +186,20 @@ class Breakers:
         ep = self._endpoints.get((region, model))
         if ep is not None:
             ep.probing = False
-            ep.hint_probing = False
+            ep.hint_inflight = max(0, ep.hint_inflight - 1)
+
+    def demoted(self, region: str, model: str) -> bool:
+        """Whether a candidate list being built now puts the endpoint last: on probation after a
+        peer's ejection, except for a bounded share of the lists (`hint_probe_share`, the first
+        list after the hint included), and only while no request of its is out."""
+        ep = self._endpoints.get((region, model))
+        if ep is None or ep.state is not BreakerState.CLOSED or not self._hinted(region, model, ep):
+            return False
+        ep.hint_seen += 1
+        if ep.hint_inflight or ep.hint_sent >= max(1.0, self.config.hint_probe_share * ep.hint_seen):
+            return True
+        ep.hint_sent += 1
+        return False
 
     def record(self, region: str, model: str, ok: bool) -> None:
         key = (region, model)
@@ -210,11 +217,11 @@ class Breakers:
             else:
                 self._eject(region, model, ep, "probe failed", force=True)
             return
-        if ep.state is BreakerState.CLOSED and ep.hint_probing and self._hinted(region, model, ep):
-            ep.hint_probing = False
+        if ep.state is BreakerState.CLOSED and ep.hint_inflight and self._hinted(region, model, ep):
+            ep.hint_inflight -= 1
             if not ok:
                 # This replica's own evidence now: ejected like any failure that trips it.
-                self._eject(region, model, ep, f"probe failed after {ep.hinted_by} ejected it")
+                self._eject(region, model, ep, f"failed here too after {ep.hinted_by} ejected it")
                 return
             ep.hint_successes += 1
             if ep.hint_successes >= self.config.hint_successes:
@@ -354,8 +361,7 @@ class Breakers:
         if out > 0 and (out + 1) * 100.0 / total > config.max_ejection_percent:
             return HintDecision.MAX_EJECTED
         ep.hinted_until, ep.hinted_by = until, replica
-        ep.hint_seen = ep.hint_sent = ep.hint_successes = 0
-        ep.hint_probing = False
+        ep.hint_seen = ep.hint_sent = ep.hint_successes = ep.hint_inflight = 0
         metrics.BREAKER_STATE.labels(region, model).set(STATE_VALUE[BreakerState.HALF_OPEN])
         return HintDecision.HINTED
 
@@ -398,5 +404,4 @@ class Breakers:
     def _clear_hint(ep: _Endpoint) -> None:
         ep.hinted_until = 0.0
         ep.hinted_by = ""
-        ep.hint_seen = ep.hint_sent = ep.hint_successes = 0
-        ep.hint_probing = False
+        ep.hint_seen = ep.hint_sent = ep.hint_successes = ep.hint_inflight = 0

@@ -244,14 +244,14 @@ class RouterSettings(ForecastSettings):
     breaker_hint_probe_share: float = setting(
         "LLMESH_ROUTER_BREAKER_HINT_PROBE_SHARE",
         0.1,
-        "share of its requests an endpoint still gets while a peer replica's ejection of it is a hint here "
-        "(one probe at a time; 0: peers' ejections are only displayed)",
+        "share of requests in which an endpoint a peer replica ejected keeps its place (a probe, one at a time); "
+        "in the others it is tried last (0: peers' ejections are only displayed)",
         _fraction,
     )
     breaker_hint_successes: int = setting(
         "LLMESH_ROUTER_BREAKER_HINT_SUCCESSES",
         3,
-        "successful probes in a row that end a peer's hint before its ejection time is over",
+        "successes in a row that end a peer's hint before its ejection time is over",
         positive,
     )
     breaker_hint_max_age_s: float = setting(
