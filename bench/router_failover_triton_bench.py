@@ -294,6 +294,11 @@ async def run(args) -> str:
             )
             await bus.drain()
             router_log = (home / "router.log").read_text(errors="replace")
+            if args.keep_logs:
+                keep = pathlib.Path(args.keep_logs)
+                keep.mkdir(parents=True, exist_ok=True)
+                for log in home.glob("*.log"):
+                    (keep / log.name).write_bytes(log.read_bytes())
     return report(args, results, events, marks, triton_model, fallback, setup_s, router_log, warmed)
 
 
@@ -322,6 +327,15 @@ def report(args, results, events, marks, triton_model, fallback, setup_s, router
 
     first_fallback = min(
         (r.end for r in results if r.end >= kill and r.model == fallback and not r.error), default=None
+    )
+    # The fallback's first token after the kill (a request's start plus its TTFT).
+    first_fallback_token = min(
+        (
+            r.start + r.ttft_ms / 1000
+            for r in results
+            if r.model == fallback and r.ttft_ms is not None and r.start + r.ttft_ms / 1000 >= kill
+        ),
+        default=None,
     )
     first_t1_back = min((r.end for r in results if r.start >= ready and r.model == triton_model), default=None)
     # The last request the fallback served that started after Triton was ready.
@@ -363,7 +377,8 @@ def report(args, results, events, marks, triton_model, fallback, setup_s, router
         f"- error rate during the fault (requests started between the kill and Triton ready): {fault_errors}/"
         f"{len(during)} ({100.0 * fault_errors / max(len(during), 1):.2f} %); requests in flight at the kill that "
         f"failed: {mid_stream}",
-        f"- first answer from the fallback ({fallback}) after the kill: {after_s(first_fallback, kill)}",
+        f"- first token from the fallback ({fallback}) after the kill: {after_s(first_fallback_token, kill)}; "
+        f"first whole answer from it: {after_s(first_fallback, kill)}",
         f"- breaker opened (first OPEN event on NATS): {after_s(opened, kill)} after the kill",
         f"- breaker closed for good (last CLOSED event): {after_s(closed, ready)} after Triton was ready",
         f"- first answer from tier 1 ({triton_model}) after Triton was ready: {after_s(first_t1_back, ready)}; "
@@ -394,7 +409,10 @@ def report(args, results, events, marks, triton_model, fallback, setup_s, router
     failed = [r for r in results if r.error]
     if failed:
         lines += ["", "Failed requests (start, end, code, message):", ""]
-        lines += [f"- {r.start:.2f}-{r.end:.2f} s {r.error}: {r.detail[:200]}" for r in failed[:10]]
+        lines += [
+            f"- {r.start:.2f}-{r.end:.2f} s {r.error}: {r.detail[:200]} (attempts: {r.attempts or '-'})"
+            for r in failed[:10]
+        ]
     failures = [line for line in router_log.splitlines() if '"attempt_failed"' in line][:3]
     if failures:
         lines += ["", "First attempt failures in the router's log:", "", *(f"    {line[:300]}" for line in failures)]
@@ -409,6 +427,7 @@ def main() -> None:
     parser.add_argument("--after", type=float, default=40.0)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3, help="requests before the clock starts (not counted)")
+    parser.add_argument("--keep-logs", default="", help="a folder to copy the services' logs to")
     parser.add_argument("--out", default=str(ROOT / "bench/results/router_failover_triton.md"))
     args = parser.parse_args()
     text = asyncio.run(run(args))
