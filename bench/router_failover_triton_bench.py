@@ -7,7 +7,9 @@ Starts, on free ports: nats-server; a real tritonserver with the repository's CP
 (deploy/triton/cpu, Gemma 3 270M GGUF in a decoupled Python-backend model; .venv-triton, `make
 triton-env`); and the five services as processes of their own (`python -m llmesh.services.<name>`,
 each with its own identity, as `llmesh up` runs them): tenancy, classifier, cache, inference and the
-router (default breaker settings). Inference gets the default catalog (deploy/catalog/dev.json)
+router (default breaker settings; with --routers 2 a second replica on the same services and NATS, the
+clients alternating between them, so that one replica's ejection reaches the other as a hint,
+docs/adr/0030). Inference gets the default catalog (deploy/catalog/dev.json)
 with the Triton entry pointed at this tritonserver and the in-process llama.cpp engine as the
 fallback of last resort; the external tier's entry ("frontier", the llama_cpp.server stand-in) is
 left out, so the fallback is the only place tier-1 traffic can go. The real classifier picks each
@@ -86,8 +88,9 @@ def catalog(triton_address: str) -> dict:
 class Mesh:
     """nats-server, tritonserver and the five services, each a process of its own."""
 
-    def __init__(self, home: pathlib.Path, gguf: str):
+    def __init__(self, home: pathlib.Path, gguf: str, routers: int = 1):
         self.home = home
+        self.routers = ["router", "router-b"][:routers]
         self.gguf = gguf
         self.admin_token = secrets.token_urlsafe(24)
         self.identity_dir = ensure_identity()
@@ -98,6 +101,7 @@ class Mesh:
         self.catalog: dict = {}
 
     def _spawn(self, name: str, extra: dict[str, str]) -> pathlib.Path:
+        service = name.split("-")[0]  # router-b is a router
         ready = self.home / f"{name}.ready.json"
         env = {
             **os.environ,
@@ -108,12 +112,12 @@ class Mesh:
             "LLMESH_METRICS_PORT": "0",
             "LLMESH_READY_FILE": str(ready),
             "OMP_NUM_THREADS": "1",
-            **identity_env(self.identity_dir, name),
+            **identity_env(self.identity_dir, service),
             **extra,
         }
         with open(self.home / f"{name}.log", "wb") as log:
             self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", f"llmesh.services.{name}"], env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", f"llmesh.services.{service}"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
         return ready
 
@@ -141,7 +145,8 @@ class Mesh:
             for name, ready in waiting.items():
                 self._wait(name, ready)
             upstreams = {f"LLMESH_{n.upper()}_ADDR": self.addresses[n] for n in SERVICES}
-            self._wait("router", self._spawn("router", upstreams))
+            for name in self.routers:  # replicas on the same services and NATS
+                self._wait(name, self._spawn(name, upstreams))
         except BaseException:
             self.__exit__()
             raise
@@ -219,14 +224,17 @@ async def warm_up(router: str, api_key: str, max_tokens: int, count: int) -> lis
 
 
 async def load(
-    router: str, api_key: str, concurrency: int, max_tokens: int, t0: float, stop: asyncio.Event
+    routers: list[str], api_key: str, concurrency: int, max_tokens: int, t0: float, stop: asyncio.Event
 ) -> list[Result]:
+    """Client n sends to router replica n mod the number of replicas."""
     results: list[Result] = []
     metadata = (("authorization", f"Bearer {api_key}"),)
-    async with grpc.aio.insecure_channel(router) as channel:
-        stub = router_pb2_grpc.RouterServiceStub(channel)
+    channels = [grpc.aio.insecure_channel(router) for router in routers]
+    try:
+        stubs = [router_pb2_grpc.RouterServiceStub(channel) for channel in channels]
 
         async def worker(n: int) -> None:
+            stub = stubs[n % len(stubs)]
             i = 0
             while not stop.is_set():
                 i += 1
@@ -251,6 +259,9 @@ async def load(
                 results.append(result)
 
         await asyncio.gather(*(worker(n) for n in range(concurrency)))
+    finally:
+        for channel in channels:
+            await channel.close()
     return results
 
 
@@ -258,7 +269,7 @@ async def run(args) -> str:
     with tempfile.TemporaryDirectory(prefix="llmesh-failover-") as tmp:
         home = pathlib.Path(tmp)
         setup_started = time.monotonic()
-        with Mesh(home, gguf_path()) as mesh:
+        with Mesh(home, gguf_path(), args.routers) as mesh:
             setup_s = time.monotonic() - setup_started
             api_key = mesh.new_api_key()
             triton_model = next(m["name"] for m in mesh.catalog["models"] if m["backend"] == "triton")
@@ -290,7 +301,8 @@ async def run(args) -> str:
                 stop.set()
 
             results, _ = await asyncio.gather(
-                load(mesh.addresses["router"], api_key, args.concurrency, args.max_tokens, t0, stop), chaos()
+                load([mesh.addresses[r] for r in mesh.routers], api_key, args.concurrency, args.max_tokens, t0, stop),
+                chaos(),
             )
             await bus.drain()
             router_log = (home / "router.log").read_text(errors="replace")
@@ -343,6 +355,8 @@ def report(args, results, events, marks, triton_model, fallback, setup_s, router
     states = {1: "closed", 2: "open", 3: "half_open"}
     mine = [(t, e) for t, e in events if e.model == triton_model]
     opened = min((t for t, e in mine if e.state == 2), default=None)
+    replicas = sorted({e.router_replica for _, e in mine})
+    opened_by = {r: min((t for t, e in mine if e.state == 2 and e.router_replica == r), default=None) for r in replicas}
     closed = max((t for t, e in mine if e.state == 1), default=None)
     codes: dict[str, int] = {}
     for r in results:
@@ -361,13 +375,13 @@ def report(args, results, events, marks, triton_model, fallback, setup_s, router
         "",
         f"Command: `.venv/bin/python bench/router_failover_triton_bench.py --concurrency {args.concurrency} "
         f"--kill-at {args.kill_at:g} --down-for {args.down_for:g} --after {args.after:g} --max-tokens {args.max_tokens} "
-        f"--warmup {args.warmup}`",
+        f"--warmup {args.warmup} --routers {args.routers}`",
         "",
         "Real parts, each its own process: nats-server, tritonserver (deploy/triton/cpu, Gemma 3 270M GGUF in a "
         "decoupled Python-backend model), tenancy, classifier, cache (bypassed: CACHE_POLICY_BYPASS, every "
         "request reaches a model), inference (deploy/catalog/dev.json with Triton as tier 1/2 and the in-process "
-        "llama.cpp engine as the fallback; the external tier left out) and the router with default breaker "
-        f"settings. Closed loop of {args.concurrency} interactive clients, fresh prompts, max_tokens "
+        "llama.cpp engine as the fallback; the external tier left out) and "
+        f"{'the router' if args.routers == 1 else 'two router replicas'} with default breaker settings. Closed loop of {args.concurrency} interactive clients, fresh prompts, max_tokens "
         f"{args.max_tokens}, after {len(warmed)} warm-up requests (served by {', '.join(sorted(set(warmed))) or '-'}). "
         f"Mesh start-up {setup_s:.0f} s. Times are seconds since the load started; Triton "
         f"SIGKILLed at {kill:.1f} s, started again at {marks['restart']:.1f} s, ready (server and models) at "
@@ -379,7 +393,12 @@ def report(args, results, events, marks, triton_model, fallback, setup_s, router
         f"failed: {mid_stream}",
         f"- first token from the fallback ({fallback}) after the kill: {after_s(first_fallback_token, kill)}; "
         f"first whole answer from it: {after_s(first_fallback, kill)}",
-        f"- breaker opened (first OPEN event on NATS): {after_s(opened, kill)} after the kill",
+        f"- breaker opened (first OPEN event on NATS): {after_s(opened, kill)} after the kill"
+        + (
+            " (per replica: " + ", ".join(f"{r} {after_s(t, kill)}" for r, t in opened_by.items()) + ")"
+            if len(replicas) > 1
+            else ""
+        ),
         f"- breaker closed for good (last CLOSED event): {after_s(closed, ready)} after Triton was ready",
         f"- first answer from tier 1 ({triton_model}) after Triton was ready: {after_s(first_t1_back, ready)}; "
         f"the last request the fallback served started {after_s(last_fallback, ready)} after it "
@@ -394,7 +413,7 @@ def report(args, results, events, marks, triton_model, fallback, setup_s, router
         "Breaker events for the Triton model on NATS (seconds since the load started):",
         "",
         *(
-            f"- {t:.2f} s {states.get(e.state, e.state)} ({e.reason}"
+            f"- {t:.2f} s {(e.router_replica + ' ') if len(replicas) > 1 else ''}{states.get(e.state, e.state)} ({e.reason}"
             + (
                 f", ejected for {e.ejected_until.ToNanoseconds() / 1e9 - e.observed_at.ToNanoseconds() / 1e9:.1f} s"
                 if e.state == 2
@@ -426,6 +445,7 @@ def main() -> None:
     parser.add_argument("--down-for", type=float, default=10.0)
     parser.add_argument("--after", type=float, default=40.0)
     parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--routers", type=int, choices=(1, 2), default=1, help="router replicas (clients alternate)")
     parser.add_argument("--warmup", type=int, default=3, help="requests before the clock starts (not counted)")
     parser.add_argument("--keep-logs", default="", help="a folder to copy the services' logs to")
     parser.add_argument("--out", default=str(ROOT / "bench/results/router_failover_triton.md"))
