@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmesh.services.router.breakers import BreakerConfig, Breakers, BreakerState
+from llmesh.services.router.breakers import BreakerConfig, Breakers, BreakerState, HintDecision
 from prometheus_client import REGISTRY
 
 CONFIG = BreakerConfig(
@@ -142,3 +142,123 @@ def test_a_failing_publisher_does_not_break_the_breaker():
     breakers = Breakers(CONFIG, on_change=boom)
     fail(breakers, "m", 3)
     assert breakers.state("r", "m") is BreakerState.OPEN
+
+
+# Peers' ejections as hints (docs/adr/0030) ---------------------------------------------------
+
+
+def peer_ejects(breakers, clock, model="m", *, replica="peer-1", for_s=5.0, age_s=0.0, region="r"):
+    return breakers.peer_ejected(
+        region, model, replica=replica, ejected_for_s=for_s, observed_at_wall=5e8 + clock.now - age_s, reason="test"
+    )
+
+
+def probe(breakers, model="m", ok=True, region="r") -> bool:
+    """One request whose candidate list holds the endpoint: True when the endpoint kept its place
+    (and was sent the request, with result `ok`)."""
+    if breakers.demoted(region, model):
+        return False
+    assert breakers.acquire(region, model)
+    breakers.record(region, model, ok=ok)
+    return True
+
+
+def test_a_peers_ejection_puts_a_trusted_endpoint_on_probation_with_a_bounded_share():
+    breakers, clock, changes = board(hint_probe_share=0.25, hint_successes=100)
+    assert peer_ejects(breakers, clock, for_s=5.0) is HintDecision.HINTED
+    assert breakers.hinted("r", "m") and breakers.state("r", "m") is BreakerState.HALF_OPEN
+    assert REGISTRY.get_sample_value("llmesh_router_breaker_state", {"region": "r", "model": "m"}) == 1.0
+    assert changes == [], "a hint is not republished as this replica's change"
+    assert breakers.available("r", "m"), "never off the list on a hint alone"
+    sent = [probe(breakers) for _ in range(20)]
+    assert sent[0], "the first request after the hint is a probe"
+    assert sum(sent) == 5, "a quarter of the lists keep it in its place"
+    assert breakers.state("r", "m") is BreakerState.HALF_OPEN
+    clock.now += 5.0
+    assert not breakers.hinted("r", "m") and breakers.state("r", "m") is BreakerState.CLOSED
+    assert all(probe(breakers) for _ in range(5)), "full trust again once the ejection time is over"
+
+
+def test_one_probe_at_a_time_while_on_probation():
+    breakers, clock, _ = board(hint_probe_share=1.0)
+    peer_ejects(breakers, clock)
+    assert not breakers.demoted("r", "m") and breakers.acquire("r", "m")
+    assert breakers.demoted("r", "m"), "its probe is out: last on the next list"
+    assert breakers.acquire("r", "m"), "still sent when every candidate before it failed"
+    breakers.release("r", "m")
+    breakers.release("r", "m")
+    assert not breakers.demoted("r", "m")
+
+
+def test_a_failure_on_probation_ejects_it_here():
+    breakers, clock, changes = board(consecutive_failures=5)
+    peer_ejects(breakers, clock, replica="router-a")
+    assert probe(breakers, ok=False)
+    assert breakers.state("r", "m") is BreakerState.OPEN and not breakers.hinted("r", "m")
+    assert changes[-1].reason == "failed here too after router-a ejected it", "one failure, not five"
+    assert changes[-1].ejected_until == clock.now + 5.0
+    assert not breakers.available("r", "m"), "ejected: off the list"
+
+
+def test_successes_end_the_probation_early():
+    breakers, clock, _ = board(hint_probe_share=1.0, hint_successes=3)
+    peer_ejects(breakers, clock, for_s=60.0)
+    for _ in range(2):
+        assert probe(breakers, ok=True)
+    assert breakers.hinted("r", "m")
+    assert probe(breakers, ok=True)
+    assert not breakers.hinted("r", "m") and breakers.state("r", "m") is BreakerState.CLOSED
+
+
+def test_a_peers_recovery_ends_the_hint_but_not_an_own_ejection():
+    breakers, clock, _ = board()
+    peer_ejects(breakers, clock, replica="router-a")
+    assert breakers.peer_recovered("r", "m", replica="router-b", observed_at_wall=5e8 + clock.now)
+    assert not breakers.hinted("r", "m") and not breakers.demoted("r", "m")
+    fail(breakers, "x", 3)
+    assert not breakers.peer_recovered("r", "x", replica="router-a", observed_at_wall=5e8 + clock.now)
+    assert breakers.state("r", "x") is BreakerState.OPEN, "its own ejection ends on its own probe"
+
+
+def test_own_stale_and_out_of_order_events_are_ignored():
+    breakers, clock, _ = board()
+    breakers.replica = "me"
+    assert peer_ejects(breakers, clock, replica="me") is HintDecision.OWN_EVENT
+    assert peer_ejects(breakers, clock, for_s=0.0) is HintDecision.STALE, "an ejection already over"
+    assert peer_ejects(breakers, clock, replica="q", age_s=11.0) is HintDecision.STALE, "older than hint_max_age_s"
+    assert not breakers.hinted("r", "m")
+    assert peer_ejects(breakers, clock, replica="p", age_s=1.0) is HintDecision.HINTED
+    # A recovery observed before that ejection (the same replica's clock) arrives late: ignored.
+    assert not breakers.peer_recovered("r", "m", replica="p", observed_at_wall=5e8 + clock.now - 2.0)
+    assert breakers.hinted("r", "m")
+
+
+def test_the_hint_lasts_the_ejections_duration_from_receipt_whatever_the_peers_clock():
+    breakers, clock, _ = board()
+    # The peer's clock runs 4 s behind: its event looks 4 s old, its ejection 5 s long.
+    assert peer_ejects(breakers, clock, for_s=5.0, age_s=4.0) is HintDecision.HINTED
+    clock.now += 4.9
+    assert breakers.hinted("r", "m")
+    clock.now += 0.2
+    assert not breakers.hinted("r", "m")
+    assert peer_ejects(breakers, clock, for_s=600.0) is HintDecision.HINTED
+    clock.now += 12.0
+    assert not breakers.hinted("r", "m"), "never longer than max_ejection_s"
+
+
+def test_hints_respect_max_ejection_percent_together_with_own_ejections():
+    breakers, clock, _ = board(max_ejection_percent=50.0)  # 4 endpoints: 2 may be out
+    fail(breakers, "a", 3)
+    assert peer_ejects(breakers, clock, "b") is HintDecision.HINTED
+    assert peer_ejects(breakers, clock, "c") is HintDecision.MAX_EJECTED
+    assert not breakers.hinted("r", "c") and all(probe(breakers, "c") for _ in range(3))
+    assert peer_ejects(breakers, clock, "b", replica="peer-2", for_s=8.0) is HintDecision.EXTENDED
+    assert peer_ejects(breakers, clock, "a") is HintDecision.NOT_TRUSTED, "already ejected here"
+    lone, lone_clock, _ = board(max_ejection_percent=10.0)
+    assert peer_ejects(lone, lone_clock, "a") is HintDecision.HINTED, "one may always be out"
+
+
+def test_hints_can_be_turned_off():
+    breakers, clock, _ = board(hint_probe_share=0.0)
+    assert peer_ejects(breakers, clock) is HintDecision.DISABLED
+    assert all(probe(breakers) for _ in range(3))

@@ -20,7 +20,17 @@ LAST = ModelInfo("last", "llama_cpp", tiers=(1, 2, 3), self_hosted=True, max_sen
 CATALOG = [LAST, API, OTHER, T2A, T1B, T1A]
 
 
-def names(tier=1, *, sensitivity=I, clearance=R, fallbacks=None, rules=DataAccess(), usable=lambda m: True, home="a"):
+def names(
+    tier=1,
+    *,
+    sensitivity=I,
+    clearance=R,
+    fallbacks=None,
+    rules=DataAccess(),
+    usable=lambda m: True,
+    demoted=lambda m: False,
+    home="a",
+):
     found = build(
         tier=tier,
         sensitivity=sensitivity,
@@ -32,6 +42,7 @@ def names(tier=1, *, sensitivity=I, clearance=R, fallbacks=None, rules=DataAcces
         default_model="",
         home_region=home,
         usable=usable,
+        demoted=demoted,
     )
     return [(c.model.name, c.reason) for c in found.candidates], found
 
@@ -135,3 +146,12 @@ def test_a_pinned_model_alone_and_refused_by_tenant_rules():
         router.candidates(tier=1, sensitivity=I, pinned=API, policy=policy, available=CATALOG)
     found = router.candidates(tier=1, sensitivity=I, pinned=T1B, policy=policy, available=CATALOG)
     assert [(c.model.name, c.reason) for c in found.candidates] == [("t1-b", "pinned")]
+
+
+def test_a_demoted_model_stays_on_the_list_after_every_other_candidate():
+    # on probation after a peer replica's ejection (docs/adr/0030): tried last, not refused
+    order, found = names(demoted=lambda m: m.name == "t1-a")
+    assert [n for n, _ in order] == ["t1-b", "t2-a", "api", "other-api", "last", "t1-a"]
+    assert order[-1] == ("t1-a", "tier") and found.refused == {}
+    order, found = names(usable=lambda m: m.name != "t1-a", demoted=lambda m: True)
+    assert "t1-a" not in [n for n, _ in order] and found.refused == {"t1-a": "breaker_open"}, "an open breaker wins"

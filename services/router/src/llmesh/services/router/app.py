@@ -24,6 +24,7 @@ from llmesh.kit.policy import PolicyStore
 from llmesh.kit.quota import QuotaStore, RedisQuotaStore, open_store
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import (
+    BREAKER_SUBJECT_PREFIX,
     CLASSIFIER_MODEL_SUBJECT,
     CLASSIFIER_OUTCOME,
     CLASSIFIER_ROLLOUT_SUBJECT,
@@ -117,8 +118,12 @@ class RouterApp(ServiceApp):
                 base_ejection_s=settings.breaker_base_ejection_s,
                 max_ejection_s=settings.breaker_max_ejection_s,
                 max_ejection_percent=settings.breaker_max_ejection_percent,
+                hint_probe_share=settings.breaker_hint_probe_share,
+                hint_successes=settings.breaker_hint_successes,
+                hint_max_age_s=settings.breaker_hint_max_age_s,
             ),
             on_change=self._on_breaker_change,
+            replica=self.replica,
         )
         self.regions: RegionRouting | None = None
 
@@ -137,6 +142,8 @@ class RouterApp(ServiceApp):
         await self.bus.subscribe(CLASSIFIER_ROLLOUT_SUBJECT, self._on_classifier_model)
         self.bus.on_reconnect(self._on_nats_reconnect)
         await self.bus.subscribe(f"{MODEL_LOAD_SUBJECT_PREFIX}.>", self._on_model_load)
+        # Peers' breaker changes: their ejections are hints here (docs/adr/0030).
+        await self.bus.subscribe(f"{BREAKER_SUBJECT_PREFIX}.>", self._on_peer_breaker)
         self.policy = PolicyStore(self.bus, bucket=s.policy_bucket)
         await self.policy.start()
         self.forecast = await start_forecast(self, s, self.bus)
@@ -183,6 +190,7 @@ class RouterApp(ServiceApp):
                 default_model=s.default_model,
                 default_price=Price(s.default_prompt_price_per_1k, s.default_completion_price_per_1k),
                 home_region=s.region,
+                demoted=lambda model: self.breakers.demoted(model.region, model.name),
             ),
             policies=policies,
             config=PipelineConfig(
@@ -400,6 +408,30 @@ class RouterApp(ServiceApp):
             return
         event = convert.breaker_event_to_proto(change, replica=self.replica)
         self.spawn(self.bus.publish_core(breaker_subject(change.region, change.model), event, msg_id=event.event_id))
+
+    async def _on_peer_breaker(self, data: bytes) -> None:
+        try:
+            event = events_pb2.BreakerStateChanged.FromString(data)
+        except Exception as exc:  # a bad message from the bus must not stop the subscription
+            log.warning("breaker_event_unreadable", error=repr(exc))
+            return
+        if event.router_replica == self.replica or not event.model:
+            return
+        observed = event.observed_at.ToNanoseconds() / 1e9
+        if event.state == events_pb2.BreakerStateChanged.STATE_OPEN and event.HasField("ejected_until"):
+            self.breakers.peer_ejected(
+                event.region,
+                event.model,
+                replica=event.router_replica,
+                # both times on the peer's clock: the duration holds whatever the skew
+                ejected_for_s=event.ejected_until.ToNanoseconds() / 1e9 - observed,
+                observed_at_wall=observed,
+                reason=event.reason,
+            )
+        elif event.state == events_pb2.BreakerStateChanged.STATE_CLOSED:
+            self.breakers.peer_recovered(
+                event.region, event.model, replica=event.router_replica, observed_at_wall=observed
+            )
 
     async def _on_nats_reconnect(self) -> None:
         # Revocations published while disconnected were missed: trust no cached principal.

@@ -14,6 +14,9 @@ Filters, each with the name of the rule that refused a model:
   data_access.regions      a model in a region outside data_access.regions
   breaker_open             the model's circuit breaker is open (not a refusal: UNAVAILABLE)
 
+A model `demoted` says to put last (on probation after a peer replica's ejection, docs/adr/0030)
+stays on the list, after every other candidate.
+
 When nothing is left, a request refused by a tenant rule is PERMISSION_DENIED naming the rule;
 otherwise UNAVAILABLE.
 """
@@ -189,8 +192,9 @@ def build(
     default_model: str,
     home_region: str = "",
     usable: Callable[[ModelInfo], bool] = lambda model: True,
+    demoted: Callable[[ModelInfo], bool] = lambda model: False,
 ) -> CandidateList:
-    """The candidates for `tier`, in order, filtered; `usable` is the breakers' say."""
+    """The candidates for `tier`, in order, filtered; `usable` and `demoted` are the breakers' say."""
     if tier not in TIERS:
         raise ValueError(f"tier {tier} is not one of {TIERS}")
     by_name = {m.name: m for m in available}
@@ -215,7 +219,9 @@ def build(
             for m in tier_models(chain_tier, tier_map.get(chain_tier), available, home_region, found.group("region"))
         ]
     ordered += [Candidate(m, "fallback", tier) for m in available if m.fallback]
-    return filter_candidates(ordered, sensitivity=sensitivity, clearance=clearance, rules=rules, usable=usable)
+    return filter_candidates(
+        ordered, sensitivity=sensitivity, clearance=clearance, rules=rules, usable=usable, demoted=demoted
+    )
 
 
 def filter_candidates(
@@ -225,9 +231,11 @@ def filter_candidates(
     clearance: Sensitivity,
     rules: DataAccess,
     usable: Callable[[ModelInfo], bool] = lambda model: True,
+    demoted: Callable[[ModelInfo], bool] = lambda model: False,
 ) -> CandidateList:
     seen: set[str] = set()
     kept: list[Candidate] = []
+    last: list[Candidate] = []
     refused: dict[str, str] = {}
     for candidate in ordered:
         name = candidate.model.name
@@ -237,8 +245,10 @@ def filter_candidates(
         rule = refusal(candidate.model, sensitivity, clearance, rules)
         if rule is None and not usable(candidate.model):
             rule = "breaker_open"
-        if rule is None:
-            kept.append(candidate)
-        else:
+        if rule is not None:
             refused[name] = rule
-    return CandidateList(kept, refused)
+        elif demoted(candidate.model):
+            last.append(candidate)
+        else:
+            kept.append(candidate)
+    return CandidateList(kept + last, refused)

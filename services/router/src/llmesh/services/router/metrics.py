@@ -89,6 +89,12 @@ BREAKER_STATE = Gauge(
 BREAKER_EJECTIONS = Counter(
     "llmesh_router_breaker_ejections_total", "Times a model endpoint was ejected (breaker opened)", ["region", "model"]
 )
+BREAKER_PEER_HINTS = Counter(
+    "llmesh_router_breaker_peer_hints_total",
+    "Peers' ejection events received, by what this replica did with them (hinted, extended, own_event, stale, "
+    "not_trusted, max_ejected, disabled)",
+    ["region", "model", "decision"],
+)
 BREAKER_EJECTIONS_SKIPPED = Counter(
     "llmesh_router_breaker_ejections_skipped_total",
     "Ejections not made because max_ejection_percent of the endpoints were already out",

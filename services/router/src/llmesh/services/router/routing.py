@@ -165,8 +165,18 @@ class Router:
     """Builds a request's ordered candidate list (candidates.py) and prices models. Restricted data
     never leaves self-hosted models: the catalog refuses an external model restricted data."""
 
-    def __init__(self, defaults: RoutingPolicy, *, default_model: str, default_price: Price, home_region: str = ""):
+    def __init__(
+        self,
+        defaults: RoutingPolicy,
+        *,
+        default_model: str,
+        default_price: Price,
+        home_region: str = "",
+        demoted: Callable[[ModelInfo], bool] = lambda model: False,
+    ):
         self.defaults = defaults
+        # models to put last on every list (the breakers' probation after a peer's ejection)
+        self._demoted = demoted
         self._default_model = default_model
         self._default_price = default_price
         self.home_region = home_region
@@ -209,6 +219,7 @@ class Router:
             default_model=self._default_model,
             home_region=self.home_region,
             usable=usable,
+            demoted=self._demoted,
         )
 
     def choose(

@@ -253,6 +253,25 @@ class RouterSettings(ForecastSettings):
         "most model endpoints ejected at once, in percent of the catalog (one may always be)",
         _percent,
     )
+    breaker_hint_probe_share: float = setting(
+        "LLMESH_ROUTER_BREAKER_HINT_PROBE_SHARE",
+        0.1,
+        "share of requests in which an endpoint a peer replica ejected keeps its place (a probe, one at a time); "
+        "in the others it is tried last (0: peers' ejections are only displayed)",
+        _fraction,
+    )
+    breaker_hint_successes: int = setting(
+        "LLMESH_ROUTER_BREAKER_HINT_SUCCESSES",
+        3,
+        "successes in a row that end a peer's hint before its ejection time is over",
+        positive,
+    )
+    breaker_hint_max_age_s: float = setting(
+        "LLMESH_ROUTER_BREAKER_HINT_MAX_AGE_S",
+        10.0,
+        "a peer's breaker event older than this on arrival (by this replica's clock: allows for skew) is ignored",
+        positive,
+    )
     overflow_threshold: float = setting(
         "LLMESH_ROUTER_OVERFLOW_THRESHOLD",
         0.8,
