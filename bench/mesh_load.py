@@ -17,11 +17,13 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 
 import grpc
+from google.rpc import status_pb2
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.testing import free_port, unique
-from llmesh.router.v1 import router_pb2, router_pb2_grpc
+from llmesh.router.v1 import batch_pb2, batch_pb2_grpc, router_pb2, router_pb2_grpc
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
 SERVICES = ("tenancy", "classifier", "cache", "inference", "router")
@@ -314,6 +316,21 @@ def proc_sample(pid: int) -> dict[str, float]:
     except OSError:
         fds = -1
     return {"rss_mib": rss_kib / 1024, "fds": fds}
+
+
+def asyncio_tasks(metrics_port: int | None, service: str, timeout_s: float = 2.0) -> int:
+    """The service's `llmesh_asyncio_tasks` gauge from its /metrics; -1 when it cannot be read."""
+    if not metrics_port:
+        return -1
+    prefix = f'llmesh_asyncio_tasks{{service="{service}"}} '
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=timeout_s) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(prefix):
+                    return int(float(line[len(prefix) :]))
+    except (OSError, ValueError):
+        pass
+    return -1
 
 
 REPORT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "reports" / "reliability.md"
