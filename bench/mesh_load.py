@@ -121,6 +121,72 @@ class PrivateMesh:
                 tenancy_pb2.RevokeApiKeyRequest(key_id=key_id), metadata=self.admin(), timeout=10
             )
 
+    async def audit(self, tenant_id: str) -> list[tenancy_pb2.AuditEntry]:
+        """Every entry of the tenant's audit log, oldest first."""
+        entries: list[tenancy_pb2.AuditEntry] = []
+        async with grpc.aio.insecure_channel(self.state()["endpoints"]["tenancy"]) as channel:
+            stub = tenancy_pb2_grpc.TenancyServiceStub(channel)
+            while True:
+                page = await stub.ListAudit(
+                    tenancy_pb2.ListAuditRequest(
+                        tenant_id=tenant_id, after_seq=entries[-1].seq if entries else 0, limit=1000
+                    ),
+                    metadata=self.admin(),
+                    timeout=10,
+                )
+                entries.extend(page.entries)
+                if len(page.entries) < 1000:
+                    return entries
+
+    async def verify_audit(self) -> tenancy_pb2.VerifyAuditResponse:
+        async with grpc.aio.insecure_channel(self.state()["endpoints"]["tenancy"]) as channel:
+            return await tenancy_pb2_grpc.TenancyServiceStub(channel).VerifyAudit(
+                tenancy_pb2.VerifyAuditRequest(), metadata=self.admin(), timeout=30
+            )
+
+    def invalidate(self, tenant_id: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        """`llmesh cache invalidate --tenant-id …` as an operator runs it (all of the tenant's answers)."""
+        try:
+            return cli(self.env, "cache", "invalidate", "--tenant-id", tenant_id, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess([], -1, "", f"no answer within {timeout:g} s (the CLI was stopped)")
+
+    async def batch_call(self, api_key: str, method: str, request, timeout: float = 10):
+        async with grpc.aio.insecure_channel(self.state()["endpoints"]["router"]) as channel:
+            call = getattr(batch_pb2_grpc.BatchServiceStub(channel), method)
+            return await call(request, metadata=[("authorization", f"Bearer {api_key}")], timeout=timeout)
+
+    async def batch_results(self, api_key: str, job_id: str) -> list[dict]:
+        async with grpc.aio.insecure_channel(self.state()["endpoints"]["router"]) as channel:
+            call = batch_pb2_grpc.BatchServiceStub(channel).GetBatchResults(
+                batch_pb2.GetBatchResultsRequest(job_id=job_id),
+                metadata=[("authorization", f"Bearer {api_key}")],
+                timeout=60,
+            )
+            return [json.loads(r.line) async for r in call]
+
+    async def ledger(self, tenant_ids: list[str], database_url: str = "") -> list[tuple[str, str, str]]:
+        """(request_id, tenant_id, cache_outcome) of each usage ledger entry of these tenants, read
+        from tenancy's store (PostgreSQL at `database_url`, else its SQLite file under the home)."""
+        query = "SELECT request_id, tenant_id, cache_outcome FROM usage_ledger WHERE tenant_id IN ({})"
+        if database_url.startswith(("postgresql://", "postgres://")):
+            import asyncpg  # tenancy's driver, in the workspace
+
+            conn = await asyncpg.connect(database_url, timeout=10)
+            try:
+                marks = ", ".join(f"${i + 1}" for i in range(len(tenant_ids)))
+                return [tuple(r) for r in await conn.fetch(query.format(marks), *tenant_ids)]
+            finally:
+                await conn.close()
+
+        def read() -> list[tuple[str, str, str]]:
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(f"file:{self.home / 'tenancy.db'}?mode=ro", uri=True)) as db:
+                return db.execute(query.format(", ".join("?" for _ in tenant_ids)), tenant_ids).fetchall()
+
+        return await asyncio.to_thread(read)
+
 
 @dataclasses.dataclass
 class Answer:
@@ -131,6 +197,7 @@ class Answer:
     cache: str = ""
     detail: str = ""
     key: str = ""  # the API key it was sent with
+    request_id: str = ""  # the router's, from the summary (or from StreamInterrupted after tokens)
 
     @property
     def ok(self) -> bool:
@@ -155,7 +222,15 @@ async def generate_once(stub, api_key: str, prompt: str, priority: int, timeout:
         if summary is None:
             return Answer(start, time.monotonic(), "NO_SUMMARY", router_pb2.Priority.Name(priority))
         cache = router_pb2.CacheOutcome.Name(summary.cache_outcome)
-        return Answer(start, time.monotonic(), "OK", router_pb2.Priority.Name(priority), cache, key=api_key)
+        return Answer(
+            start,
+            time.monotonic(),
+            "OK",
+            router_pb2.Priority.Name(priority),
+            cache,
+            key=api_key,
+            request_id=summary.request_id,
+        )
     except grpc.aio.AioRpcError as exc:
         return Answer(
             start,
@@ -164,7 +239,40 @@ async def generate_once(stub, api_key: str, prompt: str, priority: int, timeout:
             router_pb2.Priority.Name(priority),
             detail=exc.details() or "",
             key=api_key,
+            request_id=interrupted_request_id(exc),
         )
+
+
+def interrupted_request_id(exc: grpc.aio.AioRpcError) -> str:
+    """The request id of a stream that failed after tokens (router.v1.StreamInterrupted in the
+    status details: what was served is billed); "" for any other failure."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            with contextlib.suppress(Exception):
+                for detail in status_pb2.Status.FromString(value).details:
+                    interrupted = router_pb2.StreamInterrupted()
+                    if detail.Unpack(interrupted):
+                        return interrupted.request_id
+    return ""
+
+
+def batch_file(n: int, tag: str, max_tokens: int = 4) -> bytes:
+    """An OpenAI batch input file of `n` chat requests with distinct prompts (item-0 …)."""
+    lines = [
+        {
+            "custom_id": f"item-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "auto",
+                "messages": [{"role": "user", "content": f"Say the number {i} ({tag})."}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            },
+        }
+        for i in range(n)
+    ]
+    return "\n".join(json.dumps(line) for line in lines).encode()
 
 
 class Load:
