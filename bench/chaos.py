@@ -36,7 +36,6 @@ import contextlib
 import json
 import os
 import pathlib
-import re
 import shutil
 import signal
 import subprocess
@@ -57,11 +56,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.mesh_load import (  # noqa: E402
     REPEATED_PROMPTS,
+    Answer,
     FaultProxy,
     Load,
     PrivateMesh,
     RedisProcess,
     batch_file,
+    cli,
     error_rate,
     free_port,
     generate_once,
@@ -334,6 +335,55 @@ async def nats_freeze(
     )
 
 
+class BudgetProbe:
+    """A tenant under a hard budget (far from its limit) asking through a Redis outage: by the
+    router's default policy it is refused with UNAVAILABLE while the quota store is down
+    (LLMESH_ROUTER_BUDGETS_FAIL_OPEN unset) and served again once Redis is back."""
+
+    def __init__(self, mesh: PrivateMesh, api_key: str):
+        self.mesh, self.api_key = mesh, api_key
+        self.before_code = ""
+        self.during: list[str] = []
+
+    async def _ask(self) -> Answer:
+        async with grpc.aio.insecure_channel(self.mesh.state()["endpoints"]["router"]) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            return await generate_once(stub, self.api_key, f"Budget probe {unique('b')}.", router_pb2.PRIORITY_BATCH)
+
+    async def before(self) -> None:
+        tenant = self.mesh.tenants[self.api_key]
+        policy = self.mesh.home / "budget-policy.json"
+        policy.write_text(json.dumps({"budgets": [{"name": "chaos-hard", "limit": 100, "hard": True}]}))
+        result = await asyncio.to_thread(
+            cli, self.mesh.env, "policy", "set", str(policy), "--key", f"tenant.{tenant}", timeout=60
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"llmesh policy set failed: {result.stderr}")
+        self.before_code = (await self._ask()).code
+
+    async def during_outage(self) -> None:
+        for _ in range(3):
+            answer = await self._ask()
+            self.during.append(
+                f"{answer.code}{' (budget store unreachable)' if 'budget store' in answer.detail else ''}"
+            )
+            await asyncio.sleep(1)
+
+    async def after(self) -> str:
+        back = time.monotonic()
+        served = None
+        while time.monotonic() - back < 30:
+            if (await self._ask()).ok:
+                served = time.monotonic() - back
+                break
+            await asyncio.sleep(0.5)
+        return (
+            f"a tenant under a hard budget: {self.before_code} before the stop, "
+            f"{dict(collections.Counter(self.during))} during it, "
+            + (f"served again {served:.1f} s after the start" if served is not None else "NOT served within 30 s after")
+        )
+
+
 async def invalidation_outcome(mesh, stub, inval, prompt: str, cached_before: bool, result, back: float) -> str:
     """An invalidation issued during the freeze: accepted (an event id) → the replica must apply
     it (the prompt stops being a hit); refused → it must not be applied (still a hit), and the
@@ -480,30 +530,23 @@ async def settled_ledger(mesh: PrivateMesh, load: Load, database_url: str = "", 
 
 
 def by_request_id(mesh: PrivateMesh, load: Load, entries: list[tuple[str, str, str]]) -> str:
-    """The ledger against the answers by request id: none billed twice, and each entry that no
-    answer accounts for traced in the router's log."""
+    """The ledger against the requests by request id (the load sends its own, x-request-id): none
+    billed twice, every answered one billed, and each other entry traced to what its caller saw."""
     billed = collections.Counter(rid for rid, _, _ in entries)
-    answered = collections.Counter(a.request_id for a in load.answers if a.ok and a.request_id)
-    interrupted = {a.request_id for a in load.answers if not a.ok and a.request_id}
-    without_id = sum(1 for a in load.answers if a.ok and not a.request_id)
-    extra = set(billed) - set(answered)
-    unexplained = sorted(extra - interrupted)
-    log = (mesh.home / "logs" / "router.log").read_text(errors="replace") if unexplained else ""
-    traced = []
-    for rid in unexplained:
-        events = [m.group(1) for line in log.splitlines() if rid in line for m in [EVENT.search(line)] if m]
-        traced.append(f"{rid[:12]}…: router log {events or 'has no line'}")
+    answers = {a.request_id: a for a in load.answers}
+    answered = {rid for rid, a in answers.items() if a.ok}
+    extra = set(billed) - answered
+    interrupted = {rid for rid in extra if rid in answers and answers[rid].interrupted}
+    failed = collections.Counter(answers[rid].code for rid in extra - interrupted if rid in answers)
+    cut = {rid for rid in extra if rid in load.sent and rid not in answers}
+    unknown = sorted(extra - set(answers) - cut)
     return (
-        f"by request id: {len(billed)} ids in the ledger, {sum(n > 1 for n in billed.values())} billed twice, "
-        f"{sum(n > 1 for n in answered.values())} given to two answers; answered ids not in the ledger: "
-        f"{len(set(answered) - set(billed))} (ok answers without an id: {without_id}); ids in the ledger that no "
-        f"ok answer has: {len(extra)}, of them {len(extra & interrupted)} streams interrupted after tokens "
-        f"(billed for what streamed, by design) and {len(unexplained)} others"
-        + (f" ({'; '.join(traced)})" if traced else "")
+        f"by request id: {len(billed)} ids in the ledger, {sum(n > 1 for n in billed.values())} billed twice; "
+        f"answered but not billed: {len(answered - set(billed))}; billed but not answered OK: {len(extra)}, of "
+        f"them {len(interrupted)} streams interrupted after tokens (billed for what streamed, by design), "
+        f"{sum(failed.values())} that failed without tokens {dict(failed) or ''}, {len(cut)} cut when the load "
+        f"stopped (answered after the harness stopped listening), {len(unknown)} never sent by the load"
     )
-
-
-EVENT = re.compile(r'"event": ?"([^"]+)"')
 
 
 async def settled_batches(mesh: PrivateMesh, api_key: str, jobs: list[dict], timeout_s: float = 300) -> str:
@@ -669,6 +712,7 @@ async def main(only: list[str], rate: float, stores: bool, backends: bool) -> li
             # Admin actions made during faults (revocations), checked against the audit log at the end.
             actions: list[dict] = []
             inval_key = (await mesh.new_tenant("inval"))[0] if "nats" in only else ""
+            budget_key = (await mesh.new_tenant("budget"))[0] if "redis" in only else ""
             batch_key = (await mesh.new_tenant("batch"))[0] if {f"kill-{n}" for n in BATCH_KILLS} & set(only) else ""
             jobs: list[dict] = []
             load = Load(mesh.state()["endpoints"]["router"], keys, rate=rate)
@@ -683,16 +727,28 @@ async def main(only: list[str], rate: float, stores: bool, backends: bool) -> li
                 elif fault in ("latency", "drop"):
                     row = await proxy_fault(load, proxy, fault)
                 elif fault == "redis":
+                    budget_probe = BudgetProbe(mesh, budget_key)
 
                     async def redis_before() -> list[str]:
+                        await budget_probe.before()
                         return await asyncio.to_thread(redis.keys)
 
                     async def redis_after(keys: list[str]) -> str:
                         kept = await asyncio.to_thread(redis.existing, keys)
-                        return f"Redis keys before the stop: {len(keys)}; of these, there after the start: {kept}"
+                        return (
+                            f"Redis keys before the stop: {len(keys)}; of these, there after the start: {kept}; "
+                            f"{await budget_probe.after()}"
+                        )
 
                     row = await store_outage(
-                        load, fault, "Redis (exact cache, quotas)", redis.stop, redis.start, redis_before, redis_after
+                        load,
+                        fault,
+                        "Redis (exact cache, quotas)",
+                        redis.stop,
+                        redis.start,
+                        redis_before,
+                        redis_after,
+                        budget_probe.during_outage,
                     )
                 elif fault == "postgres":
                     tenants = sorted(set(mesh.tenants.values()))

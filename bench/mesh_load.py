@@ -197,7 +197,8 @@ class Answer:
     cache: str = ""
     detail: str = ""
     key: str = ""  # the API key it was sent with
-    request_id: str = ""  # the router's, from the summary (or from StreamInterrupted after tokens)
+    request_id: str = ""  # the one it was sent under (x-request-id), as the summary reports it
+    interrupted: bool = False  # failed after tokens (router.v1.StreamInterrupted: billed for what streamed)
 
     @property
     def ok(self) -> bool:
@@ -208,15 +209,21 @@ class Answer:
         return (self.end - self.start) * 1000
 
 
-async def generate_once(stub, api_key: str, prompt: str, priority: int, timeout: float = 30) -> Answer:
+async def generate_once(
+    stub, api_key: str, prompt: str, priority: int, timeout: float = 30, request_id: str = ""
+) -> Answer:
+    """One Generate under the caller's request id (x-request-id; a fresh one when not given), the
+    id the router bills it under, so every ledger entry can be traced to its request."""
     start = time.monotonic()
+    request_id = request_id or unique("load")
     request = router_pb2.GenerateRequest(
         messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=prompt)], max_tokens=4, priority=priority
     )
+    metadata = [("authorization", f"Bearer {api_key}"), ("x-request-id", request_id)]
     cache = ""
     try:
         summary = None
-        async for event in stub.Generate(request, metadata=[("authorization", f"Bearer {api_key}")], timeout=timeout):
+        async for event in stub.Generate(request, metadata=metadata, timeout=timeout):
             if event.HasField("summary"):
                 summary = event.summary
         if summary is None:
@@ -229,7 +236,7 @@ async def generate_once(stub, api_key: str, prompt: str, priority: int, timeout:
             router_pb2.Priority.Name(priority),
             cache,
             key=api_key,
-            request_id=summary.request_id,
+            request_id=summary.request_id or request_id,
         )
     except grpc.aio.AioRpcError as exc:
         return Answer(
@@ -239,7 +246,8 @@ async def generate_once(stub, api_key: str, prompt: str, priority: int, timeout:
             router_pb2.Priority.Name(priority),
             detail=exc.details() or "",
             key=api_key,
-            request_id=interrupted_request_id(exc),
+            request_id=interrupted_request_id(exc) or request_id,
+            interrupted=bool(interrupted_request_id(exc)),
         )
 
 
@@ -285,6 +293,7 @@ class Load:
         self.answers: list[Answer] = []
         self.skipped = 0
         self.cut_at_stop = 0  # requests still in flight when the load stopped (answers unknown)
+        self.sent: dict[str, str] = {}  # request id -> API key, of every request sent
         self._task: asyncio.Task | None = None
         self._rng = random.Random(16)
 
@@ -308,7 +317,9 @@ class Load:
                     priority = (
                         router_pb2.PRIORITY_INTERACTIVE if self._rng.random() < 0.5 else router_pb2.PRIORITY_BATCH
                     )
-                    task = asyncio.create_task(generate_once(stub, key, prompt, priority))
+                    request_id = unique("load")
+                    self.sent[request_id] = key
+                    task = asyncio.create_task(generate_once(stub, key, prompt, priority, request_id=request_id))
                     task.add_done_callback(self._done(in_flight))
                     in_flight.add(task)
             finally:
