@@ -13,8 +13,15 @@ model), three tenants, a steady mixed load through the router, and one fault at 
   harness starts both and the mesh uses them (LLMESH_REDIS_URL for the exact cache,
   LLMESH_ROUTER_QUOTA_REDIS_URL for budgets and rate limits, LLMESH_TENANCY_DATABASE_URL).
 
-After the faults, the usage ledger is compared with the answers, per tenant (none missing, none
-billed twice).
+What must not be lost, counted after the faults:
+- the usage ledger against the answers, by request id (tenancy's store read directly): every
+  answered request in it once, no request id twice, and each entry beyond the answers explained;
+- audit entries: every key revocation accepted during the NATS freeze and the PostgreSQL stop is in
+  tenancy's audit log afterwards (and one refused is not), and the log's hash chain verifies;
+- batch items: a small batch job submitted before each kill of the router and of inference ends
+  with one result per item, succeeded or failed with a reason, none lost or billed twice;
+- invalidations: a cache invalidation issued during the NATS freeze is applied by the cache replica
+  (the launcher runs one) or refused, never accepted and dropped.
 
 Per fault: the error rate in the fault window, the first success after the part is back, the last
 error after it is back, what was lost. Writes docs/reports/reliability.md (the chaos part) and
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -40,17 +48,21 @@ import urllib.request
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmesh.kit.postgres_server import PostgresServerProcess
-from llmesh.router.v1 import router_pb2, router_pb2_grpc
+from llmesh.kit.testing import unique
+from llmesh.router.v1 import batch_pb2, router_pb2, router_pb2_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.mesh_load import (  # noqa: E402
     REPEATED_PROMPTS,
+    Answer,
     FaultProxy,
     Load,
     PrivateMesh,
     RedisProcess,
+    batch_file,
+    cli,
     error_rate,
     free_port,
     generate_once,
@@ -126,10 +138,32 @@ def cache_hits(answers) -> str:
     return f"{hits}/{len(repeats)}"
 
 
-async def kill_service(mesh: PrivateMesh, load: Load, name: str) -> dict:
+BATCH_ITEMS = 16
+BATCH_KILLS = ("router", "inference")
+
+
+async def submit_batch(mesh: PrivateMesh, api_key: str, fault: str) -> dict:
+    job = (
+        await mesh.batch_call(
+            api_key, "SubmitBatch", batch_pb2.SubmitBatchRequest(jsonl=batch_file(BATCH_ITEMS, unique("chaos")))
+        )
+    ).job
+    return {"fault": fault, "job_id": job.job_id, "total": job.total}
+
+
+async def kill_service(mesh: PrivateMesh, load: Load, name: str, batch: tuple[str, list] | None = None) -> dict:
+    job = None
+    if batch is not None and name in BATCH_KILLS:
+        # Submitted before the kill, so the kill finds some of its items done and some not.
+        job = await submit_batch(mesh, batch[0], f"SIGKILL {name}")
+        batch[1].append(job)
     await asyncio.sleep(BASELINE_S)
     address = mesh.state()["endpoints"].get(name, "")
     old_pid, restarts = mesh.pid(name), mesh.restarts(name)
+    if job is not None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            got = (await mesh.batch_call(batch[0], "GetBatch", batch_pb2.GetBatchRequest(job_id=job["job_id"]))).job
+            job["done_at_kill"] = got.completed + got.failed
     t0 = time.monotonic()
     os.kill(old_pid, signal.SIGKILL)
 
@@ -157,7 +191,76 @@ async def kill_service(mesh: PrivateMesh, load: Load, name: str) -> dict:
     return summarize(load, f"SIGKILL {name}", t0, back, lost, f".venv/bin/python bench/chaos.py --only kill-{name}")
 
 
-async def nats_freeze(mesh: PrivateMesh, load: Load, victims: list[tuple[str, str]]) -> dict:
+async def exact_hit(stub, api_key: str, prompt: str, timeout_s: float = 60) -> bool:
+    """Asks until the answer comes from the exact cache (the first asks store it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = await generate_once(stub, api_key, prompt, router_pb2.PRIORITY_BATCH)
+        if answer.ok and answer.cache == "CACHE_OUTCOME_EXACT_HIT":
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+HITS = ("CACHE_OUTCOME_EXACT_HIT", "CACHE_OUTCOME_SEMANTIC_HIT")
+
+
+async def cached_now(stub, api_key: str, prompt: str, timeout_s: float = 10) -> bool | None:
+    """Whether the first answer that the cache decided within `timeout_s` was a hit (a miss stores
+    the answer again, so asking on after a miss would hide it); None: no such answer."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = await generate_once(stub, api_key, prompt, router_pb2.PRIORITY_BATCH)
+        if answer.ok and answer.cache in HITS:
+            return True
+        if answer.ok and answer.cache == "CACHE_OUTCOME_MISS":
+            return False
+        await asyncio.sleep(0.5)  # failed, or the router did not ask the cache (BYPASSED): ask again
+    return None
+
+
+async def first_miss(stub, api_key: str, prompt: str, since: float, timeout_s: float = 45) -> float | None:
+    """Seconds after `since` when the prompt is no longer a cache hit (the invalidation applied)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = await generate_once(stub, api_key, prompt, router_pb2.PRIORITY_BATCH)
+        if answer.ok and answer.cache == "CACHE_OUTCOME_MISS":
+            return time.monotonic() - since
+        await asyncio.sleep(0.5)
+    return None
+
+
+async def revoke_all(mesh: PrivateMesh, victims: list[tuple[str, str]], fault: str, actions: list[dict]) -> list[str]:
+    """Revokes each victim's key at once; records each admin action and its answer; returns the
+    API keys whose revocation was accepted."""
+
+    async def one(api_key: str, key_id: str) -> str | None:
+        try:
+            await mesh.revoke(key_id)
+            actions.append({"fault": fault, "key_id": key_id, "tenant_id": mesh.tenants[api_key], "accepted": True})
+            return api_key
+        except grpc.aio.AioRpcError as exc:
+            actions.append(
+                {
+                    "fault": fault,
+                    "key_id": key_id,
+                    "tenant_id": mesh.tenants[api_key],
+                    "accepted": False,
+                    "code": exc.code().name,
+                }
+            )
+            return None
+
+    return [k for k in await asyncio.gather(*(one(*v) for v in victims)) if k]
+
+
+async def nats_freeze(
+    mesh: PrivateMesh,
+    load: Load,
+    victims: list[tuple[str, str]],
+    actions: list[dict],
+    inval: tuple[str, str] | None = None,
+) -> dict:
     # Each victim's key answers once first, so the router holds its principal (cached for 30 s):
     # only the revocation event, not a cache miss, can make the router refuse it within that time.
     async with grpc.aio.insecure_channel(mesh.state()["endpoints"]["router"]) as channel:
@@ -166,23 +269,33 @@ async def nats_freeze(mesh: PrivateMesh, load: Load, victims: list[tuple[str, st
             (await generate_once(stub, api_key, REPEATED_PROMPTS[1], router_pb2.PRIORITY_INTERACTIVE)).code
             for api_key, _ in victims
         ]
+        # The invalidation victim's prompt is in the exact cache before the freeze.
+        inval_prompt = f"Name a colour ({unique('inval')})."
+        cached_before = inval is not None and await exact_hit(stub, inval[0], inval_prompt)
     await asyncio.sleep(BASELINE_S)
     pid = mesh.pid("nats")
     t0 = time.monotonic()
     os.kill(pid, signal.SIGSTOP)
-    revoked, revoke_errors = [], []
+    invalidation = None
     try:
         await asyncio.sleep(2)
-        for api_key, key_id in victims:
-            try:
-                await mesh.revoke(key_id)
-                revoked.append(api_key)
-            except grpc.aio.AioRpcError as exc:
-                revoke_errors.append(exc.code().name)
+
+        # The operator's CLI runs beside the revocations (it needs a few seconds to start); the
+        # freeze ends at 10 s whether or not it has answered.
+        def timed_invalidate() -> tuple[subprocess.CompletedProcess, float]:
+            result = mesh.invalidate(inval[1], 20)
+            return result, time.monotonic()
+
+        pending = asyncio.create_task(asyncio.to_thread(timed_invalidate)) if cached_before else None
+        revoked = await revoke_all(mesh, victims, "NATS frozen", actions)
+        revoke_errors = [a["code"] for a in actions if a["fault"] == "NATS frozen" and not a["accepted"]]
         await asyncio.sleep(max(0.0, 10 - (time.monotonic() - t0)))
     finally:
         os.kill(pid, signal.SIGCONT)
     back = time.monotonic()
+    if pending is not None:
+        invalidation, answered_at = await pending
+        invalidation_answered = answered_at - back
     # Each revocation issued during the freeze must reach the router (which caches principals for 30 s).
     refused_at: dict[str, float] = {}
     async with grpc.aio.insecure_channel(mesh.state()["endpoints"]["router"]) as channel:
@@ -196,13 +309,21 @@ async def nats_freeze(mesh: PrivateMesh, load: Load, victims: list[tuple[str, st
                 if answer.code == "UNAUTHENTICATED":
                     refused_at[api_key] = time.monotonic() - back
             await asyncio.sleep(0.5)
+        inval_note = await invalidation_outcome(mesh, stub, inval, inval_prompt, cached_before, invalidation, back)
+        if invalidation is not None:
+            when = (
+                f"{-invalidation_answered:.1f} s before SIGCONT"
+                if invalidation_answered <= 0
+                else f"{invalidation_answered:.1f} s after SIGCONT"
+            )
+            inval_note = f"the CLI answered {when}; {inval_note}"
     await asyncio.sleep(max(0.0, back + AFTER_S - time.monotonic()))
     times = ", ".join(f"{t:.1f} s" for t in sorted(refused_at.values())) or "-"
     lost = (
         f"victims answered before the freeze: {warmed}; "
         f"{len(revoked)} revocations accepted during the freeze ({len(revoke_errors)} refused: "
         f"{revoke_errors or '-'}); {len(refused_at)}/{len(revoked)} enforced by the router after SIGCONT "
-        f"(at {times} after SIGCONT; 45 s limit)"
+        f"(at {times} after SIGCONT; 45 s limit); {inval_note}"
     )
     return summarize(
         load,
@@ -211,6 +332,80 @@ async def nats_freeze(mesh: PrivateMesh, load: Load, victims: list[tuple[str, st
         back,
         lost,
         ".venv/bin/python bench/chaos.py --only nats",
+    )
+
+
+class BudgetProbe:
+    """A tenant under a hard budget (far from its limit) asking through a Redis outage: by the
+    router's default policy it is refused with UNAVAILABLE while the quota store is down
+    (LLMESH_ROUTER_BUDGETS_FAIL_OPEN unset) and served again once Redis is back."""
+
+    def __init__(self, mesh: PrivateMesh, api_key: str):
+        self.mesh, self.api_key = mesh, api_key
+        self.before_code = ""
+        self.during: list[str] = []
+
+    async def _ask(self) -> Answer:
+        async with grpc.aio.insecure_channel(self.mesh.state()["endpoints"]["router"]) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            return await generate_once(stub, self.api_key, f"Budget probe {unique('b')}.", router_pb2.PRIORITY_BATCH)
+
+    async def before(self) -> None:
+        tenant = self.mesh.tenants[self.api_key]
+        policy = self.mesh.home / "budget-policy.json"
+        policy.write_text(json.dumps({"budgets": [{"name": "chaos-hard", "limit": 100, "hard": True}]}))
+        result = await asyncio.to_thread(
+            cli, self.mesh.env, "policy", "set", str(policy), "--key", f"tenant.{tenant}", timeout=60
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"llmesh policy set failed: {result.stderr}")
+        self.before_code = (await self._ask()).code
+
+    async def during_outage(self) -> None:
+        for _ in range(3):
+            answer = await self._ask()
+            self.during.append(
+                f"{answer.code}{' (budget store unreachable)' if 'budget store' in answer.detail else ''}"
+            )
+            await asyncio.sleep(1)
+
+    async def after(self) -> str:
+        back = time.monotonic()
+        served = None
+        while time.monotonic() - back < 30:
+            if (await self._ask()).ok:
+                served = time.monotonic() - back
+                break
+            await asyncio.sleep(0.5)
+        return (
+            f"a tenant under a hard budget: {self.before_code} before the stop, "
+            f"{dict(collections.Counter(self.during))} during it, "
+            + (f"served again {served:.1f} s after the start" if served is not None else "NOT served within 30 s after")
+        )
+
+
+async def invalidation_outcome(mesh, stub, inval, prompt: str, cached_before: bool, result, back: float) -> str:
+    """An invalidation issued during the freeze: accepted (an event id) → the replica must apply
+    it (the prompt stops being a hit); refused → it must not be applied (still a hit), and the
+    operator's retry after the freeze must be."""
+    if inval is None:
+        return "cache invalidation: not tried"
+    if not cached_before:
+        return "cache invalidation: not tried (the probe prompt never became an exact hit before the freeze)"
+    if result.returncode == 0:
+        applied = await first_miss(stub, inval[0], prompt, back)
+        verdict = "LOST" if applied is None else f"applied by the cache replica {applied:.1f} s after SIGCONT"
+        return f"cache invalidation accepted during the freeze (event {result.stdout.strip()[:40]}): {verdict}"
+    reason = (result.stderr.strip().splitlines() or ["?"])[-1][:120]
+    still_hit = await cached_now(stub, inval[0], prompt)
+    retry_at = time.monotonic()
+    retry = await asyncio.to_thread(mesh.invalidate, inval[1], 20)
+    applied = await first_miss(stub, inval[0], prompt, retry_at) if retry.returncode == 0 else None
+    return (
+        f"cache invalidation refused during the freeze ({reason}); after SIGCONT the answer was "
+        f"{ {True: 'still cached (not applied: right)', False: 'not cached (APPLIED although refused)'}.get(still_hit, 'not known (no answer)') }; "
+        f"the retry after the freeze {'was refused' if retry.returncode else 'was accepted'} and "
+        f"{'applied ' + format(applied, '.1f') + ' s later' if applied is not None else 'NOT applied within 45 s'}"
     )
 
 
@@ -275,14 +470,17 @@ async def disk_full(mesh: PrivateMesh, load: Load, mounted: str) -> dict:
     )
 
 
-async def store_outage(load: Load, fault: str, name: str, stop, start, before, after) -> dict:
+async def store_outage(load: Load, fault: str, name: str, stop, start, before, after, during=None) -> dict:
     """`stop` the store (a thread), wait so that it is down 10 s, `start` it; 'back' = `start` returned
-    (the server accepts connections again). `before()` right before the stop, `after(seen)` right
-    after the start, then the after-window: what survived."""
+    (the server accepts connections again). `before()` right before the stop, `during()` (optional)
+    2 s into the outage, `after(seen)` right after the start, then the after-window: what survived."""
     await asyncio.sleep(BASELINE_S)
     seen = await before()
     t0 = time.monotonic()
     await asyncio.to_thread(stop)
+    if during is not None:
+        await asyncio.sleep(2)
+        await during()
     await asyncio.sleep(max(0.0, t0 + 10 - time.monotonic()))
     await asyncio.to_thread(start)
     back = time.monotonic()
@@ -298,7 +496,7 @@ async def store_outage(load: Load, fault: str, name: str, stop, start, before, a
     )
 
 
-async def settled_ledger(mesh: PrivateMesh, load: Load, timeout_s: float = 60) -> str:
+async def settled_ledger(mesh: PrivateMesh, load: Load, database_url: str = "", timeout_s: float = 60) -> str:
     """Each answered request must be in the usage ledger once (usage travels over JetStream to
     tenancy): waits until the ledger stops growing, then compares, per tenant."""
     tenants = sorted({mesh.tenants[a.key] for a in load.answers if a.key in mesh.tenants})
@@ -320,10 +518,107 @@ async def settled_ledger(mesh: PrivateMesh, load: Load, timeout_s: float = 60) -
     rows = [f"{ok[t]} answered / {failed[t]} failed → {last[t]} in the ledger" for t in tenants]
     missing = sum(max(0, ok[t] - last[t]) for t in tenants)
     extra = sum(max(0, last[t] - ok[t]) for t in tenants)
-    return (
+    summary = (
         f"usage ledger per tenant: {'; '.join(rows)}; answered but not in the ledger: {missing}; in the ledger "
         f"beyond the answered: {extra} (requests cut when the load stopped: {load.cut_at_stop})"
     )
+    try:
+        entries = await mesh.ledger(tenants, database_url)
+    except Exception as exc:  # the figures above stand; say why the finer check is missing
+        return f"{summary}; by request id: the store could not be read ({exc!r})"
+    return f"{summary}; {by_request_id(mesh, load, entries)}"
+
+
+def by_request_id(mesh: PrivateMesh, load: Load, entries: list[tuple[str, str, str]]) -> str:
+    """The ledger against the requests by request id (the load sends its own, x-request-id): none
+    billed twice, every answered one billed, and each other entry traced to what its caller saw."""
+    billed = collections.Counter(rid for rid, _, _ in entries)
+    answers = {a.request_id: a for a in load.answers}
+    answered = {rid for rid, a in answers.items() if a.ok}
+    extra = set(billed) - answered
+    interrupted = {rid for rid in extra if rid in answers and answers[rid].interrupted}
+    failed = collections.Counter(answers[rid].code for rid in extra - interrupted if rid in answers)
+    cut = {rid for rid in extra if rid in load.sent and rid not in answers}
+    unknown = sorted(extra - set(answers) - cut)
+    return (
+        f"by request id: {len(billed)} ids in the ledger, {sum(n > 1 for n in billed.values())} billed twice; "
+        f"answered but not billed: {len(answered - set(billed))}; billed but not answered OK: {len(extra)}, of "
+        f"them {len(interrupted)} streams interrupted after tokens (billed for what streamed, by design), "
+        f"{sum(failed.values())} that failed without tokens {dict(failed) or ''}, {len(cut)} cut when the load "
+        f"stopped (answered after the harness stopped listening), {len(unknown)} never sent by the load"
+    )
+
+
+async def settled_batches(mesh: PrivateMesh, api_key: str, jobs: list[dict], timeout_s: float = 300) -> str:
+    """Each batch job submitted before a kill ends with one result per item, succeeded or failed
+    with a reason; its items are billed once each (item request ids are stable across retries)."""
+    if not jobs:
+        return ""
+    terminal = (batch_pb2.BATCH_STATE_COMPLETED, batch_pb2.BATCH_STATE_CANCELLED, batch_pb2.BATCH_STATE_EXPIRED)
+    parts = []
+    for job in jobs:
+        deadline, state = time.monotonic() + timeout_s, None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                got = (await mesh.batch_call(api_key, "GetBatch", batch_pb2.GetBatchRequest(job_id=job["job_id"]))).job
+                state = got
+                if got.state in terminal:
+                    break
+            await asyncio.sleep(1)
+        if state is None or state.state not in terminal:
+            parts.append(
+                f"{job['fault']}: job not finished within {timeout_s:.0f} s ({state and state.completed} done)"
+            )
+            continue
+        lines = await mesh.batch_results(api_key, job["job_id"])
+        per_item = collections.Counter(line["index"] for line in lines)
+        failed = [line for line in lines if line.get("error")]
+        no_reason = [f for f in failed if not (f["error"].get("code") and f["error"].get("message"))]
+        reasons = collections.Counter(f["error"]["code"] for f in failed)
+        job["ids"] = {line["response"]["request_id"] for line in lines if not line.get("error")}
+        parts.append(
+            f"{job['fault']}: {job['total']} items ({job.get('done_at_kill', '?')} done at the kill), state "
+            f"{batch_pb2.BatchState.Name(state.state)}, {len(lines) - len(failed)} succeeded, {len(failed)} failed "
+            f"({dict(reasons) or '-'}; {len(no_reason)} without a reason), "
+            f"{job['total'] - len(per_item)} without a result, {sum(n > 1 for n in per_item.values())} with two"
+        )
+    return "; ".join(parts)
+
+
+def batch_ledger(jobs: list[dict], entries: list[tuple[str, str, str]]) -> str:
+    billed = collections.Counter(rid for rid, _, _ in entries)
+    succeeded = set().union(*(job.get("ids", set()) for job in jobs))
+    return (
+        f"batch items in the ledger: {len(billed)} ids for {len(succeeded)} succeeded items, "
+        f"{sum(n > 1 for n in billed.values())} billed twice, {len(succeeded - set(billed))} succeeded but not "
+        f"billed, {len(set(billed) - succeeded)} billed but not succeeded"
+    )
+
+
+async def audit_check(mesh: PrivateMesh, actions: list[dict]) -> str:
+    """Every revocation accepted during a fault is in the tenant's audit log once; one refused is
+    not there (or, if it is, the key was revoked after all); the log's chain verifies."""
+    if not actions:
+        return ""
+    parts = []
+    for fault in dict.fromkeys(a["fault"] for a in actions):
+        mine = [a for a in actions if a["fault"] == fault]
+        found = {}
+        for a in mine:
+            entries = await mesh.audit(a["tenant_id"])
+            found[a["key_id"]] = sum(e.action == "key.revoked" and e.target == a["key_id"] for e in entries)
+        accepted = [a for a in mine if a["accepted"]]
+        refused = [a for a in mine if not a["accepted"]]
+        parts.append(
+            f"{fault}: {len(accepted)} revocations accepted, {sum(found[a['key_id']] == 1 for a in accepted)} of "
+            f"them in the audit log once ({sum(found[a['key_id']] == 0 for a in accepted)} missing, "
+            f"{sum(found[a['key_id']] > 1 for a in accepted)} twice); {len(refused)} refused "
+            f"({dict(collections.Counter(a['code'] for a in refused)) or '-'}), "
+            f"{sum(found[a['key_id']] > 0 for a in refused)} of them in the log all the same"
+        )
+    verify = await mesh.verify_audit()
+    chain = "verifies" if verify.ok else f"BROKEN at seq {verify.first_bad_seq}: {verify.problem}"
+    return f"{'; '.join(parts)}; the audit chain ({verify.entries} entries) {chain}"
 
 
 def mount_tmpfs(folder: pathlib.Path) -> str:
@@ -359,7 +654,7 @@ def render(rows: list[dict], meta: dict) -> str:
     notes = []
     for r in rows:
         if "ledger" in r:
-            notes.append(f"Whole run: {r['ledger']}.")
+            notes.append(f"{r['fault'].capitalize()}: {r['ledger']}.")
             continue
         if "skipped" in r:
             lines.append(f"| {r['fault']} | | | | | | | | | | {r['skipped']} | |")
@@ -413,26 +708,47 @@ async def main(only: list[str], rate: float, stores: bool, backends: bool) -> li
             print(f"mesh up in {up_s:.1f} s", flush=True)
             keys = [(await mesh.new_tenant(f"chaos{i}"))[0] for i in range(3)]
             victims = [await mesh.new_tenant("revoked") for _ in range(3)]
+            pg_victims = [await mesh.new_tenant("revoked-pg") for _ in range(3)] if "postgres" in only else []
+            # Admin actions made during faults (revocations), checked against the audit log at the end.
+            actions: list[dict] = []
+            inval_key = (await mesh.new_tenant("inval"))[0] if "nats" in only else ""
+            budget_key = (await mesh.new_tenant("budget"))[0] if "redis" in only else ""
+            batch_key = (await mesh.new_tenant("batch"))[0] if {f"kill-{n}" for n in BATCH_KILLS} & set(only) else ""
+            jobs: list[dict] = []
             load = Load(mesh.state()["endpoints"]["router"], keys, rate=rate)
             load.start()
             for fault in only:
                 if fault.startswith("kill-"):
-                    row = await kill_service(mesh, load, fault.removeprefix("kill-"))
+                    batch = (batch_key, jobs) if batch_key else None
+                    row = await kill_service(mesh, load, fault.removeprefix("kill-"), batch)
                 elif fault == "nats":
-                    row = await nats_freeze(mesh, load, victims)
+                    inval = (inval_key, mesh.tenants[inval_key]) if inval_key else None
+                    row = await nats_freeze(mesh, load, victims, actions, inval)
                 elif fault in ("latency", "drop"):
                     row = await proxy_fault(load, proxy, fault)
                 elif fault == "redis":
+                    budget_probe = BudgetProbe(mesh, budget_key)
 
                     async def redis_before() -> list[str]:
+                        await budget_probe.before()
                         return await asyncio.to_thread(redis.keys)
 
                     async def redis_after(keys: list[str]) -> str:
                         kept = await asyncio.to_thread(redis.existing, keys)
-                        return f"Redis keys before the stop: {len(keys)}; of these, there after the start: {kept}"
+                        return (
+                            f"Redis keys before the stop: {len(keys)}; of these, there after the start: {kept}; "
+                            f"{await budget_probe.after()}"
+                        )
 
                     row = await store_outage(
-                        load, fault, "Redis (exact cache, quotas)", redis.stop, redis.start, redis_before, redis_after
+                        load,
+                        fault,
+                        "Redis (exact cache, quotas)",
+                        redis.stop,
+                        redis.start,
+                        redis_before,
+                        redis_after,
+                        budget_probe.during_outage,
                     )
                 elif fault == "postgres":
                     tenants = sorted(set(mesh.tenants.values()))
@@ -440,23 +756,44 @@ async def main(only: list[str], rate: float, stores: bool, backends: bool) -> li
                     async def pg_before() -> int:
                         return sum((await mesh.usage_requests(tenants)).values())
 
+                    async def pg_during() -> None:
+                        await revoke_all(mesh, pg_victims, "PostgreSQL stopped", actions)
+
                     async def pg_after(ledger: int) -> str:
+                        mine = [a for a in actions if a["fault"] == "PostgreSQL stopped"]
+                        codes = dict(collections.Counter(a.get("code", "OK") for a in mine))
                         return (
                             f"ledger requests of the load's tenants before the stop: {ledger}; the ledger over the "
-                            "whole run is checked against the answers below"
+                            f"whole run is checked against the answers below; {len(mine)} key revocations during "
+                            f"the stop: {codes} (audit log checked below)"
                         )
 
                     row = await store_outage(
-                        load, fault, "PostgreSQL (tenancy)", postgres.stop, postgres.resume, pg_before, pg_after
+                        load,
+                        fault,
+                        "PostgreSQL (tenancy)",
+                        postgres.stop,
+                        postgres.resume,
+                        pg_before,
+                        pg_after,
+                        pg_during,
                     )
                 else:
                     row = await disk_full(mesh, load, mounted)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
             await load.stop()
-            ledger = await settled_ledger(mesh, load)
-            print(ledger, flush=True)
-            rows.append({"fault": "whole run", "ledger": ledger})
+            database_url = postgres.url if postgres is not None else ""
+            batches = await settled_batches(mesh, batch_key, jobs)
+            ledger = await settled_ledger(mesh, load, database_url)  # waits until usage stops arriving
+            if batches:
+                batch_entries = await mesh.ledger([mesh.tenants[batch_key]], database_url)
+                batches = f"{batches}; {batch_ledger(jobs, batch_entries)}"
+            audit = await audit_check(mesh, actions)
+            for name, text in (("whole run", ledger), ("batch items", batches), ("audit entries", audit)):
+                if text:
+                    print(f"{name}: {text}", flush=True)
+                    rows.append({"fault": name, "ledger": text})
         finally:
             await asyncio.to_thread(mesh.down)
             if redis is not None:

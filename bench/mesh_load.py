@@ -17,11 +17,13 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 
 import grpc
+from google.rpc import status_pb2
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.testing import free_port, unique
-from llmesh.router.v1 import router_pb2, router_pb2_grpc
+from llmesh.router.v1 import batch_pb2, batch_pb2_grpc, router_pb2, router_pb2_grpc
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
 SERVICES = ("tenancy", "classifier", "cache", "inference", "router")
@@ -119,6 +121,72 @@ class PrivateMesh:
                 tenancy_pb2.RevokeApiKeyRequest(key_id=key_id), metadata=self.admin(), timeout=10
             )
 
+    async def audit(self, tenant_id: str) -> list[tenancy_pb2.AuditEntry]:
+        """Every entry of the tenant's audit log, oldest first."""
+        entries: list[tenancy_pb2.AuditEntry] = []
+        async with grpc.aio.insecure_channel(self.state()["endpoints"]["tenancy"]) as channel:
+            stub = tenancy_pb2_grpc.TenancyServiceStub(channel)
+            while True:
+                page = await stub.ListAudit(
+                    tenancy_pb2.ListAuditRequest(
+                        tenant_id=tenant_id, after_seq=entries[-1].seq if entries else 0, limit=1000
+                    ),
+                    metadata=self.admin(),
+                    timeout=10,
+                )
+                entries.extend(page.entries)
+                if len(page.entries) < 1000:
+                    return entries
+
+    async def verify_audit(self) -> tenancy_pb2.VerifyAuditResponse:
+        async with grpc.aio.insecure_channel(self.state()["endpoints"]["tenancy"]) as channel:
+            return await tenancy_pb2_grpc.TenancyServiceStub(channel).VerifyAudit(
+                tenancy_pb2.VerifyAuditRequest(), metadata=self.admin(), timeout=30
+            )
+
+    def invalidate(self, tenant_id: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        """`llmesh cache invalidate --tenant-id …` as an operator runs it (all of the tenant's answers)."""
+        try:
+            return cli(self.env, "cache", "invalidate", "--tenant-id", tenant_id, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess([], -1, "", f"no answer within {timeout:g} s (the CLI was stopped)")
+
+    async def batch_call(self, api_key: str, method: str, request, timeout: float = 10):
+        async with grpc.aio.insecure_channel(self.state()["endpoints"]["router"]) as channel:
+            call = getattr(batch_pb2_grpc.BatchServiceStub(channel), method)
+            return await call(request, metadata=[("authorization", f"Bearer {api_key}")], timeout=timeout)
+
+    async def batch_results(self, api_key: str, job_id: str) -> list[dict]:
+        async with grpc.aio.insecure_channel(self.state()["endpoints"]["router"]) as channel:
+            call = batch_pb2_grpc.BatchServiceStub(channel).GetBatchResults(
+                batch_pb2.GetBatchResultsRequest(job_id=job_id),
+                metadata=[("authorization", f"Bearer {api_key}")],
+                timeout=60,
+            )
+            return [json.loads(r.line) async for r in call]
+
+    async def ledger(self, tenant_ids: list[str], database_url: str = "") -> list[tuple[str, str, str]]:
+        """(request_id, tenant_id, cache_outcome) of each usage ledger entry of these tenants, read
+        from tenancy's store (PostgreSQL at `database_url`, else its SQLite file under the home)."""
+        query = "SELECT request_id, tenant_id, cache_outcome FROM usage_ledger WHERE tenant_id IN ({})"
+        if database_url.startswith(("postgresql://", "postgres://")):
+            import asyncpg  # tenancy's driver, in the workspace
+
+            conn = await asyncpg.connect(database_url, timeout=10)
+            try:
+                marks = ", ".join(f"${i + 1}" for i in range(len(tenant_ids)))
+                return [tuple(r) for r in await conn.fetch(query.format(marks), *tenant_ids)]
+            finally:
+                await conn.close()
+
+        def read() -> list[tuple[str, str, str]]:
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(f"file:{self.home / 'tenancy.db'}?mode=ro", uri=True)) as db:
+                return db.execute(query.format(", ".join("?" for _ in tenant_ids)), tenant_ids).fetchall()
+
+        return await asyncio.to_thread(read)
+
 
 @dataclasses.dataclass
 class Answer:
@@ -129,6 +197,8 @@ class Answer:
     cache: str = ""
     detail: str = ""
     key: str = ""  # the API key it was sent with
+    request_id: str = ""  # the one it was sent under (x-request-id), as the summary reports it
+    interrupted: bool = False  # failed after tokens (router.v1.StreamInterrupted: billed for what streamed)
 
     @property
     def ok(self) -> bool:
@@ -139,21 +209,35 @@ class Answer:
         return (self.end - self.start) * 1000
 
 
-async def generate_once(stub, api_key: str, prompt: str, priority: int, timeout: float = 30) -> Answer:
+async def generate_once(
+    stub, api_key: str, prompt: str, priority: int, timeout: float = 30, request_id: str = ""
+) -> Answer:
+    """One Generate under the caller's request id (x-request-id; a fresh one when not given), the
+    id the router bills it under, so every ledger entry can be traced to its request."""
     start = time.monotonic()
+    request_id = request_id or unique("load")
     request = router_pb2.GenerateRequest(
         messages=[common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content=prompt)], max_tokens=4, priority=priority
     )
+    metadata = [("authorization", f"Bearer {api_key}"), ("x-request-id", request_id)]
     cache = ""
     try:
         summary = None
-        async for event in stub.Generate(request, metadata=[("authorization", f"Bearer {api_key}")], timeout=timeout):
+        async for event in stub.Generate(request, metadata=metadata, timeout=timeout):
             if event.HasField("summary"):
                 summary = event.summary
         if summary is None:
             return Answer(start, time.monotonic(), "NO_SUMMARY", router_pb2.Priority.Name(priority))
         cache = router_pb2.CacheOutcome.Name(summary.cache_outcome)
-        return Answer(start, time.monotonic(), "OK", router_pb2.Priority.Name(priority), cache, key=api_key)
+        return Answer(
+            start,
+            time.monotonic(),
+            "OK",
+            router_pb2.Priority.Name(priority),
+            cache,
+            key=api_key,
+            request_id=summary.request_id or request_id,
+        )
     except grpc.aio.AioRpcError as exc:
         return Answer(
             start,
@@ -162,7 +246,41 @@ async def generate_once(stub, api_key: str, prompt: str, priority: int, timeout:
             router_pb2.Priority.Name(priority),
             detail=exc.details() or "",
             key=api_key,
+            request_id=interrupted_request_id(exc) or request_id,
+            interrupted=bool(interrupted_request_id(exc)),
         )
+
+
+def interrupted_request_id(exc: grpc.aio.AioRpcError) -> str:
+    """The request id of a stream that failed after tokens (router.v1.StreamInterrupted in the
+    status details: what was served is billed); "" for any other failure."""
+    for key, value in exc.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            with contextlib.suppress(Exception):
+                for detail in status_pb2.Status.FromString(value).details:
+                    interrupted = router_pb2.StreamInterrupted()
+                    if detail.Unpack(interrupted):
+                        return interrupted.request_id
+    return ""
+
+
+def batch_file(n: int, tag: str, max_tokens: int = 4) -> bytes:
+    """An OpenAI batch input file of `n` chat requests with distinct prompts (item-0 …)."""
+    lines = [
+        {
+            "custom_id": f"item-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "auto",
+                "messages": [{"role": "user", "content": f"Say the number {i} ({tag})."}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            },
+        }
+        for i in range(n)
+    ]
+    return "\n".join(json.dumps(line) for line in lines).encode()
 
 
 class Load:
@@ -175,6 +293,7 @@ class Load:
         self.answers: list[Answer] = []
         self.skipped = 0
         self.cut_at_stop = 0  # requests still in flight when the load stopped (answers unknown)
+        self.sent: dict[str, str] = {}  # request id -> API key, of every request sent
         self._task: asyncio.Task | None = None
         self._rng = random.Random(16)
 
@@ -198,7 +317,9 @@ class Load:
                     priority = (
                         router_pb2.PRIORITY_INTERACTIVE if self._rng.random() < 0.5 else router_pb2.PRIORITY_BATCH
                     )
-                    task = asyncio.create_task(generate_once(stub, key, prompt, priority))
+                    request_id = unique("load")
+                    self.sent[request_id] = key
+                    task = asyncio.create_task(generate_once(stub, key, prompt, priority, request_id=request_id))
                     task.add_done_callback(self._done(in_flight))
                     in_flight.add(task)
             finally:
@@ -314,6 +435,21 @@ def proc_sample(pid: int) -> dict[str, float]:
     except OSError:
         fds = -1
     return {"rss_mib": rss_kib / 1024, "fds": fds}
+
+
+def asyncio_tasks(metrics_port: int | None, service: str, timeout_s: float = 2.0) -> int:
+    """The service's `llmesh_asyncio_tasks` gauge from its /metrics; -1 when it cannot be read."""
+    if not metrics_port:
+        return -1
+    prefix = f'llmesh_asyncio_tasks{{service="{service}"}} '
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=timeout_s) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(prefix):
+                    return int(float(line[len(prefix) :]))
+    except (OSError, ValueError):
+        pass
+    return -1
 
 
 REPORT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "reports" / "reliability.md"

@@ -10,6 +10,7 @@ from llmesh.kit.config import ServerSettings, load_settings
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.tasks import BackgroundTasks
 from llmesh.kit.testing import assert_eventually, hosted
+from prometheus_client import REGISTRY
 
 
 async def test_every_runs_sync_and_async_jobs_and_a_failing_run_does_not_stop_the_loop():
@@ -132,3 +133,33 @@ async def test_an_app_stop_that_hangs_is_given_up_on_and_the_host_stops(monkeypa
         pass
     assert host._stopped
     assert "app_stop_timed_out" in capsys.readouterr().out
+
+
+class _TaskCountApp(ServiceApp):
+    name = "taskcount"
+
+    def __init__(self):
+        self.release = asyncio.Event()
+
+    def register(self, server):
+        return []
+
+    async def start(self):
+        for i in range(20):
+            self.spawn(self.release.wait(), name=f"waiter-{i}")
+
+
+def _task_gauge() -> float | None:
+    return REGISTRY.get_sample_value("llmesh_asyncio_tasks", {"service": "taskcount"})
+
+
+async def test_the_host_exposes_the_loops_task_count_and_follows_it_down(monkeypatch):
+    monkeypatch.setattr(server_module, "ASYNCIO_TASKS_INTERVAL_S", 0.02)
+    app = _TaskCountApp()
+    settings = load_settings(ServerSettings, environ={}, port=0, metrics_port=0)
+    async with hosted(app, settings):
+        await assert_eventually(lambda: _task_gauge() == len(asyncio.all_tasks()))
+        with_waiters = _task_gauge()
+        assert with_waiters >= 20 + 1  # the app's waiters and this test
+        app.release.set()
+        await assert_eventually(lambda: _task_gauge() == len(asyncio.all_tasks()) <= with_waiters - 20)

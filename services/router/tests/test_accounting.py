@@ -16,13 +16,14 @@ from llmesh.kit.chat import Message, Sampling
 from llmesh.kit.client import open_channel
 from llmesh.kit.quota import counter_for
 from llmesh.kit.streams import TENANCY, USAGE, budget_alert_subject, usage_subject
-from llmesh.kit.testing import assert_eventually, free_port, hosted, unique
+from llmesh.kit.testing import RedisServer, assert_eventually, free_port, hosted, unique
 from llmesh.kit.vocabulary import Principal, Sensitivity
 from llmesh.router.v1 import router_pb2
 from llmesh.services.router.app import RouterApp
 from llmesh.services.router.domain import CacheOutcome, GenerateCommand, Priority
 from llmesh.services.router.routing import Price
 from nats.js import api as js_api
+from prometheus_client import REGISTRY
 
 from services.router.tests.conftest import RouterClient, router_settings
 
@@ -325,3 +326,71 @@ async def test_with_redis_down_budgets_fail_closed_and_rate_limits_follow_their_
             await client.generate(closed_key, "hi", **BYPASS)
         assert strict.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "'strict' fails closed" in strict.value.details()
+
+
+def _store_errors(operation: str, outcome: str) -> float:
+    labels = {"operation": operation, "outcome": outcome}
+    return REGISTRY.get_sample_value("llmesh_router_quota_store_errors_total", labels) or 0.0
+
+
+async def test_a_redis_stopped_mid_run_refuses_hard_budgets_until_it_is_back_unless_set_to_fail_open(
+    nats_url, upstreams, tmp_path
+):
+    """Two routers on one real redis-server, one with the default policy (hard budgets fail closed)
+    and one with LLMESH_ROUTER_BUDGETS_FAIL_OPEN; the test stops Redis, then starts it again."""
+    redis = RedisServer(str(tmp_path))
+    redis.start()
+    bucket = unique("policy")
+    common = dict(policy_bucket=bucket, quota_redis_url=redis.url, quota_timeout_s=0.3)
+    closed_app = RouterApp(router_settings(nats_url, upstreams.address, **common))
+    open_app = RouterApp(router_settings(nats_url, upstreams.address, budgets_fail_open=True, **common))
+    try:
+        async with (
+            hosted(closed_app, closed_app.settings) as a,
+            hosted(open_app, open_app.settings) as b,
+            open_channel(a.address) as ca,
+            open_channel(b.address) as cb,
+        ):
+            closed, fail_open = RouterClient(ca, upstreams), RouterClient(cb, upstreams)
+            api_key, tenant, _ = closed.new_key()
+            await closed_app.policy.put(f"tenant.{tenant}", {"budgets": [{"name": "monthly", "limit": 10}]})
+            await applied([closed_app, open_app], tenant, lambda p: p.budgets)
+            budget = closed_app.accounting.policy(tenant, "default").budgets[0]
+            counter = counter_for(tenant, budget, tenant, time.time())
+            for client in (closed, fail_open):
+                _, summary = await client.generate(api_key, "hi", max_tokens=10, **BYPASS)
+                assert summary.cost_usd == pytest.approx(ACTUAL)
+
+            async def spent(expected: float) -> None:
+                balance = await closed_app.quota_store.balance(counter)
+                assert (balance.spent, balance.reserved) == (pytest.approx(expected * 1e9, abs=2), 0)
+
+            await assert_eventually(lambda: spent(2 * ACTUAL), message="both requests settled")
+
+            redis.stop()
+            refused_before = _store_errors("reserve", "refused")
+            rid = unique("req")
+            with pytest.raises(grpc.aio.AioRpcError) as down:
+                await closed.generate(api_key, "hi", max_tokens=10, request_id=rid, **BYPASS)
+            assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "budget store is unreachable" in down.value.details()
+            assert rid not in upstreams.inference.requests, "refused before inference was asked"
+            assert _store_errors("reserve", "refused") == refused_before + 1
+
+            admitted_before, lost_before = _store_errors("reserve", "admitted"), _store_errors("settle", "lost")
+            _, summary = await fail_open.generate(api_key, "hi", max_tokens=10, **BYPASS)
+            assert summary.cost_usd == pytest.approx(ACTUAL)
+            assert _store_errors("reserve", "admitted") == admitted_before + 1
+            # Its settle is retried, then given up: that spend is not in the counter.
+            await assert_eventually(lambda: _store_errors("settle", "lost") == lost_before + 1, timeout_s=15)
+
+            redis.start()  # same port, empty (no persistence): the period's spend starts again
+
+            async def served_again() -> None:
+                _, summary = await closed.generate(api_key, "hi", max_tokens=10, **BYPASS)
+                assert summary.cost_usd == pytest.approx(ACTUAL)
+
+            await assert_eventually(served_again, timeout_s=20, interval_s=0.2, message="budgets answer again")
+            await assert_eventually(lambda: spent(ACTUAL), message="the request after the restart settled")
+    finally:
+        redis.stop()

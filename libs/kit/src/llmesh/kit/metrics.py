@@ -41,6 +41,14 @@ FORECAST = Gauge(
     ["service", "horizon"],
 )
 
+# Leak watch (bench/soak.py): the asyncio tasks alive in the service's event loop, sampled by the
+# host every ASYNCIO_TASKS_INTERVAL_S (llmesh.kit.server).
+ASYNCIO_TASKS = Gauge(
+    "llmesh_asyncio_tasks",
+    "Asyncio tasks alive in the service's event loop (every task: RPC handlers, background jobs, clients')",
+    ["service"],
+)
+
 
 class BoundedLabel:
     """The values one label may take in this process: the first `limit` distinct ones as they

@@ -24,7 +24,7 @@ from llmesh.kit import tls
 from llmesh.kit.config import ConfigError, ServerSettings, load_settings
 from llmesh.kit.interceptors import ServerInterceptor
 from llmesh.kit.logging import configure_logging, get_logger
-from llmesh.kit.metrics import start_metrics_server
+from llmesh.kit.metrics import ASYNCIO_TASKS, start_metrics_server
 from llmesh.kit.tasks import BackgroundTasks
 from llmesh.kit.tracing import configure as configure_tracing
 from llmesh.kit.tracing import flush as flush_traces
@@ -33,6 +33,8 @@ log = get_logger("llmesh.server")
 
 # How long an app's stop() may take before the host gives up on it and logs what still waits.
 APP_STOP_TIMEOUT_S = 30.0
+# How often the host sets llmesh_asyncio_tasks (the loop's live task count).
+ASYNCIO_TASKS_INTERVAL_S = 5.0
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
@@ -96,6 +98,8 @@ class ServiceHost:
         self._metrics_server = None
         self._service_names: list[str] = []
         self._stopped = False
+        # The host's own periodic jobs (the task-count gauge), apart from the app's.
+        self._housekeeping = BackgroundTasks(f"{app.name}-host")
         self.port: int = 0
         self.metrics_port: int = 0
 
@@ -137,9 +141,14 @@ class ServiceHost:
             )
         log.info("starting", address=self.address, metrics_port=self.metrics_port, event_loop=event_loop_name())
         await self.app.start()
+        self._sample_tasks()
+        self._housekeeping.every(ASYNCIO_TASKS_INTERVAL_S, self._sample_tasks, name="asyncio_tasks_gauge")
         await self._set_status(health_pb2.HealthCheckResponse.SERVING)
         self._write_ready_file()
         log.info("serving", address=self.address, services=self._service_names)
+
+    def _sample_tasks(self) -> None:
+        ASYNCIO_TASKS.labels(self.app.name).set(len(asyncio.all_tasks()))
 
     async def _set_status(self, status) -> None:
         for name in ("", *self._service_names):
@@ -172,6 +181,7 @@ class ServiceHost:
         await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        await self._housekeeping.stop()
         try:
             await self.app.tasks.stop(self.app.task_grace_s)
             try:

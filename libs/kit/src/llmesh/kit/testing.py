@@ -164,30 +164,57 @@ def _start_redis(binary: str, port: int, workdir: str) -> subprocess.Popen | Non
     return None
 
 
-@contextlib.contextmanager
-def redis_server(workdir: str) -> Iterator[str]:
-    """A private redis-server on a free port (no persistence), stopped on exit: yields its URL.
-    Raises RuntimeError when the binary is missing (`make setup` installs it) or it did not start."""
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not os.path.exists(binary):
-        raise RuntimeError("redis-server not found: `make setup` installs it")
-    # `--port 0` turns TCP off in redis-server, so pick a free port (again if another process won it).
-    for _ in range(5):
-        port = free_port()
-        process = _start_redis(binary, port, workdir)
-        if process is not None:
-            break
-    else:
+class RedisServer:
+    """A private redis-server on a free port (no persistence) that a test can stop and start again
+    on the same port: an outage of the store, as its clients see it. Raises RuntimeError when the
+    binary is missing (`make setup` installs it) or it did not start."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> str:
+        """Starts it (on its earlier port after a stop); returns its URL."""
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not os.path.exists(binary):
+            raise RuntimeError("redis-server not found: `make setup` installs it")
+        # `--port 0` turns TCP off in redis-server, so pick a free port (again if another process won it).
+        for _ in range(1 if self.port else 5):
+            port = self.port or free_port()
+            process = _start_redis(binary, port, self.workdir)
+            if process is not None:
+                self.port, self.process = port, process
+                return self.url
         raise RuntimeError("redis-server did not start")
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; a second call does nothing."""
+        process, self.process = self.process, None
+        if process is None:
+            return
         process.terminate()
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def redis_server(workdir: str) -> Iterator[str]:
+    """A private redis-server on a free port (no persistence), stopped on exit: yields its URL.
+    Raises RuntimeError when the binary is missing (`make setup` installs it) or it did not start."""
+    server = RedisServer(workdir)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:

@@ -8,6 +8,11 @@
   crossings of 50/80/100 % go out as BudgetAlert; a UsageRecorded goes out for every request.
 Counters live in a kit QuotaStore (Redis shared by replicas, or in-process); events leave through
 the kit's Outbox, off the response path.
+
+While the quota store is unreachable (docs/adr/0014, "Store down"): a request under a hard budget
+is refused with UNAVAILABLE (fail closed), unless LLMESH_ROUTER_BUDGETS_FAIL_OPEN admits it
+unheld; a rate limit admits (`fail_open`, the default) or refuses, per limit; a settle is retried
+briefly, then its spend is lost (counted in llmesh_router_quota_store_errors_total).
 """
 
 from __future__ import annotations
@@ -139,6 +144,7 @@ class Accounting:
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task],
         *,
         reservation_ttl_s: float,
+        budgets_fail_open: bool = False,
         clock: Callable[[], float] = time.time,
     ):
         self.store = store
@@ -146,6 +152,7 @@ class Accounting:
         self._outbox = outbox
         self._spawn = spawn
         self._ttl_s = reservation_ttl_s
+        self._budgets_fail_open = budgets_fail_open
         self._clock = clock
 
     def policy(self, tenant_id: str, use_case: str) -> QuotaPolicy:
@@ -232,7 +239,11 @@ class Accounting:
             return hold
         try:
             refusal = await self.store.reserve(request_id, charges, self._ttl_s)
-        except QuotaStoreUnavailable:
+        except QuotaStoreUnavailable as exc:
+            if self._budgets_fail_open:
+                QUOTA_STORE_ERRORS.labels("reserve", "admitted").inc()
+                log.warning("budget_store_down_admitted", request_id=request_id, error=str(exc))
+                return hold
             QUOTA_STORE_ERRORS.labels("reserve", "refused").inc()
             raise Unavailable(
                 "the budget store is unreachable: requests under a hard budget are refused until it is back"
@@ -262,11 +273,14 @@ class Accounting:
             try:
                 refusal = await self.store.reserve(hold.request_id, charges, self._ttl_s)
             except QuotaStoreUnavailable:
-                QUOTA_STORE_ERRORS.labels("reserve", "refused").inc()
-                return False
-            if refusal is not None:
-                return False
-            hold.held = True
+                if not self._budgets_fail_open:
+                    QUOTA_STORE_ERRORS.labels("reserve", "refused").inc()
+                    return False
+                QUOTA_STORE_ERRORS.labels("reserve", "admitted").inc()  # the earlier hold, if any, stays
+            else:
+                if refusal is not None:
+                    return False
+                hold.held = True
         hold.model, hold.backend, hold.region, hold.price = model, backend, region, price
         return True
 

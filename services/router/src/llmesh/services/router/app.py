@@ -302,7 +302,7 @@ class RouterApp(ServiceApp):
             try:
                 await self.quota_store.ping()
             except Exception as exc:
-                # Not fatal: budgets fail closed and rate limits follow their policy until it is back.
+                # Not fatal: budgets and rate limits follow their store-down policy until it is back.
                 log.warning("quota_store_unreachable", error=str(exc))
         return Accounting(
             self.quota_store,
@@ -310,6 +310,7 @@ class RouterApp(ServiceApp):
             self.outbox,
             self.spawn,
             reservation_ttl_s=s.reservation_ttl_s,
+            budgets_fail_open=s.budgets_fail_open,
         )
 
     def _tenancy_client(self, channel) -> TenancyClient:

@@ -361,8 +361,16 @@ class RouterSettings(ForecastSettings):
     quota_timeout_s: float = setting(
         "LLMESH_ROUTER_QUOTA_TIMEOUT_S",
         0.5,
-        "deadline of one call to the quota store; past it budgets refuse (UNAVAILABLE), rate limits follow their policy",
+        "deadline of one call to the quota store; past it hard budgets follow LLMESH_ROUTER_BUDGETS_FAIL_OPEN, "
+        "rate limits their policy",
         positive,
+    )
+    budgets_fail_open: bool = setting(
+        "LLMESH_ROUTER_BUDGETS_FAIL_OPEN",
+        False,
+        "while the quota store is unreachable: false refuses requests under a hard budget (UNAVAILABLE, the "
+        "default: no spend past a limit); true admits them and their spend counts only if the store is back "
+        "when they settle (rate limits follow each limit's `fail_open`)",
     )
     reservation_ttl_s: float = setting(
         "LLMESH_ROUTER_RESERVATION_TTL_S",
