@@ -420,34 +420,39 @@ def report(results: dict, args, load_before, load_after, mismatches: int) -> str
 
 async def run(args, stack: contextlib.ExitStack, logs: pathlib.Path) -> dict:
     gguf = str(resolve_model_path(""))
-    print("starting tritonserver and llama_cpp.server ...", file=sys.stderr)
-    triton = TritonServerProcess(extra_env={"LLMESH_TRITON_GGUF": gguf, **THREADS})
-    stack.callback(triton.stop)
-    triton.start(timeout_s=180)
-    openai = LlamaCppServerProcess(gguf, OPENAI_ALIAS, chat_format="gemma", threads=1, log_path=logs / "openai.log")
-    stack.callback(openai.stop)
-    openai.start(timeout_s=120)
-    catalog = {
-        "models": [
-            {
-                "name": "triton-gemma",
-                "backend": "triton",
-                "endpoint": triton.grpc_url,
-                "remote_model": TRITON_MODEL,
-                "max_concurrency": 1,
-                "max_queue": 4,
-            },
-            {
-                "name": "openai-gemma",
-                "backend": "openai",
-                "endpoint": openai.base_url,
-                "remote_model": OPENAI_ALIAS,
-                "hosting": "external",
-                "max_concurrency": 1,
-                "max_queue": 4,
-            },
-        ]
-    }
+    wanted = {b.strip() for b in args.backends.split(",") if b.strip()}
+    if not wanted or wanted - {"triton", "openai"}:
+        raise SystemExit(f"--backends: triton, openai or both (got {args.backends!r})")
+    models: dict[str, dict] = {}
+    if "triton" in wanted:
+        print("starting tritonserver ...", file=sys.stderr)
+        triton = TritonServerProcess(extra_env={"LLMESH_TRITON_GGUF": gguf, **THREADS})
+        stack.callback(triton.stop)
+        triton.start(timeout_s=180)
+        models["triton"] = {
+            "name": "triton-gemma",
+            "backend": "triton",
+            "endpoint": triton.grpc_url,
+            "remote_model": TRITON_MODEL,
+            "max_concurrency": 1,
+            "max_queue": 4,
+        }
+    if "openai" in wanted:
+        print("starting llama_cpp.server ...", file=sys.stderr)
+        openai = LlamaCppServerProcess(gguf, OPENAI_ALIAS, chat_format="gemma", threads=1, log_path=logs / "openai.log")
+        stack.callback(openai.stop)
+        openai.start(timeout_s=120)
+        models["openai"] = {
+            "name": "openai-gemma",
+            "backend": "openai",
+            "endpoint": openai.base_url,
+            "remote_model": OPENAI_ALIAS,
+            "hosting": "external",
+            "max_concurrency": 1,
+            "max_queue": 4,
+        }
+    catalog = {"models": list(models.values())}
+    names = [m["name"] for m in models.values()]
     service = ServiceProcess(catalog, logs / "service.log")
     stack.callback(service.stop)
     service.start()
@@ -462,27 +467,28 @@ async def run(args, stack: contextlib.ExitStack, logs: pathlib.Path) -> dict:
     mismatches = 0
     processes = {"service": service, **({"baseline": baseline} if baseline is not None else {})}
     async with contextlib.AsyncExitStack() as channels, httpx.AsyncClient() as http:
-        tclient = triton_grpc.InferenceServerClient(triton.grpc_url)
+        tclient = triton_grpc.InferenceServerClient(triton.grpc_url) if "triton" in models else None
         try:
             stubs = {}
             for path, process in processes.items():
                 channel = await channels.enter_async_context(open_channel(process.address))
                 stubs[path] = inference_pb2_grpc.InferenceServiceStub(channel)
-                await process.wait_ready(stubs[path], ["triton-gemma", "openai-gemma"])
+                await process.wait_ready(stubs[path], names)
 
             def through(path: str, model: str):
                 return lambda p: via_service(stubs[path], model, p, mt)
 
-            backends = {
-                "triton": {
+            backends = {}
+            if "triton" in models:
+                backends["triton"] = {
                     "direct": lambda p: triton_direct(tclient, p, mt),
                     **{path: through(path, "triton-gemma") for path in processes},
-                },
-                "openai": {
+                }
+            if "openai" in models:
+                backends["openai"] = {
                     "direct": lambda p: openai_direct(http, openai.base_url, p, mt),
                     **{path: through(path, "openai-gemma") for path in processes},
-                },
-            }
+                }
             for backend, paths in backends.items():
                 samples: dict[str, list[Sample]] = {path: [] for path in paths}
                 expected: dict[int, int] = {}
@@ -511,7 +517,8 @@ async def run(args, stack: contextlib.ExitStack, logs: pathlib.Path) -> dict:
                     results[backend][path]["cpu_ms_per_request"] = seconds * 1000 / len(served)
                     results[backend][path]["cpu_ms_per_token"] = seconds * 1000 / sum(x.tokens for x in served)
         finally:
-            await tclient.close()
+            if tclient is not None:
+                await tclient.close()
     return results, mismatches
 
 
@@ -521,6 +528,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "inference_backends.md"))
+    parser.add_argument(
+        "--backends", default="triton,openai", help="which to measure: triton, openai or both (comma-separated)"
+    )
     parser.add_argument(
         "--baseline-src", default="", help="another copy of the service's source, run as a third path (see above)"
     )
