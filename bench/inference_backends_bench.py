@@ -18,10 +18,17 @@ of `requests` sequential requests. TTFT: request start to the first non-empty te
 on exit (Ctrl-C included). Targets (the inference issue): the service adds ≤ 3 ms to TTFT at p50
 and passes ≥ 98 % of the direct tokens/s at p50.
 
---baseline-src DIR runs a second inference service from another copy of the service's source (DIR
-holds its `llmesh/services/inference`, e.g. `git archive HEAD~1 services/inference/src | tar -x
---strip-components=3 -C DIR`) as a third path, "baseline", interleaved with the others: a before /
-after comparison of the service's own cost in one run.
+--baseline-src DIR runs a second inference service from another copy of the service's source as a
+third path, "baseline", interleaved with the others: a before / after comparison of the service's
+own cost in one run. DIR is either a whole checkout (e.g. `git archive main | tar -x -C DIR`: its
+libs/*/src, services/*/src and tools/*/src go first on the path) or a folder holding
+`llmesh/services/inference` (e.g. `git archive HEAD~1 services/inference/src | tar -x
+--strip-components=3 -C DIR`).
+
+Besides the difference of the p50s, the report gives the median of the paired differences (each
+service request against the direct request of the same round and position, so the same prompt)
+with a bootstrap 95 % interval: the prompts' own TTFTs differ by tens of milliseconds, so the
+difference of two p50s over a mix of prompts moves by several milliseconds from run to run.
 """
 
 from __future__ import annotations
@@ -234,7 +241,7 @@ class ServiceProcess:
             "LLMESH_LOG_LEVEL": "warning",
         }
         if self.source:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.source, env.get("PYTHONPATH")]))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [*source_path(self.source), env.get("PYTHONPATH")]))
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "llmesh.services.inference"],
@@ -272,6 +279,16 @@ class ServiceProcess:
             self.process.wait()
 
 
+def source_path(source: str) -> list[str]:
+    """The folders to put first on PYTHONPATH for a baseline copy of the code (see above)."""
+    root = pathlib.Path(source)
+    if (root / "services").is_dir():
+        return [
+            str(p) for pattern in ("libs/*/src", "services/*/src", "tools/*/src") for p in sorted(root.glob(pattern))
+        ]
+    return [source]
+
+
 # -- measurement -----------------------------------------------------------------------------
 
 
@@ -307,6 +324,15 @@ def summary(samples: list[Sample]) -> dict:
     }
 
 
+def paired(samples: list[Sample], direct: list[Sample], *, resamples: int = 2000) -> tuple[float, float, float]:
+    """Median of the TTFT differences (ms) of requests paired by round and position (the same
+    prompt), with a bootstrap 95 % interval."""
+    diffs = np.array([(s.ttft_s - d.ttft_s) * 1000 for s, d in zip(samples, direct, strict=True)])
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(diffs, size=(resamples, len(diffs)), replace=True), axis=1)
+    return float(np.median(diffs)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+
+
 def report(results: dict, args, load_before, load_after, mismatches: int) -> str:
     lines = [
         "# Inference backends benchmark: direct vs through the inference service",
@@ -339,9 +365,9 @@ def report(results: dict, args, load_before, load_after, mismatches: int) -> str
             )
     lines += [
         "",
-        "| backend | TTFT added at p50 (service − direct) | target ≤ 3 ms | tokens/s passed at p50 (service / direct) "
-        "| target ≥ 98 % |",
-        "| --- | --- | --- | --- | --- |",
+        "| backend | TTFT added at p50 (service − direct) | target ≤ 3 ms | paired median (95 % interval) "
+        "| tokens/s passed at p50 (service / direct) | target ≥ 98 % |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for backend, paths in results.items():
         d = paths["direct"]
@@ -352,8 +378,10 @@ def report(results: dict, args, load_before, load_after, mismatches: int) -> str
             added = s["ttft50"] - d["ttft50"]
             passed = s["tps50"] / d["tps50"]
             name = backend if path == "service" else f"{backend} (baseline)"
+            median, low, high = s["paired"]
             lines.append(
                 f"| {name} | {added:+.1f} ms | {'met' if added <= TARGET_TTFT_MS else 'NOT met'} | "
+                f"{median:+.1f} ms ({low:+.1f} .. {high:+.1f}) | "
                 f"{passed * 100:.1f} % | {'met' if passed >= TARGET_SPEED else 'NOT met'} |"
             )
     lines += [
@@ -392,34 +420,39 @@ def report(results: dict, args, load_before, load_after, mismatches: int) -> str
 
 async def run(args, stack: contextlib.ExitStack, logs: pathlib.Path) -> dict:
     gguf = str(resolve_model_path(""))
-    print("starting tritonserver and llama_cpp.server ...", file=sys.stderr)
-    triton = TritonServerProcess(extra_env={"LLMESH_TRITON_GGUF": gguf, **THREADS})
-    stack.callback(triton.stop)
-    triton.start(timeout_s=180)
-    openai = LlamaCppServerProcess(gguf, OPENAI_ALIAS, chat_format="gemma", threads=1, log_path=logs / "openai.log")
-    stack.callback(openai.stop)
-    openai.start(timeout_s=120)
-    catalog = {
-        "models": [
-            {
-                "name": "triton-gemma",
-                "backend": "triton",
-                "endpoint": triton.grpc_url,
-                "remote_model": TRITON_MODEL,
-                "max_concurrency": 1,
-                "max_queue": 4,
-            },
-            {
-                "name": "openai-gemma",
-                "backend": "openai",
-                "endpoint": openai.base_url,
-                "remote_model": OPENAI_ALIAS,
-                "hosting": "external",
-                "max_concurrency": 1,
-                "max_queue": 4,
-            },
-        ]
-    }
+    wanted = {b.strip() for b in args.backends.split(",") if b.strip()}
+    if not wanted or wanted - {"triton", "openai"}:
+        raise SystemExit(f"--backends: triton, openai or both (got {args.backends!r})")
+    models: dict[str, dict] = {}
+    if "triton" in wanted:
+        print("starting tritonserver ...", file=sys.stderr)
+        triton = TritonServerProcess(extra_env={"LLMESH_TRITON_GGUF": gguf, **THREADS})
+        stack.callback(triton.stop)
+        triton.start(timeout_s=180)
+        models["triton"] = {
+            "name": "triton-gemma",
+            "backend": "triton",
+            "endpoint": triton.grpc_url,
+            "remote_model": TRITON_MODEL,
+            "max_concurrency": 1,
+            "max_queue": 4,
+        }
+    if "openai" in wanted:
+        print("starting llama_cpp.server ...", file=sys.stderr)
+        openai = LlamaCppServerProcess(gguf, OPENAI_ALIAS, chat_format="gemma", threads=1, log_path=logs / "openai.log")
+        stack.callback(openai.stop)
+        openai.start(timeout_s=120)
+        models["openai"] = {
+            "name": "openai-gemma",
+            "backend": "openai",
+            "endpoint": openai.base_url,
+            "remote_model": OPENAI_ALIAS,
+            "hosting": "external",
+            "max_concurrency": 1,
+            "max_queue": 4,
+        }
+    catalog = {"models": list(models.values())}
+    names = [m["name"] for m in models.values()]
     service = ServiceProcess(catalog, logs / "service.log")
     stack.callback(service.stop)
     service.start()
@@ -434,27 +467,28 @@ async def run(args, stack: contextlib.ExitStack, logs: pathlib.Path) -> dict:
     mismatches = 0
     processes = {"service": service, **({"baseline": baseline} if baseline is not None else {})}
     async with contextlib.AsyncExitStack() as channels, httpx.AsyncClient() as http:
-        tclient = triton_grpc.InferenceServerClient(triton.grpc_url)
+        tclient = triton_grpc.InferenceServerClient(triton.grpc_url) if "triton" in models else None
         try:
             stubs = {}
             for path, process in processes.items():
                 channel = await channels.enter_async_context(open_channel(process.address))
                 stubs[path] = inference_pb2_grpc.InferenceServiceStub(channel)
-                await process.wait_ready(stubs[path], ["triton-gemma", "openai-gemma"])
+                await process.wait_ready(stubs[path], names)
 
             def through(path: str, model: str):
                 return lambda p: via_service(stubs[path], model, p, mt)
 
-            backends = {
-                "triton": {
+            backends = {}
+            if "triton" in models:
+                backends["triton"] = {
                     "direct": lambda p: triton_direct(tclient, p, mt),
                     **{path: through(path, "triton-gemma") for path in processes},
-                },
-                "openai": {
+                }
+            if "openai" in models:
+                backends["openai"] = {
                     "direct": lambda p: openai_direct(http, openai.base_url, p, mt),
                     **{path: through(path, "openai-gemma") for path in processes},
-                },
-            }
+                }
             for backend, paths in backends.items():
                 samples: dict[str, list[Sample]] = {path: [] for path in paths}
                 expected: dict[int, int] = {}
@@ -475,12 +509,16 @@ async def run(args, stack: contextlib.ExitStack, logs: pathlib.Path) -> dict:
                         1 for i, s in enumerate(got) if s.tokens != expected[i % args.requests % len(PROMPTS)]
                     )
                 results[backend] = {path: summary(got) for path, got in samples.items()}
+                for path, got in samples.items():
+                    if path != "direct":
+                        results[backend][path]["paired"] = paired(got, samples["direct"])
                 for path, seconds in cpu_s.items():
                     served = samples[path]
                     results[backend][path]["cpu_ms_per_request"] = seconds * 1000 / len(served)
                     results[backend][path]["cpu_ms_per_token"] = seconds * 1000 / sum(x.tokens for x in served)
         finally:
-            await tclient.close()
+            if tclient is not None:
+                await tclient.close()
     return results, mismatches
 
 
@@ -490,6 +528,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "inference_backends.md"))
+    parser.add_argument(
+        "--backends", default="triton,openai", help="which to measure: triton, openai or both (comma-separated)"
+    )
     parser.add_argument(
         "--baseline-src", default="", help="another copy of the service's source, run as a third path (see above)"
     )

@@ -322,7 +322,8 @@ async def test_generate_through_the_inference_service(server):
         responses = [r async for r in call]
         deltas = [r.delta for r in responses if r.WhichOneof("event") == "delta"]
         completion = responses[-1].completion
-        assert len(deltas) == 6 and completion.usage.completion_tokens == 6
+        # One delta per token, unless tokens queued up while a message was written (joined then).
+        assert 1 < len(deltas) <= 6 and all(deltas) and completion.usage.completion_tokens == 6
         assert completion.backend == "openai" and completion.model == MODEL
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             async for _ in stub.Generate(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from llmesh.services.inference.triton_backend import _scalar, _scalars
-from tritonclient.grpc import InferResult, service_pb2
+from llmesh.services.inference.triton_backend import _scalar, _scalars, _tensor
+from tritonclient.grpc import InferInput, InferResult, service_pb2
 from tritonclient.utils import serialize_byte_tensor
 
 
@@ -52,3 +52,22 @@ def test_an_empty_output_is_absent_and_invalid_utf8_is_replaced():
     values = _scalars(result)
     assert values == {"text_output": "\ufffd\ufffdab"}
     assert _scalar(result, "num_output_tokens") is None
+
+
+@pytest.mark.parametrize(
+    ("datatype", "values", "dtype"),
+    [
+        ("BYTES", ["<bos>caf\u00e9 \u2014 ok".encode(), b""], np.object_),
+        ("INT32", [32], np.int32),
+        ("BOOL", [True], np.bool_),
+        ("FP32", [0.7], np.float32),
+        ("UINT64", [2**64 - 1], np.uint64),
+    ],
+)
+@pytest.mark.parametrize("batched", [False, True])
+def test_inputs_are_built_as_tritonclient_builds_them(datatype, values, dtype, batched):
+    expected = InferInput("x", [1, len(values)] if batched else [len(values)], datatype)
+    expected.set_data_from_numpy(np.array(values, dtype=dtype).reshape((1, -1) if batched else (-1,)))
+    built = _tensor("x", datatype, values, batched)
+    assert built._get_tensor() == expected._get_tensor()
+    assert built._get_content() == expected._get_content()

@@ -60,12 +60,19 @@ class InferenceApp(ServiceApp):
         self.bus: Bus | None = None
         self.forecast: LoadForecast | None = None
         self.reporter = LoadReporter(
-            self.engine.models, self.engine.status, self.engine.utilization, self._publish_load, self.spawn
+            self.engine.models,
+            self.engine.status,
+            self.engine.utilization,
+            self._publish_load,
+            self.spawn,
+            self.engine.latency,
         )
         self.engine.on_load_change = self.reporter.changed
 
     def register(self, server: grpc.aio.Server):
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(self.engine), server)
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(
+            InferenceServicer(self.engine, coalesce=self.settings.coalesce_deltas), server
+        )
         return [SERVICE_NAME]
 
     async def start(self) -> None:

@@ -112,10 +112,15 @@ class InferenceEngine:
     def models(self) -> list[ModelStatus]:
         return [self.status(name) for name in sorted(self._by_model)]
 
-    def status(self, name: str) -> ModelStatus:
+    def status(self, name: str, *, latency: bool = True) -> ModelStatus:
+        """The model's load now; `latency=False` leaves out the percentiles (`latency()` adds them)."""
         backend, info = self._by_model[name]
         entry = self._catalog.get(name) if self._catalog is not None else None
-        return ModelStatus(info, backend.load(name), entry, self._windows[name].stats())
+        return ModelStatus(info, backend.load(name), entry, self._windows[name].stats() if latency else None)
+
+    def latency(self, name: str) -> LatencyStats:
+        """The model's TTFT and tokens/s percentiles over the load window."""
+        return self._windows[name].stats()
 
     def utilization(self, name: str) -> float:
         """Active generations over capacity, without the latency percentiles of `status`."""
@@ -199,6 +204,7 @@ class InferenceEngine:
             )
         labels = (info.name, backend.name)
         first_delta_at: float | None = None
+        ttft_observed = False
         completed = False
         guard = RepeatedLineGuard(self._repeated_line_stop)
         deltas = 0
@@ -211,8 +217,11 @@ class InferenceEngine:
                         if text:
                             if first_delta_at is None:
                                 first_delta_at = time.perf_counter()
-                                metrics.TIME_TO_FIRST_TOKEN.labels(*labels).observe(first_delta_at - started)
                             yield event if text is event.text else TextDelta(text)
+                            if not ttft_observed:
+                                # After the first delta went out: the metric is not on its path.
+                                ttft_observed = True
+                                metrics.TIME_TO_FIRST_TOKEN.labels(*labels).observe(first_delta_at - started)
                         if guard.stopped:
                             break
                     elif isinstance(event, BackendCompletion):
@@ -245,6 +254,9 @@ class InferenceEngine:
                 metrics.GENERATIONS.labels(*labels, "error").inc()
                 log.warning("generation_failed_midstream", model=info.name, backend=backend.name, error=exc.message)
             raise
+        finally:
+            if first_delta_at is not None and not ttft_observed:  # closed while its first delta was out
+                metrics.TIME_TO_FIRST_TOKEN.labels(*labels).observe(first_delta_at - started)
 
     def _complete(
         self, event: BackendCompletion, labels: tuple[str, str], started: float, first_delta_at: float | None

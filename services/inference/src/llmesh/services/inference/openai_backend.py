@@ -10,7 +10,9 @@ Conventions, shared with the other backends (backend.py):
   spent. A `Retry-After` header (seconds or an HTTP date) replaces the backoff of that attempt.
   Retries happen only BEFORE the first text delta was handed to the caller: after it a failure
   raises Unavailable from the iterator, after the deltas already yielded (repeating the request
-  would repeat text the caller already has).
+  would repeat text the caller already has). A connection that ends before any response (a
+  kept-alive connection the server closed while idle, as the request went out) is tried again
+  at once on a new connection, once per generation, without spending a retry or a backoff.
 - Errors: 429 with no retries left (or a Retry-After beyond `max_retry_after_s` or the deadline)
   is ResourceExhausted with retry_after_s; 5xx, connection failures and broken streams are
   Unavailable; 400/404/413/422 are InvalidArgument with the provider's message; 401/403 mean the
@@ -125,11 +127,16 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 class _Retryable(Exception):
     """A failure before the first delta that another attempt may not meet."""
 
-    def __init__(self, message: str, *, rate_limited: bool = False, retry_after_s: float | None = None):
+    def __init__(
+        self, message: str, *, rate_limited: bool = False, retry_after_s: float | None = None, at_once: bool = False
+    ):
         super().__init__(message)
         self.message = message
         self.rate_limited = rate_limited
         self.retry_after_s = retry_after_s
+        # The connection ended before any answer, as a kept-alive connection that the server
+        # closed while idle does: tried again at once, on a new connection (see _attempts).
+        self.at_once = at_once
 
 
 class OpenAIBackend(Backend):
@@ -289,6 +296,7 @@ class OpenAIBackend(Backend):
     ) -> AsyncIterator[BackendEvent]:
         body = self._body(model, request)
         attempt = 0
+        reconnected = False
         while True:
             state = _StreamState()
             try:
@@ -297,6 +305,13 @@ class OpenAIBackend(Backend):
                 return
             except _Retryable as failure:
                 # Only reached before the first delta (_stream raises Unavailable after it).
+                if failure.at_once and not reconnected:
+                    # A pooled connection the server had closed (its keep-alive ended as the
+                    # request went out): not the provider failing, so no attempt spent and no
+                    # backoff before this request's first token; once per generation.
+                    reconnected = True
+                    log.info("openai_connection_closed", model=request.model, request_id=request.request_id)
+                    continue
                 wait = self._backoff(attempt)
                 if failure.retry_after_s is not None:
                     wait = failure.retry_after_s
@@ -358,6 +373,7 @@ class OpenAIBackend(Backend):
             async with self._client.stream(
                 "POST", self._completions_url, json=body, headers=headers, timeout=timeout
             ) as response:
+                state.answered = True
                 if response.status_code != 200:
                     await self._refuse(response, request)
                 async for event in self._events(response, model, request, estimate, state, deadline):
@@ -372,7 +388,8 @@ class OpenAIBackend(Backend):
                     f"the provider of {request.model} broke off the answer after {state.deltas} chunk(s): "
                     f"{message} (request_id={request.request_id})"
                 ) from None
-            raise _Retryable(message) from None
+            closed = not state.answered and isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError))
+            raise _Retryable(message, at_once=closed) from None
 
     def _deadline_exceeded(self, request: GenerationRequest) -> DeadlineExceeded:
         return DeadlineExceeded(
@@ -504,6 +521,7 @@ async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
 @dataclass
 class _StreamState:
     deltas: int = 0  # text chunks handed to the caller in this attempt
+    answered: bool = False  # the response's status line and headers arrived
 
 
 def _provider_message(raw: bytes) -> str:

@@ -79,6 +79,12 @@ class InferenceSettings(ForecastSettings):
         "stop a generation (finish reason STOP) when the same non-empty line comes this many times in a row (0: never)",
         _repeated_line_check,
     )
+    coalesce_deltas: bool = setting(
+        "LLMESH_INFERENCE_COALESCE_DELTAS",
+        True,
+        "send the text that arrived while the previous stream message was being written as one message "
+        "(nothing waits for more text; false: one message per backend delta)",
+    )
     load_window_s: float = setting(
         "LLMESH_INFERENCE_LOAD_WINDOW_S", 60.0, "window of the TTFT and tokens/s percentiles in load reports", positive
     )

@@ -20,12 +20,11 @@ import contextlib
 import functools
 import re
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
 import tritonclient.grpc.aio as triton_grpc
 from llmesh.kit.errors import InvalidArgument, NotFound, Unavailable
 from llmesh.kit.logging import get_logger
@@ -104,13 +103,18 @@ class _Model:
         self.generated_tokens = metrics.GENERATED_TOKENS.labels(*self.labels)
 
 
-def _tensor(name: str, value: Any, dtype, batched: bool) -> triton_grpc.InferInput:
-    array = np.array(value, dtype=dtype).reshape((1, -1) if batched else (-1,))
-    datatype = {np.object_: "BYTES", np.int32: "INT32", np.float32: "FP32", np.uint64: "UINT64", np.bool_: "BOOL"}[
-        dtype
-    ]
-    tensor = triton_grpc.InferInput(name, list(array.shape), datatype)
-    tensor.set_data_from_numpy(array)
+def _tensor(name: str, datatype: str, values: Sequence[Any], batched: bool) -> triton_grpc.InferInput:
+    """One input tensor of `values` (a batch of one when `batched`), with its contents in Triton's
+    raw layout as tritonclient's set_data_from_numpy writes them (little-endian elements; a BYTES
+    element as its 4-byte length, then the bytes), built without numpy arrays: a request's four to
+    eight inputs took ~200 µs through numpy, before the call to Triton."""
+    if datatype == "BYTES":
+        raw = b"".join(_LENGTH.pack(len(v)) + v for v in values)
+    else:
+        form = _RAW_FORMATS[datatype]
+        raw = b"".join(form.pack(v) for v in values)
+    tensor = triton_grpc.InferInput(name, [1, len(values)] if batched else [len(values)], datatype)
+    tensor._raw_content = raw  # what set_data_from_numpy sets (read by _get_content)
     return tensor
 
 
@@ -282,20 +286,20 @@ class TritonBackend(Backend):
         sampling = request.sampling
         prompt = prompt_text(self._format.render(request.messages))
         inputs = [
-            _tensor("text_input", [prompt.encode()], np.object_, batched),
-            _tensor("max_tokens", [request.max_tokens], np.int32, batched),
-            _tensor("stream", [True], np.bool_, batched),
+            _tensor("text_input", "BYTES", [prompt.encode()], batched),
+            _tensor("max_tokens", "INT32", [request.max_tokens], batched),
+            _tensor("stream", "BOOL", [True], batched),
         ]
         if sampling.temperature is not None:
-            inputs.append(_tensor("temperature", [sampling.temperature], np.float32, batched))
+            inputs.append(_tensor("temperature", "FP32", [sampling.temperature], batched))
         if sampling.top_p is not None:
-            inputs.append(_tensor("top_p", [sampling.top_p], np.float32, batched))
+            inputs.append(_tensor("top_p", "FP32", [sampling.top_p], batched))
         if sampling.top_k is not None:
-            inputs.append(_tensor("top_k", [sampling.top_k], np.int32, batched))
+            inputs.append(_tensor("top_k", "INT32", [sampling.top_k], batched))
         if sampling.seed is not None:
-            inputs.append(_tensor("random_seed", [sampling.seed % 2**64], np.uint64, batched))
+            inputs.append(_tensor("random_seed", "UINT64", [sampling.seed % 2**64], batched))
         if sampling.stop:
-            inputs.append(_tensor("stop_words", [s.encode() for s in sampling.stop], np.object_, batched))
+            inputs.append(_tensor("stop_words", "BYTES", [s.encode() for s in sampling.stop], batched))
         return inputs
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[BackendEvent]:
@@ -320,8 +324,8 @@ class TritonBackend(Backend):
         responses = steps = 0
         model_prompt: int | None = None
         model_completion: int | None = None
-        reported = 0  # completion tokens already in the metric (so a stream cut short is counted)
-        estimate = estimate_prompt_tokens(request)
+        # The token counters are added to once per generation, when it ends however it ends (a
+        # stream cut short included): nothing per response, and nothing before the first one.
         try:
             stream = client.stream_infer(requests())
             while True:
@@ -360,12 +364,6 @@ class TritonBackend(Backend):
                     model_prompt = int(prompt_tokens)
                 if completion_tokens is not None:  # the tokens of this response (vLLM's meaning)
                     model_completion = (model_completion or 0) + int(completion_tokens)
-                if responses == 1:
-                    model.prompt_tokens.inc(model_prompt if model_prompt is not None else estimate)
-                completion = model_completion if model_completion is not None else steps
-                if completion > reported:
-                    model.generated_tokens.inc(completion - reported)
-                    reported = completion
                 if text:
                     yield TextDelta(text)
                 if last:
@@ -373,8 +371,8 @@ class TritonBackend(Backend):
                     from_model = model_completion is not None
                     metrics.USAGE_SOURCE.labels(*model.labels, "provider" if from_model else "estimated").inc()
                     yield BackendCompletion(
-                        model_prompt if model_prompt is not None else estimate,
-                        completion,
+                        model_prompt if model_prompt is not None else estimate_prompt_tokens(request),
+                        model_completion if from_model else steps,
                         _FINISH.get(reason or "", FinishReason.STOP),
                     )
                     return
@@ -385,3 +383,6 @@ class TritonBackend(Backend):
                 # between tokens (a no-op after the final response).
                 stream.cancel()
             model.pool.release(slot)
+            if responses:
+                model.prompt_tokens.inc(model_prompt if model_prompt is not None else estimate_prompt_tokens(request))
+                model.generated_tokens.inc(model_completion if model_completion is not None else steps)
