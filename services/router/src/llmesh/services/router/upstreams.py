@@ -209,7 +209,9 @@ class OutcomeReportingCache:
     ) -> CachedAnswer | None:
         tier = None
         try:
-            answer = await self._cache.lookup(key, business_unit=business_unit, timeout_s=timeout_s, exact_only=exact_only)
+            answer = await self._cache.lookup(
+                key, business_unit=business_unit, timeout_s=timeout_s, exact_only=exact_only
+            )
             if answer is not None and not answer.semantic:
                 tier = answer.tier
             return answer
