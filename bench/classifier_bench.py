@@ -181,6 +181,8 @@ def main() -> int:
                     nats_url=nats.url,
                     feedback_db=os.path.join(tmp, f"{name}.sqlite3"),
                     policy_bucket=f"bench-{name}",
+                    # each hosted classifier is a replica of its own: one durable outcome consumer each
+                    replica_id=f"bench-{name}",
                     log_level="warning",
                     **overrides,
                 )

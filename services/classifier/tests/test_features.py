@@ -50,3 +50,23 @@ def test_features_are_finite_for_any_text(text):
     values = prompt_features(text)
     assert len(values) == len(FEATURE_NAMES)
     assert all(math.isfinite(v) for v in values)
+
+
+def test_option_structure_and_question_form():
+    near = "Which value is correct?\nA. 2.5 m/s\nB. 25 m/s\nC. 0.25 m/s\nD. 250 m/s\nAnswer:"
+    apart = "Which is a mammal?\nA. a whale\nB. a shark\nC. a trout\nD. an eel\nAnswer:"
+    assert feature(near, "options_all_numeric") == 1.0 and feature(apart, "options_all_numeric") == 0.0
+    worded = "Pick one.\nA. the rate rises sharply\nB. the rate rises slowly\nC. the rate falls\nD. no change\nAnswer:"
+    assert feature(worded, "option_overlap") > feature(apart, "option_overlap")
+    assert feature(worded, "longest_option_log") > feature(near, "longest_option_log")
+    assert feature("All of these are true EXCEPT:\nA. x y\nB. y z\nAnswer:", "caps_negation") == 1.0
+    assert feature("This is not the case. Which holds?", "caps_negation") == 0.0
+    # The question word is read from the last sentence, after a scenario.
+    scenario = "What a day it was. Tom left at noon. Why did he leave?"
+    assert feature(scenario, "asks_why") == 1.0 and feature(scenario, "asks_what") == 0.0
+    assert feature("Photosynthesis occurs in chloroplasts.", "syllables_per_word") > feature(
+        "The cat sat on the mat.", "syllables_per_word"
+    )
+    # An open question has no option features.
+    for name in ("option_overlap", "options_all_numeric", "option_stem_ratio_log", "longest_option_log"):
+        assert feature("How many apples are left if Tom eats 3 of 12?", name) == 0.0

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 # Names the feature definitions; a model records it and is only used with the same definitions.
-FEATURE_SET = "prompt-features/3"
+FEATURE_SET = "prompt-features/4"
 
 _OPTION_LINE = re.compile(r"^\s*\(?([A-Ja-j])[\.\)]\s+(.*)$")
 _TRAILING_ANSWER = re.compile(r"\n\s*Answer\s*:?\s*$", re.IGNORECASE)
@@ -91,6 +91,16 @@ _COMBINED_OPTION = re.compile(
     r"above|neither)\b|^(?:true|false|wrong|not wrong)\s*,\s*(?:true|false|wrong|not wrong)$",
     re.IGNORECASE,
 )
+
+
+# Negations the question writer set in capitals ("Which is NOT ..."): the question turns on excluding.
+_CAPS_NEGATION = re.compile(r"\b(?:NOT|EXCEPT|LEAST|FALSE|INCORRECT)\b")
+_VOWEL_GROUP = re.compile(r"[aeiouy]+")
+_NO_VOWEL_WORD = re.compile(r"(?:^| )[^aeiouy ]+(?= |$)")
+_LAST_SENTENCE_REVERSED = re.compile(r"\s+(?=[.!?])")
+# The question word of the last sentence (the question itself, after any scenario or passage).
+_QUESTION_WORDS = ("how", "why", "which", "what")
+_QUESTION_WORD = re.compile(r"\b(how|why|which|what)\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +191,32 @@ def _stem_features(stem: str) -> dict[str, float]:
         "question_mark": 1.0 if "?" in stem else 0.0,
         "change_words_rate": counts["change"] * per_100_words / 10.0,
         "completion_stem": 1.0 if stem and not _COMPLETE_STEM_END.search(stem) else 0.0,
+        "caps_negation": 1.0 if _CAPS_NEGATION.search(stem) else 0.0,
+        **_question_word(lowered),
+        "syllables_per_word": _syllables_per_word(words),
     }
 
 
-def _option_features(options: tuple[str, ...]) -> dict[str, float]:
+def _syllables_per_word(words: list[str]) -> float:
+    """Readability: vowel groups per word, at least one per word (one scan of the joined words,
+    which a space keeps apart, instead of one per word)."""
+    if not words:
+        return 0.0
+    joined = " ".join(words).lower()
+    return (len(_VOWEL_GROUP.findall(joined)) + len(_NO_VOWEL_WORD.findall(joined))) / len(words)
+
+
+def _question_word(lowered: str) -> dict[str, float]:
+    stripped = lowered.strip()
+    # The last sentence: what follows the last whitespace after a sentence end, found by searching
+    # the reversed text from its start (the end of the prompt) instead of splitting all of it.
+    found = _LAST_SENTENCE_REVERSED.search(stripped[::-1])
+    last = stripped[len(stripped) - found.start() :] if found else stripped
+    asked = set(_QUESTION_WORD.findall(last))
+    return {f"asks_{w}": 1.0 if w in asked else 0.0 for w in _QUESTION_WORDS}
+
+
+def _option_features(options: tuple[str, ...], stem_chars: int = 0) -> dict[str, float]:
     if not options:
         return {
             "has_options": 0.0,
@@ -195,7 +227,15 @@ def _option_features(options: tuple[str, ...]) -> dict[str, float]:
             "option_length_spread": 0.0,
             "option_change_share": 0.0,
             "option_sentences": 0.0,
+            "option_overlap": 0.0,
+            "options_all_numeric": 0.0,
+            "option_stem_ratio_log": 0.0,
+            "longest_option_log": 0.0,
         }
+    # Options that share most of their words differ in a detail: a fine distinction to make.
+    word_sets = [{w.lower() for w in _WORD.findall(o)} | set(_NUMBER.findall(o)) for o in options]
+    overlaps = [len(a & b) / len(a | b) for i, a in enumerate(word_sets) for b in word_sets[i + 1 :] if a | b]
+    chars = [len(o) for o in options]
     lengths = [len(_WORD.findall(o)) + len(_NUMBER.findall(o)) for o in options]
     mean_len = sum(lengths) / len(lengths)
     spread = (max(lengths) - min(lengths)) / (mean_len + 1.0)
@@ -208,6 +248,10 @@ def _option_features(options: tuple[str, ...]) -> dict[str, float]:
         "option_length_spread": min(spread, 3.0),
         "option_change_share": _share(sum(1 for o in options if _CHANGE_WORD.search(o)), len(options)),
         "option_sentences": 1.0 if mean_len > 8 else 0.0,
+        "option_overlap": sum(overlaps) / len(overlaps) if overlaps else 0.0,
+        "options_all_numeric": 1.0 if all(_NUMBER.search(o) and len(_WORD.findall(o)) <= 2 for o in options) else 0.0,
+        "option_stem_ratio_log": math.log1p(sum(chars) / len(chars)) - math.log1p(stem_chars),
+        "longest_option_log": math.log1p(max(chars)),
     }
 
 
@@ -217,7 +261,7 @@ FEATURE_NAMES: tuple[str, ...] = tuple(list(_stem_features("x").keys()) + list(_
 def prompt_features(text: str) -> list[float]:
     """The feature vector of one prompt, in FEATURE_NAMES order."""
     parts = split_prompt(text)
-    values = {**_stem_features(parts.stem), **_option_features(parts.options)}
+    values = {**_stem_features(parts.stem), **_option_features(parts.options, len(parts.stem))}
     return [values[name] for name in FEATURE_NAMES]
 
 

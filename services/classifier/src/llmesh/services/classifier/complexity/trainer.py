@@ -680,8 +680,8 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, scorer) -> p
         table = [line for line in transfer.read_text().splitlines() if line.startswith("|")]
         lines += [
             "Features tried for transfer (`bench/classifier_transfer.py`, results in "
-            "`bench/results/classifier_transfer.md`; unconstrained ridge regressions, so the structure row "
-            "differs slightly from the shipped model): MiniLM sentence embeddings and the similarity-weighted "
+            "`bench/results/classifier_transfer.md`; unconstrained ridge regressions on the previous feature set, "
+            "`prompt-features/3`, so the structure row differs from the shipped model): MiniLM sentence embeddings and the similarity-weighted "
             "outcome of the 50 most similar training prompts (RouteLLM's similarity-weighted ranking), alone and "
             "stacked on the structure features, with neighbours from training folds only:",
             "",
@@ -694,6 +694,31 @@ def write_report(report_dir, data, stats, cv, evaluation, metadata, scorer) -> p
             "90 MB and the neighbour index several MB more). Neighbour evidence alone loses more when the whole "
             "family is held out than the structure features do: with a sibling subject in training it finds "
             "similar prompts whose outcomes carry over, which is the optimism of per-subject validation.",
+            "",
+        ]
+    experiments = _REPO_BENCH / "classifier_family_experiments.md"
+    if experiments.is_file():
+        table = [line for line in experiments.read_text().splitlines() if line.startswith("|")]
+        lines += [
+            "Attempts to raise the unseen-family score (`bench/classifier_family_experiments.py`, results in "
+            "`bench/results/classifier_family_experiments.md`), each scored by leave-one-family-out only, with any "
+            "parameter chosen inside the six training families (nested): `prompt-features/3` is the previous "
+            "feature set; the spread of a pooled difference is a jackknife over families (the pool without one "
+            "family at a time) and a bootstrap over subjects; per family, the paired difference's mean and "
+            "standard deviation over the families with a gap:",
+            "",
+            *table,
+            "",
+            "The topic-free option and question-form features (`prompt-features/4`: overlap of the options' "
+            "words, all-numeric options, a capitalised NOT/EXCEPT, the question word of the last sentence, "
+            "syllables per word, the options' length against the stem's, the longest option) raise the pooled "
+            "unseen-family APGR by more than its spread and are shipped; the mean over families rises by less "
+            "than its family-to-family spread (one family, social_sciences, loses). The largest single part comes "
+            "from all-numeric options, which mark multiple-choice calculation items, where the one-token artifact "
+            "(Label noise) makes a strong call look useless; open questions such as word problems have no options "
+            "and gain nothing from those features. Down-weighting or dropping "
+            "the subjects with suspect strong labels in training, gradient boosting with monotone "
+            "reasoning-load features and rank-averaging it with the ridge model did not beat the linear model.",
             "",
         ]
     lines += [
