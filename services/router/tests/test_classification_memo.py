@@ -413,9 +413,8 @@ async def test_through_the_router_a_rollout_turns_the_memo_off(client, router_ho
     await _hit(client, api_key, text)
     asked = classifier.classified[tenant]
     doc = app.policy.get("global") or {}
-    await app.policy.put(
-        "global", {**doc, "classifier": {"rollout": {"current": "v1", "candidate": "v2", "share": 0.5}}}
-    )
+    rollout = {"classifier": {"rollout": {"current": "v1", "candidate": "v2", "share": 0.5}}}
+    await app.policy.put("global", doc | rollout)
     try:
         await assert_eventually(lambda: classifier_rollout_running(app.policy.get("global")), message="rollout seen")
         await _hit(client, api_key, text)
