@@ -25,6 +25,7 @@ INT_RANGES = {
 }
 AWKWARD_TEXT = ["", " ", "default", "\x00", "a" * 65, "../../etc/passwd", "ünï©ødé ✓", "\u202e\u200b", "🙂" * 10]
 MAX_DEPTH = 3
+LIST_BYTES = 8 * 1024 * 1024
 # Strategies are built once per field, message type and depth, not at every draw: hypothesis
 # validates each new strategy object, which cost most of a request's generation time.
 _COUNTS = st.integers(0, 3)
@@ -120,6 +121,10 @@ def _set(draw, message, field: d.FieldDescriptor, depth: int, hints) -> None:
         if repeated:
             count = draw(_REPEATS)
             one = draw(_message(field.message_type, depth + 1, hints))
+            if count > 4:
+                # Copies stop at LIST_BYTES: past the servers' 4 MiB limit a longer list tests nothing
+                # more, and 2,000 copies of a list of 2,000 copies of a long text did not fit in memory.
+                count = min(count, 4 + LIST_BYTES // max(1, one.ByteSize()))
             for i in range(count):
                 # Long lists repeat one drawn element: generating thousands is slow and adds nothing.
                 target.add().CopyFrom(one if i >= 4 else draw(_message(field.message_type, depth + 1, hints)))

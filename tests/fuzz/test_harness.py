@@ -86,8 +86,8 @@ async def test_a_service_that_stops_serving_fails_it():
     finally:
         await server.stop(None)
     assert row["calls"] >= 20
-    # (a huge request may wait out its deadline on a busy machine)
-    assert set(row["codes"]) <= {"INVALID_ARGUMENT", "DEADLINE_EXCEEDED"}, row["codes"]
+    # only the health check failed it
+    assert not {code.name for code in harness.CALLERS_MISTAKE_NEVER} & set(row["codes"]), row["codes"]
 
 
 async def test_a_sound_service_passes_with_every_request_sent():
