@@ -127,6 +127,15 @@ async def test_bad_calls_get_clear_statuses(mesh, batch):
             metadata=bearer(api_key),
         )
     assert window.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "completion_window_s" in window.value.details()
+    # found by the fuzzer: a Timestamp whose nanos are out of range crashed SubmitBatch (INTERNAL)
+    for stamp in (Timestamp(seconds=1, nanos=-1), Timestamp(seconds=1, nanos=10**9), Timestamp(seconds=-(10**12))):
+        with pytest.raises(grpc.aio.AioRpcError) as start:
+            await batch.SubmitBatch(
+                batch_pb2.SubmitBatchRequest(jsonl=batch_file(1, tag="s"), start_after=stamp),
+                metadata=bearer(api_key),
+                timeout=10,
+            )
+        assert start.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "start_after" in start.value.details()
 
 
 async def test_a_job_in_its_start_window_waits_and_a_cancelled_job_ends_its_items(mesh, batch):
