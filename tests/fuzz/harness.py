@@ -77,7 +77,7 @@ def select(methods, patterns: str = "*", shard: str = "1/1"):
 
 
 def new_row() -> dict:
-    return {"calls": 0, "codes": collections.Counter(), "max_s": 0.0, "seconds": 0.0, "failure": ""}
+    return {"calls": 0, "codes": collections.Counter(), "max_s": 0.0, "seconds": 0.0, "failure": "", "detail": ""}
 
 
 def metadata_strategy(credentials: dict[str, str]):
@@ -128,6 +128,17 @@ def call(channel: grpc.Channel, method, payloads: list[bytes], metadata) -> tupl
 def check_health(channel: grpc.Channel, service: str, when: str) -> None:
     status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
     assert status == health_pb2.HealthCheckResponse.SERVING, f"{service} is not serving {when}"
+
+
+def describe(exc: BaseException) -> str:
+    """One line for the report: the assertion that failed (hypothesis wraps a failure it could not
+    reproduce, and several distinct ones, in an exception group)."""
+    inner = getattr(exc, "exceptions", None)
+    if inner:
+        flaky = "unreliable" in str(exc)
+        return ("not reproduced on replay: " if flaky else "") + "; ".join(describe(e) for e in inner)
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def check_health_of(address: str, service: str) -> None:
@@ -187,7 +198,7 @@ def fuzz(
                 assert row["calls"] > before, f"hypothesis generated no request for {service}.{method.name}"
             check_health(channel, service, "after the fuzzing")
         except BaseException as exc:
-            row["failure"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            row["failure"], row["detail"] = describe(exc), str(exc)[:4000]
             raise
         finally:
             row["seconds"] = time.monotonic() - started
@@ -216,6 +227,7 @@ def merge(row: dict, part: dict) -> None:
     row["codes"].update(part["codes"])
     row["max_s"] = max(row["max_s"], part["max_s"])
     row["failure"] = row["failure"] or part["failure"]
+    row["detail"] = row["detail"] or part.get("detail", "")
 
 
 def _rows_of(stats: dict) -> dict[str, dict]:
@@ -229,6 +241,7 @@ def _rows_of(stats: dict) -> dict[str, dict]:
             "max_s": round(row["max_s"], 3),
             "seconds": round(row["seconds"], 1),
             "failure": row["failure"],
+            "detail": row.get("detail", ""),
             "at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "load": round(os.getloadavg()[0], 1),
         }
