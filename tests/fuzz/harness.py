@@ -242,8 +242,8 @@ def _rows_of(stats: dict) -> dict[str, dict]:
             "seconds": round(row["seconds"], 1),
             "failure": row["failure"],
             "detail": row.get("detail", ""),
-            "at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "load": round(os.getloadavg()[0], 1),
+            "at": row.get("at") or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "load": round(row.get("load") or os.getloadavg()[0], 1),
         }
         for (service, name), row in sorted(stats.items())
     }

@@ -28,15 +28,17 @@ SELECTED = harness.select(METHODS, os.environ.get("LLMESH_FUZZ_RPCS", "*"), os.e
 STATS: dict = {}
 
 
-@pytest.fixture
-def report():
-    """Writes the rows of the RPCs fuzzed so far to LLMESH_FUZZ_REPORT after each RPC, failed ones
-    included (an interrupted run leaves the table of what it did)."""
-    yield
+def _write_report(key: tuple[str, str], row: dict) -> None:
+    """Merges the RPC's row into LLMESH_FUZZ_REPORT (a run of every RPC starts the table over with
+    its first row; rows written meanwhile by other shards stay)."""
     path = os.environ.get("LLMESH_FUZZ_REPORT")
-    if path and STATS:
-        everything = len(SELECTED) == len(METHODS)
-        harness.write_report(path, STATS, fresh=everything, known={f"{s}.{m.name}" for s, m in METHODS})
+    if not path:
+        return
+    row["at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    row["load"] = os.getloadavg()[0]
+    fresh = len(SELECTED) == len(METHODS) and not STATS
+    STATS[key] = row
+    harness.write_report(path, {key: row}, fresh=fresh, known={f"{s}.{m.name}" for s, m in METHODS})
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +79,9 @@ def test_the_selection_is_not_empty():
 
 
 @pytest.mark.parametrize(("service", "method"), SELECTED, ids=[f"{s}.{m.name}" for s, m in SELECTED])
-async def test_rpc_survives_generated_requests(mesh, fuzz_target, workers, report, service, method, capfd):
+async def test_rpc_survives_generated_requests(mesh, fuzz_target, workers, service, method, capfd):
     credentials, hints = fuzz_target
-    row = STATS[(service, method.name)] = harness.new_row()
+    row = harness.new_row()
     address = mesh.hosts[service].address
     shares = [harness.EXAMPLES // harness.JOBS + (i < harness.EXAMPLES % harness.JOBS) for i in range(harness.JOBS)]
     loop = asyncio.get_running_loop()
@@ -95,6 +97,7 @@ async def test_rpc_survives_generated_requests(mesh, fuzz_target, workers, repor
     row["seconds"] = time.monotonic() - started
     for part, failure in parts:
         harness.merge(row, part)
+    _write_report((service, method.name), row)
     failures = [failure for _, failure in parts if failure]
     assert not failures, "\n".join(failures)
     await asyncio.to_thread(harness.check_health_of, address, service)
