@@ -124,7 +124,9 @@ bench: setup bench-env
 	$(PY) -m pytest -q -m slow
 	@for script in bench/*_bench.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
-# Every RPC of every service with generated requests (tests/fuzz); the table goes to bench/results/fuzz.md.
+# Every RPC of every service with generated requests (tests/fuzz); the table goes to bench/results/fuzz.md
+# (rows merged per RPC: LLMESH_FUZZ_RPCS='cache.*' or LLMESH_FUZZ_SHARD=2/3 runs a part; LLMESH_FUZZ_JOBS
+# worker processes generate the requests, 2 by default).
 fuzz: setup
 	LLMESH_FUZZ_EXAMPLES=$${LLMESH_FUZZ_EXAMPLES:-10000} LLMESH_FUZZ_REPORT=bench/results/fuzz.md $(PY) -m pytest -q tests/fuzz
 

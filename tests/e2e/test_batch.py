@@ -127,6 +127,27 @@ async def test_bad_calls_get_clear_statuses(mesh, batch):
             metadata=bearer(api_key),
         )
     assert window.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "completion_window_s" in window.value.details()
+    # found by the fuzzer: a Timestamp whose nanos are out of range crashed SubmitBatch (INTERNAL)
+    for stamp in (Timestamp(seconds=1, nanos=-1), Timestamp(seconds=1, nanos=10**9), Timestamp(seconds=-(10**12))):
+        with pytest.raises(grpc.aio.AioRpcError) as start:
+            await batch.SubmitBatch(
+                batch_pb2.SubmitBatchRequest(jsonl=batch_file(1, tag="s"), start_after=stamp),
+                metadata=bearer(api_key),
+                timeout=10,
+            )
+        assert start.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "start_after" in start.value.details()
+    # found by the fuzzer: a use case with an empty dot-separated part is no NATS key (INTERNAL before)
+    for use_case, enabled in (("0..0", False), (".a", True), ("a.", True)):
+        with pytest.raises(grpc.aio.AioRpcError) as refresh:
+            await batch.SetCacheRefresh(
+                batch_pb2.SetCacheRefreshRequest(use_case=use_case, enabled=enabled, min_hits=3),
+                metadata=bearer(api_key),
+                timeout=10,
+            )
+        assert refresh.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "use_case" in refresh.value.details()
+    await batch.SetCacheRefresh(
+        batch_pb2.SetCacheRefreshRequest(use_case="support.bot", enabled=False), metadata=bearer(api_key), timeout=10
+    )
 
 
 async def test_a_job_in_its_start_window_waits_and_a_cancelled_job_ends_its_items(mesh, batch):

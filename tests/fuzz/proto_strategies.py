@@ -5,6 +5,8 @@ type, truncation) that no message object can hold."""
 
 from __future__ import annotations
 
+import functools
+
 from google.protobuf import descriptor as d
 from google.protobuf import message_factory
 from hypothesis import strategies as st
@@ -23,16 +25,29 @@ INT_RANGES = {
 }
 AWKWARD_TEXT = ["", " ", "default", "\x00", "a" * 65, "../../etc/passwd", "ünï©ødé ✓", "\u202e\u200b", "🙂" * 10]
 MAX_DEPTH = 3
+LIST_BYTES = 8 * 1024 * 1024
+# Strategies are built once per field, message type and depth, not at every draw: hypothesis
+# validates each new strategy object, which cost most of a request's generation time.
+_COUNTS = st.integers(0, 3)
+_REPEATS = st.one_of(st.integers(0, 4), st.sampled_from([100, 2_000]))
 
 
+def _key(hints) -> tuple:
+    """`hints` as a key of the strategy caches."""
+    return tuple(sorted((name, tuple(values)) for name, values in hints.items())) if hints else ()
+
+
+@functools.cache
 def _huge_text() -> st.SearchStrategy[str]:
     return st.builds(lambda char, n: char * n, st.sampled_from(["x", "é", "🙂", " "]), st.integers(1_000, 300_000))
 
 
+@functools.cache
 def _text() -> st.SearchStrategy[str]:
     return st.one_of(st.sampled_from(AWKWARD_TEXT), st.text(max_size=40), _huge_text())
 
 
+@functools.cache
 def _int(kind: int) -> st.SearchStrategy[int]:
     low, high = INT_RANGES[kind]
     edges = sorted({low, high, 0, 1, -1 if low < 0 else 2, 4096, 4097, 2**31 - 1 if high >= 2**31 - 1 else high})
@@ -40,11 +55,17 @@ def _int(kind: int) -> st.SearchStrategy[int]:
 
 
 def _scalar(field: d.FieldDescriptor, hints=None) -> st.SearchStrategy:
+    return _scalar_of(field, _key(hints))
+
+
+@functools.cache
+def _scalar_of(field: d.FieldDescriptor, hints: tuple) -> st.SearchStrategy:
     t = field.type
     if t == d.FieldDescriptor.TYPE_STRING:
-        if hints and field.name in hints:
+        hinted = dict(hints).get(field.name)
+        if hinted:
             # Half the time a value that passes validation, so the checks behind it are reached too.
-            return st.one_of(st.sampled_from(hints[field.name]), _text())
+            return st.one_of(st.sampled_from(hinted), _text())
         return _text()
     if t == d.FieldDescriptor.TYPE_BYTES:
         return st.one_of(st.binary(max_size=64), st.builds(lambda n: b"\xff" * n, st.integers(1_000, 100_000)))
@@ -67,21 +88,26 @@ def _is_map(field: d.FieldDescriptor) -> bool:
 @st.composite
 def _fill(draw, cls, depth: int, hints):
     message = cls()
-    fields = list(cls.DESCRIPTOR.fields)
-    if not fields:
+    if not cls.DESCRIPTOR.fields:
         return message
     # Most fields most of the time, so valid-looking requests get past the first check too.
-    chosen = draw(st.lists(st.sampled_from(fields), max_size=len(fields) + 2))
+    chosen = draw(_field_lists(cls.DESCRIPTOR))
     for field in chosen:
         _set(draw, message, field, depth, hints)
     return message
+
+
+@functools.cache
+def _field_lists(descriptor: d.Descriptor) -> st.SearchStrategy:
+    fields = list(descriptor.fields)
+    return st.lists(st.sampled_from(fields), max_size=len(fields) + 2)
 
 
 def _set(draw, message, field: d.FieldDescriptor, depth: int, hints) -> None:
     target = getattr(message, field.name)
     if _is_map(field):
         key_field, value_field = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
-        for _ in range(draw(st.integers(0, 3))):
+        for _ in range(draw(_COUNTS)):
             key = draw(_scalar(key_field))
             if value_field.type == d.FieldDescriptor.TYPE_MESSAGE:
                 target[key].CopyFrom(draw(_message(value_field.message_type, depth + 1, hints)))
@@ -93,8 +119,12 @@ def _set(draw, message, field: d.FieldDescriptor, depth: int, hints) -> None:
         if depth >= MAX_DEPTH:
             return
         if repeated:
-            count = draw(st.one_of(st.integers(0, 4), st.sampled_from([100, 2_000])))
+            count = draw(_REPEATS)
             one = draw(_message(field.message_type, depth + 1, hints))
+            if count > 4:
+                # Copies stop at LIST_BYTES: past the servers' 4 MiB limit a longer list tests nothing
+                # more, and 2,000 copies of a list of 2,000 copies of a long text did not fit in memory.
+                count = min(count, 4 + LIST_BYTES // max(1, one.ByteSize()))
             for i in range(count):
                 # Long lists repeat one drawn element: generating thousands is slow and adds nothing.
                 target.add().CopyFrom(one if i >= 4 else draw(_message(field.message_type, depth + 1, hints)))
@@ -108,7 +138,12 @@ def _set(draw, message, field: d.FieldDescriptor, depth: int, hints) -> None:
 
 
 def _message(descriptor: d.Descriptor, depth: int = 0, hints=None):
-    return _fill(message_factory.GetMessageClass(descriptor), depth, hints)
+    return _message_of(descriptor, depth, _key(hints))
+
+
+@functools.cache
+def _message_of(descriptor: d.Descriptor, depth: int, hints: tuple):
+    return _fill(message_factory.GetMessageClass(descriptor), depth, dict(hints) or None)
 
 
 def _varint(n: int) -> bytes:

@@ -115,6 +115,13 @@ class RefreshPlanner:
             self._plans = await js.create_key_value(bucket=PLANS_BUCKET, history=1, ttl=PLANS_TTL_S)
 
     async def set_policy(self, principal: Principal, use_case: str, *, enabled: bool, min_hits: int) -> None:
+        if "" in use_case.split("."):
+            # The policy's key is a NATS subject: "a..b", ".a" or "a." has an empty token, which the
+            # server drops without an answer (the call crashed with INTERNAL; found by make fuzz).
+            raise InvalidArgument(
+                f"use_case {use_case[:80]!r} cannot have a cache-refresh policy: dots must separate non-empty parts",
+                field="use_case",
+            )
         key = f"policy.{principal.tenant_id}.{use_case}"
         if enabled:
             await self._policies.put(key, RefreshPolicy(principal, use_case, min_hits).to_json())

@@ -84,7 +84,10 @@ class BatchServicer(batch_pb2_grpc.BatchServiceServicer):
             )
         start_after = 0.0
         if request.HasField("start_after"):
-            start_after = request.start_after.ToNanoseconds() / 1e9
+            try:
+                start_after = request.start_after.ToNanoseconds() / 1e9
+            except ValueError as exc:  # nanos outside [0, 1e9) or a time outside years 1-9999
+                raise InvalidArgument(f"start_after is not a valid timestamp ({exc})", field="start_after") from None
             if start_after > time.time() + 30 * 24 * 3600:
                 raise InvalidArgument("start_after must be within 30 days", field="start_after")
         items = parse_jsonl(request.jsonl, use_case)
