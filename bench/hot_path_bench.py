@@ -49,9 +49,7 @@ import multiprocessing
 import os
 import pathlib
 import platform
-import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,7 +62,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from litellm_baseline import FAKE_MODEL, FakeUpstream, LiteLLMProxy  # noqa: E402
-from llmesh.kit.testing import ensure_identity, identity_env  # noqa: E402
+from llmesh.kit.testing import ensure_identity  # noqa: E402
+from service_processes import ServiceProcesses  # noqa: E402
 
 PROMPT = "What is the capital of France?"
 FAKE_INFERENCE_MODEL = "tiny-1"  # services/router/tests/fakes.py: the catalog's tier 1-2 model
@@ -112,104 +111,41 @@ async def _serve_inference(ready: pathlib.Path) -> None:
         await stop.wait()
 
 
-class Mesh:
+class Mesh(ServiceProcesses):
     """nats-server, tenancy, classifier, cache, the fake inference and the router as processes."""
 
     def __init__(self, home: pathlib.Path, *, second_router_env: dict[str, str] | None = None):
-        self.home = home
+        super().__init__(home)
         # another router on the same services (e.g. older code), for an interleaved A/B
         self.second_router_env = second_router_env
-        self.admin_token = secrets.token_urlsafe(24)
-        # The services' keys, and this process's operator credential for its own calls.
-        self.identity_dir = ensure_identity()
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.addresses: dict[str, str] = {}
         self.nats = None
-
-    def _spawn(self, name: str, argv: list[str], extra: dict[str, str]) -> pathlib.Path:
-        ready = self.home / f"{name}.ready.json"
-        env = {
-            **os.environ,
-            "LLMESH_HOME": str(self.home),
-            "LLMESH_NATS_URL": self.nats.url,
-            "LLMESH_ADMIN_TOKEN": self.admin_token,
-            "LLMESH_PORT": "0",
-            "LLMESH_METRICS_PORT": "0",
-            "LLMESH_READY_FILE": str(ready),
-            # Each process is the service it stands for (docs/adr/0023; router-b is a router).
-            **identity_env(self.identity_dir, "inference" if name == "inference" else name.split("-")[0]),
-            **extra,
-        }
-        with open(self.home / f"{name}.log", "wb") as log:
-            self.processes[name] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-        return ready
-
-    def _wait(self, name: str, ready: pathlib.Path, timeout_s: float = 300) -> None:
-        deadline = time.monotonic() + timeout_s
-        process = self.processes[name]
-        while not ready.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = (self.home / f"{name}.log").read_text()[-3000:]
-                raise RuntimeError(f"{name} did not get ready (exit {process.poll()}):\n{tail}")
-            time.sleep(0.1)
-        self.addresses[name] = f"127.0.0.1:{json.loads(ready.read_text())['port']}"
 
     def __enter__(self) -> Mesh:
         from llmesh.kit.nats_server import NatsServerProcess
 
         self.nats = NatsServerProcess(str(self.home / "nats")).start()
+        self.nats_url = self.nats.url
         try:
-            waiting = {
-                name: self._spawn(name, [sys.executable, "-m", f"llmesh.services.{name}"], {})
-                for name in ("tenancy", "classifier", "cache")
-            }
-            waiting["inference"] = self._spawn("inference", [sys.executable, __file__, "serve-inference"], {})
+            waiting = {name: self.spawn(name, {}) for name in ("tenancy", "classifier", "cache")}
+            waiting["inference"] = self.spawn("inference", {}, [sys.executable, __file__, "serve-inference"])
             for name, ready in waiting.items():
-                if name == "inference":
-                    continue
-                self._wait(name, ready)
-            self._wait("inference", self.home / "inference.ready.json")
+                self.wait(name, ready)
             upstreams = {f"LLMESH_{n.upper()}_ADDR": self.addresses[n] for n in waiting}
-            router = [sys.executable, "-m", "llmesh.services.router"]
-            self._wait("router", self._spawn("router", router, upstreams))
+            self.wait("router", self.spawn("router", upstreams))
             if self.second_router_env is not None:
-                self._wait("router-b", self._spawn("router-b", router, {**upstreams, **self.second_router_env}))
+                self.wait("router-b", self.spawn("router-b", {**upstreams, **self.second_router_env}))
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        for process in reversed(list(self.processes.values())):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        self.stop_all()
         if self.nats is not None:
             self.nats.stop()
 
     def new_api_key(self) -> str:
-        import grpc
-        from llmesh.common.v1 import common_pb2
-        from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
-
-        admin = [("authorization", f"Bearer {self.admin_token}")]
-        with grpc.insecure_channel(self.addresses["tenancy"]) as channel:
-            stub = tenancy_pb2_grpc.TenancyServiceStub(channel)
-            tenant = stub.CreateTenant(
-                tenancy_pb2.CreateTenantRequest(
-                    name=f"hot-path-{os.getpid()}", business_unit="bench", clearance=common_pb2.SENSITIVITY_CONFIDENTIAL
-                ),
-                metadata=admin,
-                timeout=30,
-            ).tenant
-            return stub.CreateApiKey(
-                tenancy_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id, label="bench"), metadata=admin, timeout=30
-            ).api_key
+        return super().new_api_key("hot-path")
 
 
 # -- clients (processes of their own) -------------------------------------------------------------

@@ -35,8 +35,6 @@ import json
 import os
 import pathlib
 import platform
-import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,12 +47,14 @@ from llmesh.common.v1 import common_pb2
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.nats_server import NatsServerProcess
 from llmesh.kit.streams import BREAKER_SUBJECT_PREFIX
-from llmesh.kit.testing import ensure_identity, identity_env
 from llmesh.launcher.triton import DEFAULT_REPOSITORY, TritonServerProcess
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
-from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from service_processes import ServiceProcesses  # noqa: E402
+
 DEV_CATALOG = ROOT / "deploy" / "catalog" / "dev.json"
 SERVICES = ("tenancy", "classifier", "cache", "inference")
 WORDS = (
@@ -85,54 +85,20 @@ def catalog(triton_address: str) -> dict:
     return doc
 
 
-class Mesh:
+class Mesh(ServiceProcesses):
     """nats-server, tritonserver and the five services, each a process of its own."""
 
     def __init__(self, home: pathlib.Path, gguf: str, routers: int = 1):
-        self.home = home
+        super().__init__(home, poll_s=0.2)
         self.routers = ["router", "router-b"][:routers]
         self.gguf = gguf
-        self.admin_token = secrets.token_urlsafe(24)
-        self.identity_dir = ensure_identity()
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.addresses: dict[str, str] = {}
         self.nats: NatsServerProcess | None = None
         self.triton: TritonServerProcess | None = None
         self.catalog: dict = {}
 
-    def _spawn(self, name: str, extra: dict[str, str]) -> pathlib.Path:
-        service = name.split("-")[0]  # router-b is a router
-        ready = self.home / f"{name}.ready.json"
-        env = {
-            **os.environ,
-            "LLMESH_HOME": str(self.home),
-            "LLMESH_NATS_URL": self.nats.url,
-            "LLMESH_ADMIN_TOKEN": self.admin_token,
-            "LLMESH_PORT": "0",
-            "LLMESH_METRICS_PORT": "0",
-            "LLMESH_READY_FILE": str(ready),
-            "OMP_NUM_THREADS": "1",
-            **identity_env(self.identity_dir, service),
-            **extra,
-        }
-        with open(self.home / f"{name}.log", "wb") as log:
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", f"llmesh.services.{service}"], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        return ready
-
-    def _wait(self, name: str, ready: pathlib.Path, timeout_s: float = 300) -> None:
-        deadline = time.monotonic() + timeout_s
-        process = self.processes[name]
-        while not ready.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = (self.home / f"{name}.log").read_text()[-3000:]
-                raise RuntimeError(f"{name} did not get ready (exit {process.poll()}):\n{tail}")
-            time.sleep(0.2)
-        self.addresses[name] = f"127.0.0.1:{json.loads(ready.read_text())['port']}"
-
     def __enter__(self) -> Mesh:
         self.nats = NatsServerProcess(str(self.home / "nats")).start()
+        self.nats_url = self.nats.url
         try:
             self.triton = TritonServerProcess(
                 DEFAULT_REPOSITORY, extra_env={"LLMESH_TRITON_GGUF": self.gguf}, log_path=str(self.home / "triton.log")
@@ -141,46 +107,26 @@ class Mesh:
             catalog_path = self.home / "catalog.json"
             catalog_path.write_text(json.dumps(self.catalog))
             extra = {"inference": {"LLMESH_INFERENCE_CATALOG": str(catalog_path)}}
-            waiting = {name: self._spawn(name, extra.get(name, {})) for name in SERVICES}
+            waiting = {name: self.spawn(name, extra.get(name, {})) for name in SERVICES}
             for name, ready in waiting.items():
-                self._wait(name, ready)
+                self.wait(name, ready)
             upstreams = {f"LLMESH_{n.upper()}_ADDR": self.addresses[n] for n in SERVICES}
             for name in self.routers:  # replicas on the same services and NATS
-                self._wait(name, self._spawn(name, upstreams))
+                self.wait(name, self.spawn(name, upstreams))
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        for process in reversed(list(self.processes.values())):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        self.stop_all(grace_s=20)
         if self.triton is not None:
             self.triton.stop()
         if self.nats is not None:
             self.nats.stop()
 
     def new_api_key(self) -> str:
-        admin = [("authorization", f"Bearer {self.admin_token}")]
-        with grpc.insecure_channel(self.addresses["tenancy"]) as channel:
-            stub = tenancy_pb2_grpc.TenancyServiceStub(channel)
-            tenant = stub.CreateTenant(
-                tenancy_pb2.CreateTenantRequest(
-                    name=f"failover-{os.getpid()}", business_unit="bench", clearance=common_pb2.SENSITIVITY_CONFIDENTIAL
-                ),
-                metadata=admin,
-                timeout=30,
-            ).tenant
-            return stub.CreateApiKey(
-                tenancy_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id, label="bench"), metadata=admin, timeout=30
-            ).api_key
+        return super().new_api_key("failover")
 
 
 @dataclasses.dataclass
