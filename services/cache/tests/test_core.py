@@ -137,6 +137,24 @@ async def test_gray_zone_miss_is_recorded_and_answers_nothing():
     assert total.gray_zone == 1 and total.misses == 1 and total.gray_zone_rate == 1.0
 
 
+async def test_an_exact_only_miss_a_full_lookup_follows_is_counted_once():
+    """The router's speculative dispatch looks up the exact layer alone, then the full cache on
+    its miss: one request, one lookup in the analytics."""
+    cache, _, _ = make()
+    await cache.store(StoreCommand(key(QUESTION), answer()))
+    fresh = key("what is the capital of france")
+    first = await cache.lookup(LookupQuery(fresh, exact_only=True, lookup_follows=True))
+    assert first.outcome is Outcome.MISS
+    assert (await cache.lookup(LookupQuery(fresh))).outcome is Outcome.MISS
+    hit = await cache.lookup(LookupQuery(key(QUESTION), exact_only=True, lookup_follows=True))
+    assert hit.outcome is Outcome.EXACT_HIT  # a hit ends the request: counted here
+    _, total = cache.analytics.report()
+    assert total.lookups == 2 and total.misses == 1 and total.exact_hits == 1
+    # Without lookup_follows an exact-only miss is a request's whole lookup, and counted.
+    await cache.lookup(LookupQuery(fresh, exact_only=True))
+    assert cache.analytics.report()[1].misses == 2
+
+
 async def test_semantic_policy_off_and_semantic_failure_fall_back_to_exact():
     cache, _, index = make({"quiet": CachePolicy(semantic=False)})
     await cache.store(StoreCommand(key(QUESTION, tenant="quiet"), answer()))

@@ -100,6 +100,7 @@ def lookup_from(request: cache_pb2.LookupRequest) -> LookupQuery:
         exact_only=request.exact_only,
         business_unit=_label(request.business_unit, "business_unit"),
         restricted=restricted,
+        lookup_follows=request.exact_only and request.lookup_follows,
     )
 
 

@@ -40,6 +40,8 @@ class LookupQuery:
     exact_only: bool = False
     business_unit: str = ""
     restricted: bool = False
+    # with exact_only: a full lookup follows a miss and counts the request (not this one)
+    lookup_follows: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,15 +131,19 @@ class Cache:
         key = query.key
         scope = Scope(key.tenant_id, query.business_unit, key.use_case)
         policy = self.policy(key.tenant_id, key.use_case)
+        # A miss the caller follows with a full lookup is counted by that one.
+        counted = not (query.exact_only and query.lookup_follows)
         if query.restricted and not policy.allow_restricted:
-            self.analytics.record_lookup(scope, Outcome.UNCACHEABLE)
+            if counted:
+                self.analytics.record_lookup(scope, Outcome.UNCACHEABLE)
             return LookupResult(Outcome.UNCACHEABLE)
         now = self._clock()
         entry = await self.exact.get(key.tenant_id, exact_key(key), now)
         if entry is not None and tier_suffices(entry.answer.tier, query.tier):
             return self._hit(scope, Outcome.EXACT_HIT, entry)
         if self.semantic is None or query.exact_only or not policy.semantic:
-            self.analytics.record_lookup(scope, Outcome.MISS)
+            if counted:
+                self.analytics.record_lookup(scope, Outcome.MISS)
             return LookupResult(Outcome.MISS)
 
         self._apply_target(key.tenant_id, key.use_case, policy)

@@ -208,7 +208,11 @@ def cache_key_to_proto(key: CacheKey) -> cache_pb2.CacheKey:
 
 
 def lookup_request_to_proto(key: CacheKey, *, business_unit: str, exact_only: bool = False) -> cache_pb2.LookupRequest:
-    return cache_pb2.LookupRequest(key=cache_key_to_proto(key), business_unit=business_unit, exact_only=exact_only)
+    # The router's exact-only lookup is always followed by a full one on a miss (speculation,
+    # docs/adr/0029): that one counts the request in the cache's analytics.
+    return cache_pb2.LookupRequest(
+        key=cache_key_to_proto(key), business_unit=business_unit, exact_only=exact_only, lookup_follows=exact_only
+    )
 
 
 def cached_answer_from_proto(response: cache_pb2.LookupResponse) -> CachedAnswer | None:

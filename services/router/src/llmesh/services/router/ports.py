@@ -34,7 +34,8 @@ class Cache(Protocol):
     async def lookup(
         self, key: CacheKey, *, business_unit: str, timeout_s: float, exact_only: bool = False
     ) -> CachedAnswer | None:
-        """A cached answer for the request; `exact_only`: the exact layer alone (no embedding)."""
+        """A cached answer for the request; `exact_only`: the exact layer alone (no embedding), and
+        a miss is followed by a full lookup, which the cache counts instead."""
 
     async def store(
         self, key: CacheKey, answer: AnswerToStore, *, business_unit: str, sensitivity: Sensitivity, timeout_s: float
