@@ -35,7 +35,6 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +46,7 @@ from llmesh.common.v1 import common_pb2
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.nats_server import NatsServerProcess
 from llmesh.kit.streams import BREAKER_SUBJECT_PREFIX
+from llmesh.launcher.backends import model_path
 from llmesh.launcher.triton import DEFAULT_REPOSITORY, TritonServerProcess
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 
@@ -61,17 +61,6 @@ WORDS = (
     "river glacier violin ledger orbit falcon tundra opera quartz harvest lantern nebula copper sonnet "
     "basalt turbine walrus citrus meadow cathedral monsoon pottery lobster saffron"
 ).split()
-
-
-def gguf_path() -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "llmesh.services.inference.model_files"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).stdout.strip()
-    return out.splitlines()[-1].strip()
 
 
 def catalog(triton_address: str) -> dict:
@@ -215,7 +204,7 @@ async def run(args) -> str:
     with tempfile.TemporaryDirectory(prefix="llmesh-failover-") as tmp:
         home = pathlib.Path(tmp)
         setup_started = time.monotonic()
-        with Mesh(home, gguf_path(), args.routers) as mesh:
+        with Mesh(home, model_path(), args.routers) as mesh:
             setup_s = time.monotonic() - setup_started
             api_key = mesh.new_api_key()
             triton_model = next(m["name"] for m in mesh.catalog["models"] if m["backend"] == "triton")

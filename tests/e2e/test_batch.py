@@ -18,27 +18,10 @@ from llmesh.kit.client import open_channel
 from llmesh.kit.testing import assert_eventually, unique
 from llmesh.router.v1 import batch_pb2, batch_pb2_grpc
 
+from bench.mesh_load import batch_file
 from tests.e2e.conftest import bearer
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def batch_file(n: int, *, tag: str, max_tokens: int = 4) -> bytes:
-    lines = [
-        {
-            "custom_id": f"item-{i}",
-            "method": "POST",
-            "url": "/v1/chat/completions",
-            "body": {
-                "model": "auto",
-                "messages": [{"role": "user", "content": f"Say the number {i} ({tag})."}],
-                "max_tokens": max_tokens,
-                "temperature": 0,
-            },
-        }
-        for i in range(n)
-    ]
-    return "\n".join(json.dumps(line) for line in lines).encode()
 
 
 @pytest.fixture
