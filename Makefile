@@ -8,12 +8,17 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 MANIFESTS := uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml tools/*/pyproject.toml)
-STAMP := $(VENV)/.setup-$(shell cat $(MANIFESTS) | sha1sum | cut -c1-12)
+# llama.cpp's CPU kernels, as in the inference image (services/inference/Dockerfile): x86-64-v3, never
+# the build machine's own CPU, whose AMX kernels crash on Sapphire Rapids machines (docs/adr/0036).
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
+BUILD_KEY := $(shell (cat $(MANIFESTS); echo '$(LLAMA_CMAKE_ARGS)') | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.setup-$(BUILD_KEY)
 TRITON_VENV := .venv-triton
 TRITON_REQUIREMENTS := deploy/triton/cpu/requirements.txt
 LLAMA_CPP_VERSION := $(shell sed -n 's/^llama-cpp-python==//p' $(TRITON_REQUIREMENTS))
-WHEELHOUSE := $(HOME)/.cache/llmesh/wheels
-TRITON_STAMP := $(TRITON_VENV)/.ready
+LLAMA_KEY := $(shell echo '$(LLAMA_CMAKE_ARGS)' | sha1sum | cut -c1-8)
+WHEELHOUSE := $(HOME)/.cache/llmesh/wheels/$(LLAMA_KEY)
+TRITON_STAMP := $(TRITON_VENV)/.ready-$(LLAMA_KEY)
 TS_DIR := clients/typescript
 TS_STAMP := $(TS_DIR)/node_modules/.llmesh-ready
 BENCH_VENV := .venv-bench
@@ -65,14 +70,17 @@ $(TRITON_STAMP): $(TRITON_REQUIREMENTS) | $(UV)
 	rm -rf $(TRITON_VENV)
 	$(UV) venv -q --python $(PYTHON) $(TRITON_VENV)
 	@# llama-cpp-python compiles from source; uv does not reuse that build outside a lock, so the
-	@# wheel is built once per machine into a wheelhouse outside the checkout and installed from there.
+	@# wheel is built once per machine and build flags into a wheelhouse outside the checkout and
+	@# installed from there (pip's own cache is bypassed: it keys built wheels by version only).
 	@ls $(WHEELHOUSE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
-		.tools/bin/pip wheel -q --no-deps -w $(WHEELHOUSE) 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" .tools/bin/pip wheel -q --no-deps --no-cache-dir -w $(WHEELHOUSE) \
+			'llama-cpp-python==$(LLAMA_CPP_VERSION)'
 	$(UV) pip install -q --python $(TRITON_VENV)/bin/python --find-links $(WHEELHOUSE) -r $(TRITON_REQUIREMENTS)
 	@site=$$($(TRITON_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
 	pyver=$$($(TRITON_VENV)/bin/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'); \
 	mkdir -p $(TRITON_VENV)/backends && cp -r $$site/pytriton/tritonserver/backends/python $(TRITON_VENV)/backends/ && \
 	cp $$site/pytriton/tritonserver/python_backend_stubs/$$pyver/triton_python_backend_stub $(TRITON_VENV)/backends/python/
+	$(TRITON_VENV)/bin/python scripts/llama_build.py
 	@touch $@
 
 $(UV):
@@ -85,7 +93,11 @@ $(STAMP): $(MANIFESTS) | $(UV)
 	@# Tenancy's tests start their own PostgreSQL from these binaries (initdb, pg_ctl).
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql-15; }
-	$(UV) sync --frozen --python $(PYTHON)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(UV) sync --frozen --python $(PYTHON)
+	@# uv reuses a llama.cpp wheel from its cache whatever CMAKE_ARGS say: a native one is rebuilt.
+	@$(PY) scripts/llama_build.py || { $(UV) cache clean llama-cpp-python && \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(UV) sync --frozen --python $(PYTHON) --reinstall-package llama-cpp-python && \
+		$(PY) scripts/llama_build.py; }
 	$(PY) -m llmesh.services.inference.model_files
 	$(PY) -m llmesh.services.cache.semantic.onnx_model
 	@rm -f $(VENV)/.setup-* && touch $@
