@@ -8,12 +8,12 @@ Batching, an option (docs/adr/0035): events put with `batched=True` wait per sub
 `max_records` of them are there or the first one waited `linger_s`, then leave as one message
 (`pack` of them) whose Nats-Msg-Id derives from theirs. A batch, once formed, never changes: a
 failed publish is retried with the same id and the same events, so a batch the stream stored
-without confirming it is dropped as a repeat, never stored again with other contents. Consumers
-must still key each event by its own id (a crash can resend nothing, but two routers never share
-ids; the ledger's primary key covers the rest).
+without confirming it is dropped as a repeat, never stored again with other contents. A consumer
+still keys each event by its own id (the usage ledger by request id), as it does without batches.
 
 For events that must survive a crash of the publisher, keep the outbox in the database instead
-(tenancy's key revocations, docs/adr/0007); these are lost with the process, counted as pending."""
+(tenancy's key revocations, docs/adr/0007); these are lost with the process (open batches
+included), counted as pending."""
 
 from __future__ import annotations
 
