@@ -311,7 +311,9 @@ export const BreakerStateChanged_StateSchema: GenEnum<BreakerStateChanged_State>
 
 /**
  * One request's usage and cost. Published by the router on llmesh.usage.<tenant_id> (stream
- * LLMESH_USAGE, message id = request_id, so a repeat is dropped); tenancy writes it to the ledger.
+ * LLMESH_USAGE) in a UsageRecordedBatch with other records of its tenant, or alone by a router
+ * with batching off (message id = request_id, so a repeat is dropped); tenancy writes it to the
+ * ledger once per request_id.
  *
  * @generated from message llmesh.events.v1.UsageRecorded
  */
