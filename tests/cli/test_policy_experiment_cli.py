@@ -1,6 +1,6 @@
 """`llmesh policy experiment report|promote|rollback` against the session's real nats-server: the
-report reads UsageRecorded events from the LLMESH_USAGE stream (published here as the router
-publishes them) and ratings from a classifier feedback store; promote and rollback rewrite the
+report reads UsageRecorded events from the LLMESH_USAGE stream (published here as routers
+publish them: in batches, and one by one as routers before batching did) and ratings from a classifier feedback store; promote and rollback rewrite the
 document that holds the experiment."""
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from llmesh.cli.experiment import rate_interval, summarize
 from llmesh.cli.main import main
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.bus import Bus
+from llmesh.kit.outbox import Batching, Outbox
 from llmesh.kit.policy import POLICY_HISTORY
 from llmesh.kit.streams import DAY_S, StreamSpec
+from llmesh.kit.tasks import BackgroundTasks
 from llmesh.kit.testing import unique
+from llmesh.kit.usage import pack_usage
 from llmesh.services.classifier.feedback import ClassificationRecord, FeedbackStore
 
 pytestmark = pytest.mark.timeout(60)
@@ -71,6 +74,9 @@ async def test_report_compares_the_variants_and_promote_writes_the_winner(capsys
     assert code == 0, err
 
     await bus.ensure_stream(USAGE)
+    # Two thirds in batches (a router with the usage outbox batching), the rest one by one (an older one).
+    tasks = BackgroundTasks("test")
+    outbox = Outbox(bus, tasks.spawn, name=unique("outbox"), batching=Batching(pack_usage, max_records=16))
     for i in range(60):
         cheap = i % 2 == 1
         event = events_pb2.UsageRecorded(
@@ -82,7 +88,9 @@ async def test_report_compares_the_variants_and_promote_writes_the_winner(capsys
             escalated=cheap and i % 3 == 0,
         )
         event.occurred_at.GetCurrentTime()
-        await bus.publish(f"llmesh.usage.{tenant}", event, msg_id=f"{tenant}-{i}")
+        outbox.put(f"llmesh.usage.{tenant}", event, msg_id=f"{tenant}-{i}", batched=i < 40)
+    assert await outbox.flush(10.0)
+    await tasks.stop()
 
     db = tmp_path / "feedback.sqlite3"
     store = FeedbackStore(db)

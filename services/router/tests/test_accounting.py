@@ -14,9 +14,11 @@ from llmesh.events.v1 import events_pb2
 from llmesh.kit.bus import Bus
 from llmesh.kit.chat import Message, Sampling
 from llmesh.kit.client import open_channel
+from llmesh.kit.outbox import batch_msg_id
 from llmesh.kit.quota import counter_for
 from llmesh.kit.streams import TENANCY, USAGE, budget_alert_subject, usage_subject
 from llmesh.kit.testing import RedisServer, assert_eventually, free_port, hosted, unique
+from llmesh.kit.usage import pack_usage, usage_records
 from llmesh.kit.vocabulary import Principal, Sensitivity
 from llmesh.router.v1 import router_pb2
 from llmesh.services.router.app import RouterApp
@@ -58,8 +60,8 @@ async def applied(apps, tenant: str, check) -> None:
 
 
 async def collect(nats_url: str, stream, subject: str, decode, *, count: int, settle_s: float = 0.5) -> list:
-    """Every message on `subject` of `stream` (from the start): waits for `count`, then a little
-    longer to see that no more arrive."""
+    """Every item on `subject` of `stream` (from the start; `decode(data, headers)` gives the items
+    of one message): waits for `count`, then a little longer to see that no more arrive."""
     bus = await Bus.connect(nats_url, unique("reader"))
     try:
         sub = await bus.js.subscribe(
@@ -76,7 +78,7 @@ async def collect(nats_url: str, stream, subject: str, decode, *, count: int, se
                     msg = await sub.next_msg(timeout=0.2)
                 except Exception:
                     break
-                got.append(decode(msg.data))
+                got.extend(decode(msg.data, msg.headers))
             return len(got) >= count
 
         await assert_eventually(enough, timeout_s=10, message=f"{count} messages on {subject}")
@@ -173,7 +175,13 @@ async def test_budget_alerts_go_out_once_per_crossing(replicas, nats_url):
     # 14 tokens each: 14 (47 %), 28 (93 %: 50 and 80), 42 (140 %: 100), 56 (nothing new).
     for i in range(4):
         await clients[i % 2].generate(api_key, "hi", max_tokens=10, **BYPASS)
-    alerts = await collect(nats_url, TENANCY, budget_alert_subject(tenant), events_pb2.BudgetAlert.FromString, count=3)
+    alerts = await collect(
+        nats_url,
+        TENANCY,
+        budget_alert_subject(tenant),
+        lambda data, _: [events_pb2.BudgetAlert.FromString(data)],
+        count=3,
+    )
     alerts.sort(key=lambda a: a.threshold_percent)  # 50 and 80 go out together, in either order
     assert [a.threshold_percent for a in alerts] == [50, 80, 100]
     assert {(a.budget, a.scope, a.scope_value, a.unit, a.period, a.hard) for a in alerts} == {
@@ -190,7 +198,7 @@ async def test_every_request_publishes_one_usage_record(replicas, nats_url):
     _, hit = await clients[1].generate(api_key, "record me", max_tokens=10, request_id=hit_id)
     with pytest.raises(grpc.aio.AioRpcError):
         await clients[0].generate(api_key, "fail [unavailable]", request_id=error_id)
-    records = await collect(nats_url, USAGE, usage_subject(tenant), events_pb2.UsageRecorded.FromString, count=2)
+    records = await collect(nats_url, USAGE, usage_subject(tenant), usage_records, count=2)
     by_id = {r.request_id: r for r in records}
     assert set(by_id) == {miss_id, hit_id}, "one record per answered request; none for a failure before tokens"
     m, h = by_id[miss_id], by_id[hit_id]
@@ -200,10 +208,11 @@ async def test_every_request_publishes_one_usage_record(replicas, nats_url):
     assert m.cost_usd == pytest.approx(miss.cost_usd) and m.cost_avoided_usd == 0
     assert (h.cache_outcome, h.cost_usd) == ("exact_hit", 0.0)
     assert h.cost_avoided_usd == pytest.approx(miss.cost_usd)
-    # The request id is the message id: a repeated publish is dropped by the stream.
+    # Replica 0's batch held the miss's record alone (the failure has none): its message id derives
+    # from the request id, so a republished batch is dropped by the stream.
     bus = await Bus.connect(nats_url, unique("dup"))
     try:
-        ack = await bus.publish(usage_subject(tenant), m, msg_id=m.request_id)
+        ack = await bus.publish(usage_subject(tenant), pack_usage([m]), msg_id=batch_msg_id([m.request_id]))
     finally:
         await bus.close()
     assert ack.duplicate
@@ -228,7 +237,7 @@ async def test_a_client_leaving_mid_stream_releases_the_hold_and_bills_what_stre
         return balance.reserved == 0 and balance.spent == prompt_bound + 1  # the prompt's bound and one delta
 
     await assert_eventually(settled, message="the hold was released and the streamed part billed")
-    [record] = await collect(nats_url, USAGE, usage_subject(tenant), events_pb2.UsageRecorded.FromString, count=1)
+    [record] = await collect(nats_url, USAGE, usage_subject(tenant), usage_records, count=1)
     assert (record.request_id, record.error_code) == (rid, "CANCELLED")
     assert (record.usage.prompt_tokens, record.usage.completion_tokens) == (prompt_bound, 1)
     assert record.cost_usd == pytest.approx((prompt_bound * 1.0 + 1 * 2.0) / 1000)

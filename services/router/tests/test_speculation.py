@@ -10,10 +10,10 @@ import time
 import pytest
 from llmesh.cache.v1 import cache_pb2
 from llmesh.common.v1 import common_pb2
-from llmesh.events.v1 import events_pb2
 from llmesh.kit.quota import counter_for
 from llmesh.kit.streams import USAGE, usage_subject
 from llmesh.kit.testing import assert_eventually, unique
+from llmesh.kit.usage import usage_records
 from llmesh.router.v1 import router_pb2
 from llmesh.services.router import metrics
 from llmesh.services.router.domain import CachedAnswer, ModelInfo, Usage
@@ -138,7 +138,7 @@ async def test_a_semantic_hit_before_the_first_token_cancels_the_attempt_and_is_
     assert outcome_count("lost") == lost + 1
 
     # Billed once, as a hit: one usage record that costs nothing, and no budget held or spent.
-    records = await collect(nats_url, USAGE, usage_subject(tenant), events_pb2.UsageRecorded.FromString, count=1)
+    records = await collect(nats_url, USAGE, usage_subject(tenant), usage_records, count=1)
     assert [(r.request_id, r.cache_outcome, r.cost_usd) for r in records] == [(rid, "semantic_hit", 0.0)]
     assert records[0].cost_avoided_usd == pytest.approx(0.25)
     budget = app.accounting.policy(tenant, "default").budgets[0]

@@ -1,5 +1,6 @@
-"""The usage ledger on both stores: written once per request id, grouped reports, forecast, and
-the service consuming LLMESH_USAGE across a restart without losing or doubling an entry."""
+"""The usage ledger on both stores: written once per request id (alone or in batches), grouped
+reports, forecast, and the service consuming LLMESH_USAGE across a restart without losing or
+doubling an entry."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import pytest
 from google.protobuf import timestamp_pb2
 from llmesh.common.v1 import common_pb2
 from llmesh.events.v1 import events_pb2
+from llmesh.kit.bus import TYPE_HEADER
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.streams import USAGE, usage_subject
 from llmesh.kit.testing import assert_eventually, ensure_identity, identity_env, unique
+from llmesh.kit.usage import BATCH_TYPE, pack_usage
 from llmesh.services.tenancy.ledger import DAY_US, Ledger, UsageEntry, forecast, month_start_us
 from llmesh.services.tenancy.repository import Repository, now_us
 from llmesh.tenancy.v1 import tenancy_pb2 as pb
@@ -101,6 +104,38 @@ async def test_an_unreadable_usage_message_is_dropped_and_a_good_one_written(led
     await ledger.record_message(_usage_event("good", tenant, "chat").SerializeToString())
     report = await ledger.report(["tier"], since_us=None, until_us=None, tenant_id=tenant)
     assert report.totals.requests == 1 and report.rows[0].group == {"tier": "2"}
+
+
+def _batch(*records: events_pb2.UsageRecorded) -> tuple[bytes, dict[str, str]]:
+    """A router's batch as it arrives: data and headers."""
+    return pack_usage(records).SerializeToString(), {TYPE_HEADER: BATCH_TYPE}
+
+
+async def test_a_batch_is_written_once_per_request_id_also_when_redelivered_or_overlapping(ledger):
+    tenant = unique("t")
+    await ledger.record_message(_usage_event("single", tenant, "chat").SerializeToString())  # an older router
+    data, headers = _batch(
+        _usage_event("single", tenant, "chat"),  # also sent alone before (another router's retry)
+        _usage_event("b1", tenant, "chat"),
+        _usage_event("b2", tenant, "search"),
+        events_pb2.UsageRecorded(tenant_id=tenant),  # no request id: dropped alone
+        _usage_event("b1", tenant, "chat"),  # twice in the batch
+    )
+    await ledger.record_message(data, headers)
+    await ledger.record_message(data, headers)  # redelivered
+    await ledger.record_message(_usage_event("b2", tenant, "search").SerializeToString())  # a single after it
+    report = await ledger.report(["use_case"], since_us=None, until_us=None, tenant_id=tenant)
+    assert report.totals.requests == 3 and report.totals.cost_usd == pytest.approx(0.75)
+    assert {r.group["use_case"]: r.requests for r in report.rows} == {"chat": 2, "search": 1}
+
+
+async def test_a_batch_longer_than_one_statement_is_written_whole(ledger):
+    tenant = unique("t")
+    entries = [_entry(f"r{i}", tenant, cost=0.5) for i in range(600)]
+    assert await ledger.record_many(entries[:10]) == {f"r{i}" for i in range(10)}
+    assert await ledger.record_many(entries) == {f"r{i}" for i in range(10, 600)}, "the ten written before are skipped"
+    report = await ledger.report([], since_us=None, until_us=None, tenant_id=tenant)
+    assert report.totals.requests == 600 and report.totals.cost_usd == pytest.approx(300.0)
 
 
 async def test_bad_report_arguments_are_refused(ledger):
@@ -219,6 +254,33 @@ async def test_two_replicas_share_the_consumer_and_write_each_entry_once(store_u
             await assert_eventually(all_there, timeout_s=30, message=f"{total} ledger rows")
             report = await first.UsageReport(pb.UsageReportRequest(tenant_id=tenant), metadata=admin)
             assert report.totals.requests == total and report.totals.cost_usd == pytest.approx(0.25 * total)
+    finally:
+        await nc.close()
+
+
+async def test_the_service_writes_batches_and_single_records_from_the_stream(store_url, nats_url, admin_token, admin):
+    """Routers with batching and without (a rolling upgrade) feed the same ledger."""
+    tenant = unique("tb").replace(".", "-")
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        async with tenancy_client(store_url, nats_url, admin_token) as (_, stub):
+            for n in range(3):
+                data, headers = _batch(*(_usage_event(f"{tenant}-b{n}-{i}", tenant, "chat") for i in range(10)))
+                await js.publish(usage_subject(tenant), data, headers={**headers, "Nats-Msg-Id": f"{tenant}-b{n}"})
+            for i in range(5):
+                event = _usage_event(f"{tenant}-s{i}", tenant, "search")
+                await js.publish(
+                    usage_subject(tenant), event.SerializeToString(), headers={"Nats-Msg-Id": event.request_id}
+                )
+
+            async def all_there() -> bool:
+                report = await stub.UsageReport(
+                    pb.UsageReportRequest(tenant_id=tenant, group_by=["use_case"]), metadata=admin
+                )
+                return {r.group["use_case"]: r.requests for r in report.rows} == {"chat": 30, "search": 5}
+
+            await assert_eventually(all_there, timeout_s=30, message="30 batched and 5 single ledger rows")
     finally:
         await nc.close()
 

@@ -8,7 +8,7 @@ import asyncio
 import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import nats
 from google.protobuf.message import Message
@@ -30,6 +30,12 @@ class NotConfirmed(Unavailable):
 
 
 Handler = Callable[[bytes], Awaitable[None]]
+# A handler that also reads the message's headers (e.g. TYPE_HEADER).
+HeadersHandler = Callable[[bytes, Mapping[str, str]], Awaitable[None]]
+
+# Every stream publish names its protobuf message type here (e.g. llmesh.events.v1.UsageRecorded),
+# so a subject may carry more than one type (docs/adr/0035); messages published before it have none.
+TYPE_HEADER = "Llmesh-Type"
 
 
 def nats_tls_context(servers: list[str]) -> ssl.SSLContext | None:
@@ -125,7 +131,7 @@ class Bus:
         told it failed): the call waits for the connection within `attempts` and `budget_s`
         (seconds for the whole call), then raises Unavailable saying whether the event was
         certainly not published, or sent but not confirmed (it may still be stored)."""
-        headers = tracing.inject({"Nats-Msg-Id": msg_id or uuid.uuid4().hex})
+        headers = tracing.inject({"Nats-Msg-Id": msg_id or uuid.uuid4().hex, TYPE_HEADER: message.DESCRIPTOR.full_name})
         payload = message.SerializeToString()
         give_up = None if budget_s is None else time.monotonic() + budget_s
         sent = False
@@ -171,17 +177,28 @@ class Bus:
             log.debug("publish_dropped", subject=subject, error=repr(exc))
 
     async def consume_durable(
-        self, spec: StreamSpec, subject: str, durable: str, handler: Handler, *, shared: bool = False
+        self,
+        spec: StreamSpec,
+        subject: str,
+        durable: str,
+        handler: Handler | HeadersHandler,
+        *,
+        shared: bool = False,
+        with_headers: bool = False,
     ) -> None:
         """Delivers every message of `subject` to `handler` once per durable consumer, also those
         published while this process was down. A message whose handler raises is redelivered.
         shared: replicas of a service split the messages between them (a deliver group named like
-        the consumer) instead of the second one being refused as already bound."""
+        the consumer) instead of the second one being refused as already bound.
+        with_headers: the handler takes (data, headers)."""
 
         async def on_message(msg) -> None:
             try:
                 with tracing.consumer_span(msg.subject, msg.headers):
-                    await handler(msg.data)
+                    if with_headers:
+                        await handler(msg.data, msg.headers or {})
+                    else:
+                        await handler(msg.data)
             except Exception:
                 log.exception("event_handler_failed", subject=msg.subject)
                 await msg.nak(delay=1.0)

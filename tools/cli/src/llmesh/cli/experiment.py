@@ -2,9 +2,10 @@
 (docs/policy.md, `experiments`) on what the router recorded, and end it with one command.
 
 report   reads the router's UsageRecorded events (JetStream stream LLMESH_USAGE, subjects
-         llmesh.usage.<tenant>; each carries the request's policy_variant) and the classifier's
-         feedback store (the variant of each rated request), and prints per variant: requests, cost
-         per request, latency, escalation rate and bad-rating rate, each with a 95 % interval.
+         llmesh.usage.<tenant>, alone or in batches; each carries the request's policy_variant)
+         and the classifier's feedback store (the variant of each rated request), and prints per
+         variant: requests, cost per request, latency, escalation rate and bad-rating rate, each
+         with a 95 % interval.
 promote  writes the variant's policy into the document that holds the experiment and removes
          the experiment: every request runs under the promoted policy from then on.
 rollback removes the variant from the experiment (its share goes back to the document's own
@@ -176,7 +177,7 @@ async def read_usage(nc, *, tenant: str = "", since_s: float = 0.0) -> list:
     """Every UsageRecorded event in the usage stream (of one tenant; since an epoch time)."""
     import nats.errors
     from llmesh.cli.policy import PolicyError
-    from llmesh.events.v1 import events_pb2
+    from llmesh.kit.usage import usage_records
     from nats.js.errors import NotFoundError
 
     js = nc.jetstream()
@@ -200,9 +201,9 @@ async def read_usage(nc, *, tenant: str = "", since_s: float = 0.0) -> list:
                 break
             done = False
             for msg in batch:
-                event = events_pb2.UsageRecorded.FromString(msg.data)
-                if not since_s or event.occurred_at.ToNanoseconds() / 1e9 >= since_s:
-                    events.append(event)
+                for event in usage_records(msg.data, msg.headers):  # one record, or a router's batch
+                    if not since_s or event.occurred_at.ToNanoseconds() / 1e9 >= since_s:
+                        events.append(event)
                 done = done or msg.metadata.sequence.stream >= last
             if done:
                 break

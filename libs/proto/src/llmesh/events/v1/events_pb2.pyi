@@ -153,6 +153,12 @@ class UsageRecorded(_message.Message):
     escalated: bool
     def __init__(self, request_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., business_unit: _Optional[str] = ..., use_case: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., backend: _Optional[str] = ..., region: _Optional[str] = ..., cache_outcome: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., cost_avoided_usd: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[str] = ..., policy_variant: _Optional[str] = ..., error_code: _Optional[str] = ..., time_to_first_token_ms: _Optional[float] = ..., total_time_ms: _Optional[float] = ..., escalated: _Optional[bool] = ...) -> None: ...
 
+class UsageRecordedBatch(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[UsageRecorded]
+    def __init__(self, records: _Optional[_Iterable[_Union[UsageRecorded, _Mapping]]] = ...) -> None: ...
+
 class BudgetAlert(_message.Message):
     __slots__ = ("event_id", "tenant_id", "budget", "scope", "scope_value", "period", "period_start", "unit", "limit", "spent", "threshold_percent", "hard", "observed_at")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]

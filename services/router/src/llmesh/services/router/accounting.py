@@ -7,7 +7,7 @@
 - `settle` / `abandon`: the actual cost replaces the hold (an error before any token releases it);
   crossings of 50/80/100 % go out as BudgetAlert; a UsageRecorded goes out for every request.
 Counters live in a kit QuotaStore (Redis shared by replicas, or in-process); events leave through
-the kit's Outbox, off the response path.
+the kit's Outbox, off the response path (usage records in batches per tenant, docs/adr/0035).
 
 While the quota store is unreachable (docs/adr/0014, "Store down"): a request under a hard budget
 is refused with UNAVAILABLE (fail closed), unless LLMESH_ROUTER_BUDGETS_FAIL_OPEN admits it
@@ -457,7 +457,8 @@ class Accounting:
         region: str = "",
         error: str = "",
     ) -> None:
-        """Queues the request's UsageRecorded (Nats-Msg-Id: the request id). Never blocks."""
+        """Queues the request's UsageRecorded (Nats-Msg-Id: the request id; in a batch of its
+        tenant's records when the outbox batches, docs/adr/0035). Never blocks."""
         event = events_pb2.UsageRecorded(
             request_id=request_id or uuid.uuid4().hex,
             tenant_id=principal.tenant_id,
@@ -476,4 +477,4 @@ class Accounting:
             priority=command.priority.value,
             error_code=error,
         )
-        self._outbox.put(usage_subject(principal.tenant_id), event, msg_id=event.request_id)
+        self._outbox.put(usage_subject(principal.tenant_id), event, msg_id=event.request_id, batched=True)

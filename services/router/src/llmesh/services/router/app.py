@@ -19,7 +19,7 @@ from llmesh.kit.experiments import VariantPolicies
 from llmesh.kit.forecast import LoadForecast, start_forecast
 from llmesh.kit.identity import PUBLIC, act_for
 from llmesh.kit.logging import get_logger
-from llmesh.kit.outbox import Outbox
+from llmesh.kit.outbox import Batching, Outbox
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.quota import QuotaStore, RedisQuotaStore, open_store
 from llmesh.kit.server import ServiceApp
@@ -34,6 +34,7 @@ from llmesh.kit.streams import (
     USAGE,
     breaker_subject,
 )
+from llmesh.kit.usage import pack_usage
 from llmesh.router.v1 import batch_pb2, batch_pb2_grpc, router_pb2_grpc
 from llmesh.services.router import convert
 from llmesh.services.router.accounting import Accounting, quota_policy_from_document
@@ -285,7 +286,14 @@ class RouterApp(ServiceApp):
         assert self.bus is not None and self.policy is not None
         await self.bus.ensure_stream(USAGE)
         await self.bus.ensure_stream(TENANCY)  # budget alerts: llmesh.tenancy.budget.<tenant>
-        self.outbox = Outbox(self.bus, self.spawn, name="router", max_events=s.usage_outbox_size)
+        # Usage records leave in batches per tenant (ADR 0035); budget alerts one by one.
+        self.outbox = Outbox(
+            self.bus,
+            self.spawn,
+            name="router",
+            max_events=s.usage_outbox_size,
+            batching=Batching(pack_usage, max_records=s.usage_batch_records, linger_s=s.usage_batch_linger_s),
+        )
         # What a drain could not publish (NATS down) is retried every second.
         self.every(1.0, self.outbox.drain, name="outbox-retry")
         if s.reservation_ttl_s <= s.generate_timeout_s:

@@ -385,3 +385,17 @@ class RouterSettings(ForecastSettings):
         "usage records and budget alerts kept in memory while NATS cannot take them (the oldest is dropped beyond)",
         positive,
     )
+    usage_batch_records: int = setting(
+        "LLMESH_ROUTER_USAGE_BATCH_RECORDS",
+        64,
+        "usage records of one tenant published together as one UsageRecordedBatch (docs/adr/0035); 1: one "
+        "UsageRecorded message per request, as routers before batching did",
+        lambda v: None if 1 <= v <= 1000 else "must be in 1..1000 (a batch stays far below NATS's 1 MiB payload)",
+    )
+    usage_batch_linger_s: float = setting(
+        "LLMESH_ROUTER_USAGE_BATCH_LINGER_S",
+        0.02,
+        "the longest a usage record waits for others to fill its batch before it is published; 0: one "
+        "UsageRecorded message per request, as routers before batching did",
+        lambda v: None if 0 <= v <= 5 else "must be in 0..5 seconds",
+    )

@@ -78,9 +78,11 @@ class TenancyApp(ServiceApp):
         self.bus = await Bus.connect(self.settings.nats_url, "llmesh-tenancy")
         await self.bus.ensure_stream(TENANCY)
         await self.bus.ensure_stream(USAGE)
-        # The ledger: every UsageRecorded once, also those published while tenancy was down;
+        # The ledger: every UsageRecorded once (alone or in a batch), also those published while tenancy was down;
         # replicas share the consumer (the request id key makes a double delivery harmless).
-        await self.bus.consume_durable(USAGE, USAGE_SUBJECTS, LEDGER_CONSUMER, self.ledger.record_message, shared=True)
+        await self.bus.consume_durable(
+            USAGE, USAGE_SUBJECTS, LEDGER_CONSUMER, self.ledger.record_message, shared=True, with_headers=True
+        )
         # Audit events of other services (policy changes, budget decisions, routing digests).
         await self.bus.ensure_stream(AUDIT)
         await self.bus.consume_durable(AUDIT, AUDIT_SUBJECTS, AUDIT_CONSUMER, self.audit.record_message, shared=True)

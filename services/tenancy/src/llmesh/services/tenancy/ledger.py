@@ -1,16 +1,19 @@
 """The usage ledger: every request's UsageRecorded (published by the router on
-`llmesh.usage.<tenant>`, JetStream stream LLMESH_USAGE) written once, keyed by request id, and the
+`llmesh.usage.<tenant>`, JetStream stream LLMESH_USAGE, alone or in a UsageRecordedBatch of its
+tenant's records, docs/adr/0035) written once, keyed by request id, and the
 chargeback report over it (grouped totals, a month-end forecast, the top use cases by cost).
 
 Exactly once: JetStream redelivers a message until it is acked, and the ack follows the write; a
 redelivered or republished request id hits the primary key and is skipped, so a restart mid-load
-neither loses nor doubles an entry.
+neither loses nor doubles an entry. A batch is one write (one statement, or one transaction): its
+records are in the ledger together, each of them once, whichever batches or singles overlap it.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -18,6 +21,7 @@ from llmesh.common.v1 import common_pb2
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.logging import get_logger
+from llmesh.kit.usage import usage_records
 from llmesh.services.tenancy.repository import Repository, now_us
 
 log = get_logger("llmesh.tenancy.ledger")
@@ -145,19 +149,33 @@ class Ledger:
     def __init__(self, repository: Repository):
         self._repository = repository
 
-    async def record_message(self, data: bytes) -> None:
-        """The JetStream handler: writes the entry (raising makes JetStream redeliver it). A
-        message that cannot be parsed is logged and dropped: redelivering it would not help."""
+    async def record_message(self, data: bytes, headers: Mapping[str, str] | None = None) -> None:
+        """The JetStream handler: writes the message's entries, one UsageRecorded or a
+        UsageRecordedBatch (docs/adr/0035), in one statement (raising makes JetStream redeliver the
+        whole message; the entries written before are skipped then). What cannot be parsed, a
+        message or a record of a batch, is logged and dropped: redelivering it would not help."""
         try:
-            entry = entry_from_event(events_pb2.UsageRecorded.FromString(data), now_us())
-        except (DecodeError, ValueError) as exc:
+            records = usage_records(data, headers)
+        except DecodeError as exc:
             log.error("usage_record_dropped", error=str(exc))
             return
-        await self.record(entry)
+        received = now_us()
+        entries = []
+        for record in records:
+            try:
+                entries.append(entry_from_event(record, received))
+            except ValueError as exc:
+                log.error("usage_record_dropped", error=str(exc), request_id=record.request_id)
+        if entries:
+            await self.record_many(entries)
 
     async def record(self, entry: UsageEntry) -> bool:
         """True when written now, False when the request id was already in the ledger."""
-        return await self._repository.insert_usage(entry, now_us())
+        return entry.request_id in await self.record_many([entry])
+
+    async def record_many(self, entries: list[UsageEntry]) -> set[str]:
+        """Writes the entries all or none; returns the request ids that were not in the ledger yet."""
+        return await self._repository.insert_usage(entries, now_us())
 
     async def report(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,6 +65,8 @@ _USAGE_FIELDS = (
     "occurred_at_us",
 )
 _USAGE_COLUMNS = ", ".join(_USAGE_FIELDS)
+# Rows of one INSERT: 17 parameters each stay far below SQLite's and PostgreSQL's limits.
+_USAGE_ROWS_PER_STATEMENT = 256
 
 
 def _tenant(row) -> Tenant:
@@ -268,15 +271,33 @@ class Repository:
 
     # Usage ledger
 
-    async def insert_usage(self, entry, recorded_at_us: int) -> bool:
-        """Writes a ledger entry once: False when its request id is already there."""
-        written = await self.db.execute(
-            f"INSERT INTO usage_ledger ({_USAGE_COLUMNS}, recorded_at_us) "
-            f"VALUES ({', '.join('?' for _ in range(16))}) ON CONFLICT (request_id) DO NOTHING",
-            *(getattr(entry, c) for c in _USAGE_FIELDS),
-            recorded_at_us,
+    async def insert_usage(self, entries: Sequence, recorded_at_us: int) -> set[str]:
+        """Writes ledger entries (ledger.UsageEntry), each once, all or none: returns the request
+        ids written now; one already in the ledger (or twice in `entries`) is skipped."""
+        rows: dict[str, tuple] = {}
+        for entry in entries:
+            rows.setdefault(entry.request_id, (*(getattr(entry, c) for c in _USAGE_FIELDS), recorded_at_us))
+        chunks = [
+            list(rows.values())[i : i + _USAGE_ROWS_PER_STATEMENT]
+            for i in range(0, len(rows), _USAGE_ROWS_PER_STATEMENT)
+        ]
+        if len(chunks) == 1:  # one statement: atomic on its own
+            return await self._insert_usage_rows(self.db, chunks[0])
+        written: set[str] = set()
+        async with self.db.transaction() as tx:
+            for chunk in chunks:
+                written |= await self._insert_usage_rows(tx, chunk)
+        return written
+
+    @staticmethod
+    async def _insert_usage_rows(session: Session, rows: list[tuple]) -> set[str]:
+        values = ", ".join(f"({', '.join('?' for _ in range(len(_USAGE_FIELDS) + 1))})" for _ in rows)
+        returned = await session.fetch(
+            f"INSERT INTO usage_ledger ({_USAGE_COLUMNS}, recorded_at_us) VALUES {values} "
+            "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+            *(value for row in rows for value in row),
         )
-        return written == 1
+        return {r[0] for r in returned}
 
     async def usage_totals(
         self,
