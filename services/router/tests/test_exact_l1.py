@@ -14,6 +14,7 @@ from llmesh.cache.v1 import cache_pb2
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.chat import Message, Sampling
 from llmesh.kit.client import open_channel
+from llmesh.kit.nats_server import NatsServerProcess
 from llmesh.kit.testing import assert_eventually, hosted, unique
 from llmesh.router.v1 import router_pb2
 from llmesh.services.router import convert, metrics
@@ -393,7 +394,8 @@ async def test_each_invalidation_scope_drops_the_routers_copies(l1_router, cache
     for name, text in texts.items():
         _, summary = await ask(client, api_key, text, use_case="legal" if name == "legal" else "")
         assert summary.cache_outcome == EXACT
-    await ask(client, other_key, texts["plain"])
+    for _ in range(2):  # the second from its own copy, never the first tenant's
+        assert (await ask(client, other_key, texts["plain"]))[0] == "other tenant's answer"
     assert set(kept(app, tenant)) == {"plain answer", "legal answer", "handbook answer"}
 
     async def gone(*contents: str):
@@ -473,3 +475,38 @@ async def test_a_copy_is_served_only_under_the_pipelines_tier_and_restricted_rul
         content, summary = await ask(client, api_key, restricted)
         assert summary.cache_outcome != EXACT and content != "a restricted answer"
     assert "a restricted answer" in kept(app, tenant)
+
+
+async def test_nothing_is_served_from_the_copies_while_nats_is_away(tmp_path, upstreams):
+    """Invalidations published meanwhile would be missed: every lookup asks the cache until NATS
+    is back, and the copies kept before are gone."""
+    nats = NatsServerProcess(str(tmp_path / "nats")).start()
+    port = nats.port
+    try:
+        async with cache_service(nats.url) as (cache_app, stub, address):
+            app = RouterApp(router_settings(nats.url, upstreams.address, cache_addr=address, exact_l1_ttl_s=60.0))
+            async with hosted(app, app.settings) as host, open_channel(host.address) as channel:
+                client = RouterClient(channel, upstreams)
+                api_key, tenant, _ = client.new_key()
+                text = unique("Name two oceans")
+                await warm(stub, tenant, text, "Atlantic and Pacific.")
+                await ask(client, api_key, text)
+                assert kept(app, tenant)
+                hits = cache_app.cache.analytics.report(tenant_id=tenant)[1].exact_hits
+
+                nats.stop()
+                await assert_eventually(lambda: not app.exact_l1.live, timeout_s=15, message="disconnect seen")
+                assert not kept(app, tenant)
+                for _ in range(2):
+                    assert (await ask(client, api_key, text))[1].cache_outcome == EXACT
+                assert not kept(app, tenant), "nothing kept while events may be missed"
+                assert cache_app.cache.analytics.report(tenant_id=tenant)[1].exact_hits == hits + 2, (
+                    "the cache answered"
+                )
+
+                nats = NatsServerProcess(str(tmp_path / "nats"), port=port).start()
+                await assert_eventually(lambda: app.exact_l1.live, timeout_s=15, message="reconnect seen")
+                await ask(client, api_key, text)
+                assert kept(app, tenant), "kept again once NATS is back"
+    finally:
+        nats.stop()
