@@ -68,6 +68,9 @@ class Removal:
         return answer.created_at < self.issued_at and self.matches(answer, use_case)
 
 
+_NO_EVENTS: collections.deque[tuple[float, Removal]] = collections.deque(maxlen=0)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Entry:
     answer: CachedAnswer
@@ -149,7 +152,7 @@ class ExactL1:
     def remove(self, event: Removal) -> int:
         """Applies an invalidation or an entry's removal; returns the entries dropped."""
         now = self._clock()
-        recent = self._recent(event.tenant_id, now)
+        recent = self._recent(event.tenant_id, now) or self._events.setdefault(event.tenant_id, collections.deque())
         recent.append((now, event))
         while len(recent) > MAX_EVENTS_PER_TENANT:
             recent.popleft()
@@ -180,11 +183,14 @@ class ExactL1:
         self.live = True
 
     def _recent(self, tenant_id: str, now: float) -> collections.deque[tuple[float, Removal]]:
+        """The tenant's events of the last REMEMBER_EVENTS_S (empty: none, and none kept for it)."""
         recent = self._events.get(tenant_id)
         if recent is None:
-            recent = self._events[tenant_id] = collections.deque()
+            return _NO_EVENTS
         while recent and recent[0][0] < now - REMEMBER_EVENTS_S:
             recent.popleft()
+        if not recent:
+            del self._events[tenant_id]  # a tenant quiet for a while costs nothing
         return recent
 
 
