@@ -59,7 +59,8 @@ L1_MISS = EXACT_L1.labels("miss")
 L1_OFF = EXACT_L1.labels("off")
 EXACT_L1_REPORTS = Counter(
     "llmesh_router_exact_l1_reported_hits_total",
-    "L1 hits reported to the cache's analytics (sent), or dropped before (dropped: too many waiting)",
+    "L1 hits reported to the cache's analytics (sent: published on core NATS, unconfirmed), or dropped before "
+    "(dropped: too many rows waiting)",
     ["result"],
 )
 CACHE_TIER_REJECTED = Counter(
