@@ -12,6 +12,7 @@ import time
 import pytest
 from llmesh.cache.v1 import cache_pb2
 from llmesh.common.v1 import common_pb2
+from llmesh.events.v1 import events_pb2
 from llmesh.kit.chat import Message, Sampling
 from llmesh.kit.client import open_channel
 from llmesh.kit.nats_server import NatsServerProcess
@@ -193,6 +194,30 @@ def test_hit_reports_count_by_entry_and_scope_and_stay_bounded():
     assert reports.pending == 0 and reports.take() == []
     event = convert.hits_report_to_proto(rows, replica="router-x")
     assert [(h.tenant_id, h.entry_id, h.hits, h.cost_usd) for h in event.hits][0] == ("t1", ENTRY, 2, 0.001)
+
+
+def test_the_caches_events_read_as_removals_and_bad_ones_are_refused():
+    event = events_pb2.CacheInvalidated(event_id="e", tenant_id="t1", use_case="legal")
+    event.issued_at.FromSeconds(int(NOW))
+    assert convert.l1_removal_from_invalidation(event.SerializeToString()) == Removal("t1", NOW, use_case="legal")
+    event.content_version.CopyFrom(common_pb2.ContentVersion(document_id="handbook", version=3))
+    assert convert.l1_removal_from_invalidation(event.SerializeToString()) == Removal(
+        "t1", NOW, document_id="handbook", version=3
+    )
+    event.all = True
+    assert convert.l1_removal_from_invalidation(event.SerializeToString()) == Removal("t1", NOW)
+    removed = events_pb2.CacheEntryRemoved(event_id="e", tenant_id="t1", entry_id=ENTRY, reason="admin")
+    removed.removed_at.FromSeconds(int(NOW))
+    assert convert.l1_removal_from_entry_removed(removed.SerializeToString()) == Removal("t1", NOW, entry_id=ENTRY)
+    for bad in (
+        events_pb2.CacheInvalidated(tenant_id="t1", all=True),  # no issued_at
+        events_pb2.CacheInvalidated(issued_at=event.issued_at, all=True),  # no tenant
+        events_pb2.CacheInvalidated(tenant_id="t1", issued_at=event.issued_at),  # no scope
+    ):
+        with pytest.raises(ValueError):
+            convert.l1_removal_from_invalidation(bad.SerializeToString())
+    with pytest.raises(ValueError):
+        convert.l1_removal_from_entry_removed(events_pb2.CacheEntryRemoved(tenant_id="t1").SerializeToString())
 
 
 # --- the adapter -------------------------------------------------------------------------------
