@@ -365,7 +365,7 @@ def reported_hits_rows(data: bytes) -> tuple[list[ReportedHits], list[str]]:
                     hits=hit.hits,
                     tokens=hit.tokens,
                     cost_usd=hit.cost_usd,
-                    last_hit_at=hit.last_hit_at.ToNanoseconds() / 1e9,
+                    last_hit_at=hit.last_hit_at.ToNanoseconds() / 1e9 if hit.HasField("last_hit_at") else 0.0,
                 )
             )
         except InvalidArgument as exc:

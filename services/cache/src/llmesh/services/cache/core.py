@@ -81,7 +81,7 @@ class ReportedHits:
     hits: int
     tokens: int
     cost_usd: float
-    last_hit_at: float
+    last_hit_at: float = 0.0  # unix seconds; 0: not said
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -199,7 +199,8 @@ class Cache:
             self.analytics.record_lookup(
                 row.scope, Outcome.EXACT_HIT, tokens=row.tokens, cost_usd=row.cost_usd, count=row.hits
             )
-            self.hits.record(row.scope.tenant_id, row.scope.use_case, row.entry_id, row.last_hit_at, count=row.hits)
+            hit_at = row.last_hit_at or self._clock()  # a report that does not say: when it arrived
+            self.hits.record(row.scope.tenant_id, row.scope.use_case, row.entry_id, hit_at, count=row.hits)
             metrics.REPORTED_HITS.inc(row.hits)
 
     def _apply_target(self, tenant_id: str, use_case: str, policy: CachePolicy) -> None:
