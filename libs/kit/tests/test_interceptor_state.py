@@ -3,12 +3,15 @@ call, failed or not, still runs through it and is counted under its own status c
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 import pytest
 from llmesh.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.kit.client import open_channel
 from llmesh.kit.config import ServerSettings, load_settings
+from llmesh.kit.interceptors import _new_request_id
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.testing import hosted, unique
 from prometheus_client import REGISTRY
@@ -64,3 +67,11 @@ async def test_every_call_is_handled_and_counted_by_its_code():
     assert _count(service, "INTERNAL") == 2
     assert _count(service, "INVALID_ARGUMENT") == 1
     assert _latency_count(service) == 7
+
+
+def test_a_call_without_a_request_id_gets_a_fresh_one_in_uuid4_form():
+    ids = {_new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for rid in ids:
+        parsed = uuid.UUID(hex=rid)
+        assert parsed.hex == rid and parsed.version == 4 and parsed.variant == uuid.RFC_4122

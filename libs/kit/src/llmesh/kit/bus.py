@@ -93,6 +93,17 @@ class Bus:
 
         self.nc._reconnected_cb = chained
 
+    def on_disconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Runs `callback` whenever the connection is lost (events published meanwhile are missed)."""
+        previous = self.nc._disconnected_cb
+
+        async def chained() -> None:
+            if previous is not None:
+                await previous()
+            await callback()
+
+        self.nc._disconnected_cb = chained
+
     async def ensure_stream(self, spec: StreamSpec) -> None:
         config = js_api.StreamConfig(
             name=spec.name,
@@ -225,8 +236,9 @@ class Bus:
             raise
         self._subscriptions.append(sub)
 
-    async def subscribe(self, subject: str, handler: Handler) -> None:
-        """A plain subscription for events only useful while this process runs."""
+    async def subscribe(self, subject: str, handler: Handler, *, queue: str = "") -> None:
+        """A plain subscription for events only useful while this process runs. `queue`: the
+        subscribers sharing the name split the messages (each message reaches one of them)."""
 
         async def on_message(msg) -> None:
             try:
@@ -235,7 +247,7 @@ class Bus:
             except Exception:
                 log.exception("event_handler_failed", subject=msg.subject)
 
-        self._subscriptions.append(await self.nc.subscribe(subject, cb=on_message))
+        self._subscriptions.append(await self.nc.subscribe(subject, queue=queue, cb=on_message))
 
     async def delete_consumer(self, spec: StreamSpec, durable: str) -> None:
         try:

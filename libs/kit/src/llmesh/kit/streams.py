@@ -89,6 +89,20 @@ def cache_invalidate_subject(tenant_id: str) -> str:
     return f"llmesh.cache.invalidate.{tenant_id}"
 
 
+CACHE_REMOVED_SUBJECT_PREFIX = "llmesh.cache.removed"
+# Exact hits the routers answered from their copies of cache entries (docs/adr/0033), core NATS;
+# the cache replicas subscribe in one queue group so that one replica counts each report.
+CACHE_HITS_SUBJECT = "llmesh.cache.hits"
+CACHE_HITS_QUEUE = "cache-hits"
+
+
+def cache_removed_subject(tenant_id: str) -> str:
+    """llmesh.cache.removed.<tenant_id>: one CacheEntryRemoved per entry removed (core NATS)."""
+    if not SUBJECT_TOKEN.match(tenant_id):
+        raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
+    return f"{CACHE_REMOVED_SUBJECT_PREFIX}.{tenant_id}"
+
+
 def usage_subject(tenant_id: str) -> str:
     """llmesh.usage.<tenant_id>: one UsageRecorded per request (stream LLMESH_USAGE)."""
     if not SUBJECT_TOKEN.match(tenant_id):

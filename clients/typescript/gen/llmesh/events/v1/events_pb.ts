@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file llmesh/events/v1/events.proto.
  */
 export const file_llmesh_events_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("Ch1sbG1lc2gvZXZlbnRzL3YxL2V2ZW50cy5wcm90bxIQbGxtZXNoLmV2ZW50cy52MSLPAQoQQ2FjaGVJbnZhbGlkYXRlZBIQCghldmVudF9pZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSLQoJaXNzdWVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgNhbGwYBCABKAhIABISCgh1c2VfY2FzZRgFIAEoCUgAEjsKD2NvbnRlbnRfdmVyc2lvbhgGIAEoCzIgLmxsbWVzaC5jb21tb24udjEuQ29udGVudFZlcnNpb25IAEIHCgVzY29wZSJ0Cg1BcGlLZXlSZXZva2VkEhAKCGV2ZW50X2lkGAEgASgJEg4KBmtleV9pZBgCIAEoCRIRCgl0ZW5hbnRfaWQYAyABKAkSLgoKcmV2b2tlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi6gIKCU1vZGVsTG9hZBIQCghldmVudF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIOCgZyZWdpb24YAyABKAkSDwoHYmFja2VuZBgEIAEoCRITCgt1dGlsaXphdGlvbhgFIAEoARIOCgZhY3RpdmUYBiABKAUSDgoGcXVldWVkGAcgASgFEhAKCGNhcGFjaXR5GAggASgFEhEKCW1heF9xdWV1ZRgJIAEoBRIiChp0aW1lX3RvX2ZpcnN0X3Rva2VuX3A1MF9tcxgKIAEoARIiChp0aW1lX3RvX2ZpcnN0X3Rva2VuX3A5NV9tcxgLIAEoARIdChV0b2tlbnNfcGVyX3NlY29uZF9wNTAYDCABKAESEAoId2luZG93X3MYDSABKAESLwoLb2JzZXJ2ZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD2Nyb3NzZWRfcGVyY2VudBgPIAEoBSLUAwoTQnJlYWtlclN0YXRlQ2hhbmdlZBIQCghldmVudF9pZBgBIAEoCRIWCg5yb3V0ZXJfcmVwbGljYRgCIAEoCRIOCgZyZWdpb24YAyABKAkSDQoFbW9kZWwYBCABKAkSEAoIZW5kcG9pbnQYBSABKAkSOgoFc3RhdGUYBiABKA4yKy5sbG1lc2guZXZlbnRzLnYxLkJyZWFrZXJTdGF0ZUNoYW5nZWQuU3RhdGUSQwoOcHJldmlvdXNfc3RhdGUYByABKA4yKy5sbG1lc2guZXZlbnRzLnYxLkJyZWFrZXJTdGF0ZUNoYW5nZWQuU3RhdGUSDgoGcmVhc29uGAggASgJEhYKDmVqZWN0aW9uX2NvdW50GAkgASgFEjEKDWVqZWN0ZWRfdW50aWwYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC29ic2VydmVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJVCgVTdGF0ZRIVChFTVEFURV9VTlNQRUNJRklFRBAAEhAKDFNUQVRFX0NMT1NFRBABEg4KClNUQVRFX09QRU4QAhITCg9TVEFURV9IQUxGX09QRU4QAyLpAwoNVXNhZ2VSZWNvcmRlZBISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIVCg1idXNpbmVzc191bml0GAMgASgJEhAKCHVzZV9jYXNlGAQgASgJEg4KBmtleV9pZBgFIAEoCRINCgVtb2RlbBgGIAEoCRIkCgR0aWVyGAcgASgOMhYubGxtZXNoLmNvbW1vbi52MS5UaWVyEg8KB2JhY2tlbmQYCCABKAkSDgoGcmVnaW9uGAkgASgJEhUKDWNhY2hlX291dGNvbWUYCiABKAkSJgoFdXNhZ2UYCyABKAsyFy5sbG1lc2guY29tbW9uLnYxLlVzYWdlEhAKCGNvc3RfdXNkGAwgASgBEhgKEGNvc3RfYXZvaWRlZF91c2QYDSABKAESLwoLb2NjdXJyZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHByaW9yaXR5GA8gASgJEhYKDnBvbGljeV92YXJpYW50GBAgASgJEhIKCmVycm9yX2NvZGUYESABKAkSHgoWdGltZV90b19maXJzdF90b2tlbl9tcxgSIAEoARIVCg10b3RhbF90aW1lX21zGBMgASgBEhEKCWVzY2FsYXRlZBgUIAEoCCJGChJVc2FnZVJlY29yZGVkQmF0Y2gSMAoHcmVjb3JkcxgBIAMoCzIfLmxsbWVzaC5ldmVudHMudjEuVXNhZ2VSZWNvcmRlZCKuAgoLQnVkZ2V0QWxlcnQSEAoIZXZlbnRfaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEg4KBmJ1ZGdldBgDIAEoCRINCgVzY29wZRgEIAEoCRITCgtzY29wZV92YWx1ZRgFIAEoCRIOCgZwZXJpb2QYBiABKAkSMAoMcGVyaW9kX3N0YXJ0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR1bml0GAggASgJEg0KBWxpbWl0GAkgASgBEg0KBXNwZW50GAogASgBEhkKEXRocmVzaG9sZF9wZXJjZW50GAsgASgFEgwKBGhhcmQYDCABKAgSLwoLb2JzZXJ2ZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpYBCgxSZWdpb25IZWFsdGgSDgoGcmVnaW9uGAEgASgJEhYKDnJvdXRlcl9yZXBsaWNhGAIgASgJEi0KBm1vZGVscxgDIAMoCzIdLmxsbWVzaC5ldmVudHMudjEuTW9kZWxIZWFsdGgSLwoLb2JzZXJ2ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIu8BCgtNb2RlbEhlYWx0aBINCgVtb2RlbBgBIAEoCRIkCgR0aWVyGAIgASgOMhYubGxtZXNoLmNvbW1vbi52MS5UaWVyEhIKCmVycm9yX3JhdGUYAyABKAESIgoadGltZV90b19maXJzdF90b2tlbl9wOTVfbXMYBCABKAESEwoLdXRpbGl6YXRpb24YBSABKAESQgoNYnJlYWtlcl9zdGF0ZRgGIAEoDjIrLmxsbWVzaC5ldmVudHMudjEuQnJlYWtlclN0YXRlQ2hhbmdlZC5TdGF0ZRIaChJyZXF1ZXN0c19pbl93aW5kb3cYByABKAMiswIKGENsYXNzaWZpZXJSb2xsb3V0Q2hhbmdlZBIQCghldmVudF9pZBgBIAEoCRIXCg9jdXJyZW50X3ZlcnNpb24YAiABKAkSGQoRY2FuZGlkYXRlX3ZlcnNpb24YAyABKAkSEAoIZGVjaXNpb24YBCABKAkSDQoFc2hhcmUYBSABKAESFAoMY3VycmVudF9hcGdyGAYgASgBEhYKDmNhbmRpZGF0ZV9hcGdyGAcgASgBEhYKDmRpZmZlcmVuY2VfbG93GAggASgBEhcKD2RpZmZlcmVuY2VfaGlnaBgJIAEoARIQCghsYWJlbGxlZBgKIAEoBRIOCgZyZWFzb24YCyABKAkSLwoLb2NjdXJyZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImsKFUNsYXNzaWZpZXJNb2RlbExvYWRlZBIQCghldmVudF9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgJEi8KC29jY3VycmVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL5AwoOUm91dGluZ091dGNvbWUSEgoKcmVxdWVzdF9pZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSEAoIdXNlX2Nhc2UYAyABKAkSDgoGcmVnaW9uGAQgASgJEjkKB3ZlcmRpY3QYBSABKA4yKC5sbG1lc2guZXZlbnRzLnYxLlJvdXRpbmdPdXRjb21lLlZlcmRpY3QSLwoPY2xhc3NpZmllZF90aWVyGAYgASgOMhYubGxtZXNoLmNvbW1vbi52MS5UaWVyEi0KDWFuc3dlcmVkX3RpZXIYByABKA4yFi5sbG1lc2guY29tbW9uLnYxLlRpZXISEwoLZmlyc3RfbW9kZWwYCCABKAkSFgoOYW5zd2VyZWRfbW9kZWwYCSABKAkSFQoNcXVhbGl0eV9zY29yZRgKIAEoARIRCgl0aHJlc2hvbGQYCyABKAESEwoLc2FtcGxlX3JhdGUYDCABKAESLwoLb2NjdXJyZWRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImYKB1ZlcmRpY3QSFwoTVkVSRElDVF9VTlNQRUNJRklFRBAAEhUKEVZFUkRJQ1RfRVNDQUxBVEVEEAESEgoOVkVSRElDVF9QQVNTRUQQAhIXChNWRVJESUNUX0ZBSUxFRF9LRVBUEAMiqgEKDUF1ZGl0UmVjb3JkZWQSEAoIZXZlbnRfaWQYASABKAkSDgoGc291cmNlGAIgASgJEg4KBmFjdGlvbhgDIAEoCRIRCgl0ZW5hbnRfaWQYBCABKAkSDgoGdGFyZ2V0GAUgASgJEhMKC2RldGFpbF9qc29uGAYgASgJEi8KC29jY3VycmVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKiAQoKTG9hZFNhbXBsZRIQCghldmVudF9pZBgBIAEoCRIPCgdzZXJ2aWNlGAIgASgJEhAKCGluc3RhbmNlGAMgASgJEjAKDHdpbmRvd19zdGFydBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoId2luZG93X3MYBSABKAESGwoTcmVxdWVzdHNfcGVyX3NlY29uZBgGIAEoAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_llmesh_common_v1_common]);
+  fileDesc("Ch1sbG1lc2gvZXZlbnRzL3YxL2V2ZW50cy5wcm90bxIQbGxtZXNoLmV2ZW50cy52MSLPAQoQQ2FjaGVJbnZhbGlkYXRlZBIQCghldmVudF9pZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSLQoJaXNzdWVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgNhbGwYBCABKAhIABISCgh1c2VfY2FzZRgFIAEoCUgAEjsKD2NvbnRlbnRfdmVyc2lvbhgGIAEoCzIgLmxsbWVzaC5jb21tb24udjEuQ29udGVudFZlcnNpb25IAEIHCgVzY29wZSKKAQoRQ2FjaGVFbnRyeVJlbW92ZWQSEAoIZXZlbnRfaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEhAKCGVudHJ5X2lkGAMgASgJEg4KBnJlYXNvbhgEIAEoCRIuCgpyZW1vdmVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKdAQoRQ2FjaGVIaXRzUmVwb3J0ZWQSEAoIZXZlbnRfaWQYASABKAkSFgoOcm91dGVyX3JlcGxpY2EYAiABKAkSLQoEaGl0cxgDIAMoCzIfLmxsbWVzaC5ldmVudHMudjEuQ2FjaGVIaXRDb3VudBIvCgtvYnNlcnZlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAivgEKDUNhY2hlSGl0Q291bnQSEQoJdGVuYW50X2lkGAEgASgJEhUKDWJ1c2luZXNzX3VuaXQYAiABKAkSEAoIdXNlX2Nhc2UYAyABKAkSEAoIZW50cnlfaWQYBCABKAkSDAoEaGl0cxgFIAEoBRIOCgZ0b2tlbnMYBiABKAMSEAoIY29zdF91c2QYByABKAESLwoLbGFzdF9oaXRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wInQKDUFwaUtleVJldm9rZWQSEAoIZXZlbnRfaWQYASABKAkSDgoGa2V5X2lkGAIgASgJEhEKCXRlbmFudF9pZBgDIAEoCRIuCgpyZXZva2VkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLqAgoJTW9kZWxMb2FkEhAKCGV2ZW50X2lkGAEgASgJEg0KBW1vZGVsGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIPCgdiYWNrZW5kGAQgASgJEhMKC3V0aWxpemF0aW9uGAUgASgBEg4KBmFjdGl2ZRgGIAEoBRIOCgZxdWV1ZWQYByABKAUSEAoIY2FwYWNpdHkYCCABKAUSEQoJbWF4X3F1ZXVlGAkgASgFEiIKGnRpbWVfdG9fZmlyc3RfdG9rZW5fcDUwX21zGAogASgBEiIKGnRpbWVfdG9fZmlyc3RfdG9rZW5fcDk1X21zGAsgASgBEh0KFXRva2Vuc19wZXJfc2Vjb25kX3A1MBgMIAEoARIQCgh3aW5kb3dfcxgNIAEoARIvCgtvYnNlcnZlZF9hdBgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPY3Jvc3NlZF9wZXJjZW50GA8gASgFItQDChNCcmVha2VyU3RhdGVDaGFuZ2VkEhAKCGV2ZW50X2lkGAEgASgJEhYKDnJvdXRlcl9yZXBsaWNhGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRINCgVtb2RlbBgEIAEoCRIQCghlbmRwb2ludBgFIAEoCRI6CgVzdGF0ZRgGIAEoDjIrLmxsbWVzaC5ldmVudHMudjEuQnJlYWtlclN0YXRlQ2hhbmdlZC5TdGF0ZRJDCg5wcmV2aW91c19zdGF0ZRgHIAEoDjIrLmxsbWVzaC5ldmVudHMudjEuQnJlYWtlclN0YXRlQ2hhbmdlZC5TdGF0ZRIOCgZyZWFzb24YCCABKAkSFgoOZWplY3Rpb25fY291bnQYCSABKAUSMQoNZWplY3RlZF91bnRpbBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLb2JzZXJ2ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlUKBVN0YXRlEhUKEVNUQVRFX1VOU1BFQ0lGSUVEEAASEAoMU1RBVEVfQ0xPU0VEEAESDgoKU1RBVEVfT1BFThACEhMKD1NUQVRFX0hBTEZfT1BFThADIukDCg1Vc2FnZVJlY29yZGVkEhIKCnJlcXVlc3RfaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEhUKDWJ1c2luZXNzX3VuaXQYAyABKAkSEAoIdXNlX2Nhc2UYBCABKAkSDgoGa2V5X2lkGAUgASgJEg0KBW1vZGVsGAYgASgJEiQKBHRpZXIYByABKA4yFi5sbG1lc2guY29tbW9uLnYxLlRpZXISDwoHYmFja2VuZBgIIAEoCRIOCgZyZWdpb24YCSABKAkSFQoNY2FjaGVfb3V0Y29tZRgKIAEoCRImCgV1c2FnZRgLIAEoCzIXLmxsbWVzaC5jb21tb24udjEuVXNhZ2USEAoIY29zdF91c2QYDCABKAESGAoQY29zdF9hdm9pZGVkX3VzZBgNIAEoARIvCgtvY2N1cnJlZF9hdBgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcHJpb3JpdHkYDyABKAkSFgoOcG9saWN5X3ZhcmlhbnQYECABKAkSEgoKZXJyb3JfY29kZRgRIAEoCRIeChZ0aW1lX3RvX2ZpcnN0X3Rva2VuX21zGBIgASgBEhUKDXRvdGFsX3RpbWVfbXMYEyABKAESEQoJZXNjYWxhdGVkGBQgASgIIkYKElVzYWdlUmVjb3JkZWRCYXRjaBIwCgdyZWNvcmRzGAEgAygLMh8ubGxtZXNoLmV2ZW50cy52MS5Vc2FnZVJlY29yZGVkIq4CCgtCdWRnZXRBbGVydBIQCghldmVudF9pZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSDgoGYnVkZ2V0GAMgASgJEg0KBXNjb3BlGAQgASgJEhMKC3Njb3BlX3ZhbHVlGAUgASgJEg4KBnBlcmlvZBgGIAEoCRIwCgxwZXJpb2Rfc3RhcnQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBHVuaXQYCCABKAkSDQoFbGltaXQYCSABKAESDQoFc3BlbnQYCiABKAESGQoRdGhyZXNob2xkX3BlcmNlbnQYCyABKAUSDAoEaGFyZBgMIAEoCBIvCgtvYnNlcnZlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAilgEKDFJlZ2lvbkhlYWx0aBIOCgZyZWdpb24YASABKAkSFgoOcm91dGVyX3JlcGxpY2EYAiABKAkSLQoGbW9kZWxzGAMgAygLMh0ubGxtZXNoLmV2ZW50cy52MS5Nb2RlbEhlYWx0aBIvCgtvYnNlcnZlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi7wEKC01vZGVsSGVhbHRoEg0KBW1vZGVsGAEgASgJEiQKBHRpZXIYAiABKA4yFi5sbG1lc2guY29tbW9uLnYxLlRpZXISEgoKZXJyb3JfcmF0ZRgDIAEoARIiChp0aW1lX3RvX2ZpcnN0X3Rva2VuX3A5NV9tcxgEIAEoARITCgt1dGlsaXphdGlvbhgFIAEoARJCCg1icmVha2VyX3N0YXRlGAYgASgOMisubGxtZXNoLmV2ZW50cy52MS5CcmVha2VyU3RhdGVDaGFuZ2VkLlN0YXRlEhoKEnJlcXVlc3RzX2luX3dpbmRvdxgHIAEoAyKzAgoYQ2xhc3NpZmllclJvbGxvdXRDaGFuZ2VkEhAKCGV2ZW50X2lkGAEgASgJEhcKD2N1cnJlbnRfdmVyc2lvbhgCIAEoCRIZChFjYW5kaWRhdGVfdmVyc2lvbhgDIAEoCRIQCghkZWNpc2lvbhgEIAEoCRINCgVzaGFyZRgFIAEoARIUCgxjdXJyZW50X2FwZ3IYBiABKAESFgoOY2FuZGlkYXRlX2FwZ3IYByABKAESFgoOZGlmZmVyZW5jZV9sb3cYCCABKAESFwoPZGlmZmVyZW5jZV9oaWdoGAkgASgBEhAKCGxhYmVsbGVkGAogASgFEg4KBnJlYXNvbhgLIAEoCRIvCgtvY2N1cnJlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiawoVQ2xhc3NpZmllck1vZGVsTG9hZGVkEhAKCGV2ZW50X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKAkSLwoLb2NjdXJyZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvkDCg5Sb3V0aW5nT3V0Y29tZRISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIQCgh1c2VfY2FzZRgDIAEoCRIOCgZyZWdpb24YBCABKAkSOQoHdmVyZGljdBgFIAEoDjIoLmxsbWVzaC5ldmVudHMudjEuUm91dGluZ091dGNvbWUuVmVyZGljdBIvCg9jbGFzc2lmaWVkX3RpZXIYBiABKA4yFi5sbG1lc2guY29tbW9uLnYxLlRpZXISLQoNYW5zd2VyZWRfdGllchgHIAEoDjIWLmxsbWVzaC5jb21tb24udjEuVGllchITCgtmaXJzdF9tb2RlbBgIIAEoCRIWCg5hbnN3ZXJlZF9tb2RlbBgJIAEoCRIVCg1xdWFsaXR5X3Njb3JlGAogASgBEhEKCXRocmVzaG9sZBgLIAEoARITCgtzYW1wbGVfcmF0ZRgMIAEoARIvCgtvY2N1cnJlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZgoHVmVyZGljdBIXChNWRVJESUNUX1VOU1BFQ0lGSUVEEAASFQoRVkVSRElDVF9FU0NBTEFURUQQARISCg5WRVJESUNUX1BBU1NFRBACEhcKE1ZFUkRJQ1RfRkFJTEVEX0tFUFQQAyKqAQoNQXVkaXRSZWNvcmRlZBIQCghldmVudF9pZBgBIAEoCRIOCgZzb3VyY2UYAiABKAkSDgoGYWN0aW9uGAMgASgJEhEKCXRlbmFudF9pZBgEIAEoCRIOCgZ0YXJnZXQYBSABKAkSEwoLZGV0YWlsX2pzb24YBiABKAkSLwoLb2NjdXJyZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqIBCgpMb2FkU2FtcGxlEhAKCGV2ZW50X2lkGAEgASgJEg8KB3NlcnZpY2UYAiABKAkSEAoIaW5zdGFuY2UYAyABKAkSMAoMd2luZG93X3N0YXJ0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCgh3aW5kb3dfcxgFIAEoARIbChNyZXF1ZXN0c19wZXJfc2Vjb25kGAYgASgBYgZwcm90bzM", [file_google_protobuf_timestamp, file_llmesh_common_v1_common]);
 
 /**
  * Published on llmesh.cache.invalidate.<tenant_id> (stream LLMESH_CACHE_INVALIDATE).
@@ -69,6 +69,141 @@ export const CacheInvalidatedSchema: GenMessage<CacheInvalidated> = /*@__PURE__*
   messageDesc(file_llmesh_events_v1_events, 0);
 
 /**
+ * One cached answer removed from a cache replica's stores (a thumbs-down eviction, DeleteEntry),
+ * published on core NATS llmesh.cache.removed.<tenant_id>: the routers' copies of exact answers
+ * (docs/adr/0033) drop it.
+ *
+ * @generated from message llmesh.events.v1.CacheEntryRemoved
+ */
+export type CacheEntryRemoved = Message<"llmesh.events.v1.CacheEntryRemoved"> & {
+  /**
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string entry_id = 3;
+   */
+  entryId: string;
+
+  /**
+   * "feedback" or "admin".
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp removed_at = 5;
+   */
+  removedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message llmesh.events.v1.CacheEntryRemoved.
+ * Use `create(CacheEntryRemovedSchema)` to create a new message.
+ */
+export const CacheEntryRemovedSchema: GenMessage<CacheEntryRemoved> = /*@__PURE__*/
+  messageDesc(file_llmesh_events_v1_events, 1);
+
+/**
+ * Exact hits a router answered from its own copy of cache entries (docs/adr/0033), counted for the
+ * cache's analytics as if the cache had answered them. Published in batches on core NATS
+ * llmesh.cache.hits; the cache replicas read it in one queue group, so one replica counts a batch.
+ *
+ * @generated from message llmesh.events.v1.CacheHitsReported
+ */
+export type CacheHitsReported = Message<"llmesh.events.v1.CacheHitsReported"> & {
+  /**
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * @generated from field: string router_replica = 2;
+   */
+  routerReplica: string;
+
+  /**
+   * @generated from field: repeated llmesh.events.v1.CacheHitCount hits = 3;
+   */
+  hits: CacheHitCount[];
+
+  /**
+   * @generated from field: google.protobuf.Timestamp observed_at = 4;
+   */
+  observedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message llmesh.events.v1.CacheHitsReported.
+ * Use `create(CacheHitsReportedSchema)` to create a new message.
+ */
+export const CacheHitsReportedSchema: GenMessage<CacheHitsReported> = /*@__PURE__*/
+  messageDesc(file_llmesh_events_v1_events, 2);
+
+/**
+ * The hits of one entry by one tenant's business unit and use case since the last report.
+ *
+ * @generated from message llmesh.events.v1.CacheHitCount
+ */
+export type CacheHitCount = Message<"llmesh.events.v1.CacheHitCount"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string business_unit = 2;
+   */
+  businessUnit: string;
+
+  /**
+   * @generated from field: string use_case = 3;
+   */
+  useCase: string;
+
+  /**
+   * @generated from field: string entry_id = 4;
+   */
+  entryId: string;
+
+  /**
+   * @generated from field: int32 hits = 5;
+   */
+  hits: number;
+
+  /**
+   * Tokens and cost saved by each hit (the entry's usage and cost).
+   *
+   * @generated from field: int64 tokens = 6;
+   */
+  tokens: bigint;
+
+  /**
+   * @generated from field: double cost_usd = 7;
+   */
+  costUsd: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp last_hit_at = 8;
+   */
+  lastHitAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message llmesh.events.v1.CacheHitCount.
+ * Use `create(CacheHitCountSchema)` to create a new message.
+ */
+export const CacheHitCountSchema: GenMessage<CacheHitCount> = /*@__PURE__*/
+  messageDesc(file_llmesh_events_v1_events, 3);
+
+/**
  * Published on llmesh.tenancy.key.revoked (stream LLMESH_TENANCY).
  *
  * @generated from message llmesh.events.v1.ApiKeyRevoked
@@ -100,7 +235,7 @@ export type ApiKeyRevoked = Message<"llmesh.events.v1.ApiKeyRevoked"> & {
  * Use `create(ApiKeyRevokedSchema)` to create a new message.
  */
 export const ApiKeyRevokedSchema: GenMessage<ApiKeyRevoked> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 1);
+  messageDesc(file_llmesh_events_v1_events, 4);
 
 /**
  * Published on llmesh.inference.load.<region>.<model> (core NATS, not durable) every second and at
@@ -200,7 +335,7 @@ export type ModelLoad = Message<"llmesh.events.v1.ModelLoad"> & {
  * Use `create(ModelLoadSchema)` to create a new message.
  */
 export const ModelLoadSchema: GenMessage<ModelLoad> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 2);
+  messageDesc(file_llmesh_events_v1_events, 5);
 
 /**
  * A router replica's circuit breaker for one model endpoint changed state. Published on
@@ -276,7 +411,7 @@ export type BreakerStateChanged = Message<"llmesh.events.v1.BreakerStateChanged"
  * Use `create(BreakerStateChangedSchema)` to create a new message.
  */
 export const BreakerStateChangedSchema: GenMessage<BreakerStateChanged> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 3);
+  messageDesc(file_llmesh_events_v1_events, 6);
 
 /**
  * @generated from enum llmesh.events.v1.BreakerStateChanged.State
@@ -307,7 +442,7 @@ export enum BreakerStateChanged_State {
  * Describes the enum llmesh.events.v1.BreakerStateChanged.State.
  */
 export const BreakerStateChanged_StateSchema: GenEnum<BreakerStateChanged_State> = /*@__PURE__*/
-  enumDesc(file_llmesh_events_v1_events, 3, 0);
+  enumDesc(file_llmesh_events_v1_events, 6, 0);
 
 /**
  * One request's usage and cost. Published by the router on llmesh.usage.<tenant_id> (stream
@@ -436,7 +571,7 @@ export type UsageRecorded = Message<"llmesh.events.v1.UsageRecorded"> & {
  * Use `create(UsageRecordedSchema)` to create a new message.
  */
 export const UsageRecordedSchema: GenMessage<UsageRecorded> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 4);
+  messageDesc(file_llmesh_events_v1_events, 7);
 
 /**
  * Several requests' UsageRecorded of one tenant in one message (docs/adr/0035): a router queues
@@ -459,7 +594,7 @@ export type UsageRecordedBatch = Message<"llmesh.events.v1.UsageRecordedBatch"> 
  * Use `create(UsageRecordedBatchSchema)` to create a new message.
  */
 export const UsageRecordedBatchSchema: GenMessage<UsageRecordedBatch> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 5);
+  messageDesc(file_llmesh_events_v1_events, 8);
 
 /**
  * A budget crossed 50, 80 or 100 % of its limit. Published once per crossing and period on
@@ -545,7 +680,7 @@ export type BudgetAlert = Message<"llmesh.events.v1.BudgetAlert"> & {
  * Use `create(BudgetAlertSchema)` to create a new message.
  */
 export const BudgetAlertSchema: GenMessage<BudgetAlert> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 6);
+  messageDesc(file_llmesh_events_v1_events, 9);
 
 /**
  * One region's health, published every second on llmesh.region.health.<region>.
@@ -579,7 +714,7 @@ export type RegionHealth = Message<"llmesh.events.v1.RegionHealth"> & {
  * Use `create(RegionHealthSchema)` to create a new message.
  */
 export const RegionHealthSchema: GenMessage<RegionHealth> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 7);
+  messageDesc(file_llmesh_events_v1_events, 10);
 
 /**
  * @generated from message llmesh.events.v1.ModelHealth
@@ -628,7 +763,7 @@ export type ModelHealth = Message<"llmesh.events.v1.ModelHealth"> & {
  * Use `create(ModelHealthSchema)` to create a new message.
  */
 export const ModelHealthSchema: GenMessage<ModelHealth> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 8);
+  messageDesc(file_llmesh_events_v1_events, 11);
 
 /**
  * The classifier's gradual rollout of a model version changed: started, rolled back or promoted
@@ -709,7 +844,7 @@ export type ClassifierRolloutChanged = Message<"llmesh.events.v1.ClassifierRollo
  * Use `create(ClassifierRolloutChangedSchema)` to create a new message.
  */
 export const ClassifierRolloutChangedSchema: GenMessage<ClassifierRolloutChanged> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 9);
+  messageDesc(file_llmesh_events_v1_events, 12);
 
 /**
  * A complexity model version the classifier loaded (at a new version, or the same version's file
@@ -740,7 +875,7 @@ export type ClassifierModelLoaded = Message<"llmesh.events.v1.ClassifierModelLoa
  * Use `create(ClassifierModelLoadedSchema)` to create a new message.
  */
 export const ClassifierModelLoadedSchema: GenMessage<ClassifierModelLoaded> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 10);
+  messageDesc(file_llmesh_events_v1_events, 13);
 
 /**
  * What the router's quality check said of a tier-1 answer, as a label for the classifier's
@@ -827,7 +962,7 @@ export type RoutingOutcome = Message<"llmesh.events.v1.RoutingOutcome"> & {
  * Use `create(RoutingOutcomeSchema)` to create a new message.
  */
 export const RoutingOutcomeSchema: GenMessage<RoutingOutcome> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 11);
+  messageDesc(file_llmesh_events_v1_events, 14);
 
 /**
  * @generated from enum llmesh.events.v1.RoutingOutcome.Verdict
@@ -864,7 +999,7 @@ export enum RoutingOutcome_Verdict {
  * Describes the enum llmesh.events.v1.RoutingOutcome.Verdict.
  */
 export const RoutingOutcome_VerdictSchema: GenEnum<RoutingOutcome_Verdict> = /*@__PURE__*/
-  enumDesc(file_llmesh_events_v1_events, 11, 0);
+  enumDesc(file_llmesh_events_v1_events, 14, 0);
 
 /**
  * An entry for tenancy's audit log, published by any service on llmesh.audit.<tenant_id> (or
@@ -921,7 +1056,7 @@ export type AuditRecorded = Message<"llmesh.events.v1.AuditRecorded"> & {
  * Use `create(AuditRecordedSchema)` to create a new message.
  */
 export const AuditRecordedSchema: GenMessage<AuditRecorded> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 12);
+  messageDesc(file_llmesh_events_v1_events, 15);
 
 /**
  * One replica's request rate over a window, published every window on
@@ -972,5 +1107,5 @@ export type LoadSample = Message<"llmesh.events.v1.LoadSample"> & {
  * Use `create(LoadSampleSchema)` to create a new message.
  */
 export const LoadSampleSchema: GenMessage<LoadSample> = /*@__PURE__*/
-  messageDesc(file_llmesh_events_v1_events, 13);
+  messageDesc(file_llmesh_events_v1_events, 16);
 

@@ -27,6 +27,52 @@ class CacheInvalidated(_message.Message):
     content_version: _common_pb2.ContentVersion
     def __init__(self, event_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., all: _Optional[bool] = ..., use_case: _Optional[str] = ..., content_version: _Optional[_Union[_common_pb2.ContentVersion, _Mapping]] = ...) -> None: ...
 
+class CacheEntryRemoved(_message.Message):
+    __slots__ = ("event_id", "tenant_id", "entry_id", "reason", "removed_at")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_AT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    tenant_id: str
+    entry_id: str
+    reason: str
+    removed_at: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., entry_id: _Optional[str] = ..., reason: _Optional[str] = ..., removed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CacheHitsReported(_message.Message):
+    __slots__ = ("event_id", "router_replica", "hits", "observed_at")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    router_replica: str
+    hits: _containers.RepeatedCompositeFieldContainer[CacheHitCount]
+    observed_at: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., router_replica: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[CacheHitCount, _Mapping]]] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CacheHitCount(_message.Message):
+    __slots__ = ("tenant_id", "business_unit", "use_case", "entry_id", "hits", "tokens", "cost_usd", "last_hit_at")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    BUSINESS_UNIT_FIELD_NUMBER: _ClassVar[int]
+    USE_CASE_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    LAST_HIT_AT_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    business_unit: str
+    use_case: str
+    entry_id: str
+    hits: int
+    tokens: int
+    cost_usd: float
+    last_hit_at: _timestamp_pb2.Timestamp
+    def __init__(self, tenant_id: _Optional[str] = ..., business_unit: _Optional[str] = ..., use_case: _Optional[str] = ..., entry_id: _Optional[str] = ..., hits: _Optional[int] = ..., tokens: _Optional[int] = ..., cost_usd: _Optional[float] = ..., last_hit_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class ApiKeyRevoked(_message.Message):
     __slots__ = ("event_id", "key_id", "tenant_id", "revoked_at")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]

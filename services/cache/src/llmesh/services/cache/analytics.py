@@ -83,32 +83,39 @@ class Analytics:
         return row
 
     def record_lookup(
-        self, scope: Scope, outcome: Outcome, *, gray_zone: str | None = None, tokens: int = 0, cost_usd: float = 0.0
+        self,
+        scope: Scope,
+        outcome: Outcome,
+        *,
+        gray_zone: str | None = None,
+        tokens: int = 0,
+        cost_usd: float = 0.0,
+        count: int = 1,
     ) -> None:
         """`gray_zone` names the second stage's decision ("hit" or "miss") when the best semantic
-        candidate fell between the thresholds."""
+        candidate fell between the thresholds; `count` lookups alike (tokens and cost are each one's)."""
         row = self._row(scope)
         if outcome is Outcome.UNCACHEABLE:
-            row.uncacheable += 1
+            row.uncacheable += count
         else:
-            row.lookups += 1
+            row.lookups += count
             if outcome is Outcome.EXACT_HIT:
-                row.exact_hits += 1
+                row.exact_hits += count
             elif outcome is Outcome.SEMANTIC_HIT:
-                row.semantic_hits += 1
+                row.semantic_hits += count
             else:
-                row.misses += 1
+                row.misses += count
             if gray_zone:
-                row.gray_zone += 1
-            row.tokens_saved += tokens
-            row.cost_saved_usd += cost_usd
-        metrics.LOOKUPS.labels(*scope.metric_labels, outcome.value).inc()
+                row.gray_zone += count
+            row.tokens_saved += tokens * count
+            row.cost_saved_usd += cost_usd * count
+        metrics.LOOKUPS.labels(*scope.metric_labels, outcome.value).inc(count)
         if gray_zone:
-            metrics.GRAY_ZONE.labels(*scope.metric_labels, gray_zone).inc()
+            metrics.GRAY_ZONE.labels(*scope.metric_labels, gray_zone).inc(count)
         if tokens:
-            metrics.TOKENS_SAVED.labels(*scope.metric_labels).inc(tokens)
+            metrics.TOKENS_SAVED.labels(*scope.metric_labels).inc(tokens * count)
         if cost_usd:
-            metrics.COST_SAVED.labels(*scope.metric_labels).inc(cost_usd)
+            metrics.COST_SAVED.labels(*scope.metric_labels).inc(cost_usd * count)
 
     def record_feedback(self, scope: Scope, thumbs_up: bool) -> None:
         row = self._row(scope)

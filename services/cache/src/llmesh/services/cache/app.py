@@ -7,10 +7,12 @@ import dataclasses
 import importlib
 import inspect
 import time
+import uuid
 from collections.abc import Callable
 
 import grpc
 from llmesh.cache.v1 import cache_pb2_grpc
+from llmesh.events.v1 import events_pb2
 from llmesh.kit.auth import AdminGuard
 from llmesh.kit.bus import Bus
 from llmesh.kit.config import load_settings
@@ -22,7 +24,8 @@ from llmesh.kit.logging import get_logger
 from llmesh.kit.outbox import Outbox
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
-from llmesh.kit.streams import parse_domains
+from llmesh.kit.streams import CACHE_HITS_QUEUE, CACHE_HITS_SUBJECT, cache_removed_subject, parse_domains
+from llmesh.services.cache import convert
 from llmesh.services.cache.analytics import Analytics
 from llmesh.services.cache.core import Cache
 from llmesh.services.cache.exact import ExactStore
@@ -156,12 +159,15 @@ class CacheApp(ServiceApp):
             Analytics(),
             default_ttl_s=s.default_ttl_s,
             clock=self.clock,
+            removed=self._entry_removed,
         )
         await self.channel.consume(cache.apply_invalidation)
         # Events published while this replica was down are applied before it serves a lookup.
         if not await self.channel.wait_caught_up(s.catch_up_timeout_s):
             log.warning("invalidations_still_pending", timeout_s=s.catch_up_timeout_s)
         self.cache = cache
+        # Hits the routers answered from their copies of exact answers: one replica counts each report.
+        await self.bus.subscribe(CACHE_HITS_SUBJECT, self._on_reported_hits, queue=CACHE_HITS_QUEUE)
         if s.purge_interval_s > 0:
             self.every(s.purge_interval_s, self._purge_exact, name="cache-purge-exact")
         log.info(
@@ -171,6 +177,30 @@ class CacheApp(ServiceApp):
             replica=s.replica,
             durable=self.channel.durable,
         )
+
+    def _entry_removed(self, tenant_id: str, entry_id: str, reason: str) -> None:
+        """Tells the routers (their L1 of exact answers, docs/adr/0033) that an entry is gone; core
+        NATS: a router that misses it (disconnected) drops its whole L1 on reconnecting."""
+        if self.bus is None:
+            return
+        event = events_pb2.CacheEntryRemoved(
+            event_id=uuid.uuid4().hex, tenant_id=tenant_id, entry_id=entry_id, reason=reason
+        )
+        event.removed_at.FromNanoseconds(round(self.clock() * 1e9))
+        self.spawn(self.bus.publish_core(cache_removed_subject(tenant_id), event, msg_id=event.event_id))
+
+    async def _on_reported_hits(self, data: bytes) -> None:
+        cache = self.cache
+        if cache is None:
+            return
+        try:
+            rows, problems = convert.reported_hits_rows(data)
+        except Exception as exc:  # a bad message must not stop the subscription
+            log.warning("reported_hits_unreadable", error=repr(exc))
+            return
+        if problems:
+            log.warning("reported_hits_skipped", problems=problems[:10], skipped=len(problems))
+        cache.record_reported_hits(rows)
 
     async def _purge_exact(self) -> None:
         assert self.cache is not None

@@ -8,6 +8,7 @@ import re
 from google.protobuf.timestamp_pb2 import Timestamp
 from llmesh.cache.v1 import cache_pb2
 from llmesh.common.v1 import common_pb2
+from llmesh.events.v1 import events_pb2
 from llmesh.kit.chat import messages_from_proto, messages_to_proto, sampling_from_proto, sampling_to_proto
 from llmesh.kit.errors import InvalidArgument
 from llmesh.kit.vocabulary import (
@@ -19,7 +20,7 @@ from llmesh.kit.vocabulary import (
     use_case_from,
 )
 from llmesh.services.cache.analytics import Counts, Outcome, Scope
-from llmesh.services.cache.core import LookupQuery, LookupResult, StoreCommand, StoreResult
+from llmesh.services.cache.core import LookupQuery, LookupResult, ReportedHits, StoreCommand, StoreResult
 from llmesh.services.cache.entries import Answer, CacheEntry
 from llmesh.services.cache.hits import EntryHits
 from llmesh.services.cache.invalidation import Invalidation
@@ -333,3 +334,40 @@ def hot_entries_to_proto(
             last_hit_at=_timestamp(hits.last_hit_at),
         )
     return response
+
+
+# Hits of one entry one report may count (a router reports every second or every 256 hits).
+MAX_REPORTED_HITS = 1_000_000
+
+
+def reported_hits_rows(data: bytes) -> tuple[list[ReportedHits], list[str]]:
+    """A router's CacheHitsReported event (docs/adr/0033): the rows that hold, and what was wrong
+    with each one that does not (skipped)."""
+    event = events_pb2.CacheHitsReported.FromString(data)
+    rows: list[ReportedHits] = []
+    problems: list[str] = []
+    for i, hit in enumerate(event.hits):
+        try:
+            if not 0 < hit.hits <= MAX_REPORTED_HITS:
+                raise InvalidArgument(f"hits must be in 1..{MAX_REPORTED_HITS}", field="hits")
+            if not 0 <= hit.tokens <= MAX_USAGE_TOKENS:
+                raise InvalidArgument("tokens out of range", field="tokens")
+            if not (math.isfinite(hit.cost_usd) and 0 <= hit.cost_usd <= MAX_ANSWER_COST_USD):
+                raise InvalidArgument("cost_usd out of range", field="cost_usd")
+            rows.append(
+                ReportedHits(
+                    scope=Scope(
+                        tenant_id_from(hit.tenant_id),
+                        _label(hit.business_unit, "business_unit"),
+                        use_case_from(hit.use_case),
+                    ),
+                    entry_id=entry_id_from(hit.entry_id),
+                    hits=hit.hits,
+                    tokens=hit.tokens,
+                    cost_usd=hit.cost_usd,
+                    last_hit_at=hit.last_hit_at.ToNanoseconds() / 1e9 if hit.HasField("last_hit_at") else 0.0,
+                )
+            )
+        except InvalidArgument as exc:
+            problems.append(f"hits[{i}]: {exc.message}")
+    return rows, problems

@@ -72,6 +72,19 @@ class StoreResult:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ReportedHits:
+    """Exact hits a router answered from its copy of an entry (docs/adr/0033), counted as the
+    cache counts its own: `hits` lookups of the scope, each saving `tokens` and `cost_usd`."""
+
+    scope: Scope
+    entry_id: str
+    hits: int
+    tokens: int
+    cost_usd: float
+    last_hit_at: float = 0.0  # unix seconds; 0: not said
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class FeedbackResult:
     evicted: bool
     tightened: bool
@@ -110,8 +123,12 @@ class Cache:
         *,
         default_ttl_s: float,
         clock: Callable[[], float] = time.time,
+        removed: Callable[[str, str, str], object] | None = None,
     ):
+        """`removed(tenant_id, entry_id, reason)` is told of every entry removed on its own (a
+        thumbs-down eviction, DeleteEntry), for the routers' copies of exact answers."""
         self.exact = exact
+        self._removed = removed
         self.semantic = semantic
         self._policy = policy
         self.analytics = analytics
@@ -174,6 +191,17 @@ class Cache:
             decision=match.decision if match else None,
             similarity=match.similarity if match else 0.0,
         )
+
+    def record_reported_hits(self, reported: list[ReportedHits]) -> None:
+        """Counts hits the routers answered from their copies of this cache's exact answers, as
+        `_hit` counts the cache's own (analytics by scope, hit history by entry)."""
+        for row in reported:
+            self.analytics.record_lookup(
+                row.scope, Outcome.EXACT_HIT, tokens=row.tokens, cost_usd=row.cost_usd, count=row.hits
+            )
+            hit_at = row.last_hit_at or self._clock()  # a report that does not say: when it arrived
+            self.hits.record(row.scope.tenant_id, row.scope.use_case, row.entry_id, hit_at, count=row.hits)
+            metrics.REPORTED_HITS.inc(row.hits)
 
     def _apply_target(self, tenant_id: str, use_case: str, policy: CachePolicy) -> None:
         wanted = policy.target_false_hit_rate
@@ -363,6 +391,7 @@ class Cache:
             evicted = await self._delete_everywhere(tenant_id, entry_id)
             if evicted:
                 metrics.EVICTIONS.labels(self.exact.layer, "feedback").inc()
+                self._tell_removed(tenant_id, entry_id, "feedback")
         # A wrong exact hit says nothing about the semantic operating point.
         tightened = self.semantic is not None and served_as is not Outcome.EXACT_HIT
         if tightened:
@@ -391,8 +420,13 @@ class Cache:
         deleted = await self._delete_everywhere(tenant_id, entry_id)
         if deleted:
             metrics.EVICTIONS.labels(self.exact.layer, "admin").inc()
+            self._tell_removed(tenant_id, entry_id, "admin")
         log.info("cache_entry_deleted", tenant=tenant_id, entry_id=entry_id, deleted=deleted)
         return deleted
+
+    def _tell_removed(self, tenant_id: str, entry_id: str, reason: str) -> None:
+        if self._removed is not None:
+            self._removed(tenant_id, entry_id, reason)
 
     # -- upkeep ----------------------------------------------------------------------------------
 

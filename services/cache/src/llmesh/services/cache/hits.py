@@ -29,16 +29,17 @@ class HitHistory:
         self._hours: dict[tuple[str, str], list[int]] = {}
         self._max_entries = max_entries
 
-    def record(self, tenant_id: str, use_case: str, entry_id: str, now: float) -> None:
+    def record(self, tenant_id: str, use_case: str, entry_id: str, now: float, count: int = 1) -> None:
+        """`count` hits of the entry, the last at `now`."""
         key = (tenant_id, entry_id)
         row = self._entries.pop(key, None) or EntryHits(tenant_id, use_case, entry_id)
-        row.hits += 1
+        row.hits += count
         row.last_hit_at = now
         self._entries[key] = row  # most recently hit last
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
         hours = self._hours.setdefault((tenant_id, use_case), [0] * HOURS)
-        hours[time.gmtime(now).tm_hour] += 1
+        hours[time.gmtime(now).tm_hour] += count
 
     def hits_by_hour(self, tenant_id: str, use_case: str = "") -> list[int]:
         """Hits per UTC hour of day (24 counts) of the tenant's use case, or of all its use cases."""

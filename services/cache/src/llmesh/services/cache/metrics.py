@@ -36,3 +36,8 @@ SEMANTIC_ERRORS = Counter(
     "Semantic layer failures (the request is served by the exact layer alone)",
     ["operation"],
 )
+REPORTED_HITS = Counter(
+    "llmesh_cache_reported_hits_total",
+    "Exact hits the routers answered from their copies of this cache's answers and reported (docs/adr/0033); "
+    "also counted in llmesh_cache_lookups_total",
+)

@@ -25,6 +25,9 @@ from llmesh.kit.quota import QuotaStore, RedisQuotaStore, open_store
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import (
     BREAKER_SUBJECT_PREFIX,
+    CACHE_HITS_SUBJECT,
+    CACHE_INVALIDATE,
+    CACHE_REMOVED_SUBJECT_PREFIX,
     CLASSIFIER_MODEL_SUBJECT,
     CLASSIFIER_OUTCOME,
     CLASSIFIER_ROLLOUT_SUBJECT,
@@ -36,7 +39,7 @@ from llmesh.kit.streams import (
 )
 from llmesh.kit.usage import pack_usage
 from llmesh.router.v1 import batch_pb2, batch_pb2_grpc, router_pb2_grpc
-from llmesh.services.router import convert
+from llmesh.services.router import convert, metrics
 from llmesh.services.router.accounting import Accounting, quota_policy_from_document
 from llmesh.services.router.batch_refresh import RefreshPlanner
 from llmesh.services.router.batch_runner import BatchRunner, RunnerConfig
@@ -44,10 +47,12 @@ from llmesh.services.router.batch_servicer import SERVICE_NAME as BATCH_SERVICE_
 from llmesh.services.router.batch_servicer import BatchServicer
 from llmesh.services.router.breakers import BreakerChange, BreakerConfig, Breakers
 from llmesh.services.router.core import GeneratePipeline, PipelineConfig
+from llmesh.services.router.exact_l1 import ExactL1, HitReports
 from llmesh.services.router.load import LoadBoard
 from llmesh.services.router.memo import ClassificationMemo, LookupOutcomes, classifier_rollout_running
 from llmesh.services.router.outcomes import OutcomeReporter
 from llmesh.services.router.overflow import OverflowGate, OverflowPolicy
+from llmesh.services.router.ports import Cache
 from llmesh.services.router.principals import PrincipalCache, TokenRenewer
 from llmesh.services.router.quality import EscalationPolicy, StreamMode
 from llmesh.services.router.queueing import FairQueues, parse_queue_classes, queue_policy_from_document
@@ -66,6 +71,7 @@ from llmesh.services.router.upstreams import (
     CacheClient,
     ClassifierClient,
     InferenceClient,
+    L1Cache,
     MemoClassifier,
     OutcomeReportingCache,
     TenancyClient,
@@ -89,6 +95,11 @@ class RouterApp(ServiceApp):
         self.memo = ClassificationMemo(
             max_entries=settings.classification_memo_size, ttl_s=settings.classification_memo_ttl_s
         )
+        #: exact cache answers kept to answer repeated requests without the cache hop (docs/adr/0033)
+        self.exact_l1 = ExactL1(max_entries=settings.exact_l1_size, ttl_s=settings.exact_l1_ttl_s)
+        #: the L1's hits not yet reported to the cache's analytics
+        self.l1_hits = HitReports()
+        self._l1_report: asyncio.Task | None = None
         # Cache stores still running at shutdown get this long to finish.
         self.task_grace_s = settings.upstream_timeout_s + 1.0
         self.pipeline: GeneratePipeline | None = None
@@ -142,6 +153,12 @@ class RouterApp(ServiceApp):
         await self.bus.subscribe(CLASSIFIER_MODEL_SUBJECT, self._on_classifier_model)
         await self.bus.subscribe(CLASSIFIER_ROLLOUT_SUBJECT, self._on_classifier_model)
         self.bus.on_reconnect(self._on_nats_reconnect)
+        self.bus.on_disconnect(self._on_nats_disconnect)
+        if self.exact_l1.enabled:
+            # The cache's invalidations (live, from the stream's subject) and single-entry removals.
+            await self.bus.subscribe(CACHE_INVALIDATE.subjects[0], self._on_cache_invalidated)
+            await self.bus.subscribe(f"{CACHE_REMOVED_SUBJECT_PREFIX}.>", self._on_cache_entry_removed)
+            self.every(s.exact_l1_report_s, self._report_l1_hits, name="exact-l1-hits")
         await self.bus.subscribe(f"{MODEL_LOAD_SUBJECT_PREFIX}.>", self._on_model_load)
         # Peers' breaker changes: their ejections are hints here (docs/adr/0030).
         await self.bus.subscribe(f"{BREAKER_SUBJECT_PREFIX}.>", self._on_peer_breaker)
@@ -178,7 +195,9 @@ class RouterApp(ServiceApp):
         queue_defaults = parse_queue_classes(s.queue_classes)
         cache = CacheClient(channel(s.cache_addr))
         policies = self.policy.parsed(lambda doc: VariantPolicies(doc, lambda d: policy_from_document(d, defaults)))
-        classifier, pipeline_cache = self._with_memo(ClassifierClient(channel(s.classifier_addr)), cache, policies)
+        classifier, pipeline_cache = self._with_memo(
+            ClassifierClient(channel(s.classifier_addr)), self._with_l1(cache), policies
+        )
         self.pipeline = GeneratePipeline(
             tenancy=self._tenancy_client(channel),
             classifier=classifier,
@@ -215,7 +234,51 @@ class RouterApp(ServiceApp):
         )
         await self._start_batch(cache)
 
-    def _with_memo(self, classifier: ClassifierClient, cache: CacheClient, policies) -> tuple:
+    def _with_l1(self, cache: CacheClient) -> Cache:
+        """The cache behind the L1 of exact answers (docs/adr/0033) unless it is off."""
+        if not self.exact_l1.enabled:
+            return cache
+        store = self.policy
+        assert store is not None
+        return L1Cache(
+            cache, self.exact_l1, self.l1_hits, policy_revision=lambda: store.revision, report_due=self._l1_report_due
+        )
+
+    def _l1_report_due(self) -> None:
+        if self._l1_report is None or self._l1_report.done():
+            self._l1_report = self.spawn(self._report_l1_hits(), name="exact-l1-hits-now")
+
+    async def _report_l1_hits(self) -> None:
+        """Hits answered from the L1, to the cache's analytics (one replica of its queue group
+        counts them). Core NATS: a report published while NATS is down is lost (analytics only)."""
+        rows = self.l1_hits.take()
+        dropped, self.l1_hits.dropped = self.l1_hits.dropped, 0
+        if dropped:
+            metrics.EXACT_L1_REPORTS.labels("dropped").inc(dropped)
+        if not rows or self.bus is None:
+            return
+        await self.bus.publish_core(CACHE_HITS_SUBJECT, convert.hits_report_to_proto(rows, replica=self.replica))
+        metrics.EXACT_L1_REPORTS.labels("sent").inc(sum(row.hits for row in rows))
+
+    async def _on_cache_invalidated(self, data: bytes) -> None:
+        try:
+            removal = convert.l1_removal_from_invalidation(data)
+        except Exception as exc:  # unreadable: drop every copy rather than risk serving a removed one
+            log.warning("cache_invalidation_unreadable", error=repr(exc))
+            self.exact_l1.clear()
+            return
+        self.exact_l1.remove(removal)
+
+    async def _on_cache_entry_removed(self, data: bytes) -> None:
+        try:
+            removal = convert.l1_removal_from_entry_removed(data)
+        except Exception as exc:
+            log.warning("cache_entry_removed_unreadable", error=repr(exc))
+            self.exact_l1.clear()
+            return
+        self.exact_l1.remove(removal)
+
+    def _with_memo(self, classifier: ClassifierClient, cache: Cache, policies) -> tuple:
         """The classifier and cache as the pipeline sees them: behind the memo of classifications
         (docs/adr/0028) unless it is off."""
         if not self.memo.enabled:
@@ -446,7 +509,12 @@ class RouterApp(ServiceApp):
         # Revocations published while disconnected were missed: trust no cached principal.
         self.principals.clear()
         self.memo.clear()  # and model-loaded events
+        self.exact_l1.resume()  # and the cache's invalidations
         log.info("principal_cache_flushed", reason="nats_reconnect")
+
+    async def _on_nats_disconnect(self) -> None:
+        # The cache's invalidations cannot be heard: no copy of its answers is served meanwhile.
+        self.exact_l1.suspend()
 
     async def stop(self) -> None:
         if self.batch is not None:
@@ -455,6 +523,8 @@ class RouterApp(ServiceApp):
             await self.outbox.flush(timeout_s=2.0)  # usage records still queued
         if self.outcome_outbox is not None and self.bus is not None and not self.bus.nc.is_closed:
             await self.outcome_outbox.flush(timeout_s=1.0)
+        if self.bus is not None and not self.bus.nc.is_closed:
+            await self._report_l1_hits()
         if self.quota_store is not None:
             await self.quota_store.close()
         for opened in self._channels:

@@ -34,6 +34,7 @@ from llmesh.services.router.domain import (
     Summary,
     Usage,
 )
+from llmesh.services.router.exact_l1 import HitCount, Removal
 from llmesh.services.router.load import LoadSnapshot
 
 MAX_TOKENS_LIMIT = 4096
@@ -228,6 +229,11 @@ def cached_answer_from_proto(response: cache_pb2.LookupResponse) -> CachedAnswer
         usage=usage_from_proto(answer.usage),
         cost_usd=answer.cost_usd,
         semantic=response.outcome == cache_pb2.LOOKUP_OUTCOME_SEMANTIC_HIT,
+        entry_id=answer.entry_id,
+        expires_at=answer.expires_at.ToNanoseconds() / 1e9 if answer.HasField("expires_at") else None,
+        created_at=answer.created_at.ToNanoseconds() / 1e9,
+        pinned=answer.pinned,
+        content_versions=tuple((cv.document_id, cv.version) for cv in answer.content_versions),
     )
 
 
@@ -349,3 +355,46 @@ def hot_entries_from_proto(response: cache_pb2.ListHotEntriesResponse) -> HotEnt
         for hot in response.entries
     ]
     return HotEntries(entries, list(response.hits_by_hour))
+
+
+def l1_removal_from_invalidation(data: bytes) -> Removal:
+    """A CacheInvalidated event as the L1 of exact answers applies it (docs/adr/0033)."""
+    event = events_pb2.CacheInvalidated.FromString(data)
+    scope = event.WhichOneof("scope")
+    if not event.tenant_id or scope is None or not event.HasField("issued_at"):
+        raise ValueError(f"malformed CacheInvalidated event {event.event_id!r}: tenant, scope and issued_at required")
+    issued_at = event.issued_at.ToNanoseconds() / 1e9
+    if scope == "content_version":
+        return Removal(
+            event.tenant_id,
+            issued_at,
+            document_id=event.content_version.document_id,
+            version=event.content_version.version,
+        )
+    if scope == "use_case":
+        return Removal(event.tenant_id, issued_at, use_case=event.use_case)
+    return Removal(event.tenant_id, issued_at)
+
+
+def l1_removal_from_entry_removed(data: bytes) -> Removal:
+    event = events_pb2.CacheEntryRemoved.FromString(data)
+    if not event.tenant_id or not event.entry_id or not event.HasField("removed_at"):
+        raise ValueError(f"malformed CacheEntryRemoved event {event.event_id!r}: tenant, entry and removed_at required")
+    return Removal(event.tenant_id, event.removed_at.ToNanoseconds() / 1e9, entry_id=event.entry_id)
+
+
+def hits_report_to_proto(rows: list[HitCount], *, replica: str) -> events_pb2.CacheHitsReported:
+    report = events_pb2.CacheHitsReported(event_id=uuid.uuid4().hex, router_replica=replica)
+    for row in rows:
+        hit = report.hits.add(
+            tenant_id=row.tenant_id,
+            business_unit=row.business_unit,
+            use_case=row.use_case,
+            entry_id=row.entry_id,
+            hits=row.hits,
+            tokens=row.tokens,
+            cost_usd=row.cost_usd,
+        )
+        hit.last_hit_at.FromNanoseconds(int(row.last_hit_at * 1e9))
+    report.observed_at.GetCurrentTime()
+    return report

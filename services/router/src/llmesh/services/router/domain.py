@@ -77,6 +77,14 @@ class CachedAnswer:
     usage: Usage
     cost_usd: float
     semantic: bool = False
+    # The cache's entry: its id, when it expires (unix seconds; None when the cache did not say)
+    # and was created, whether it is pinned, and the (document_id, version) pairs it was built
+    # from. What the router's L1 of exact answers needs to keep a copy (docs/adr/0033).
+    entry_id: str = ""
+    expires_at: float | None = None
+    created_at: float = 0.0
+    pinned: bool = False
+    content_versions: tuple[tuple[str, int], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -47,6 +47,22 @@ MEMO_HIT = CLASSIFICATION_MEMO.labels("hit")
 MEMO_STALE = CLASSIFICATION_MEMO.labels("stale")
 MEMO_MISS = CLASSIFICATION_MEMO.labels("miss")
 MEMO_OFF = CLASSIFICATION_MEMO.labels("off")
+EXACT_L1 = Counter(
+    "llmesh_router_exact_l1_total",
+    "cache lookups and the router's L1 of exact answers (docs/adr/0033): answered from the L1 (hit), an entry "
+    "kept but expired (stale), none kept (miss), L1 off (size or TTL 0, or NATS disconnected: events missed)",
+    ["result"],
+)
+L1_HIT = EXACT_L1.labels("hit")
+L1_STALE = EXACT_L1.labels("stale")
+L1_MISS = EXACT_L1.labels("miss")
+L1_OFF = EXACT_L1.labels("off")
+EXACT_L1_REPORTS = Counter(
+    "llmesh_router_exact_l1_reported_hits_total",
+    "L1 hits reported to the cache's analytics (sent: published on core NATS, unconfirmed), or dropped before "
+    "(dropped: too many rows waiting)",
+    ["result"],
+)
 CACHE_TIER_REJECTED = Counter(
     "llmesh_router_cache_tier_rejected_total",
     "cache hits not served because the answer came from a lower tier than the request needs",

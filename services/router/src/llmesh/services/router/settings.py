@@ -105,6 +105,26 @@ class RouterSettings(ForecastSettings):
         "how long a classification is reused for exact hits of the same content (docs/adr/0028; 0: never)",
         non_negative,
     )
+    exact_l1_size: int = setting(
+        "LLMESH_ROUTER_EXACT_L1_SIZE",
+        10_000,
+        "most exact cache answers the router keeps to answer repeated requests without the cache hop "
+        "(docs/adr/0033; 0: none, every request asks the cache)",
+        non_negative,
+    )
+    exact_l1_ttl_s: float = setting(
+        "LLMESH_ROUTER_EXACT_L1_TTL_S",
+        5.0,
+        "longest the router keeps an exact cache answer (never past the cache's own expiry; 0: none kept)",
+        non_negative,
+    )
+    exact_l1_report_s: float = setting(
+        "LLMESH_ROUTER_EXACT_L1_REPORT_S",
+        1.0,
+        "how often the hits answered from the router's L1 are reported to the cache's analytics "
+        "(also at once when 256 are waiting)",
+        positive,
+    )
     classification_memo_size: int = setting(
         "LLMESH_ROUTER_CLASSIFICATION_MEMO_SIZE",
         10_000,
