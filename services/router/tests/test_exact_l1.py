@@ -10,12 +10,14 @@ import dataclasses
 import time
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from llmesh.cache.v1 import cache_pb2
 from llmesh.common.v1 import common_pb2
 from llmesh.events.v1 import events_pb2
 from llmesh.kit.chat import Message, Sampling
 from llmesh.kit.client import open_channel
 from llmesh.kit.nats_server import NatsServerProcess
+from llmesh.kit.streams import CACHE_APPLIED_SUBJECT_PREFIX
 from llmesh.kit.testing import assert_eventually, hosted, unique
 from llmesh.router.v1 import router_pb2
 from llmesh.services.router import convert, metrics
@@ -447,6 +449,37 @@ async def test_each_invalidation_scope_drops_the_routers_copies(l1_router, cache
     asked = len(lookups)
     _, summary = await ask(client, api_key, texts["plain"])
     assert summary.cache_outcome != EXACT and len(lookups) > asked
+
+
+async def test_invalidations_the_cache_replicas_applied_reach_the_routers_too(l1_router, caches):
+    """Another region's invalidation is copied into this region's stream, where the cache replicas
+    apply it, but no core subscriber here hears it: the replicas announce what they applied."""
+    app, client = l1_router
+    api_key, tenant, _ = client.new_key()
+    text = unique("Which region")
+    await warm(caches[0][1], tenant, text, "copied answer")
+    assert (await ask(client, api_key, text))[1].cache_outcome == EXACT
+    assert list(kept(app, tenant)) == ["copied answer"]
+
+    # each replica announces the events it applies from the stream
+    announced: list[events_pb2.CacheInvalidated] = []
+
+    async def heard(data: bytes) -> None:
+        announced.append(events_pb2.CacheInvalidated.FromString(data))
+
+    await app.bus.subscribe(f"{CACHE_APPLIED_SUBJECT_PREFIX}.{tenant}", heard)
+    await caches[0][1].Invalidate(cache_pb2.InvalidateRequest(tenant_id=tenant, use_case="elsewhere"), metadata=ADMIN)
+    await assert_eventually(
+        lambda: [e.use_case for e in announced] == ["elsewhere", "elsewhere"], message="both replicas announce it"
+    )
+    assert list(kept(app, tenant)) == ["copied answer"], "another use case's invalidation keeps the copy"
+
+    # an announcement alone (the event the router never heard directly) drops the copy
+    issued = Timestamp()
+    issued.GetCurrentTime()
+    event = events_pb2.CacheInvalidated(event_id=unique("ev"), tenant_id=tenant, issued_at=issued, all=True)
+    await app.bus.publish_core(f"{CACHE_APPLIED_SUBJECT_PREFIX}.{tenant}", event)
+    await assert_eventually(lambda: not kept(app, tenant), message="the copy dropped on the announcement")
 
 
 async def test_a_thumbs_down_or_a_deleted_entry_drops_the_routers_copy(l1_router, caches):

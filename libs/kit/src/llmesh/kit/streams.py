@@ -90,10 +90,21 @@ def cache_invalidate_subject(tenant_id: str) -> str:
 
 
 CACHE_REMOVED_SUBJECT_PREFIX = "llmesh.cache.removed"
+# Each cache replica announces, on core NATS, every invalidation it applied from its region's stream
+# (CacheInvalidated, as published): the routers' copies of exact answers (docs/adr/0033) also
+# hear those published in another region, which the stream copies in but core subscribers never see.
+CACHE_APPLIED_SUBJECT_PREFIX = "llmesh.cache.applied"
 # Exact hits the routers answered from their copies of cache entries (docs/adr/0033), core NATS;
 # the cache replicas subscribe in one queue group so that one replica counts each report.
 CACHE_HITS_SUBJECT = "llmesh.cache.hits"
 CACHE_HITS_QUEUE = "cache-hits"
+
+
+def cache_applied_subject(tenant_id: str) -> str:
+    """llmesh.cache.applied.<tenant_id>: a CacheInvalidated a cache replica applied (core NATS)."""
+    if not SUBJECT_TOKEN.match(tenant_id):
+        raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
+    return f"{CACHE_APPLIED_SUBJECT_PREFIX}.{tenant_id}"
 
 
 def cache_removed_subject(tenant_id: str) -> str:

@@ -24,12 +24,18 @@ from llmesh.kit.logging import get_logger
 from llmesh.kit.outbox import Outbox
 from llmesh.kit.policy import PolicyStore
 from llmesh.kit.server import ServiceApp
-from llmesh.kit.streams import CACHE_HITS_QUEUE, CACHE_HITS_SUBJECT, cache_removed_subject, parse_domains
+from llmesh.kit.streams import (
+    CACHE_HITS_QUEUE,
+    CACHE_HITS_SUBJECT,
+    cache_applied_subject,
+    cache_removed_subject,
+    parse_domains,
+)
 from llmesh.services.cache import convert
 from llmesh.services.cache.analytics import Analytics
 from llmesh.services.cache.core import Cache
 from llmesh.services.cache.exact import ExactStore
-from llmesh.services.cache.invalidation import Invalidation, InvalidationChannel, durable_name
+from llmesh.services.cache.invalidation import Invalidation, InvalidationChannel, durable_name, to_event
 from llmesh.services.cache.lru import LruStore
 from llmesh.services.cache.metrics import ENTRIES
 from llmesh.services.cache.policy import parse_cache_policy
@@ -161,7 +167,12 @@ class CacheApp(ServiceApp):
             clock=self.clock,
             removed=self._entry_removed,
         )
-        await self.channel.consume(cache.apply_invalidation)
+
+        async def apply(inv: Invalidation) -> None:
+            await cache.apply_invalidation(inv)
+            self._invalidation_applied(inv)
+
+        await self.channel.consume(apply)
         # Events published while this replica was down are applied before it serves a lookup.
         if not await self.channel.wait_caught_up(s.catch_up_timeout_s):
             log.warning("invalidations_still_pending", timeout_s=s.catch_up_timeout_s)
@@ -177,6 +188,14 @@ class CacheApp(ServiceApp):
             replica=s.replica,
             durable=self.channel.durable,
         )
+
+    def _invalidation_applied(self, inv: Invalidation) -> None:
+        """Announces an event of the region's stream (this region's or, copied in, another's) that
+        this replica applied to the routers (their L1 of exact answers, docs/adr/0033): the copies
+        of other regions' events reach no core subscriber here. Every replica announces it; a
+        router drops its copies twice, which is harmless."""
+        if self.bus is not None:
+            self.spawn(self.bus.publish_core(cache_applied_subject(inv.tenant_id), to_event(inv), msg_id=inv.event_id))
 
     def _entry_removed(self, tenant_id: str, entry_id: str, reason: str) -> None:
         """Tells the routers (their L1 of exact answers, docs/adr/0033) that an entry is gone; core

@@ -25,6 +25,7 @@ from llmesh.kit.quota import QuotaStore, RedisQuotaStore, open_store
 from llmesh.kit.server import ServiceApp
 from llmesh.kit.streams import (
     BREAKER_SUBJECT_PREFIX,
+    CACHE_APPLIED_SUBJECT_PREFIX,
     CACHE_HITS_SUBJECT,
     CACHE_INVALIDATE,
     CACHE_REMOVED_SUBJECT_PREFIX,
@@ -155,8 +156,10 @@ class RouterApp(ServiceApp):
         self.bus.on_reconnect(self._on_nats_reconnect)
         self.bus.on_disconnect(self._on_nats_disconnect)
         if self.exact_l1.enabled:
-            # The cache's invalidations (live, from the stream's subject) and single-entry removals.
+            # The cache's invalidations (live, from the stream's subject; and as the cache replicas
+            # applied them, which includes other regions') and single-entry removals.
             await self.bus.subscribe(CACHE_INVALIDATE.subjects[0], self._on_cache_invalidated)
+            await self.bus.subscribe(f"{CACHE_APPLIED_SUBJECT_PREFIX}.>", self._on_cache_invalidated)
             await self.bus.subscribe(f"{CACHE_REMOVED_SUBJECT_PREFIX}.>", self._on_cache_entry_removed)
             self.every(s.exact_l1_report_s, self._report_l1_hits, name="exact-l1-hits")
         await self.bus.subscribe(f"{MODEL_LOAD_SUBJECT_PREFIX}.>", self._on_model_load)
