@@ -1,8 +1,8 @@
 """Cache refresh as a built-in batch job (ADR 0026) on the in-process mesh: an answer hit often and
 close to expiry is generated again in the off-peak window (new created_at, later expiry) through
 the Generate pipeline; an answer hit once is not; a tenant whose budget is exhausted is not
-refreshed and its job stops, saying why. The cache's clock and the planner's are set by the test:
-the hits land in the hour before the answer expires, and the planner runs in the hour before."""
+refreshed and its job stops, saying why. The cache's clock, the router's for the hits it answers from
+its copies, and the planner's are set by the test: the hits land in the hour before the answer expires, and the planner runs in the hour before."""
 
 from __future__ import annotations
 
@@ -70,9 +70,21 @@ async def hot_tenant(mesh, batch, monkeypatch) -> tuple[str, str, str, float]:
     expiry = min(entry.expires_at for entry in cache.exact._entries.values() if entry.tenant_id == tenant_id)
     hit_at = expiry - 5  # 5 s before the answers expire
     monkeypatch.setattr(cache, "_clock", lambda: hit_at)
+    # Repeats are answered from the router's copy (its L1, ADR 0033) and reported to the cache's
+    # hit history in batches: at the test's time as well.
+    hits = mesh.hosts["router"].app.l1_hits
+    record = hits.record
+    monkeypatch.setattr(
+        hits, "record", lambda tenant, unit, case, answer, now: record(tenant, unit, case, answer, hit_at)
+    )
     for request, times in ((often, 3), (rarely, 1)):
         for _ in range(times):
             assert await ask(mesh, api_key, request) == "CACHE_OUTCOME_EXACT_HIT"
+
+    def counted():
+        assert sorted(row.hits for row in cache.hits.often_hit(tenant_id, use_case, 1)) == [1, 3]
+
+    await assert_eventually(counted, message="every hit in the cache's hit history")
     return api_key, tenant_id, use_case, hit_at
 
 
