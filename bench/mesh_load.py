@@ -22,6 +22,7 @@ import urllib.request
 import grpc
 from google.rpc import status_pb2
 from llmesh.common.v1 import common_pb2
+from llmesh.kit.client import retrying_unserved
 from llmesh.kit.testing import free_port, unique
 from llmesh.router.v1 import batch_pb2, batch_pb2_grpc, router_pb2, router_pb2_grpc
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
@@ -199,6 +200,9 @@ class Answer:
     key: str = ""  # the API key it was sent with
     request_id: str = ""  # the one it was sent under (x-request-id), as the summary reports it
     interrupted: bool = False  # failed after tokens (router.v1.StreamInterrupted: billed for what streamed)
+    retries: int = 0  # tries made again under the same request id after UNAVAILABLE before any message
+    # the router's attempts at inference ("model outcome reason", from the summary)
+    attempts: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -210,10 +214,12 @@ class Answer:
 
 
 async def generate_once(
-    stub, api_key: str, prompt: str, priority: int, timeout: float = 30, request_id: str = ""
+    stub, api_key: str, prompt: str, priority: int, timeout: float = 30, request_id: str = "", retry: bool = False
 ) -> Answer:
     """One Generate under the caller's request id (x-request-id; a fresh one when not given), the
-    id the router bills it under, so every ledger entry can be traced to its request."""
+    id the router bills it under, so every ledger entry can be traced to its request. `retry`: a
+    try that failed UNAVAILABLE before any message is made again under the same id, as the CLI
+    and the edge do (llmesh.kit.client.retrying_unserved, docs/adr/0034)."""
     start = time.monotonic()
     request_id = request_id or unique("load")
     request = router_pb2.GenerateRequest(
@@ -221,9 +227,18 @@ async def generate_once(
     )
     metadata = [("authorization", f"Bearer {api_key}"), ("x-request-id", request_id)]
     cache = ""
+    retried: list[grpc.RpcError] = []
+
+    def start_try(timeout_s: float | None):
+        return stub.Generate(request, metadata=metadata, timeout=timeout_s)
+
     try:
         summary = None
-        async for event in stub.Generate(request, metadata=metadata, timeout=timeout):
+        if retry:
+            stream = retrying_unserved(start_try, timeout_s=timeout, on_retry=retried.append)
+        else:
+            stream = start_try(timeout)
+        async for event in stream:
             if event.HasField("summary"):
                 summary = event.summary
         if summary is None:
@@ -237,6 +252,8 @@ async def generate_once(
             cache,
             key=api_key,
             request_id=summary.request_id or request_id,
+            retries=len(retried),
+            attempts=tuple(f"{a.model} {a.outcome} {a.reason}" for a in summary.attempts),
         )
     except grpc.aio.AioRpcError as exc:
         return Answer(
@@ -248,6 +265,7 @@ async def generate_once(
             key=api_key,
             request_id=interrupted_request_id(exc) or request_id,
             interrupted=bool(interrupted_request_id(exc)),
+            retries=len(retried),
         )
 
 
@@ -288,8 +306,13 @@ class Load:
     ended, up to `max_in_flight`), spread over the keys, half interactive and half batch, a third of
     the prompts repeated (cache hits), the rest unique. Every answer lands in `answers`."""
 
-    def __init__(self, router_addr: str, keys: list[str], rate: float = 4.0, max_in_flight: int = 32):
+    def __init__(
+        self, router_addr: str, keys: list[str], rate: float = 4.0, max_in_flight: int = 32, retry: bool = False
+    ):
+        """`router_addr` may name several router replicas (`ipv4:host:port,host:port`): the load
+        round-robins over them. `retry`: see generate_once."""
         self.router_addr, self.keys, self.rate, self.max_in_flight = router_addr, keys, rate, max_in_flight
+        self.retry = retry
         self.answers: list[Answer] = []
         self.skipped = 0
         self.cut_at_stop = 0  # requests still in flight when the load stopped (answers unknown)
@@ -298,7 +321,9 @@ class Load:
         self._rng = random.Random(16)
 
     async def _run(self) -> None:
-        async with grpc.aio.insecure_channel(self.router_addr) as channel:
+        async with grpc.aio.insecure_channel(
+            self.router_addr, options=[("grpc.lb_policy_name", "round_robin")]
+        ) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
             in_flight: set[asyncio.Task] = set()
             period, next_at = 1.0 / self.rate, time.monotonic()
@@ -319,7 +344,9 @@ class Load:
                     )
                     request_id = unique("load")
                     self.sent[request_id] = key
-                    task = asyncio.create_task(generate_once(stub, key, prompt, priority, request_id=request_id))
+                    task = asyncio.create_task(
+                        generate_once(stub, key, prompt, priority, request_id=request_id, retry=self.retry)
+                    )
                     task.add_done_callback(self._done(in_flight))
                     in_flight.add(task)
             finally:
