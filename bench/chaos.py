@@ -69,6 +69,7 @@ from bench.mesh_load import (  # noqa: E402
     Load,
     PrivateMesh,
     RedisProcess,
+    StandInModel,
     batch_file,
     cli,
     error_rate,
@@ -159,6 +160,14 @@ async def submit_batch(mesh: PrivateMesh, api_key: str, fault: str) -> dict:
     return {"fault": fault, "job_id": job.job_id, "total": job.total}
 
 
+def cut_codes(answers: list[Answer]) -> str:
+    """How the failed ones of `answers` failed: code counts, and how many after tokens."""
+    failed = [a for a in answers if not a.ok]
+    codes = collections.Counter(a.code for a in failed)
+    text = ", ".join(f"{c} {n}" for c, n in sorted(codes.items())) or "-"
+    return f"{text}, {sum(a.cut for a in failed)} after tokens" if failed else text
+
+
 async def kill_service(mesh: PrivateMesh, load: Load, name: str, batch: tuple[str, list] | None = None) -> dict:
     job = None
     if batch is not None and name in BATCH_KILLS:
@@ -192,19 +201,28 @@ async def kill_service(mesh: PrivateMesh, load: Load, name: str, batch: tuple[st
     back = await wait_for(back_up)
     await asyncio.sleep(AFTER_S)
     after = load.between(back, back + AFTER_S)
-    window = load.between(t0, back + AFTER_S)
+    # every request the kill could touch: those in flight at it (started before, ended after) too
+    window = [a for a in load.answers if a.end >= t0 and a.start < back + AFTER_S]
+    at_kill = [a for a in window if a.start < t0]
+    in_flight = (
+        f"{len(at_kill)} requests in flight at the kill ({sum(not a.ok for a in at_kill)} failed: {cut_codes(at_kill)})"
+    )
     if load.retry:
         replicas = sum(1 for p in mesh.state()["processes"] if p == name or p.startswith(f"{name}-"))
         retried = [a for a in window if a.retries]
         router_retries = [a for a in window if a.ok and any(t.endswith(" retry") for t in a.attempts)]
         retry_note = (
-            f"{replicas} replicas of {name}, one killed; from the kill to {AFTER_S:.0f} s after it was back: "
+            f"{replicas} replicas of {name}, one killed; {in_flight}; from the kill to {AFTER_S:.0f} s after it was back: "
             f"{len(retried)} requests tried again by the client under the same id ({sum(a.ok for a in retried)} "
             f"then answered), {len(router_retries)} answered after the router tried inference again on another "
-            f"replica, {sum(a.interrupted for a in window)} streams cut after tokens (not retried, by design)"
+            f"replica, {sum(a.cut for a in window)} streams cut after tokens (not retried, by design; "
+            f"{sum(a.interrupted for a in window)} of them billed for what streamed)"
         )
     else:
-        retry_note = "requests failed in the window are lost (no retry by the harness)"
+        retry_note = (
+            f"{in_flight}; requests failed in the window are lost (no retry by the harness), "
+            f"{sum(a.cut for a in window)} of them streams cut after tokens"
+        )
     lost = (
         f"restarts {restarts}→{mesh.restarts(name)}; {retry_note}; answers served from cache after restart "
         f"(ok answers with a hit / all ok): {cache_hits(after)}, before: {cache_hits(load.between(t0 - BASELINE_S, t0))}"
@@ -701,13 +719,24 @@ BACKEND_FAULTS = [f"kill-{name}" for name in BACKENDS]
 # The faults a replica covers (docs/adr/0034): run with REPLICA_DEFAULT unless --replicas says otherwise.
 REPLICA_FAULTS = {"kill-router", "kill-inference"}
 REPLICA_DEFAULT = "router=2,inference=2"
+# The stand-in model's pace (--model standin): about the local model's on this machine (TTFT p50
+# 0.6 s under the chaos load in bench/results/chaos.md).
+STANDIN_FIRST_TOKEN_S, STANDIN_TOKEN_S = 0.5, 0.05
 
 
-async def main(only: list[str], rate: float, stores: bool, backends: bool, replicas: str = "") -> list[dict]:
+async def main(
+    only: list[str], rate: float, stores: bool, backends: bool, replicas: str = "", standin: bool = False
+) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="llmesh-chaos-") as tmp:
         home = pathlib.Path(tmp) / "home"
         mounted = mount_tmpfs(home / "cache" / "semantic") if "disk" in only else "not asked"
         extra = {"LLMESH_UP_REPLICAS": replicas} if replicas else {}
+        model = None
+        if standin:
+            # the harness's OpenAI-compatible stand-in as every model (--model standin)
+            model = StandInModel(STANDIN_FIRST_TOKEN_S, STANDIN_TOKEN_S)
+            await model.start()
+            extra["LLMESH_INFERENCE_CATALOG"] = str(model.catalog(pathlib.Path(tmp) / "catalog.json"))
         inference_port = 0
         proxy = None
         if "inference=" not in replicas or "inference=1" in replicas:
@@ -833,6 +862,8 @@ async def main(only: list[str], rate: float, stores: bool, backends: bool, repli
                 await asyncio.to_thread(postgres.stop)
             if proxy is not None:
                 await proxy.stop()
+            if model is not None:
+                await model.stop()
             # The services' logs outlive the private home, for what a fault left behind.
             shutil.rmtree(LOGS, ignore_errors=True)
             shutil.copytree(home / "logs", LOGS, dirs_exist_ok=True)
@@ -850,6 +881,14 @@ if __name__ == "__main__":
         help="`llmesh up` with Triton and the OpenAI-compatible stand-in (implied by kill-triton, kill-openai)",
     )
     parser.add_argument("--rate", type=float, default=3.0, help="requests per second")
+    parser.add_argument(
+        "--model",
+        choices=("local", "standin"),
+        default="local",
+        help="local: the in-process llama.cpp model; standin: an OpenAI-compatible stand-in of the harness's own "
+        f"({STANDIN_FIRST_TOKEN_S} s to the first token, {STANDIN_TOKEN_S} s a token, about the local model's pace on "
+        "this machine) as every model, for when the local model cannot run",
+    )
     parser.add_argument(
         "--replicas",
         default=None,
@@ -873,13 +912,18 @@ if __name__ == "__main__":
         replicas = REPLICA_DEFAULT if set(only) <= REPLICA_FAULTS else ""
     if "inference=" in replicas and "inference=1" not in replicas and {"latency", "drop"} & set(only):
         parser.error("the latency and drop faults need one inference (behind the fault proxy): drop inference=N")
-    rows = asyncio.run(main(only, args.rate, stores, backends, replicas))
+    rows = asyncio.run(main(only, args.rate, stores, backends, replicas, standin=args.model == "standin"))
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "host": os.uname().nodename,
         "rate": args.rate,
         "stores": "Redis (exact cache, quotas) and PostgreSQL (tenancy)" if stores else "embedded (LRU, SQLite)",
-        "backends": "Triton and the OpenAI-compatible stand-in" if backends else "off (the local model)",
+        "backends": "Triton and the OpenAI-compatible stand-in"
+        if backends
+        else f"off; every model is the harness's OpenAI-compatible stand-in ({STANDIN_FIRST_TOKEN_S} s to the first "
+        f"token, {STANDIN_TOKEN_S} s a token)"
+        if args.model == "standin"
+        else "off (the local model)",
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     if replicas:
@@ -895,6 +939,8 @@ if __name__ == "__main__":
     name = "chaos" if full else "chaos-" + "-".join(only)
     if replicas:
         name += "-replicas-" + replicas.replace("=", "").replace(",", "-")
+    if args.model == "standin":
+        name += "-standin"
     (RESULTS.parent / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (RESULTS.parent / f"{name}.md").write_text(render(rows, meta))
     if full and not replicas:

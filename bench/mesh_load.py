@@ -201,6 +201,9 @@ class Answer:
     request_id: str = ""  # the one it was sent under (x-request-id), as the summary reports it
     interrupted: bool = False  # failed after tokens (router.v1.StreamInterrupted: billed for what streamed)
     retries: int = 0  # tries made again under the same request id after UNAVAILABLE before any message
+    # failed after the router had sent messages (tokens): a StreamInterrupted, or a router that died
+    # mid-answer (it could say nothing, and billed nothing)
+    cut: bool = False
     # the router's attempts at inference ("model outcome reason", from the summary)
     attempts: tuple[str, ...] = ()
 
@@ -232,6 +235,7 @@ async def generate_once(
     def start_try(timeout_s: float | None):
         return stub.Generate(request, metadata=metadata, timeout=timeout_s)
 
+    received = 0
     try:
         summary = None
         if retry:
@@ -239,6 +243,7 @@ async def generate_once(
         else:
             stream = start_try(timeout)
         async for event in stream:
+            received += 1
             if event.HasField("summary"):
                 summary = event.summary
         if summary is None:
@@ -266,6 +271,7 @@ async def generate_once(
             request_id=interrupted_request_id(exc) or request_id,
             interrupted=bool(interrupted_request_id(exc)),
             retries=len(retried),
+            cut=received > 0,
         )
 
 
@@ -448,6 +454,106 @@ class FaultProxy:
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
         self._conns.discard(writer)
         self._conns.discard(up_writer)
+
+
+class StandInModel:
+    """An OpenAI-compatible chat completions server of the harness's own (POST /v1/chat/completions,
+    streamed): a fixed answer of `max_tokens` words, the first after `first_token_s`, then one per
+    `token_s`, with a usage chunk. It stands in for the model when the local one cannot run, so that
+    a run measures the mesh's own faults (the decode times are a small model's on a CPU)."""
+
+    def __init__(self, first_token_s: float = 0.15, token_s: float = 0.03):
+        self.first_token_s, self.token_s = first_token_s, token_s
+        self.port = free_port()
+        self.requests = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def catalog(self, path: pathlib.Path) -> pathlib.Path:
+        """An inference catalog whose self-hosted tiers 1-2 and external tier 3 are this server."""
+
+        def entry(name: str, tiers: list[int], hosting: str, sensitivity: str) -> dict:
+            return {
+                "name": name,
+                "backend": "openai",
+                "endpoint": self.base_url,
+                "remote_model": name,
+                "tiers": tiers,
+                "region": "local",
+                "hosting": hosting,
+                "max_sensitivity": sensitivity,
+                "context_length": 2048,
+                "max_concurrency": 2,
+                "max_queue": 4,
+            }
+
+        models = [
+            entry("standin-self", [1, 2], "self_hosted", "restricted"),
+            entry("standin-api", [3], "external", "internal"),
+        ]
+        path.write_text(json.dumps({"models": models}, indent=1))
+        return path
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # keep-alive: one request after the other on a connection
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (int(h.split(b":", 1)[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")),
+                    0,
+                )
+                body = json.loads(await reader.readexactly(length)) if length else {}
+                self.requests += 1
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+
+                def send(doc: dict | str) -> None:
+                    data = f"data: {doc if isinstance(doc, str) else json.dumps(doc)}\n\n".encode()
+                    writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+                words = max(1, int(body.get("max_tokens") or 16))
+                await asyncio.sleep(self.first_token_s)
+                for i in range(words):
+                    if i:
+                        await asyncio.sleep(self.token_s)
+                    send(
+                        {
+                            "object": "chat.completion.chunk",
+                            "choices": [{"index": 0, "delta": {"content": f"word{i} "}}],
+                        }
+                    )
+                    await writer.drain()
+                send(
+                    {
+                        "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                    }
+                )
+                send(
+                    {
+                        "object": "chat.completion.chunk",
+                        "choices": [],
+                        "usage": {"prompt_tokens": 12, "completion_tokens": words},
+                    }
+                )
+                send("[DONE]")
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
 
 
 def proc_sample(pid: int) -> dict[str, float]:

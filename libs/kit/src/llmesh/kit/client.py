@@ -24,10 +24,11 @@ DEFAULT_TIMEOUT_S = 5.0
 # same request id after about these waits (docs/adr/0034): at most two more tries.
 UNSERVED_RETRY_BACKOFF_S = (0.1, 0.4)
 
-# RPCs that may run twice without harm (reads, and writes that converge): retried on UNAVAILABLE.
-# Never a Generate (router or inference): a stream that sent text cannot be replayed, and one
-# that did not is still a model's work. Nor the creations (CreateTenant, CreateApiKey), Feedback
-# (it would count twice) or Warm (a client stream).
+# RPCs that may run twice without harm (reads, and writes that converge): retried on UNAVAILABLE
+# by the channel. Never a Generate (router or inference) here: a stream that sent text cannot be
+# replayed; one that sent nothing is tried again by its callers' own rule instead (docs/adr/0034:
+# retrying_unserved below, the router's retry on another inference replica). Nor the creations
+# (CreateTenant, CreateApiKey), Feedback (it would count twice) or Warm (a client stream).
 IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
     "llmesh.tenancy.v1.TenancyService": (
         "Authenticate",

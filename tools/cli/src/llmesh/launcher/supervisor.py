@@ -335,8 +335,11 @@ class Supervisor:
             router_env[f"LLMESH_{name.upper()}_ADDR"] = os.environ.get(
                 f"LLMESH_ROUTER_{name.upper()}_ADDR"
             ) or self._target(name)
-        # Each router replica queues for its share of a model's concurrency (unless told otherwise).
-        router_env.setdefault("LLMESH_ROUTER_REPLICAS", str(self.replicas["router"]))
+        # Each router replica queues for its share of a model's concurrency (unless told otherwise):
+        # a catalog's max_concurrency is per inference process, so N inference replicas admit N
+        # times it, shared by the routers (rounded so that they never admit more than that).
+        share = -(-self.replicas["router"] // self.replicas["inference"])
+        router_env.setdefault("LLMESH_ROUTER_REPLICAS", str(share))
         self._spawn_replicas("router", ports["router"], router_env)
         self._save()
         self._wait_serving(self._replicas_of("router"), deadline, started)
