@@ -42,6 +42,7 @@ def test_one_process_of_each_service_unless_told_otherwise():
         ("tenancy=2", "tenancy runs as one process"),
         ("cache=2", "cache runs as one process"),
         ("edge=2", "edge runs as one process"),
+        ("classifier=2", "classifier runs as one process"),
     ],
 )
 def test_a_bad_setting_is_refused_with_what_is_wrong(raw, says):

@@ -52,9 +52,10 @@ EDGE_HTTP_PORT_VARIABLE = "LLMESH_EDGE_HTTP_PORT"
 # The model servers the supervisor runs (launcher/backends.py); stopped after the services, before NATS.
 BACKENDS = ("triton", "openai")
 # Services that may run as several processes on one machine: the stateless ones. Tenancy (one SQLite
-# file), the cache (its embedded semantic store, its in-process exact layer) and the edge (one HTTP
+# file), the cache (its embedded semantic store, its in-process exact layer), the classifier (its
+# feedback store and the durable consumer named after the host, ADR 0027) and the edge (one HTTP
 # port) run once.
-REPLICABLE = ("router", "inference", "classifier")
+REPLICABLE = ("router", "inference")
 REPLICAS_VARIABLE = "LLMESH_UP_REPLICAS"
 MAX_REPLICAS = 8
 DEFAULT_TIMEOUT_S = 180.0
