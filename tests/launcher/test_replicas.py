@@ -16,7 +16,14 @@ from llmesh.cli.observe import file_sd, metrics_endpoints
 from llmesh.launcher import state as mesh_state
 from llmesh.launcher.backoff import RestartPolicy
 from llmesh.launcher.processes import ServiceProcess, process_start_ticks
-from llmesh.launcher.supervisor import LaunchError, Supervised, Supervisor, endpoints_table, replica_counts
+from llmesh.launcher.supervisor import (
+    LaunchError,
+    Supervised,
+    Supervisor,
+    endpoints_table,
+    replica_counts,
+    router_share,
+)
 
 from tests.launcher.test_supervision import StandIn
 
@@ -58,6 +65,11 @@ def test_up_refuses_a_bad_setting_before_starting_anything(tmp_path, monkeypatch
     assert up_command(args) == 2
     assert "tenancy runs as one process" in capsys.readouterr().err
     assert not (tmp_path / "mesh.json").exists() and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(("routers", "inference", "share"), [(1, 1, 1), (2, 1, 2), (2, 2, 1), (3, 2, 2), (1, 3, 1)])
+def test_each_router_queues_for_its_share_of_every_inference_replicas_slots(routers, inference, share):
+    assert router_share(routers, inference) == share
 
 
 def test_replica_names_and_the_target_of_every_replica():

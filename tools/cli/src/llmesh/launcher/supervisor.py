@@ -106,6 +106,13 @@ def replica_counts(raw: str) -> dict[str, int]:
     return counts
 
 
+def router_share(routers: int, inference: int) -> int:
+    """LLMESH_ROUTER_REPLICAS for each router: a catalog's max_concurrency is what one inference
+    process admits, so `inference` replicas admit that many times it, shared by the `routers`;
+    rounded up, so that together the routers never queue more than inference admits."""
+    return -(-routers // inference)
+
+
 def supervisor_alive(current: mesh_state.MeshState) -> bool:
     return same_process(current.supervisor_pid, current.supervisor_start_ticks)
 
@@ -336,11 +343,10 @@ class Supervisor:
             router_env[f"LLMESH_{name.upper()}_ADDR"] = os.environ.get(
                 f"LLMESH_ROUTER_{name.upper()}_ADDR"
             ) or self._target(name)
-        # Each router replica queues for its share of a model's concurrency (unless told otherwise):
-        # a catalog's max_concurrency is per inference process, so N inference replicas admit N
-        # times it, shared by the routers (rounded so that they never admit more than that).
-        share = -(-self.replicas["router"] // self.replicas["inference"])
-        router_env.setdefault("LLMESH_ROUTER_REPLICAS", str(share))
+        # Each router replica queues for its share of a model's concurrency (unless told otherwise).
+        router_env.setdefault(
+            "LLMESH_ROUTER_REPLICAS", str(router_share(self.replicas["router"], self.replicas["inference"]))
+        )
         self._spawn_replicas("router", ports["router"], router_env)
         self._save()
         self._wait_serving(self._replicas_of("router"), deadline, started)
