@@ -23,6 +23,14 @@ What must not be lost, counted after the faults:
 - invalidations: a cache invalidation issued during the NATS freeze is applied by the cache replica
   (the launcher runs one) or refused, never accepted and dropped.
 
+Replicas (docs/adr/0034): `--replicas router=2,inference=2` (the default when every fault asked for is
+kill-router or kill-inference) runs those services as two processes each (`llmesh up` with
+LLMESH_UP_REPLICAS); a kill takes one replica. The load then round-robins over every router address
+and tries a Generate that failed UNAVAILABLE before any message again, under the same request id
+(llmesh.kit.client.retrying_unserved); the router tries a Generate that inference failed before its
+first token once more on another replica. With inference replicas the router dials them directly:
+the latency and drop faults (which need the proxy in front of the one inference) are refused.
+
 Per fault: the error rate in the fault window, the first success after the part is back, the last
 error after it is back, what was lost. Writes docs/reports/reliability.md (the chaos part) and
 bench/results/chaos.json. `--only kill-cache,nats` runs a subset."""
@@ -61,6 +69,7 @@ from bench.mesh_load import (  # noqa: E402
     Load,
     PrivateMesh,
     RedisProcess,
+    StandInModel,
     batch_file,
     cli,
     error_rate,
@@ -151,6 +160,14 @@ async def submit_batch(mesh: PrivateMesh, api_key: str, fault: str) -> dict:
     return {"fault": fault, "job_id": job.job_id, "total": job.total}
 
 
+def cut_codes(answers: list[Answer]) -> str:
+    """How the failed ones of `answers` failed: code counts, and how many after tokens."""
+    failed = [a for a in answers if not a.ok]
+    codes = collections.Counter(a.code for a in failed)
+    text = ", ".join(f"{c} {n}" for c, n in sorted(codes.items())) or "-"
+    return f"{text}, {sum(a.cut for a in failed)} after tokens" if failed else text
+
+
 async def kill_service(mesh: PrivateMesh, load: Load, name: str, batch: tuple[str, list] | None = None) -> dict:
     job = None
     if batch is not None and name in BATCH_KILLS:
@@ -158,7 +175,8 @@ async def kill_service(mesh: PrivateMesh, load: Load, name: str, batch: tuple[st
         job = await submit_batch(mesh, batch[0], f"SIGKILL {name}")
         batch[1].append(job)
     await asyncio.sleep(BASELINE_S)
-    address = mesh.state()["endpoints"].get(name, "")
+    # the killed process's own address (a replicated service's endpoint names every replica)
+    address = mesh.state()["processes"].get(name, {}).get("address") or mesh.state()["endpoints"].get(name, "")
     old_pid, restarts = mesh.pid(name), mesh.restarts(name)
     if job is not None:
         with contextlib.suppress(grpc.aio.AioRpcError):
@@ -183,10 +201,31 @@ async def kill_service(mesh: PrivateMesh, load: Load, name: str, batch: tuple[st
     back = await wait_for(back_up)
     await asyncio.sleep(AFTER_S)
     after = load.between(back, back + AFTER_S)
+    # every request the kill could touch: those in flight at it (started before, ended after) too
+    window = [a for a in load.answers if a.end >= t0 and a.start < back + AFTER_S]
+    at_kill = [a for a in window if a.start < t0]
+    in_flight = (
+        f"{len(at_kill)} requests in flight at the kill ({sum(not a.ok for a in at_kill)} failed: {cut_codes(at_kill)})"
+    )
+    if load.retry:
+        replicas = sum(1 for p in mesh.state()["processes"] if p == name or p.startswith(f"{name}-"))
+        retried = [a for a in window if a.retries]
+        router_retries = [a for a in window if a.ok and any(t.endswith(" retry") for t in a.attempts)]
+        retry_note = (
+            f"{replicas} replicas of {name}, one killed; {in_flight}; from the kill to {AFTER_S:.0f} s after it was back: "
+            f"{len(retried)} requests tried again by the client under the same id ({sum(a.ok for a in retried)} "
+            f"then answered), {len(router_retries)} answered after the router tried inference again on another "
+            f"replica, {sum(a.cut for a in window)} streams cut after tokens (not retried, by design; "
+            f"{sum(a.interrupted for a in window)} of them billed for what streamed)"
+        )
+    else:
+        retry_note = (
+            f"{in_flight}; requests failed in the window are lost (no retry by the harness), "
+            f"{sum(a.cut for a in window)} of them streams cut after tokens"
+        )
     lost = (
-        f"restarts {restarts}→{mesh.restarts(name)}; requests failed in the window are lost (no retry by the "
-        f"harness); answers served from cache after restart (ok answers with a hit / all ok): {cache_hits(after)}, "
-        f"before: {cache_hits(load.between(t0 - BASELINE_S, t0))}"
+        f"restarts {restarts}→{mesh.restarts(name)}; {retry_note}; answers served from cache after restart "
+        f"(ok answers with a hit / all ok): {cache_hits(after)}, before: {cache_hits(load.between(t0 - BASELINE_S, t0))}"
     )
     return summarize(load, f"SIGKILL {name}", t0, back, lost, f".venv/bin/python bench/chaos.py --only kill-{name}")
 
@@ -644,8 +683,9 @@ def render(rows: list[dict], meta: dict) -> str:
         f"max_tokens 4. Windows: {BASELINE_S:.0f} s baseline before each fault, the fault, {AFTER_S:.0f} s after "
         "the part is back. 'back' = the restarted process answers health SERVING (kills), SIGCONT (NATS), the "
         "proxy cleared (network), the filler removed (disk), the server accepts connections again (Redis, "
-        "PostgreSQL). Requests are not retried by the harness. 'model busy': interactive requests the router "
-        "refused because the one local model's queue would miss the TTFT SLO (the shared machine's load).",
+        f"PostgreSQL). {meta.get('retries', 'Requests are not retried by the harness.')} 'model busy': interactive "
+        "requests the router refused because the local model's queue would miss the TTFT SLO (the shared machine's "
+        "load).",
         "",
         "| fault | baseline err | fault window | requests in it | err in fault (without 'model busy') | p50 ok baseline → fault | 1st ok after back | "
         "last err after back | err in 20 s after | error codes | what was lost / counted | reproduce |",
@@ -676,16 +716,35 @@ STORE_FAULTS = {"redis", "postgres"}
 # Triton and the OpenAI-compatible stand-in, with `--backends` (`llmesh up` starts them).
 BACKENDS = ("triton", "openai")
 BACKEND_FAULTS = [f"kill-{name}" for name in BACKENDS]
+# The faults a replica covers (docs/adr/0034): run with REPLICA_DEFAULT unless --replicas says otherwise.
+REPLICA_FAULTS = {"kill-router", "kill-inference"}
+REPLICA_DEFAULT = "router=2,inference=2"
+# The stand-in model's pace (--model standin): about the local model's on this machine (TTFT p50
+# 0.6 s under the chaos load in bench/results/chaos.md).
+STANDIN_FIRST_TOKEN_S, STANDIN_TOKEN_S = 0.5, 0.05
 
 
-async def main(only: list[str], rate: float, stores: bool, backends: bool) -> list[dict]:
+async def main(
+    only: list[str], rate: float, stores: bool, backends: bool, replicas: str = "", standin: bool = False
+) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="llmesh-chaos-") as tmp:
         home = pathlib.Path(tmp) / "home"
         mounted = mount_tmpfs(home / "cache" / "semantic") if "disk" in only else "not asked"
-        inference_port = free_port()
-        proxy = FaultProxy(inference_port)
-        await proxy.start()
-        extra = {"LLMESH_ROUTER_INFERENCE_ADDR": f"127.0.0.1:{proxy.port}"}
+        extra = {"LLMESH_UP_REPLICAS": replicas} if replicas else {}
+        model = None
+        if standin:
+            # the harness's OpenAI-compatible stand-in as every model (--model standin)
+            model = StandInModel(STANDIN_FIRST_TOKEN_S, STANDIN_TOKEN_S)
+            await model.start()
+            extra["LLMESH_INFERENCE_CATALOG"] = str(model.catalog(pathlib.Path(tmp) / "catalog.json"))
+        inference_port = 0
+        proxy = None
+        if "inference=" not in replicas or "inference=1" in replicas:
+            # one inference: the router reaches it through the fault proxy (latency, drop)
+            inference_port = free_port()
+            proxy = FaultProxy(inference_port)
+            await proxy.start()
+            extra["LLMESH_ROUTER_INFERENCE_ADDR"] = f"127.0.0.1:{proxy.port}"
         if backends:
             extra["LLMESH_UP_BACKENDS"] = "1"
         redis = postgres = None
@@ -715,7 +774,8 @@ async def main(only: list[str], rate: float, stores: bool, backends: bool) -> li
             budget_key = (await mesh.new_tenant("budget"))[0] if "redis" in only else ""
             batch_key = (await mesh.new_tenant("batch"))[0] if {f"kill-{n}" for n in BATCH_KILLS} & set(only) else ""
             jobs: list[dict] = []
-            load = Load(mesh.state()["endpoints"]["router"], keys, rate=rate)
+            # every router replica's address; with replicas, the retry rule of docs/adr/0034
+            load = Load(mesh.state()["endpoints"]["router"], keys, rate=rate, retry=bool(replicas))
             load.start()
             for fault in only:
                 if fault.startswith("kill-"):
@@ -800,7 +860,10 @@ async def main(only: list[str], rate: float, stores: bool, backends: bool) -> li
                 await asyncio.to_thread(redis.stop)
             if postgres is not None:
                 await asyncio.to_thread(postgres.stop)
-            await proxy.stop()
+            if proxy is not None:
+                await proxy.stop()
+            if model is not None:
+                await model.stop()
             # The services' logs outlive the private home, for what a fault left behind.
             shutil.rmtree(LOGS, ignore_errors=True)
             shutil.copytree(home / "logs", LOGS, dirs_exist_ok=True)
@@ -819,6 +882,20 @@ if __name__ == "__main__":
     )
     parser.add_argument("--rate", type=float, default=3.0, help="requests per second")
     parser.add_argument(
+        "--model",
+        choices=("local", "standin"),
+        default="local",
+        help="local: the in-process llama.cpp model; standin: an OpenAI-compatible stand-in of the harness's own "
+        f"({STANDIN_FIRST_TOKEN_S} s to the first token, {STANDIN_TOKEN_S} s a token, about the local model's pace on "
+        "this machine) as every model, for when the local model cannot run",
+    )
+    parser.add_argument(
+        "--replicas",
+        default=None,
+        help="LLMESH_UP_REPLICAS for the mesh, e.g. router=2,inference=2 (the default when only kill-router and "
+        "kill-inference are asked for; '' for one of each); the load then retries per docs/adr/0034",
+    )
+    parser.add_argument(
         "--stores",
         action="store_true",
         help="run the mesh on Redis and PostgreSQL (implied by the redis and postgres faults)",
@@ -830,20 +907,46 @@ if __name__ == "__main__":
         parser.error(f"unknown faults {sorted(unknown)}")
     stores = args.stores or bool(STORE_FAULTS & set(only))
     backends = args.backends or bool(set(BACKEND_FAULTS) & set(only))
-    rows = asyncio.run(main(only, args.rate, stores, backends))
+    replicas = args.replicas
+    if replicas is None:
+        replicas = REPLICA_DEFAULT if set(only) <= REPLICA_FAULTS else ""
+    if "inference=" in replicas and "inference=1" not in replicas and {"latency", "drop"} & set(only):
+        parser.error("the latency and drop faults need one inference (behind the fault proxy): drop inference=N")
+    rows = asyncio.run(main(only, args.rate, stores, backends, replicas, standin=args.model == "standin"))
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "host": os.uname().nodename,
         "rate": args.rate,
         "stores": "Redis (exact cache, quotas) and PostgreSQL (tenancy)" if stores else "embedded (LRU, SQLite)",
-        "backends": "Triton and the OpenAI-compatible stand-in" if backends else "off (the local model)",
+        "backends": "Triton and the OpenAI-compatible stand-in"
+        if backends
+        else f"off; every model is the harness's OpenAI-compatible stand-in ({STANDIN_FIRST_TOKEN_S} s to the first "
+        f"token, {STANDIN_TOKEN_S} s a token)"
+        if args.model == "standin"
+        else "off (the local model)",
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
+    if replicas:
+        meta["replicas"] = replicas
+        meta["retries"] = (
+            f"Replicas: {replicas} (`llmesh up` with LLMESH_UP_REPLICAS), the load round-robins over the router "
+            "replicas and tries a Generate that failed UNAVAILABLE before any message again (at most twice, 0.1 and "
+            "0.4 s apart, same request id); the router tries inference once more on another replica when a Generate "
+            "failed before its first token (docs/adr/0034)."
+        )
     # A subset does not replace the full run's table: it goes to chaos-<faults>.{json,md}.
     full = set(only) == set(FAULTS)
     name = "chaos" if full else "chaos-" + "-".join(only)
+    if replicas:
+        name += "-replicas-" + replicas.replace("=", "").replace(",", "-")
+    if args.model == "standin":
+        name += "-standin"
     (RESULTS.parent / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (RESULTS.parent / f"{name}.md").write_text(render(rows, meta))
-    if full:
+    if full and not replicas:
         write_report_section("chaos", render(rows, meta))
+    elif replicas:
+        # the faults a replica covers: a section of their own beside the one-of-each table
+        body = render(rows, meta).split("\n", 1)[1]
+        write_report_section(name, f"### Faults under load with replicas ({replicas}): {', '.join(only)}\n{body}")
     print(render(rows, meta))

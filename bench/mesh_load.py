@@ -22,6 +22,7 @@ import urllib.request
 import grpc
 from google.rpc import status_pb2
 from llmesh.common.v1 import common_pb2
+from llmesh.kit.client import retrying_unserved
 from llmesh.kit.testing import free_port, unique
 from llmesh.router.v1 import batch_pb2, batch_pb2_grpc, router_pb2, router_pb2_grpc
 from llmesh.tenancy.v1 import tenancy_pb2, tenancy_pb2_grpc
@@ -199,6 +200,12 @@ class Answer:
     key: str = ""  # the API key it was sent with
     request_id: str = ""  # the one it was sent under (x-request-id), as the summary reports it
     interrupted: bool = False  # failed after tokens (router.v1.StreamInterrupted: billed for what streamed)
+    retries: int = 0  # tries made again under the same request id after UNAVAILABLE before any message
+    # failed after the router had sent messages (tokens): a StreamInterrupted, or a router that died
+    # mid-answer (it could say nothing, and billed nothing)
+    cut: bool = False
+    # the router's attempts at inference ("model outcome reason", from the summary)
+    attempts: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -210,10 +217,12 @@ class Answer:
 
 
 async def generate_once(
-    stub, api_key: str, prompt: str, priority: int, timeout: float = 30, request_id: str = ""
+    stub, api_key: str, prompt: str, priority: int, timeout: float = 30, request_id: str = "", retry: bool = False
 ) -> Answer:
     """One Generate under the caller's request id (x-request-id; a fresh one when not given), the
-    id the router bills it under, so every ledger entry can be traced to its request."""
+    id the router bills it under, so every ledger entry can be traced to its request. `retry`: a
+    try that failed UNAVAILABLE before any message is made again under the same id, as the CLI
+    and the edge do (llmesh.kit.client.retrying_unserved, docs/adr/0034)."""
     start = time.monotonic()
     request_id = request_id or unique("load")
     request = router_pb2.GenerateRequest(
@@ -221,9 +230,20 @@ async def generate_once(
     )
     metadata = [("authorization", f"Bearer {api_key}"), ("x-request-id", request_id)]
     cache = ""
+    retried: list[grpc.RpcError] = []
+
+    def start_try(timeout_s: float | None):
+        return stub.Generate(request, metadata=metadata, timeout=timeout_s)
+
+    received = 0
     try:
         summary = None
-        async for event in stub.Generate(request, metadata=metadata, timeout=timeout):
+        if retry:
+            stream = retrying_unserved(start_try, timeout_s=timeout, on_retry=retried.append)
+        else:
+            stream = start_try(timeout)
+        async for event in stream:
+            received += 1
             if event.HasField("summary"):
                 summary = event.summary
         if summary is None:
@@ -237,6 +257,8 @@ async def generate_once(
             cache,
             key=api_key,
             request_id=summary.request_id or request_id,
+            retries=len(retried),
+            attempts=tuple(f"{a.model} {a.outcome} {a.reason}" for a in summary.attempts),
         )
     except grpc.aio.AioRpcError as exc:
         return Answer(
@@ -248,6 +270,8 @@ async def generate_once(
             key=api_key,
             request_id=interrupted_request_id(exc) or request_id,
             interrupted=bool(interrupted_request_id(exc)),
+            retries=len(retried),
+            cut=received > 0,
         )
 
 
@@ -288,8 +312,13 @@ class Load:
     ended, up to `max_in_flight`), spread over the keys, half interactive and half batch, a third of
     the prompts repeated (cache hits), the rest unique. Every answer lands in `answers`."""
 
-    def __init__(self, router_addr: str, keys: list[str], rate: float = 4.0, max_in_flight: int = 32):
+    def __init__(
+        self, router_addr: str, keys: list[str], rate: float = 4.0, max_in_flight: int = 32, retry: bool = False
+    ):
+        """`router_addr` may name several router replicas (`ipv4:host:port,host:port`): the load
+        round-robins over them. `retry`: see generate_once."""
         self.router_addr, self.keys, self.rate, self.max_in_flight = router_addr, keys, rate, max_in_flight
+        self.retry = retry
         self.answers: list[Answer] = []
         self.skipped = 0
         self.cut_at_stop = 0  # requests still in flight when the load stopped (answers unknown)
@@ -298,7 +327,9 @@ class Load:
         self._rng = random.Random(16)
 
     async def _run(self) -> None:
-        async with grpc.aio.insecure_channel(self.router_addr) as channel:
+        async with grpc.aio.insecure_channel(
+            self.router_addr, options=[("grpc.lb_policy_name", "round_robin")]
+        ) as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
             in_flight: set[asyncio.Task] = set()
             period, next_at = 1.0 / self.rate, time.monotonic()
@@ -319,7 +350,9 @@ class Load:
                     )
                     request_id = unique("load")
                     self.sent[request_id] = key
-                    task = asyncio.create_task(generate_once(stub, key, prompt, priority, request_id=request_id))
+                    task = asyncio.create_task(
+                        generate_once(stub, key, prompt, priority, request_id=request_id, retry=self.retry)
+                    )
                     task.add_done_callback(self._done(in_flight))
                     in_flight.add(task)
             finally:
@@ -421,6 +454,106 @@ class FaultProxy:
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
         self._conns.discard(writer)
         self._conns.discard(up_writer)
+
+
+class StandInModel:
+    """An OpenAI-compatible chat completions server of the harness's own (POST /v1/chat/completions,
+    streamed): a fixed answer of `max_tokens` words, the first after `first_token_s`, then one per
+    `token_s`, with a usage chunk. It stands in for the model when the local one cannot run, so that
+    a run measures the mesh's own faults (the decode times are a small model's on a CPU)."""
+
+    def __init__(self, first_token_s: float = 0.15, token_s: float = 0.03):
+        self.first_token_s, self.token_s = first_token_s, token_s
+        self.port = free_port()
+        self.requests = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def catalog(self, path: pathlib.Path) -> pathlib.Path:
+        """An inference catalog whose self-hosted tiers 1-2 and external tier 3 are this server."""
+
+        def entry(name: str, tiers: list[int], hosting: str, sensitivity: str) -> dict:
+            return {
+                "name": name,
+                "backend": "openai",
+                "endpoint": self.base_url,
+                "remote_model": name,
+                "tiers": tiers,
+                "region": "local",
+                "hosting": hosting,
+                "max_sensitivity": sensitivity,
+                "context_length": 2048,
+                "max_concurrency": 2,
+                "max_queue": 4,
+            }
+
+        models = [
+            entry("standin-self", [1, 2], "self_hosted", "restricted"),
+            entry("standin-api", [3], "external", "internal"),
+        ]
+        path.write_text(json.dumps({"models": models}, indent=1))
+        return path
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # keep-alive: one request after the other on a connection
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (int(h.split(b":", 1)[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")),
+                    0,
+                )
+                body = json.loads(await reader.readexactly(length)) if length else {}
+                self.requests += 1
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                )
+
+                def send(doc: dict | str) -> None:
+                    data = f"data: {doc if isinstance(doc, str) else json.dumps(doc)}\n\n".encode()
+                    writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+                words = max(1, int(body.get("max_tokens") or 16))
+                await asyncio.sleep(self.first_token_s)
+                for i in range(words):
+                    if i:
+                        await asyncio.sleep(self.token_s)
+                    send(
+                        {
+                            "object": "chat.completion.chunk",
+                            "choices": [{"index": 0, "delta": {"content": f"word{i} "}}],
+                        }
+                    )
+                    await writer.drain()
+                send(
+                    {
+                        "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                    }
+                )
+                send(
+                    {
+                        "object": "chat.completion.chunk",
+                        "choices": [],
+                        "usage": {"prompt_tokens": 12, "completion_tokens": words},
+                    }
+                )
+                send("[DONE]")
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
 
 
 def proc_sample(pid: int) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -108,6 +109,26 @@ def test_load_snapshots_go_stale_into_unknown():
     assert board.current("m", "local") is None and board.known() == []
     assert math.isnan(REGISTRY.get_sample_value("llmesh_router_model_utilization_ratio", labels))
     assert REGISTRY.get_sample_value("llmesh_router_model_load_known", labels) == 0.0
+
+
+def test_two_inference_replicas_add_up_and_one_that_went_quiet_drops_out():
+    """Each replica of inference publishes its own snapshots of a model (docs/adr/0034)."""
+    now = [100.0]
+    board = LoadBoard(3.0, clock=lambda: now[0])
+    a = LoadSnapshot("r", "local", "llama_cpp", 1.0, 2, 3, 2, 4, 10.0, 20.0, 30.0, 1.0, instance="host-1")
+    b = LoadSnapshot("r", "local", "llama_cpp", 0.0, 0, 0, 2, 4, 30.0, 50.0, 10.0, 2.0, instance="host-2")
+    board.record(a)
+    now[0] += 2.0
+    board.record(b)
+    board.record(dataclasses.replace(b, active=1, utilization=0.5))  # the newer of one instance replaces it
+    both = board.current("r", "local")
+    assert (both.active, both.queued, both.capacity, both.max_queue) == (3, 3, 4, 8)
+    assert both.utilization == pytest.approx(0.75), "over the summed capacity, not the last one heard"
+    assert (both.ttft_p50_ms, both.ttft_p95_ms, both.tokens_per_second_p50) == (20.0, 50.0, 20.0)
+    assert both.observed_at == 2.0 and len(board.known()) == 1
+    now[0] += 1.5  # host-1 last spoke 3.5 s ago: gone (killed), host-2 alone is the model's load
+    alone = board.current("r", "local")
+    assert (alone.active, alone.capacity, alone.utilization) == (1, 2, 0.5)
 
 
 def test_cost_uses_the_price_table_or_the_default_price():

@@ -4,7 +4,11 @@ details (grpcio-status), the counterpart of what the server interceptor sends.""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+import time
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -16,11 +20,15 @@ from llmesh.kit.interceptors import REQUEST_ID_KEY
 from llmesh.kit.logging import get_contextvars
 
 DEFAULT_TIMEOUT_S = 5.0
+# A router Generate that failed UNAVAILABLE before any response message is tried again under the
+# same request id after about these waits (docs/adr/0034): at most two more tries.
+UNSERVED_RETRY_BACKOFF_S = (0.1, 0.4)
 
-# RPCs that may run twice without harm (reads, and writes that converge): retried on UNAVAILABLE.
-# Never a Generate (router or inference): a stream that sent text cannot be replayed, and one
-# that did not is still a model's work. Nor the creations (CreateTenant, CreateApiKey), Feedback
-# (it would count twice) or Warm (a client stream).
+# RPCs that may run twice without harm (reads, and writes that converge): retried on UNAVAILABLE
+# by the channel. Never a Generate (router or inference) here: a stream that sent text cannot be
+# replayed; one that sent nothing is tried again by its callers' own rule instead (docs/adr/0034:
+# retrying_unserved below, the router's retry on another inference replica). Nor the creations
+# (CreateTenant, CreateApiKey), Feedback (it would count twice) or Warm (a client stream).
 IDEMPOTENT_METHODS: dict[str, tuple[str, ...]] = {
     "llmesh.tenancy.v1.TenancyService": (
         "Authenticate",
@@ -187,3 +195,54 @@ def error_reason(error: grpc.RpcError) -> str | None:
         if detail.Unpack(info):
             return info.reason
     return None
+
+
+def unserved_retry_delay(
+    error: grpc.RpcError, *, received: bool, retries_done: int, deadline: float | None
+) -> float | None:
+    """How long to wait before trying a router Generate again, or None when it must not be tried again.
+
+    The rule (docs/adr/0034): only UNAVAILABLE, only when not one response message arrived (nothing
+    was served, so nothing can be served twice), at most len(UNSERVED_RETRY_BACKOFF_S) more tries,
+    and only when the wait ends before `deadline` (time.monotonic()). The caller sends the retry
+    with the same x-request-id: the usage ledger is keyed by it, so the request is billed at most
+    once whichever try answers."""
+    if received or retries_done >= len(UNSERVED_RETRY_BACKOFF_S):
+        return None
+    if not callable(getattr(error, "code", None)) or error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    delay = UNSERVED_RETRY_BACKOFF_S[retries_done] * random.uniform(0.75, 1.25)
+    if deadline is not None and time.monotonic() + delay >= deadline:
+        return None
+    return delay
+
+
+async def retrying_unserved(
+    start: Callable[[float | None], grpc.aio.UnaryStreamCall],
+    *,
+    timeout_s: float | None,
+    on_retry: Callable[[grpc.RpcError], None] | None = None,
+) -> AsyncIterator:
+    """The messages of a router Generate, tried again per `unserved_retry_delay`. `start(timeout)`
+    starts one try with what is left of the deadline (the same request, metadata and x-request-id
+    each time); closing the iterator cancels the try in flight."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    retries = 0
+    while True:
+        call = start(None if deadline is None else max(0.001, deadline - time.monotonic()))
+        received = False
+        try:
+            async for message in call:
+                received = True
+                yield message
+            return
+        except grpc.aio.AioRpcError as exc:
+            delay = unserved_retry_delay(exc, received=received, retries_done=retries, deadline=deadline)
+            if delay is None:
+                raise
+            if on_retry is not None:
+                on_retry(exc)
+        finally:
+            call.cancel()  # a no-op once the call ended; frees it when the caller left early
+        retries += 1
+        await asyncio.sleep(delay)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+import uuid
 
 import grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.kit import tls
+from llmesh.kit.client import unserved_retry_delay
 from llmesh.launcher.state import endpoint
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 
@@ -63,28 +66,42 @@ def chat_command(args, *, out=None, err=None) -> int:
         return 2
     target = endpoint("router")
     mid_line = False
+    # One request id for every try: a try that failed before any message is made again under it
+    # (a router replica gone), and the usage ledger bills a request id once (docs/adr/0034).
+    metadata = [("authorization", f"Bearer {api_key}"), ("x-request-id", f"chat-{uuid.uuid4().hex}")]
+    deadline = time.monotonic() + args.timeout
+    retries = 0
     with tls.blocking_channel(target) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
-        call = stub.Generate(
-            build_request(args), metadata=[("authorization", f"Bearer {api_key}")], timeout=args.timeout
-        )
-        try:
-            for response in call:
-                if response.HasField("summary"):
-                    out.write(("\n" if mid_line else "") + summary_line(response.summary) + "\n")
-                    mid_line = False
-                else:
-                    out.write(response.delta)
-                    mid_line = not response.delta.endswith("\n")
-                out.flush()
-        except grpc.RpcError as exc:
-            if mid_line:
-                out.write("\n")
-                out.flush()
-            print(f"llmesh chat: {exc.code().name}: {exc.details()} (router at {target})", file=err)
-            return 1
-        except KeyboardInterrupt:
-            call.cancel()
-            print("\nllmesh chat: cancelled", file=err)
-            return 130
+        while True:
+            call = stub.Generate(
+                build_request(args), metadata=metadata, timeout=max(0.001, deadline - time.monotonic())
+            )
+            received = False
+            try:
+                for response in call:
+                    received = True
+                    if response.HasField("summary"):
+                        out.write(("\n" if mid_line else "") + summary_line(response.summary) + "\n")
+                        mid_line = False
+                    else:
+                        out.write(response.delta)
+                        mid_line = not response.delta.endswith("\n")
+                    out.flush()
+                break
+            except grpc.RpcError as exc:
+                delay = unserved_retry_delay(exc, received=received, retries_done=retries, deadline=deadline)
+                if delay is not None:
+                    retries += 1
+                    time.sleep(delay)
+                    continue
+                if mid_line:
+                    out.write("\n")
+                    out.flush()
+                print(f"llmesh chat: {exc.code().name}: {exc.details()} (router at {target})", file=err)
+                return 1
+            except KeyboardInterrupt:
+                call.cancel()
+                print("\nllmesh chat: cancelled", file=err)
+                return 130
     return 0

@@ -15,8 +15,11 @@ from llmesh.launcher.processes import same_process
 from llmesh.launcher.regions import in_region, region_homes, regions_path, run_regions, start_regions_detached
 from llmesh.launcher.supervisor import (
     DEFAULT_TIMEOUT_S,
+    REPLICAS_VARIABLE,
+    LaunchError,
     Supervisor,
     endpoints_table,
+    replica_counts,
     running_mesh,
     stop_leftovers,
     supervisor_alive,
@@ -53,6 +56,13 @@ def register(subparsers) -> None:
         help="mutual TLS between the services (as LLMESH_UP_TLS=1): a private CA and certificates under "
         "$LLMESH_HOME/tls, which the llmesh commands use",
     )
+    up.add_argument(
+        "--replicas",
+        default=None,
+        metavar="SERVICE=N,...",
+        help=f"processes of each stateless service (as {REPLICAS_VARIABLE}), e.g. router=2,inference=2: each on "
+        "its own ports, restarted on its own; their clients round-robin over all of them (default one each)",
+    )
     up.set_defaults(func=up_command)
 
     down = subparsers.add_parser("down", help="stop the mesh started with `llmesh up --detach`")
@@ -70,6 +80,13 @@ def _err(line: str) -> None:
 
 
 def up_command(args) -> int:
+    if getattr(args, "replicas", None) is not None:
+        os.environ[REPLICAS_VARIABLE] = args.replicas  # the detached supervisor inherits it
+    try:
+        replica_counts(os.environ.get(REPLICAS_VARIABLE, ""))
+    except LaunchError as exc:
+        _err(f"llmesh up: {exc}")
+        return 2
     if getattr(args, "regions", 1) > 1:
         if getattr(args, "tls", False):
             _err("llmesh up: --regions runs without TLS (no --tls yet)")
@@ -251,7 +268,14 @@ def status_command(args) -> int:
 
 def _status_of_one_mesh(args) -> int:
     current = mesh_state.load_state()
-    endpoints = {name: mesh_state.endpoint(name) for name in mesh_state.SERVICES}
+    # Every process of the mesh is checked on its own address (each replica of a service too).
+    endpoints = {}
+    for service in mesh_state.SERVICES:
+        names = mesh_state.replicas_of(current, service) if current else [service]
+        for name in names:
+            record = current.processes.get(name) if current else None
+            single = len(names) == 1
+            endpoints[name] = mesh_state.endpoint(service) if single or not record else record.address
     nats_url = (current.nats_url if current else "") or os.environ.get("LLMESH_NATS_URL") or DEFAULT_NATS_URL
     health_urls = current.health_urls if current else {}
     health = health_of_all(endpoints, timeout_s=args.timeout, nats_url=nats_url, http_urls=health_urls)
@@ -259,7 +283,7 @@ def _status_of_one_mesh(args) -> int:
     now = time.time()
     rows = [("", "state", "pid", "restarts", "last exit", "uptime", "address", "metrics")]
     states = {}
-    for name in ("nats", *health_urls, *mesh_state.SERVICES):
+    for name in ("nats", *health_urls, *endpoints):
         record = current.processes.get(name) if current else None
         state = states[name] = process_state(record, health[name], supervised)
         up = state in (SERVING_STATE, NOT_SERVING_STATE) and record is not None and record.started_at

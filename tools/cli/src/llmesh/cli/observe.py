@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from llmesh.launcher.state import load_state
+from llmesh.launcher.state import load_state, service_of
 
 
 def register(subparsers) -> None:
@@ -21,22 +21,26 @@ def register(subparsers) -> None:
 
 
 def metrics_endpoints() -> dict[str, str]:
-    """service -> host:port of its /metrics, from $LLMESH_HOME/mesh.json (empty without a mesh)."""
+    """process -> host:port of its /metrics, from $LLMESH_HOME/mesh.json (empty without a mesh); a
+    service's further replicas under their own names ("router-2", launcher/state.replica_name)."""
     state = load_state()
     if state is None:
         return {}
     found = {}
-    for service, port in sorted(state.metrics_ports.items()):
-        host = state.endpoints.get(service, "127.0.0.1:0").rsplit(":", 1)[0] or "127.0.0.1"
-        found[service] = f"{host}:{port}"
+    for name, port in sorted(state.metrics_ports.items()):
+        record = state.processes.get(name)
+        address = record.address if record and record.address else state.endpoints.get(name, "")
+        host = address.rsplit(":", 1)[0] if address and not address.startswith("ipv4:") else "127.0.0.1"
+        found[name] = f"{host or '127.0.0.1'}:{port}"
     return found
 
 
 def file_sd(endpoints: dict[str, str], region: str = "local") -> list[dict]:
-    """One file_sd group per service, labelled as the Kubernetes scrape config labels its pods."""
+    """One file_sd group per process, labelled as the Kubernetes scrape config labels its pods (the
+    replicas of a service share its `service` label)."""
     return [
-        {"targets": [address], "labels": {"service": service, "region": region}}
-        for service, address in sorted(endpoints.items())
+        {"targets": [address], "labels": {"service": service_of(name), "region": region}}
+        for name, address in sorted(endpoints.items())
     ]
 
 

@@ -16,6 +16,7 @@ import urllib.request
 from collections import defaultdict
 
 from llmesh.cli.observe import metrics_endpoints
+from llmesh.launcher.state import service_of
 from prometheus_client.parser import text_string_to_metric_families
 
 SERVICES = ("router", "tenancy", "classifier", "cache", "inference")
@@ -233,7 +234,11 @@ def frames(endpoints: list[tuple[str, str]], interval_s: float):
 
 def _top(args: argparse.Namespace) -> int:
     try:
-        endpoints = parse_endpoints(args.metrics) if args.metrics else sorted(metrics_endpoints().items())
+        endpoints = (
+            parse_endpoints(args.metrics)
+            if args.metrics
+            else [(service_of(name), address) for name, address in sorted(metrics_endpoints().items())]
+        )
     except ValueError as exc:
         print(f"llmesh top: {exc}", file=sys.stderr)
         return 2

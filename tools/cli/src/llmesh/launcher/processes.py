@@ -103,8 +103,12 @@ class ServiceProcess:
         home: pathlib.Path,
         env: dict[str, str],
         http_port_variable: str | None = None,
+        service: str | None = None,
     ):
+        #: the process's name in the mesh (a replica's: "router-2", launcher/state.replica_name)
         self.name = name
+        #: the service it runs (`name` unless it is a further replica)
+        self.service = service or name
         self.requested_port = port
         #: the variable that sets the port of the service's HTTP API (the edge), if it has one
         self.http_port_variable = http_port_variable
@@ -145,7 +149,7 @@ class ServiceProcess:
             # A session of its own: Ctrl-C in the terminal reaches the launcher only, which then
             # stops the services in order.
             self.process = subprocess.Popen(
-                [sys.executable, "-m", f"llmesh.services.{self.name}"],
+                [sys.executable, "-m", f"llmesh.services.{self.service}"],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -47,7 +47,9 @@ class ProcessRecord:
 
 @dataclasses.dataclass
 class MeshState:
+    #: service -> the gRPC target its clients use (every replica's address: multi_address_target)
     endpoints: dict[str, str]
+    #: process name (replica_name) -> its metrics port / pid
     metrics_ports: dict[str, int] = dataclasses.field(default_factory=dict)
     pids: dict[str, int] = dataclasses.field(default_factory=dict)
     nats_url: str = ""
@@ -70,6 +72,35 @@ class MeshState:
     @property
     def path(self) -> pathlib.Path:
         return home() / "mesh.json"
+
+
+def replica_name(service: str, index: int) -> str:
+    """The supervisor's name of a service's `index`th process (from 1): the service's own name for the
+    first, `<service>-<index>` for the others (`llmesh up` with LLMESH_UP_REPLICAS)."""
+    return service if index == 1 else f"{service}-{index}"
+
+
+def service_of(name: str) -> str:
+    """The service a process of the mesh runs: "router" for "router" and "router-2"; other names
+    (nats, triton, openai) as they are."""
+    base, _, index = name.rpartition("-")
+    return base if base in SERVICES and index.isdigit() else name
+
+
+def replicas_of(state: MeshState, service: str) -> list[str]:
+    """The names of `service`'s processes in `state`, the first replica first (just the service's
+    name when the supervisor records none)."""
+    names = [n for n in state.processes if service_of(n) == service]
+    names.sort(key=lambda n: 1 if n == service else int(n.rpartition("-")[2]))
+    return names or [service]
+
+
+def multi_address_target(addresses: list[str]) -> str:
+    """One gRPC target for every address of a service: the address itself when there is one,
+    else `ipv4:host:port,host:port` (the kit's channels round-robin over them, docs/adr/0034)."""
+    if len(addresses) == 1:
+        return addresses[0]
+    return "ipv4:" + ",".join(addresses)
 
 
 def state_path() -> pathlib.Path:

@@ -10,6 +10,11 @@ $LLMESH_HOME/mesh.json, which `llmesh status` reads (docs/adr/0009-local-launche
 
 A service that fails while the mesh is first coming up still stops `llmesh up` with its log tail:
 that is a broken setup to fix, not a crash to ride out.
+
+LLMESH_UP_REPLICAS (`llmesh up --replicas router=2,inference=2`) runs several processes of a
+stateless service, each on its own ports, supervised and restarted on its own; the services that
+call it get every replica's address in one target, which their channels round-robin over
+(docs/adr/0034-replicas-and-safe-retries.md).
 """
 
 from __future__ import annotations
@@ -46,6 +51,13 @@ FRONT_DOORS = ("router", "edge")
 EDGE_HTTP_PORT_VARIABLE = "LLMESH_EDGE_HTTP_PORT"
 # The model servers the supervisor runs (launcher/backends.py); stopped after the services, before NATS.
 BACKENDS = ("triton", "openai")
+# Services that may run as several processes on one machine: the stateless ones. Tenancy (one SQLite
+# file), the cache (its embedded semantic store, its in-process exact layer), the classifier (its
+# feedback store and the durable consumer named after the host, ADR 0027) and the edge (one HTTP
+# port) run once.
+REPLICABLE = ("router", "inference")
+REPLICAS_VARIABLE = "LLMESH_UP_REPLICAS"
+MAX_REPLICAS = 8
 DEFAULT_TIMEOUT_S = 180.0
 # Services get LLMESH_GRACE_S (10 s by default) to drain; then a little longer before SIGKILL.
 STOP_WAIT_S = 15.0
@@ -60,6 +72,45 @@ class LaunchError(Exception):
 
 class Interrupted(Exception):
     pass
+
+
+def replica_counts(raw: str) -> dict[str, int]:
+    """How many processes of each service LLMESH_UP_REPLICAS (`router=2,inference=2`) asks for; one
+    of every service not named. LaunchError names what is wrong with a bad value."""
+    counts = dict.fromkeys(mesh_state.SERVICES, 1)
+    named: set[str] = set()
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, value = (x.strip() for x in part.partition("="))
+        if not sep or not name:
+            raise LaunchError(f"{REPLICAS_VARIABLE}: {part!r} is not SERVICE=COUNT (e.g. router=2,inference=2)")
+        if name not in mesh_state.SERVICES:
+            raise LaunchError(f"{REPLICAS_VARIABLE}: unknown service {name!r}; replicable: {', '.join(REPLICABLE)}")
+        if name in named:
+            raise LaunchError(f"{REPLICAS_VARIABLE}: {name} is named twice")
+        named.add(name)
+        try:
+            count = int(value)
+        except ValueError:
+            raise LaunchError(f"{REPLICAS_VARIABLE}: {name}={value!r} is not a whole number") from None
+        if not 1 <= count <= MAX_REPLICAS:
+            raise LaunchError(f"{REPLICAS_VARIABLE}: {name}={count} is out of range (1 to {MAX_REPLICAS})")
+        if count > 1 and name not in REPLICABLE:
+            raise LaunchError(
+                f"{REPLICAS_VARIABLE}: {name} runs as one process (its state is local to it); "
+                f"replicable: {', '.join(REPLICABLE)}"
+            )
+        counts[name] = count
+    return counts
+
+
+def router_share(routers: int, inference: int) -> int:
+    """LLMESH_ROUTER_REPLICAS for each router: a catalog's max_concurrency is what one inference
+    process admits, so `inference` replicas admit that many times it, shared by the `routers`;
+    rounded up, so that together the routers never queue more than inference admits."""
+    return -(-routers // inference)
 
 
 def supervisor_alive(current: mesh_state.MeshState) -> bool:
@@ -115,18 +166,27 @@ def _signal(pid: int, sig: int) -> None:
 def endpoints_table(current: mesh_state.MeshState) -> str:
     home = mesh_state.home()
     rows = [("service", "gRPC address", "metrics", "pid", "log")]
-    for name in mesh_state.SERVICES:
-        rows.append(
-            (
-                name,
-                current.endpoints.get(name, "-"),
-                str(current.metrics_ports.get(name, "-")),
-                str(current.pids.get(name, "-")),
-                str(home / "logs" / f"{name}.log"),
+    replicated = []
+    for service in mesh_state.SERVICES:
+        names = mesh_state.replicas_of(current, service)
+        if len(names) > 1:
+            replicated.append(
+                f"{service}: {len(names)} replicas; its clients call {current.endpoints.get(service, '-')}"
             )
-        )
+        for name in names:
+            record = current.processes.get(name)
+            rows.append(
+                (
+                    name,
+                    record.address if record and record.address else current.endpoints.get(name, "-"),
+                    str(current.metrics_ports.get(name, "-")),
+                    str(current.pids.get(name, "-")),
+                    str(home / "logs" / f"{name}.log"),
+                )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.extend(replicated)
     lines.append(f"NATS: {current.nats_url}")
     if current.http_urls.get("edge"):
         lines.append(f"OpenAI-compatible API (edge): {current.http_urls['edge']}")
@@ -198,6 +258,8 @@ class Supervisor:
         self.health_urls: dict[str, str] = {}
         #: the mesh's CA and certificates under `llmesh up --tls`
         self.tls: certificates.MeshTLS | None = None
+        #: processes of each service (LLMESH_UP_REPLICAS), read by start()
+        self.replicas: dict[str, int] = dict.fromkeys(mesh_state.SERVICES, 1)
 
     # -- entry point -------------------------------------------------------------------------------
 
@@ -230,6 +292,7 @@ class Supervisor:
     def start(self) -> None:
         started = time.monotonic()
         deadline = started + self.timeout_s
+        self.replicas = replica_counts(os.environ.get(REPLICAS_VARIABLE, ""))
         self._take_over_home()
         ports = {name: self._port(name) for name in mesh_state.SERVICES}
         if certificates.tls_requested():
@@ -268,24 +331,29 @@ class Supervisor:
         if backends.backends_enabled() and not os.environ.get("LLMESH_INFERENCE_CATALOG"):
             inference_env.update(self._start_backends())
         for name in UPSTREAMS:
-            self._spawn(name, ports[name], inference_env if name == "inference" else base_env)
+            self._spawn_replicas(name, ports[name], inference_env if name == "inference" else base_env)
         self._save()
-        self._wait_serving([self.units[name] for name in UPSTREAMS], deadline, started)
+        self._wait_serving([u for name in UPSTREAMS for u in self._replicas_of(name)], deadline, started)
 
         router_env = dict(base_env)
         for name in UPSTREAMS:
             # LLMESH_ROUTER_<UPSTREAM>_ADDR puts something between the router and that service (the
-            # chaos harness's fault proxy, bench/chaos.py); unset: the router dials the service.
-            router_env[f"LLMESH_{name.upper()}_ADDR"] = (
-                os.environ.get(f"LLMESH_ROUTER_{name.upper()}_ADDR") or self.units[name].process.address
-            )
-        self._spawn("router", ports["router"], router_env)
+            # chaos harness's fault proxy, bench/chaos.py); unset: the router dials the service
+            # (every replica of it).
+            router_env[f"LLMESH_{name.upper()}_ADDR"] = os.environ.get(
+                f"LLMESH_ROUTER_{name.upper()}_ADDR"
+            ) or self._target(name)
+        # Each router replica queues for its share of a model's concurrency (unless told otherwise).
+        router_env.setdefault(
+            "LLMESH_ROUTER_REPLICAS", str(router_share(self.replicas["router"], self.replicas["inference"]))
+        )
+        self._spawn_replicas("router", ports["router"], router_env)
         self._save()
-        self._wait_serving([self.units["router"]], deadline, started)
+        self._wait_serving(self._replicas_of("router"), deadline, started)
 
         edge_env = dict(base_env)
         for name in ("router", "tenancy", "inference"):
-            edge_env[f"LLMESH_{name.upper()}_ADDR"] = self.units[name].process.address
+            edge_env[f"LLMESH_{name.upper()}_ADDR"] = self._target(name)
         edge_env[EDGE_HTTP_PORT_VARIABLE] = str(self._http_port())
         self._spawn("edge", ports["edge"], edge_env, http_port_variable=EDGE_HTTP_PORT_VARIABLE)
         self._save()
@@ -395,17 +463,40 @@ class Supervisor:
             raise LaunchError(f"{EDGE_HTTP_PORT_VARIABLE}={raw!r}: not a free port; set it to 0 (any port)")
         return port
 
-    def _spawn(self, name: str, port: int, env: dict[str, str], *, http_port_variable: str | None = None) -> None:
+    def _replicas_of(self, service: str) -> list[Supervised]:
+        return [self.units[mesh_state.replica_name(service, i)] for i in range(1, self.replicas[service] + 1)]
+
+    def _target(self, service: str) -> str:
+        """The gRPC target of every replica of `service` (started, so their ports are known)."""
+        return mesh_state.multi_address_target([u.process.address for u in self._replicas_of(service)])
+
+    def _spawn_replicas(self, service: str, port: int, env: dict[str, str]) -> None:
+        """The service's processes: the first on `port`, the others on free ports of their own."""
+        for i in range(1, self.replicas[service] + 1):
+            self._spawn(mesh_state.replica_name(service, i), port if i == 1 else 0, env, service=service)
+
+    def _spawn(
+        self,
+        name: str,
+        port: int,
+        env: dict[str, str],
+        *,
+        http_port_variable: str | None = None,
+        service: str | None = None,
+    ) -> None:
+        service = service or name
         env = {
             **env,
-            "LLMESH_IDENTITY_CREDENTIAL_FILE": str(identity.credential_file(self.identity_dir, name)),
+            "LLMESH_IDENTITY_CREDENTIAL_FILE": str(identity.credential_file(self.identity_dir, service)),
             "LLMESH_IDENTITY_TRUST_FILE": str(self.identity_dir / identity.TRUST),
         }
-        if name == "tenancy":
+        if service == "tenancy":
             env["LLMESH_TENANCY_TOKEN_KEY_FILE"] = str(self.identity_dir / identity.TENANCY_KEY)
         if self.tls is not None:
-            env = {**env, **self.tls.files(name)}
-        process = ServiceProcess(name, port=port, home=self.home, env=env, http_port_variable=http_port_variable)
+            env = {**env, **self.tls.files(service)}
+        process = ServiceProcess(
+            name, port=port, home=self.home, env=env, http_port_variable=http_port_variable, service=service
+        )
         unit = Supervised(process)
         self.units[name] = unit
         process.start()
@@ -548,8 +639,16 @@ class Supervisor:
 
     def _save(self) -> None:
         services = {name: unit for name, unit in self.units.items() if name not in ("nats", *BACKENDS)}
+        addresses: dict[str, list[str]] = {}
+        for name, unit in services.items():
+            if unit.process.port:
+                addresses.setdefault(mesh_state.service_of(name), []).append(unit.process.address)
         self.state = mesh_state.MeshState(
-            endpoints={name: u.process.address for name, u in services.items() if u.process.port},
+            endpoints={
+                service: mesh_state.multi_address_target(found)
+                for service, found in addresses.items()
+                if len(found) == self.replicas.get(service, 1)
+            },
             metrics_ports={name: u.process.metrics_port for name, u in services.items() if u.process.metrics_port},
             pids={name: u.process.pid for name, u in services.items() if u.process.pid},
             nats_url=self.nats_url,
@@ -577,8 +676,12 @@ class Supervisor:
             self._save()
         # The front doors first, so no new work reaches services that are going away; NATS last.
         stages = [
-            [u for n, u in self.units.items() if n in FRONT_DOORS],
-            [u for n, u in self.units.items() if n not in (*FRONT_DOORS, "nats", *BACKENDS)],
+            [u for n, u in self.units.items() if mesh_state.service_of(n) in FRONT_DOORS],
+            [
+                u
+                for n, u in self.units.items()
+                if mesh_state.service_of(n) not in FRONT_DOORS and n not in ("nats", *BACKENDS)
+            ],
             [u for n, u in self.units.items() if n in BACKENDS],
             [u for n, u in self.units.items() if n == "nats"],
         ]

@@ -86,7 +86,7 @@ class ApiKeyRevoked(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., key_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ModelLoad(_message.Message):
-    __slots__ = ("event_id", "model", "region", "backend", "utilization", "active", "queued", "capacity", "max_queue", "time_to_first_token_p50_ms", "time_to_first_token_p95_ms", "tokens_per_second_p50", "window_s", "observed_at", "crossed_percent")
+    __slots__ = ("event_id", "model", "region", "backend", "utilization", "active", "queued", "capacity", "max_queue", "time_to_first_token_p50_ms", "time_to_first_token_p95_ms", "tokens_per_second_p50", "window_s", "observed_at", "crossed_percent", "instance")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class ModelLoad(_message.Message):
     WINDOW_S_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
     CROSSED_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     model: str
     region: str
@@ -117,7 +118,8 @@ class ModelLoad(_message.Message):
     window_s: float
     observed_at: _timestamp_pb2.Timestamp
     crossed_percent: int
-    def __init__(self, event_id: _Optional[str] = ..., model: _Optional[str] = ..., region: _Optional[str] = ..., backend: _Optional[str] = ..., utilization: _Optional[float] = ..., active: _Optional[int] = ..., queued: _Optional[int] = ..., capacity: _Optional[int] = ..., max_queue: _Optional[int] = ..., time_to_first_token_p50_ms: _Optional[float] = ..., time_to_first_token_p95_ms: _Optional[float] = ..., tokens_per_second_p50: _Optional[float] = ..., window_s: _Optional[float] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., crossed_percent: _Optional[int] = ...) -> None: ...
+    instance: str
+    def __init__(self, event_id: _Optional[str] = ..., model: _Optional[str] = ..., region: _Optional[str] = ..., backend: _Optional[str] = ..., utilization: _Optional[float] = ..., active: _Optional[int] = ..., queued: _Optional[int] = ..., capacity: _Optional[int] = ..., max_queue: _Optional[int] = ..., time_to_first_token_p50_ms: _Optional[float] = ..., time_to_first_token_p95_ms: _Optional[float] = ..., tokens_per_second_p50: _Optional[float] = ..., window_s: _Optional[float] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., crossed_percent: _Optional[int] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class BreakerStateChanged(_message.Message):
     __slots__ = ("event_id", "router_replica", "region", "model", "endpoint", "state", "previous_state", "reason", "ejection_count", "ejected_until", "observed_at")

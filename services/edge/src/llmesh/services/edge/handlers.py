@@ -98,20 +98,18 @@ class Handlers:
         doc = convert.parse_json(body)
         proto, stream, model = convert.chat_request(doc)
         include_usage = convert.include_usage(doc)
-        call = router.generate(
+        generated = router.generate(
             proto,
             authorization=request.headers.get("authorization", ""),
             request_id=request_id,
             timeout_s=self._timeout_s,
         )
-        try:
-            async with aclosing(events(call)) as stream_events:
-                if stream:
-                    return await self._stream(request, stream_events, request_id, model, include_usage)
-                return await self._complete(stream_events, request_id, model)
-        finally:
-            # A client that went away (the handler is cancelled) ends the router's stream too.
-            call.cancel()
+        # A client that went away (the handler is cancelled) ends the router's stream too: closing
+        # the stream cancels the call in flight.
+        async with aclosing(events(generated)) as stream_events:
+            if stream:
+                return await self._stream(request, stream_events, request_id, model, include_usage)
+            return await self._complete(stream_events, request_id, model)
 
     async def _complete(self, stream_events, request_id: str, model: str) -> web.Response:
         parts: list[str] = []

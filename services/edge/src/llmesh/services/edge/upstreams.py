@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import grpc
 from google.rpc import error_details_pb2
 from llmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from llmesh.kit.client import open_channel, retry_after_s, rich_status
+from llmesh.kit.client import open_channel, retry_after_s, retrying_unserved, rich_status
 from llmesh.kit.identity import Identity
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 from llmesh.services.edge.convert import router_param
@@ -57,9 +58,15 @@ class RouterClient:
 
     def generate(
         self, request: router_pb2.GenerateRequest, *, authorization: str, request_id: str, timeout_s: float
-    ) -> grpc.aio.UnaryStreamCall:
+    ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        """The router's stream; a try that failed UNAVAILABLE before any message (a router replica
+        gone) is made again under the same request id (llmesh.kit.client.retrying_unserved)."""
         metadata = (("authorization", authorization), ("x-request-id", request_id))
-        return next(self._stubs).Generate(request, metadata=metadata, timeout=timeout_s)
+
+        def start(timeout: float | None) -> grpc.aio.UnaryStreamCall:
+            return next(self._stubs).Generate(request, metadata=metadata, timeout=timeout)
+
+        return retrying_unserved(start, timeout_s=timeout_s)
 
 
 class CatalogClient:
@@ -88,10 +95,12 @@ class CatalogClient:
         return list(response.models)
 
 
-async def events(call: grpc.aio.UnaryStreamCall) -> AsyncIterator[router_pb2.GenerateResponse]:
-    """The router's stream; a failure raises its EdgeError."""
+async def events(stream: AsyncIterator[router_pb2.GenerateResponse]) -> AsyncIterator[router_pb2.GenerateResponse]:
+    """The router's stream (RouterClient.generate); a failure raises its EdgeError. Closing this
+    closes the stream, which cancels the router's call."""
     try:
-        async for response in call:
-            yield response
+        async with aclosing(stream):
+            async for response in stream:
+                yield response
     except grpc.RpcError as exc:
         raise edge_error(exc) from None

@@ -4,6 +4,8 @@ engine, and load snapshots on NATS."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
 import grpc
 from llmesh.inference.v1 import inference_pb2_grpc
@@ -58,6 +60,8 @@ class InferenceApp(ServiceApp):
             replay=ReplayStore(settings.replay_entries, settings.replay_ttl_s, settings.replay_max_chars),
         )
         self.bus: Bus | None = None
+        #: this process in its load snapshots: replicas of inference each publish their own (docs/adr/0034)
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.forecast: LoadForecast | None = None
         self.reporter = LoadReporter(
             self.engine.models,
@@ -97,7 +101,7 @@ class InferenceApp(ServiceApp):
         if self.bus is None:
             return
         region = status.entry.region if status.entry is not None else self.settings.region
-        event = convert.model_load_to_proto(status, region, crossed_percent)
+        event = convert.model_load_to_proto(status, region, crossed_percent, instance=self.instance)
         await self.bus.publish_core(load_subject(region, status.info.name), event, msg_id=event.event_id)
 
     async def stop(self) -> None:

@@ -85,7 +85,9 @@ def model_info_to_proto(status: ModelStatus) -> inference_pb2.ModelInfo:
     return message
 
 
-def model_load_to_proto(status: ModelStatus, region: str, crossed_percent: int) -> events_pb2.ModelLoad:
+def model_load_to_proto(
+    status: ModelStatus, region: str, crossed_percent: int, instance: str = ""
+) -> events_pb2.ModelLoad:
     observed_at = timestamp_pb2.Timestamp()
     observed_at.GetCurrentTime()
     latency = status.latency
@@ -105,4 +107,5 @@ def model_load_to_proto(status: ModelStatus, region: str, crossed_percent: int) 
         window_s=latency.window_s if latency else 0.0,
         observed_at=observed_at,
         crossed_percent=crossed_percent,
+        instance=instance,
     )

@@ -76,9 +76,17 @@ from llmesh.services.router.upstreams import (
     MemoClassifier,
     OutcomeReportingCache,
     TenancyClient,
+    lists_several_addresses,
 )
 
 log = get_logger("llmesh.router")
+
+
+def replica_retry(settings: RouterSettings, target: str) -> bool:
+    """Whether a Generate that failed before its first token at the inference behind `target` is
+    tried once more on the same model (LLMESH_ROUTER_INFERENCE_REPLICA_RETRY, docs/adr/0034)."""
+    mode = settings.inference_replica_retry
+    return mode == "always" or (mode == "auto" and lists_several_addresses(target))
 
 
 class RouterApp(ServiceApp):
@@ -176,7 +184,7 @@ class RouterApp(ServiceApp):
             self._channels.append(opened)
             return opened
 
-        inference = InferenceClient(channel(s.inference_addr))
+        inference = InferenceClient(channel(s.inference_addr), replicated=replica_retry(s, s.inference_addr))
         self.regions = await self._start_regions(inference, channel)
         catalog = ModelCatalog(lambda: inference.list_models(timeout_s=s.upstream_timeout_s), s.models_refresh_s)
         await self._wait_for_models(catalog)
@@ -331,7 +339,7 @@ class RouterApp(ServiceApp):
         self.every(1.0, link.tick, name="region_health")
         return RegionRouting(
             inference,
-            {r: InferenceClient(channel(addr)) for r, addr in remote.items()},
+            {r: InferenceClient(channel(addr), replicated=replica_retry(s, addr)) for r, addr in remote.items()},
             window,
             failover,
             model_regions,

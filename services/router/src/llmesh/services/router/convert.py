@@ -313,6 +313,7 @@ def load_snapshot_from_proto(event: events_pb2.ModelLoad) -> LoadSnapshot:
         tokens_per_second_p50=event.tokens_per_second_p50,
         observed_at=event.observed_at.ToMicroseconds() / 1e6,
         crossed_percent=event.crossed_percent,
+        instance=event.instance,
     )
 
 

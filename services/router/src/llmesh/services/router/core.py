@@ -693,8 +693,13 @@ class GeneratePipeline:
         )
         tenant_id = trying.tenant_id
         last_error: LlmeshError | None = None
-        for candidate in candidates:
+        # (candidate, whether this is its retry on another replica, docs/adr/0034)
+        pending = collections.deque((c, False) for c in candidates)
+        while pending:
+            candidate, retrying = pending.popleft()
             model = candidate.model
+            # what the attempts list says of this try ("retry": the same model again, another replica)
+            tried = dataclasses.replace(candidate, reason="retry") if retrying else candidate
             if speculation is not None and speculation.pending:
                 if speculation.lookup.done() or not policy.speculation.allows(model):
                     late = await speculation.wait()
@@ -705,7 +710,7 @@ class GeneratePipeline:
             timeout_s = _remaining(self._config.generate_timeout_s, deadline)
             if affordable is not None and not await affordable(model):
                 # a hard budget cannot take this model's worst case.
-                attempts.append(_attempt(candidate, "BUDGET_EXHAUSTED", time.perf_counter()))
+                attempts.append(_attempt(tried, "BUDGET_EXHAUSTED", time.perf_counter()))
                 last_error = ResourceExhausted(
                     f"a hard budget cannot take the worst case of {model.name}", reason="BUDGET_EXHAUSTED"
                 )
@@ -719,6 +724,9 @@ class GeneratePipeline:
             tried_at = time.perf_counter()
             verdict = None
             cache_hit: _CacheHit | None = None
+            inference = None
+            # whether inference sent anything for this attempt (a token, or its completion)
+            received = False
             # Each attempt waits its turn in its own model's fair queue (queueing.py); a refusal
             # there is a RESOURCE_EXHAUSTED before the first token: the next candidate is tried.
             ticket = self._queues.ticket_for(
@@ -752,10 +760,11 @@ class GeneratePipeline:
                             cache_hit = event
                             break  # closing the stream cancels the attempt at inference
                         if isinstance(event, Completion):
-                            completion = event
+                            completion, received = event, True
                             continue
                         if not event.text:
                             continue
+                        received = True
                         if holding:
                             held.append(event.text)
                             if len(held) < hold:
@@ -773,13 +782,30 @@ class GeneratePipeline:
                     raise Unavailable(f"inference ended the stream for {model.name} without a completion")
             except (Unavailable, ResourceExhausted, DeadlineExceeded) as exc:
                 code = _CODES[type(exc)] if type(exc) in _CODES else "UNAVAILABLE"
+                if (
+                    isinstance(exc, Unavailable)
+                    and not retrying
+                    and not received
+                    and not progress.released_chars
+                    and getattr(inference, "replicated", False)
+                ):
+                    # Nothing was generated: the same model once more, which round robin sends to
+                    # another replica. One replica's failure is no verdict on the model's breaker;
+                    # the retry's outcome is.
+                    self._breakers.release(model.region, model.name)
+                    attempts.append(_attempt(tried, code, tried_at))
+                    metrics.REPLICA_RETRIES.labels(model.name).inc()
+                    log.info("attempt_retried_on_another_replica", model=model.name, error=exc.message)
+                    pending.appendleft((candidate, True))
+                    last_error = exc
+                    continue
                 # A full model, or the caller's own deadline running out, says nothing of its health.
                 caller_deadline = isinstance(exc, DeadlineExceeded) and timeout_s < self._config.generate_timeout_s
                 if isinstance(exc, ResourceExhausted) or caller_deadline:
                     self._breakers.release(model.region, model.name)
                 else:
                     self._breakers.record(model.region, model.name, ok=False)
-                attempts.append(_attempt(candidate, code, tried_at, after_first_token=progress.released_chars > 0))
+                attempts.append(_attempt(tried, code, tried_at, after_first_token=progress.released_chars > 0))
                 if progress.released_chars:
                     raise self._interrupted(model, command, policy, request_id, progress, exc) from None
                 metrics.ATTEMPT_FAILURES.labels(model.name, code).inc()
@@ -794,7 +820,7 @@ class GeneratePipeline:
             if cache_hit is not None:
                 # Cancelled by the router, not failed: no word on the model's health.
                 self._breakers.release(model.region, model.name)
-                attempts.append(_attempt(candidate, "CANCELLED", tried_at))
+                attempts.append(_attempt(tried, "CANCELLED", tried_at))
                 log.info("speculation_lost", model=model.name)
                 yield cache_hit
                 return
@@ -812,12 +838,12 @@ class GeneratePipeline:
                 metrics.QUALITY_SCORE.observe(verdict.score)
             if verdict is not None:
                 usage = completion.usage if completion is not None else _partial_usage(command, held)
-                attempts.append(_attempt(candidate, "low_quality", tried_at))
+                attempts.append(_attempt(tried, "low_quality", tried_at))
                 yield _Rejected(model, verdict, usage)
                 return
             for piece in held:
                 yield progress.release(piece)
-            attempts.append(_attempt(candidate, "ok", tried_at))
+            attempts.append(_attempt(tried, "ok", tried_at))
             yield _Answer(candidate, completion, quality_score)
             return
         if speculation is not None and speculation.pending:

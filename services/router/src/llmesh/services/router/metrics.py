@@ -116,6 +116,12 @@ BREAKER_EJECTIONS_SKIPPED = Counter(
     "Ejections not made because max_ejection_percent of the endpoints were already out",
     ["region", "model"],
 )
+REPLICA_RETRIES = Counter(
+    "llmesh_router_replica_retries_total",
+    "Tries of a model that failed UNAVAILABLE before any token and were tried once more on the same model "
+    "(another inference replica, docs/adr/0034)",
+    ["model"],
+)
 ATTEMPT_FAILURES = Counter(
     "llmesh_router_attempt_failures_total",
     "Tries of a model that failed before the first token (the request moved on to the next candidate)",

@@ -76,7 +76,19 @@ class RouterSettings(ForecastSettings):
     tenancy_addr: str = setting("LLMESH_TENANCY_ADDR", _loopback("tenancy"), "tenancy service host:port")
     classifier_addr: str = setting("LLMESH_CLASSIFIER_ADDR", _loopback("classifier"), "classifier service host:port")
     cache_addr: str = setting("LLMESH_CACHE_ADDR", _loopback("cache"), "cache service host:port")
-    inference_addr: str = setting("LLMESH_INFERENCE_ADDR", _loopback("inference"), "inference service host:port")
+    inference_addr: str = setting(
+        "LLMESH_INFERENCE_ADDR",
+        _loopback("inference"),
+        "inference service host:port (`ipv4:host:port,host:port` for several replicas: round robin over them)",
+    )
+    inference_replica_retry: str = setting(
+        "LLMESH_ROUTER_INFERENCE_REPLICA_RETRY",
+        "auto",
+        "a Generate that inference failed UNAVAILABLE before any token is tried once more on the same model (round "
+        "robin takes it to another replica) before the next candidate: auto when LLMESH_INFERENCE_ADDR lists "
+        "several addresses, always (e.g. a DNS name of several pods), never (docs/adr/0034)",
+        one_of("auto", "always", "never"),
+    )
 
     upstream_timeout_s: float = setting(
         "LLMESH_ROUTER_UPSTREAM_TIMEOUT_S",

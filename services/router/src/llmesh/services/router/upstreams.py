@@ -344,9 +344,18 @@ class CacheClient:
         return convert.hot_entries_from_proto(response)
 
 
+def lists_several_addresses(target: str) -> bool:
+    """Whether a gRPC target names more than one address (`ipv4:a:1,a:2`, `ipv6:[::1]:1,[::1]:2`)."""
+    scheme, sep, rest = target.partition(":")
+    return bool(sep) and scheme in ("ipv4", "ipv6") and "," in rest
+
+
 class InferenceClient:
-    def __init__(self, channel: grpc.aio.Channel):
+    def __init__(self, channel: grpc.aio.Channel, *, replicated: bool = False):
         self._stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        #: the channel's target has several inference replicas behind it: a Generate that failed
+        #: before its first token may be tried once more on the same model (docs/adr/0034)
+        self.replicated = replicated
 
     async def list_models(self, *, timeout_s: float) -> list[ModelInfo]:
         try:
