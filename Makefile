@@ -143,10 +143,13 @@ fuzz: setup
 	LLMESH_FUZZ_EXAMPLES=$${LLMESH_FUZZ_EXAMPLES:-10000} LLMESH_FUZZ_REPORT=bench/results/fuzz.md $(PY) -m pytest -q tests/fuzz
 
 # The CI-sized kill test (tests/chaos, also in make test), then faults under load against a private `llmesh up` (bench/chaos.py): the table goes to bench/results/chaos.md
-# and docs/reports/reliability.md. CHAOS_ARGS="--only kill-cache,nats" runs a subset.
+# and docs/reports/reliability.md; then the router and inference kills again with two replicas of each
+# (docs/adr/0034; bench/results/chaos-kill-router-kill-inference-replicas-*.md). CHAOS_ARGS="--only
+# kill-cache,nats" runs a subset (and skips the replica run).
 chaos: setup
 	$(PY) -m pytest -q tests/chaos
 	$(PY) bench/chaos.py $(CHAOS_ARGS)
+	@[ -n "$(CHAOS_ARGS)" ] || $(PY) bench/chaos.py --only kill-router,kill-inference
 
 # A steady mixed load for SOAK_MINUTES (30) with RSS/fd/p99 verdicts (bench/soak.py, bench/results/soak.md).
 SOAK_MINUTES ?= 30

@@ -60,7 +60,9 @@ def test_a_bad_setting_is_refused_with_what_is_wrong(raw, says):
 
 def test_up_refuses_a_bad_setting_before_starting_anything(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LLMESH_HOME", str(tmp_path))
-    monkeypatch.delenv("LLMESH_UP_REPLICAS", raising=False)
+    # set (and so restored after the test): up_command writes the option into the environment for
+    # the detached supervisor, which must not leak into later tests' meshes
+    monkeypatch.setenv("LLMESH_UP_REPLICAS", "")
     args = argparse.Namespace(replicas="tenancy=2", regions=1, detach=True, timeout=10.0, no_backends=True)
     assert up_command(args) == 2
     assert "tenancy runs as one process" in capsys.readouterr().err

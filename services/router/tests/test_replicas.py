@@ -19,13 +19,14 @@ import pytest
 from llmesh.cache.v1 import cache_pb2
 from llmesh.classifier.v1 import classifier_pb2
 from llmesh.common.v1 import common_pb2
-from llmesh.events.v1 import events_pb2
 from llmesh.inference.v1 import inference_pb2
 from llmesh.kit import identity
 from llmesh.kit.bus import Bus
 from llmesh.kit.client import open_channel, retrying_unserved
 from llmesh.kit.config import ServerSettings, load_settings
+from llmesh.kit.streams import usage_subject
 from llmesh.kit.testing import assert_eventually, ensure_identity, hosted, identity_env, unique
+from llmesh.kit.usage import usage_records as read_usage
 from llmesh.router.v1 import router_pb2, router_pb2_grpc
 from llmesh.services.router.app import RouterApp
 from llmesh.tenancy.v1 import tenancy_pb2
@@ -96,14 +97,15 @@ async def two_inference_replicas(tmp_path):
 
 
 async def usage_records(nats_url: str, tenant_id: str) -> tuple[Bus, list[str]]:
-    """The request id of every usage record published for the tenant, as they arrive."""
+    """The request id of every usage record published for the tenant, as they arrive (alone or in
+    a batch, docs/adr/0035)."""
     bus = await Bus.connect(nats_url, unique("usage-watch"))
     seen: list[str] = []
 
-    async def on_usage(data: bytes) -> None:
-        seen.append(events_pb2.UsageRecorded.FromString(data).request_id)
+    async def on_usage(msg) -> None:
+        seen.extend(record.request_id for record in read_usage(msg.data, msg.headers))
 
-    await bus.subscribe(f"llmesh.usage.{tenant_id}", on_usage)
+    await bus.nc.subscribe(usage_subject(tenant_id), cb=on_usage)
     await bus.nc.flush()
     return bus, seen
 

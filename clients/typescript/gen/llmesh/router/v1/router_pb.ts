@@ -207,7 +207,8 @@ export type RouteAttempt = Message<"llmesh.router.v1.RouteAttempt"> & {
   outcome: string;
 
   /**
-   * Why this model was tried: "tier", "fallback", "overflow", "escalation", "failover", "pinned".
+   * Why this model was tried: "tier", "fallback", "overflow", "escalation", "failover", "pinned",
+   * "retry" (the same model again on another inference replica, after UNAVAILABLE before any token).
    *
    * @generated from field: string reason = 5;
    */
