@@ -59,6 +59,13 @@ MODEL_LOAD_SUBJECT_PREFIX = "llmesh.inference.load"
 BREAKER_SUBJECT_PREFIX = "llmesh.router.breaker"
 
 
+def _subject(prefix: str, token: str, what: str) -> str:
+    """`prefix`.`token`, where the token (a tenant id, a region) must be one valid subject token."""
+    if not SUBJECT_TOKEN.match(token):
+        raise ValueError(f"{what} {token!r} is not a valid subject token")
+    return f"{prefix}.{token}"
+
+
 def breaker_subject(region: str, model: str) -> str:
     """The subject of a breaker change; characters a subject token may not hold become '_'."""
     return f"{BREAKER_SUBJECT_PREFIX}.{re.sub(r'[^A-Za-z0-9_-]', '_', region) or '_'}.{re.sub(r'[^A-Za-z0-9_-]', '_', model)}"
@@ -78,15 +85,11 @@ def parse_domains(value: str) -> tuple[str, ...]:
 
 
 def region_health_subject(region: str) -> str:
-    if not SUBJECT_TOKEN.match(region):
-        raise ValueError(f"region {region!r} is not a valid subject token")
-    return f"{REGION_HEALTH_SUBJECT_PREFIX}.{region}"
+    return _subject(REGION_HEALTH_SUBJECT_PREFIX, region, "region")
 
 
 def cache_invalidate_subject(tenant_id: str) -> str:
-    if not SUBJECT_TOKEN.match(tenant_id):
-        raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
-    return f"llmesh.cache.invalidate.{tenant_id}"
+    return _subject("llmesh.cache.invalidate", tenant_id, "tenant id")
 
 
 CACHE_REMOVED_SUBJECT_PREFIX = "llmesh.cache.removed"
@@ -102,41 +105,29 @@ CACHE_HITS_QUEUE = "cache-hits"
 
 def cache_applied_subject(tenant_id: str) -> str:
     """llmesh.cache.applied.<tenant_id>: a CacheInvalidated a cache replica applied (core NATS)."""
-    if not SUBJECT_TOKEN.match(tenant_id):
-        raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
-    return f"{CACHE_APPLIED_SUBJECT_PREFIX}.{tenant_id}"
+    return _subject(CACHE_APPLIED_SUBJECT_PREFIX, tenant_id, "tenant id")
 
 
 def cache_removed_subject(tenant_id: str) -> str:
     """llmesh.cache.removed.<tenant_id>: one CacheEntryRemoved per entry removed (core NATS)."""
-    if not SUBJECT_TOKEN.match(tenant_id):
-        raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
-    return f"{CACHE_REMOVED_SUBJECT_PREFIX}.{tenant_id}"
+    return _subject(CACHE_REMOVED_SUBJECT_PREFIX, tenant_id, "tenant id")
 
 
 def usage_subject(tenant_id: str) -> str:
     """llmesh.usage.<tenant_id>: one UsageRecorded per request (stream LLMESH_USAGE)."""
-    if not SUBJECT_TOKEN.match(tenant_id):
-        raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
-    return f"llmesh.usage.{tenant_id}"
+    return _subject("llmesh.usage", tenant_id, "tenant id")
 
 
 def audit_subject(tenant_id: str = "") -> str:
     """The subject of an audit event about `tenant_id`, or about the platform when empty."""
-    if tenant_id and not SUBJECT_TOKEN.match(tenant_id):
-        raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
-    return f"llmesh.audit.{tenant_id or 'platform'}"
+    return _subject("llmesh.audit", tenant_id, "tenant id") if tenant_id else "llmesh.audit.platform"
 
 
 def budget_alert_subject(tenant_id: str) -> str:
     """llmesh.tenancy.budget.<tenant_id>: BudgetAlert at 50/80/100 % (stream LLMESH_TENANCY)."""
-    if not SUBJECT_TOKEN.match(tenant_id):
-        raise ValueError(f"tenant id {tenant_id!r} is not a valid subject token")
-    return f"llmesh.tenancy.budget.{tenant_id}"
+    return _subject("llmesh.tenancy.budget", tenant_id, "tenant id")
 
 
 def classifier_outcome_subject(region: str) -> str:
     """llmesh.classifier.outcome.<region>: one RoutingOutcome per judged tier-1 answer."""
-    if not SUBJECT_TOKEN.match(region):
-        raise ValueError(f"region {region!r} is not a valid subject token")
-    return f"llmesh.classifier.outcome.{region}"
+    return _subject("llmesh.classifier.outcome", region, "region")
