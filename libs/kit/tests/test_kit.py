@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 
 import grpc
+import nats.js.errors
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
@@ -14,7 +15,7 @@ from llmesh.classifier.v1 import classifier_pb2, classifier_pb2_grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.events.v1 import events_pb2
 from llmesh.kit import errors
-from llmesh.kit.bus import Bus
+from llmesh.kit.bus import Bus, kv_keys
 from llmesh.kit.chat import messages_from_proto, sampling_from_proto
 from llmesh.kit.client import error_reason, open_channel
 from llmesh.kit.config import ConfigError, ServerSettings, load_settings, parses, positive, setting, settings_table
@@ -160,6 +161,24 @@ async def test_durable_consumer_gets_events_published_while_it_was_down(nats_url
         seen.clear()
         await bus.consume_durable(spec, subject, "replica-a", handler)
         await assert_eventually(lambda: seen == ["k2"], message="only the event missed while down")
+    finally:
+        await bus.close()
+
+
+async def test_kv_keys_lists_every_key_of_a_bucket_in_one_request(nats_url):
+    bus = await Bus.connect(nats_url, "test")
+    try:
+        name = unique("kv").replace("-", "_")
+        kv = await bus.js.create_key_value(bucket=name, history=1)
+        assert await kv_keys(bus.js, name) == []
+        for key in ("job.b", "job.a", "other.c"):
+            await kv.put(key, b"{}")
+        await kv.put("job.a", b"{ }")  # updated: still one key
+        await kv.delete("other.c")
+        # a deleted key is listed; reading it says so
+        assert await kv_keys(bus.js, name) == ["job.a", "job.b", "other.c"]
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await kv.get("other.c")
     finally:
         await bus.close()
 

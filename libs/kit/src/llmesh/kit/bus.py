@@ -23,6 +23,16 @@ from nats.js.errors import Error as JetStreamError
 log = get_logger("llmesh.bus")
 
 
+async def kv_keys(js, bucket: str) -> list[str]:
+    """The keys of a KV bucket, from its stream's subjects in one request; a deleted key is listed
+    too (its `get` raises KeyNotFoundError). Not nats.py's KeyValue.keys(): its watcher puts the end
+    marker first when the server already sent every key and no key was read yet, and then reports
+    none (seen on a busy machine). The server lists up to 100,000 subjects in one answer."""
+    prefix = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+    return sorted(subject[len(prefix) :] for subject in info.state.subjects or {})
+
+
 class NotConfirmed(Unavailable):
     """A publish whose event went out but whose stream ack never came (NATS frozen, slow or cut
     mid-call): the event may still be stored. Republishing it with the same Nats-Msg-Id is safe

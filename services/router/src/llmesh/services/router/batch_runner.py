@@ -30,7 +30,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import nats.errors
-from llmesh.kit.bus import Bus
+from llmesh.kit.bus import Bus, kv_keys
 from llmesh.kit.errors import LlmeshError, NotFound, Unavailable
 from llmesh.kit.interceptors import status_code_for
 from llmesh.kit.logging import bind_contextvars, clear_contextvars, get_logger
@@ -173,13 +173,12 @@ class BatchRunner:
         return job
 
     async def jobs(self, tenant_id: str) -> list[Job]:
-        try:
-            keys = await self._jobs_kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
         found = []
-        for key in keys:
-            job = Job.from_json((await self._jobs_kv.get(key)).value)
+        for key in await kv_keys(self._bus.js, JOBS_BUCKET):
+            try:
+                job = Job.from_json((await self._jobs_kv.get(key)).value)
+            except nats.js.errors.KeyNotFoundError:
+                continue
             if job.principal.tenant_id == tenant_id:
                 found.append(job)
         return sorted(found, key=lambda j: j.created_at)
