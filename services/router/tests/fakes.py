@@ -84,6 +84,8 @@ class FakeTenancy(tenancy_pb2_grpc.TenancyServiceServicer):
     def __init__(self):
         self.principals: dict[str, common_pb2.Principal] = {}
         self.calls: collections.Counter[str] = collections.Counter()
+        # every Authenticate fails UNAVAILABLE (its database down)
+        self.unavailable = False
 
     def add_key(
         self, api_key: str, tenant_id: str, key_id: str, clearance: int = common_pb2.SENSITIVITY_INTERNAL
@@ -94,6 +96,8 @@ class FakeTenancy(tenancy_pb2_grpc.TenancyServiceServicer):
 
     async def Authenticate(self, request, context):
         self.calls[request.api_key] += 1
+        if self.unavailable:
+            raise errors.Unavailable("the tenancy database is unreachable")
         principal = self.principals.get(request.api_key)
         if principal is None:
             raise errors.Unauthenticated("unknown or revoked API key")

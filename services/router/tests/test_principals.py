@@ -93,6 +93,39 @@ def test_bearer_token():
     assert bearer_token("bearer  sk-abc ") == "sk-abc"
 
 
+def test_a_key_past_its_ttl_answers_while_tenancy_cannot_within_the_stale_window():
+    clock = Clock()
+    cache = PrincipalCache(ttl_s=30, max_entries=10, stale_s=300, clock=clock)
+    cache.put("sk-1", principal("k1"), epoch=cache.epoch)
+    cache.put("sk-2", principal("k2"), epoch=cache.epoch)
+    assert cache.stale_get("sk-3") is None  # never authenticated
+    clock.now += 31
+    assert cache.get("sk-1") is None, "past its TTL a key is asked of tenancy again"
+    assert cache.stale_get("sk-1") == principal("k1"), "but answers if tenancy cannot"
+    cache.revoke("k2")
+    assert cache.stale_get("sk-2") is None, "a revoked key never"
+    cache.stale_allowed = False  # NATS disconnected: revocations may be missed
+    assert cache.stale_get("sk-1") is None
+    cache.stale_allowed = True
+    clock.now += 300
+    assert cache.stale_get("sk-1") is None and cache.get("sk-1") is None and len(cache) == 0
+
+
+def test_no_stale_key_whose_tenant_token_nears_expiry_and_none_without_a_window():
+    clock, wall = Clock(), Clock()
+    wall.now = 1_000.0
+    cache = PrincipalCache(ttl_s=30, max_entries=10, stale_s=300, clock=clock, wall_clock=wall)
+    cache.put("sk-1", with_token(principal("k1"), expires_at=1_200.0), epoch=cache.epoch)
+    clock.now += 31
+    assert cache.stale_get("sk-1") is not None
+    wall.now = 1_200.0 - TOKEN_RENEW_MARGIN_S + 1  # a call made with it could outlive the token
+    assert cache.stale_get("sk-1") is None
+    plain = PrincipalCache(ttl_s=30, max_entries=10, clock=clock)
+    plain.put("sk-1", principal("k1"), epoch=plain.epoch)
+    clock.now += 31
+    assert plain.stale_get("sk-1") is None
+
+
 def with_token(p: Principal, expires_at: float) -> Principal:
     return dataclasses.replace(p, tenant_token=f"token-{expires_at}", tenant_token_expires_at=expires_at)
 

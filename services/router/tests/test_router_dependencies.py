@@ -42,6 +42,27 @@ async def test_tenancy_down_is_unavailable(nats_url, upstreams):
         assert "tenancy is unavailable" in exc.value.details()
 
 
+async def test_a_key_seen_lately_is_served_while_tenancy_is_unavailable_but_not_a_new_one(nats_url, upstreams):
+    app = RouterApp(router_settings(nats_url, upstreams.address, principal_ttl_s=0.05, principal_stale_s=60.0))
+    async with hosted(app, app.settings) as host, open_channel(host.address) as channel:
+        client = RouterClient(channel, upstreams)
+        known, _, _ = client.new_key()
+        new, _, _ = client.new_key()
+        await client.generate(known, "hello")
+        await assert_eventually(lambda: app.principals.get(known) is None, message="past its TTL")
+        upstreams.tenancy.unavailable = True
+        try:
+            deltas, _ = await client.generate(known, "hello again")
+            assert "".join(deltas) == "answer to the question"
+            assert upstreams.tenancy.calls[known] > 1, "tenancy was asked first (its channel retries UNAVAILABLE)"
+            with pytest.raises(grpc.aio.AioRpcError) as exc:
+                await client.generate(new, "hello")
+            assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "tenancy is unavailable" in exc.value.details()
+        finally:
+            upstreams.tenancy.unavailable = False
+
+
 async def test_start_fails_clearly_when_inference_never_answers(nats_url, upstreams):
     settings = router_settings(nats_url, upstreams.address, inference_addr=dead_address(), start_timeout_s=0.5)
     host = ServiceHost(RouterApp(settings), settings, serve_metrics=False)

@@ -99,7 +99,9 @@ class RouterApp(ServiceApp):
 
     def __init__(self, settings: RouterSettings):
         self.settings = settings
-        self.principals = PrincipalCache(settings.principal_ttl_s, settings.principal_cache_size)
+        self.principals = PrincipalCache(
+            settings.principal_ttl_s, settings.principal_cache_size, stale_s=settings.principal_stale_s
+        )
         #: classifications reused for exact hits (docs/adr/0028)
         self.memo = ClassificationMemo(
             max_entries=settings.classification_memo_size, ttl_s=settings.classification_memo_ttl_s
@@ -519,11 +521,14 @@ class RouterApp(ServiceApp):
     async def _on_nats_reconnect(self) -> None:
         # Revocations published while disconnected were missed: trust no cached principal.
         self.principals.clear()
+        self.principals.stale_allowed = True
         self.memo.clear()  # and model-loaded events
         self.exact_l1.resume()  # and the cache's invalidations
         log.info("principal_cache_flushed", reason="nats_reconnect")
 
     async def _on_nats_disconnect(self) -> None:
+        # Revocations cannot be heard: no principal past its TTL is served (fresh ones still are).
+        self.principals.stale_allowed = False
         # The cache's invalidations cannot be heard: no copy of its answers is served meanwhile.
         self.exact_l1.suspend()
 

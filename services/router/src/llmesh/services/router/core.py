@@ -243,8 +243,17 @@ class GeneratePipeline:
             )
         except Unauthenticated as exc:
             raise Unauthenticated(f"API key rejected: {exc.message}") from None
-        except DeadlineExceeded:
-            raise Unavailable("tenancy did not answer in time; try again") from None
+        except (Unavailable, DeadlineExceeded) as exc:
+            # Tenancy cannot say (e.g. its database is down): a key it accepted a little while ago
+            # and that no revocation dropped still answers, for the cache's stale window.
+            stale = self._principals.stale_get(api_key)
+            if stale is not None:
+                metrics.PRINCIPAL_STALE_SERVED.inc()
+                log.warning("principal_served_stale", tenant=stale.tenant_id, error=type(exc).__name__)
+                return stale
+            if isinstance(exc, DeadlineExceeded):
+                raise Unavailable("tenancy did not answer in time; try again") from None
+            raise
         self._principals.put(api_key, principal, epoch=epoch)
         return principal
 

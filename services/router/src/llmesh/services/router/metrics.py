@@ -36,6 +36,8 @@ DEGRADED = Counter(
 PRINCIPAL_CACHE = Counter("llmesh_router_principal_cache_total", "principal cache lookups", ["result"])
 PRINCIPAL_CACHE_HIT = PRINCIPAL_CACHE.labels("hit")
 PRINCIPAL_CACHE_MISS = PRINCIPAL_CACHE.labels("miss")
+# a key served past its TTL because tenancy could not answer (LLMESH_ROUTER_PRINCIPAL_STALE_S)
+PRINCIPAL_STALE_SERVED = PRINCIPAL_CACHE.labels("stale")
 CLASSIFICATION_MEMO = Counter(
     "llmesh_router_classification_memo_total",
     "classifications of requests that look the cache up: served from the router's memo (hit), asked of the "

@@ -58,10 +58,15 @@ class PrincipalCache:
         ttl_s: float,
         max_entries: int,
         *,
+        stale_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ):
         self._ttl_s = ttl_s
+        # How long after its TTL an entry may still answer while tenancy cannot (stale_get).
+        self._stale_s = stale_s
+        #: False while revocation events may be missed (NATS disconnected): nothing stale is served.
+        self.stale_allowed = True
         self._max_entries = max_entries
         self._clock = clock
         self._wall_clock = wall_clock
@@ -91,9 +96,27 @@ class PrincipalCache:
             principal.tenant_token and principal.tenant_token_expires_at - self._wall_clock() < TOKEN_RENEW_MARGIN_S
         )
         if self._clock() >= expires_at or token_renewal_due:
-            del self._entries[fingerprint]
+            if self._clock() >= expires_at + self._stale_s:
+                del self._entries[fingerprint]  # kept until then for stale_get
             return None
         self._entries.move_to_end(fingerprint)
+        return principal
+
+    def stale_get(self, api_key: str) -> Principal | None:
+        """For when tenancy cannot answer (unavailable, not a rejection): the principal this key
+        had within `stale_s` after its TTL, if its tenant token still has TOKEN_RENEW_MARGIN_S to
+        live and no revocation or flush dropped it. A revocation drops entries at once (the event
+        on NATS), and none is served while NATS is disconnected (stale_allowed)."""
+        if not self.stale_allowed or self._stale_s <= 0:
+            return None
+        found = self._entries.get(self._fingerprint(api_key))
+        if found is None:
+            return None
+        principal, expires_at = found
+        if self._clock() >= expires_at + self._stale_s:
+            return None
+        if principal.tenant_token and principal.tenant_token_expires_at - self._wall_clock() < TOKEN_RENEW_MARGIN_S:
+            return None
         return principal
 
     def put(self, api_key: str, principal: Principal, *, epoch: int) -> bool:

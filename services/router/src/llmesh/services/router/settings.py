@@ -108,6 +108,13 @@ class RouterSettings(ForecastSettings):
         "how long an authenticated key is trusted without asking tenancy",
         non_negative,
     )
+    principal_stale_s: float = setting(
+        "LLMESH_ROUTER_PRINCIPAL_STALE_S",
+        300.0,
+        "how long past its TTL an authenticated key is still served while tenancy cannot answer (unavailable, "
+        "never after a rejection; revocations on NATS drop it at once; 0: never)",
+        non_negative,
+    )
     principal_cache_size: int = setting(
         "LLMESH_ROUTER_PRINCIPAL_CACHE_SIZE", 10_000, "most API keys whose principal is cached", positive
     )
