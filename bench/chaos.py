@@ -676,8 +676,8 @@ def render(rows: list[dict], meta: dict) -> str:
     lines = [
         "## Faults under load (`make chaos`)",
         "",
-        f"Run {meta['when']} on {meta['host']} (2 shared cores, 8 engineers on the machine, load average "
-        f"{meta.get('load', '-')} at the end), mesh from `llmesh up --detach` (backends: {meta.get('backends', 'off (the local model)')}; "
+        f"Run {meta['when']} on {meta['host']} ({os.cpu_count()} cores, load average "
+        f"{meta.get('load_start', '-')} at the start, {meta.get('load', '-')} at the end), mesh from `llmesh up --detach` (backends: {meta.get('backends', 'off (the local model)')}; "
         f"stores: {meta.get('stores', 'embedded')}), {meta['rate']} requests/s open loop through the "
         "router, three tenants, half PRIORITY_INTERACTIVE and half PRIORITY_BATCH, a third repeated prompts, "
         f"max_tokens 4. Windows: {BASELINE_S:.0f} s baseline before each fault, the fault, {AFTER_S:.0f} s after "
@@ -912,6 +912,7 @@ if __name__ == "__main__":
         replicas = REPLICA_DEFAULT if set(only) <= REPLICA_FAULTS else ""
     if "inference=" in replicas and "inference=1" not in replicas and {"latency", "drop"} & set(only):
         parser.error("the latency and drop faults need one inference (behind the fault proxy): drop inference=N")
+    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rows = asyncio.run(main(only, args.rate, stores, backends, replicas, standin=args.model == "standin"))
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -925,6 +926,7 @@ if __name__ == "__main__":
         if args.model == "standin"
         else "off (the local model)",
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load_start": load_start,
     }
     if replicas:
         meta["replicas"] = replicas
