@@ -14,12 +14,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from llmesh.cli.mesh import status_command, up_command
 from llmesh.cli.observe import file_sd, metrics_endpoints
 from llmesh.launcher import state as mesh_state
-from llmesh.launcher.backoff import RestartPolicy
 from llmesh.launcher.processes import ServiceProcess, process_start_ticks
 from llmesh.launcher.supervisor import (
     LaunchError,
     Supervised,
-    Supervisor,
     endpoints_table,
     replica_counts,
     router_share,
@@ -100,13 +98,9 @@ def test_a_replica_runs_its_service_under_a_name_of_its_own(tmp_path):
 
 
 @pytest.fixture
-def two_routers(tmp_path, monkeypatch):
+def two_routers(supervisor, tmp_path):
     """A supervisor holding two router replicas (stand-ins) and one cache, as start() leaves them."""
-    monkeypatch.setenv("LLMESH_HOME", str(tmp_path))
-    lines: list[str] = []
-    policy = RestartPolicy(initial_s=0.5, factor=2.0, max_s=2.0, reset_after_s=60.0, crash_loop_after=3)
-    sup = Supervisor(progress=lines.append, policy=policy, timeout_s=30.0)
-    sup.lines = lines
+    sup = supervisor
     sup.replicas["router"] = 2
     for name, port in (("router", 40000), ("router-2", 40010), ("cache", 40020)):
         process = StandIn(name, tmp_path / f"{name}.log")

@@ -14,7 +14,6 @@ import pytest
 from llmesh.cli.mesh import down_command, process_state
 from llmesh.launcher import state as mesh_state
 from llmesh.launcher.backends import ServerUnit
-from llmesh.launcher.backoff import RestartPolicy
 from llmesh.launcher.health import SERVING, UNREACHABLE
 from llmesh.launcher.processes import port_is_free, process_start_ticks
 from llmesh.launcher.supervisor import Supervised, Supervisor, running_mesh, supervisor_alive
@@ -57,16 +56,6 @@ class StandIn:
     def kill(self) -> None:
         if self.code is None:
             self.code = -9
-
-
-@pytest.fixture
-def supervisor(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLMESH_HOME", str(tmp_path))
-    lines: list[str] = []
-    policy = RestartPolicy(initial_s=0.5, factor=2.0, max_s=2.0, reset_after_s=60.0, crash_loop_after=3)
-    sup = Supervisor(progress=lines.append, policy=policy, timeout_s=30.0)
-    sup.lines = lines
-    return sup
 
 
 def running_unit(tmp_path) -> Supervised:
