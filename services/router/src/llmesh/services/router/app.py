@@ -8,6 +8,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 
 import grpc
@@ -48,7 +49,7 @@ from llmesh.services.router.batch_servicer import SERVICE_NAME as BATCH_SERVICE_
 from llmesh.services.router.batch_servicer import BatchServicer
 from llmesh.services.router.breakers import BreakerChange, BreakerConfig, Breakers
 from llmesh.services.router.core import GeneratePipeline, PipelineConfig
-from llmesh.services.router.exact_l1 import ExactL1, HitReports
+from llmesh.services.router.exact_l1 import ExactL1, HitReports, Removal
 from llmesh.services.router.load import LoadBoard
 from llmesh.services.router.memo import ClassificationMemo, LookupOutcomes, classifier_rollout_running
 from llmesh.services.router.outcomes import OutcomeReporter
@@ -168,9 +169,11 @@ class RouterApp(ServiceApp):
         if self.exact_l1.enabled:
             # The cache's invalidations (live, from the stream's subject; and as the cache replicas
             # applied them, which includes other regions') and single-entry removals.
-            await self.bus.subscribe(CACHE_INVALIDATE.subjects[0], self._on_cache_invalidated)
-            await self.bus.subscribe(f"{CACHE_APPLIED_SUBJECT_PREFIX}.>", self._on_cache_invalidated)
-            await self.bus.subscribe(f"{CACHE_REMOVED_SUBJECT_PREFIX}.>", self._on_cache_entry_removed)
+            invalidated = self._l1_drops(convert.l1_removal_from_invalidation, "cache_invalidation")
+            await self.bus.subscribe(CACHE_INVALIDATE.subjects[0], invalidated)
+            await self.bus.subscribe(f"{CACHE_APPLIED_SUBJECT_PREFIX}.>", invalidated)
+            removed = self._l1_drops(convert.l1_removal_from_entry_removed, "cache_entry_removed")
+            await self.bus.subscribe(f"{CACHE_REMOVED_SUBJECT_PREFIX}.>", removed)
             self.every(s.exact_l1_report_s, self._report_l1_hits, name="exact-l1-hits")
         await self.bus.subscribe(f"{MODEL_LOAD_SUBJECT_PREFIX}.>", self._on_model_load)
         # Peers' breaker changes: their ejections are hints here (docs/adr/0030).
@@ -273,23 +276,19 @@ class RouterApp(ServiceApp):
         await self.bus.publish_core(CACHE_HITS_SUBJECT, convert.hits_report_to_proto(rows, replica=self.replica))
         metrics.EXACT_L1_REPORTS.labels("sent").inc(sum(row.hits for row in rows))
 
-    async def _on_cache_invalidated(self, data: bytes) -> None:
-        try:
-            removal = convert.l1_removal_from_invalidation(data)
-        except Exception as exc:  # unreadable: drop every copy rather than risk serving a removed one
-            log.warning("cache_invalidation_unreadable", error=repr(exc))
-            self.exact_l1.clear()
-            return
-        self.exact_l1.remove(removal)
+    def _l1_drops(self, read: Callable[[bytes], Removal], event: str) -> Callable[[bytes], Awaitable[None]]:
+        """The handler of one kind of the cache's events: the copies it names leave the L1."""
 
-    async def _on_cache_entry_removed(self, data: bytes) -> None:
-        try:
-            removal = convert.l1_removal_from_entry_removed(data)
-        except Exception as exc:
-            log.warning("cache_entry_removed_unreadable", error=repr(exc))
-            self.exact_l1.clear()
-            return
-        self.exact_l1.remove(removal)
+        async def on_event(data: bytes) -> None:
+            try:
+                removal = read(data)
+            except Exception as exc:  # unreadable: drop every copy rather than risk serving a removed one
+                log.warning(f"{event}_unreadable", error=repr(exc))
+                self.exact_l1.clear()
+                return
+            self.exact_l1.remove(removal)
+
+        return on_event
 
     def _with_memo(self, classifier: ClassifierClient, cache: Cache, policies) -> tuple:
         """The classifier and cache as the pipeline sees them: behind the memo of classifications
