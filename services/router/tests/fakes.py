@@ -8,6 +8,7 @@ a real server on port 0) whose behaviour a test steers with markers in the last 
   [exhausted] / [unavailable]   inference fails with that status
   [length]          inference stops with FINISH_REASON_LENGTH
   [ttft:N]          inference waits N ms before its first delta
+  [classify:N]      the classifier waits N ms before it answers
 
 The cache answers exact matches of stored answers; `semantic[text]` makes a full lookup (not
 exact_only) of that last user message a semantic hit, after `semantic_delay_s[text]` seconds
@@ -122,6 +123,8 @@ class FakeClassifier(classifier_pb2_grpc.ClassifierServiceServicer):
         try:
             if "[slow]" in text:
                 await asyncio.sleep(SLOW_S)
+            if delay := re.search(r"\[classify:(\d+)\]", text):
+                await asyncio.sleep(int(delay.group(1)) / 1000.0)
             if "[classifier:fail]" in text:
                 raise errors.Unavailable("classifier model not loaded")
             found = re.search(r"\[tier:(\d)\]", text)

@@ -205,7 +205,10 @@ class RouterApp(ServiceApp):
                 hold_tokens=s.escalation_hold_tokens,
             ),
             speculation=SpeculationPolicy(
-                enabled=s.speculation_enabled, external=s.speculation_external, hold_ms=s.speculation_hold_ms
+                enabled=s.speculation_enabled,
+                external=s.speculation_external,
+                hold_ms=s.speculation_hold_ms,
+                early=s.speculation_early,
             ),
         )
         queue_defaults = parse_queue_classes(s.queue_classes)

@@ -1,4 +1,4 @@
-"""The Generate pipeline: authenticate → (classify ‖ cache lookup) → route → stream → settle."""
+"""The Generate pipeline: authenticate → (classify ‖ cache lookup ‖ early dispatch) → route → stream → settle."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ from llmesh.services.router.principals import PrincipalCache
 from llmesh.services.router.quality import QualityScore, StreamMode
 from llmesh.services.router.queueing import FairQueues
 from llmesh.services.router.routing import ModelCatalog, Router, RoutingPolicy
-from llmesh.services.router.speculation import Speculation
+from llmesh.services.router.speculation import EarlyDispatch, FirstChoices, Pumped, Speculation
 
 log = get_logger("llmesh.router")
 
@@ -172,14 +172,6 @@ class _CacheHit:
     cached: CachedAnswer
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _StreamFailed:
-    error: Exception
-
-
-_END = object()
-
-
 def chunks(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
@@ -227,6 +219,8 @@ class GeneratePipeline:
         self._regions = regions
         # quality-check verdicts on tier-1 answers, labels for the classifier (ADR 0027).
         self._outcomes = outcomes
+        # where each tenant's use case went first lately: the model of an early dispatch (ADR 0041)
+        self._first_choices = FirstChoices()
 
     @traced("router.auth")
     async def authenticate(self, authorization: str | None, *, deadline: float | None = None) -> Principal:
@@ -292,9 +286,60 @@ class GeneratePipeline:
         # Speculation (ADR 0029): the exact layer alone beside the classifier; on its miss the full
         # lookup (semantic layer) starts at once, and runs on beside the dispatch.
         speculate = policy.speculation.enabled and command.use_cache and not command.refresh_cache
-        classification, cached, full_lookup = await self._classify_and_lookup(
-            command, key, principal, request_id, deadline, exact_only=speculate
+        # Dispatch before the classification (ADR 0041): after an exact miss, on the model this use
+        # case went to first lately, adopted below if the classification's plan starts there too.
+        early_allowed = policy.speculation.enabled and policy.speculation.early
+        classification, cached, full_lookup, early = await self._classify_and_lookup(
+            command,
+            key,
+            principal,
+            request_id,
+            deadline,
+            exact_only=speculate,
+            early=(
+                (lambda: self._dispatch_early(principal, command, policy, pinned, request_id, deadline, started))
+                if early_allowed
+                else None
+            ),
         )
+        try:
+            async for event in self._run_classified(
+                principal,
+                command,
+                key,
+                policy,
+                variant,
+                pinned,
+                classification,
+                cached,
+                full_lookup,
+                early,
+                request_id=request_id,
+                started=started,
+                deadline=deadline,
+            ):
+                yield event
+        finally:
+            if early is not None:
+                early.discard()  # not adopted: the call is cancelled (a no-op once adopted)
+
+    async def _run_classified(
+        self,
+        principal: Principal,
+        command: GenerateCommand,
+        key: CacheKey,
+        policy: RoutingPolicy,
+        variant: str,
+        pinned: ModelInfo | None,
+        classification: Classification,
+        cached: CachedAnswer | None,
+        full_lookup: asyncio.Task[CachedAnswer | None] | None,
+        early: EarlyDispatch | None,
+        *,
+        request_id: str,
+        started: float,
+        deadline: float | None,
+    ) -> AsyncIterator[Delta | Summary]:
         # The cache's rule, applied here because the lookup ran before the sensitivity was known:
         # restricted requests stay out of the cache unless the tenant's policy lets them in.
         use_cache = command.use_cache and (
@@ -347,6 +392,12 @@ class GeneratePipeline:
             candidates, overflow = self._with_overflow(
                 candidates, tier, sensitivity, principal, command, policy, available, deadline
             )
+        if not classification.degraded:
+            self._first_choices.record(
+                principal.tenant_id, command.use_case, candidates[0].model.name, candidates[0].tier
+            )
+        if early is not None and not self._adoptable(early, candidates[0], policy):
+            early.discard()
         # Escalation targets are known before the first try: without one, nothing is held or judged.
         escalation_to: list[Candidate] = []
         escalation = policy.escalation
@@ -443,7 +494,9 @@ class GeneratePipeline:
         )
         ended = _Ended()
         try:
-            async for delta in self._relay(ended, candidates, trying, judge=judge, hold=hold, speculation=speculation):
+            async for delta in self._relay(
+                ended, candidates, trying, judge=judge, hold=hold, speculation=speculation, early=early
+            ):
                 yield delta
             answer, rejected, cache_hit = ended.answer, ended.rejected, ended.cache_hit
             if cache_hit is not None and budget_hold is not None:
@@ -668,9 +721,10 @@ class GeneratePipeline:
         judge: Callable[[str, FinishReason | None], QualityScore] | None = None,
         hold: int = 0,
         speculation: Speculation | None = None,
+        early: EarlyDispatch | None = None,
     ) -> AsyncIterator[Delta]:
         """The deltas of one pass over `candidates` (_try_candidates); how it ended goes to `ended`."""
-        async for event in self._try_candidates(candidates, trying, judge, hold, speculation):
+        async for event in self._try_candidates(candidates, trying, judge, hold, speculation, early):
             if isinstance(event, _Answer):
                 ended.answer = event
             elif isinstance(event, _Rejected):
@@ -687,12 +741,14 @@ class GeneratePipeline:
         judge: Callable[[str, FinishReason | None], QualityScore] | None,
         hold: int,
         speculation: Speculation | None = None,
+        early: EarlyDispatch | None = None,
     ) -> AsyncIterator[Delta | _Answer | _Rejected | _CacheHit]:
         """Tries the candidates in order until one answers: yields the deltas to release, then one
         _Answer (or a _Rejected tier-1 answer to escalate). A failure before any delta reached
         the client moves on to the next candidate; one after ends the request (interrupted).
         With a pending `speculation`, each attempt's events are held until the semantic lookup
-        answered or its hold budget ran out; a hit in time ends with a _CacheHit instead."""
+        answered or its hold budget ran out; a hit in time ends with a _CacheHit instead. An
+        `early` dispatch to the first candidate's model is adopted as its attempt (ADR 0041)."""
         command, policy, request_id, deadline = trying.command, trying.policy, trying.request_id, trying.deadline
         attempts, progress, affordable, threshold = (
             trying.attempts,
@@ -709,6 +765,10 @@ class GeneratePipeline:
             model = candidate.model
             # what the attempts list says of this try ("retry": the same model again, another replica)
             tried = dataclasses.replace(candidate, reason="retry") if retrying else candidate
+            adopted = early is not None and not retrying and self._adoptable(early, candidate, policy)
+            if early is not None and not adopted:
+                early.discard()
+            early = None if not adopted else early
             if speculation is not None and speculation.pending:
                 if speculation.lookup.done() or not policy.speculation.allows(model):
                     late = await speculation.wait()
@@ -719,18 +779,21 @@ class GeneratePipeline:
             timeout_s = _remaining(self._config.generate_timeout_s, deadline)
             if affordable is not None and not await affordable(model):
                 # a hard budget cannot take this model's worst case.
+                if early is not None:
+                    early.discard()
+                    early = None
                 attempts.append(_attempt(tried, "BUDGET_EXHAUSTED", time.perf_counter()))
                 last_error = ResourceExhausted(
                     f"a hard budget cannot take the worst case of {model.name}", reason="BUDGET_EXHAUSTED"
                 )
                 continue
-            if not self._breakers.acquire(model.region, model.name):
+            if early is None and not self._breakers.acquire(model.region, model.name):
                 continue
             judged = judge is not None and candidate.tier == 1
             holding = judged and hold > 0
             held: list[str] = []
             completion: Completion | None = None
-            tried_at = time.perf_counter()
+            tried_at = early.started_at if early is not None else time.perf_counter()
             verdict = None
             cache_hit: _CacheHit | None = None
             inference = None
@@ -738,24 +801,21 @@ class GeneratePipeline:
             received = False
             # Each attempt waits its turn in its own model's fair queue (queueing.py); a refusal
             # there is a RESOURCE_EXHAUSTED before the first token: the next candidate is tried.
-            ticket = self._queues.ticket_for(
-                model, tenant_id, command, deadline, time.perf_counter() - progress.started
+            ticket = (
+                early.ticket
+                if early is not None
+                else self._queues.ticket_for(
+                    model, tenant_id, command, deadline, time.perf_counter() - progress.started
+                )
             )
             try:
-                # a tier this region cannot serve goes to another region's inference.
-                inference, progress.region = (
-                    self._regions.route(candidate.tier, model.name, allowed_regions=policy.data_access.regions)
-                    if self._regions
-                    else (self._inference, "")
-                )
-                stream = ticket.stream(
-                    lambda model=model, timeout_s=timeout_s, inference=inference: inference.generate(
-                        model.name,
-                        command,
-                        request_id=request_id,
-                        timeout_s=timeout_s,
+                if early is not None:  # started before the classification answered: its events so far too
+                    stream, inference, progress.region = early.adopt(), early.inference, early.region
+                    early = None
+                else:
+                    stream, inference, progress.region = self._open(
+                        model, candidate.tier, command, request_id, timeout_s, ticket, policy
                     )
-                )
                 if self._regions:  # what the region's inference did feeds its health
                     stream = self._regions.observed(
                         stream, progress.region, model.name, candidate.tier, progress.started
@@ -891,6 +951,84 @@ class GeneratePipeline:
             delivered_chars=progress.released_chars,
         )
 
+    def _open(
+        self,
+        model: ModelInfo,
+        tier: int,
+        command: GenerateCommand,
+        request_id: str,
+        timeout_s: float,
+        ticket: Any,
+        policy: RoutingPolicy,
+    ) -> tuple[AsyncIterator[Delta | Completion], Inference, str]:
+        """One attempt's stream (through the model's fair queue), the inference that serves it and
+        its region ("" single-region)."""
+        inference, region = self._route(model, tier, policy)
+        stream = ticket.stream(
+            lambda: inference.generate(model.name, command, request_id=request_id, timeout_s=timeout_s)
+        )
+        return stream, inference, region
+
+    def _route(self, model: ModelInfo, tier: int, policy: RoutingPolicy) -> tuple[Inference, str]:
+        """The inference that serves `model` for `tier` now, and its region: a tier this region
+        cannot serve goes to another region's inference."""
+        if not self._regions:
+            return self._inference, ""
+        return self._regions.route(tier, model.name, allowed_regions=policy.data_access.regions)
+
+    def _adoptable(self, early: EarlyDispatch, candidate: Candidate, policy: RoutingPolicy) -> bool:
+        """Is the early dispatch the attempt `candidate` would make (the same model, from the region
+        its own tier is routed to now)?"""
+        return early.matches(candidate.model, self._route(candidate.model, candidate.tier, policy)[1])
+
+    def _dispatch_early(
+        self,
+        principal: Principal,
+        command: GenerateCommand,
+        policy: RoutingPolicy,
+        pinned: ModelInfo | None,
+        request_id: str,
+        deadline: float | None,
+        started: float,
+    ) -> EarlyDispatch | None:
+        """Starts the attempt this tenant's use case most likely gets before its classification is
+        known (ADR 0041): on the model its plans started with lately, when that model is self-hosted
+        and may receive the most sensitive data from this principal. None when there is no such model."""
+        predicted = self._first_choices.predict(principal.tenant_id, command.use_case)
+        if predicted is None:
+            return None
+        name, tier = predicted
+        model = self._catalog.get(name)
+        if model is None or not model.self_hosted or (pinned is not None and pinned.name != name):
+            return None
+        allowed = filter_candidates(
+            [Candidate(model, "tier", tier)],
+            sensitivity=Sensitivity.RESTRICTED,
+            clearance=principal.clearance,
+            rules=policy.data_access,
+            usable=self._usable,
+        )
+        if not allowed.candidates or not self._breakers.acquire(model.region, model.name):
+            return None
+        try:
+            timeout_s = _remaining(self._config.generate_timeout_s, deadline)
+            ticket = self._queues.ticket_for(
+                model, principal.tenant_id, command, deadline, time.perf_counter() - started
+            )
+            stream, inference, region = self._open(model, tier, command, request_id, timeout_s, ticket, policy)
+        except LlmeshError:
+            self._breakers.release(model.region, model.name)
+            return None
+        return EarlyDispatch(
+            model=model,
+            tier=tier,
+            stream=stream,
+            inference=inference,
+            region=region,
+            ticket=ticket,
+            release_breaker=lambda: self._breakers.release(model.region, model.name),
+        )
+
     async def _classify_and_lookup(
         self,
         command: GenerateCommand,
@@ -900,10 +1038,14 @@ class GeneratePipeline:
         deadline: float | None,
         *,
         exact_only: bool = False,
-    ) -> tuple[Classification, CachedAnswer | None, asyncio.Task[CachedAnswer | None] | None]:
+        early: Callable[[], EarlyDispatch | None] | None = None,
+    ) -> tuple[Classification, CachedAnswer | None, asyncio.Task[CachedAnswer | None] | None, EarlyDispatch | None]:
         """The classification and the cache's answer. `exact_only`: the exact layer alone, and on
         its miss the full lookup (exact, then semantic layer) is started at once and returned as a
-        task (None after a hit, or when the cache failed: the request is then a degraded miss)."""
+        task (None after a hit, or when the cache failed: the request is then a degraded miss).
+        `early` starts a dispatch when the classification is still due after the exact layer
+        missed (or at once, when the cache is not asked); returned for the pipeline to adopt or
+        discard (ADR 0041)."""
 
         @traced("router.classify")
         async def classify() -> Classification:
@@ -929,13 +1071,29 @@ class GeneratePipeline:
                 return cached, None
             return None, self._spawn(self._lookup(key, principal, deadline))
 
-        if not command.use_cache or command.refresh_cache:
-            return await classify(), None, None
-        if not exact_only:
+        if not exact_only and command.use_cache and not command.refresh_cache:
             classification, cached = await asyncio.gather(classify(), self._lookup(key, principal, deadline))
-            return classification, cached, None
-        classification, (cached, full) = await asyncio.gather(classify(), exact_then_full())
-        return classification, cached, full
+            return classification, cached, None, None
+        if early is None:
+            if not command.use_cache or command.refresh_cache:
+                return await classify(), None, None, None
+            classification, (cached, full) = await asyncio.gather(classify(), exact_then_full())
+            return classification, cached, full, None
+        classifying = asyncio.ensure_future(classify())
+        cached, full, dispatched = None, None, None
+        try:
+            if command.use_cache and not command.refresh_cache:
+                cached, full = await exact_then_full()
+            if cached is None and not classifying.done():
+                dispatched = early()
+            return await classifying, cached, full, dispatched
+        except BaseException:
+            classifying.cancel()
+            if full is not None:
+                full.cancel()
+            if dispatched is not None:
+                dispatched.discard()
+            raise
 
     @traced("router.cache_lookup")
     async def _answered_lookup(
@@ -967,20 +1125,9 @@ class GeneratePipeline:
         the first event): a usable hit in that time yields one _CacheHit and cancels the stream
         (inference's call with it); a miss, or the budget running out, releases what was held.
         A failure while held is raised as it is (nothing reached the client: the next candidate)."""
-        events: asyncio.Queue[Any] = asyncio.Queue()
-
-        async def pump() -> None:
-            # One task drives the whole stream, so the wait below can race it against the lookup.
-            try:
-                async with aclosing(stream):
-                    async for event in stream:
-                        events.put_nowait(event)
-            except Exception as exc:
-                events.put_nowait(_StreamFailed(exc))
-            else:
-                events.put_nowait(_END)
-
-        pumping = asyncio.ensure_future(pump())
+        # One task drives the whole stream, so the wait below can race it against the lookup.
+        pumped = Pumped(stream)
+        events = pumped.queue
         loop = asyncio.get_running_loop()
         held: collections.deque[Any] = collections.deque()
         hold_until: float | None = None
@@ -1007,10 +1154,10 @@ class GeneratePipeline:
                     break
                 if getter is not None and getter in done:
                     item, getter = getter.result(), None
-                    if isinstance(item, _StreamFailed):
-                        raise item.error
+                    if (failure := Pumped.failure(item)) is not None:
+                        raise failure
                     held.append(item)
-                    ended = item is _END
+                    ended = item is Pumped.END
                     if hold_until is None:
                         hold_until = loop.time() + speculation.hold_s
                     continue
@@ -1023,17 +1170,15 @@ class GeneratePipeline:
                     item, getter = await getter, None
                 else:
                     item = await events.get()
-                if item is _END:
+                if item is Pumped.END:
                     return
-                if isinstance(item, _StreamFailed):
-                    raise item.error
+                if (failure := Pumped.failure(item)) is not None:
+                    raise failure
                 yield item
         finally:
             if getter is not None and not getter.done():
                 getter.cancel()
-            if not pumping.done():
-                pumping.cancel()
-                await asyncio.wait({pumping})
+            await pumped.close()
 
     async def _serve_hit(
         self,

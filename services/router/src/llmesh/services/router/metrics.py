@@ -75,6 +75,12 @@ SPECULATION = Counter(
     "in time cancelled the model's stream), wasted (a hit after the hold budget, ignored)",
     ["outcome"],
 )
+EARLY_DISPATCH = Counter(
+    "llmesh_router_early_dispatch_total",
+    "attempts started before the classification answered (ADR 0041), by outcome: adopted (the classification's "
+    "first candidate was that model), discarded (it was not, or the request ended before: the call was cancelled)",
+    ["outcome"],
+)
 SPECULATION_CANCELLED_TOKENS = Counter(
     "llmesh_router_speculation_cancelled_tokens_total",
     "deltas a cancelled speculative attempt had generated before a cache hit replaced it (not billed)",

@@ -9,7 +9,7 @@ case) such as::
      "data_access": {"external": {"max_sensitivity": "internal", "providers": ["openai"]}},
      "overflow": {"enabled": true, "threshold": 0.8, "resume_below": 0.65},
      "escalation": {"threshold": 0.7, "stream_mode": "hold", "hold_tokens": 32},
-     "speculation": {"enabled": true, "external": false, "hold_ms": 25}}
+     "speculation": {"enabled": true, "external": false, "hold_ms": 25, "early": true}}
 
 Settings give the defaults the policy overrides, and inference's model catalog (ListModels) gives
 the defaults below those: the models serving each tier, each model's hosting and highest allowed

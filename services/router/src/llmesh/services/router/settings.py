@@ -350,6 +350,13 @@ class RouterSettings(ForecastSettings):
         False,
         "speculate on external candidates too (an external API bills the prompt even when cancelled)",
     )
+    speculation_early: bool = setting(
+        "LLMESH_ROUTER_SPECULATION_EARLY",
+        True,
+        "after an exact miss, dispatch to the self-hosted model the tenant's use case went to first lately "
+        "before the classifier answered; cancelled when the classification picks another (policy "
+        "`speculation.early`, ADR 0041)",
+    )
     speculation_hold_ms: float = setting(
         "LLMESH_ROUTER_SPECULATION_HOLD_MS",
         25.0,

@@ -11,18 +11,29 @@ lookup (semantic layer included) and the dispatch to the first candidate togethe
 - a miss releases what was held at once;
 - a hit after the hold budget ran out (what was held is released then) is ignored.
 
+Dispatch before the classification (docs/adr/0041): on an exact miss (or at once when the cache
+is not asked) the router may also start the attempt before the classifier answered, on the model
+this tenant's use case was sent to first lately (`FirstChoices`), when that model is self-hosted
+and may receive restricted data; the classification then adopts the attempt when its own first
+candidate is that model, and cancels it otherwise (`EarlyDispatch`).
+
 Policy section (kit.policy, per tenant and use case, over the settings' defaults)::
 
-    {"speculation": {"enabled": true, "external": false, "hold_ms": 25}}
+    {"speculation": {"enabled": true, "external": false, "hold_ms": 25, "early": true}}
 
 `external`: speculate on external candidates too. Off by default: an external API bills the
 prompt even when the stream is cancelled, so the router waits for the lookup before calling one.
+`early`: dispatch before the classification (self-hosted models only, whatever `external` says).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from llmesh.kit.logging import get_logger
@@ -39,6 +50,8 @@ class SpeculationPolicy:
     enabled: bool = True
     external: bool = False
     hold_ms: float = 25.0
+    # dispatch before the classification answered (docs/adr/0041)
+    early: bool = True
 
     def allows(self, model: ModelInfo) -> bool:
         """May a request be dispatched to `model` before its semantic lookup answered?"""
@@ -52,7 +65,7 @@ def parse_speculation(section: Any, defaults: SpeculationPolicy) -> SpeculationP
         log.warning("policy_entry_ignored", field="speculation", key="")
         return defaults
     values = dataclasses.asdict(defaults)
-    for name in ("enabled", "external"):
+    for name in ("enabled", "external", "early"):
         value = section.get(name)
         if isinstance(value, bool):
             values[name] = value
@@ -119,3 +132,138 @@ class Speculation:
             metrics.SPECULATION.labels("wasted" if hit else "won").inc()
 
         self.lookup.add_done_callback(count)
+
+
+class Pumped:
+    """One task drives `stream` into a queue from now on, so its events arrive while the caller
+    awaits other things. `events()` yields them in order (a failure is raised where it came);
+    `close()` stops the stream (cancelling a gRPC call closes it)."""
+
+    END = object()
+
+    def __init__(self, stream: AsyncIterator[Any]):
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.task = asyncio.ensure_future(self._pump(stream))
+
+    async def _pump(self, stream: AsyncIterator[Any]) -> None:
+        try:
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    self.queue.put_nowait(event)
+        except Exception as exc:
+            self.queue.put_nowait(_Failed(exc))
+        else:
+            self.queue.put_nowait(Pumped.END)
+
+    @staticmethod
+    def failure(item: Any) -> Exception | None:
+        return item.error if isinstance(item, _Failed) else None
+
+    async def events(self) -> AsyncIterator[Any]:
+        try:
+            while True:
+                item = await self.queue.get()
+                if item is Pumped.END:
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if not self.task.done():
+            self.task.cancel()
+            await asyncio.wait({self.task})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Failed:
+    error: Exception
+
+
+class FirstChoices:
+    """The model each (tenant, use case) was sent to first lately: exponentially decayed counts of
+    the first candidate of its recent plans, with the tier it served there last. A prediction is
+    made only when one model holds at least half of the weight after two or more plans; a bounded
+    LRU of keys."""
+
+    def __init__(self, size: int = 10_000, decay: float = 0.9):
+        self._size = size
+        self._decay = decay
+        # (tenant, use case) -> (plans seen, model -> weight, model -> its last tier)
+        self._seen: collections.OrderedDict[tuple[str, str], tuple[int, dict[str, float], dict[str, int]]] = (
+            collections.OrderedDict()
+        )
+
+    def record(self, tenant_id: str, use_case: str, model: str, tier: int) -> None:
+        if self._size <= 0:
+            return
+        key = (tenant_id, use_case)
+        count, weights, tiers = self._seen.pop(key, (0, {}, {}))
+        for name in list(weights):
+            weights[name] *= self._decay
+            if weights[name] < 0.01:
+                del weights[name], tiers[name]
+        weights[model] = weights.get(model, 0.0) + 1.0
+        tiers[model] = tier
+        self._seen[key] = (count + 1, weights, tiers)
+        if len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+
+    def predict(self, tenant_id: str, use_case: str) -> tuple[str, int] | None:
+        """(model, tier) of the likely first candidate, or None."""
+        found = self._seen.get((tenant_id, use_case))
+        if found is None or found[0] < 2:
+            return None
+        _, weights, tiers = found
+        model, weight = max(weights.items(), key=lambda item: item[1])
+        return (model, tiers[model]) if weight >= 0.5 * sum(weights.values()) else None
+
+
+class EarlyDispatch:
+    """An attempt started before the classification answered (docs/adr/0041). The pipeline either
+    adopts it as its first attempt (`adopt`: the events so far and to come, the breaker's probe
+    with it) or discards it (`discard`: the stream is closed, which cancels inference's call and
+    frees its slot; nothing of it was sent to the client or billed). Exactly one outcome is
+    counted in llmesh_router_early_dispatch_total."""
+
+    def __init__(
+        self,
+        *,
+        model: ModelInfo,
+        tier: int,
+        stream: AsyncIterator[Any],
+        inference: Any,
+        region: str,
+        ticket: Any,
+        release_breaker: Callable[[], None],
+    ):
+        self.model = model
+        self.tier = tier
+        self.inference = inference
+        self.region = region
+        self.ticket = ticket
+        self.started_at = time.perf_counter()
+        self._release_breaker = release_breaker
+        self._pumped = Pumped(stream)
+        self._settled = False
+
+    def matches(self, model: ModelInfo, region: str) -> bool:
+        """Is this the attempt the plan starts with: the same model, served from the same region?"""
+        return not self._settled and model.name == self.model.name and region == self.region
+
+    def adopt(self) -> AsyncIterator[Any]:
+        """The attempt's stream, from its first event (the breaker probe is the caller's now)."""
+        assert not self._settled
+        self._settled = True
+        metrics.EARLY_DISPATCH.labels("adopted").inc()
+        return self._pumped.events()
+
+    def discard(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        metrics.EARLY_DISPATCH.labels("discarded").inc()
+        self._release_breaker()
+        self._pumped.task.cancel()  # closes the stream: inference's call is cancelled
