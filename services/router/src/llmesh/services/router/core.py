@@ -1085,7 +1085,10 @@ class GeneratePipeline:
             if command.use_cache and not command.refresh_cache:
                 cached, full = await exact_then_full()
             if cached is None and not classifying.done():
-                dispatched = early()
+                try:
+                    dispatched = early()
+                except Exception as exc:  # an optimisation: the request goes on without it
+                    log.warning("early_dispatch_failed", error=repr(exc))
             return await classifying, cached, full, dispatched
         except BaseException:
             classifying.cancel()
