@@ -2,7 +2,9 @@
 launcher makes a CA and the certificates under $LLMESH_HOME/tls (keys readable by the owner only),
 the services serve and call each other over mutual TLS, and the `llmesh` commands use the CLI's
 certificate that mesh.json names: a tenant is created and a Generate answered through the CLI,
-while a plaintext client, or one without a certificate, is refused. Heavy: runs with the slow suite."""
+while a plaintext client, or one without a certificate, is refused. Two router replicas, so that the
+CLI and the edge call the router over TLS at an `ipv4:a,b` target (docs/adr/0024, 0034). Heavy:
+runs with the slow suite."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def tls_mesh(tmp_path_factory):
     env = cli_env(home)
     for variable in ("LLMESH_TLS_CA_FILE", "LLMESH_TLS_CERT_FILE", "LLMESH_TLS_KEY_FILE"):
         env.pop(variable, None)
-    up = llmesh(env, "up", "--detach", "--tls", "--timeout", "240", timeout=320)
+    up = llmesh(env, "up", "--detach", "--tls", "--replicas", "router=2", "--timeout", "240", timeout=320)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         yield home, env
@@ -50,7 +52,9 @@ def test_the_mesh_serves_mutual_tls_and_the_cli_uses_it(tls_mesh):
         "ca_file": str(folder / "ca.crt"),
         "cert_file": str(folder / "cli.crt"),
         "key_file": str(folder / "cli.key"),
+        "server_name": "localhost",
     }
+    assert state["endpoints"]["router"].startswith("ipv4:127.0.0.1:"), "both router replicas in one target"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     for name in (*SERVICES, "cli", "ca"):
         assert stat.S_IMODE((folder / f"{name}.key").stat().st_mode) == 0o600, name
@@ -60,6 +64,7 @@ def test_the_mesh_serves_mutual_tls_and_the_cli_uses_it(tls_mesh):
         tls_cert_file=state["tls"]["cert_file"],
         tls_key_file=state["tls"]["key_file"],
         tls_ca_file=state["tls"]["ca_file"],
+        tls_server_name=state["tls"]["server_name"],
     )
     anonymous = TLSSettings(tls_ca_file=state["tls"]["ca_file"])
     for name in SERVICES:

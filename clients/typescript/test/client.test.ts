@@ -17,11 +17,13 @@ test("a streamed answer, then an exact hit on the repeat", async () => {
   const prompt = `Name a colour. (${randomUUID()})`;
   const deltas: string[] = [];
   let summary;
-  for await (const event of client.generate(prompt, options)) {
+  const requestId = `ts-${randomUUID()}`;
+  for await (const event of client.generate(prompt, { ...options, requestId })) {
     if ("delta" in event) deltas.push(event.delta);
     else summary = event.summary;
   }
   assert.ok(deltas.length > 1, "the answer arrives in several deltas");
+  assert.equal(summary?.requestId, requestId, "the router answers under the request id the client sent");
   assert.equal(summary?.cacheOutcome, CacheOutcome.MISS);
   assert.ok(summary.usage && summary.usage.completionTokens > 0n);
   const again = await client.chat(prompt, options);

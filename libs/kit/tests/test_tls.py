@@ -19,7 +19,7 @@ from llmesh.kit import health_probe, tls
 from llmesh.kit.client import open_channel
 from llmesh.kit.config import ConfigError, ServerSettings, TLSSettings, load_settings
 from llmesh.kit.server import ServiceApp, ServiceHost
-from llmesh.kit.testing import assert_eventually, hosted
+from llmesh.kit.testing import assert_eventually, hosted, unique
 from prometheus_client import REGISTRY
 
 pytestmark = pytest.mark.timeout(60)
@@ -282,3 +282,58 @@ async def test_nats_over_tls_with_the_process_certificate(pki, tmp_path, monkeyp
             await bus.nc.close()
     finally:
         nats.stop()
+
+
+class _Replica(ServiceApp):
+    """One of two replicas of a service, told apart by its name in the kit's call counter."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def register(self, server):
+        return []
+
+
+def _handled(service: str) -> float:
+    return _metric("llmesh_grpc_requests_total", service=service, method="Check", code="OK") or 0
+
+
+async def test_a_multi_address_target_over_tls_is_checked_against_the_configured_name(pki):
+    # Two replicas behind one `ipv4:a,b` target, as `llmesh up --replicas` gives their callers: the
+    # list has no host name, so the certificates are checked against LLMESH_TLS_SERVER_NAME.
+    server = pki.identity("server", pki.issue("cache", dns_names=["localhost"], ip_addresses=["127.0.0.1"]))
+    client = pki.identity("client", pki.issue("router"))
+    names = [f"tlsreplica-{unique('r')}" for _ in range(2)]
+    async with hosted(_Replica(names[0]), pki.server_settings(server)) as a:
+        async with hosted(_Replica(names[1]), pki.server_settings(server)) as b:
+            target = f"ipv4:{a.address},{b.address}"
+            before = [_handled(n) for n in names]
+            async with open_channel(target, tls_settings=pki.client(client, tls_server_name="localhost")) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+
+                async def both_replicas_answer() -> bool:
+                    response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                    assert response.status == health_pb2.HealthCheckResponse.SERVING
+                    return all(_handled(n) > seen for n, seen in zip(names, before, strict=True))
+
+                await assert_eventually(both_replicas_answer, timeout_s=20, message="round robin over both")
+            # A name the certificates do not carry is refused at the handshake.
+            stranger = pki.client(client, tls_server_name="not-the-cache")
+            assert (await _refused(target, stranger)).code() == grpc.StatusCode.UNAVAILABLE
+            # Without one, the addresses' shared host (what a target of one of them is checked against).
+            assert await _health(target, pki.client(client)) == health_pb2.HealthCheckResponse.SERVING
+            assert tls.server_name(target, pki.client(client)) == "127.0.0.1"
+
+
+def test_the_name_a_multi_address_target_is_checked_against(pki):
+    plain, named = pki.client(None), pki.client(None, tls_server_name="inference")
+    assert tls.server_name("127.0.0.1:5000", plain) is None  # grpc checks the target's host
+    assert tls.server_name("inference:5000", named) == "inference"
+    assert tls.server_name("ipv4:127.0.0.1:5000,127.0.0.1:5001", plain) == "127.0.0.1"
+    assert tls.server_name("ipv6:///[::1]:5000,[::1]:5001", plain) == "::1"
+    assert tls.server_name("ipv4:10.0.0.1:5000,10.0.0.2:5000", named) == "inference"
+    # Pods on several hosts: no one address to check every certificate against.
+    with pytest.raises(ConfigError, match="LLMESH_TLS_SERVER_NAME"):
+        open_channel("ipv4:10.0.0.1:5000,10.0.0.2:5000", tls_settings=plain)
+    with pytest.raises(ConfigError, match="LLMESH_TLS_SERVER_NAME"):
+        tls.blocking_channel("ipv4:10.0.0.1:5000,10.0.0.2:5000", plain)

@@ -233,7 +233,8 @@ class TLSSettings:
         "LLMESH_TLS_SERVER_NAME",
         None,
         "name the servers' certificates are checked against instead of the target's host "
-        "(for `ipv4:` targets or addresses not in the certificate)",
+        "(for `ipv4:` targets or addresses not in the certificate); unset, an `ipv4:` list of several "
+        "addresses is checked against their one host, and one over several hosts is refused",
     )
 
     def __post_init__(self) -> None:

@@ -221,6 +221,44 @@ def ssl_context(settings: TLSSettings) -> ssl.SSLContext:
     return context
 
 
+def _address_hosts(target: str) -> list[str] | None:
+    """The hosts of an `ipv4:` or `ipv6:` target of several addresses (`ipv4:h:p,h:p`,
+    `ipv6:[h]:p,[h]:p`, with or without `///`), else None."""
+    scheme, _, rest = target.partition(":")
+    if scheme not in ("ipv4", "ipv6") or "," not in rest:
+        return None
+    hosts = []
+    for address in rest.removeprefix("///").split(","):
+        host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
+        hosts.append(host.strip("[]"))
+    return hosts
+
+
+def server_name(target: str, settings: TLSSettings) -> str | None:
+    """The name the certificates of `target`'s servers are checked against, where it is not the
+    target's own host: LLMESH_TLS_SERVER_NAME when set. Else, for an `ipv4:`/`ipv6:` list of several
+    addresses (replicas, docs/adr/0034), which grpc would check as one host name that no certificate
+    carries: their host when they share one (what a target of one of them is checked against);
+    addresses on several hosts need LLMESH_TLS_SERVER_NAME (ConfigError), not one host's name
+    checked against the others' certificates. None: grpc checks the target's host."""
+    if settings.tls_server_name:
+        return settings.tls_server_name
+    hosts = _address_hosts(target)
+    if hosts is None:
+        return None
+    if len(set(hosts)) == 1:
+        return hosts[0]
+    raise ConfigError(
+        f"TLS for channel to {target}: its addresses are on several hosts, so there is no one name to check "
+        "their certificates against; set LLMESH_TLS_SERVER_NAME to a name (DNS SAN) the certificates carry"
+    )
+
+
+def _name_options(target: str, settings: TLSSettings) -> list[tuple[str, Any]]:
+    name = server_name(target, settings)
+    return [("grpc.ssl_target_name_override", name)] if name else []
+
+
 def blocking_channel(target: str, settings: TLSSettings | None = None) -> grpc.Channel:
     """A synchronous channel (the CLI, the launcher's and the container's health checks): TLS
     when `settings`, else the process's LLMESH_TLS_* variables, name a CA file; else plaintext.
@@ -228,8 +266,7 @@ def blocking_channel(target: str, settings: TLSSettings | None = None) -> grpc.C
     settings = settings if settings is not None else client_settings()
     if settings is None or not settings.tls_ca_file:
         return grpc.insecure_channel(target)
-    options = [("grpc.ssl_target_name_override", settings.tls_server_name)] if settings.tls_server_name else []
-    return grpc.secure_channel(target, channel_credentials(settings), options=options)
+    return grpc.secure_channel(target, channel_credentials(settings), options=_name_options(target, settings))
 
 
 class _MultiCallable:
@@ -339,9 +376,9 @@ class ReloadingChannel(grpc.aio.Channel):
 def open_tls_channel(
     target: str, settings: TLSSettings, *, options: list[tuple[str, Any]], interceptors: list
 ) -> ReloadingChannel:
-    """A secure channel to `target` that re-opens when the certificate files change."""
-    if settings.tls_server_name:
-        options = [*options, ("grpc.ssl_target_name_override", settings.tls_server_name)]
+    """A secure channel to `target` that re-opens when the certificate files change; the servers'
+    certificates are checked against `server_name(target, settings)` where there is one."""
+    options = [*options, *_name_options(target, settings)]
 
     def open_with(credentials: grpc.ChannelCredentials) -> grpc.aio.Channel:
         return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)

@@ -2,8 +2,11 @@
 CA and one certificate per service, and one for the CLI, under $LLMESH_HOME/tls (the folder and
 the keys readable by the owner only). The CA is kept from one `up` to the next while it has more
 than CA_RENEW_DAYS to live; the service certificates are issued anew at each `up`, for localhost
-and 127.0.0.1, where the services listen. mesh.json names the CA and the CLI's certificate, which
-the `llmesh` commands then use. NATS and the model servers stay plaintext on loopback."""
+and 127.0.0.1, where the services listen. Every channel checks the certificates against
+SERVER_NAME (LLMESH_TLS_SERVER_NAME): a replicated service's target, `ipv4:127.0.0.1:p1,127.0.0.1:p2`,
+has no host name of its own (docs/adr/0024, 0034). mesh.json names the CA, the CLI's certificate
+and that name, which the `llmesh` commands then use. NATS and the model servers stay plaintext on
+loopback."""
 
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ CLIENT = "cli"
 CA_VALID_DAYS = 365
 CA_RENEW_DAYS = 30
 CERT_VALID_DAYS = 30
+#: the name every certificate carries (with 127.0.0.1) and every channel checks
+SERVER_NAME = "localhost"
 
 
 def tls_requested() -> bool:
@@ -42,15 +47,17 @@ class MeshTLS:
             "LLMESH_TLS_KEY_FILE": str(self.folder / f"{name}.key"),
             "LLMESH_TLS_CA_FILE": str(self.ca_file),
             "LLMESH_TLS_CLIENT_AUTH": "require",
+            "LLMESH_TLS_SERVER_NAME": SERVER_NAME,
         }
 
     def record(self) -> dict[str, str]:
-        """What mesh.json keeps: the CA and the CLI's certificate."""
+        """What mesh.json keeps: the CA, the CLI's certificate, the name the servers' are checked against."""
         client = self.files(CLIENT)
         return {
             "ca_file": client["LLMESH_TLS_CA_FILE"],
             "cert_file": client["LLMESH_TLS_CERT_FILE"],
             "key_file": client["LLMESH_TLS_KEY_FILE"],
+            "server_name": client["LLMESH_TLS_SERVER_NAME"],
         }
 
 
@@ -76,7 +83,7 @@ def prepare(home: pathlib.Path) -> MeshTLS:
         tls.write_pem(folder / "ca.crt", ca[0])
     for name in (*SERVICES, CLIENT):
         cert, key = tls.issue_certificate(
-            *ca, name, dns_names=["localhost"], ip_addresses=["127.0.0.1"], valid_days=CERT_VALID_DAYS
+            *ca, name, dns_names=[SERVER_NAME], ip_addresses=["127.0.0.1"], valid_days=CERT_VALID_DAYS
         )
         tls.write_pem(folder / f"{name}.key", key, private=True)
         tls.write_pem(folder / f"{name}.crt", cert)

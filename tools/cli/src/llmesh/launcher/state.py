@@ -66,7 +66,8 @@ class MeshState:
     #: services with an HTTP API (the edge) and its base URL, e.g. {"edge": "http://127.0.0.1:8080/v1"}
     http_urls: dict[str, str] = dataclasses.field(default_factory=dict)
     #: under `llmesh up --tls`: the CA the services' certificates come from and the CLI's own
-    #: certificate ({"ca_file", "cert_file", "key_file"}); empty: plaintext
+    #: certificate, and the name the servers' certificates are checked against
+    #: ({"ca_file", "cert_file", "key_file", "server_name"}); empty: plaintext
     tls: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
@@ -186,4 +187,6 @@ def use_mesh_tls() -> bool:
     os.environ["LLMESH_TLS_CA_FILE"] = state.tls["ca_file"]
     os.environ["LLMESH_TLS_CERT_FILE"] = state.tls["cert_file"]
     os.environ["LLMESH_TLS_KEY_FILE"] = state.tls["key_file"]
+    if state.tls.get("server_name"):  # absent from the mesh.json of an older `llmesh up`
+        os.environ["LLMESH_TLS_SERVER_NAME"] = state.tls["server_name"]
     return True
