@@ -2,7 +2,7 @@
 (docs/adr/0037): two real inference processes (python -m llmesh.services.inference) behind one
 multi-address target, each admitting max_concurrency generations of the model, each publishing its
 own load snapshots on NATS. One router admits max_concurrency × 2 requests at once without
-queueing any, and its pool shrinks back when one replica dies. The model is inference's
+queueing any; its pool shrinks when one replica dies and grows back when it returns. The model is inference's
 OpenAI-compatible backend against a stand-in server that holds every answer until released;
 tenancy, classifier and cache are the router tests' in-process fakes over real gRPC."""
 
@@ -51,7 +51,7 @@ def inference_process(tmp_path, name: str, nats_url: str, region: str, standin: 
     child.env = {
         **os.environ,
         **identity_env(ensure_identity(), "inference"),
-        "LLMESH_PORT": "0",
+        "LLMESH_PORT": str(free_port()),  # the same port when restarted
         "LLMESH_METRICS_PORT": "0",
         "LLMESH_READY_FILE": str(child.ready),
         "LLMESH_NATS_URL": nats_url,
@@ -113,7 +113,7 @@ async def test_one_router_admits_the_concurrency_of_both_inference_replicas_with
                 assert all(s.model == MODEL and s.queue_wait_ms < 50 for s in summaries), summaries
 
                 # One replica dies: its snapshots go stale and the pool shrinks to the other's share.
-                replicas[1].kill()
+                await replicas[1].stop()  # SIGKILL
                 await assert_eventually(
                     lambda: pool.capacity == MAX_CONCURRENCY,
                     timeout_s=20,
@@ -134,6 +134,13 @@ async def test_one_router_admits_the_concurrency_of_both_inference_replicas_with
                 outcomes = await asyncio.gather(*asks, return_exceptions=True)
                 failed = [o for o in outcomes if isinstance(o, BaseException)]
                 assert not failed, failed
+
+                # Back on its port: its snapshots are heard again and the pool grows back.
+                replicas[1].ready.unlink()
+                await replicas[1].start()
+                await assert_eventually(
+                    lambda: pool.capacity == 2 * MAX_CONCURRENCY, timeout_s=20, message="the pool grew back"
+                )
     finally:
         standin.gate.set()
         await asyncio.gather(*(r.stop() for r in replicas))
