@@ -6,7 +6,6 @@ its breaker on NATS, restarts the server on the same port and sees tier 1 answer
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 
@@ -23,62 +22,9 @@ from llmesh.services.router.app import RouterApp
 
 from services.router.tests.conftest import RouterClient, router_settings
 from services.router.tests.fakes import FakeUpstreams
+from tests.openai_standin import OpenAIStandIn
 
 REGION = unique("fo").replace("-", "_")
-
-
-class OpenAIStandIn:
-    """POST /chat/completions → a streamed answer of fixed words (server-sent events), one
-    connection per request. `stop()` kills it (open connections included); `start()` again binds
-    the same port."""
-
-    def __init__(self, words: list[str], port: int):
-        self.words = words
-        self.port = port
-        self.requests = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    async def start(self) -> OpenAIStandIn:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        return self
-
-    async def stop(self) -> None:
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                (
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                ),
-                0,
-            )
-            body = json.loads(await reader.readexactly(length))
-            self.requests += 1
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
-            for word in self.words[: body.get("max_tokens") or len(self.words)]:
-                chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": word}}]}
-                writer.write(f"data: {json.dumps(chunk)}\n\n".encode())
-            done = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-            writer.write(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            writer.close()
 
 
 def catalog(t1: OpenAIStandIn, t2: OpenAIStandIn) -> str:

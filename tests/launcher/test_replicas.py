@@ -20,7 +20,7 @@ from llmesh.launcher.supervisor import (
     Supervised,
     endpoints_table,
     replica_counts,
-    router_share,
+    router_replicas_setting,
 )
 
 from tests.launcher.test_supervision import StandIn
@@ -67,9 +67,11 @@ def test_up_refuses_a_bad_setting_before_starting_anything(tmp_path, monkeypatch
     assert not (tmp_path / "mesh.json").exists() and not (tmp_path / "logs").exists()
 
 
-@pytest.mark.parametrize(("routers", "inference", "share"), [(1, 1, 1), (2, 1, 2), (2, 2, 1), (3, 2, 2), (1, 3, 1)])
-def test_each_router_queues_for_its_share_of_every_inference_replicas_slots(routers, inference, share):
-    assert router_share(routers, inference) == share
+@pytest.mark.parametrize(("routers", "inference"), [(1, 1), (2, 1), (2, 2), (3, 2), (1, 3)])
+def test_routers_are_told_the_router_count_whatever_the_inference_count(routers, inference):
+    """Inference replicas count through their load snapshots (docs/adr/0037), not this setting."""
+    counts = replica_counts(f"router={routers},inference={inference}")
+    assert router_replicas_setting(counts) == str(routers)
 
 
 def test_replica_names_and_the_target_of_every_replica():

@@ -10,6 +10,7 @@ from llmesh.kit.errors import ResourceExhausted
 from llmesh.kit.testing import assert_eventually, recording_spans
 from llmesh.kit.vocabulary import FinishReason
 from llmesh.services.router.domain import Completion, Delta, ModelInfo, Priority, Usage
+from llmesh.services.router.load import LoadBoard, LoadSnapshot
 from llmesh.services.router.queueing import (
     DEFAULT_QUEUE_CLASSES,
     OUTPUT_TOKEN_WEIGHT,
@@ -346,6 +347,120 @@ def test_capacity_is_split_between_router_replicas():
     assert queues.capacity(ModelInfo(name="m", backend="x", max_concurrency=8)) == 3
     assert queues.capacity(ModelInfo(name="m", backend="x", max_concurrency=2)) == 1
     assert queues.capacity(ModelInfo(name="m", backend="x")) == 0
+
+
+def snapshot(instance: str, capacity: int, model: str = "m") -> LoadSnapshot:
+    return LoadSnapshot(model, "r1", "fake", 0.0, 0, 0, capacity, 0, 0.0, 0.0, 0.0, 0.0, instance=instance)
+
+
+class Replicas:
+    """The load board of inference's snapshots and the router count, as the router app wires
+    them into FairQueues (docs/adr/0037), on a fake clock."""
+
+    def __init__(self, clock: FakeClock, routers: int = 1):
+        self.board = LoadBoard(3.0, clock=clock)
+        self.routers = routers
+
+    def options(self) -> dict:
+        return dict(
+            replicas=lambda: self.routers,
+            instance_capacities=lambda model: [s.capacity for s in self.board.instances(model.name, "r1")],
+        )
+
+
+def test_capacity_is_the_concurrency_summed_over_the_fresh_inference_instances_split_between_routers():
+    clock = FakeClock()
+    replicas = Replicas(clock)
+    queues = FairQueues(lambda *_: DEFAULTS, clock=clock, **replicas.options())
+    model = ModelInfo(name="m", backend="x", max_concurrency=2)
+    assert queues.capacity(model) == 2, "no snapshot yet: one replica's max_concurrency"
+    replicas.board.record(snapshot("inference-a", 2))
+    replicas.board.record(snapshot("inference-b", 2))
+    assert queues.capacity(model) == 4
+    replicas.routers = 2
+    assert queues.capacity(model) == 2
+    replicas.routers = 3
+    assert queues.capacity(model) == 2, "rounded up"
+    # A shared deployment's capacity (say a Triton's 8) counts at most what one process admits.
+    replicas.board.record(snapshot("inference-b", 8))
+    replicas.routers = 1
+    assert queues.capacity(model) == 4
+    replicas.board.record(snapshot("inference-c", 1))
+    assert queues.capacity(model) == 5, "an instance that publishes less counts what it publishes"
+    assert queues.capacity(ModelInfo(name="m", backend="x")) == 0, "a model without a stated concurrency is not queued"
+    clock.now += 3.5  # every snapshot stale (inference down, or NATS): back to ListModels' figure
+    assert queues.capacity(model) == 2
+    replicas.routers = 2
+    assert queues.capacity(model) == 1
+
+
+async def test_a_pool_grows_when_an_inference_replica_comes_and_its_waiters_start_at_once():
+    h = Harness()
+    replicas = Replicas(h.clock)
+    h.queues = FairQueues(lambda *_: WEIGHTS_ONLY, clock=h.clock, **replicas.options())
+    replicas.board.record(snapshot("inference-a", 1, model=MODEL.name))
+    await h.block()
+    for _ in range(3):
+        h.submit("t", S)
+    await h.queued(3)
+    replicas.board.record(snapshot("inference-b", 1, model=MODEL.name))
+    replicas.board.record(snapshot("inference-c", 1, model=MODEL.name))
+    h.queues.refresh()  # what the router does every second: no request has to arrive or end
+    assert (h.pool.capacity, h.pool.running, h.pool.depth()) == (3, 3, 1)
+    # The two new slots serve the three waiters, one after the other, while the blocker still
+    # holds the old one.
+    await assert_eventually(lambda: h.order[1:] == [("t", S)] * 3, message="every waiter served")
+    assert h.pool.running == 1 and h.pool.depth() == 0
+    await h.drain()
+    assert h.pool.running == 0
+
+
+async def test_a_pool_shrinks_when_an_inference_replica_goes_and_refills_only_below_the_new_size():
+    clock = FakeClock()
+    replicas = Replicas(clock)
+    queues = FairQueues(lambda *_: WEIGHTS_ONLY, clock=clock, initial_service_s=10.0, **replicas.options())
+    replicas.board.record(snapshot("inference-a", 1, model=MODEL.name))
+    replicas.board.record(snapshot("inference-b", 1, model=MODEL.name))
+    gates = {name: asyncio.Event() for name in ("a", "b", "c")}
+    started: list[str] = []
+
+    async def request(name: str) -> None:
+        async def generate():
+            started.append(name)
+            await gates[name].wait()
+            yield Completion(Usage(10, 1), FinishReason.STOP, MODEL.name, "fake")
+
+        ticket = queues.ticket(
+            MODEL, tenant="t", use_case="", priority=S, prompt_tokens=10, max_tokens=10, deadline=None
+        )
+        async for _ in ticket.stream(generate):
+            pass
+
+    a = asyncio.create_task(request("a"))
+    clock.now += 0.5
+    b = asyncio.create_task(request("b"))
+    await assert_eventually(lambda: started == ["a", "b"])
+    pool = queues.pool(MODEL)
+    assert pool.capacity == 2
+    c = asyncio.create_task(request("c"))
+    await assert_eventually(lambda: pool.depth() == 1)
+    clock.now += 1.0
+    replicas.board.record(snapshot("inference-a", 1, model=MODEL.name))  # b's replica went quiet
+    clock.now += 2.5
+    queues.refresh()
+    assert (pool.capacity, pool.running) == (1, 2), "the running generations go on"
+    # Two running on one slot: it frees when the later of them ends (b, in 6.5 s by the 10 s
+    # estimate), not the earlier; c waits for it, and a request arriving now for the slot after c.
+    assert pool.estimate_wait(pool.flow("other", S, WEIGHTS_ONLY.weight(S))) == pytest.approx(6.5 + 10.0)
+    gates["a"].set()
+    await a
+    assert pool.running == 1 and pool.depth() == 1 and started == ["a", "b"], "one runs on the one slot"
+    gates["b"].set()
+    await b
+    await assert_eventually(lambda: started == ["a", "b", "c"])
+    gates["c"].set()
+    await c
+    assert pool.running == 0
 
 
 def test_the_policy_section_overrides_the_defaults_and_bad_values_are_skipped():

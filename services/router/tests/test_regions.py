@@ -22,6 +22,7 @@ from llmesh.services.router.regions import (
     OutcomeWindow,
     RegionBoard,
     RegionHealthReport,
+    RouterCensus,
     percentile,
 )
 
@@ -220,6 +221,51 @@ async def test_routers_hear_every_region_over_nats(nats_url):
             assert links[0].board.current(regions[0]) is None  # its own health is what it saw itself
 
         await assert_eventually(both_heard, timeout_s=10)
+    finally:
+        for bus in buses:
+            await bus.close()
+
+
+def test_the_router_count_is_the_replicas_heard_lately_else_the_setting():
+    clock = Clock()
+    census = RouterCensus("me", max_age_s=3.0, fallback=2, clock=clock)
+    assert census.count() == 2, "nothing heard yet (the first second, or NATS down): the setting"
+    census.heard("me")
+    assert census.count() == 1
+    census.heard("peer-1")
+    clock.now += 1.0
+    census.heard("peer-2")
+    census.heard("me")
+    assert census.count() == 3
+    clock.now += 2.5  # peer-1 silent for 3.5 s: gone
+    assert census.count() == 2
+    clock.now += 1.0  # its own report too (NATS down): the setting again
+    assert census.count() == 2 and RouterCensus("me", 3.0, clock=clock).count() == 1
+    census.heard("peer-2")
+    assert census.count() == 2, "a peer heard counts this replica with it, own report or not"
+
+
+async def test_routers_count_the_replicas_of_their_own_region_over_nats(nats_url):
+    regions = [unique("ca"), unique("cb")]
+    links, buses = [], []
+    try:
+        for region, replica in ((regions[0], "r1"), (regions[0], "r2"), (regions[1], "r3")):
+            bus = await Bus.connect(nats_url, f"test-{replica}")
+            buses.append(bus)
+            board = RegionBoard()
+            failover = Failover(region, [], board, lambda tier: [])
+            census = RouterCensus(replica, 3.0, fallback=5)
+            link = RegionHealthLink(bus, region, replica, OutcomeWindow(), board, failover, lambda m: 0.5, census)
+            await link.start()
+            links.append(link)
+        assert [link.census.count() for link in links] == [5, 5, 5], "nothing heard yet"
+
+        async def counted():
+            for link in links:
+                await link.tick()
+            assert [link.census.count() for link in links] == [2, 2, 1]
+
+        await assert_eventually(counted, timeout_s=10)
     finally:
         for bus in buses:
             await bus.close()

@@ -106,11 +106,12 @@ def replica_counts(raw: str) -> dict[str, int]:
     return counts
 
 
-def router_share(routers: int, inference: int) -> int:
-    """LLMESH_ROUTER_REPLICAS for each router: a catalog's max_concurrency is what one inference
-    process admits, so `inference` replicas admit that many times it, shared by the `routers`;
-    rounded up, so that together the routers never queue more than inference admits."""
-    return -(-routers // inference)
+def router_replicas_setting(replicas: dict[str, int]) -> str:
+    """LLMESH_ROUTER_REPLICAS for each router: the number of routers. Each router sizes its queues
+    from the inference replicas' load snapshots and the routers it hears on NATS; the setting
+    stands in for the latter while it hears none (docs/adr/0037). The inference count plays no
+    part (it did in ADR 0034's ⌈routers / inference⌉)."""
+    return str(replicas["router"])
 
 
 def supervisor_alive(current: mesh_state.MeshState) -> bool:
@@ -343,10 +344,8 @@ class Supervisor:
             router_env[f"LLMESH_{name.upper()}_ADDR"] = os.environ.get(
                 f"LLMESH_ROUTER_{name.upper()}_ADDR"
             ) or self._target(name)
-        # Each router replica queues for its share of a model's concurrency (unless told otherwise).
-        router_env.setdefault(
-            "LLMESH_ROUTER_REPLICAS", str(router_share(self.replicas["router"], self.replicas["inference"]))
-        )
+        # How many routers share the models, until they hear each other (unless told otherwise).
+        router_env.setdefault("LLMESH_ROUTER_REPLICAS", router_replicas_setting(self.replicas))
         self._spawn_replicas("router", ports["router"], router_env)
         self._save()
         self._wait_serving(self._replicas_of("router"), deadline, started)

@@ -64,7 +64,7 @@ from llmesh.services.router.region_health import (
     load_utilization,
     parse_region_addrs,
 )
-from llmesh.services.router.regions import Failover, HealthRules, OutcomeWindow, RegionBoard
+from llmesh.services.router.regions import Failover, HealthRules, OutcomeWindow, RegionBoard, RouterCensus
 from llmesh.services.router.routing import ModelCatalog, Price, Router, RoutingPolicy, policy_from_document
 from llmesh.services.router.servicer import SERVICE_NAME, RouterServicer
 from llmesh.services.router.settings import RouterSettings, parse_prices, parse_tier_models
@@ -150,6 +150,9 @@ class RouterApp(ServiceApp):
             replica=self.replica,
         )
         self.regions: RegionRouting | None = None
+        #: the router replicas of this region, heard in their health reports (docs/adr/0037)
+        self.routers: RouterCensus | None = None
+        self.queues: FairQueues | None = None
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         router_pb2_grpc.add_RouterServiceServicer_to_server(RouterServicer(lambda: self.pipeline), server)
@@ -212,6 +215,19 @@ class RouterApp(ServiceApp):
             ),
         )
         queue_defaults = parse_queue_classes(s.queue_classes)
+        # A pool's size: the model's concurrency over the live inference replicas, split between
+        # the live router replicas (docs/adr/0037); checked every second.
+        census = self.routers
+        assert census is not None
+        self.queues = FairQueues(
+            self.policy.parsed(lambda doc: queue_policy_from_document(doc, queue_defaults)),
+            replicas=census.count,
+            instance_capacities=lambda model: [
+                snapshot.capacity for snapshot in self.load.instances(model.name, model.region or s.region)
+            ],
+            initial_service_s=s.queue_initial_service_s,
+        )
+        self.every(1.0, self.queues.refresh, name="queue-capacity")
         cache = CacheClient(channel(s.cache_addr))
         policies = self.policy.parsed(lambda doc: VariantPolicies(doc, lambda d: policy_from_document(d, defaults)))
         classifier, pipeline_cache = self._with_memo(
@@ -242,11 +258,7 @@ class RouterApp(ServiceApp):
             spawn=self.spawn,
             breakers=self.breakers,
             overflow=OverflowGate(self.load),
-            queues=FairQueues(
-                self.policy.parsed(lambda doc: queue_policy_from_document(doc, queue_defaults)),
-                replicas=s.replicas,
-                initial_service_s=s.queue_initial_service_s,
-            ),
+            queues=self.queues,
             accounting=accounting,
             regions=self.regions,
             outcomes=outcomes,
@@ -336,9 +348,9 @@ class RouterApp(ServiceApp):
         )
         utilization = load_utilization(self.load.current, s.region, model_regions)
         assert self.bus is not None
-        link = RegionHealthLink(
-            self.bus, s.region, f"{socket.gethostname()}-{os.getpid()}", window, board, failover, utilization
-        )
+        me = f"{socket.gethostname()}-{os.getpid()}"
+        self.routers = RouterCensus(me, s.region_health_max_age_s, fallback=s.replicas)
+        link = RegionHealthLink(self.bus, s.region, me, window, board, failover, utilization, self.routers)
         await link.start()
         self.every(1.0, link.tick, name="region_health")
         return RegionRouting(

@@ -7,7 +7,9 @@ issue read `current`; the metrics show the same view.
 Replicas of inference (docs/adr/0034) each publish their own snapshots of a model, named by
 `instance`: the board keeps the latest of each instance and `current` adds up the fresh ones
 (active, queued, capacity; utilization over the sum), so two replicas neither overwrite each other's
-view in turn nor count twice; a replica that stopped publishing drops out after `max_age_s`."""
+view in turn nor count twice; a replica that stopped publishing drops out after `max_age_s`.
+`instances` gives the fresh snapshots one by one (the router's queues size a pool from them,
+docs/adr/0037)."""
 
 from __future__ import annotations
 
@@ -83,19 +85,27 @@ class LoadBoard:
         snapshot is stale)."""
         return self._fresh((region, model))
 
+    def instances(self, model: str, region: str) -> list[LoadSnapshot]:
+        """The fresh snapshot of each instance serving the model (none: load unknown)."""
+        return [s for _, s in self._fresh_instances((region, model))]
+
     def known(self) -> list[LoadSnapshot]:
         """Every model's fresh load."""
         return [s for s in (self._fresh(k) for k in list(self._latest)) if s is not None]
 
     def _fresh(self, key: tuple[str, str]) -> LoadSnapshot | None:
+        instances = self._fresh_instances(key)
+        return combined([s for _, s in instances]) if instances else None
+
+    def _fresh_instances(self, key: tuple[str, str]) -> list[tuple[float, LoadSnapshot]]:
         instances = self._latest.get(key)
         if not instances:
-            return None
+            return []
         now = self._clock()
         for name, (received, _) in list(instances.items()):
             if now - received > self.max_age_s:
                 del instances[name]  # stale: a replica gone, or cut off
-        return combined([s for _, s in instances.values()]) if instances else None
+        return list(instances.values())
 
     def _utilization(self, key: tuple[str, str]) -> float:
         snapshot = self._fresh(key)

@@ -179,6 +179,12 @@ QUEUE_DEPTH = Gauge(
     "Requests waiting in the router's fair queues, by model (pool) and priority class",
     ["model", "priority"],
 )
+QUEUE_CAPACITY = Gauge(
+    "llmesh_router_queue_capacity",
+    "Generations this router replica runs at once per model (pool) before requests queue: the "
+    "model's concurrency over its live inference replicas, split between the router replicas",
+    ["model"],
+)
 QUEUE_WAIT = Histogram(
     "llmesh_router_queue_wait_seconds",
     "time a request waited in the router's fair queue for a slot of its model, by priority class",

@@ -1,7 +1,9 @@
 """Priority classes, weighted fair queueing and admission control in front of each backend pool.
 
-A pool is one model of inference's catalog; its capacity is the model's max concurrency
-(ListModels) split between the router replicas. Requests beyond it wait in per-(tenant, class)
+A pool is one model of inference's catalog; its capacity is the model's concurrency summed over
+the inference replicas that serve it now (their fresh load snapshots; one replica's max
+concurrency from ListModels while none is fresh), split between the router replicas running now
+(docs/adr/0037). Requests beyond it wait in per-(tenant, class)
 queues ("flows") and are dispatched by the Virtual Token Counter of Sheng et al., "Fairness in
 Serving Large Language Models" (OSDI'24):
 
@@ -229,7 +231,10 @@ class Pool:
 
     def __init__(self, name: str, capacity: int, initial_service_s: float, clock: Callable[[], float]):
         self.name = name
-        self.capacity = capacity
+        self._capacity = capacity
+        metrics.QUEUE_CAPACITY.labels(name).set(capacity)
+        #: the model as last seen (FairQueues.refresh sizes the pool again from it)
+        self.model: ModelInfo | None = None
         self.running = 0
         self.stats = _ServiceStats(initial_service_s)
         self._clock = clock
@@ -242,6 +247,22 @@ class Pool:
         # other is waiting starts.
         self._last_served = 0.0
         self._arrivals = itertools.count()
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @capacity.setter
+    def capacity(self, value: int) -> None:
+        """A new size (inference or router replicas came or went). Grown: waiting requests take
+        the new slots at once. Shrunk: running generations go on; nobody is dispatched until
+        fewer than `value` run."""
+        if value == self._capacity:
+            return
+        log.info("queue_capacity_changed", model=self.name, capacity=value, was=self._capacity)
+        self._capacity = value
+        metrics.QUEUE_CAPACITY.labels(self.name).set(value)
+        self.dispatch()
 
     def depth(self, priority: Priority | None = None) -> int:
         return sum(self._depth.values()) if priority is None else self._depth[priority]
@@ -283,7 +304,10 @@ class Pool:
                 counter += waiter.charge
         if self.running + len(ahead) < self.capacity:
             return 0.0
-        free_at = [max(0.0, until - now) for until in self._running_until.values()]
+        free_at = sorted(max(0.0, until - now) for until in self._running_until.values())
+        # More running than slots (the pool shrank): a slot frees only once the excess ended,
+        # so the slots free as the last `capacity` of them end.
+        free_at = free_at[max(0, len(free_at) - self.capacity) :]
         free_at += [0.0] * max(0, self.capacity - len(free_at))
         heapq.heapify(free_at)
         for waiter in ahead:
@@ -437,27 +461,44 @@ class Ticket:
 
 
 class FairQueues:
-    """Every pool of this router replica."""
+    """Every pool of this router replica.
+
+    `replicas`: the router replicas sharing the models (a number, or a function giving the
+    number running now). `instance_capacities`: the concurrency of each inference instance that
+    serves a model now, from their fresh load snapshots (empty: unknown)."""
 
     def __init__(
         self,
         policies: Callable[[str, str], QueuePolicy],
         *,
-        replicas: int = 1,
+        replicas: int | Callable[[], int] = 1,
+        instance_capacities: Callable[[ModelInfo], Iterable[int]] | None = None,
         initial_service_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._policies = policies
-        self._replicas = max(1, replicas)
+        self._replicas = replicas if callable(replicas) else (lambda n=replicas: n)
+        self._instance_capacities = instance_capacities
         self._initial_service_s = initial_service_s
         self._clock = clock
         self._pools: dict[str, Pool] = {}
 
-    def capacity(self, model: ModelInfo) -> int:
-        """This replica's share of the model's concurrency; 0: not limited (no queue)."""
+    def model_capacity(self, model: ModelInfo) -> int:
+        """The model's concurrency over every inference instance serving it now: each instance's
+        published capacity, at most the max concurrency one inference process admits; one
+        process's max concurrency while no instance is known (0: not limited)."""
         if model.max_concurrency <= 0:
             return 0
-        return max(1, math.ceil(model.max_concurrency / self._replicas))
+        known = self._instance_capacities(model) if self._instance_capacities is not None else ()
+        total = sum(min(max(0, c), model.max_concurrency) for c in known)
+        return total if total > 0 else model.max_concurrency
+
+    def capacity(self, model: ModelInfo) -> int:
+        """This replica's share of the model's concurrency, rounded up; 0: not limited (no queue)."""
+        total = self.model_capacity(model)
+        if total == 0:
+            return 0
+        return max(1, math.ceil(total / max(1, self._replicas())))
 
     def pool(self, model: ModelInfo) -> Pool | None:
         capacity = self.capacity(model)
@@ -466,10 +507,26 @@ class FairQueues:
             return None
         if pool is None:
             pool = self._pools[model.name] = Pool(model.name, capacity, self._initial_service_s, self._clock)
-        elif pool.capacity != capacity:
-            pool.capacity = capacity
-            pool.dispatch()
+        else:
+            pool.capacity = capacity  # a change dispatches waiters into new slots
+        pool.model = model
         return pool
+
+    def pool_of(self, name: str) -> Pool | None:
+        """The pool of a model that requests used (None: none yet, or not queued)."""
+        return self._pools.get(name)
+
+    def refresh(self) -> None:
+        """Sizes every pool again (the router calls it every second): capacity follows inference
+        and router replicas that come and go also while no request arrives, and requests
+        waiting in a pool that grew are dispatched at once. A model that became unlimited keeps
+        its pool at the last size until its waiters are gone (they are dispatched as slots free)."""
+        for pool in list(self._pools.values()):
+            if pool.model is None:
+                continue
+            capacity = self.capacity(pool.model)
+            if capacity > 0:
+                pool.capacity = capacity
 
     def ticket(
         self,

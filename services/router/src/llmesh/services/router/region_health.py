@@ -1,6 +1,7 @@
 """Region health on NATS (ADR 0017): every router publishes what it saw of its region's models on
 llmesh.region.health.<region> once a second (core NATS: only the latest report matters) and
-records every region's reports in a RegionBoard. Wire form ↔ domain, and the periodic glue."""
+records every region's reports in a RegionBoard; the reports of its own region count the router
+replicas there (RouterCensus, docs/adr/0037). Wire form ↔ domain, and the periodic glue."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from llmesh.services.router.regions import (
     OutcomeWindow,
     RegionBoard,
     RegionHealthReport,
+    RouterCensus,
 )
 
 log = get_logger("llmesh.router.regions")
@@ -73,8 +75,10 @@ class RegionHealthLink:
         board: RegionBoard,
         failover: Failover,
         utilization: Callable[[str], float],
+        census: RouterCensus | None = None,
     ):
         self._bus = bus
+        self.census = census
         self.region = region
         self.replica = replica
         self.window = window
@@ -95,6 +99,8 @@ class RegionHealthLink:
         report = report_from_proto(events_pb2.RegionHealth.FromString(data))
         if report.region != self.region:  # the local region's health is what this router saw itself
             self.board.record(report)
+        elif self.census is not None and report.replica:
+            self.census.heard(report.replica)  # a router of this region, this one included
 
 
 def load_utilization(

@@ -184,6 +184,34 @@ class RegionBoard:
         return "healthy" if any(rules.healthy(m) for m in models) else "down"
 
 
+class RouterCensus:
+    """How many router replicas share this region's models: every router publishes its region's
+    health report once a second (each replica its own id), so the replicas heard from within
+    `max_age_s` (this one always among them) are the routers running now. None heard, this one's
+    own report included (NATS down, or the first second): `fallback` (LLMESH_ROUTER_REPLICAS).
+    A replica cut off from NATS while it still serves is not counted by the others until it is
+    heard again (docs/adr/0037)."""
+
+    def __init__(self, me: str, max_age_s: float, fallback: int = 1, *, clock: Callable[[], float] = time.monotonic):
+        self.me = me
+        self.max_age_s = max_age_s
+        self.fallback = max(1, fallback)
+        self._clock = clock
+        self._heard: dict[str, float] = {}  # replica -> receipt time of its latest report
+
+    def heard(self, replica: str) -> None:
+        self._heard[replica] = self._clock()
+
+    def count(self) -> int:
+        now = self._clock()
+        for replica, received in list(self._heard.items()):
+            if now - received > self.max_age_s:
+                del self._heard[replica]
+        if not self._heard:
+            return self.fallback
+        return len(self._heard.keys() | {self.me})
+
+
 @dataclasses.dataclass
 class _TierState:
     region: str  # where this tier's traffic goes now

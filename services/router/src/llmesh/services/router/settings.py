@@ -387,7 +387,9 @@ class RouterSettings(ForecastSettings):
     replicas: int = setting(
         "LLMESH_ROUTER_REPLICAS",
         1,
-        "router replicas sharing each model: each queues for its share of the model's max concurrency",
+        "router replicas in the region (the launcher passes its router count), used while the router hears no "
+        "router's health report (NATS down, the first second); otherwise the routers heard count (docs/adr/0037). "
+        "Each router queues for its share of a model's concurrency summed over the live inference replicas",
         positive,
     )
     queue_initial_service_s: float = setting(
