@@ -16,6 +16,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -401,30 +402,79 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
+class ServerThread:
+    """An event loop on a thread of its own for a server of the harness's (the stand-in model, the
+    fault proxy), so that it answers as the separate process it stands for would: a synchronous
+    call made in the harness's own loop (OpenAI's `OpenAI` client, urllib) blocks that loop, not
+    the server the mesh is waiting on behind it. Served in the caller's loop, the stand-in could
+    not answer the edge's request such a call was waiting for, and the call timed out."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    async def run(self, coro):
+        """`coro` run on the thread's loop, awaited from the caller's."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def call_soon(self, callback, *args) -> None:
+        """`callback(*args)` on the thread's loop (what touches its transports runs there)."""
+        self.loop.call_soon_threadsafe(callback, *args)
+
+    async def close(self) -> None:
+        """Cancels what still runs on the loop (open connections), then ends the loop and its thread."""
+
+        async def cancel_the_rest() -> None:
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        if self.loop.is_closed():
+            return
+        await self.run(cancel_the_rest())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        await asyncio.to_thread(self._thread.join, 10)
+        self.loop.close()
+
+
 class FaultProxy:
     """A TCP proxy of the harness's own between the router and a service: `delay_s` added to every
     chunk each way; `severed` closes every open connection and refuses new ones (accepted, then
-    closed at once) until cleared."""
+    closed at once) until cleared. It serves on a thread of its own (ServerThread); `port` is the
+    one it got (port 0) once started."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
-        self.port = free_port()
+        self.port = 0
         self.delay_s = 0.0
         self.severed = False
         self._conns: set[asyncio.StreamWriter] = set()
         self._server: asyncio.base_events.Server | None = None
+        self._thread: ServerThread | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self._thread = ServerThread("fault-proxy")
+        self._server = await self._thread.run(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        if self._server:
-            self._server.close()
+        if self._thread is None:
+            return
+        if self._server is not None:
+            self._thread.call_soon(self._server.close)
         self.sever()
         self.severed = False
+        await self._thread.close()
+        self._thread = None
 
     def sever(self) -> None:
         self.severed = True
+        if self._thread is not None:
+            self._thread.call_soon(self._abort_all)
+
+    def _abort_all(self) -> None:
         for writer in list(self._conns):
             writer.transport.abort()
         self._conns.clear()
@@ -460,24 +510,34 @@ class StandInModel:
     """An OpenAI-compatible chat completions server of the harness's own (POST /v1/chat/completions,
     streamed): a fixed answer of `max_tokens` words, the first after `first_token_s`, then one per
     `token_s`, with a usage chunk. It stands in for the model when the local one cannot run, so that
-    a run measures the mesh's own faults (the decode times are a small model's on a CPU)."""
+    a run measures the mesh's own faults (the decode times are a small model's on a CPU). It serves
+    on a thread of its own (ServerThread), as a model server is a process of its own: a script
+    that calls the mesh synchronously from its event loop still gets its answers. `port` is the
+    one it got (port 0) once started."""
 
     def __init__(self, first_token_s: float = 0.15, token_s: float = 0.03):
         self.first_token_s, self.token_s = first_token_s, token_s
-        self.port = free_port()
+        self.port = 0
         self.requests = 0
         self._server: asyncio.base_events.Server | None = None
+        self._thread: ServerThread | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._thread = ServerThread("standin-model")
+        self._server = await self._thread.run(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        if self._thread is None:
+            return
         if self._server is not None:
-            self._server.close()
+            self._thread.call_soon(self._server.close)
+        await self._thread.close()
+        self._thread = None
 
     def catalog(self, path: pathlib.Path) -> pathlib.Path:
         """An inference catalog whose self-hosted tiers 1-2 and external tier 3 are this server."""
