@@ -902,8 +902,9 @@ class GeneratePipeline:
         exact_only: bool = False,
     ) -> tuple[Classification, CachedAnswer | None, asyncio.Task[CachedAnswer | None] | None]:
         """The classification and the cache's answer. `exact_only`: the exact layer alone, and on
-        its miss the full lookup (exact, then semantic layer) is started at once and returned as a
-        task (None after a hit, or when the cache failed: the request is then a degraded miss)."""
+        its miss the semantic layer's lookup (the cache already started embedding for it) is
+        started at once and returned as a task (None after a hit, or when the cache failed: the
+        request is then a degraded miss)."""
 
         @traced("router.classify")
         async def classify() -> Classification:
@@ -927,7 +928,7 @@ class GeneratePipeline:
             cached, answered = await self._answered_lookup(key, principal, deadline, exact_only=True)
             if cached is not None or not answered:
                 return cached, None
-            return None, self._spawn(self._lookup(key, principal, deadline))
+            return None, self._spawn(self._lookup(key, principal, deadline, semantic_only=True))
 
         if not command.use_cache or command.refresh_cache:
             return await classify(), None, None
@@ -939,7 +940,13 @@ class GeneratePipeline:
 
     @traced("router.cache_lookup")
     async def _answered_lookup(
-        self, key: CacheKey, principal: Principal, deadline: float | None, *, exact_only: bool = False
+        self,
+        key: CacheKey,
+        principal: Principal,
+        deadline: float | None,
+        *,
+        exact_only: bool = False,
+        semantic_only: bool = False,
     ) -> tuple[CachedAnswer | None, bool]:
         """The cache's answer (None: a miss), and False when the cache failed (a degraded miss)."""
         try:
@@ -948,6 +955,7 @@ class GeneratePipeline:
                 business_unit=principal.business_unit,
                 timeout_s=_remaining(self._config.upstream_timeout_s, deadline),
                 exact_only=exact_only,
+                semantic_only=semantic_only,
             )
         except Exception as exc:
             metrics.DEGRADED.labels("cache", "lookup").inc()
@@ -955,8 +963,10 @@ class GeneratePipeline:
             return None, False
         return cached, True
 
-    async def _lookup(self, key: CacheKey, principal: Principal, deadline: float | None) -> CachedAnswer | None:
-        cached, _ = await self._answered_lookup(key, principal, deadline)
+    async def _lookup(
+        self, key: CacheKey, principal: Principal, deadline: float | None, *, semantic_only: bool = False
+    ) -> CachedAnswer | None:
+        cached, _ = await self._answered_lookup(key, principal, deadline, semantic_only=semantic_only)
         return cached
 
     @staticmethod

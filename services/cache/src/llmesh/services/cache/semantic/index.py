@@ -3,6 +3,7 @@ the same context, and decide with the use case's operating point."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import hashlib
@@ -118,6 +119,8 @@ class QdrantSemanticIndex:
         self._max_chars = max_chars
         self._clock = clock
         self._memo = _VectorMemo(memo_capacity)
+        # Embeddings started ahead of their lookup (embed_ahead), by text, until they finish.
+        self._ahead: dict[str, asyncio.Task[np.ndarray]] = {}
         self.gray_zone: collections.deque[GrayZoneRecord] = collections.deque(maxlen=gray_zone_capacity)
         self._tasks = BackgroundTasks("semantic-index")
         if purge_interval_s > 0:
@@ -127,11 +130,44 @@ class QdrantSemanticIndex:
         # Past the embedder's window two texts that share a beginning would look identical.
         return len(text) <= self._max_chars
 
+    def embed_ahead(self, text: str) -> None:
+        """Starts embedding `text` for a lookup that follows (the router's exact miss): the
+        embedder runs while the caller's next request is on its way, and `_embed` takes the
+        vector (the same vector it would compute: a pure function of the text)."""
+        if not text.strip() or not self._comparable(text) or text in self._ahead or self._memo.get(text) is not None:
+            return
+        self._ahead[text] = self._tasks.spawn(self._embed_ahead(text), name="semantic-embed-ahead")
+
+    async def _embed_ahead(self, text: str) -> np.ndarray:
+        try:
+            vector = (await self.embedder.embed([text]))[0]
+            self._memo.put(text, vector)
+            return vector
+        finally:
+            self._ahead.pop(text, None)
+
+    async def _started(self, text: str) -> np.ndarray | None:
+        """The vector of an embedding started ahead, once it is done; None when none was started
+        or it failed (the caller embeds the text itself). A cancelled caller leaves it running."""
+        task = self._ahead.get(text)
+        if task is None:
+            return None
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():  # the index is closing, not the caller cancelled
+                return None
+            raise
+        except Exception:
+            return None  # logged by the background tasks
+
     async def _embed(self, texts: list[str]) -> np.ndarray:
         vectors = np.empty((len(texts), self.embedder.dim), dtype=np.float32)
         missing = []
         for i, text in enumerate(texts):
             known = self._memo.get(text)
+            if known is None and self._ahead:
+                known = await self._started(text)
             if known is None:
                 missing.append(i)
             else:
