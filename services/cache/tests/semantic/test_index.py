@@ -189,6 +189,26 @@ async def test_a_failed_or_abandoned_embedding_ahead_costs_the_lookup_nothing(ga
     assert embedder.texts_embedded == embedded + 1
 
 
+async def test_a_lookup_with_nothing_in_its_scope_misses_without_waiting_for_the_embedding(gated):
+    """A new context (a conversation's later turn, a new system prompt) cannot match: the lookup
+    answers at once, and the embedding it started goes on for the store of the answer."""
+    index, embedder = gated
+    t = unique("tenant")
+    embedder.release.set()
+    await index.add(entry(t, "e1", "how do I reset my password"))
+    embedder.release.clear()
+    embedded = embedder.texts_embedded
+
+    match = await asyncio.wait_for(index.lookup(query(t, "how do I change my password", context_hash="new")), 5)
+    assert (match.decision, match.similarity, match.entry) == (Decision.MISS, 0.0, None)
+    assert embedder.texts_embedded == embedded, "answered before the embedding was done"
+    embedder.release.set()
+    await index.add(entry(t, "e2", "how do I change my password", context_hash="new"))
+    assert embedder.texts_embedded == embedded + 1, "the store took the lookup's embedding"
+    again = await index.lookup(query(t, "How do I change my password?", context_hash="new"))
+    assert again.decision is Decision.HIT and again.entry.entry_id == "e2"
+
+
 async def test_texts_past_the_embedder_window_are_never_compared(tmp_path):
     index = await open_index(tmp_path, max_chars=50)
     try:

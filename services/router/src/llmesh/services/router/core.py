@@ -292,7 +292,7 @@ class GeneratePipeline:
         # Speculation (ADR 0029): the exact layer alone beside the classifier; on its miss the full
         # lookup (semantic layer) starts at once, and runs on beside the dispatch.
         speculate = policy.speculation.enabled and command.use_cache and not command.refresh_cache
-        classification, cached, full_lookup = await self._classify_and_lookup(
+        classification, cached, semantic_lookup = await self._classify_and_lookup(
             command, key, principal, request_id, deadline, exact_only=speculate
         )
         # The cache's rule, applied here because the lookup ran before the sensitivity was known:
@@ -313,9 +313,9 @@ class GeneratePipeline:
             log.info("cache_hit_tier_too_low", cached_tier=cached.tier, needed_tier=classification.tier)
         # An exact miss while speculating: the semantic layer's answer is still to come (none when
         # the cache failed the exact lookup: then the request goes on as a miss).
-        semantic_due = full_lookup is not None and use_cache
-        if full_lookup is not None and not use_cache:
-            full_lookup.cancel()  # restricted: its answer could not be served
+        semantic_due = semantic_lookup is not None and use_cache
+        if semantic_lookup is not None and not use_cache:
+            semantic_lookup.cancel()  # restricted: its answer could not be served
 
         await self._catalog.refresh_if_stale()
         available = self._catalog.models
@@ -335,7 +335,7 @@ class GeneratePipeline:
             plan.raise_if_empty(tier, sensitivity)
         except LlmeshError:
             # No model may take it, but a hit may still answer it (as without speculation).
-            late = await Speculation(full_lookup, hold_s=0.0, needed_tier=tier).wait() if semantic_due else None
+            late = await Speculation(semantic_lookup, hold_s=0.0, needed_tier=tier).wait() if semantic_due else None
             if late is None:
                 raise
             async for event in self._serve_hit(late, principal, command, request_id, started, variant):
@@ -373,7 +373,7 @@ class GeneratePipeline:
         speculation = None
         if semantic_due:
             hold_s = policy.speculation.hold_ms / 1000.0
-            speculation = Speculation(full_lookup, hold_s=hold_s, needed_tier=tier)
+            speculation = Speculation(semantic_lookup, hold_s=hold_s, needed_tier=tier)
             if not policy.speculation.allows(candidates[0].model):
                 # e.g. an external API, which bills the prompt even when cancelled: look up first.
                 late = await speculation.wait()
@@ -924,7 +924,7 @@ class GeneratePipeline:
                 # Unknown sensitivity is treated as the most sensitive: it stays on self-hosted models.
                 return Classification(self._config.fallback_tier, Sensitivity.RESTRICTED, 0.0, degraded=True)
 
-        async def exact_then_full() -> tuple[CachedAnswer | None, asyncio.Task[CachedAnswer | None] | None]:
+        async def exact_then_semantic() -> tuple[CachedAnswer | None, asyncio.Task[CachedAnswer | None] | None]:
             cached, answered = await self._answered_lookup(key, principal, deadline, exact_only=True)
             if cached is not None or not answered:
                 return cached, None
@@ -935,8 +935,8 @@ class GeneratePipeline:
         if not exact_only:
             classification, cached = await asyncio.gather(classify(), self._lookup(key, principal, deadline))
             return classification, cached, None
-        classification, (cached, full) = await asyncio.gather(classify(), exact_then_full())
-        return classification, cached, full
+        classification, (cached, semantic) = await asyncio.gather(classify(), exact_then_semantic())
+        return classification, cached, semantic
 
     @traced("router.cache_lookup")
     async def _answered_lookup(

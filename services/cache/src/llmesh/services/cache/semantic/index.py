@@ -183,8 +183,16 @@ class QdrantSemanticIndex:
         _check_query(query)
         if not self._comparable(query.text):
             return SemanticMatch(Decision.MISS, 0.0, None)
+        scope = lookup_scope(query)
+        # Started before the store is asked: a miss is usually stored next, and its entry needs
+        # the vector (no-op when the vector is known or under way, docs/adr/0040).
+        self.embed_ahead(query.text)
+        if not await self.store.holds_any(scope):
+            # No entry in this tenant, use case, context and parameters (a new conversation's
+            # later turns, a new system prompt): a miss whatever the vector; not waited for.
+            return SemanticMatch(Decision.MISS, 0.0, None)
         vector = (await self._embed([query.text]))[0]
-        candidates = await self.store.nearest(lookup_scope(query), vector, limit=1)
+        candidates = await self.store.nearest(scope, vector, limit=1)
         if not candidates:
             return SemanticMatch(Decision.MISS, 0.0, None)
         best = candidates[0]

@@ -137,6 +137,9 @@ class QdrantServerStore:
         )
         return [Candidate(float(p.score), from_payload(p.payload)) for p in response.points]
 
+    async def holds_any(self, scope: TenantScope) -> bool:
+        return await self.count(scope) > 0
+
     async def count(self, scope: TenantScope) -> int:
         result = await self._client.count(self._collection, count_filter=server_filter(scope), exact=True)
         return result.count
