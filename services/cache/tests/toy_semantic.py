@@ -30,7 +30,6 @@ class ToySemanticIndex:
         self.tightened: list[tuple[str, str]] = []
         self.targets: list[tuple[str, str, float]] = []
         self.lookups = 0
-        self.embedded_ahead: list[str] = []
         self.added_batches: list[int] = []
         self.fail = False
         self.closed = False
@@ -66,9 +65,6 @@ class ToySemanticIndex:
                 Decision.GRAY_HIT if same else Decision.GRAY_MISS, similarity, best, 1.0 if same else 0.0
             )
         return SemanticMatch(Decision.MISS, similarity, best)
-
-    def embed_ahead(self, text: str) -> None:
-        self.embedded_ahead.append(text)
 
     async def add(self, entry: SemanticEntry) -> None:
         await self.add_many([entry])

@@ -180,8 +180,7 @@ export type LookupRequest = Message<"llmesh.cache.v1.LookupRequest"> & {
   /**
    * With exact_only: the caller looks up again without exact_only when this one misses (the
    * router's speculative dispatch), so this miss is not counted in the analytics; the request is
-   * counted once, by the lookup that follows. The cache starts embedding the last user message
-   * on such a miss, for the semantic lookup that follows.
+   * counted once, by the lookup that follows.
    *
    * @generated from field: bool lookup_follows = 5;
    */

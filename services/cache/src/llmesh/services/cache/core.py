@@ -162,10 +162,6 @@ class Cache:
             if entry is not None and tier_suffices(entry.answer.tier, query.tier):
                 return self._hit(scope, Outcome.EXACT_HIT, entry)
         if self.semantic is None or query.exact_only or not policy.semantic:
-            if query.lookup_follows and self.semantic is not None and policy.semantic:
-                # The semantic lookup that follows this miss embeds the same message: the
-                # embedding starts now, not a round trip to the caller later (docs/adr/0040).
-                self.semantic.embed_ahead(semantic_text(key))
             if counted:
                 self.analytics.record_lookup(scope, Outcome.MISS)
             return LookupResult(Outcome.MISS)

@@ -131,9 +131,9 @@ class QdrantSemanticIndex:
         return len(text) <= self._max_chars
 
     def embed_ahead(self, text: str) -> None:
-        """Starts embedding `text` for a lookup that follows (the router's exact miss): the
-        embedder runs while the caller's next request is on its way, and `_embed` takes the
-        vector (the same vector it would compute: a pure function of the text)."""
+        """Starts embedding `text` in the background, for a later `_embed` of it (a lookup's
+        miss that needed no vector is usually stored next): `_embed` takes that vector, the
+        same it would compute (a pure function of the text), or waits for it."""
         if not text.strip() or not self._comparable(text) or text in self._ahead or self._memo.get(text) is not None:
             return
         self._ahead[text] = self._tasks.spawn(self._embed_ahead(text), name="semantic-embed-ahead")
@@ -184,12 +184,11 @@ class QdrantSemanticIndex:
         if not self._comparable(query.text):
             return SemanticMatch(Decision.MISS, 0.0, None)
         scope = lookup_scope(query)
-        # Started before the store is asked: a miss is usually stored next, and its entry needs
-        # the vector (no-op when the vector is known or under way, docs/adr/0040).
-        self.embed_ahead(query.text)
         if not await self.store.holds_any(scope):
             # No entry in this tenant, use case, context and parameters (a new conversation's
-            # later turns, a new system prompt): a miss whatever the vector; not waited for.
+            # later turns, a new system prompt): a miss whatever the vector, so not waited for;
+            # the embedding goes on for the entry a miss is usually stored as (docs/adr/0040).
+            self.embed_ahead(query.text)
             return SemanticMatch(Decision.MISS, 0.0, None)
         vector = (await self._embed([query.text]))[0]
         candidates = await self.store.nearest(scope, vector, limit=1)
