@@ -12,6 +12,7 @@ from llmesh.kit import errors
 from llmesh.kit.testing import assert_eventually, unique
 from llmesh.services.cache.semantic import Calibration, Decision, OperatingPoint, open_semantic_index
 from llmesh.services.cache.semantic.config import SemanticConfig
+from llmesh.services.cache.semantic.index import MAX_AHEAD
 
 from .fakes import HashEmbedder, entry, query
 
@@ -182,11 +183,19 @@ async def test_a_failed_or_abandoned_embedding_ahead_costs_the_lookup_nothing(ga
     await index.lookup(query(t, "where is the invoice for april"))
     assert embedder.texts_embedded == embedded + 1, "its vector was kept for the next lookup"
 
-    # Texts a lookup would not embed are not embedded ahead either.
+    # Texts a lookup would not embed are not embedded ahead either, nor more than MAX_AHEAD at once.
     index.embed_ahead("   ")
     index.embed_ahead("x" * 2000)
     await asyncio.sleep(0.01)
     assert embedder.texts_embedded == embedded + 1
+    embedder.release.clear()
+    started = embedder.started
+    for i in range(MAX_AHEAD + 5):
+        index.embed_ahead(f"question number {i}")
+    await assert_eventually(lambda: embedder.started == started + MAX_AHEAD, message="the first ones started")
+    await asyncio.sleep(0.05)
+    assert embedder.started == started + MAX_AHEAD
+    embedder.release.set()
 
 
 async def test_a_lookup_with_nothing_in_its_scope_misses_without_waiting_for_the_embedding(gated):

@@ -26,6 +26,9 @@ from .store import VectorStore
 log = get_logger("llmesh.cache.semantic")
 
 MAX_TIER = 3
+# Embeddings started ahead at most at once: past it a lookup's miss leaves the embedding to the
+# store that follows, so a burst of new contexts cannot queue work nobody waits for yet.
+MAX_AHEAD = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +138,8 @@ class QdrantSemanticIndex:
         miss that needed no vector is usually stored next): `_embed` takes that vector, the
         same it would compute (a pure function of the text), or waits for it."""
         if not text.strip() or not self._comparable(text) or text in self._ahead or self._memo.get(text) is not None:
+            return
+        if len(self._ahead) >= MAX_AHEAD:
             return
         self._ahead[text] = self._tasks.spawn(self._embed_ahead(text), name="semantic-embed-ahead")
 
