@@ -27,8 +27,9 @@ Measured, every path in the same interleaved rounds (a slow spell of the shared 
   upstream's own. Also with the cache bypassed: the pipeline without the cache's exact and
   semantic lookup, which a miss waits for (the semantic one embeds the prompt).
 
---baseline-src DIR runs a second router, on the same services, whose router and kit code come from
-DIR, interleaved with the first: a before/after of a change on the same machine at the same time.
+--baseline-src DIR runs a second router, on the same services, whose router and kit code (and
+contracts, when DIR has libs/proto) come from DIR, interleaved with the first: a before/after of a
+change on the same machine at the same time.
 With --baseline-cache that router has a cache of its own, whose cache, kit and proto code come from
 DIR too (DIR then holds services/cache and libs/proto as well): a before/after of a change in the
 cache's Lookup, or in how the router and the cache talk.
@@ -605,7 +606,7 @@ def main() -> None:
     parser.add_argument(
         "--baseline-src",
         type=pathlib.Path,
-        help="also run a second router whose router and kit code come from this source tree (e.g. "
+        help="also run a second router whose router and kit code (and libs/proto, if there) come from this source tree (e.g. "
         "`git archive <commit> services/router libs/kit | tar -x -C DIR`), interleaved",
     )
     parser.add_argument("--baseline-label", default="", help="what --baseline-src holds, for the report")
@@ -636,7 +637,10 @@ def main() -> None:
         second = second_cache = None
         if args.baseline_src:
             src = args.baseline_src.resolve()
-            second = {"PYTHONPATH": f"{src / 'services' / 'router' / 'src'}:{src / 'libs' / 'kit' / 'src'}"}
+            code = [src / "services" / "router" / "src", src / "libs" / "kit" / "src"]
+            # the tree's own contracts where it has them (a router that sends a newer field needs them)
+            code += [src / "libs" / "proto" / "src"] if (src / "libs" / "proto" / "src").is_dir() else []
+            second = {"PYTHONPATH": ":".join(map(str, code))}
             if args.baseline_cache:
                 code = [
                     src / "services" / "cache" / "src",

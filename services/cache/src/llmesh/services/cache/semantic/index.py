@@ -189,11 +189,14 @@ class QdrantSemanticIndex:
         if not self._comparable(query.text):
             return SemanticMatch(Decision.MISS, 0.0, None)
         scope = lookup_scope(query)
+        # The embedding starts before the store is asked: a write may hold the store (an upsert
+        # keeps the GIL), and the vector is needed either way, by this lookup or by the entry a
+        # miss is usually stored as.
+        self.embed_ahead(query.text)
         if not await self.store.holds_any(scope):
             # No entry in this tenant, use case, context and parameters (a new conversation's
-            # later turns, a new system prompt): a miss whatever the vector, so not waited for;
-            # the embedding goes on for the entry a miss is usually stored as (docs/adr/0040).
-            self.embed_ahead(query.text)
+            # later turns, a new system prompt): a miss whatever the vector, so the embedding is
+            # not waited for (docs/adr/0040).
             return SemanticMatch(Decision.MISS, 0.0, None)
         vector = (await self._embed([query.text]))[0]
         candidates = await self.store.nearest(scope, vector, limit=1)
