@@ -27,8 +27,12 @@ Measured, every path in the same interleaved rounds (a slow spell of the shared 
   upstream's own. Also with the cache bypassed: the pipeline without the cache's exact and
   semantic lookup, which a miss waits for (the semantic one embeds the prompt).
 
---baseline-src DIR runs a second router, on the same services, whose router and kit code come from
-DIR, interleaved with the first: a before/after of a change on the same machine at the same time.
+--baseline-src DIR runs a second router, on the same services, whose router and kit code (and
+contracts, when DIR has libs/proto) come from DIR, interleaved with the first: a before/after of a
+change on the same machine at the same time.
+With --baseline-cache that router has a cache of its own, whose cache, kit and proto code come from
+DIR too (DIR then holds services/cache and libs/proto as well): a before/after of a change in the
+cache's Lookup, or in how the router and the cache talk.
 
 --inference-ttft-ms 0 50 measures the miss paths once per value, the fake inference waiting that
 long before its first delta (a `[ttft:N]` marker in the prompt; about 65 ms is Triton's own TTFT on
@@ -114,10 +118,18 @@ async def _serve_inference(ready: pathlib.Path) -> None:
 class Mesh(ServiceProcesses):
     """nats-server, tenancy, classifier, cache, the fake inference and the router as processes."""
 
-    def __init__(self, home: pathlib.Path, *, second_router_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        home: pathlib.Path,
+        *,
+        second_router_env: dict[str, str] | None = None,
+        second_cache_env: dict[str, str] | None = None,
+    ):
         super().__init__(home)
         # another router on the same services (e.g. older code), for an interleaved A/B
         self.second_router_env = second_router_env
+        # ... with a cache of its own (e.g. older code too)
+        self.second_cache_env = second_cache_env
         self.nats = None
 
     def __enter__(self) -> Mesh:
@@ -133,7 +145,13 @@ class Mesh(ServiceProcesses):
             upstreams = {f"LLMESH_{n.upper()}_ADDR": self.addresses[n] for n in waiting}
             self.wait("router", self.spawn("router", upstreams))
             if self.second_router_env is not None:
-                self.wait("router-b", self.spawn("router-b", {**upstreams, **self.second_router_env}))
+                upstreams_b = dict(upstreams)
+                if self.second_cache_env is not None:
+                    # its own replica id: its own semantic store and durable consumer
+                    env = {"LLMESH_CACHE_REPLICA_ID": f"cache-b-{os.getpid()}", **self.second_cache_env}
+                    self.wait("cache-b", self.spawn("cache-b", env))
+                    upstreams_b["LLMESH_CACHE_ADDR"] = self.addresses["cache-b"]
+                self.wait("router-b", self.spawn("router-b", {**upstreams_b, **self.second_router_env}))
         except BaseException:
             self.__exit__()
             raise
@@ -453,6 +471,7 @@ def report(samples, args, load: tuple[tuple[float, ...], tuple[float, ...]], lit
         )
         + (f" --baseline-src {args.baseline_src}" if args.baseline_src else "")
         + (f" --baseline-label '{args.baseline_label}'" if args.baseline_label else "")
+        + (" --baseline-cache" if args.baseline_cache else "")
         + "`"
     )
     lines = [
@@ -476,6 +495,12 @@ def report(samples, args, load: tuple[tuple[float, ...], tuple[float, ...]], lit
         "client).",
         "",
     ]
+    if args.baseline_cache:
+        lines += [
+            f"Router B ({args.baseline_label or args.baseline_src}) has a cache process of its own, of the same code "
+            "as it; every other service is shared.",
+            "",
+        ]
     if not args.miss_only:
         lines += [
             "## Exact hit (the same prompt; LiteLLM: a non-streamed completion of an instant upstream, no cache)",
@@ -581,10 +606,16 @@ def main() -> None:
     parser.add_argument(
         "--baseline-src",
         type=pathlib.Path,
-        help="also run a second router whose router and kit code come from this source tree (e.g. "
+        help="also run a second router whose router and kit code (and libs/proto, if there) come from this source tree (e.g. "
         "`git archive <commit> services/router libs/kit | tar -x -C DIR`), interleaved",
     )
     parser.add_argument("--baseline-label", default="", help="what --baseline-src holds, for the report")
+    parser.add_argument(
+        "--baseline-cache",
+        action="store_true",
+        help="the second router gets a cache of its own whose cache, kit and proto code come from --baseline-src "
+        "(`git archive <commit> services/router services/cache libs/kit libs/proto`)",
+    )
     parser.add_argument(
         "--inference-ttft-ms",
         type=int,
@@ -603,13 +634,25 @@ def main() -> None:
     load_start = os.getloadavg()
     clients = Clients(args.client_procs)
     try:
-        second = None
+        second = second_cache = None
         if args.baseline_src:
             src = args.baseline_src.resolve()
-            second = {"PYTHONPATH": f"{src / 'services' / 'router' / 'src'}:{src / 'libs' / 'kit' / 'src'}"}
+            code = [src / "services" / "router" / "src", src / "libs" / "kit" / "src"]
+            # the tree's own contracts where it has them (a router that sends a newer field needs them)
+            code += [src / "libs" / "proto" / "src"] if (src / "libs" / "proto" / "src").is_dir() else []
+            second = {"PYTHONPATH": ":".join(map(str, code))}
+            if args.baseline_cache:
+                code = [
+                    src / "services" / "cache" / "src",
+                    src / "libs" / "kit" / "src",
+                    src / "libs" / "proto" / "src",
+                ]
+                second_cache = {"PYTHONPATH": ":".join(map(str, code))}
+        elif args.baseline_cache:
+            parser.error("--baseline-cache needs --baseline-src")
         with (
             tempfile.TemporaryDirectory() as tmp,
-            Mesh(pathlib.Path(tmp), second_router_env=second) as mesh,
+            Mesh(pathlib.Path(tmp), second_router_env=second, second_cache_env=second_cache) as mesh,
             FakeUpstream() as upstream,
         ):
             api_key = mesh.new_api_key()

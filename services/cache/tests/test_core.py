@@ -155,6 +155,27 @@ async def test_an_exact_only_miss_a_full_lookup_follows_is_counted_once():
     assert cache.analytics.report()[1].misses == 2
 
 
+async def test_a_semantic_only_lookup_skips_the_exact_layer_and_counts_the_request():
+    """The router's second lookup after an exact miss asks the semantic layer alone."""
+    cache, _, _ = make()
+    await cache.store(StoreCommand(key(QUESTION), answer()))
+    only_exact = key("what is the capital of france")
+    await cache.store(StoreCommand(only_exact, answer("Paris."), exact_only=True))
+
+    reworded = key("how do i reset my password please")
+    miss = await cache.lookup(LookupQuery(reworded, exact_only=True, lookup_follows=True))
+    assert miss.outcome is Outcome.MISS
+    hit = await cache.lookup(LookupQuery(reworded, semantic_only=True))
+    assert hit.outcome is Outcome.SEMANTIC_HIT and hit.entry.answer.content == "Use the reset link."
+    # The exact layer has this one, the index does not: semantic_only does not look there.
+    assert (await cache.lookup(LookupQuery(only_exact, semantic_only=True))).outcome is Outcome.MISS
+    assert (await cache.lookup(LookupQuery(only_exact))).outcome is Outcome.EXACT_HIT
+    _, total = cache.analytics.report()
+    assert (total.lookups, total.semantic_hits, total.misses, total.exact_hits) == (3, 1, 1, 1), (
+        "the exact-only miss a lookup follows is not counted"
+    )
+
+
 async def test_semantic_policy_off_and_semantic_failure_fall_back_to_exact():
     cache, _, index = make({"quiet": CachePolicy(semantic=False)})
     await cache.store(StoreCommand(key(QUESTION, tenant="quiet"), answer()))

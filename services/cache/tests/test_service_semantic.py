@@ -80,6 +80,28 @@ async def test_semantic_hit_after_exact_miss_with_the_decision_reported(service)
     assert stats.semantic_hit_rate == pytest.approx(0.25) and stats.gray_zone_rate == pytest.approx(0.5)
 
 
+async def test_the_routers_exact_then_semantic_only_pair_is_one_lookup(service):
+    """The router's speculative pair (docs/adr/0029, 0040): an exact-only lookup that a lookup
+    follows, then a semantic_only one that skips the exact layer."""
+    stub, index = service
+    tenant = unique("acme")
+    await stub.Store(store(tenant, QUESTION, "Use the reset link."))
+    exact_miss = await stub.Lookup(lookup(tenant, REWORDED, exact_only=True, lookup_follows=True))
+    assert exact_miss.outcome == cache_pb2.LOOKUP_OUTCOME_MISS and index.lookups == 0
+    hit = await stub.Lookup(lookup(tenant, REWORDED, semantic_only=True))
+    assert hit.outcome == cache_pb2.LOOKUP_OUTCOME_SEMANTIC_HIT and hit.answer.content == "Use the reset link."
+    exact_stored = store(tenant, "what is the capital of france", "Paris.", exact_only=True)
+    assert (await stub.Store(exact_stored)).stored
+    asked = lookup(tenant, "what is the capital of france", semantic_only=True)
+    assert (await stub.Lookup(asked)).outcome == cache_pb2.LOOKUP_OUTCOME_MISS, "the exact layer is not asked"
+    stats = (await stub.Stats(cache_pb2.StatsRequest(tenant_id=tenant))).total
+    assert (stats.lookups, stats.semantic_hits, stats.misses) == (2, 1, 1)
+
+    with pytest.raises(grpc.aio.AioRpcError) as both:
+        await stub.Lookup(lookup(tenant, REWORDED, exact_only=True, semantic_only=True))
+    assert both.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "semantic_only" in both.value.details()
+
+
 async def test_thumbs_down_on_a_semantic_hit_evicts_and_tightens(service):
     stub, index = service
     tenant = unique("acme")

@@ -10,8 +10,9 @@ a real server on port 0) whose behaviour a test steers with markers in the last 
   [ttft:N]          inference waits N ms before its first delta
   [classify:N]      the classifier waits N ms before it answers
 
-The cache answers exact matches of stored answers; `semantic[text]` makes a full lookup (not
-exact_only) of that last user message a semantic hit, after `semantic_delay_s[text]` seconds
+The cache answers exact matches of stored answers (not to a semantic_only lookup);
+`semantic[text]` makes a full or semantic_only lookup (not exact_only) of that last user message
+a semantic hit, after `semantic_delay_s[text]` seconds
 (the delay applies to misses too: the embedding runs either way).
 
 and, per model (tests of fallback, breakers and escalation): `down` models fail UNAVAILABLE,
@@ -156,8 +157,9 @@ class FakeCache(cache_pb2_grpc.CacheServiceServicer):
         self.entries: dict[bytes, cache_pb2.StoreRequest] = {}
         # the first lookup of each request (the one beside the classifier)
         self.lookups: dict[str, Span] = {}
-        # exact_only of each lookup of a request, in order
-        self.lookup_modes: dict[str, list[bool]] = collections.defaultdict(list)
+        # what each lookup of a request asked, in order: "exact" (exact_only), "semantic"
+        # (semantic_only) or "full"
+        self.lookup_modes: dict[str, list[str]] = collections.defaultdict(list)
         self.stores: dict[str, cache_pb2.StoreRequest] = {}
         self.semantic: dict[str, cache_pb2.CachedAnswer] = {}
         self.semantic_delay_s: dict[str, float] = {}
@@ -175,14 +177,16 @@ class FakeCache(cache_pb2_grpc.CacheServiceServicer):
     async def Lookup(self, request, context):
         rid = request_id_of(context)
         span = self.lookups.setdefault(rid, Span(time.monotonic()))
-        self.lookup_modes[rid].append(request.exact_only)
+        self.lookup_modes[rid].append(
+            "exact" if request.exact_only else "semantic" if request.semantic_only else "full"
+        )
         text = last_user_text(request.key.messages)
         try:
             if "[slow]" in text:
                 await asyncio.sleep(SLOW_S)
             if "[cache:fail]" in text:
                 raise errors.Unavailable("cache store unreachable")
-            entry = self.entries.get(self._key(request.key))
+            entry = None if request.semantic_only else self.entries.get(self._key(request.key))
             if entry is None and not request.exact_only and text in self.semantic_delay_s:
                 try:
                     await asyncio.sleep(self.semantic_delay_s[text])

@@ -167,7 +167,7 @@ class StubCache:
         self.entries: dict[CacheKey, CachedAnswer] = {}
         self.fail = False
 
-    async def lookup(self, key, *, business_unit, timeout_s, exact_only=False):
+    async def lookup(self, key, *, business_unit, timeout_s, exact_only=False, semantic_only=False):
         await asyncio.sleep(0)
         if self.fail:
             raise RuntimeError("cache down")

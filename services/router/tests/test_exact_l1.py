@@ -228,10 +228,12 @@ def test_the_caches_events_read_as_removals_and_bad_ones_are_refused():
 class StubCache:
     def __init__(self):
         self.lookups = 0
+        self.semantic_only: list[bool] = []
         self.answers: dict[CacheKey, CachedAnswer] = {}
 
-    async def lookup(self, key, *, business_unit, timeout_s, exact_only=False):
+    async def lookup(self, key, *, business_unit, timeout_s, exact_only=False, semantic_only=False):
         self.lookups += 1
+        self.semantic_only.append(semantic_only)
         await asyncio.sleep(0)
         return self.answers.get(key)
 
@@ -286,6 +288,18 @@ async def test_semantic_hits_are_never_kept_and_a_store_drops_the_copy(adapter):
         cache_key(), None, business_unit="bu", sensitivity=common_pb2.SENSITIVITY_INTERNAL, timeout_s=1.0
     )
     assert len(adapter.l1) == 0, "a new answer for the content (a refresh): the old copy goes"
+
+
+async def test_a_semantic_only_lookup_goes_to_the_cache_and_keeps_nothing(adapter):
+    """The lookup after an exact miss (docs/adr/0040): the L1 holds exact answers only."""
+    adapter.cache.answers[cache_key()] = answer(expires_at=time.time() + 600)
+    kept = await adapter.lookup(cache_key())
+    assert len(adapter.l1) == 1 and adapter.cache.semantic_only == [False]
+    semantic = answer(expires_at=time.time() + 600, semantic=True, content="Paris, by meaning")
+    adapter.cache.answers[cache_key()] = semantic
+    found = await adapter.adapter.lookup(cache_key(), business_unit="bu", timeout_s=1.0, semantic_only=True)
+    assert found == semantic and found != kept, "asked of the cache, not answered from the L1"
+    assert adapter.cache.semantic_only == [False, True] and len(adapter.l1) == 1
 
 
 async def test_while_events_may_be_missed_every_lookup_asks_the_cache(adapter):

@@ -133,7 +133,7 @@ async def test_a_semantic_hit_before_the_first_token_cancels_the_attempt_and_is_
     inference, cache = client.upstreams.inference, client.upstreams.cache
     assert rid in inference.requests, "the attempt was dispatched while the semantic lookup ran"
     await assert_eventually(lambda: rid in inference.cancelled, message="inference saw the cancel")
-    assert cache.lookup_modes[rid] == [True, False], "exact layer beside the classifier, then the full lookup"
+    assert cache.lookup_modes[rid] == ["exact", "semantic"], "exact layer beside the classifier, then the semantic"
     assert rid not in cache.stores, "a hit is not stored again"
     assert outcome_count("lost") == lost + 1
 
@@ -178,7 +178,7 @@ async def test_a_semantic_miss_streams_the_model_answer_overlapped_with_the_look
     assert deltas == ["answer ", "to ", "the ", "question"]
     assert summary.cache_outcome == router_pb2.CACHE_OUTCOME_MISS and attempts(summary) == [("tiny-1", "ok")]
     cache = client.upstreams.cache
-    assert cache.lookup_modes[rid] == [True, False]
+    assert cache.lookup_modes[rid] == ["exact", "semantic"]
     # Inference started before the semantic lookup ended: the lookup's 200 ms hid under its 300 ms.
     assert client.upstreams.inference.started[rid] < cache.semantic_ended[rid]
     assert cache.stores[rid].content == "answer to the question", "stored afterwards, as without speculation"
@@ -213,7 +213,7 @@ async def test_with_speculation_off_the_lookup_completes_before_any_dispatch(cli
 
     assert "".join(deltas) == CACHED and summary.cache_outcome == router_pb2.CACHE_OUTCOME_SEMANTIC_HIT
     assert list(summary.attempts) == []
-    assert client.upstreams.cache.lookup_modes[rid] == [False], "one full lookup beside the classifier"
+    assert client.upstreams.cache.lookup_modes[rid] == ["full"], "one full lookup beside the classifier"
     assert rid not in client.upstreams.inference.requests
 
     miss_text = "sequential miss"

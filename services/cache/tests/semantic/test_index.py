@@ -3,6 +3,7 @@ with a word-hash embedder: meaning is the real model's business (test_real_embed
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 
@@ -11,6 +12,7 @@ from llmesh.kit import errors
 from llmesh.kit.testing import assert_eventually, unique
 from llmesh.services.cache.semantic import Calibration, Decision, OperatingPoint, open_semantic_index
 from llmesh.services.cache.semantic.config import SemanticConfig
+from llmesh.services.cache.semantic.index import MAX_AHEAD
 
 from .fakes import HashEmbedder, entry, query
 
@@ -107,6 +109,113 @@ async def test_storing_after_a_lookup_does_not_embed_again(index):
     await index.lookup(query(t, text))
     await index.add(entry(t, "e1", text))
     assert index.embedder.texts_embedded == before + 1
+
+
+class GatedEmbedder(HashEmbedder):
+    """Each call waits for `release`; `fail_next` makes the next call fail."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = asyncio.Event()
+        self.fail_next = False
+        self.started = 0
+
+    async def embed(self, texts: list[str]):
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("embedder down")
+        self.started += 1
+        await self.release.wait()
+        return await super().embed(texts)
+
+
+@pytest.fixture
+async def gated(tmp_path):
+    embedder = GatedEmbedder()
+    settings = SemanticConfig(store_path=str(tmp_path / "store"), purge_interval_s=0)
+    opened = await open_semantic_index(settings, embedder=embedder, calibration=CALIBRATION)
+    yield opened, embedder
+    embedder.release.set()
+    await opened.close()
+
+
+async def test_an_embedding_started_ahead_is_the_one_the_lookup_that_follows_takes(gated):
+    index, embedder = gated
+    t = unique("tenant")
+    embedder.release.set()
+    await index.add(entry(t, "e1", "how do I reset my password"))
+    embedder.release.clear()
+    embedded, started = embedder.texts_embedded, embedder.started
+
+    index.embed_ahead("How do I reset my password?")
+    index.embed_ahead("How do I reset my password?")  # once per text
+    await assert_eventually(lambda: embedder.started == started + 1, message="the embedding started without a lookup")
+    lookup = asyncio.create_task(index.lookup(query(t, "How do I reset my password?")))
+    await asyncio.sleep(0.05)
+    assert not lookup.done(), "the lookup waits for the embedding under way"
+    embedder.release.set()
+    match = await lookup
+    assert match.decision is Decision.HIT and match.entry.entry_id == "e1"
+    assert embedder.texts_embedded == embedded + 1, "embedded once, ahead of the lookup"
+    # The same vector as a lookup that embeds the text itself.
+    assert match.similarity == pytest.approx((await index.lookup(query(t, "how do i reset my PASSWORD"))).similarity)
+
+
+async def test_a_failed_or_abandoned_embedding_ahead_costs_the_lookup_nothing(gated):
+    index, embedder = gated
+    t = unique("tenant")
+    embedder.release.set()
+    await index.add(entry(t, "e1", "where is the invoice for march"))
+    embedder.fail_next = True
+    index.embed_ahead("Where is the invoice for March")
+    await assert_eventually(lambda: not embedder.fail_next, message="the embedding ahead failed")
+    assert (await index.lookup(query(t, "Where is the invoice for March"))).decision is Decision.HIT
+
+    # A lookup cancelled while it waits (its caller gave up) leaves the embedding to finish.
+    embedder.release.clear()
+    index.embed_ahead("where is the invoice for april")
+    waiting = asyncio.create_task(index.lookup(query(t, "where is the invoice for april")))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    embedded = embedder.texts_embedded
+    embedder.release.set()
+    await assert_eventually(lambda: embedder.texts_embedded == embedded + 1, message="the embedding finished")
+    await index.lookup(query(t, "where is the invoice for april"))
+    assert embedder.texts_embedded == embedded + 1, "its vector was kept for the next lookup"
+
+    # Texts a lookup would not embed are not embedded ahead either, nor more than MAX_AHEAD at once.
+    index.embed_ahead("   ")
+    index.embed_ahead("x" * 2000)
+    await asyncio.sleep(0.01)
+    assert embedder.texts_embedded == embedded + 1
+    embedder.release.clear()
+    started = embedder.started
+    for i in range(MAX_AHEAD + 5):
+        index.embed_ahead(f"question number {i}")
+    await assert_eventually(lambda: embedder.started == started + MAX_AHEAD, message="the first ones started")
+    await asyncio.sleep(0.05)
+    assert embedder.started == started + MAX_AHEAD
+    embedder.release.set()
+
+
+async def test_a_lookup_with_nothing_in_its_scope_misses_without_waiting_for_the_embedding(gated):
+    """A new context (a conversation's later turn, a new system prompt) cannot match: the lookup
+    answers at once, and the embedding it started goes on for the store of the answer."""
+    index, embedder = gated
+    t = unique("tenant")
+    embedder.release.set()
+    await index.add(entry(t, "e1", "how do I reset my password"))
+    embedder.release.clear()
+    embedded = embedder.texts_embedded
+
+    match = await asyncio.wait_for(index.lookup(query(t, "how do I change my password", context_hash="new")), 5)
+    assert (match.decision, match.similarity, match.entry) == (Decision.MISS, 0.0, None)
+    assert embedder.texts_embedded == embedded, "answered before the embedding was done"
+    embedder.release.set()
+    await index.add(entry(t, "e2", "how do I change my password", context_hash="new"))
+    assert embedder.texts_embedded == embedded + 1, "the store took the lookup's embedding"
+    again = await index.lookup(query(t, "How do I change my password?", context_hash="new"))
+    assert again.decision is Decision.HIT and again.entry.entry_id == "e2"
 
 
 async def test_texts_past_the_embedder_window_are_never_compared(tmp_path):

@@ -80,6 +80,29 @@ async def test_expired_entries_are_never_found_and_are_purged(store):
     assert await store.purge_expired(now) == 0
 
 
+async def test_holds_any_says_whether_a_lookup_could_find_anything(store):
+    """The index asks it before waiting for the embedding (docs/adr/0040): it must agree with
+    `nearest` on every condition of a lookup scope."""
+    t, other = unique("tenant"), unique("tenant")
+    now = time.time()
+    v = unit(6)
+    await store.upsert(
+        [
+            entry(t, "live", "q", tier=2),
+            entry(t, "old", "q", context_hash="gone", created_at=now - 9, expires_at=now - 1),
+        ],
+        np.stack([v, v]),
+    )
+    scopes = [{}, {"use_case": "sales"}, {"context_hash": "other"}, {"params_hash": "other"}, {"context_hash": "gone"}]
+    scopes += [{"tier": 3}, {"tier": 1}]
+    for fields in scopes:
+        scope = lookup_scope(query(t, "q", now=now, **fields))
+        assert await store.holds_any(scope) is bool(await store.nearest(scope, v)), fields
+    assert await store.holds_any(lookup_scope(query(t, "q", now=now)))
+    assert not await store.holds_any(lookup_scope(query(t, "q", now=now, context_hash="gone")))
+    assert not await store.holds_any(lookup_scope(query(other, "q", now=now)))
+
+
 async def test_delete_by_ids_stays_inside_the_tenant(store):
     a, b = unique("tenant-a"), unique("tenant-b")
     await store.upsert(

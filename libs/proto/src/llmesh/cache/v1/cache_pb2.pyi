@@ -91,18 +91,20 @@ class CachedAnswer(_message.Message):
     def __init__(self, entry_id: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., backend: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pinned: _Optional[bool] = ..., content_versions: _Optional[_Iterable[_Union[_common_pb2.ContentVersion, _Mapping]]] = ..., content_class: _Optional[str] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
-    __slots__ = ("key", "tier", "exact_only", "business_unit", "lookup_follows")
+    __slots__ = ("key", "tier", "exact_only", "business_unit", "lookup_follows", "semantic_only")
     KEY_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     EXACT_ONLY_FIELD_NUMBER: _ClassVar[int]
     BUSINESS_UNIT_FIELD_NUMBER: _ClassVar[int]
     LOOKUP_FOLLOWS_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_ONLY_FIELD_NUMBER: _ClassVar[int]
     key: CacheKey
     tier: _common_pb2.Tier
     exact_only: bool
     business_unit: str
     lookup_follows: bool
-    def __init__(self, key: _Optional[_Union[CacheKey, _Mapping]] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., exact_only: _Optional[bool] = ..., business_unit: _Optional[str] = ..., lookup_follows: _Optional[bool] = ...) -> None: ...
+    semantic_only: bool
+    def __init__(self, key: _Optional[_Union[CacheKey, _Mapping]] = ..., tier: _Optional[_Union[_common_pb2.Tier, str]] = ..., exact_only: _Optional[bool] = ..., business_unit: _Optional[str] = ..., lookup_follows: _Optional[bool] = ..., semantic_only: _Optional[bool] = ...) -> None: ...
 
 class LookupResponse(_message.Message):
     __slots__ = ("outcome", "answer", "semantic_decision", "similarity", "uncacheable")

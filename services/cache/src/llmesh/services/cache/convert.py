@@ -94,6 +94,8 @@ def key_from(key: cache_pb2.CacheKey, field: str = "key") -> tuple[RequestKey, b
 
 
 def lookup_from(request: cache_pb2.LookupRequest) -> LookupQuery:
+    if request.exact_only and request.semantic_only:
+        raise InvalidArgument("exact_only and semantic_only exclude each other", field="semantic_only")
     key, restricted = key_from(request.key)
     return LookupQuery(
         key=key,
@@ -102,6 +104,7 @@ def lookup_from(request: cache_pb2.LookupRequest) -> LookupQuery:
         business_unit=_label(request.business_unit, "business_unit"),
         restricted=restricted,
         lookup_follows=request.exact_only and request.lookup_follows,
+        semantic_only=request.semantic_only,
     )
 
 

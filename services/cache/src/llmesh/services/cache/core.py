@@ -42,6 +42,8 @@ class LookupQuery:
     restricted: bool = False
     # with exact_only: a full lookup follows a miss and counts the request (not this one)
     lookup_follows: bool = False
+    # the exact layer is skipped: the caller's exact_only lookup of this key just missed
+    semantic_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -155,9 +157,10 @@ class Cache:
                 self.analytics.record_lookup(scope, Outcome.UNCACHEABLE)
             return LookupResult(Outcome.UNCACHEABLE)
         now = self._clock()
-        entry = await self.exact.get(key.tenant_id, exact_key(key), now)
-        if entry is not None and tier_suffices(entry.answer.tier, query.tier):
-            return self._hit(scope, Outcome.EXACT_HIT, entry)
+        if not query.semantic_only:
+            entry = await self.exact.get(key.tenant_id, exact_key(key), now)
+            if entry is not None and tier_suffices(entry.answer.tier, query.tier):
+                return self._hit(scope, Outcome.EXACT_HIT, entry)
         if self.semantic is None or query.exact_only or not policy.semantic:
             if counted:
                 self.analytics.record_lookup(scope, Outcome.MISS)

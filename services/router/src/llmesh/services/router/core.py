@@ -283,13 +283,13 @@ class GeneratePipeline:
         )
         if variant:
             metrics.POLICY_VARIANT.labels(variant).inc()
-        # Speculation (ADR 0029): the exact layer alone beside the classifier; on its miss the full
-        # lookup (semantic layer) starts at once, and runs on beside the dispatch.
+        # Speculation (ADR 0029): the exact layer alone beside the classifier; on its miss the
+        # semantic layer's lookup starts at once, and runs on beside the dispatch.
         speculate = policy.speculation.enabled and command.use_cache and not command.refresh_cache
         # Dispatch before the classification (ADR 0041): after an exact miss, on the model this use
         # case went to first lately, adopted below if the classification's plan starts there too.
         early_allowed = policy.speculation.enabled and policy.speculation.early
-        classification, cached, full_lookup, early = await self._classify_and_lookup(
+        classification, cached, semantic_lookup, early = await self._classify_and_lookup(
             command,
             key,
             principal,
@@ -312,7 +312,7 @@ class GeneratePipeline:
                 pinned,
                 classification,
                 cached,
-                full_lookup,
+                semantic_lookup,
                 early,
                 request_id=request_id,
                 started=started,
@@ -333,7 +333,7 @@ class GeneratePipeline:
         pinned: ModelInfo | None,
         classification: Classification,
         cached: CachedAnswer | None,
-        full_lookup: asyncio.Task[CachedAnswer | None] | None,
+        semantic_lookup: asyncio.Task[CachedAnswer | None] | None,
         early: EarlyDispatch | None,
         *,
         request_id: str,
@@ -358,9 +358,9 @@ class GeneratePipeline:
             log.info("cache_hit_tier_too_low", cached_tier=cached.tier, needed_tier=classification.tier)
         # An exact miss while speculating: the semantic layer's answer is still to come (none when
         # the cache failed the exact lookup: then the request goes on as a miss).
-        semantic_due = full_lookup is not None and use_cache
-        if full_lookup is not None and not use_cache:
-            full_lookup.cancel()  # restricted: its answer could not be served
+        semantic_due = semantic_lookup is not None and use_cache
+        if semantic_lookup is not None and not use_cache:
+            semantic_lookup.cancel()  # restricted: its answer could not be served
 
         await self._catalog.refresh_if_stale()
         available = self._catalog.models
@@ -380,7 +380,7 @@ class GeneratePipeline:
             plan.raise_if_empty(tier, sensitivity)
         except LlmeshError:
             # No model may take it, but a hit may still answer it (as without speculation).
-            late = await Speculation(full_lookup, hold_s=0.0, needed_tier=tier).wait() if semantic_due else None
+            late = await Speculation(semantic_lookup, hold_s=0.0, needed_tier=tier).wait() if semantic_due else None
             if late is None:
                 raise
             async for event in self._serve_hit(late, principal, command, request_id, started, variant):
@@ -424,7 +424,7 @@ class GeneratePipeline:
         speculation = None
         if semantic_due:
             hold_s = policy.speculation.hold_ms / 1000.0
-            speculation = Speculation(full_lookup, hold_s=hold_s, needed_tier=tier)
+            speculation = Speculation(semantic_lookup, hold_s=hold_s, needed_tier=tier)
             if not policy.speculation.allows(candidates[0].model):
                 # e.g. an external API, which bills the prompt even when cancelled: look up first.
                 late = await speculation.wait()
@@ -1041,11 +1041,11 @@ class GeneratePipeline:
         early: Callable[[], EarlyDispatch | None] | None = None,
     ) -> tuple[Classification, CachedAnswer | None, asyncio.Task[CachedAnswer | None] | None, EarlyDispatch | None]:
         """The classification and the cache's answer. `exact_only`: the exact layer alone, and on
-        its miss the full lookup (exact, then semantic layer) is started at once and returned as a
-        task (None after a hit, or when the cache failed: the request is then a degraded miss).
-        `early` starts a dispatch when the classification is still due after the exact layer
-        missed (or at once, when the cache is not asked); returned for the pipeline to adopt or
-        discard (ADR 0041)."""
+        its miss the semantic layer's lookup (the cache already started embedding for it) is
+        started at once and returned as a task (None after a hit, or when the cache failed: the
+        request is then a degraded miss). `early` starts a dispatch when the classification is
+        still due after the exact layer missed (or at once, when the cache is not asked);
+        returned for the pipeline to adopt or discard (ADR 0041)."""
 
         @traced("router.classify")
         async def classify() -> Classification:
@@ -1065,11 +1065,11 @@ class GeneratePipeline:
                 # Unknown sensitivity is treated as the most sensitive: it stays on self-hosted models.
                 return Classification(self._config.fallback_tier, Sensitivity.RESTRICTED, 0.0, degraded=True)
 
-        async def exact_then_full() -> tuple[CachedAnswer | None, asyncio.Task[CachedAnswer | None] | None]:
+        async def exact_then_semantic() -> tuple[CachedAnswer | None, asyncio.Task[CachedAnswer | None] | None]:
             cached, answered = await self._answered_lookup(key, principal, deadline, exact_only=True)
             if cached is not None or not answered:
                 return cached, None
-            return None, self._spawn(self._lookup(key, principal, deadline))
+            return None, self._spawn(self._lookup(key, principal, deadline, semantic_only=True))
 
         if not exact_only and command.use_cache and not command.refresh_cache:
             classification, cached = await asyncio.gather(classify(), self._lookup(key, principal, deadline))
@@ -1077,30 +1077,36 @@ class GeneratePipeline:
         if early is None:
             if not command.use_cache or command.refresh_cache:
                 return await classify(), None, None, None
-            classification, (cached, full) = await asyncio.gather(classify(), exact_then_full())
-            return classification, cached, full, None
+            classification, (cached, semantic) = await asyncio.gather(classify(), exact_then_semantic())
+            return classification, cached, semantic, None
         classifying = asyncio.ensure_future(classify())
-        cached, full, dispatched = None, None, None
+        cached, semantic, dispatched = None, None, None
         try:
             if command.use_cache and not command.refresh_cache:
-                cached, full = await exact_then_full()
+                cached, semantic = await exact_then_semantic()
             if cached is None and not classifying.done():
                 try:
                     dispatched = early()
                 except Exception as exc:  # an optimisation: the request goes on without it
                     log.warning("early_dispatch_failed", error=repr(exc))
-            return await classifying, cached, full, dispatched
+            return await classifying, cached, semantic, dispatched
         except BaseException:
             classifying.cancel()
-            if full is not None:
-                full.cancel()
+            if semantic is not None:
+                semantic.cancel()
             if dispatched is not None:
                 dispatched.discard()
             raise
 
     @traced("router.cache_lookup")
     async def _answered_lookup(
-        self, key: CacheKey, principal: Principal, deadline: float | None, *, exact_only: bool = False
+        self,
+        key: CacheKey,
+        principal: Principal,
+        deadline: float | None,
+        *,
+        exact_only: bool = False,
+        semantic_only: bool = False,
     ) -> tuple[CachedAnswer | None, bool]:
         """The cache's answer (None: a miss), and False when the cache failed (a degraded miss)."""
         try:
@@ -1109,6 +1115,7 @@ class GeneratePipeline:
                 business_unit=principal.business_unit,
                 timeout_s=_remaining(self._config.upstream_timeout_s, deadline),
                 exact_only=exact_only,
+                semantic_only=semantic_only,
             )
         except Exception as exc:
             metrics.DEGRADED.labels("cache", "lookup").inc()
@@ -1116,8 +1123,10 @@ class GeneratePipeline:
             return None, False
         return cached, True
 
-    async def _lookup(self, key: CacheKey, principal: Principal, deadline: float | None) -> CachedAnswer | None:
-        cached, _ = await self._answered_lookup(key, principal, deadline)
+    async def _lookup(
+        self, key: CacheKey, principal: Principal, deadline: float | None, *, semantic_only: bool = False
+    ) -> CachedAnswer | None:
+        cached, _ = await self._answered_lookup(key, principal, deadline, semantic_only=semantic_only)
         return cached
 
     @staticmethod

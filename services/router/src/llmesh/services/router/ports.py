@@ -32,10 +32,17 @@ class Classifier(Protocol):
 
 class Cache(Protocol):
     async def lookup(
-        self, key: CacheKey, *, business_unit: str, timeout_s: float, exact_only: bool = False
+        self,
+        key: CacheKey,
+        *,
+        business_unit: str,
+        timeout_s: float,
+        exact_only: bool = False,
+        semantic_only: bool = False,
     ) -> CachedAnswer | None:
         """A cached answer for the request; `exact_only`: the exact layer alone (no embedding), and
-        a miss is followed by a full lookup, which the cache counts instead."""
+        a miss is followed by a semantic lookup, which the cache counts instead (and starts embedding
+        for at once); `semantic_only`: that lookup, the semantic layer alone."""
 
     async def store(
         self, key: CacheKey, answer: AnswerToStore, *, business_unit: str, sensitivity: Sensitivity, timeout_s: float

@@ -2,8 +2,9 @@
 
 The cache's semantic layer embeds the prompt before it can answer (about 17 ms on a small
 machine); waiting for it adds that much to the first token of every miss. With speculation the
-router looks up the exact layer alongside the classifier, and on an exact miss starts the full
-lookup (semantic layer included) and the dispatch to the first candidate together:
+router looks up the exact layer alongside the classifier, and on an exact miss starts the semantic
+lookup (the semantic layer alone; the cache began embedding on the exact miss, docs/adr/0040) and
+the dispatch to the first candidate together:
 
 - while the lookup is pending, the model's first events are held, for at most `hold_ms` after the
   first one arrived;

@@ -210,12 +210,22 @@ class OutcomeReportingCache:
         self._outcomes = outcomes
 
     async def lookup(
-        self, key: CacheKey, *, business_unit: str, timeout_s: float, exact_only: bool = False
+        self,
+        key: CacheKey,
+        *,
+        business_unit: str,
+        timeout_s: float,
+        exact_only: bool = False,
+        semantic_only: bool = False,
     ) -> CachedAnswer | None:
         tier = None
         try:
             answer = await self._cache.lookup(
-                key, business_unit=business_unit, timeout_s=timeout_s, exact_only=exact_only
+                key,
+                business_unit=business_unit,
+                timeout_s=timeout_s,
+                exact_only=exact_only,
+                semantic_only=semantic_only,
             )
             if answer is not None and not answer.semantic:
                 tier = answer.tier
@@ -261,8 +271,16 @@ class L1Cache:
         self._clock = clock
 
     async def lookup(
-        self, key: CacheKey, *, business_unit: str, timeout_s: float, exact_only: bool = False
+        self,
+        key: CacheKey,
+        *,
+        business_unit: str,
+        timeout_s: float,
+        exact_only: bool = False,
+        semantic_only: bool = False,
     ) -> CachedAnswer | None:
+        if semantic_only:  # the L1 keeps exact answers, and the exact lookup just missed
+            return await self._cache.lookup(key, business_unit=business_unit, timeout_s=timeout_s, semantic_only=True)
         l1 = self._l1
         if not (l1.live and l1.enabled):
             metrics.L1_OFF.inc()
@@ -304,11 +322,19 @@ class CacheClient:
         self._stub = cache_pb2_grpc.CacheServiceStub(channel)
 
     async def lookup(
-        self, key: CacheKey, *, business_unit: str, timeout_s: float, exact_only: bool = False
+        self,
+        key: CacheKey,
+        *,
+        business_unit: str,
+        timeout_s: float,
+        exact_only: bool = False,
+        semantic_only: bool = False,
     ) -> CachedAnswer | None:
         # Sent before the classifier answered: no tier or sensitivity yet, so the router applies
         # the tier rule and the restricted-data policy to whatever comes back.
-        request = convert.lookup_request_to_proto(key, business_unit=business_unit, exact_only=exact_only)
+        request = convert.lookup_request_to_proto(
+            key, business_unit=business_unit, exact_only=exact_only, semantic_only=semantic_only
+        )
         try:
             response = await self._stub.Lookup(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:

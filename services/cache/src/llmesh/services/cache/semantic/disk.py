@@ -204,6 +204,11 @@ class GuardedStore:
             return []
         return await self._store.nearest(scope, vector, limit)
 
+    async def holds_any(self, scope: TenantScope) -> bool:
+        if self._store is None or self._pending:
+            return False  # as `nearest`: lookups miss until the refused deletes are applied
+        return await self._store.holds_any(scope)
+
     async def count(self, scope: TenantScope) -> int:
         if self._store is None:
             raise errors.Unavailable("the semantic store is not open (its disk is full)", retry_after_s=5.0)

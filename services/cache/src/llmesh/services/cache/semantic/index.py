@@ -3,6 +3,7 @@ the same context, and decide with the use case's operating point."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import hashlib
@@ -25,6 +26,9 @@ from .store import VectorStore
 log = get_logger("llmesh.cache.semantic")
 
 MAX_TIER = 3
+# Embeddings started ahead at most at once: past it a lookup's miss leaves the embedding to the
+# store that follows, so a burst of new contexts cannot queue work nobody waits for yet.
+MAX_AHEAD = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +122,8 @@ class QdrantSemanticIndex:
         self._max_chars = max_chars
         self._clock = clock
         self._memo = _VectorMemo(memo_capacity)
+        # Embeddings started ahead of their lookup (embed_ahead), by text, until they finish.
+        self._ahead: dict[str, asyncio.Task[np.ndarray]] = {}
         self.gray_zone: collections.deque[GrayZoneRecord] = collections.deque(maxlen=gray_zone_capacity)
         self._tasks = BackgroundTasks("semantic-index")
         if purge_interval_s > 0:
@@ -127,11 +133,46 @@ class QdrantSemanticIndex:
         # Past the embedder's window two texts that share a beginning would look identical.
         return len(text) <= self._max_chars
 
+    def embed_ahead(self, text: str) -> None:
+        """Starts embedding `text` in the background, for a later `_embed` of it (a lookup's
+        miss that needed no vector is usually stored next): `_embed` takes that vector, the
+        same it would compute (a pure function of the text), or waits for it."""
+        if not text.strip() or not self._comparable(text) or text in self._ahead or self._memo.get(text) is not None:
+            return
+        if len(self._ahead) >= MAX_AHEAD:
+            return
+        self._ahead[text] = self._tasks.spawn(self._embed_ahead(text), name="semantic-embed-ahead")
+
+    async def _embed_ahead(self, text: str) -> np.ndarray:
+        try:
+            vector = (await self.embedder.embed([text]))[0]
+            self._memo.put(text, vector)
+            return vector
+        finally:
+            self._ahead.pop(text, None)
+
+    async def _started(self, text: str) -> np.ndarray | None:
+        """The vector of an embedding started ahead, once it is done; None when none was started
+        or it failed (the caller embeds the text itself). A cancelled caller leaves it running."""
+        task = self._ahead.get(text)
+        if task is None:
+            return None
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():  # the index is closing, not the caller cancelled
+                return None
+            raise
+        except Exception:
+            return None  # logged by the background tasks
+
     async def _embed(self, texts: list[str]) -> np.ndarray:
         vectors = np.empty((len(texts), self.embedder.dim), dtype=np.float32)
         missing = []
         for i, text in enumerate(texts):
             known = self._memo.get(text)
+            if known is None and self._ahead:
+                known = await self._started(text)
             if known is None:
                 missing.append(i)
             else:
@@ -147,8 +188,18 @@ class QdrantSemanticIndex:
         _check_query(query)
         if not self._comparable(query.text):
             return SemanticMatch(Decision.MISS, 0.0, None)
+        scope = lookup_scope(query)
+        # The embedding starts before the store is asked: a write may hold the store (an upsert
+        # keeps the GIL), and the vector is needed either way, by this lookup or by the entry a
+        # miss is usually stored as.
+        self.embed_ahead(query.text)
+        if not await self.store.holds_any(scope):
+            # No entry in this tenant, use case, context and parameters (a new conversation's
+            # later turns, a new system prompt): a miss whatever the vector, so the embedding is
+            # not waited for (docs/adr/0040).
+            return SemanticMatch(Decision.MISS, 0.0, None)
         vector = (await self._embed([query.text]))[0]
-        candidates = await self.store.nearest(lookup_scope(query), vector, limit=1)
+        candidates = await self.store.nearest(scope, vector, limit=1)
         if not candidates:
             return SemanticMatch(Decision.MISS, 0.0, None)
         best = candidates[0]

@@ -137,6 +137,17 @@ class QdrantServerStore:
         )
         return [Candidate(float(p.score), from_payload(p.payload)) for p in response.points]
 
+    async def holds_any(self, scope: TenantScope) -> bool:
+        points, _ = await self._client.scroll(
+            self._collection,
+            scroll_filter=server_filter(scope),
+            limit=1,
+            with_payload=False,
+            with_vectors=False,
+            timeout=self._timeout,
+        )
+        return bool(points)
+
     async def count(self, scope: TenantScope) -> int:
         result = await self._client.count(self._collection, count_filter=server_filter(scope), exact=True)
         return result.count
