@@ -96,7 +96,7 @@ async def test_the_attempt_starts_before_the_classification_answers_and_is_adopt
     assert (outcome_count("adopted"), outcome_count("discarded")) == (adopted + 1, discarded)
     if cache_policy != BYPASS:
         # after the exact layer missed, never before it
-        assert client.upstreams.cache.lookup_modes[rid][0] is True
+        assert client.upstreams.cache.lookup_modes[rid][0] == "exact"
 
 
 async def test_a_classification_that_plans_another_model_cancels_the_early_attempt(client, nats_url):
@@ -135,7 +135,7 @@ async def test_an_exact_hit_never_dispatches(client):
     deltas, summary = await client.generate(api_key, text, request_id=rid)
 
     assert summary.cache_outcome == router_pb2.CACHE_OUTCOME_EXACT_HIT
-    assert client.upstreams.cache.lookup_modes[rid] == [True], "answered by the cache's exact layer"
+    assert client.upstreams.cache.lookup_modes[rid] == ["exact"], "answered by the cache's exact layer"
     assert rid not in client.upstreams.inference.requests
 
 
