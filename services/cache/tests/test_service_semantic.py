@@ -81,7 +81,7 @@ async def test_semantic_hit_after_exact_miss_with_the_decision_reported(service)
 
 
 async def test_the_routers_exact_then_semantic_only_pair_is_one_lookup(service):
-    """The router's speculative pair (docs/adr/0029, 0040): an exact-only lookup that a lookup
+    """The router's speculative pair (docs/adr/0029, 0039): an exact-only lookup that a lookup
     follows, then a semantic_only one that skips the exact layer."""
     stub, index = service
     tenant = unique("acme")

@@ -1,4 +1,4 @@
-"""Dispatch before the classification (ADR 0041): after an exact miss the router starts the attempt
+"""Dispatch before the classification (ADR 0038): after an exact miss the router starts the attempt
 on the model the tenant's use case went to first lately, adopts it when the classification's plan
 starts there too, and cancels it otherwise. Unit tests of the predictor, then the router against
 the fake upstreams (a `[classify:N]` prompt makes the classifier take N ms)."""

@@ -291,7 +291,7 @@ async def test_semantic_hits_are_never_kept_and_a_store_drops_the_copy(adapter):
 
 
 async def test_a_semantic_only_lookup_goes_to_the_cache_and_keeps_nothing(adapter):
-    """The lookup after an exact miss (docs/adr/0040): the L1 holds exact answers only."""
+    """The lookup after an exact miss (docs/adr/0039): the L1 holds exact answers only."""
     adapter.cache.answers[cache_key()] = answer(expires_at=time.time() + 600)
     kept = await adapter.lookup(cache_key())
     assert len(adapter.l1) == 1 and adapter.cache.semantic_only == [False]

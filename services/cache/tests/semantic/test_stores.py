@@ -81,7 +81,7 @@ async def test_expired_entries_are_never_found_and_are_purged(store):
 
 
 async def test_holds_any_says_whether_a_lookup_could_find_anything(store):
-    """The index asks it before waiting for the embedding (docs/adr/0040): it must agree with
+    """The index asks it before waiting for the embedding (docs/adr/0039): it must agree with
     `nearest` on every condition of a lookup scope."""
     t, other = unique("tenant"), unique("tenant")
     now = time.time()

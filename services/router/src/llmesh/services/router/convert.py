@@ -212,7 +212,7 @@ def lookup_request_to_proto(
     key: CacheKey, *, business_unit: str, exact_only: bool = False, semantic_only: bool = False
 ) -> cache_pb2.LookupRequest:
     # The router's exact-only lookup is always followed by a semantic one on a miss (speculation,
-    # docs/adr/0029, 0040): that one counts the request in the cache's analytics.
+    # docs/adr/0029, 0039): that one counts the request in the cache's analytics.
     return cache_pb2.LookupRequest(
         key=cache_key_to_proto(key),
         business_unit=business_unit,

@@ -219,7 +219,7 @@ class GeneratePipeline:
         self._regions = regions
         # quality-check verdicts on tier-1 answers, labels for the classifier (ADR 0027).
         self._outcomes = outcomes
-        # where each tenant's use case went first lately: the model of an early dispatch (ADR 0041)
+        # where each tenant's use case went first lately: the model of an early dispatch (ADR 0038)
         self._first_choices = FirstChoices()
 
     @traced("router.auth")
@@ -286,7 +286,7 @@ class GeneratePipeline:
         # Speculation (ADR 0029): the exact layer alone beside the classifier; on its miss the
         # semantic layer's lookup starts at once, and runs on beside the dispatch.
         speculate = policy.speculation.enabled and command.use_cache and not command.refresh_cache
-        # Dispatch before the classification (ADR 0041): after an exact miss, on the model this use
+        # Dispatch before the classification (ADR 0038): after an exact miss, on the model this use
         # case went to first lately, adopted below if the classification's plan starts there too.
         early_allowed = policy.speculation.enabled and policy.speculation.early
         classification, cached, semantic_lookup, early = await self._classify_and_lookup(
@@ -748,7 +748,7 @@ class GeneratePipeline:
         the client moves on to the next candidate; one after ends the request (interrupted).
         With a pending `speculation`, each attempt's events are held until the semantic lookup
         answered or its hold budget ran out; a hit in time ends with a _CacheHit instead. An
-        `early` dispatch to the first candidate's model is adopted as its attempt (ADR 0041)."""
+        `early` dispatch to the first candidate's model is adopted as its attempt (ADR 0038)."""
         command, policy, request_id, deadline = trying.command, trying.policy, trying.request_id, trying.deadline
         attempts, progress, affordable, threshold = (
             trying.attempts,
@@ -992,7 +992,7 @@ class GeneratePipeline:
         started: float,
     ) -> EarlyDispatch | None:
         """Starts the attempt this tenant's use case most likely gets before its classification is
-        known (ADR 0041): on the model its plans started with lately, when that model is self-hosted
+        known (ADR 0038): on the model its plans started with lately, when that model is self-hosted
         and may receive the most sensitive data from this principal. None when there is no such model."""
         predicted = self._first_choices.predict(principal.tenant_id, command.use_case)
         if predicted is None:
@@ -1045,7 +1045,7 @@ class GeneratePipeline:
         started at once and returned as a task (None after a hit, or when the cache failed: the
         request is then a degraded miss). `early` starts a dispatch when the classification is
         still due after the exact layer missed (or at once, when the cache is not asked);
-        returned for the pipeline to adopt or discard (ADR 0041)."""
+        returned for the pipeline to adopt or discard (ADR 0038)."""
 
         @traced("router.classify")
         async def classify() -> Classification:

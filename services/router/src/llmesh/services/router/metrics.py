@@ -77,7 +77,7 @@ SPECULATION = Counter(
 )
 EARLY_DISPATCH = Counter(
     "llmesh_router_early_dispatch_total",
-    "attempts started before the classification answered (ADR 0041), by outcome: adopted (the classification's "
+    "attempts started before the classification answered (ADR 0038), by outcome: adopted (the classification's "
     "first candidate was that model), discarded (it was not, or the request ended before: the call was cancelled)",
     ["outcome"],
 )

@@ -355,7 +355,7 @@ class RouterSettings(ForecastSettings):
         True,
         "after an exact miss, dispatch to the self-hosted model the tenant's use case went to first lately "
         "before the classifier answered; cancelled when the classification picks another (policy "
-        "`speculation.early`, ADR 0041)",
+        "`speculation.early`, ADR 0038)",
     )
     speculation_hold_ms: float = setting(
         "LLMESH_ROUTER_SPECULATION_HOLD_MS",

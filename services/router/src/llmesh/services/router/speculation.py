@@ -3,7 +3,7 @@
 The cache's semantic layer embeds the prompt before it can answer (about 17 ms on a small
 machine); waiting for it adds that much to the first token of every miss. With speculation the
 router looks up the exact layer alongside the classifier, and on an exact miss starts the semantic
-lookup (the semantic layer alone; the cache began embedding on the exact miss, docs/adr/0040) and
+lookup (the semantic layer alone; the cache began embedding on the exact miss, docs/adr/0039) and
 the dispatch to the first candidate together:
 
 - while the lookup is pending, the model's first events are held, for at most `hold_ms` after the
@@ -12,7 +12,7 @@ the dispatch to the first candidate together:
 - a miss releases what was held at once;
 - a hit after the hold budget ran out (what was held is released then) is ignored.
 
-Dispatch before the classification (docs/adr/0041): on an exact miss (or at once when the cache
+Dispatch before the classification (docs/adr/0038): on an exact miss (or at once when the cache
 is not asked) the router may also start the attempt before the classifier answered, on the model
 this tenant's use case was sent to first lately (`FirstChoices`), when that model is self-hosted
 and may receive restricted data; the classification then adopts the attempt when its own first
@@ -51,7 +51,7 @@ class SpeculationPolicy:
     enabled: bool = True
     external: bool = False
     hold_ms: float = 25.0
-    # dispatch before the classification answered (docs/adr/0041)
+    # dispatch before the classification answered (docs/adr/0038)
     early: bool = True
 
     def allows(self, model: ModelInfo) -> bool:
@@ -223,7 +223,7 @@ class FirstChoices:
 
 
 class EarlyDispatch:
-    """An attempt started before the classification answered (docs/adr/0041). The pipeline either
+    """An attempt started before the classification answered (docs/adr/0038). The pipeline either
     adopts it as its first attempt (`adopt`: the events so far and to come, the breaker's probe
     with it) or discards it (`discard`: the stream is closed, which cancels inference's call and
     frees its slot; nothing of it was sent to the client or billed). Exactly one outcome is

@@ -18,7 +18,7 @@ Use (the cache service):
   any embedding model on Triton (LLMESH_CACHE_EMBEDDER=triton). A lookup
   embeds the last user message once; storing that same message right after reuses the vector.
   A lookup whose scope holds no entry at all misses without waiting for its embedding, which
-  goes on in the background for that store (docs/adr/0040).
+  goes on in the background for that store (docs/adr/0039).
 - Store: qdrant-edge in process, persistent under LLMESH_CACHE_SEMANTIC_PATH (default
   $LLMESH_HOME/cache/semantic), or a Qdrant server when LLMESH_QDRANT_URL is set. One collection
   per embedding model; tenant payload with an is_tenant index; every read carries the tenant filter.

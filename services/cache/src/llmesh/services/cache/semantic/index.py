@@ -196,7 +196,7 @@ class QdrantSemanticIndex:
         if not await self.store.holds_any(scope):
             # No entry in this tenant, use case, context and parameters (a new conversation's
             # later turns, a new system prompt): a miss whatever the vector, so the embedding is
-            # not waited for (docs/adr/0040).
+            # not waited for (docs/adr/0039).
             return SemanticMatch(Decision.MISS, 0.0, None)
         vector = (await self._embed([query.text]))[0]
         candidates = await self.store.nearest(scope, vector, limit=1)
