@@ -422,6 +422,30 @@ async def test_repeated_hits_skip_the_cache_and_are_counted_once_by_its_replicas
     assert app.l1_hits.pending == 0
 
 
+async def test_with_the_classification_memo_on_copies_are_served_at_once_and_classified_from_it(
+    l1_router, caches, upstreams
+):
+    """A copy answers without an await: the memo's classify call must already be waiting for the
+    lookup's outcome (it was not, once: each such hit then waited out the upstream timeout and was
+    served as a degraded, restricted request, past the cache)."""
+    app, client = l1_router
+    classifier = upstreams.classifier
+    classifier.model_version = "v1"
+    try:
+        api_key, tenant, _ = client.new_key()
+        text = unique("Name two seas")
+        await warm(caches[0][1], tenant, text, "Baltic and North.")
+        await ask(client, api_key, text)  # the cache's hit, kept; classified and memoised
+        asked = classifier.classified[tenant]
+        for _ in range(3):
+            content, summary = await ask(client, api_key, text)
+            assert (content, summary.cache_outcome) == ("Baltic and North.", EXACT), "served as a hit"
+            assert summary.total_time_ms < 1000 * app.settings.upstream_timeout_s, "no wait on the memo"
+        assert classifier.classified[tenant] == asked, "classified from the memo"
+    finally:
+        classifier.model_version = ""
+
+
 async def test_each_invalidation_scope_drops_the_routers_copies(l1_router, caches, lookups):
     app, client = l1_router
     stub = caches[0][1]

@@ -1079,24 +1079,37 @@ class GeneratePipeline:
                 return await classify(), None, None, None
             classification, (cached, semantic) = await asyncio.gather(classify(), exact_then_semantic())
             return classification, cached, semantic, None
-        classifying = asyncio.ensure_future(classify())
-        cached, semantic, dispatched = None, None, None
-        try:
+        # The classification's task starts first, as above: the memo's classify call is waiting for
+        # the lookup's outcome before an L1 copy can answer it without an await.
+        classified = False
+        dispatched: EarlyDispatch | None = None
+
+        async def classify_then_mark() -> Classification:
+            nonlocal classified
+            try:
+                return await classify()
+            finally:
+                classified = True
+
+        async def lookup_then_dispatch() -> tuple[CachedAnswer | None, asyncio.Task[CachedAnswer | None] | None]:
+            nonlocal dispatched
+            cached, semantic = None, None
             if command.use_cache and not command.refresh_cache:
                 cached, semantic = await exact_then_semantic()
-            if cached is None and not classifying.done():
+            if cached is None and not classified:
                 try:
                     dispatched = early()
                 except Exception as exc:  # an optimisation: the request goes on without it
                     log.warning("early_dispatch_failed", error=repr(exc))
-            return await classifying, cached, semantic, dispatched
+            return cached, semantic
+
+        try:
+            classification, (cached, semantic) = await asyncio.gather(classify_then_mark(), lookup_then_dispatch())
         except BaseException:
-            classifying.cancel()
-            if semantic is not None:
-                semantic.cancel()
             if dispatched is not None:
                 dispatched.discard()
             raise
+        return classification, cached, semantic, dispatched
 
     @traced("router.cache_lookup")
     async def _answered_lookup(
