@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from llama_cpp._internals import LlamaSampler
 from llmesh.common.v1 import common_pb2
 from llmesh.inference.v1 import inference_pb2
 from llmesh.kit.testing import assert_eventually
@@ -133,6 +135,32 @@ async def test_cancelling_the_call_stops_the_worker(inference):
     # Unstopped, 900 tokens would keep the worker busy for half a minute or more.
     await assert_eventually(lambda: inference.load().active == 0, timeout_s=3, message="worker still running")
     assert generated_tokens() - before < 60
+
+
+def live_samplers() -> int:
+    """llama.cpp sampler chains not yet freed (each holds an n_vocab-sized buffer: 3 MiB here)."""
+    return sum(1 for o in gc.get_objects() if isinstance(o, LlamaSampler) and o.sampler is not None)
+
+
+async def test_requests_and_cancellations_leave_no_per_request_state(inference):
+    backend = inference.app.local_backend
+    # With the cyclic collector off, nothing but the backend itself can free a finished
+    # generation's sampler chain (docs/adr/0042).
+    gc.disable()
+    try:
+        for i in range(6):
+            received, _ = await collect(inference.stub, request(f"Say one word about topic {i}.", max_tokens=4))
+            assert split(received)[2].usage.completion_tokens > 0
+        for _ in range(2):
+            call = inference.stub.Generate(request(max_tokens=400), timeout=30)
+            await call.read()
+            call.cancel()
+        await assert_eventually(lambda: inference.load().active == 0, timeout_s=5, message="worker still running")
+        assert not backend._stop_flags
+        assert all(context._sampler is None for context in backend._contexts)
+        assert live_samplers() == 0
+    finally:
+        gc.enable()
 
 
 async def test_a_passed_deadline_stops_the_worker(inference):

@@ -171,6 +171,11 @@ class TritonPythonModel:
                 unsent, reported = "", produced
         finally:
             generator.close()
+            # The generation's sampler chain (an n_vocab-sized buffer, 3 MiB for Gemma 3) would
+            # otherwise wait on the Llama object, then for Python's cyclic collector (docs/adr/0042).
+            sampler, self.llm._sampler = self.llm._sampler, None
+            if sampler is not None:
+                sampler.close()
         if finish == "cancelled":
             self.served["cancelled"] += 1
             pb_utils.Logger.log_info(f"generation cancelled after {produced} tokens")
