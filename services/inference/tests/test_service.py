@@ -145,7 +145,7 @@ def live_samplers() -> int:
 async def test_requests_and_cancellations_leave_no_per_request_state(inference):
     backend = inference.app.local_backend
     # With the cyclic collector off, nothing but the backend itself can free a finished
-    # generation's sampler chain (docs/adr/0042).
+    # generation's sampler chain (docs/adr/0040).
     gc.disable()
     try:
         for i in range(6):

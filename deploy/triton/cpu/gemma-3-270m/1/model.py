@@ -172,7 +172,7 @@ class TritonPythonModel:
         finally:
             generator.close()
             # The generation's sampler chain (an n_vocab-sized buffer, 3 MiB for Gemma 3) would
-            # otherwise wait on the Llama object, then for Python's cyclic collector (docs/adr/0042).
+            # otherwise wait on the Llama object, then for Python's cyclic collector (docs/adr/0040).
             sampler, self.llm._sampler = self.llm._sampler, None
             if sampler is not None:
                 sampler.close()

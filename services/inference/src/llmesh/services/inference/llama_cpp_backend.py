@@ -69,7 +69,7 @@ def _free_sampler(context: llama_cpp.Llama) -> None:
     collector (the wrapper's ExitStack callback refers back to it), and each chain holds an
     n_vocab-sized candidate buffer: 3 MiB with Gemma 3's 262k vocabulary. Between two full
     collections, every generation left 3 MiB behind, and what the collector freed at once stayed
-    in glibc's thread arenas: the service's RSS climbed by tens of MiB over a soak (docs/adr/0042).
+    in glibc's thread arenas: the service's RSS climbed by tens of MiB over a soak (docs/adr/0040).
     """
     sampler = getattr(context, "_sampler", None)
     if sampler is not None:
