@@ -411,8 +411,14 @@ class ServerThread:
 
     def __init__(self, name: str):
         self.loop = asyncio.new_event_loop()
+        self._server: asyncio.base_events.Server | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
+
+    async def serve(self, handler) -> int:
+        """A TCP server of `handler` on 127.0.0.1 (port 0) on the thread's loop; its port."""
+        self._server = await self.run(asyncio.start_server(handler, "127.0.0.1", 0))
+        return self._server.sockets[0].getsockname()[1]
 
     async def run(self, coro):
         """`coro` run on the thread's loop, awaited from the caller's."""
@@ -423,7 +429,8 @@ class ServerThread:
         self.loop.call_soon_threadsafe(callback, *args)
 
     async def close(self) -> None:
-        """Cancels what still runs on the loop (open connections), then ends the loop and its thread."""
+        """Closes the server, cancels what still runs on the loop (open connections), then ends the
+        loop and its thread."""
 
         async def cancel_the_rest() -> None:
             rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -433,6 +440,8 @@ class ServerThread:
 
         if self.loop.is_closed():
             return
+        if self._server is not None:
+            self.call_soon(self._server.close)
         await self.run(cancel_the_rest())
         self.loop.call_soon_threadsafe(self.loop.stop)
         await asyncio.to_thread(self._thread.join, 10)
@@ -451,19 +460,15 @@ class FaultProxy:
         self.delay_s = 0.0
         self.severed = False
         self._conns: set[asyncio.StreamWriter] = set()
-        self._server: asyncio.base_events.Server | None = None
         self._thread: ServerThread | None = None
 
     async def start(self) -> None:
         self._thread = ServerThread("fault-proxy")
-        self._server = await self._thread.run(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.port = await self._thread.serve(self._handle)
 
     async def stop(self) -> None:
         if self._thread is None:
             return
-        if self._server is not None:
-            self._thread.call_soon(self._server.close)
         self.sever()
         self.severed = False
         await self._thread.close()
@@ -519,7 +524,6 @@ class StandInModel:
         self.first_token_s, self.token_s = first_token_s, token_s
         self.port = 0
         self.requests = 0
-        self._server: asyncio.base_events.Server | None = None
         self._thread: ServerThread | None = None
 
     @property
@@ -528,14 +532,11 @@ class StandInModel:
 
     async def start(self) -> None:
         self._thread = ServerThread("standin-model")
-        self._server = await self._thread.run(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.port = await self._thread.serve(self._serve)
 
     async def stop(self) -> None:
         if self._thread is None:
             return
-        if self._server is not None:
-            self._thread.call_soon(self._server.close)
         await self._thread.close()
         self._thread = None
 
