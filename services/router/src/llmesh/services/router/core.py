@@ -1074,13 +1074,8 @@ class GeneratePipeline:
         if not exact_only and command.use_cache and not command.refresh_cache:
             classification, cached = await asyncio.gather(classify(), self._lookup(key, principal, deadline))
             return classification, cached, None, None
-        if early is None:
-            if not command.use_cache or command.refresh_cache:
-                return await classify(), None, None, None
-            classification, (cached, semantic) = await asyncio.gather(classify(), exact_then_semantic())
-            return classification, cached, semantic, None
-        # The classification's task starts first, as above: the memo's classify call is waiting for
-        # the lookup's outcome before an L1 copy can answer it without an await.
+        # The classification's task starts first: the memo's classify call is then waiting for the
+        # lookup's outcome before an L1 copy can answer the lookup without an await.
         classified = False
         dispatched: EarlyDispatch | None = None
 
@@ -1096,7 +1091,7 @@ class GeneratePipeline:
             cached, semantic = None, None
             if command.use_cache and not command.refresh_cache:
                 cached, semantic = await exact_then_semantic()
-            if cached is None and not classified:
+            if early is not None and cached is None and not classified:
                 try:
                     dispatched = early()
                 except Exception as exc:  # an optimisation: the request goes on without it
