@@ -1021,7 +1021,6 @@ class GeneratePipeline:
             return None
         return EarlyDispatch(
             model=model,
-            tier=tier,
             stream=stream,
             inference=inference,
             region=region,

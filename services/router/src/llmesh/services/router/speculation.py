@@ -233,7 +233,6 @@ class EarlyDispatch:
         self,
         *,
         model: ModelInfo,
-        tier: int,
         stream: AsyncIterator[Any],
         inference: Any,
         region: str,
@@ -241,7 +240,6 @@ class EarlyDispatch:
         release_breaker: Callable[[], None],
     ):
         self.model = model
-        self.tier = tier
         self.inference = inference
         self.region = region
         self.ticket = ticket
