@@ -415,6 +415,8 @@ def measure(clients: Clients, mesh: Mesh, api_key: str, upstream: str, litellm: 
         paths["miss"]["LiteLLM upstream direct"] = ("http_stream", upstream, "sk-upstream", 0)
     if not args.miss_only:
         _seed(router, api_key)
+        if "router-b" in mesh.addresses and args.baseline_cache:  # router B's own cache, seeded too
+            _seed(mesh.addresses["router-b"], api_key)
     samples: dict[tuple[str, str, int], list[dict]] = {}
     per_round = max(1, args.calls // args.rounds)
 
